@@ -1,0 +1,211 @@
+"""Guest assembly: keystone assembles, capstone checks, labels become symbols.
+
+keystone 0.9.2 mis-encodes some instructions (``nop dword ptr [rax+rax]`` comes out as
+``0f 18 24 00``, a PREFETCH), so every assembled routine is disassembled with capstone and
+compared with its source, instruction by instruction, and multi-byte NOPs never come from the
+assembler: the pseudo-instruction ``KNOP n`` emits the kernel's own NOP bytes
+(``x86_nops`` / ``BYTES_NOP1..8`` in arch/x86/include/asm/nops.h).
+
+Source conventions: Intel syntax, ``#`` comments, one statement per line, labels ``name:``.
+Every label is exported as a symbol: the source is assembled once with a ``.quad label`` per
+label appended, which adds data after the code without moving any of it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import re
+from dataclasses import dataclass
+
+import capstone
+import keystone
+
+# arch/x86/include/asm/nops.h, the 64-bit "ideal" NOPs.
+KERNEL_NOPS: dict[int, bytes] = {
+    1: bytes([0x90]),
+    2: bytes([0x66, 0x90]),
+    3: bytes([0x0F, 0x1F, 0x00]),
+    4: bytes([0x0F, 0x1F, 0x40, 0x00]),
+    5: bytes([0x0F, 0x1F, 0x44, 0x00, 0x00]),
+    6: bytes([0x66, 0x0F, 0x1F, 0x44, 0x00, 0x00]),
+    7: bytes([0x0F, 0x1F, 0x80, 0x00, 0x00, 0x00, 0x00]),
+    8: bytes([0x0F, 0x1F, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00]),
+}
+
+_ALIASES = {
+    "jz": "je", "jnz": "jne", "jc": "jb", "jnae": "jb", "jnc": "jae", "jnb": "jae",
+    "jna": "jbe", "jnbe": "ja", "jpe": "jp", "jpo": "jnp", "jnge": "jl", "jnl": "jge",
+    "jng": "jle", "jnle": "jg", "setz": "sete", "setnz": "setne", "cmovz": "cmove",
+    "cmovnz": "cmovne", "sal": "shl", "movabs": "mov", "int 3": "int3",
+}
+
+_LABEL = re.compile(r"^\s*([A-Za-z_][\w.]*):\s*(.*)$")
+_DATA_SIZES = {".byte": 1, ".word": 2, ".short": 2, ".long": 4, ".int": 4, ".quad": 8}
+
+
+class AsmError(Exception):
+    """Guest source that does not assemble, or assembles to something else than it says."""
+
+
+@dataclass(frozen=True)
+class Program:
+    base: int
+    code: bytes
+    symbols: dict[str, int]
+    name: str = "<source>"
+
+    def sym(self, name: str) -> int:
+        try:
+            return self.symbols[name]
+        except KeyError:
+            raise AsmError(f"{self.name}: no symbol {name!r}") from None
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.code)
+
+
+@dataclass(frozen=True)
+class _Line:
+    number: int
+    text: str  # the statement, labels and comments removed
+
+
+def load_source(name: str) -> str:
+    """The text of guest_code/<name>."""
+    try:
+        return importlib.resources.files("guest_code").joinpath(name).read_text()
+    except FileNotFoundError:
+        raise AsmError(f"no guest source guest_code/{name}") from None
+
+
+def _expand_knop(text: str, number: int) -> str:
+    parts = text.split(None, 1)
+    if not parts or parts[0].upper() != "KNOP":
+        return text
+    n = int(parts[1], 0) if len(parts) > 1 else 0
+    if n not in KERNEL_NOPS:
+        raise AsmError(f"line {number}: KNOP {n}: the kernel has NOPs of 1..8 bytes")
+    return ".byte " + ",".join(f"{b:#04x}" for b in KERNEL_NOPS[n])
+
+
+def _preprocess(source: str) -> tuple[list[str], list[_Line], list[str]]:
+    """Cleaned source lines for keystone, the statements for the checker, and the labels."""
+    cleaned: list[str] = []
+    lines: list[_Line] = []
+    labels: list[str] = []
+    for number, raw in enumerate(source.splitlines(), 1):
+        text = raw.split("#", 1)[0].strip()
+        heads = []
+        while m := _LABEL.match(text):
+            labels.append(m.group(1))
+            heads.append(m.group(1) + ":")
+            text = m.group(2).strip()
+        text = _expand_knop(text, number)
+        cleaned.append(" ".join(heads + [text]))
+        if text:
+            lines.append(_Line(number, text))
+    return cleaned, lines, labels
+
+
+_REG = re.compile(r"\b(r[a-d]x|r[sd]i|r[sb]p|e[a-d]x|e[sd]i|e[sb]p|[a-d][lhx]|[sd]il|[sb]pl|[sd]i|"
+                  r"[sb]p|r(?:[89]|1[0-5])[dwb]?|rip|cr[0-8]|dr[0-7]|[c-gs]s|xmm\d+)\b")
+
+
+def _registers(operands: str) -> set[str]:
+    return set(_REG.findall(operands.lower()))
+
+
+def _norm(mnemonic: str) -> str:
+    m = " ".join(mnemonic.lower().split())
+    return _ALIASES.get(m, m)
+
+
+def _source_mnemonic(text: str) -> str:
+    words = text.lower().replace(",", " ").split()
+    prefixes = []
+    while len(words) > 1 and words[0] in ("lock", "rep", "repe", "repz", "repne", "repnz"):
+        prefixes.append(words.pop(0))
+    return _norm(" ".join(prefixes + words[:1]))
+
+
+def _check(program: bytes, base: int, lines: list[_Line], name: str) -> None:
+    """Walk the source and the disassembly together; any disagreement is an AsmError."""
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    pos = 0
+    for line in lines:
+        word = line.text.split(None, 1)[0].lower()
+        where = f"{name}:{line.number} ({line.text!r}) at {base + pos:#x}"
+        if word in _DATA_SIZES:
+            items = [x for x in line.text.split(None, 1)[1].split(",") if x.strip()]
+            size = _DATA_SIZES[word] * len(items)
+            if word == ".byte":
+                want = bytes(int(x, 0) & 0xFF for x in items)
+                if program[pos:pos + size] != want:
+                    raise AsmError(f"{where}: bytes {program[pos:pos + size].hex()} "
+                                   f"!= {want.hex()}")
+            pos += size
+            continue
+        if word in (".zero", ".skip", ".space"):
+            pos += int(line.text.split(None, 1)[1].split(",")[0], 0)
+            continue
+        if word in (".align", ".balign", ".p2align"):
+            n = int(line.text.split(None, 1)[1].split(",")[0], 0)
+            align = 1 << n if word == ".p2align" else n
+            pos += (-(base + pos)) % align
+            continue
+        if word.startswith("."):
+            if word in (".equ", ".set"):
+                continue
+            raise AsmError(f"{where}: directive {word} is not supported by the checker")
+        insn = next(md.disasm(program[pos:pos + 15], base + pos, 1), None)
+        if insn is None:
+            raise AsmError(f"{where}: capstone cannot decode {program[pos:pos + 15].hex()}")
+        got = _norm(insn.mnemonic)
+        want = _source_mnemonic(line.text)
+        encoded = bytes(insn.bytes)
+        said = f"assembled to {insn.mnemonic} {insn.op_str} [{encoded.hex()}]"
+        if got != want:
+            raise AsmError(f"{where}: {said}, not {want}")
+        if got == "nop" and encoded not in KERNEL_NOPS.values():
+            raise AsmError(f"{where}: {said}: not a kernel NOP; write multi-byte NOPs as KNOP n")
+        operands = line.text.split(None, 1)[1] if " " in line.text else ""
+        if operands.count("[") != operands.count("]") or \
+                ("[" in operands) != ("[" in insn.op_str):
+            raise AsmError(f"{where}: {said}: memory operand differs from the source")
+        if not _registers(operands) <= _registers(insn.op_str):
+            raise AsmError(f"{where}: {said}: operands differ from the source")
+        pos += insn.size
+    if pos != len(program):
+        raise AsmError(f"{name}: checker consumed {pos} of {len(program)} bytes")
+
+
+@functools.lru_cache(maxsize=256)
+def _assemble(source: str, base: int, equates: tuple[tuple[str, int], ...], name: str) -> Program:
+    cleaned, lines, labels = _preprocess(source)
+    if len(set(labels)) != len(labels):
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        raise AsmError(f"{name}: duplicate labels {dup}")
+    text = ("".join(f".equ {k}, {v:#x}\n" for k, v in equates) + "\n".join(cleaned) + "\n"
+            + "".join(f".quad {lbl}\n" for lbl in labels))
+    ks = keystone.Ks(keystone.KS_ARCH_X86, keystone.KS_MODE_64)
+    try:
+        encoding, _ = ks.asm(text, base)
+    except keystone.KsError as e:
+        raise AsmError(f"{name}: keystone: {e}") from None
+    if encoding is None:
+        raise AsmError(f"{name}: keystone produced nothing")
+    raw = bytes(encoding)
+    code = raw[:len(raw) - 8 * len(labels)]
+    symbols = {lbl: int.from_bytes(raw[len(code) + 8 * i:len(code) + 8 * i + 8], "little")
+               for i, lbl in enumerate(labels)}
+    _check(code, base, lines, name)
+    return Program(base=base, code=code, symbols=symbols, name=name)
+
+
+def assemble(source: str, base: int, equates: dict[str, int] | None = None,
+             name: str = "<source>") -> Program:
+    """Assemble `source` at `base`; cached, so loading the same routine again is free."""
+    eq = tuple(sorted((equates or {}).items()))
+    return _assemble(source, base, eq, name)

@@ -1,0 +1,323 @@
+"""One emulated CPU: a Unicorn x86-64 instance in ring-0 long mode, and its hooks.
+
+The rules from ../shared/reference/unicorn.md that shape this file:
+- virtual-TLB mode with a harness fill hook, so fetches of text read this CPU's view and data
+  accesses read memory (variant B); a failed fill surfaces as UC_ERR_EXCEPTION and becomes a #PF;
+- `emu_start(rip, until=0, count=0)` always: `until` invalidates translations behind our back,
+  and `count` would install a hook of its own and flush the cache when switched off;
+- every run stops from the per-instruction code hook, which stops cleanly *before* the hooked
+  instruction; other hooks only raise a flag that the next code hook acts on;
+- the view is only ever changed between runs, followed by `ctl_remove_cache` over the range;
+- RDTSC is hooked through the C API (the Python binding refuses it) and returns the virtual TSC.
+
+The code hook is registered raw (ctypes, no binding wrapper) because it runs per instruction.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+from dataclasses import dataclass, field
+
+import unicorn as uc_mod
+from unicorn import Uc, UcError
+from unicorn import x86_const as X
+from unicorn.unicorn_const import (
+    UC_ARCH_X86,
+    UC_ERR_EXCEPTION,
+    UC_ERR_INSN_INVALID,
+    UC_HOOK_CODE,
+    UC_HOOK_INSN,
+    UC_HOOK_INTR,
+    UC_HOOK_MEM_WRITE,
+    UC_HOOK_TLB_FILL,
+    UC_MODE_64,
+    UC_PROT_ALL,
+    UC_PROT_EXEC,
+    UC_PROT_READ,
+    UC_PROT_WRITE,
+    UC_TLB_VIRTUAL,
+)
+
+from . import hypercall, layout, x86
+from .fetch_view import FetchView
+from .layout import Access, Layout
+from .memory import SharedMemory
+from .truth import Event
+
+_CODE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32,
+                            ctypes.c_void_p)
+_RDTSC_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p)
+_INVALID_INSN_SIZE = 16
+_RDTSCP = b"\x0f\x01\xf9"  # Unicorn reports an undecodable instruction with size 0xf1f1f1f1
+
+_PERMS = {Access.FETCH: UC_PROT_EXEC, Access.READ: UC_PROT_READ,
+          Access.WRITE: UC_PROT_READ | UC_PROT_WRITE}
+# First opcode bytes (after prefixes) that the code hook looks at more closely.
+_INTERESTING = frozenset({0xCF, 0x0F, 0xFB, 0x17, 0x8E, 0xF4, 0x40, 0x41, 0x42, 0x43, 0x44,
+                          0x45, 0x46, 0x47, 0x48, 0x49, 0x4A, 0x4B, 0x4C, 0x4D, 0x4E, 0x4F,
+                          0x66, 0xF3, 0xF2})
+
+
+class Clock:
+    """The global tick: one per retired instruction on any CPU. The virtual TSC is the tick."""
+
+    __slots__ = ("tick",)
+
+    def __init__(self) -> None:
+        self.tick = 0
+
+
+class StopKind(enum.Enum):
+    QUANTUM = "quantum"  # ran the instructions it was given, or stopped for a flag below
+    EXCEPTION = "exception"  # the CPU raised an exception (vector in Stop.vector)
+    ERROR = "error"  # Unicorn failed in a way that is not an architectural event
+
+
+@dataclass
+class Stop:
+    kind: StopKind
+    vector: int = -1
+    rip: int = 0
+    error_code: int | None = None
+    cr2: int | None = None
+    message: str = ""
+
+
+@dataclass
+class HypercallRequest:
+    number: int
+    args: tuple[int, int, int, int]
+    rip: int  # of the instruction after the hypercall
+    tick: int
+
+
+@dataclass
+class CpuState:
+    """Harness-side state of a CPU that Unicorn does not keep."""
+
+    pending_ipis: set[int] = field(default_factory=set)
+    pending_nmi: bool = False
+    nmi_blocked: bool = False
+    nmis_left: int = 0  # spontaneous NMIs the decision stream may still raise
+    halted: bool = False
+    finished: bool = False
+    shadow: bool = False  # the last instruction was STI / MOV SS / POP SS
+    need_serialize: bool = False
+    own_dirty: list[tuple[int, int]] = field(default_factory=list)
+    view_touched: list[tuple[int, int]] = field(default_factory=list)  # since the last reset
+    hypercalls: list[HypercallRequest] = field(default_factory=list)
+    last_ip: int = 0
+    last_code: bytes = b""
+
+
+class Cpu:
+    def __init__(self, index: int, lay: Layout, mem: SharedMemory, view: FetchView,
+                 clock: Clock, truth: list[tuple[int, int, bytes]] | None,
+                 others: list[FetchView], events: list) -> None:
+        self.index = index
+        self.layout = lay
+        self.mem = mem
+        self.view = view
+        self.clock = clock
+        self.truth = truth
+        self.others = others  # every other CPU's view, for pending stores
+        self.events = events
+        self.state = CpuState()
+        self.retired = 0
+        self._left = 0
+        self._want_stop = False
+        self._fill_fault: tuple[int, Access] | None = None
+        self._exception: tuple[int, int] | None = None
+        self._error: BaseException | None = None
+        self._emulate: tuple[int, bytes] | None = None
+
+        u = self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        u.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        for base, buf in mem.banks():
+            u.mem_map_ptr(base, len(buf), UC_PROT_ALL, ctypes.addressof(buf))
+        u.mem_map_ptr(layout.PHYS_VIEW, len(view.buf), UC_PROT_ALL, ctypes.addressof(view.buf))
+        u.hook_add(UC_HOOK_TLB_FILL, self._on_tlb_fill)
+        u.hook_add(UC_HOOK_INTR, self._on_intr)
+        u.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        u.hook_add(UC_HOOK_MEM_WRITE, self._on_text_store, None, layout.PHYS_TEXT_MEM,
+                   layout.PHYS_TEXT_MEM + lay.text_size - 1)
+        self._code_cb = _CODE_CB(self._on_code)
+        self._rdtsc_cb = _RDTSC_CB(self._on_rdtsc)
+        add = u._Uc__do_hook_add  # the binding's raw registration (a private name)
+        add(UC_HOOK_CODE, self._code_cb, 1, 0)
+        add(UC_HOOK_INSN, self._rdtsc_cb, 1, 0, ctypes.c_int(X.UC_X86_INS_RDTSC))
+        self._boot_long_mode()
+
+    # ---------------------------------------------------------------- setup
+    def _boot_long_mode(self) -> None:
+        """Ring 0, 64-bit long mode, paging (virtual TLB), NX, GDT and IDT loaded."""
+        u = self.uc
+        u.reg_write(X.UC_X86_REG_GDTR, (0, layout.GDT_ADDR, 8 * len(layout.GDT_ENTRIES) - 1, 0))
+        u.reg_write(X.UC_X86_REG_IDTR, (0, layout.IDT_ADDR, 256 * 16 - 1, 0))
+        u.reg_write(X.UC_X86_REG_CR4, u.reg_read(X.UC_X86_REG_CR4) | 0x20)  # PAE
+        u.reg_write(X.UC_X86_REG_MSR, (0xC0000080, 0xD01))  # EFER: SCE, LME, LMA, NXE
+        u.reg_write(X.UC_X86_REG_CR0, 0x80050033)  # PG, AM, WP, NE, ET, MP, PE
+        u.reg_write(X.UC_X86_REG_CS, layout.KERNEL_CS)
+        for seg in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES):
+            u.reg_write(seg, layout.KERNEL_DS)
+        u.reg_write(X.UC_X86_REG_GS_BASE, self.layout.percpu(self.index))
+
+    # ---------------------------------------------------------------- hooks
+    def _on_tlb_fill(self, uc: Uc, vaddr: int, access: int, entry, _ud) -> bool:
+        acc = Access(access)
+        pa = self.layout.translate(vaddr, acc)
+        if pa is None:
+            self._fill_fault = (vaddr, acc)
+            return False
+        entry.paddr = pa & ~(layout.PAGE - 1)
+        entry.perms = _PERMS[acc]
+        return True
+
+    def _on_code(self, _handle, address: int, size: int, _ud) -> None:
+        try:
+            if self._want_stop or self._left == 0:
+                self.uc.emu_stop()
+                return
+            if size >= _INVALID_INSN_SIZE:
+                return  # Unicorn will report UC_ERR_INSN_INVALID for it: a #UD, not retired
+            off = address - layout.TEXT_BASE
+            if size == 3 and self.view.buf[off:off + 3] == _RDTSCP:
+                self._emulate = (address, _RDTSCP)  # Unicorn's RDTSCP reads host time
+                self.uc.emu_stop()
+                return
+            self._left -= 1
+            clock = self.clock
+            clock.tick += 1
+            self.retired += 1
+            code = self.view.buf[off:off + size]
+            if self.truth is not None:
+                self.truth.append((clock.tick, address, code))
+            st = self.state
+            st.last_ip = address
+            st.last_code = code
+            st.shadow = False
+            if code[0] in _INTERESTING:
+                if x86.is_serializing(code):
+                    if x86.is_iret(code):
+                        st.nmi_blocked = False  # IRET ends NMI blocking (SDM 6.7.1)
+                    st.need_serialize = True
+                    self._want_stop = True
+                elif x86.blocks_interrupts_after(code):
+                    st.shadow = True
+                elif code == b"\xf4":
+                    st.halted = True
+                    self._want_stop = True
+        except BaseException as e:  # a harness bug must surface, not vanish in ctypes
+            self._error = e
+            self.uc.emu_stop()
+
+    def _on_rdtsc(self, _handle, _ud) -> int:
+        tsc = self.clock.tick
+        self.uc.reg_write(X.UC_X86_REG_RAX, tsc & 0xFFFFFFFF)
+        self.uc.reg_write(X.UC_X86_REG_RDX, tsc >> 32)
+        return 1  # skip Unicorn's own (host-time) RDTSC
+
+    def _on_intr(self, uc: Uc, intno: int, _ud) -> None:
+        self._exception = (intno, uc.reg_read(X.UC_X86_REG_RIP))
+        uc.emu_stop()
+
+    def _on_out(self, uc: Uc, port: int, _size: int, _value: int, _ud) -> None:
+        if port != hypercall.PORT:
+            return
+        r = uc.reg_read
+        self.state.hypercalls.append(HypercallRequest(
+            number=r(X.UC_X86_REG_RAX),
+            args=(r(X.UC_X86_REG_RDI), r(X.UC_X86_REG_RSI), r(X.UC_X86_REG_RDX),
+                  r(X.UC_X86_REG_RCX)),
+            rip=r(X.UC_X86_REG_RIP) + 2, tick=self.clock.tick))
+        self._want_stop = True
+
+    def _on_text_store(self, uc: Uc, _access: int, paddr: int, size: int, value: int,
+                       _ud) -> None:
+        """A guest store to text memory (through the poking alias), seen before it lands."""
+        off = paddr - layout.PHYS_TEXT_MEM
+        data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        self.view.write_own(off, data)
+        self.state.own_dirty.append((off, off + size))
+        for other in self.others:
+            other.note_store(off, size)
+        self.events.append(Event(self.clock.tick, self.index, "text_store",
+                                 {"addr": f"{layout.TEXT_BASE + off:#x}", "bytes": data.hex()}))
+        self._want_stop = True
+
+    # ---------------------------------------------------------------- running
+    def run(self, quantum: int) -> Stop:
+        """Run up to `quantum` instructions from the current RIP."""
+        self._left = quantum
+        self._want_stop = False
+        self._fill_fault = None
+        self._exception = None
+        self._emulate = None
+        u = self.uc
+        try:
+            u.emu_start(u.reg_read(X.UC_X86_REG_RIP), 0, 0, 0)
+        except UcError as e:
+            if self._error is not None:
+                raise self._error from None
+            rip = u.reg_read(X.UC_X86_REG_RIP)
+            if e.errno == UC_ERR_INSN_INVALID:
+                return Stop(StopKind.EXCEPTION, vector=x86.UD, rip=rip)
+            if e.errno == UC_ERR_EXCEPTION and self._fill_fault is not None:
+                va, acc = self._fill_fault
+                if not x86.is_canonical(va):  # SDM 3A 6.15: non-canonical -> #GP(0), not #PF
+                    return Stop(StopKind.EXCEPTION, vector=x86.GP, rip=rip, error_code=0)
+                code = x86.PF_PRESENT if self.layout.present(va) else 0
+                if acc is Access.WRITE:
+                    code |= x86.PF_WRITE
+                elif acc is Access.FETCH:
+                    code |= x86.PF_FETCH
+                return Stop(StopKind.EXCEPTION, vector=x86.PF, rip=rip, error_code=code, cr2=va)
+            return Stop(StopKind.ERROR, rip=rip, message=f"unicorn: {e}")
+        if self._error is not None:
+            raise self._error
+        if self._emulate is not None:
+            self._emulate_rdtscp(*self._emulate)
+        if self._exception is not None:
+            vector, rip = self._exception
+            return Stop(StopKind.EXCEPTION, vector=vector, rip=rip,
+                        error_code=0 if vector in x86.ERROR_CODE_VECTORS else None)
+        return Stop(StopKind.QUANTUM, rip=u.reg_read(X.UC_X86_REG_RIP))
+
+    def _emulate_rdtscp(self, address: int, code: bytes) -> None:
+        """RDTSCP at an instruction boundary: EDX:EAX = virtual TSC, ECX = TSC_AUX, which
+        Linux sets to (node << 12) | cpu (arch/x86/kernel/cpu/common.c, setup_getcpu)."""
+        self._left -= 1
+        self.clock.tick += 1
+        self.retired += 1
+        if self.truth is not None:
+            self.truth.append((self.clock.tick, address, code))
+        self.state.last_ip, self.state.last_code, self.state.shadow = address, code, False
+        u = self.uc
+        u.reg_write(X.UC_X86_REG_RAX, self.clock.tick & 0xFFFFFFFF)
+        u.reg_write(X.UC_X86_REG_RDX, self.clock.tick >> 32)
+        u.reg_write(X.UC_X86_REG_RCX, self.index)
+        u.reg_write(X.UC_X86_REG_RIP, address + len(code))
+
+    def invalidate(self, start: int, end: int) -> None:
+        """Drop this CPU's translations of text [start, end) (offsets): the view changed."""
+        self.uc.ctl_remove_cache(layout.TEXT_BASE + start, layout.TEXT_BASE + end)
+        self.state.view_touched.append((start, end))
+
+    def fetched(self, rip: int, size: int = 15) -> bytes:
+        """The bytes this CPU fetches at `rip` (its view), for verdicts."""
+        off = rip - layout.TEXT_BASE
+        if not 0 <= off < self.layout.text_size:
+            return b""
+        return self.view.read(off, min(size, self.layout.text_size - off))
+
+    # ---------------------------------------------------------------- registers
+    def reg(self, name: str) -> int:
+        return self.uc.reg_read(getattr(X, f"UC_X86_REG_{name.upper()}"))
+
+    def set_reg(self, name: str, value: int) -> None:
+        self.uc.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), value)
+
+
+def unicorn_version() -> str:
+    return uc_mod.__version__

@@ -1,0 +1,117 @@
+"""The one decision stream: every nondeterministic choice of a run, recorded as a path.
+
+Like loom's `Path` (src/rt/path.rs) and Hypothesis' choice sequence, a run is a pure function
+of its configuration and the list of choices it made. Each choice is a bounded integer
+`0 <= value < arity` tagged with its kind; a choice with arity 1 is not a choice and is never
+asked nor recorded. Replay, exhaustive search and shrinking all operate on that list.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+
+class Kind(enum.Enum):
+    """What a choice decides. The value's meaning depends on the kind."""
+
+    CPU = "cpu"  # index into the runnable CPUs, in CPU-number order
+    QUANTUM = "quantum"  # instructions to run, minus one
+    VIEW = "view"  # 0: no fetch-view update; i: make pending unit i-1 visible
+    IPI = "ipi"  # 1: deliver the highest pending IPI now
+    NMI = "nmi"  # 1: deliver the pending NMI now
+    NMI_RAISE = "nmi_raise"  # 1: a spontaneous NMI becomes pending on this CPU now
+
+
+@dataclass(frozen=True)
+class Choice:
+    kind: Kind
+    arity: int
+    value: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.value < self.arity:
+            raise ValueError(f"choice {self.kind.value}: {self.value} not in [0, {self.arity})")
+
+
+class ReplayError(Exception):
+    """A replayed path does not fit the run it is replayed into."""
+
+    def __init__(self, position: int, message: str) -> None:
+        super().__init__(f"decision {position}: {message}")
+        self.position = position
+
+
+class DecisionSource(abc.ABC):
+    """Answers choices. Subclasses implement `pick`; recording is done by `Decisions`."""
+
+    @abc.abstractmethod
+    def pick(self, kind: Kind, arity: int, position: int) -> int:
+        """The value, 0 <= value < arity, of the choice at `position` of the path."""
+
+
+class RandomSource(DecisionSource):
+    """Seeded uniform choices: the same seed gives the same path on any machine."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._rng = random.Random(seed)
+
+    def pick(self, kind: Kind, arity: int, position: int) -> int:
+        return self._rng.randrange(arity)
+
+
+class ReplaySource(DecisionSource):
+    """Replays a recorded path exactly; past its end, asks `then` or fails."""
+
+    def __init__(self, path: Sequence[Choice], then: DecisionSource | None = None) -> None:
+        self.path = list(path)
+        self.then = then
+
+    def pick(self, kind: Kind, arity: int, position: int) -> int:
+        if position >= len(self.path):
+            if self.then is None:
+                raise ReplayError(position, f"path ended ({len(self.path)} choices); run wants "
+                                            f"a {kind.value} choice of {arity}")
+            return self.then.pick(kind, arity, position)
+        want = self.path[position]
+        if want.kind is not kind or want.arity != arity:
+            raise ReplayError(position, f"path has {want.kind.value}/{want.arity}, run wants "
+                                        f"{kind.value}/{arity}")
+        return want.value
+
+
+class PolicySource(DecisionSource):
+    """Answers with a function of (kind, arity); used to script a schedule in checks."""
+
+    def __init__(self, policy: Callable[[Kind, int], int]) -> None:
+        self.policy = policy
+
+    def pick(self, kind: Kind, arity: int, position: int) -> int:
+        return self.policy(kind, arity)
+
+
+class Decisions:
+    """The recorder every component of the machine draws its choices from."""
+
+    def __init__(self, source: DecisionSource) -> None:
+        self.source = source
+        self.path: list[Choice] = []
+
+    def choose(self, kind: Kind, arity: int) -> int:
+        if arity < 1:
+            raise ValueError(f"{kind.value} choice needs arity >= 1")
+        if arity == 1:
+            return 0
+        position = len(self.path)
+        value = self.source.pick(kind, arity, position)
+        if not isinstance(value, int) or not 0 <= value < arity:
+            raise ReplayError(position, f"source answered {value!r} for {kind.value}/{arity}")
+        self.path.append(Choice(kind, arity, value))
+        return value
+
+    def __len__(self) -> int:
+        return len(self.path)

@@ -1,0 +1,101 @@
+"""A CPU's instruction-fetch view of the text, and the stores still pending in it.
+
+Model (see issue 2, "Per-CPU instruction-fetch views"): text memory is the truth; each CPU
+fetches from its own copy. A text store updates memory and the storing CPU's view at once; for
+every other CPU the stored range becomes *pending*. A pending unit becomes visible when the
+decision stream says so (one unit at a time, at the configured grain) and all of them when the
+CPU serializes. Making a unit visible copies the unit's *current* memory into the view, the way a
+refetched line brings in whatever memory holds now; so a view never goes backwards in time, may
+skip intermediate values, and at a grain finer than the store shows a torn mix of old and new.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+
+
+class Grain(enum.Enum):
+    BYTE = 1
+    FETCH_BLOCK = 16
+    LINE = 64
+    STORE = 0  # the whole store, whatever its size
+
+    @classmethod
+    def parse(cls, text: str | int) -> Grain:
+        names = {"byte": cls.BYTE, "1": cls.BYTE, "block": cls.FETCH_BLOCK,
+                 "16": cls.FETCH_BLOCK, "line": cls.LINE, "64": cls.LINE, "store": cls.STORE}
+        key = str(text).strip().lower()
+        if key not in names:
+            raise ValueError(f"unknown fetch grain {text!r}: use byte|block|line|store "
+                             "(or 1|16|64)")
+        return names[key]
+
+
+class FetchView:
+    """The bytes one CPU fetches instructions from, with its pending units in arrival order."""
+
+    def __init__(self, buf: ctypes.Array, grain: Grain) -> None:
+        self.buf = buf
+        self.grain = grain
+        self._pending: list[tuple[int, int]] = []
+        self._pending_set: set[tuple[int, int]] = set()
+
+    def _units(self, off: int, size: int) -> list[tuple[int, int]]:
+        if self.grain is Grain.STORE:
+            return [(off, off + size)]
+        g = self.grain.value
+        first = off - off % g
+        limit = len(self.buf)
+        return [(u, min(u + g, limit)) for u in range(first, off + size, g)]
+
+    def note_store(self, off: int, size: int) -> None:
+        """Another CPU stored to [off, off+size): those units are pending here."""
+        for unit in self._units(off, size):
+            if unit not in self._pending_set:
+                self._pending_set.add(unit)
+                self._pending.append(unit)
+
+    def write_own(self, off: int, data: bytes) -> None:
+        """This CPU's own store: visible to its own fetches at once."""
+        ctypes.memmove(ctypes.addressof(self.buf) + off, data, len(data))
+
+    @property
+    def pending(self) -> list[tuple[int, int]]:
+        return list(self._pending)
+
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def is_pending(self, off: int, size: int) -> bool:
+        end = off + size
+        return any(s < end and off < e for s, e in self._pending)
+
+    def refresh(self, index: int, memory: ctypes.Array) -> tuple[int, int]:
+        """Make pending unit `index` visible: copy it from memory. Returns its range."""
+        unit = self._pending.pop(index)
+        self._pending_set.discard(unit)
+        self._copy(unit, memory)
+        return unit
+
+    def serialize(self, memory: ctypes.Array) -> list[tuple[int, int]]:
+        """A serializing event: every pending unit becomes visible. Returns the ranges."""
+        done = self._pending
+        for unit in done:
+            self._copy(unit, memory)
+        self._pending = []
+        self._pending_set = set()
+        return done
+
+    def _copy(self, unit: tuple[int, int], memory: ctypes.Array) -> None:
+        start, end = unit
+        ctypes.memmove(ctypes.addressof(self.buf) + start, ctypes.addressof(memory) + start,
+                       end - start)
+
+    def read(self, off: int, size: int) -> bytes:
+        return bytes(self.buf[off:off + size])
+
+    def reset(self, initial: bytes) -> None:
+        ctypes.memmove(self.buf, initial, len(initial))
+        self._pending = []
+        self._pending_set = set()

@@ -1,0 +1,430 @@
+"""The emulated SMP machine: N CPUs, shared memory, per-CPU fetch views, one decision stream.
+
+A run is a loop of scheduling steps. Each step draws, from the decision stream and in this
+order: which runnable CPU runs; whether a spontaneous NMI becomes pending on it (only when the
+configuration allows some); whether a pending NMI / IPI is delivered now; whether one pending
+unit of its fetch view becomes visible; how many instructions it runs. Everything else is
+deterministic, so the recorded choices (`RunResult.path`) reproduce the run exactly.
+
+Between runs of a CPU (never inside one) the machine changes its view, delivers exceptions and
+interrupts through the guest IDT with the hardware frame, and serves hypercalls.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import dataclass, field
+
+from unicorn import UcError
+
+from . import layout, x86
+from .asm import Program
+from .cpu import Clock, Cpu, CpuState, HypercallRequest, Stop, StopKind
+from .decisions import Choice, Decisions, DecisionSource, Kind
+from .fetch_view import FetchView, Grain
+from .hypercall import Hypercall
+from .layout import Layout
+from .memory import GuestMemoryError, SharedMemory
+from .truth import Event, GroundTruth
+from .verdict import GUEST_ASSERT, GUEST_FAULT, HANG, PASS, MachineConfigError, Verdict
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    ncpus: int = 2
+    grain: Grain = Grain.BYTE
+    max_quantum: int = 32
+    insn_budget: int = 200_000  # per CPU; exceeding it ends the run with `hang`
+    truth: bool = True
+    text_size: int = 0x10000
+    data_size: int = 0x20000
+    stack_size: int = 0x4000
+    spontaneous_nmis: tuple[int, ...] = ()  # per CPU: NMIs the decision stream may raise
+    serializing_vectors: frozenset[int] = frozenset({x86.CALL_FUNCTION_VECTOR})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.grain, str | int) and not isinstance(self.grain, Grain):
+            object.__setattr__(self, "grain", Grain.parse(self.grain))
+        if not isinstance(self.ncpus, int) or not 1 <= self.ncpus <= layout.MAX_CPUS:
+            raise MachineConfigError(f"ncpus must be 1..{layout.MAX_CPUS}, got {self.ncpus!r}")
+        if self.max_quantum < 1:
+            raise MachineConfigError(f"max_quantum must be >= 1, got {self.max_quantum}")
+        if self.insn_budget < 1:
+            raise MachineConfigError(f"insn_budget must be >= 1, got {self.insn_budget}")
+        if len(self.spontaneous_nmis) > self.ncpus or any(n < 0 for n in self.spontaneous_nmis):
+            raise MachineConfigError("spontaneous_nmis: one non-negative count per CPU at most")
+        try:
+            self.layout()
+        except ValueError as e:
+            raise MachineConfigError(str(e)) from None
+
+    def layout(self) -> Layout:
+        return Layout(self.ncpus, self.text_size, self.data_size, self.stack_size)
+
+
+@dataclass
+class CpuBoot:
+    entry: int
+    regs: dict[str, int] = field(default_factory=dict)
+    interrupts: bool = True  # RFLAGS.IF at boot
+
+
+@dataclass
+class GuestImage:
+    """What is in memory and where each CPU starts."""
+
+    programs: list[Program]
+    boot: list[CpuBoot]
+    idt: dict[int, int] = field(default_factory=dict)  # vector -> handler (interrupt gate)
+    data: list[tuple[int, bytes]] = field(default_factory=list)  # initial bytes at data VAs
+
+    @property
+    def symbols(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for p in self.programs:
+            out.update(p.symbols)
+        return out
+
+
+@dataclass(frozen=True)
+class SidebandRecord:
+    """A text-poke record as the guest emitted it (issue 4 encodes PERF_RECORD_TEXT_POKE)."""
+
+    tick: int  # virtual TSC at emission
+    cpu: int
+    addr: int
+    old: bytes
+    new: bytes
+
+
+@dataclass
+class RunResult:
+    verdict: Verdict
+    path: list[Choice]
+    truth: GroundTruth
+    sideband: list[SidebandRecord]
+    ticks: int
+    steps: int
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(ranges):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+class Machine:
+    def __init__(self, config: MachineConfig, image: GuestImage) -> None:
+        self.config = config
+        self.layout = lay = config.layout()
+        self.image = image
+        self.symbols = image.symbols
+        if len(image.boot) != config.ncpus:
+            raise MachineConfigError(f"image boots {len(image.boot)} CPUs, machine has "
+                                     f"{config.ncpus}")
+        self.mem = SharedMemory(lay)
+        self.clock = Clock()
+        self.truth = GroundTruth(config.ncpus)
+        self.sideband: list[SidebandRecord] = []
+        self.views = [FetchView(ctypes.create_string_buffer(lay.text_size), config.grain)
+                      for _ in range(config.ncpus)]
+        self.cpus = [
+            Cpu(i, lay, self.mem, self.views[i], self.clock,
+                self.truth.retired[i] if config.truth else None,
+                [v for j, v in enumerate(self.views) if j != i], self.truth.events)
+            for i in range(config.ncpus)]
+        self._load(image)
+        self._initial_mem = self.mem.snapshot()
+        self._initial_ctx = [c.uc.context_save() for c in self.cpus]
+        self._dirty = False
+        self._escalation: dict[int, str] = {}
+
+    # ------------------------------------------------------------ building
+    def _load(self, image: GuestImage) -> None:
+        lay = self.layout
+        for prog in image.programs:
+            off = prog.base - layout.TEXT_BASE
+            if off < 0 or off + len(prog.code) > lay.text_size:
+                raise MachineConfigError(f"{prog.name}: [{prog.base:#x}, {prog.end:#x}) is "
+                                         "not inside the text")
+            ctypes.memmove(ctypes.addressof(self.mem.text) + off, prog.code, len(prog.code))
+        for view in self.views:
+            view.reset(bytes(self.mem.text))
+        for i, entry in enumerate(layout.GDT_ENTRIES):
+            self.mem.write(layout.GDT_ADDR + 8 * i, struct.pack("<Q", entry))
+        for vector, handler in image.idt.items():
+            if not 0 <= vector < 256 or lay.region_of(handler) is None:
+                raise MachineConfigError(f"IDT vector {vector}: bad handler {handler:#x}")
+            gate = x86.Gate(handler, layout.KERNEL_CS, 0, x86.GATE_INTERRUPT, 0, True)
+            self.mem.write(layout.IDT_ADDR + 16 * vector, gate.encode())
+        for va, raw in image.data:
+            try:
+                self.mem.write(va, raw)
+            except GuestMemoryError as e:
+                raise MachineConfigError(f"initial data at {va:#x}: {e}") from None
+        for cpu, boot in zip(self.cpus, image.boot, strict=True):
+            if lay.region_of(boot.entry) is None or \
+                    lay.translate(boot.entry, layout.Access.FETCH) is None:
+                raise MachineConfigError(f"cpu{cpu.index}: entry {boot.entry:#x} is not text")
+            self.mem.write(lay.percpu(cpu.index), struct.pack("<QQ", cpu.index,
+                                                               lay.stack_top(cpu.index)))
+            cpu.set_reg("rsp", lay.stack_top(cpu.index))
+            cpu.set_reg("rflags", 0x202 if boot.interrupts else 0x2)
+            for name, value in boot.regs.items():
+                try:
+                    cpu.set_reg(name, value)
+                except (AttributeError, UcError):
+                    raise MachineConfigError(f"cpu{cpu.index}: bad register {name!r}") from None
+            cpu.set_reg("rip", boot.entry)
+            cpu.state = self._fresh_state(cpu.index)
+
+    def _fresh_state(self, index: int) -> CpuState:
+        nmis = self.config.spontaneous_nmis
+        return CpuState(nmis_left=nmis[index] if index < len(nmis) else 0)
+
+    def reset(self) -> None:
+        """Back to the initial state without rebuilding any Unicorn instance."""
+        self.mem.restore(self._initial_mem)
+        initial_text = self._initial_mem[0]
+        for cpu, ctx in zip(self.cpus, self._initial_ctx, strict=True):
+            cpu.view.reset(initial_text)
+            for s, e in _merge(cpu.state.view_touched):
+                cpu.uc.ctl_remove_cache(layout.TEXT_BASE + s, layout.TEXT_BASE + e)
+            cpu.uc.context_restore(ctx)
+            cpu.state = self._fresh_state(cpu.index)
+            cpu.retired = 0
+        self.clock.tick = 0
+        self.truth.clear()
+        self.sideband.clear()
+        self._escalation.clear()
+        self._dirty = False
+
+    def symbol(self, name: str) -> int:
+        try:
+            return self.symbols[name]
+        except KeyError:
+            raise MachineConfigError(f"no guest symbol {name!r}") from None
+
+    # ------------------------------------------------------------ running
+    def run(self, source: DecisionSource) -> RunResult:
+        """One schedule, fully determined by the choices `source` makes."""
+        if self._dirty:
+            self.reset()
+        self._dirty = True
+        decisions = Decisions(source)
+        steps = 0
+        verdict: Verdict | None = None
+        while verdict is None:
+            verdict = self._step(decisions)
+            steps += 1
+        return RunResult(verdict=verdict, path=decisions.path, truth=self.truth,
+                         sideband=list(self.sideband), ticks=self.clock.tick, steps=steps)
+
+    def _deliverable(self, cpu: Cpu) -> bool:
+        st = cpu.state
+        if st.pending_nmi and not st.nmi_blocked:
+            return True
+        return bool(st.pending_ipis) and not st.shadow and bool(cpu.reg("rflags") & x86.RFLAGS_IF)
+
+    def _step(self, dec: Decisions) -> Verdict | None:
+        runnable = [c for c in self.cpus if not c.state.finished
+                    and (not c.state.halted or self._deliverable(c))]
+        if not runnable:
+            stuck = [c.index for c in self.cpus if not c.state.finished]
+            if not stuck:
+                return Verdict(PASS, "every CPU finished")
+            c = self.cpus[stuck[0]]
+            return Verdict(HANG, f"CPUs {stuck} are halted with nothing to wake them",
+                           cpu=c.index, rip=c.reg("rip"), event="deadlock")
+        cpu = runnable[dec.choose(Kind.CPU, len(runnable))]
+        st = cpu.state
+        if st.nmis_left and not st.pending_nmi and dec.choose(Kind.NMI_RAISE, 2):
+            st.pending_nmi = True
+            st.nmis_left -= 1
+            self._event(cpu, "nmi_raised")
+        verdict = self._maybe_interrupt(cpu, dec)
+        if verdict is not None:
+            return verdict
+        if cpu.view.has_pending():
+            pick = dec.choose(Kind.VIEW, len(cpu.view.pending) + 1)
+            if pick:
+                s, e = cpu.view.refresh(pick - 1, self.mem.text)
+                cpu.invalidate(s, e)
+                self._event(cpu, "view_update", start=f"{layout.TEXT_BASE + s:#x}", size=e - s)
+        quantum = dec.choose(Kind.QUANTUM, self.config.max_quantum) + 1
+        return self._after_run(cpu, cpu.run(quantum))
+
+    def _maybe_interrupt(self, cpu: Cpu, dec: Decisions) -> Verdict | None:
+        st = cpu.state
+        if st.pending_nmi and not st.nmi_blocked:
+            if st.halted or dec.choose(Kind.NMI, 2):
+                st.pending_nmi = False
+                st.nmi_blocked = True  # until the next IRET (SDM 6.7.1)
+                return self._deliver(cpu, x86.NMI, cpu.reg("rip"), None, "interrupt")
+        elif st.pending_ipis and not st.shadow and cpu.reg("rflags") & x86.RFLAGS_IF:
+            if st.halted or dec.choose(Kind.IPI, 2):
+                vector = max(st.pending_ipis)
+                st.pending_ipis.discard(vector)
+                verdict = self._deliver(cpu, vector, cpu.reg("rip"), None, "interrupt")
+                if verdict is None and vector in self.config.serializing_vectors:
+                    self._serialize(cpu, f"ipi {vector:#x}")
+                return verdict
+        return None
+
+    def _after_run(self, cpu: Cpu, stop: Stop) -> Verdict | None:
+        st = cpu.state
+        if st.own_dirty:
+            for s, e in _merge(st.own_dirty):
+                cpu.invalidate(s, e)
+            st.own_dirty.clear()
+        if st.need_serialize:
+            st.need_serialize = False
+            self._serialize(cpu, "instruction")
+        verdict: Verdict | None = None
+        if stop.kind is StopKind.ERROR:
+            verdict = self._fault_verdict(cpu, stop.rip, stop.message, "emulation error")
+        elif stop.kind is StopKind.EXCEPTION:
+            verdict = self._exception(cpu, stop)
+        for hc in st.hypercalls:
+            verdict = verdict or self._hypercall(cpu, hc)
+        st.hypercalls.clear()
+        if verdict is None and cpu.retired >= self.config.insn_budget:
+            verdict = Verdict(HANG, f"cpu{cpu.index} exceeded its budget of "
+                                    f"{self.config.insn_budget} instructions",
+                              cpu=cpu.index, rip=cpu.reg("rip"),
+                              fetched=cpu.fetched(cpu.reg("rip")), event="budget")
+        return verdict
+
+    def _serialize(self, cpu: Cpu, cause: str) -> None:
+        done = cpu.view.serialize(self.mem.text)
+        for s, e in _merge(done):
+            cpu.invalidate(s, e)
+        self._event(cpu, "serialize", cause=cause, units=len(done))
+
+    # ------------------------------------------------------------ exceptions
+    def _exception(self, cpu: Cpu, stop: Stop) -> Verdict | None:
+        vector = stop.vector
+        trap = vector == x86.BP or (x86.is_trap_instruction(cpu.state.last_code)
+                                    and stop.rip == cpu.state.last_ip + len(cpu.state.last_code))
+        if not trap:
+            retired = self.truth.retired[cpu.index] if self.config.truth else None
+            if retired and retired[-1][1] == stop.rip:
+                retired.pop()  # a fault: the instruction did not retire
+        if stop.cr2 is not None:
+            cpu.set_reg("cr2", stop.cr2)
+        return self._deliver(cpu, vector, stop.rip, stop.error_code, "exception",
+                             fault_rip=stop.rip if not trap else cpu.state.last_ip)
+
+    def _deliver(self, cpu: Cpu, vector: int, return_rip: int, error_code: int | None,
+                 kind: str, fault_rip: int | None = None) -> Verdict | None:
+        """Deliver through the guest IDT; a failure escalates to #DF, then a triple fault."""
+        chain: list[str] = []
+        v, err = vector, error_code
+        while True:
+            problem = self._push_frame(cpu, v, return_rip, err)
+            if problem is None:
+                self._event(cpu, kind, vector=v, name=x86.vector_name(v),
+                            rip=f"{return_rip:#x}",
+                            **({} if err is None else {"error_code": err}))
+                if chain:
+                    self._escalation[cpu.index] = "; ".join(chain)
+                return None
+            chain.append(f"delivering {x86.vector_name(v)}: {problem}")
+            if v == x86.DF:
+                rip = fault_rip if fault_rip is not None else return_rip
+                return self._fault_verdict(cpu, rip, "triple fault (" + "; ".join(chain) + ")",
+                                           "triple_fault")
+            v, err = x86.DF, 0
+
+    def _push_frame(self, cpu: Cpu, vector: int, rip: int, err: int | None) -> str | None:
+        _sel, base, limit, _flags = cpu.reg("idtr")
+        if 16 * vector + 15 > limit:
+            return f"vector {vector} is beyond the IDT limit"
+        try:
+            gate = x86.Gate.decode(self.mem.read(base + 16 * vector, 16))
+        except GuestMemoryError as e:
+            return f"IDT unreadable ({e})"
+        if not gate.present:
+            return "no usable handler (gate not present)"
+        if gate.type not in (x86.GATE_INTERRUPT, x86.GATE_TRAP) or gate.selector != \
+                layout.KERNEL_CS:
+            return f"unusable gate (type {gate.type:#x}, selector {gate.selector:#x})"
+        rsp, rflags = cpu.reg("rsp"), cpu.reg("rflags")
+        frame = struct.pack("<5Q", rip, cpu.reg("cs"), rflags, rsp, cpu.reg("ss"))
+        if err is not None:
+            frame = struct.pack("<Q", err) + frame
+        new_rsp = (rsp & ~0xF) - len(frame)
+        try:
+            self.mem.write(new_rsp, frame)
+        except GuestMemoryError as e:
+            return f"stack push faults ({e})"
+        flags = rflags & ~(x86.RFLAGS_TF | x86.RFLAGS_NT | x86.RFLAGS_RF | x86.RFLAGS_VM)
+        if gate.type == x86.GATE_INTERRUPT:
+            flags &= ~x86.RFLAGS_IF
+        cpu.set_reg("rsp", new_rsp)
+        cpu.set_reg("rflags", flags)
+        cpu.set_reg("rip", gate.offset)
+        cpu.state.halted = False
+        return None
+
+    def _fault_verdict(self, cpu: Cpu, rip: int, detail: str, event: str) -> Verdict:
+        return Verdict(GUEST_FAULT, f"cpu{cpu.index}: {detail}", cpu=cpu.index, rip=rip,
+                       fetched=cpu.fetched(rip), event=event)
+
+    # ------------------------------------------------------------ hypercalls
+    def _hypercall(self, cpu: Cpu, hc: HypercallRequest) -> Verdict | None:
+        a0, a1, a2, a3 = hc.args
+        try:
+            number = Hypercall(hc.number)
+        except ValueError:
+            return self._fault_verdict(cpu, hc.rip - 2, f"unknown hypercall {hc.number}",
+                                       "hypercall")
+        self._event(cpu, "hypercall", name=number.name.lower(), args=[f"{a:#x}" for a in
+                                                                        hc.args[:2]])
+        try:
+            return self._serve(cpu, number, hc, a0, a1, a2, a3)
+        except GuestMemoryError as e:
+            return self._fault_verdict(cpu, hc.rip - 2, f"hypercall {number.name}: {e}",
+                                       "hypercall")
+
+    def _serve(self, cpu: Cpu, number: Hypercall, hc: HypercallRequest, a0: int, a1: int,
+               a2: int, a3: int) -> Verdict | None:
+        if number is Hypercall.FINISH:
+            cpu.state.finished = True
+        elif number is Hypercall.SEND_IPI:
+            if a1 != x86.NMI and not 32 <= a1 <= 255:
+                return self._fault_verdict(cpu, hc.rip - 2, f"IPI with vector {a1}",
+                                           "hypercall")
+            for target in self.cpus:
+                if a0 >> target.index & 1:
+                    if a1 == x86.NMI:
+                        target.state.pending_nmi = True
+                    else:
+                        target.state.pending_ipis.add(a1)
+        elif number is Hypercall.SIDEBAND:
+            if not 1 <= a3 <= 16:
+                return self._fault_verdict(cpu, hc.rip - 2, f"sideband record of {a3} bytes",
+                                           "hypercall")
+            self.sideband.append(SidebandRecord(hc.tick, cpu.index, a0, self.mem.read(a1, a3),
+                                                self.mem.read(a2, a3)))
+        elif number is Hypercall.ASSERT:
+            message = self.mem.read_cstring(a1) if a1 else ""
+            return Verdict(GUEST_ASSERT, f"cpu{cpu.index}: guest assertion {a0}: {message}",
+                           cpu=cpu.index, rip=hc.rip - 2, fetched=cpu.fetched(hc.rip - 2),
+                           event="assert", extra={"code": a0})
+        elif number is Hypercall.FAULT:
+            frame_rip = self.mem.read_u64(a1) if a1 else 0
+            detail = f"fatal {x86.vector_name(a0)} reported by the guest handler"
+            if cpu.index in self._escalation:
+                detail += f" ({self._escalation[cpu.index]})"
+            return self._fault_verdict(cpu, frame_rip, detail,
+                                       "double_fault" if a0 == x86.DF else "fatal_exception")
+        return None  # QUIESCENT and MARK are recorded as events only
+
+    def _event(self, cpu: Cpu, kind: str, **data) -> None:
+        self.truth.events.append(Event(self.clock.tick, cpu.index, kind, data))

@@ -1,0 +1,292 @@
+"""The machine's self-checks: each drives real guest code (guest_code/selftest.S) through the
+decision stream and checks what the CPUs fetched, executed and stored."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import hypercall, layout, x86
+from .asm import Program, assemble, load_source
+from .decisions import DecisionSource, Kind, RandomSource, ReplaySource
+from .fetch_view import Grain
+from .machine import CpuBoot, GuestImage, Machine, MachineConfig, RunResult
+
+VARS = ("OBS_LAST", "OBS_ITERS", "STOP", "IPI_SEEN", "IPI_ACK", "TRAPS", "FRAME_RIP", "FRAME_CS",
+        "NMI_DEPTH", "NMI_MAXDEPTH", "NMI_ENTRIES", "NMI_SECOND", "PF_CR2", "PF_ERR", "TSC1",
+        "TSC2")
+OLD_SITE = bytes.fromhex("b811111111")
+NEW_SITE = bytes.fromhex("b822222222")
+
+
+def var(name: str) -> int:
+    return layout.DATA_BASE + layout.GUEST_DATA_OFFSET + 8 * VARS.index(name)
+
+
+def program() -> Program:
+    equates = {f"V_{n}": var(n) for n in VARS} | hypercall.EQUATES | {
+        "POKE_DELTA": layout.POKE_BASE - layout.TEXT_BASE}
+    return assemble(load_source("selftest.S"), layout.TEXT_BASE, equates, "selftest.S")
+
+
+def build(entries: list[str], idt: dict[int, str] | None = None, interrupts: bool = True,
+          **config) -> Machine:
+    prog = program()
+    idt_map = {x86.DF: prog.sym("df_handler")}
+    idt_map |= {v: prog.sym(h) for v, h in (idt or {}).items()}
+    image = GuestImage(programs=[prog], idt=idt_map,
+                       boot=[CpuBoot(prog.sym(e), interrupts=interrupts) for e in entries])
+    return Machine(MachineConfig(ncpus=len(entries), **config), image)
+
+
+class Scripted(DecisionSource):
+    """A fixed policy: round-robin CPUs, a fixed quantum, interrupts as soon as allowed, and
+    fetch-view updates chosen by `view(arity)`."""
+
+    def __init__(self, quantum: int = 3, view: Callable[[int], int] = lambda _arity: 0) -> None:
+        self.quantum = quantum
+        self.view = view
+        self._rr = -1
+
+    def pick(self, kind: Kind, arity: int, position: int) -> int:
+        if kind is Kind.CPU:
+            self._rr = (self._rr + 1) % arity
+            return self._rr
+        if kind is Kind.QUANTUM:
+            return min(self.quantum, arity) - 1
+        if kind is Kind.VIEW:
+            return self.view(arity)
+        if kind is Kind.NMI_RAISE:
+            return 0
+        return 1  # IPI, NMI: deliver now
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _u64(m: Machine, name: str) -> int:
+    return struct.unpack("<Q", m.mem.read(var(name), 8))[0]
+
+
+def _site_runs(m: Machine, res: RunResult, cpu: int) -> list[tuple[int, bytes]]:
+    site = m.symbol("site_insn")
+    return [(t, b) for t, ip, b in res.truth.retired[cpu] if ip == site]
+
+
+def _serialize_tick(res: RunResult, cpu: int, cause_prefix: str) -> int | None:
+    for e in res.truth.events:
+        if e.kind == "serialize" and e.cpu == cpu and e.data["cause"].startswith(cause_prefix):
+            return e.tick
+    return None
+
+
+def _store_tick(res: RunResult) -> int:
+    return next(e.tick for e in res.truth.events if e.kind == "text_store")
+
+
+def _xmc(grain: Grain, view: Callable[[int], int]) -> tuple[Machine, RunResult]:
+    m = build(["xmc_cpu0", "xmc_cpu1"], {x86.CALL_FUNCTION_VECTOR: "xmc_ipi"}, grain=grain)
+    return m, m.run(Scripted(view=view))
+
+
+def check_stale_fetch_until_sync() -> Check:
+    m, res = _xmc(Grain.STORE, lambda _a: 0)
+    if not res.verdict.ok:
+        return Check("stale_fetch_until_sync", False, str(res.verdict))
+    stored, synced = _store_tick(res), _serialize_tick(res, 1, "ipi")
+    runs = _site_runs(m, res, 1)
+    stale = [t for t, b in runs if stored < t and (synced is None or t < synced) and b == OLD_SITE]
+    after = [b for t, b in runs if synced is not None and t > synced]
+    ok = bool(stale) and synced is not None and bool(after) and all(b == NEW_SITE for b in after)
+    return Check("stale_fetch_until_sync", ok,
+                 f"cpu1 ran the old site {len(stale)}x after the store at t={stored}, "
+                 f"serialized at t={synced}, then ran {len(after)}x, all new={ok}")
+
+
+def _torn_first(arity: int, state: list[int]) -> int:
+    """Make exactly one pending unit (the first) visible, once."""
+    if state[0]:
+        return 0
+    state[0] = 1
+    return 1
+
+
+def _is_torn(b: bytes) -> bool:
+    return (b not in (OLD_SITE, NEW_SITE) and len(b) == 5
+            and all(x in (o, n) for x, o, n in zip(b, OLD_SITE, NEW_SITE, strict=True)))
+
+
+def check_torn_fetch_byte_grain() -> Check:
+    state = [0]
+    m, res = _xmc(Grain.BYTE, lambda a: _torn_first(a, state))
+    torn = [(t, b) for t, b in _site_runs(m, res, 1) if _is_torn(b)]
+    value = _u64(m, "OBS_LAST")
+    ok = res.verdict.ok and bool(torn)
+    return Check("torn_fetch_byte_grain", ok,
+                 f"cpu1 executed {len(torn)} torn fetches of the site, e.g. "
+                 f"{torn[0][1].hex() if torn else '-'}; verdict {res.verdict.kind}; "
+                 f"last value {value:#x}")
+
+
+def check_no_torn_fetch_after_sync() -> Check:
+    state = [0]
+    m, res = _xmc(Grain.BYTE, lambda a: _torn_first(a, state))
+    synced = _serialize_tick(res, 1, "ipi")
+    runs = _site_runs(m, res, 1)
+    before = [b for t, b in runs if synced is not None and t < synced and _is_torn(b)]
+    after = [b for t, b in runs if synced is not None and t > synced]
+    ok = (res.verdict.ok and bool(before) and bool(after)
+          and all(b == NEW_SITE for b in after))
+    return Check("no_torn_fetch_after_sync", ok,
+                 f"{len(before)} torn fetches before the sync at t={synced}, {len(after)} "
+                 f"fetches after it, all new={all(b == NEW_SITE for b in after)}")
+
+
+def check_own_writes_visible() -> Check:
+    m = build(["own_cpu0"])
+    res = m.run(Scripted(view=lambda _a: 0))
+    runs = _site_runs(m, res, 0)
+    value = _u64(m, "OBS_LAST") & 0xFFFFFFFF
+    ok = res.verdict.ok and value == 0x22222222 and [b for _, b in runs] == [NEW_SITE]
+    return Check("own_writes_visible", ok,
+                 f"the patching CPU ran {[b.hex() for _, b in runs]} and got {value:#x}")
+
+
+def check_int3_handler_iret() -> Check:
+    m = build(["int3_cpu0"], {x86.BP: "bp_handler"})
+    res = m.run(Scripted())
+    ips = res.truth.ips(0)
+    int3, after, handler = m.symbol("int3_insn"), m.symbol("int3_after"), m.symbol("bp_handler")
+    trapped = [b for _, ip, b in res.truth.retired[0] if ip == int3]
+    ok = (res.verdict.ok and _u64(m, "TRAPS") == 1 and _u64(m, "FRAME_RIP") == after
+          and _u64(m, "FRAME_CS") == layout.KERNEL_CS and trapped == [b"\xcc"]
+          and handler in ips and ips.index(after) > ips.index(handler)
+          and _u64(m, "OBS_LAST") & 0xFFFFFFFF == 8)
+    return Check("int3_handler_iret", ok,
+                 f"handler ran {_u64(m, 'TRAPS')}x with frame RIP {_u64(m, 'FRAME_RIP'):#x} "
+                 f"(INT3 at {int3:#x}), execution resumed at {after:#x}")
+
+
+def check_ud_from_invalid_bytes() -> Check:
+    m = build(["ud_cpu0"], {x86.UD: "ud_handler"})
+    res = m.run(Scripted())
+    ud = m.symbol("ud_insn")
+    ok = (res.verdict.ok and _u64(m, "TRAPS") == 1 and _u64(m, "FRAME_RIP") == ud
+          and ud not in res.truth.ips(0) and _u64(m, "OBS_LAST") & 0xFFFFFFFF == 8
+          and any(e.kind == "exception" and e.data["vector"] == x86.UD
+                  for e in res.truth.events))
+    return Check("ud_from_invalid_bytes", ok,
+                 f"#UD handler ran {_u64(m, 'TRAPS')}x with frame RIP "
+                 f"{_u64(m, 'FRAME_RIP'):#x} (invalid bytes at {ud:#x})")
+
+
+def check_ipi_serializes() -> Check:
+    m, res = _xmc(Grain.STORE, lambda _a: 0)
+    seen = _u64(m, "IPI_SEEN") & 0xFFFFFFFF
+    synced = _serialize_tick(res, 1, "ipi")
+    ok = res.verdict.ok and seen == 0x22222222 and synced is not None
+    return Check("ipi_serializes", ok,
+                 f"with no fetch-view update chosen, the IPI handler (before its IRETQ) ran "
+                 f"the site and got {seen:#x}")
+
+
+def check_nmi_delivery() -> Check:
+    m = build(["nmi_cpu0", "nmi_cpu1"], {x86.NMI: "nmi_handler"})
+    res = m.run(Scripted())
+    nmis = [e for e in res.truth.events if e.kind == "interrupt" and e.cpu == 1
+            and e.data["vector"] == x86.NMI]
+    iret_ticks = [t for t, ip, b in res.truth.retired[1] if b == b"\x48\xcf"]
+    second_after_iret = len(nmis) == 2 and bool(iret_ticks) and nmis[1].tick > iret_ticks[0]
+    ok = (res.verdict.ok and _u64(m, "NMI_ENTRIES") == 2 and _u64(m, "NMI_MAXDEPTH") == 1
+          and second_after_iret)
+    return Check("nmi_delivery", ok,
+                 f"{len(nmis)} NMIs delivered to cpu1 running with IF=0, max nesting "
+                 f"{_u64(m, 'NMI_MAXDEPTH')}, second after the first IRETQ={second_after_iret}")
+
+
+def check_write_via_exec_mapping_faults() -> Check:
+    m = build(["pf_cpu0"], {x86.PF: "pf_handler"})
+    res = m.run(Scripted())
+    site = m.symbol("site_insn")
+    err = _u64(m, "PF_ERR")
+    intact = m.mem.read(site, 5) == OLD_SITE
+    ok = (res.verdict.ok and _u64(m, "TRAPS") == 1 and _u64(m, "PF_CR2") == site
+          and err & (x86.PF_PRESENT | x86.PF_WRITE) == x86.PF_PRESENT | x86.PF_WRITE
+          and _u64(m, "FRAME_RIP") == m.symbol("pf_cpu0") and intact)
+    return Check("write_via_exec_mapping_faults", ok,
+                 f"#PF with CR2 {_u64(m, 'PF_CR2'):#x}, error code {err:#x}, frame RIP "
+                 f"{_u64(m, 'FRAME_RIP'):#x}; text unchanged={intact}")
+
+
+def check_rdtsc_virtual() -> Check:
+    m = build(["tsc_cpu0"])
+    res = m.run(Scripted())
+    ticks = {ip: t for t, ip, _ in res.truth.retired[0]}
+    t1, t2 = _u64(m, "TSC1"), _u64(m, "TSC2")
+    ok = (res.verdict.ok and t1 == ticks[m.symbol("rdtsc_1")]
+          and t2 == ticks[m.symbol("rdtsc_2")] and t2 > t1)
+    return Check("rdtsc_virtual", ok,
+                 f"RDTSC={t1}, RDTSCP={t2}: the global ticks of those instructions")
+
+
+def check_determinism() -> Check:
+    m = build(["xmc_cpu0", "xmc_cpu1"], {x86.CALL_FUNCTION_VECTOR: "xmc_ipi"}, grain="byte")
+    a = m.run(RandomSource(1234))
+    digest_a, path = a.truth.digest(), list(a.path)
+    m2 = build(["xmc_cpu0", "xmc_cpu1"], {x86.CALL_FUNCTION_VECTOR: "xmc_ipi"}, grain="byte")
+    b = m2.run(ReplaySource(path))
+    c = m2.run(RandomSource(1234))
+    ok = (a.verdict.kind == b.verdict.kind and digest_a == b.truth.digest() == c.truth.digest()
+          and len(path) > 10)
+    return Check("determinism", ok,
+                 f"{len(path)} decisions; replay on a fresh machine and a seeded re-run give "
+                 f"the same ground truth ({digest_a[:12]})")
+
+
+def check_reset_restores() -> Check:
+    m = build(["xmc_cpu0", "xmc_cpu1"], {x86.CALL_FUNCTION_VECTOR: "xmc_ipi"}, grain="byte")
+    initial = m.mem.snapshot()
+    regs0 = [(c.reg("rip"), c.reg("rsp"), c.reg("rflags")) for c in m.cpus]
+    first = m.run(RandomSource(7))
+    digest = first.truth.digest()
+    m.reset()
+    same_mem = m.mem.snapshot() == initial
+    same_regs = [(c.reg("rip"), c.reg("rsp"), c.reg("rflags")) for c in m.cpus] == regs0
+    same_views = all(bytes(v.buf) == initial[0] and not v.has_pending() for v in m.views)
+    again = m.run(RandomSource(7))
+    ok = (same_mem and same_regs and same_views and m.clock.tick == again.ticks
+          and again.truth.digest() == digest)
+    return Check("reset_restores", ok,
+                 f"memory={same_mem} registers={same_regs} views={same_views}; re-run after "
+                 "reset identical=" + str(again.truth.digest() == digest))
+
+
+def check_hang_budget() -> Check:
+    m = build(["hang_cpu0", "idle_cpu"], insn_budget=5000)
+    res = m.run(RandomSource(1))
+    ok = res.verdict.kind == "hang" and res.verdict.cpu == 0 and m.cpus[0].retired >= 5000
+    return Check("hang_budget", ok, f"runaway guest ended with: {res.verdict}")
+
+
+CHECKS: tuple[Callable[[], Check], ...] = (
+    check_stale_fetch_until_sync, check_torn_fetch_byte_grain, check_no_torn_fetch_after_sync,
+    check_own_writes_visible, check_int3_handler_iret, check_ud_from_invalid_bytes,
+    check_ipi_serializes, check_nmi_delivery, check_write_via_exec_mapping_faults,
+    check_rdtsc_virtual, check_determinism, check_reset_restores, check_hang_budget,
+)
+
+
+def run_all() -> list[Check]:
+    out = []
+    for fn in CHECKS:
+        name = fn.__name__.removeprefix("check_")
+        try:
+            out.append(fn())
+        except Exception as e:  # a check that crashes is a failed check, with the reason
+            out.append(Check(name, False, f"{type(e).__name__}: {e}"))
+    return out

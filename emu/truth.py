@@ -1,0 +1,58 @@
+"""Ground truth: what each CPU really retired, and every machine event, in global tick order."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Event:
+    tick: int
+    cpu: int
+    kind: str  # exception, interrupt, view_update, serialize, hypercall, ...
+    data: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"t": self.tick, "cpu": self.cpu, "kind": self.kind, **self.data}
+
+
+@dataclass
+class GroundTruth:
+    """Per CPU, retired instructions as (tick, ip, bytes fetched); plus all events."""
+
+    ncpus: int
+    retired: list[list[tuple[int, int, bytes]]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.retired:
+            self.retired = [[] for _ in range(self.ncpus)]
+
+    def clear(self) -> None:
+        for r in self.retired:
+            r.clear()
+        self.events.clear()
+
+    def events_of(self, kind: str, cpu: int | None = None) -> list[Event]:
+        return [e for e in self.events if e.kind == kind and (cpu is None or e.cpu == cpu)]
+
+    def ips(self, cpu: int) -> list[int]:
+        return [ip for _, ip, _ in self.retired[cpu]]
+
+    def cpu_jsonl(self, cpu: int) -> str:
+        return "".join(json.dumps({"t": t, "ip": f"{ip:#x}", "bytes": b.hex()}) + "\n"
+                       for t, ip, b in self.retired[cpu])
+
+    def events_jsonl(self) -> str:
+        return "".join(json.dumps(e.to_json(), sort_keys=True) + "\n" for e in self.events)
+
+    def digest(self) -> str:
+        """A hash of everything recorded, for byte-for-byte determinism checks."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for cpu in range(self.ncpus):
+            h.update(self.cpu_jsonl(cpu).encode())
+        h.update(self.events_jsonl().encode())
+        return h.hexdigest()

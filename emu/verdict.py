@@ -1,0 +1,41 @@
+"""How a run ended: a verdict kind plus where and why."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+PASS = "pass"
+GUEST_FAULT = "guest_fault"
+HANG = "hang"
+GUEST_ASSERT = "guest_assert"
+
+
+@dataclass
+class Verdict:
+    kind: str
+    detail: str = ""
+    cpu: int | None = None
+    rip: int | None = None
+    fetched: bytes = b""  # the bytes that CPU fetched at rip, from its own view
+    event: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == PASS
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["rip"] = None if self.rip is None else f"{self.rip:#x}"
+        out["fetched"] = self.fetched.hex()
+        return out
+
+    def __str__(self) -> str:
+        where = "" if self.cpu is None else f" on cpu{self.cpu}"
+        if self.rip is not None:
+            where += f" at {self.rip:#x} [{self.fetched.hex(' ')}]"
+        return f"{self.kind}{where}: {self.detail}"
+
+
+class MachineConfigError(ValueError):
+    """A machine or image configuration that cannot be built."""

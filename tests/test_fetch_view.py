@@ -1,0 +1,47 @@
+import ctypes
+
+import pytest
+
+from emu.fetch_view import FetchView, Grain
+
+
+def make(grain, size=256):
+    return FetchView(ctypes.create_string_buffer(size), grain), ctypes.create_string_buffer(size)
+
+
+@pytest.mark.parametrize("grain,units", [
+    (Grain.BYTE, [(14, 15), (15, 16), (16, 17), (17, 18)]),
+    (Grain.FETCH_BLOCK, [(0, 16), (16, 32)]),
+    (Grain.LINE, [(0, 64)]),
+    (Grain.STORE, [(14, 18)]),
+])
+def test_a_store_is_pending_in_units_of_the_grain(grain, units):
+    view, _ = make(grain)
+    view.note_store(14, 4)
+    assert view.pending == units
+
+
+def test_refresh_copies_current_memory_and_never_goes_back():
+    view, mem = make(Grain.BYTE)
+    mem[10] = b"\x01"
+    view.note_store(10, 1)
+    mem[10] = b"\x02"  # a second store before this CPU refetched
+    view.note_store(10, 1)
+    assert view.pending == [(10, 11)]  # one unit, not two
+    view.refresh(0, mem)
+    assert view.buf[10] == b"\x02" and not view.has_pending()
+
+
+def test_serialize_makes_everything_visible():
+    view, mem = make(Grain.BYTE)
+    mem[0:4] = b"abcd"
+    view.note_store(0, 4)
+    view.refresh(2, mem)
+    assert view.read(0, 4) == b"\0\0c\0"  # a torn mix
+    view.serialize(mem)
+    assert view.read(0, 4) == b"abcd" and not view.has_pending()
+
+
+def test_unknown_grain():
+    with pytest.raises(ValueError, match="unknown fetch grain"):
+        Grain.parse("word")

@@ -1,0 +1,310 @@
+"""Machine behaviours beyond the self-checks, and the bad inputs of issue 2."""
+
+import pytest
+
+from emu import layout, x86
+from emu.decisions import Kind, RandomSource, ReplayError, ReplaySource
+from emu.fetch_view import Grain
+from emu.machine import MachineConfig
+from emu.selftest import Scripted
+from emu.verdict import MachineConfigError
+from tests.conftest import VAR
+
+FAULTY = """
+start:
+    mov ebx, 1
+bad:
+    .byte 0x0f, 0x0b
+    mov eax, HC_FINISH
+    out HC_PORT, eax
+df:
+    mov edi, 8
+    lea rsi, [rsp + 8]
+    mov eax, HC_FAULT
+    out HC_PORT, eax
+"""
+
+
+def test_fault_without_any_handler_is_a_triple_fault_verdict(build):
+    m = build(FAULTY, ["start"])
+    res = m.run(Scripted())
+    v = res.verdict
+    assert v.kind == "guest_fault" and v.event == "triple_fault"
+    assert v.cpu == 0 and v.rip == m.symbol("bad") and v.fetched[:2] == b"\x0f\x0b"
+    assert "#UD" in v.detail and "#DF" in v.detail
+
+
+def test_fault_without_handler_goes_to_the_double_fault_handler(build):
+    m = build(FAULTY, ["start"], {x86.DF: "df"})
+    v = m.run(Scripted()).verdict
+    assert v.kind == "guest_fault" and v.event == "double_fault"
+    assert v.rip == m.symbol("bad") and "#UD" in v.detail
+
+
+def test_double_fault_when_the_stack_is_unusable(build):
+    src = """
+start:
+    mov rsp, 0x1000          # not mapped: the #BP frame cannot be pushed
+    int3
+handler:
+    iretq
+"""
+    v = build(src, ["start"], {x86.BP: "handler"}).run(Scripted()).verdict
+    assert v.kind == "guest_fault" and v.event == "triple_fault"
+    assert "stack push faults" in v.detail
+
+
+def test_divide_error_and_general_protection_reach_their_handlers(build):
+    src = """
+de_start:
+    xor ecx, ecx
+    div ecx
+    mov eax, HC_FINISH
+    out HC_PORT, eax
+gp_start:
+    mov rax, 0x0000800000000000
+gp_insn:
+    mov rbx, qword ptr [rax]
+    mov eax, HC_FINISH
+    out HC_PORT, eax
+handler:                       # record the vector's frame RIP and give up
+    mov rax, qword ptr [rsp]
+    mov qword ptr [V], rax
+    mov eax, HC_FINISH
+    out HC_PORT, eax
+gp_handler:
+    mov rax, qword ptr [rsp + 8]
+    mov qword ptr [V], rax
+    mov rax, qword ptr [rsp]
+    mov qword ptr [V + 8], rax
+    mov eax, HC_FINISH
+    out HC_PORT, eax
+"""
+    m = build(src, ["de_start"], {x86.DE: "handler"})
+    assert m.run(Scripted()).verdict.ok
+    assert m.mem.read_u64(VAR) == m.symbol("de_start") + 2  # the DIV itself: a fault
+    m = build(src, ["gp_start"], {x86.GP: "gp_handler"})
+    res = m.run(Scripted())
+    assert res.verdict.ok
+    assert m.mem.read_u64(VAR) == m.symbol("gp_insn") and m.mem.read_u64(VAR + 8) == 0
+    assert m.symbol("gp_insn") not in res.truth.ips(0)  # a fault does not retire
+
+
+def test_runaway_guest_hangs_instead_of_running_forever(build):
+    m = build("spin:\n    jmp spin\n", ["spin", "spin"], insn_budget=3000)
+    v = m.run(RandomSource(3)).verdict
+    assert v.kind == "hang" and v.event == "budget" and v.rip == m.symbol("spin")
+
+
+def test_all_cpus_halted_with_interrupts_off_is_a_deadlock(build):
+    m = build("stop:\n    hlt\n    jmp stop\n", ["stop", "stop"], interrupts=False)
+    v = m.run(RandomSource(1)).verdict
+    assert v.kind == "hang" and v.event == "deadlock"
+
+
+def test_halted_cpu_wakes_on_ipi(build):
+    # safe_halt(): `sti; hlt` with the STI shadow closing the lost-wakeup window
+    src = """
+sleeper:
+    mov qword ptr [V + 16], 1
+    sti
+    hlt
+    mov qword ptr [V], 5
+    mov eax, HC_FINISH
+    out HC_PORT, eax
+waker:
+    cmp qword ptr [V + 16], 1
+    jne waker
+    mov edi, 1
+    mov esi, 0x40
+    mov eax, HC_SEND_IPI
+    out HC_PORT, eax
+    mov eax, HC_FINISH
+    out HC_PORT, eax
+irq:
+    lock inc qword ptr [V + 8]
+    iretq
+"""
+    for seed in range(20):
+        m = build(src, ["sleeper", "waker"], {0x40: "irq"}, interrupts=False)
+        assert m.run(RandomSource(seed)).verdict.ok, seed
+        assert m.mem.read_u64(VAR) == 5 and m.mem.read_u64(VAR + 8) == 1
+
+
+def test_no_ipi_in_the_sti_shadow(build):
+    src = """
+cpu0:
+    cmp qword ptr [V + 16], 1     # wait until cpu1 has sent the IPI
+    jne cpu0
+    sti
+shadowed:
+    nop
+after:
+    nop
+    mov eax, HC_FINISH
+    out HC_PORT, eax
+cpu1:
+    mov edi, 1
+    mov esi, 0x40
+    mov eax, HC_SEND_IPI
+    out HC_PORT, eax
+    mov qword ptr [V + 16], 1
+    mov eax, HC_FINISH
+    out HC_PORT, eax
+irq:
+    mov rax, qword ptr [rsp]
+    mov qword ptr [V], rax
+    iretq
+"""
+    m = build(src, ["cpu0", "cpu1"], {0x40: "irq"}, interrupts=False)
+    res = m.run(Scripted(quantum=1))  # a chance to deliver at every boundary
+    assert res.verdict.ok
+    # not at the boundary right after STI: the first one it can take is after `nop`
+    assert m.mem.read_u64(VAR) == m.symbol("after")
+
+
+def test_spontaneous_nmi_is_a_recorded_decision(build):
+    src = """
+loop:
+    lock inc qword ptr [V]
+    cmp qword ptr [V], 200
+    jb loop
+    mov eax, HC_FINISH
+    out HC_PORT, eax
+nmi:
+    lock inc qword ptr [V + 8]
+    iretq
+"""
+    m = build(src, ["loop"], {x86.NMI: "nmi"}, spontaneous_nmis=(2,))
+    res = m.run(RandomSource(11))
+    assert res.verdict.ok
+    raised = [c for c in res.path if c.kind is Kind.NMI_RAISE and c.value == 1]
+    assert m.mem.read_u64(VAR + 8) == len(raised) == 2
+    m.reset()
+    again = m.run(ReplaySource(res.path))
+    assert again.truth.digest() == res.truth.digest()
+
+
+def test_sixteen_cpus(build):
+    src = """
+entry:
+    mov rax, qword ptr gs:[0]      # the CPU number from the per-CPU area
+    lock bts qword ptr [V], rax
+    mov eax, HC_FINISH
+    out HC_PORT, eax
+"""
+    m = build(src, ["entry"] * 16)
+    assert m.run(RandomSource(2)).verdict.ok
+    assert m.mem.read_u64(VAR) == (1 << 16) - 1
+
+
+def test_data_reads_of_text_see_memory_not_the_view(build):
+    src = """
+reader:
+    cmp qword ptr [V + 8], 1
+    jne reader
+    mov al, byte ptr [site]        # a data read of text
+    mov byte ptr [V], al
+    call site                      # an instruction fetch of the same bytes (stale view)
+    mov byte ptr [V + 1], al
+    mov eax, HC_FINISH
+    out HC_PORT, eax
+writer:
+    lea rdi, [rip + site]
+    mov byte ptr [rdi + POKE_DELTA + 1], 0x22
+    mov qword ptr [V + 8], 1
+    mov eax, HC_FINISH
+    out HC_PORT, eax
+site:
+    mov al, 0x11
+    ret
+"""
+    from emu import hypercall
+    from emu.asm import assemble
+    from emu.machine import CpuBoot, GuestImage, Machine
+
+    prog = assemble(src, layout.TEXT_BASE, hypercall.EQUATES | {
+        "V": VAR, "POKE_DELTA": layout.POKE_BASE - layout.TEXT_BASE})
+    m = Machine(MachineConfig(ncpus=2), GuestImage(
+        programs=[prog], boot=[CpuBoot(prog.sym("reader")), CpuBoot(prog.sym("writer"))]))
+    assert m.run(Scripted(view=lambda _a: 0)).verdict.ok
+    data_read, executed = m.mem.read(VAR, 2)
+    assert data_read == 0xB0                 # the opcode, read as data
+    assert executed == 0x11                  # the fetch still saw the old immediate
+
+
+@pytest.mark.parametrize("bad", [
+    {"ncpus": 0}, {"ncpus": 65}, {"grain": "word"}, {"max_quantum": 0}, {"insn_budget": 0},
+    {"text_size": 0x1234}, {"ncpus": 1, "spontaneous_nmis": (1, 1)},
+])
+def test_invalid_configuration_is_a_clear_error(bad):
+    with pytest.raises((MachineConfigError, ValueError)) as err:
+        MachineConfig(**bad)
+    assert str(err.value)
+
+
+def test_grain_names():
+    assert MachineConfig(grain="line").grain is Grain.LINE
+    assert MachineConfig(grain=16).grain is Grain.FETCH_BLOCK
+
+
+def test_image_entry_outside_text_is_rejected(build):
+    from emu.machine import CpuBoot, GuestImage, Machine
+    with pytest.raises(MachineConfigError, match="entry"):
+        Machine(MachineConfig(ncpus=1), GuestImage(programs=[], boot=[CpuBoot(layout.DATA_BASE)]))
+
+
+def test_replay_of_a_foreign_path_is_refused(build):
+    src = "a:\n    mov eax, HC_FINISH\n    out HC_PORT, eax\n"
+    m = build(src, ["a", "a"])
+    res = m.run(RandomSource(4))
+    wrong = list(res.path)
+    from emu.decisions import Choice
+    wrong[0] = Choice(Kind.VIEW, 9, 0)
+    with pytest.raises(ReplayError, match="decision 0"):
+        m.run(ReplaySource(wrong))
+    with pytest.raises(ReplayError, match="path ended"):
+        m.run(ReplaySource(res.path[:1]))
+
+
+def test_unknown_hypercall_is_a_guest_fault(build):
+    src = "a:\n    mov eax, 99\n    out HC_PORT, eax\n"
+    v = build(src, ["a"]).run(Scripted()).verdict
+    assert v.kind == "guest_fault" and "unknown hypercall 99" in v.detail
+
+
+def test_guest_assert_carries_its_message(build):
+    src = """
+a:
+    mov edi, 42
+    lea rsi, [rip + msg]
+    mov eax, HC_ASSERT
+    out HC_PORT, eax
+msg:
+    .byte 0x62, 0x61, 0x64, 0x00
+"""
+    v = build(src, ["a"]).run(Scripted()).verdict
+    assert v.kind == "guest_assert" and "42: bad" in v.detail and v.extra["code"] == 42
+
+
+def test_sideband_hypercall_records_old_and_new_bytes_with_the_tsc(build):
+    src = """
+a:
+    mov rdi, 0xffffffff81000000
+    lea rsi, [rip + old]
+    lea rdx, [rip + new]
+    mov ecx, 2
+    mov eax, HC_SIDEBAND
+    out HC_PORT, eax
+    mov eax, HC_FINISH
+    out HC_PORT, eax
+old:
+    .byte 0x66, 0x90
+new:
+    .byte 0xeb, 0x00
+"""
+    m = build(src, ["a"])
+    res = m.run(Scripted())
+    (rec,) = res.sideband
+    assert (rec.addr, rec.old, rec.new, rec.cpu) == (layout.TEXT_BASE, b"\x66\x90", b"\xeb\x00", 0)
+    assert rec.tick == res.truth.retired[0][5][0]  # the tick of the hypercall instruction
