@@ -44,6 +44,9 @@ _LABEL = re.compile(r"^\s*([A-Za-z_][\w.]*):\s*(.*)$")
 _DATA_SIZES = {".byte": 1, ".word": 2, ".short": 2, ".long": 4, ".int": 4, ".quad": 8}
 
 
+_ASM_BASE = 0x4000_0000_0000
+
+
 class AsmError(Exception):
     """Guest source that does not assemble, or assembles to something else than it says."""
 
@@ -54,6 +57,7 @@ class Program:
     code: bytes
     symbols: dict[str, int]
     name: str = "<source>"
+    starts: frozenset[int] = frozenset()  # addresses where an instruction (or KNOP) starts
 
     def sym(self, name: str) -> int:
         try:
@@ -113,6 +117,26 @@ _REG = re.compile(r"\b(r[a-d]x|r[sd]i|r[sb]p|e[a-d]x|e[sd]i|e[sb]p|[a-d][lhx]|[s
                   r"[sb]p|r(?:[89]|1[0-5])[dwb]?|rip|cr[0-8]|dr[0-7]|[c-gs]s|xmm\d+)\b")
 
 
+_NUMS = re.compile(r"^\s*[-+]?\s*(0x[0-9a-f]+|\d+)(\s*[-+]\s*(0x[0-9a-f]+|\d+))*\s*$")
+
+
+def _absolute(operands: str) -> int | None:
+    """The address in `[number +- number ...]`, if that is what the memory operand is."""
+    m = re.search(r"\[([^\]]*)\]", operands.lower())
+    if not m or not _NUMS.match(m.group(1)):
+        return None
+    return sum(int(t.replace(" ", ""), 0) for t in re.findall(r"[-+]?\s*(?:0x[0-9a-f]+|\d+)",
+                                                                  m.group(1)))
+
+
+def _rip_target(insn) -> int | None:
+    m = re.search(r"\[rip ([-+]) (0x[0-9a-f]+|\d+)\]", insn.op_str)
+    if not m:
+        return None
+    disp = int(m.group(2), 0) * (-1 if m.group(1) == "-" else 1)
+    return (insn.address + insn.size + disp) & (2**64 - 1)
+
+
 def _registers(operands: str) -> set[str]:
     return set(_REG.findall(operands.lower()))
 
@@ -130,10 +154,13 @@ def _source_mnemonic(text: str) -> str:
     return _norm(" ".join(prefixes + words[:1]))
 
 
-def _check(program: bytes, base: int, lines: list[_Line], name: str) -> None:
-    """Walk the source and the disassembly together; any disagreement is an AsmError."""
+def _check(program: bytes, base: int, lines: list[_Line], name: str,
+           labels: set[str]) -> frozenset[int]:
+    """Walk the source and the disassembly together; any disagreement is an AsmError.
+    Returns the addresses where instructions start."""
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
     pos = 0
+    starts: set[int] = set()
     for line in lines:
         word = line.text.split(None, 1)[0].lower()
         where = f"{name}:{line.number} ({line.text!r}) at {base + pos:#x}"
@@ -141,6 +168,7 @@ def _check(program: bytes, base: int, lines: list[_Line], name: str) -> None:
             items = [x for x in line.text.split(None, 1)[1].split(",") if x.strip()]
             size = _DATA_SIZES[word] * len(items)
             if word == ".byte":
+                starts.add(base + pos)
                 want = bytes(int(x, 0) & 0xFF for x in items)
                 if program[pos:pos + size] != want:
                     raise AsmError(f"{where}: bytes {program[pos:pos + size].hex()} "
@@ -174,11 +202,23 @@ def _check(program: bytes, base: int, lines: list[_Line], name: str) -> None:
         if operands.count("[") != operands.count("]") or \
                 ("[" in operands) != ("[" in insn.op_str):
             raise AsmError(f"{where}: {said}: memory operand differs from the source")
+        if "rip" in _registers(insn.op_str) and "rip" not in _registers(operands):
+            # keystone makes a near absolute address RIP-relative: check where it points
+            want_ea, got_ea = _absolute(operands), _rip_target(insn)
+            if want_ea is None or got_ea != want_ea & (2**64 - 1):
+                raise AsmError(f"{where}: {said}: RIP-relative operand points elsewhere "
+                               f"than the source's {operands}")
+        if not got.startswith(("j", "call", "loop")) and "rip" not in _registers(operands) \
+                and set(re.findall(r"[A-Za-z_][\w.]*", operands)) & labels:
+            raise AsmError(f"{where}: a label used as an absolute address; write "
+                           "[rip + label] (code is assembled position-independent)")
         if not _registers(operands) <= _registers(insn.op_str):
             raise AsmError(f"{where}: {said}: operands differ from the source")
+        starts.add(base + pos)
         pos += insn.size
     if pos != len(program):
         raise AsmError(f"{name}: checker consumed {pos} of {len(program)} bytes")
+    return frozenset(starts)
 
 
 @functools.lru_cache(maxsize=256)
@@ -187,21 +227,35 @@ def _assemble(source: str, base: int, equates: tuple[tuple[str, int], ...], name
     if len(set(labels)) != len(labels):
         dup = sorted({x for x in labels if labels.count(x) > 1})
         raise AsmError(f"{name}: duplicate labels {dup}")
-    text = ("".join(f".equ {k}, {v:#x}\n" for k, v in equates) + "\n".join(cleaned) + "\n"
-            + "".join(f".quad {lbl}\n" for lbl in labels))
+    if equates:  # as literals: keystone turns an .equ address into a (wrong) RIP-relative one
+        values = dict(equates)
+        names = re.compile(r"\b(" + "|".join(map(re.escape, values)) + r")\b")
+
+        def subst(text: str) -> str:
+            return names.sub(lambda m: f"{values[m.group(1)]:#x}", text)
+
+        cleaned = [subst(ln) for ln in cleaned]
+        lines = [_Line(ln.number, subst(ln.text)) for ln in lines]
+    text = "\n".join(cleaned) + "\n" + "".join(f".quad {lbl}\n" for lbl in labels)
     ks = keystone.Ks(keystone.KS_ARCH_X86, keystone.KS_MODE_64)
     try:
-        encoding, _ = ks.asm(text, base)
+        # keystone turns an absolute memory operand within +-2 GiB of the assembly address
+        # into a RIP-relative one, sometimes with the absolute value as displacement (wrong).
+        # Guest code is position-independent apart from such absolutes, so assemble far from
+        # both the kernel half and small addresses (gs:[0]) and relocate the symbols; the
+        # capstone check below runs at the real base.
+        encoding, _ = ks.asm(text, _ASM_BASE)
     except keystone.KsError as e:
         raise AsmError(f"{name}: keystone: {e}") from None
     if encoding is None:
         raise AsmError(f"{name}: keystone produced nothing")
     raw = bytes(encoding)
     code = raw[:len(raw) - 8 * len(labels)]
-    symbols = {lbl: int.from_bytes(raw[len(code) + 8 * i:len(code) + 8 * i + 8], "little")
+    symbols = {lbl: base - _ASM_BASE + int.from_bytes(
+                   raw[len(code) + 8 * i:len(code) + 8 * i + 8], "little")
                for i, lbl in enumerate(labels)}
-    _check(code, base, lines, name)
-    return Program(base=base, code=code, symbols=symbols, name=name)
+    starts = _check(code, base, lines, name, set(labels))
+    return Program(base=base, code=code, symbols=symbols, name=name, starts=starts)
 
 
 def assemble(source: str, base: int, equates: dict[str, int] | None = None,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import unicorn as uc_mod
@@ -106,7 +107,7 @@ class CpuState:
     need_serialize: bool = False
     own_dirty: list[tuple[int, int]] = field(default_factory=list)
     view_touched: list[tuple[int, int]] = field(default_factory=list)  # since the last reset
-    hypercalls: list[HypercallRequest] = field(default_factory=list)
+    verdict: object = None  # set by a hypercall that ends the run
     last_ip: int = 0
     last_code: bytes = b""
 
@@ -124,6 +125,7 @@ class Cpu:
         self.others = others  # every other CPU's view, for pending stores
         self.events = events
         self.state = CpuState()
+        self.on_hypercall: Callable[[Cpu, HypercallRequest], object] = lambda _c, _r: None
         self.retired = 0
         self._left = 0
         self._want_stop = False
@@ -226,12 +228,16 @@ class Cpu:
         if port != hypercall.PORT:
             return
         r = uc.reg_read
-        self.state.hypercalls.append(HypercallRequest(
+        req = HypercallRequest(
             number=r(X.UC_X86_REG_RAX),
             args=(r(X.UC_X86_REG_RDI), r(X.UC_X86_REG_RSI), r(X.UC_X86_REG_RDX),
                   r(X.UC_X86_REG_RCX)),
-            rip=r(X.UC_X86_REG_RIP) + 2, tick=self.clock.tick))
-        self._want_stop = True
+            rip=r(X.UC_X86_REG_RIP) + 2, tick=self.clock.tick)
+        verdict = self.on_hypercall(self, req)
+        if verdict is not None:
+            self.state.verdict = verdict
+        if verdict is not None or self.state.finished:
+            self._want_stop = True
 
     def _on_text_store(self, uc: Uc, _access: int, paddr: int, size: int, value: int,
                        _ud) -> None:

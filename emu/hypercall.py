@@ -16,6 +16,14 @@ of this machine, so the form cannot be confused with real I/O.
     FAULT      rdi=vector, rsi=&frame       a guest exception handler reports a fatal exception
                                            (e.g. the #DF handler): the run ends, guest_fault
     MARK       rdi=tag, rsi=value          records (tag, value) as an event, for checks
+    TRAP       rdi=address                 an INT3 at `address` that no handler claimed
+                                           (do_int3 -> die): the run ends, unexpected_trap
+    SEMANTICS  rdi=site, rsi=outcome, rdx=generation
+                                           an execution of a patch site behaved as neither its
+                                           old nor its new instruction: the run ends, semantics
+
+Only FINISH and the calls that end the run stop the CPU; the others are served at once, in
+the hook, so they do not cut the CPU's quantum short.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ class Hypercall(enum.IntEnum):
     ASSERT = 4
     FAULT = 5
     MARK = 6
+    TRAP = 7
+    SEMANTICS = 8
 
 
 # Equates made available to every guest source (see emu.asm).

@@ -27,7 +27,16 @@ from .hypercall import Hypercall
 from .layout import Layout
 from .memory import GuestMemoryError, SharedMemory
 from .truth import Event, GroundTruth
-from .verdict import GUEST_ASSERT, GUEST_FAULT, HANG, PASS, MachineConfigError, Verdict
+from .verdict import (
+    GUEST_ASSERT,
+    GUEST_FAULT,
+    HANG,
+    PASS,
+    SEMANTICS,
+    UNEXPECTED_TRAP,
+    MachineConfigError,
+    Verdict,
+)
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,8 @@ class Machine:
                 self.truth.retired[i] if config.truth else None,
                 [v for j, v in enumerate(self.views) if j != i], self.truth.events)
             for i in range(config.ncpus)]
+        for cpu in self.cpus:
+            cpu.on_hypercall = self._hypercall
         self._load(image)
         self._initial_mem = self.mem.snapshot()
         self._initial_ctx = [c.uc.context_save() for c in self.cpus]
@@ -290,9 +301,8 @@ class Machine:
             verdict = self._fault_verdict(cpu, stop.rip, stop.message, "emulation error")
         elif stop.kind is StopKind.EXCEPTION:
             verdict = self._exception(cpu, stop)
-        for hc in st.hypercalls:
-            verdict = verdict or self._hypercall(cpu, hc)
-        st.hypercalls.clear()
+        if st.verdict is not None:
+            verdict = verdict or st.verdict
         if verdict is None and cpu.retired >= self.config.insn_budget:
             verdict = Verdict(HANG, f"cpu{cpu.index} exceeded its budget of "
                                     f"{self.config.insn_budget} instructions",
@@ -417,6 +427,14 @@ class Machine:
             return Verdict(GUEST_ASSERT, f"cpu{cpu.index}: guest assertion {a0}: {message}",
                            cpu=cpu.index, rip=hc.rip - 2, fetched=cpu.fetched(hc.rip - 2),
                            event="assert", extra={"code": a0})
+        elif number is Hypercall.TRAP:
+            return Verdict(UNEXPECTED_TRAP, f"cpu{cpu.index}: INT3 at {a0:#x} claimed by no "
+                           "handler", cpu=cpu.index, rip=a0, fetched=cpu.fetched(a0),
+                           event="int3")
+        elif number is Hypercall.SEMANTICS:
+            return Verdict(SEMANTICS, f"cpu{cpu.index}: patch site {a0} behaved as outcome {a1}, "
+                           f"which no state it could be in has", cpu=cpu.index,
+                           rip=hc.rip - 2, event="semantics", extra={"site": a0, "outcome": a1})
         elif number is Hypercall.FAULT:
             frame_rip = self.mem.read_u64(a1) if a1 else 0
             detail = f"fatal {x86.vector_name(a0)} reported by the guest handler"

@@ -217,7 +217,7 @@ def check_write_via_exec_mapping_faults() -> Check:
     intact = m.mem.read(site, 5) == OLD_SITE
     ok = (res.verdict.ok and _u64(m, "TRAPS") == 1 and _u64(m, "PF_CR2") == site
           and err & (x86.PF_PRESENT | x86.PF_WRITE) == x86.PF_PRESENT | x86.PF_WRITE
-          and _u64(m, "FRAME_RIP") == m.symbol("pf_cpu0") and intact)
+          and _u64(m, "FRAME_RIP") == m.symbol("pf_store") and intact)
     return Check("write_via_exec_mapping_faults", ok,
                  f"#PF with CR2 {_u64(m, 'PF_CR2'):#x}, error code {err:#x}, frame RIP "
                  f"{_u64(m, 'FRAME_RIP'):#x}; text unchanged={intact}")

@@ -8,6 +8,9 @@ PASS = "pass"
 GUEST_FAULT = "guest_fault"
 HANG = "hang"
 GUEST_ASSERT = "guest_assert"
+UNEXPECTED_TRAP = "unexpected_trap"
+SEMANTICS = "semantics"
+TORN_EXECUTION = "torn_execution"
 
 
 @dataclass

@@ -2,8 +2,8 @@
 # CPUs at `*_cpu0` / `*_cpu1` entries and inspects memory, ground truth and events afterwards.
 # Data equates (V_*) come from emu.selftest; POKE_DELTA maps a text address to its writable
 # alias (the text_poke mapping). Hypercall form: out HC_PORT, eax (see emu/hypercall.py).
-# keystone 0.9.2 drops the label from `[label + big constant]` memory operands, so text
-# addresses are formed in a register (lea rdi, [rip + label]) before adding POKE_DELTA.
+# Text addresses are formed in a register (lea rdi, [rip + label]): guest code is assembled
+# position-independent (see emu/asm.py), so a label is never an absolute memory operand.
 
 # ---------------------------------------------------------------- the patched site
 site_fn:
@@ -163,7 +163,9 @@ nmi_w2:
 
 # ---------------------------------------------------------------- #PF on a text write
 pf_cpu0:
-    mov byte ptr [site_insn], 0x90   # through the executable mapping: read-only
+    lea rdi, [rip + site_insn]
+pf_store:
+    mov byte ptr [rdi], 0x90         # through the executable mapping: read-only
 pf_after:
     mov eax, HC_FINISH
     out HC_PORT, eax

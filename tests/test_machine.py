@@ -203,7 +203,7 @@ def test_data_reads_of_text_see_memory_not_the_view(build):
 reader:
     cmp qword ptr [V + 8], 1
     jne reader
-    mov al, byte ptr [site]        # a data read of text
+    mov al, byte ptr [rip + site]  # a data read of text
     mov byte ptr [V], al
     call site                      # an instruction fetch of the same bytes (stale view)
     mov byte ptr [V + 1], al

@@ -1,0 +1,336 @@
+# The users of text_poke, as the kernel has them, plus the observers' outcome check.
+# Tables are built by harness/guest.py in shared data; equates as in alternative.S.
+
+# ------------------------------------------------------------------ jump labels
+# static_key_set(key=rdi, enabled=rsi): key->enabled = enabled, then jump_label_update():
+# for every jump entry of the key, arch_jump_label_transform_queue() -> text_poke_queue() of a
+# JMP32 to the entry's target (enabled) or the kernel's NOP5 (disabled); then
+# arch_jump_label_transform_apply() -> text_poke_finish().
+# V_JUMP_TABLE: { u64 code; u64 target; u64 key } x V_JUMP_NR, in the kernel's sort order.
+static_key_set:
+    push rbx
+    push r12
+    push r13
+    push r14
+    sub rsp, 24                          # u8 insn[5] -- the queued opcode is copied
+    mov r12, rdi
+    mov r13, rsi
+    mov qword ptr [r12], r13
+    xor ebx, ebx
+sks_loop:
+    cmp rbx, qword ptr [V_JUMP_NR]
+    jae sks_apply
+    lea r14, [rbx + rbx*2]
+    shl r14, 3
+    mov rax, V_JUMP_TABLE
+    add r14, rax
+    cmp qword ptr [r14 + 16], r12
+    jne sks_next
+    test r13, r13
+    jz sks_nop
+    mov byte ptr [rsp], 0xe9             # JMP32 target - (code + 5)
+    mov rax, qword ptr [r14 + 8]
+    sub rax, qword ptr [r14]
+    sub rax, 5
+    mov dword ptr [rsp + 1], eax
+    jmp sks_queue
+sks_nop:
+    mov dword ptr [rsp], 0x00441f0f      # x86_nops[5]
+    mov byte ptr [rsp + 4], 0
+sks_queue:
+    mov rdi, qword ptr [r14]
+    mov rsi, rsp
+    mov edx, 5
+    xor ecx, ecx
+    call text_poke_queue
+sks_next:
+    inc rbx
+    jmp sks_loop
+sks_apply:
+    call text_poke_finish
+    add rsp, 24
+    pop r14
+    pop r13
+    pop r12
+    pop rbx
+    ret
+
+# ------------------------------------------------------------------ static_call
+# static_call_update(key=rdi, func=rsi): key->func = func; for every call site of the key,
+# __static_call_transform(site, CALL, func) -> text_poke_bp(site, call insn, 5, NULL).
+# V_SC_SITES: { u64 site; u64 key } x V_SC_NR.
+static_call_update:
+    push rbx
+    push r12
+    push r13
+    push r14
+    sub rsp, 24
+    mov r12, rdi
+    mov r13, rsi
+    mov qword ptr [r12], r13
+    xor ebx, ebx
+scu_loop:
+    cmp rbx, qword ptr [V_SC_NR]
+    jae scu_done
+    mov r14, rbx
+    shl r14, 4
+    mov rax, V_SC_SITES
+    add r14, rax
+    cmp qword ptr [r14 + 8], r12
+    jne scu_next
+    mov byte ptr [rsp], 0xe8
+    mov rax, r13
+    sub rax, qword ptr [r14]
+    sub rax, 5
+    mov dword ptr [rsp + 1], eax
+    mov rdi, qword ptr [r14]
+    mov rsi, rsp
+    mov edx, 5
+    xor ecx, ecx
+    call text_poke_bp
+scu_next:
+    inc rbx
+    jmp scu_loop
+scu_done:
+    add rsp, 24
+    pop r14
+    pop r13
+    pop r12
+    pop rbx
+    ret
+
+# ------------------------------------------------------------------ kprobes
+# struct kprobe (64 bytes): u64 addr; u64 slot; u64 armed; u64 hits; u64 detour;
+#                           u8 opcode (the original first byte); u8 copied[4] (the tail)
+# arch_arm_kprobe(kp=rdi): text_poke(addr, INT3, 1) then text_poke_sync() (5c02ece81848d).
+kprobe_arm:
+    push rbx
+    mov rbx, rdi
+    mov qword ptr [rbx + 16], 1
+    mov rdi, qword ptr [rbx]
+    lea rsi, [rip + kp_int3]
+    mov edx, 1
+    call text_poke
+    call text_poke_sync
+    pop rbx
+    ret
+
+# arch_disarm_kprobe(kp=rdi): text_poke(addr, &opcode, 1) then text_poke_sync().
+kprobe_disarm:
+    push rbx
+    mov rbx, rdi
+    mov rdi, qword ptr [rbx]
+    lea rsi, [rbx + 40]
+    mov edx, 1
+    call text_poke
+    call text_poke_sync
+    mov qword ptr [rbx + 16], 0
+    pop rbx
+    ret
+
+# optimize_kprobes(): synchronize_rcu_tasks(), then arch_optimize_kprobes(): a JMP32 to the
+# detour buffer over the probed instruction and the short ones after it, by text_poke_bp().
+kprobe_optimize:
+    push rbx
+    sub rsp, 16
+    mov rbx, rdi
+    test qword ptr [V_CFG], CFG_NO_QS_WAIT
+    jnz kpo_poke                         # variant: no quiescence wait
+    call synchronize_rcu_tasks
+kpo_poke:
+    mov byte ptr [rsp], 0xe9
+    mov rax, qword ptr [rbx + 32]
+    sub rax, qword ptr [rbx]
+    sub rax, 5
+    mov dword ptr [rsp + 1], eax
+    mov rdi, qword ptr [rbx]
+    mov rsi, rsp
+    mov edx, 5
+    xor ecx, ecx
+    call text_poke_bp
+    add rsp, 16
+    pop rbx
+    ret
+
+# arch_unoptimize_kprobe(): INT3 first, sync, then the original tail back, sync, and the
+# text-poke record of the whole change (old: the JMP32, new: INT3 + original tail).
+kprobe_unoptimize:
+    push rbx
+    sub rsp, 24
+    mov rbx, rdi
+    mov rsi, qword ptr [rbx]
+    mov rax, qword ptr [rsi]
+    mov qword ptr [rsp], rax             # old[5] = the JMP32
+    mov byte ptr [rsp + 8], 0xcc         # new[5] = INT3 + copied tail
+    mov eax, dword ptr [rbx + 41]
+    mov dword ptr [rsp + 9], eax
+    mov rdi, qword ptr [rbx]
+    lea rsi, [rip + kp_int3]
+    mov edx, 1
+    call text_poke
+    call text_poke_sync
+    mov rdi, qword ptr [rbx]
+    inc rdi
+    lea rsi, [rbx + 41]
+    mov edx, 4
+    call text_poke
+    call text_poke_sync
+    mov rdi, qword ptr [rbx]
+    mov rsi, rsp
+    lea rdx, [rsp + 8]
+    mov ecx, 5
+    mov eax, HC_SIDEBAND
+    out HC_PORT, eax
+    add rsp, 24
+    pop rbx
+    ret
+
+kp_int3:
+    .byte 0xcc
+
+# ------------------------------------------------------------------ observers
+# check_outcome(site=rdi, outcome=rsi, gen0=rdx): an execution of a site that started when
+# V_DONE_GEN was gen0 may behave as any state from gen0 up to one past the generation done now
+# (that patch may be in flight) -- and as nothing else. V_STATE_OUT[site][gen] holds the
+# outcome of the site in state gen; V_OUTCOMES[site][outcome] counts what was seen.
+check_outcome:
+    mov rax, rsi
+    cmp rax, 7
+    jbe co_count
+    mov eax, 7
+co_count:
+    mov rcx, rdi
+    shl rcx, 3
+    add rcx, rax
+    lock inc qword ptr [V_OUTCOMES + rcx*8]
+    mov rcx, qword ptr [V_DONE_GEN]
+    inc rcx                              # the patch in flight
+    cmp rcx, qword ptr [V_NGEN]
+    jb co_hi
+    mov rcx, qword ptr [V_NGEN]
+    dec rcx
+co_hi:
+    mov r8, rdi
+    imul r8, r8, MAX_GEN
+co_loop:
+    cmp rdx, rcx
+    ja co_bad
+    lea r9, [r8 + rdx]
+    cmp qword ptr [V_STATE_OUT + r9*8], rsi
+    je co_ok
+    inc rdx
+    jmp co_loop
+co_bad:
+    mov eax, HC_SEMANTICS                # rdi = site, rsi = outcome, rdx = past the range
+    out HC_PORT, eax
+co_dead:
+    jmp co_dead
+co_ok:
+    ret
+
+# wait_observer_passes(n=rdi): wait until every other online CPU finished n more passes.
+wait_observer_passes:
+    push rbx
+    push r12
+    push r13
+    sub rsp, CPUS_BYTES
+    mov r13, rdi
+    mov r12, qword ptr gs:[0]
+    xor ebx, ebx
+wop_snap:
+    cmp rbx, NCPUS
+    jae wop_start
+    mov rax, qword ptr [V_PASSES + rbx*8]
+    add rax, r13
+    mov qword ptr [rsp + rbx*8], rax
+    inc rbx
+    jmp wop_snap
+wop_start:
+    xor ebx, ebx
+wop_wait:
+    cmp rbx, NCPUS
+    jae wop_done
+    cmp rbx, r12
+    je wop_next
+wop_spin:
+    mov rax, qword ptr [V_PASSES + rbx*8]
+    cmp rax, qword ptr [rsp + rbx*8]
+    jae wop_next
+    pause
+    jmp wop_spin
+wop_next:
+    inc rbx
+    jmp wop_wait
+wop_done:
+    add rsp, CPUS_BYTES
+    pop r13
+    pop r12
+    pop rbx
+    ret
+
+# ------------------------------------------------------------------ preemption (Z1)
+# A timer-like NMI that preempts the running task: it saves the interrupted frame and registers
+# in this CPU's task slot and IRETs into the idle task, which runs (taking IPIs, but passing no
+# quiescent point for the preempted task) for a while and then switches back by IRETQ.
+# V_TASK: per CPU 256 bytes: [0] in_idle, [8..48) frame, [48..) rax rcx rdx rsi rdi r8..r11.
+preempt_nmi:
+    push rax
+    test qword ptr [rsp + 24], 0x200
+    jz preempt_skip                      # interrupts off: not a preemptible context
+    mov rax, qword ptr gs:[0]
+    shl rax, 8
+    add rax, V_TASK
+    cmp qword ptr [rax], 0
+    jne preempt_skip                     # already switched out: nothing to preempt
+    mov qword ptr [rax], 1
+    mov qword ptr [rax + 48], rcx        # save the task's scratch registers (rax below)
+    mov qword ptr [rax + 56], rdx
+    mov rcx, qword ptr [rsp]
+    mov qword ptr [rax + 64], rcx        # the task's rax
+    mov rcx, qword ptr [rsp + 8]         # the frame: ip, cs, flags, sp, ss
+    mov qword ptr [rax + 8], rcx
+    mov rcx, qword ptr [rsp + 16]
+    mov qword ptr [rax + 16], rcx
+    mov rcx, qword ptr [rsp + 24]
+    mov qword ptr [rax + 24], rcx
+    mov rcx, qword ptr [rsp + 32]
+    mov qword ptr [rax + 32], rcx
+    mov rcx, qword ptr [rsp + 40]
+    mov qword ptr [rax + 40], rcx
+    lea rcx, [rip + idle_task]           # return into the idle task instead, IF=1, on the
+    mov qword ptr [rsp + 8], rcx         # idle stack (the top of this CPU's task slot area)
+    or qword ptr [rsp + 24], 0x200
+    mov rdx, V_IDLE_STACKS
+    mov rcx, qword ptr gs:[0]
+    inc rcx
+    shl rcx, 12
+    add rcx, rdx
+    mov qword ptr [rsp + 32], rcx
+    pop rax
+    iretq
+preempt_skip:
+    pop rax
+    iretq
+
+idle_task:
+    mov ecx, PREEMPT_SPIN
+idle_spin:
+    pause
+    dec ecx
+    jnz idle_spin
+    cli                                  # switch back: rebuild the task's frame and IRETQ
+    mov rax, qword ptr gs:[0]
+    shl rax, 8
+    add rax, V_TASK
+    mov rsp, qword ptr [rax + 32]        # the task's stack, 16-aligned below as hardware does
+    and rsp, -16
+    push qword ptr [rax + 40]
+    push qword ptr [rax + 32]
+    push qword ptr [rax + 24]
+    push qword ptr [rax + 16]
+    push qword ptr [rax + 8]
+    mov rcx, qword ptr [rax + 48]
+    mov rdx, qword ptr [rax + 56]
+    mov qword ptr [rax], 0
+    mov rax, qword ptr [rax + 64]
+    iretq

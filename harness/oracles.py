@@ -1,0 +1,34 @@
+"""Oracles on the ground truth of a run."""
+
+from __future__ import annotations
+
+from emu.truth import GroundTruth
+from emu.verdict import TORN_EXECUTION, Verdict
+
+SiteTable = list[tuple[str, int, int, frozenset[tuple[int, bytes]]]]
+
+
+def torn_execution(truth: GroundTruth, sites: SiteTable) -> Verdict | None:
+    """The first instruction, in global time, that a CPU executed inside a patch site although
+    it is none of the site's instructions in any of its states (nor the INT3 on its first
+    byte): bytes fetched half old and half new, or a jump into the middle of an instruction."""
+    inside: dict[int, tuple[str, int, frozenset[tuple[int, bytes]]]] = {}
+    for name, addr, length, allowed in sites:
+        for a in range(addr, addr + length):
+            inside[a] = (name, addr, allowed)
+    first: tuple[int, int, int, bytes, str, int] | None = None
+    for cpu, retired in enumerate(truth.retired):
+        for tick, ip, code in retired:
+            hit = inside.get(ip)
+            if hit is None:
+                continue
+            name, addr, allowed = hit
+            if (ip - addr, code) not in allowed and (first is None or tick < first[0]):
+                first = (tick, cpu, ip, code, name, addr)
+                break
+    if first is None:
+        return None
+    tick, cpu, ip, code, name, addr = first
+    return Verdict(TORN_EXECUTION, f"cpu{cpu} executed {code.hex(' ')} at {name}+{ip - addr} "
+                   f"(tick {tick}): neither the old nor the new instruction", cpu=cpu, rip=ip,
+                   fetched=code, event="torn_fetch", extra={"tick": tick, "site": name})
