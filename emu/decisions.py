@@ -115,3 +115,30 @@ class Decisions:
 
     def __len__(self) -> int:
         return len(self.path)
+
+
+_LETTERS = {Kind.CPU: "c", Kind.QUANTUM: "q", Kind.VIEW: "v", Kind.IPI: "i", Kind.NMI: "n",
+            Kind.NMI_RAISE: "r"}
+_KINDS = {v: k for k, v in _LETTERS.items()}
+
+
+def encode_path(path: Sequence[Choice]) -> str:
+    """A compact text form of a path: `c4.1,q16.3,...` (kind letter, arity, '.', value)."""
+    return ",".join(f"{_LETTERS[c.kind]}{c.arity}.{c.value}" for c in path)
+
+
+def decode_path(text: str) -> list[Choice]:
+    """The inverse of encode_path; a malformed item is a ValueError naming its position."""
+    out: list[Choice] = []
+    if not text:
+        return out
+    for i, item in enumerate(text.split(",")):
+        kind = _KINDS.get(item[:1])
+        arity, dot, value = item[1:].partition(".")
+        if kind is None or not dot or not arity.isdigit() or not value.isdigit():
+            raise ValueError(f"decision {i}: malformed item {item[:20]!r}")
+        try:
+            out.append(Choice(kind, int(arity), int(value)))
+        except ValueError as e:
+            raise ValueError(f"decision {i}: {e}") from None
+    return out

@@ -50,6 +50,7 @@ class MachineConfig:
     data_size: int = 0x20000
     stack_size: int = 0x4000
     spontaneous_nmis: tuple[int, ...] = ()  # per CPU: NMIs the decision stream may raise
+    nmi_rarity: int = 2  # arity of the raise-an-NMI choice; only the value 1 raises one
     serializing_vectors: frozenset[int] = frozenset({x86.CALL_FUNCTION_VECTOR})
 
     def __post_init__(self) -> None:
@@ -59,6 +60,8 @@ class MachineConfig:
             raise MachineConfigError(f"ncpus must be 1..{layout.MAX_CPUS}, got {self.ncpus!r}")
         if self.max_quantum < 1:
             raise MachineConfigError(f"max_quantum must be >= 1, got {self.max_quantum}")
+        if self.nmi_rarity < 2:
+            raise MachineConfigError(f"nmi_rarity must be >= 2, got {self.nmi_rarity}")
         if self.insn_budget < 1:
             raise MachineConfigError(f"insn_budget must be >= 1, got {self.insn_budget}")
         if len(self.spontaneous_nmis) > self.ncpus or any(n < 0 for n in self.spontaneous_nmis):
@@ -254,7 +257,8 @@ class Machine:
                            cpu=c.index, rip=c.reg("rip"), event="deadlock")
         cpu = runnable[dec.choose(Kind.CPU, len(runnable))]
         st = cpu.state
-        if st.nmis_left and not st.pending_nmi and dec.choose(Kind.NMI_RAISE, 2):
+        if st.nmis_left and not st.pending_nmi and \
+                dec.choose(Kind.NMI_RAISE, self.config.nmi_rarity) == 1:
             st.pending_nmi = True
             st.nmis_left -= 1
             self._event(cpu, "nmi_raised")
@@ -324,7 +328,8 @@ class Machine:
         if not trap:
             retired = self.truth.retired[cpu.index] if self.config.truth else None
             if retired and retired[-1][1] == stop.rip:
-                retired.pop()  # a fault: the instruction did not retire
+                _tick, ip, code = retired.pop()  # a fault: the instruction did not retire
+                self._event(cpu, "faulted", ip=f"{ip:#x}", bytes=code.hex())
         if stop.cr2 is not None:
             cpu.set_reg("cr2", stop.cr2)
         return self._deliver(cpu, vector, stop.rip, stop.error_code, "exception",

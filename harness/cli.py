@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from . import __version__
 
@@ -30,6 +31,39 @@ def _selftest(args: argparse.Namespace) -> int:
     return 0 if all(c.ok for c in checks) else 1
 
 
+def _bad_input(message: str) -> int:
+    print(f"textpoke: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _scenarios(args: argparse.Namespace) -> int:
+    from .scenarios import SCENARIOS
+
+    width = max(map(len, SCENARIOS))
+    for name, scn in SCENARIOS.items():
+        print(f"{name:{width}}  {scn.description}")
+        if args.verbose:
+            print(f"{'':{width}}  variants: {', '.join(scn.variant_names())}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .run import Runner, write_artifacts
+    from .scenarios import get
+    from .text_poke_loc import ScenarioError
+
+    try:
+        runner = Runner(get(args.scenario), args.variant, args.cpus)
+    except ScenarioError as e:
+        return _bad_input(str(e))
+    out = runner.run_seed(args.seed)
+    if args.out:
+        write_artifacts(out, args.seed, Path(args.out))
+    print(f"{args.scenario} [{runner.built.variant}] seed {args.seed}: {out.verdict} "
+          f"({len(out.result.path)} decisions, {out.result.ticks} instructions)")
+    return 0 if out.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="textpoke", description=__doc__)
     p.add_argument("--version", action="version", version=f"textpoke {__version__}")
@@ -37,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("selftest", help="run the emulated machine's self-checks")
     st.add_argument("--json", action="store_true", help="print the checks as JSON")
     st.set_defaults(func=_selftest)
+    sc = sub.add_parser("scenarios", help="list the shipped scenarios")
+    sc.add_argument("-v", "--verbose", action="store_true", help="also list their variants")
+    sc.set_defaults(func=_scenarios)
+    run = sub.add_parser("run", help="run one schedule of a scenario")
+    run.add_argument("scenario")
+    run.add_argument("--variant", help="the patching sequence variant (default: the correct one)")
+    run.add_argument("--cpus", type=int, help="CPUs (1 patcher + observers)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the decision stream")
+    run.add_argument("--out", help="directory for verdict.json and the ground truth")
+    run.set_defaults(func=_run)
     return p
 
 

@@ -17,8 +17,12 @@ def torn_execution(truth: GroundTruth, sites: SiteTable) -> Verdict | None:
         for a in range(addr, addr + length):
             inside[a] = (name, addr, allowed)
     first: tuple[int, int, int, bytes, str, int] | None = None
+    faulted = [[] for _ in truth.retired]  # fetched and decoded, but faulted: not retired
+    for e in truth.events:
+        if e.kind == "faulted":
+            faulted[e.cpu].append((e.tick, int(e.data["ip"], 16), bytes.fromhex(e.data["bytes"])))
     for cpu, retired in enumerate(truth.retired):
-        for tick, ip, code in retired:
+        for tick, ip, code in sorted(retired + faulted[cpu]) if faulted[cpu] else retired:
             hit = inside.get(ip)
             if hit is None:
                 continue

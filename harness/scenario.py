@@ -73,6 +73,7 @@ class JumpLabel(Site):
 
     name: str
     key: str
+    offset: int = 0  # where the patch goes relative to the label (validated: a boundary)
 
     def observer_asm(self) -> str:
         n = self.name
@@ -101,11 +102,13 @@ class CallSite(Site):
     key: str
     funcs: Sequence[str]
     promoted: bool = False
+    offset: int = 0
 
     def observer_asm(self) -> str:
         pre = post = ""
         if self.promoted:  # the promotion RFC: compare the target, direct call if it matches
-            pre = (f"    mov rax, qword ptr [KEY_{self.key}]\n    lea rcx, [rip + {self.funcs[0]}]\n"
+            pre = (f"    mov rax, qword ptr [KEY_{self.key}]\n"
+                   f"    lea rcx, [rip + {self.funcs[0]}]\n"
                    f"    cmp rax, rcx\n    jne {self.name}_miss\n")
             post = (f"    jmp {self.name}_out\n{self.name}_miss:\n    push rbx\n    call rax\n"
                     f"    pop rbx\n    mov ebx, 0\n    jmp {self.label}\n{self.name}_out:\n")
@@ -132,6 +135,7 @@ class KprobeSite(Site):
     detour)."""
 
     name: str
+    offset: int = 0
 
     def observer_asm(self) -> str:
         n = self.name
@@ -272,8 +276,10 @@ class Scenario:
     max_quantum: int = 16
     insn_budget: int = 400_000
     observer_nmis: int = 0  # spontaneous NMIs each observer may take (preemption, Z1)
+    nmi_rarity: int = 2
     nmi_handler: str | None = None
     passes_after: int = 2
+    initial_wait: int = 1  # observer passes the patcher waits for before its first op
     min_cpus: int = 2
     card: str | None = None  # race-zoo card, e.g. "Z6"
 
@@ -307,10 +313,11 @@ class Scenario:
         return gens
 
     def source(self) -> str:
-        lines = ["# ---- scenario " + self.name, "patcher:", "    mov edi, 1",
-                 "    call wait_observer_passes"]
+        lines = ["# ---- scenario " + self.name, "patcher:",
+                 f"    mov edi, {self.initial_wait}", "    call wait_observer_passes"]
         for i, op in enumerate(self.ops):
             lines.append(op.asm(i).rstrip("\n"))
+            lines.append(f"op_done_{i}:")
             lines.append("    lock inc qword ptr [V_DONE_GEN]")
         lines += [f"    mov edi, {self.passes_after}", "    call wait_observer_passes",
                   "    mov qword ptr [V_STOP], 1", "    mov eax, HC_FINISH",
@@ -330,7 +337,7 @@ class Scenario:
         seen: set[str] = set()
         for s in self.sites:
             for f in getattr(s, "funcs", ()):
-                if f not in seen:
+                if f not in seen and f"\n{f}:" not in "\n" + self.extra_asm:
                     seen.add(f)
                     lines += [f"{f}:", f"    mov ebx, {list(s.funcs).index(f) + 1}", "    ret"]
             lines.append(s.support_asm().rstrip("\n"))
@@ -380,12 +387,12 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None) ->
 
     sites = []
     for s in scn.sites:
-        addr = prog.sym(s.label)
+        addr = prog.sym(s.label) + getattr(s, "offset", 0)
+        check_boundary(prog, addr, s.name)
         allowed = {(0, b"\xcc")}
         for states in gens:
             allowed |= set(s.instructions(prog, states[scn.sites.index(s)]))
         length = max(off + len(b) for off, b in allowed)
-        check_boundary(prog, addr, s.name)
         sites.append((s.name, addr, length, frozenset(allowed)))
     _check_pokes(scn, prog, gens)
 
@@ -421,7 +428,8 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None) ->
     nmis = (0,) + (scn.observer_nmis,) * (ncpus - 1)
     config = MachineConfig(ncpus=ncpus, grain=scn.grain, max_quantum=scn.max_quantum,
                            insn_budget=scn.insn_budget,
-                           spontaneous_nmis=nmis if scn.observer_nmis else ())
+                           spontaneous_nmis=nmis if scn.observer_nmis else (),
+                           nmi_rarity=scn.nmi_rarity)
     image = GuestImage(programs=[prog], idt=guest.kernel_idt(prog, scn.nmi_handler),
                        boot=[CpuBoot(prog.sym("patcher"))]
                        + [CpuBoot(prog.sym("observer")) for _ in range(ncpus - 1)],

@@ -124,7 +124,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
         "region it covers; buggy = no rcu-tasks wait", card="Z1",
         sites=[KprobeSite("kp0")], ops=[Kprobe("kp0", "arm"), Kprobe("kp0", "optimize")],
         variants=_zoo(Cfg.NO_QS_WAIT, "torn_execution"), default_variant="fixed",
-        observer_nmis=3, nmi_handler="preempt_nmi", cpus=3),
+        observer_nmis=12, nmi_rarity=24, nmi_handler="preempt_nmi", cpus=3),
     Scenario(
         "z2_handler_vs_teardown", "Z2: poke_int3_handler reads the descriptor while the batch "
         "is torn down; buggy = no refcount wait (an INT3-only poke skips the final sync)",
@@ -164,7 +164,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
         ops=[Raw(Z7_WAIT_SLEEPER), StaticCallUpdate("t0", "tramp_2"),
              Raw("    call tramp_retire\n")],
         variants=_zoo(Cfg.FREE_EARLY, "unexpected_trap"), default_variant="fixed",
-        extra_asm=Z7_ASM, cpus=3),
+        extra_asm=Z7_ASM, cpus=3, initial_wait=0),
 ]}
 
 
