@@ -12,12 +12,12 @@ from . import guest
 from .guest import Cfg
 
 
-def run(cfg: Cfg = Cfg(0)) -> tuple[Verdict, Machine]:
+def run(cfg: Cfg | None = None) -> tuple[Verdict, Machine]:
     data = guest.kernel_data(1, 0, 0, 0, 0)
     prog = guest.kernel_program(load_source("int3_selftest.S"), 1, data, "int3_selftest.S")
     image = GuestImage(programs=[prog], idt=guest.kernel_idt(prog),
                        boot=[CpuBoot(prog.sym("int3_selftest"))],
-                       data=[(data["V_CFG"], guest.u64s(int(cfg))),
+                       data=[(data["V_CFG"], guest.u64s(int(cfg or 0))),
                              (data["V_ONLINE"], guest.u64s(1))])
     m = Machine(MachineConfig(ncpus=1), image)
     return m.run(Scripted()).verdict, m
