@@ -118,6 +118,9 @@ class RunResult:
     sideband: list[SidebandRecord]
     ticks: int
     steps: int
+    final_rips: list[int] = field(default_factory=list)  # where each CPU would continue
+    text_start: bytes = b""  # text memory at the start and at the end of the run
+    text_end: bytes = b""
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -237,7 +240,9 @@ class Machine:
             verdict = self._step(decisions)
             steps += 1
         return RunResult(verdict=verdict, path=decisions.path, truth=self.truth,
-                         sideband=list(self.sideband), ticks=self.clock.tick, steps=steps)
+                         sideband=list(self.sideband), ticks=self.clock.tick, steps=steps,
+                         final_rips=[c.reg("rip") for c in self.cpus],
+                         text_start=self._initial_mem[0], text_end=bytes(self.mem.text))
 
     def _deliverable(self, cpu: Cpu) -> bool:
         st = cpu.state
@@ -332,19 +337,24 @@ class Machine:
                 self._event(cpu, "faulted", ip=f"{ip:#x}", bytes=code.hex())
         if stop.cr2 is not None:
             cpu.set_reg("cr2", stop.cr2)
+        source = cpu.state.last_ip if trap else stop.rip
         return self._deliver(cpu, vector, stop.rip, stop.error_code, "exception",
-                             fault_rip=stop.rip if not trap else cpu.state.last_ip)
+                             fault_rip=source, source=source)
 
     def _deliver(self, cpu: Cpu, vector: int, return_rip: int, error_code: int | None,
-                 kind: str, fault_rip: int | None = None) -> Verdict | None:
+                 kind: str, fault_rip: int | None = None, source: int | None = None
+                 ) -> Verdict | None:
         """Deliver through the guest IDT; a failure escalates to #DF, then a triple fault."""
         chain: list[str] = []
         v, err = vector, error_code
         while True:
             problem = self._push_frame(cpu, v, return_rip, err)
             if problem is None:
+                # `source`: the IP a trace reports for the event (Intel SDM vol. 3C, FUP IP:
+                # the INT3 / faulting instruction itself, the next IP for external events)
                 self._event(cpu, kind, vector=v, name=x86.vector_name(v),
-                            rip=f"{return_rip:#x}",
+                            rip=f"{return_rip:#x}", handler=f"{cpu.reg('rip'):#x}",
+                            source=f"{return_rip if source is None else source:#x}",
                             **({} if err is None else {"error_code": err}))
                 if chain:
                     self._escalation[cpu.index] = "; ".join(chain)
@@ -422,7 +432,7 @@ class Machine:
                     else:
                         target.state.pending_ipis.add(a1)
         elif number is Hypercall.SIDEBAND:
-            if not 1 <= a3 <= 16:
+            if not 1 <= a3 <= 64:
                 return self._fault_verdict(cpu, hc.rip - 2, f"sideband record of {a3} bytes",
                                            "hypercall")
             self.sideband.append(SidebandRecord(hc.tick, cpu.index, a0, self.mem.read(a1, a3),

@@ -150,6 +150,21 @@ text_poke_bp_batch:
     mov qword ptr [V_BP_VEC], r12
     mov qword ptr [V_BP_NR], r13
     mov qword ptr [V_BP_REFS], 1         # atomic_set_release(); x86 stores are ordered
+    xor r14, r14                         # old[] = the current bytes of every site
+bp_old0:
+    cmp r14, r13
+    jae bp_old0_done
+    mov rbx, r14
+    shl rbx, 4
+    add rbx, r12
+    movsxd rsi, dword ptr [rbx + TPL_REL]
+    add rsi, r15
+    mov rax, qword ptr [rsi]
+    mov qword ptr [rsp + r14*8], rax
+    mov byte ptr [rbx + TPL_OLD], al     # tp[i].old = *addr  (a data read sees memory)
+    inc r14
+    jmp bp_old0
+bp_old0_done:
     test qword ptr [V_CFG], CFG_NO_INT3
     jnz bp_plain
     xor r14, r14                         # step 1
@@ -161,29 +176,12 @@ bp_p1:
     add rbx, r12
     movsxd rdi, dword ptr [rbx + TPL_REL]
     add rdi, r15
-    mov al, byte ptr [rdi]               # tp[i].old = *addr  (a data read sees memory)
-    mov byte ptr [rbx + TPL_OLD], al
     lea rsi, [rip + int3_insn_byte]
     mov edx, 1
     call text_poke
     inc r14
     jmp bp_p1
 bp_p1_done:
-    xor r14, r14                         # collect old[] = old first byte + old tail
-bp_old:
-    cmp r14, r13
-    jae bp_old_done
-    mov rbx, r14
-    shl rbx, 4
-    add rbx, r12
-    movsxd rsi, dword ptr [rbx + TPL_REL]
-    add rsi, r15
-    mov rax, qword ptr [rsi]             # the current 8 bytes at the site
-    mov al, byte ptr [rbx + TPL_OLD]     # ... with the saved first byte instead of INT3
-    mov qword ptr [rsp + r14*8], rax
-    inc r14
-    jmp bp_old
-bp_old_done:
     test qword ptr [V_CFG], CFG_RECORD_EARLY
     jz bp_sync1
     mov rdi, r12                         # variant: record before the INT3 is synced
@@ -299,6 +297,10 @@ bp_plain_loop:
     inc r14
     jmp bp_plain_loop
 bp_plain_done:
+    mov rdi, r12                         # the records, with the old bytes saved up front
+    mov rsi, r13
+    mov rdx, rsp
+    call emit_records
     call text_poke_sync
     jmp bp_put
 

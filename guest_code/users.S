@@ -103,6 +103,7 @@ scu_done:
 # struct kprobe (64 bytes): u64 addr; u64 slot; u64 armed; u64 hits; u64 detour;
 #                           u8 opcode (the original first byte); u8 copied[4] (the tail)
 # arch_arm_kprobe(kp=rdi): text_poke(addr, INT3, 1) then text_poke_sync() (5c02ece81848d).
+# Then perf_event_text_poke(addr, &opcode, 1, &int3, 1) (3e46bb40af8c).
 kprobe_arm:
     push rbx
     mov rbx, rdi
@@ -112,13 +113,26 @@ kprobe_arm:
     mov edx, 1
     call text_poke
     call text_poke_sync
+    mov rdi, qword ptr [rbx]
+    lea rsi, [rbx + 40]
+    lea rdx, [rip + kp_int3]
+    mov ecx, 1
+    mov eax, HC_SIDEBAND
+    out HC_PORT, eax
     pop rbx
     ret
 
-# arch_disarm_kprobe(kp=rdi): text_poke(addr, &opcode, 1) then text_poke_sync().
+# arch_disarm_kprobe(kp=rdi): perf_event_text_poke(addr, &int3, 1, &opcode, 1) first, then
+# text_poke(addr, &opcode, 1) and text_poke_sync().
 kprobe_disarm:
     push rbx
     mov rbx, rdi
+    mov rdi, qword ptr [rbx]
+    lea rsi, [rip + kp_int3]
+    lea rdx, [rbx + 40]
+    mov ecx, 1
+    mov eax, HC_SIDEBAND
+    out HC_PORT, eax
     mov rdi, qword ptr [rbx]
     lea rsi, [rbx + 40]
     mov edx, 1

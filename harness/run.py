@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from emu.decisions import DecisionSource, RandomSource, ReplayError
 from emu.machine import Machine, RunResult
 from emu.verdict import PASS, Verdict
 
+from . import kcore, verify
 from .oracles import torn_execution
+from .pt.encoder import TraceConfig
+from .pt.flow import FlowItem, async_events, cpu_flow
+from .pt.image import PokeRecord
 from .scenario import Built, Scenario, build, machine_for
+from .sideband import TextPoke
 
 
 @dataclass
@@ -19,6 +24,12 @@ class Outcome:
     verdict: Verdict
     result: RunResult
     built: Built
+    flows: list[list[FlowItem]] = field(default_factory=list)
+    streams: list[bytes] = field(default_factory=list)
+    decode: list[verify.DecodeReport] = field(default_factory=list)
+
+    def records(self) -> list[TextPoke]:
+        return [TextPoke(r.addr, r.old, r.new, r.tick, r.cpu) for r in self.result.sideband]
 
     @property
     def ok(self) -> bool:
@@ -28,17 +39,33 @@ class Outcome:
 class Runner:
     """One scenario/variant/CPU count on one machine, reset between schedules."""
 
-    def __init__(self, scn: Scenario, variant: str | None = None, cpus: int | None = None):
+    def __init__(self, scn: Scenario, variant: str | None = None, cpus: int | None = None,
+                 trace: TraceConfig | None = None, decode: bool = True):
         self.built = build(scn, variant, cpus)
         self.machine: Machine = machine_for(self.built)
+        self.trace = trace or TraceConfig()
+        self.decode = decode
 
     def run(self, source: DecisionSource) -> Outcome:
+        """One schedule: the machine's verdict, then the ground-truth oracles, then the trace:
+        encoded per CPU and decoded forward and backward. The first failure is the verdict."""
         result = self.machine.run(source)
-        verdict = result.verdict
+        out = Outcome(result.verdict, result, self.built)
         torn = torn_execution(result.truth, self.built.sites)
         if torn is not None:  # the root cause of whatever followed
-            verdict = torn
-        return Outcome(verdict, result, self.built)
+            out.verdict = torn
+        out.flows = [cpu_flow(result.truth.retired[c], async_events(result.truth.events, c),
+                              result.final_rips[c]) for c in range(self.built.cpus)]
+        out.streams = verify.encode_all(out.flows, result.final_rips, self.trace)
+        if self.decode:
+            records = [PokeRecord(r.tick, r.addr, r.old, r.new) for r in result.sideband]
+            for backward in (False, True):
+                out.decode.append(verify.check(out.streams, out.flows, result.text_start,
+                                               result.text_end, records, backward))
+            failed = next((r.verdict for r in out.decode if r.verdict is not None), None)
+            if failed is not None and out.verdict.kind == PASS:
+                out.verdict = failed
+        return out
 
     def run_seed(self, seed: int) -> Outcome:
         return self.run(RandomSource(seed))
@@ -56,16 +83,28 @@ def outcome_counts(runner: Runner) -> dict[str, dict[int, int]]:
 
 
 def write_artifacts(out: Outcome, seed: int | None, directory: Path) -> None:
-    """verdict.json, cpu<N>.truth.jsonl, events.jsonl."""
+    """verdict.json; per CPU the PT stream cpu<N>.pt and the ground truth cpu<N>.truth.jsonl;
+    events.jsonl; sideband.bin (PERF_RECORD_TEXT_POKE records); text-start.elf, text-end.elf."""
     directory.mkdir(parents=True, exist_ok=True)
     truth = out.result.truth
     for cpu in range(truth.ncpus):
         (directory / f"cpu{cpu}.truth.jsonl").write_text(truth.cpu_jsonl(cpu))
+        (directory / f"cpu{cpu}.pt").write_bytes(out.streams[cpu])
     (directory / "events.jsonl").write_text(truth.events_jsonl())
+    (directory / "sideband.bin").write_bytes(b"".join(r.encode() for r in out.records()))
+    from emu import layout
+
+    (directory / "text-start.elf").write_bytes(
+        kcore.write([(layout.TEXT_BASE, out.result.text_start)]))
+    (directory / "text-end.elf").write_bytes(
+        kcore.write([(layout.TEXT_BASE, out.result.text_end)]))
+    (directory / "final-rips.json").write_text(json.dumps([f"{r:#x}" for r in
+                                                           out.result.final_rips]) + "\n")
     doc = {"scenario": out.built.scenario.name, "variant": out.built.variant, "seed": seed,
            "verdict": out.verdict.kind, "detail": str(out.verdict),
            "decisions": len(out.result.path), "cpus": out.built.cpus,
-           "ticks": out.result.ticks, "where": out.verdict.to_json()}
+           "ticks": out.result.ticks, "where": out.verdict.to_json(),
+           "decode": [r.to_json() for r in out.decode]}
     (directory / "verdict.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 

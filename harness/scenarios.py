@@ -59,9 +59,16 @@ wait_users:                              # percpu_ref_kill + wait for the last p
     cmp qword ptr [V_SCRATCH], 0
     jne wait_users
     ret
-free_tramp_1:                            # text_poke the image full of INT3, then sync
+free_tramp_1:                            # record the change, text_poke INT3 padding, sync
     push rbx
     lea rbx, [rip + tramp_1]
+    lea rcx, [rip + tramp_1_end]
+    sub rcx, rbx
+    mov rdi, rbx
+    mov rsi, rbx                         # old: the image as it is
+    lea rdx, [rip + tramp_pad]           # new: INT3 padding
+    mov eax, HC_SIDEBAND
+    out HC_PORT, eax
 free_loop:
     lea rax, [rip + tramp_1_end]
     cmp rbx, rax
@@ -76,13 +83,18 @@ free_done:
     call text_poke_sync
     pop rbx
     ret
+tramp_pad:
+    .byte 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc
+    .byte 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc
+    .byte 0xcc, 0xcc, 0xcc, 0xcc
 tramp_retire:
     call synchronize_rcu_tasks
     test qword ptr [V_CFG], CFG_FREE_EARLY
     jnz retire_early
     call wake_sleeper                    # fixed: the image lives until its last user left
-    call wait_users
-    call free_tramp_1
+    call wait_users                      # (percpu_ref) ...
+    call synchronize_rcu_tasks           # ... and the put's own few instructions are done
+    call free_tramp_1                    # (e21aa341785c: free through call_rcu_tasks)
     ret
 retire_early:                            # buggy: rcu-tasks does not cover the sleeper
     call free_tramp_1

@@ -1,0 +1,282 @@
+"""The PT decoder: packets -> branch items (the query layer) -> instruction flow over the image.
+
+Like libipt's query decoder, the first layer turns the packet stream into what the flow needs,
+in order: TNT bits, TIP targets, FUP sources, TIP.PGE/PGD, PSB+ status, each stamped with the
+time of the last TSC before it and of the first TSC after it. IP decompression is sequential
+over packets, so it is done here once.
+
+The flow layer walks the image from TIP.PGE. Before each instruction it checks for a FUP at the
+current IP: that is an asynchronous branch, taken *before* anything at that IP is decoded, so the
+INT3 byte of a poke never needs to be in the image. Text-poke records are applied when the
+decoder's time passes theirs; an instruction whose bytes a record changes, but whose time the
+trace cannot place before or after that record, is `Ambiguous`, never a guess.
+
+Time bounds of an instruction: it executed after the last TSC consumed (lo) and no later than
+the next TSC in the stream (hi); records with time < lo are applied, records with time > hi are
+not, and a record in [lo, hi] that changes what the instruction decodes to is ambiguous.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .image import Image, PokeRecord
+from .insn import Cls, classify
+from .last_ip import LastIp
+from .packets import (
+    Cbr,
+    Fup,
+    ModeExec,
+    Ovf,
+    Pad,
+    PacketError,
+    Psb,
+    PsbEnd,
+    Tip,
+    TipPgd,
+    TipPge,
+    Tnt,
+    TscPacket,
+    iter_packets,
+)
+
+INFINITY = 1 << 64
+
+
+class ItemKind(enum.Enum):
+    BIT = "tnt"
+    TIP = "tip"
+    FUP = "fup"
+    PGE = "tip.pge"
+    PGD = "tip.pgd"
+    PSB = "psb"  # a PSB+: last-IP reset (done here) and return-compression restart
+    STATUS_FUP = "psb.fup"  # the FUP inside PSB+: where the flow is, not a branch
+
+
+@dataclass
+class Item:
+    kind: ItemKind
+    offset: int
+    ip: int | None = None
+    bit: bool = False
+    time: int = 0  # last TSC before this item
+    next_tsc: int = INFINITY  # first TSC after it
+
+
+class DecodeError(Exception):
+    def __init__(self, offset: int, message: str, ip: int | None = None) -> None:
+        where = f"offset {offset:#x}" + ("" if ip is None else f", ip {ip:#x}")
+        super().__init__(f"{where}: {message}")
+        self.offset, self.message, self.ip = offset, message, ip
+
+
+class Ambiguous(Exception):
+    def __init__(self, offset: int, ip: int, record: PokeRecord, lo: int, hi: int) -> None:
+        super().__init__(f"offset {offset:#x}, ip {ip:#x}: the trace places this instruction "
+                         f"in [{lo}, {hi}] and the text-poke record at {record.addr:#x} "
+                         f"(time {record.time}) inside that interval changes it")
+        self.offset, self.ip, self.record = offset, ip, record
+
+
+def items(stream: bytes) -> list[Item]:
+    """The query layer. Malformed packets raise PacketError; misplaced ones DecodeError."""
+    out: list[Item] = []
+    last_ip = LastIp()
+    time = 0
+    in_psb = False
+    waiting: list[Item] = []  # items whose next TSC is not known yet
+    for off, pkt in iter_packets(stream):
+        if isinstance(pkt, TscPacket):
+            time = pkt.tsc
+            for it in waiting:
+                it.next_tsc = time
+            waiting = []
+            continue
+        if isinstance(pkt, Pad | Cbr | ModeExec):
+            continue
+        if isinstance(pkt, Psb):
+            if in_psb:
+                raise DecodeError(off, "PSB inside PSB+")
+            in_psb = True
+            last_ip.reset()
+            new = [Item(ItemKind.PSB, off, time=time)]
+        elif isinstance(pkt, PsbEnd):
+            if not in_psb:
+                raise DecodeError(off, "PSBEND without PSB")
+            in_psb = False
+            continue
+        elif isinstance(pkt, Ovf):
+            raise DecodeError(off, "internal buffer overflow (OVF) in the trace")
+        elif isinstance(pkt, Tnt):
+            if in_psb:
+                raise DecodeError(off, "TNT inside PSB+")
+            new = [Item(ItemKind.BIT, off, bit=b, time=time) for b in pkt.bits]
+        else:
+            try:
+                ip = last_ip.decompress(pkt.ipbytes, pkt.payload)
+            except ValueError as e:
+                raise DecodeError(off, str(e)) from None
+            if isinstance(pkt, Fup):
+                kind = ItemKind.STATUS_FUP if in_psb else ItemKind.FUP
+            elif in_psb:
+                raise DecodeError(off, f"{type(pkt).__name__} inside PSB+")
+            else:
+                kind = {Tip: ItemKind.TIP, TipPge: ItemKind.PGE, TipPgd: ItemKind.PGD}[type(pkt)]
+            if ip is None and kind is not ItemKind.PGD:
+                raise DecodeError(off, f"{kind.value} with a suppressed IP")
+            new = [Item(kind, off, ip=ip, time=time)]
+        out += new
+        waiting += new
+    if in_psb:
+        raise DecodeError(len(stream), "trace ends inside PSB+")
+    return out
+
+
+@dataclass(frozen=True)
+class Step:
+    """One decoded element: an instruction (code = its bytes in the image) or an
+    asynchronous branch at `ip` (code empty, target = where it went)."""
+
+    ip: int
+    code: bytes
+    offset: int  # the packet offset the decoder was at
+    target: int | None = None
+
+
+@dataclass
+class DecodeResult:
+    steps: list[Step]
+    error: Exception | None = None  # DecodeError, PacketError or Ambiguous
+    ended: bool = False  # reached TIP.PGD
+
+
+def decode(stream: bytes, image: Image, max_steps: int) -> DecodeResult:
+    """Decode one CPU's stream; stops at the first error, keeping what was decoded."""
+    res = DecodeResult([])
+    try:
+        _walk(items(stream), image, max_steps, res)
+    except (DecodeError, PacketError, Ambiguous) as e:
+        res.error = e
+    return res
+
+
+def _walk(its: list[Item], image: Image, max_steps: int, res: DecodeResult) -> None:
+    steps = res.steps
+    k = 0
+    n = len(its)
+    while k < n and its[k].kind is not ItemKind.PGE:  # sync: wait for PacketEn
+        if its[k].kind in (ItemKind.BIT, ItemKind.TIP, ItemKind.FUP):
+            raise DecodeError(its[k].offset, f"{its[k].kind.value} before TIP.PGE")
+        k += 1
+    if k == n:
+        raise DecodeError(0, "no TIP.PGE: tracing never starts")
+    ip = its[k].ip
+    lo, hi = its[k].time, its[k].next_tsc
+    k += 1
+    stack: list[int] = []
+
+    def take(kind: ItemKind, why: str) -> Item:
+        nonlocal k, lo, hi
+        if k >= n:
+            raise DecodeError(its[-1].offset, f"trace ends; {why} needs a {kind.value}", ip)
+        it = its[k]
+        if it.kind is not kind:
+            raise DecodeError(it.offset, f"{why} needs a {kind.value}, the trace has "
+                                         f"{it.kind.value}", ip)
+        k += 1
+        lo, hi = it.time, it.next_tsc
+        return it
+
+    while True:
+        while k < n and its[k].kind in (ItemKind.PSB, ItemKind.STATUS_FUP):
+            it = its[k]
+            if it.kind is ItemKind.PSB:
+                stack.clear()
+            elif it.ip != ip:
+                raise DecodeError(it.offset, f"PSB+ says the flow is at {it.ip:#x}", ip)
+            k += 1
+        if k >= n:
+            raise DecodeError(its[-1].offset if its else 0, "trace ends without TIP.PGD", ip)
+        nxt = its[k]
+        if nxt.kind is ItemKind.FUP and nxt.ip == ip:  # an asynchronous branch, here
+            take(ItemKind.FUP, "async")
+            if k < n and its[k].kind is ItemKind.PGD:
+                take(ItemKind.PGD, "end")
+                res.ended = True
+                return
+            to = take(ItemKind.TIP, f"the FUP at {ip:#x}").ip
+            steps.append(Step(ip, b"", nxt.offset, to))
+            ip = to
+            continue
+        if len(steps) >= max_steps:
+            raise DecodeError(nxt.offset, f"more than {max_steps} steps without reaching the "
+                                          "end of the trace", ip)
+        image.advance(lo)
+        code = image.read(ip)
+        if not code:
+            raise DecodeError(nxt.offset, "the flow left the image", ip)
+        insn = classify(code)
+        doubt = image.uncertain(lo, hi, ip)
+        if doubt:
+            other = classify(image.read_with(ip, 15, doubt))
+            if other is None or insn is None or other.size != insn.size or \
+                    image.read_with(ip, insn.size, doubt) != code[:insn.size]:
+                raise Ambiguous(nxt.offset, ip, doubt[0], lo, hi)
+        if insn is None:
+            raise DecodeError(nxt.offset, f"bytes {code.hex()} in the image do not decode", ip)
+        steps.append(Step(ip, code[:insn.size], nxt.offset))
+        nlip = ip + insn.size
+        c = insn.cls
+        if c is Cls.OTHER:
+            ip = nlip
+        elif c is Cls.COND:
+            ip = nlip + insn.rel if take(ItemKind.BIT, f"{insn.text}").bit else nlip
+        elif c is Cls.JMP:
+            ip = nlip + insn.rel
+        elif c is Cls.CALL:
+            if insn.rel:
+                stack.append(nlip)
+                del stack[:-64]
+            ip = nlip + insn.rel
+        elif c in (Cls.IJMP, Cls.ICALL, Cls.IRET):
+            if c is Cls.ICALL:
+                stack.append(nlip)
+                del stack[:-64]
+            ip = take(ItemKind.TIP, insn.text).ip
+        elif c is Cls.RET:
+            if k < n and its[k].kind is ItemKind.BIT:
+                if not take(ItemKind.BIT, "ret").bit or not stack:
+                    raise DecodeError(its[k - 1].offset, "bad return compression", ip)
+                ip = stack.pop()
+            else:
+                ip = take(ItemKind.TIP, "ret").ip
+        else:  # INT3 / INT n in the image where the trace has no FUP for it
+            raise DecodeError(nxt.offset, f"{insn.text} in the image but no FUP in the trace",
+                              ip)
+
+
+def dump(stream: bytes) -> list[str]:
+    """One line per packet: offset, name, fields (IPs decompressed)."""
+    lines = []
+    last_ip = LastIp()
+    for off, pkt in iter_packets(stream):
+        name = type(pkt).__name__.upper().replace("TSCPACKET", "TSC")
+        if isinstance(pkt, Tnt):
+            body = "".join("T" if b else "N" for b in pkt.bits)
+        elif isinstance(pkt, TscPacket):
+            body = f"{pkt.tsc}"
+        elif isinstance(pkt, Cbr):
+            body = f"{pkt.ratio}"
+        elif isinstance(pkt, ModeExec):
+            body = "64" if pkt.csl else ("32" if pkt.csd else "16")
+        elif isinstance(pkt, Psb):
+            last_ip.reset()
+            body = ""
+        elif hasattr(pkt, "ipbytes"):
+            ip = last_ip.decompress(pkt.ipbytes, pkt.payload)
+            body = "suppressed" if ip is None else f"{ip:#x} (ipbytes {pkt.ipbytes:03b})"
+        else:
+            body = ""
+        lines.append(f"{off:#010x}  {name:8} {body}".rstrip())
+    return lines

@@ -1,0 +1,84 @@
+"""Tracing and verification of a run: per CPU, encode its flow as PT, decode it over the image
+(forward from the start snapshot, backward from the end one) and compare, instruction by
+instruction, with what the CPU really executed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from emu import layout
+from emu.verdict import Verdict
+
+from .pt.decoder import Ambiguous, DecodeResult, decode
+from .pt.encoder import TraceConfig, encode_cpu
+from .pt.flow import FlowItem
+from .pt.image import Image, PokeRecord
+
+DECODE_DIVERGENCE = "decode_divergence"
+DECODE_ERROR = "decode_error"
+AMBIGUOUS = "ambiguous"
+
+
+@dataclass
+class CpuCheck:
+    cpu: int
+    steps: int
+    verdict: Verdict | None  # None: decoded exactly
+
+
+@dataclass
+class DecodeReport:
+    direction: str
+    cpus: list[CpuCheck] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> Verdict | None:
+        return next((c.verdict for c in self.cpus if c.verdict is not None), None)
+
+    def to_json(self) -> dict:
+        return {"direction": self.direction,
+                "result": "exact" if self.verdict is None else self.verdict.kind,
+                "cpus": [{"cpu": c.cpu, "steps": c.steps,
+                          "result": "exact" if c.verdict is None else c.verdict.kind,
+                          **({} if c.verdict is None else {"detail": c.verdict.detail})}
+                         for c in self.cpus]}
+
+
+def compare(cpu: int, flow: list[FlowItem], res: DecodeResult) -> Verdict | None:
+    """The first place where the decoded flow and the real one part."""
+    for item, step in zip(flow, res.steps, strict=False):
+        if item.ip != step.ip or item.code != step.code:
+            want = "async branch" if not item.code else item.code.hex(" ")
+            got = "async branch" if not step.code else step.code.hex(" ")
+            return Verdict(DECODE_DIVERGENCE,
+                           f"cpu{cpu} tick {item.tick}, packet offset {step.offset:#x}: executed "
+                           f"{want} at {item.ip:#x}, decoded {got} at {step.ip:#x}",
+                           cpu=cpu, rip=item.ip, fetched=item.code, event="decode",
+                           extra={"tick": item.tick, "offset": step.offset,
+                                  "decoded_ip": step.ip, "decoded": step.code.hex()})
+    if res.error is not None:
+        kind = AMBIGUOUS if isinstance(res.error, Ambiguous) else DECODE_ERROR
+        return Verdict(kind, f"cpu{cpu}: {res.error}", cpu=cpu,
+                       rip=getattr(res.error, "ip", None), event="decode",
+                       extra={"offset": getattr(res.error, "offset", None)})
+    if len(res.steps) != len(flow) or not res.ended:
+        tick = flow[len(res.steps)].tick if len(res.steps) < len(flow) else None
+        return Verdict(DECODE_DIVERGENCE, f"cpu{cpu}: decoded {len(res.steps)} steps, the CPU "
+                       f"executed {len(flow)} (first missing at tick {tick})", cpu=cpu,
+                       event="decode")
+    return None
+
+
+def encode_all(flows: list[list[FlowItem]], final_rips: list[int],
+               config: TraceConfig) -> list[bytes]:
+    return [encode_cpu(f, rip, config) for f, rip in zip(flows, final_rips, strict=True)]
+
+
+def check(streams: list[bytes], flows: list[list[FlowItem]], text_start: bytes,
+          text_end: bytes, records: list[PokeRecord], backward: bool = False) -> DecodeReport:
+    report = DecodeReport("backward" if backward else "forward")
+    for cpu, (stream, flow) in enumerate(zip(streams, flows, strict=True)):
+        image = Image(layout.TEXT_BASE, text_end if backward else text_start, records, backward)
+        res = decode(stream, image, max_steps=len(flow) + 16)
+        report.cpus.append(CpuCheck(cpu, len(res.steps), compare(cpu, flow, res)))
+    return report
