@@ -64,6 +64,49 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if out.ok else 1
 
 
+def _decode(args: argparse.Namespace) -> int:
+    from . import verify
+    from .saved_run import RunDirError, load
+
+    try:
+        run = load(Path(args.dir))
+    except RunDirError as e:
+        return _bad_input(str(e))
+    report = verify.check(run.streams, run.flows, run.text_start, run.text_end, run.records,
+                          backward=args.backward)
+    for c in report.cpus:
+        print(f"cpu{c.cpu}: {c.steps} steps, "
+              + ("exact" if c.verdict is None else f"{c.verdict.kind}: {c.verdict.detail}"))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    bad = report.verdict
+    if bad is None:
+        return 0
+    if bad.kind == verify.DECODE_ERROR:  # the trace itself is malformed
+        print(f"textpoke: error: {bad.detail}", file=sys.stderr)
+        return 2
+    return 1
+
+
+def _dump(args: argparse.Namespace) -> int:
+    from .pt.decoder import dump
+    from .pt.packets import PacketError
+
+    try:
+        stream = Path(args.file).read_bytes()
+    except OSError as e:
+        return _bad_input(str(e))
+    lines: list[str] = []
+    try:
+        for line in dump(stream):
+            lines.append(line)
+    except PacketError as e:
+        print("\n".join(lines))
+        return _bad_input(f"{args.file}: {e}")
+    print("\n".join(lines))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="textpoke", description=__doc__)
     p.add_argument("--version", action="version", version=f"textpoke {__version__}")
@@ -81,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seed of the decision stream")
     run.add_argument("--out", help="directory for verdict.json and the ground truth")
     run.set_defaults(func=_run)
+    dec = sub.add_parser("decode", help="re-decode and re-verify a saved run directory")
+    dec.add_argument("dir")
+    dec.add_argument("--backward", action="store_true",
+                     help="decode from the end snapshot, undoing the text-poke records")
+    dec.add_argument("--json", action="store_true")
+    dec.set_defaults(func=_decode)
+    dmp = sub.add_parser("dump", help="print the packets of a PT stream with their offsets")
+    dmp.add_argument("file")
+    dmp.set_defaults(func=_dump)
     return p
 
 

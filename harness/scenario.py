@@ -258,7 +258,10 @@ GENERIC_VARIANTS: dict[str, Cfg] = {
 @dataclass(frozen=True)
 class Variant:
     cfg: Cfg
-    expect: str | None = None  # the failure kind a buggy variant shows; None: must pass
+    expect: str | None = None  # failure kinds a buggy variant shows ("a|b"); None: must pass
+
+    def accepts(self, kind: str) -> bool:
+        return self.expect is not None and kind in self.expect.split("|")
 
 
 @dataclass

@@ -160,8 +160,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
         "INT3 sync, buggy_late = after the first byte (seen by the trace decoder)",
         card="Z5", sites=[JumpLabel("jl0", key="k0")],
         ops=[StaticKey("k0", True), StaticKey("k0", False)],
-        variants=_zoo(Cfg.RECORD_EARLY, "decode_divergence",
-                      buggy_late=Variant(Cfg.RECORD_LATE, "decode_divergence")),
+        variants=_zoo(Cfg.RECORD_EARLY, "decode_divergence|ambiguous",
+                      buggy_late=Variant(Cfg.RECORD_LATE, "decode_divergence|ambiguous")),
         default_variant="fixed", cpus=2),
     Scenario(
         "z6_unsorted_batch", "Z6: a batch whose vector is not sorted by address: the handler's "

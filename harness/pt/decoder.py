@@ -29,8 +29,8 @@ from .packets import (
     Fup,
     ModeExec,
     Ovf,
-    Pad,
     PacketError,
+    Pad,
     Psb,
     PsbEnd,
     Tip,
@@ -73,15 +73,32 @@ class DecodeError(Exception):
 
 class Ambiguous(Exception):
     def __init__(self, offset: int, ip: int, record: PokeRecord, lo: int, hi: int) -> None:
+        upper = "the end of the trace" if hi >= INFINITY else str(hi)
         super().__init__(f"offset {offset:#x}, ip {ip:#x}: the trace places this instruction "
-                         f"in [{lo}, {hi}] and the text-poke record at {record.addr:#x} "
+                         f"in [{lo}, {upper}] and the text-poke record at {record.addr:#x} "
                          f"(time {record.time}) inside that interval changes it")
         self.offset, self.ip, self.record = offset, ip, record
 
 
 def items(stream: bytes) -> list[Item]:
     """The query layer. Malformed packets raise PacketError; misplaced ones DecodeError."""
+    out, error = items_until_error(stream)
+    if error is not None:
+        raise error
+    return out
+
+
+def items_until_error(stream: bytes) -> tuple[list[Item], Exception | None]:
+    """The items before the first malformed or misplaced packet, and that error if any."""
     out: list[Item] = []
+    try:
+        _items(stream, out)
+    except (PacketError, DecodeError) as e:
+        return out, e
+    return out, None
+
+
+def _items(stream: bytes, out: list[Item]) -> None:
     last_ip = LastIp()
     time = 0
     in_psb = False
@@ -130,7 +147,6 @@ def items(stream: bytes) -> list[Item]:
         waiting += new
     if in_psb:
         raise DecodeError(len(stream), "trace ends inside PSB+")
-    return out
 
 
 @dataclass(frozen=True)
@@ -154,10 +170,13 @@ class DecodeResult:
 def decode(stream: bytes, image: Image, max_steps: int) -> DecodeResult:
     """Decode one CPU's stream; stops at the first error, keeping what was decoded."""
     res = DecodeResult([])
+    its, bad_packet = items_until_error(stream)
     try:
-        _walk(items(stream), image, max_steps, res)
-    except (DecodeError, PacketError, Ambiguous) as e:
-        res.error = e
+        _walk(its, image, max_steps, res)
+    except (DecodeError, Ambiguous) as e:
+        # running out of items because a packet was malformed: that packet is the error
+        res.error = bad_packet if bad_packet is not None and isinstance(e, DecodeError) and \
+            e.offset >= (its[-1].offset if its else 0) else e
     return res
 
 
@@ -218,11 +237,11 @@ def _walk(its: list[Item], image: Image, max_steps: int, res: DecodeResult) -> N
             raise DecodeError(nxt.offset, "the flow left the image", ip)
         insn = classify(code)
         doubt = image.uncertain(lo, hi, ip)
-        if doubt:
-            other = classify(image.read_with(ip, 15, doubt))
+        for j in range(1, len(doubt) + 1):  # any prefix of them may have happened already
+            other = classify(image.read_with(ip, 15, doubt[:j]))
             if other is None or insn is None or other.size != insn.size or \
-                    image.read_with(ip, insn.size, doubt) != code[:insn.size]:
-                raise Ambiguous(nxt.offset, ip, doubt[0], lo, hi)
+                    image.read_with(ip, insn.size, doubt[:j]) != code[:insn.size]:
+                raise Ambiguous(nxt.offset, ip, doubt[j - 1], lo, hi)
         if insn is None:
             raise DecodeError(nxt.offset, f"bytes {code.hex()} in the image do not decode", ip)
         steps.append(Step(ip, code[:insn.size], nxt.offset))
@@ -260,8 +279,10 @@ def dump(stream: bytes) -> list[str]:
     """One line per packet: offset, name, fields (IPs decompressed)."""
     lines = []
     last_ip = LastIp()
+    names = {"TscPacket": "TSC", "TipPge": "TIP.PGE", "TipPgd": "TIP.PGD", "ModeExec": "MODE.Exec",
+             "PsbEnd": "PSBEND"}
     for off, pkt in iter_packets(stream):
-        name = type(pkt).__name__.upper().replace("TSCPACKET", "TSC")
+        name = names.get(type(pkt).__name__, type(pkt).__name__.upper())
         if isinstance(pkt, Tnt):
             body = "".join("T" if b else "N" for b in pkt.bits)
         elif isinstance(pkt, TscPacket):
@@ -278,5 +299,5 @@ def dump(stream: bytes) -> list[str]:
             body = "suppressed" if ip is None else f"{ip:#x} (ipbytes {pkt.ipbytes:03b})"
         else:
             body = ""
-        lines.append(f"{off:#010x}  {name:8} {body}".rstrip())
+        lines.append(f"{off:#010x}  {name:9} {body}".rstrip())
     return lines
