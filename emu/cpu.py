@@ -104,6 +104,7 @@ class CpuState:
     halted: bool = False
     finished: bool = False
     shadow: bool = False  # the last instruction was STI / MOV SS / POP SS
+    yielded: bool = False  # executed PAUSE (a spin-wait) in its last run
     need_serialize: bool = False
     own_dirty: list[tuple[int, int]] = field(default_factory=list)
     view_touched: list[tuple[int, int]] = field(default_factory=list)  # since the last reset
@@ -210,6 +211,8 @@ class Cpu:
                 elif code == b"\xf4":
                     st.halted = True
                     self._want_stop = True
+                elif code == b"\xf3\x90":
+                    st.yielded = True
         except BaseException as e:  # a harness bug must surface, not vanish in ctypes
             self._error = e
             self.uc.emu_stop()
@@ -260,6 +263,7 @@ class Cpu:
         self._fill_fault = None
         self._exception = None
         self._emulate = None
+        self.state.yielded = False
         u = self.uc
         try:
             u.emu_start(u.reg_read(X.UC_X86_REG_RIP), 0, 0, 0)

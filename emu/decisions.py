@@ -52,6 +52,10 @@ class DecisionSource(abc.ABC):
     def pick(self, kind: Kind, arity: int, position: int) -> int:
         """The value, 0 <= value < arity, of the choice at `position` of the path."""
 
+    def observe(self, context: object) -> None:  # noqa: B027 - optional hook
+        """What the machine knows before the next CPU choice (see machine.StepContext);
+        schedulers that need it (PCT) keep it, the others ignore it."""
+
 
 class RandomSource(DecisionSource):
     """Seeded uniform choices: the same seed gives the same path on any machine."""
@@ -65,11 +69,15 @@ class RandomSource(DecisionSource):
 
 
 class ReplaySource(DecisionSource):
-    """Replays a recorded path exactly; past its end, asks `then` or fails."""
+    """Replays a recorded path exactly; past its end, asks `then` or fails. `lenient` (for
+    shrinking) reinterprets a choice that no longer fits instead of failing, as Hypothesis
+    reinterprets its choice sequence."""
 
-    def __init__(self, path: Sequence[Choice], then: DecisionSource | None = None) -> None:
+    def __init__(self, path: Sequence[Choice], then: DecisionSource | None = None,
+                 lenient: bool = False) -> None:
         self.path = list(path)
         self.then = then
+        self.lenient = lenient
 
     def pick(self, kind: Kind, arity: int, position: int) -> int:
         if position >= len(self.path):
@@ -79,9 +87,16 @@ class ReplaySource(DecisionSource):
             return self.then.pick(kind, arity, position)
         want = self.path[position]
         if want.kind is not kind or want.arity != arity:
+            if self.lenient:
+                return want.value % arity if want.kind is kind else \
+                    (self.then.pick(kind, arity, position) if self.then else 0)
             raise ReplayError(position, f"path has {want.kind.value}/{want.arity}, run wants "
                                         f"{kind.value}/{arity}")
         return want.value
+
+    def observe(self, context: object) -> None:
+        if self.then is not None:
+            self.then.observe(context)
 
 
 class PolicySource(DecisionSource):

@@ -123,6 +123,16 @@ class RunResult:
     text_end: bytes = b""
 
 
+@dataclass(frozen=True)
+class StepContext:
+    """What a scheduler may know before a CPU choice: the runnable CPUs (the choice's value
+    indexes this tuple), which of them spun (PAUSE) in their last run, and the last CPU run."""
+
+    runnable: tuple[int, ...]
+    yielded: frozenset[int]
+    last: int | None
+
+
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     for s, e in sorted(ranges):
@@ -159,6 +169,7 @@ class Machine:
         self._initial_mem = self.mem.snapshot()
         self._initial_ctx = [c.uc.context_save() for c in self.cpus]
         self._dirty = False
+        self._last: int | None = None
         self._escalation: dict[int, str] = {}
 
     # ------------------------------------------------------------ building
@@ -220,6 +231,7 @@ class Machine:
         self.sideband.clear()
         self._escalation.clear()
         self._dirty = False
+        self._last = None
 
     def symbol(self, name: str) -> int:
         try:
@@ -260,7 +272,11 @@ class Machine:
             c = self.cpus[stuck[0]]
             return Verdict(HANG, f"CPUs {stuck} are halted with nothing to wake them",
                            cpu=c.index, rip=c.reg("rip"), event="deadlock")
+        dec.source.observe(StepContext(tuple(c.index for c in runnable),
+                                       frozenset(c.index for c in runnable if c.state.yielded),
+                                       self._last))
         cpu = runnable[dec.choose(Kind.CPU, len(runnable))]
+        self._last = cpu.index
         st = cpu.state
         if st.nmis_left and not st.pending_nmi and \
                 dec.choose(Kind.NMI_RAISE, self.config.nmi_rarity) == 1:
@@ -457,7 +473,9 @@ class Machine:
                 detail += f" ({self._escalation[cpu.index]})"
             return self._fault_verdict(cpu, frame_rip, detail,
                                        "double_fault" if a0 == x86.DF else "fatal_exception")
-        return None  # QUIESCENT and MARK are recorded as events only
+        elif number is Hypercall.QUIESCENT:
+            cpu.state.yielded = True  # a voluntary schedule point: schedulers may switch
+        return None  # MARK is recorded as an event only
 
     def _event(self, cpu: Cpu, kind: str, **data) -> None:
         self.truth.events.append(Event(self.clock.tick, cpu.index, kind, data))

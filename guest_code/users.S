@@ -166,8 +166,9 @@ kpo_poke:
     pop rbx
     ret
 
-# arch_unoptimize_kprobe(): INT3 first, sync, then the original tail back, sync, and the
-# text-poke record of the whole change (old: the JMP32, new: INT3 + original tail).
+# do_unoptimize_kprobes() -> arch_unoptimize_kprobe(): INT3 first, sync, then the original
+# tail back, sync, and the text-poke record of the whole change (old: the JMP32, new: INT3 +
+# original tail); then kprobe_optimizer() waits for rcu-tasks quiescence.
 kprobe_unoptimize:
     push rbx
     sub rsp, 24
@@ -195,12 +196,21 @@ kprobe_unoptimize:
     mov ecx, 5
     mov eax, HC_SIDEBAND
     out HC_PORT, eax
-    add rsp, 24
+    call synchronize_rcu_tasks           # kprobe_optimizer() step 2: quiescence before
+    add rsp, 24                          # anything else is done to the probe
     pop rbx
     ret
 
 kp_int3:
     .byte 0xcc
+
+# make_jmp32(buf=rdi, site=rsi, target=rdx): the 5 bytes of `jmp target` placed at `site`.
+make_jmp32:
+    mov byte ptr [rdi], 0xe9
+    sub rdx, rsi
+    sub rdx, 5
+    mov dword ptr [rdi + 1], edx
+    ret
 
 # ------------------------------------------------------------------ observers
 # check_outcome(site=rdi, outcome=rsi, gen0=rdx): an execution of a site that started when

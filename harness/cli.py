@@ -107,6 +107,79 @@ def _dump(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explore(args: argparse.Namespace) -> int:
+    from .explore import Plan, explore, progress_bar
+    from .text_poke_loc import ScenarioError
+
+    if args.schedules is None and args.time is None:
+        args.schedules = 100
+    plan = Plan(args.scenario, args.variant, args.cpus, args.strategy, args.seed, args.depth,
+                shrink=not args.no_shrink)
+    try:
+        summary = explore(plan, args.schedules, args.time, args.jobs, args.db, args.resume,
+                          progress=progress_bar() if sys.stderr.isatty() else None)
+    except (ScenarioError, ValueError) as e:
+        return _bad_input(str(e))
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    fails = summary.failures
+    doc = {"scenario": args.scenario, "variant": args.variant, "strategy": args.strategy,
+           "schedules": len(summary.results), "resumed": summary.skipped,
+           "failures": len(fails), "seconds": round(summary.seconds, 2),
+           "pct_bound": summary.bound,
+           "failed": [{"schedule": f.idx, "seed": f.seed, "verdict": f.verdict,
+                       "detail": f.detail, "decisions": f.decisions, "token": f.token,
+                       "shrunk_decisions": f.shrunk_decisions, "shrunk_token": f.shrunk}
+                      for f in fails]}
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"{args.scenario}: {len(summary.results)} schedules ({summary.skipped} from an "
+              f"earlier run), {len(fails)} failing, {summary.seconds:.1f}s")
+        if summary.bound is not None:
+            print(f"PCT depth {plan.depth}: each schedule finds a depth-{plan.depth} bug with "
+                  f"probability >= 1/(n*k^(d-1)) = {summary.bound:.3g}")
+        for f in fails[:10]:
+            print(f"  schedule {f.idx} (seed {f.seed}): {f.detail}")
+            print(f"    replay: textpoke replay {f.token}")
+            if f.shrunk:
+                print(f"    shrunk ({f.decisions} -> {f.shrunk_decisions} decisions): "
+                      f"textpoke replay {f.shrunk}")
+    return 1 if fails else 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from emu.decisions import ReplayError
+
+    from .explore import replay
+    from .run import write_artifacts
+    from .text_poke_loc import ScenarioError
+    from .token import TokenError
+
+    try:
+        tok, out = replay(args.token)
+    except (TokenError, ScenarioError, ReplayError) as e:
+        return _bad_input(f"cannot replay: {e}")
+    if args.out:
+        write_artifacts(out, tok.seed, Path(args.out))
+    print(f"{tok.scenario} [{tok.variant}]: {out.verdict} ({len(out.result.path)} decisions)")
+    return 0 if out.ok else 1
+
+
+def _zoo(args: argparse.Namespace) -> int:
+    from .zoo import table, zoo
+
+    rows = zoo(args.strategy, args.buggy_budget, args.fixed_budget, args.jobs)
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps([asdict(r) for r in rows], indent=2))
+    else:
+        print(table(rows))
+    ok = all(r.found and r.fixed_passed == r.fixed_schedules for r in rows)
+    return 0 if ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="textpoke", description=__doc__)
     p.add_argument("--version", action="version", version=f"textpoke {__version__}")
@@ -133,6 +206,32 @@ def build_parser() -> argparse.ArgumentParser:
     dmp = sub.add_parser("dump", help="print the packets of a PT stream with their offsets")
     dmp.add_argument("file")
     dmp.set_defaults(func=_dump)
+    ex = sub.add_parser("explore", help="explore many schedules of a scenario")
+    ex.add_argument("scenario")
+    ex.add_argument("--variant")
+    ex.add_argument("--cpus", type=int)
+    ex.add_argument("--strategy", choices=["random", "pct"], default="random")
+    ex.add_argument("--schedules", type=int)
+    ex.add_argument("--time", type=float, help="seconds to explore for")
+    ex.add_argument("--jobs", type=int, default=1)
+    ex.add_argument("--seed", type=int, default=0, help="schedule i uses seed SEED+i")
+    ex.add_argument("--depth", type=int, default=3, help="PCT bug depth d")
+    ex.add_argument("--db", help="SQLite file the results are written to as they are found")
+    ex.add_argument("--resume", action="store_true", help="continue the exploration in --db")
+    ex.add_argument("--no-shrink", action="store_true")
+    ex.add_argument("--json", action="store_true")
+    ex.set_defaults(func=_explore)
+    rp = sub.add_parser("replay", help="reproduce a schedule from its replay token")
+    rp.add_argument("token")
+    rp.add_argument("--out", help="directory for the artifacts, as `run --out` writes them")
+    rp.set_defaults(func=_replay)
+    zo = sub.add_parser("zoo", help="every race-zoo card: buggy found? fixed passes?")
+    zo.add_argument("--strategy", choices=["random", "pct"], default="random")
+    zo.add_argument("--buggy-budget", type=int, default=300)
+    zo.add_argument("--fixed-budget", type=int, default=40)
+    zo.add_argument("--jobs", type=int, default=1)
+    zo.add_argument("--json", action="store_true")
+    zo.set_defaults(func=_zoo)
     return p
 
 

@@ -22,3 +22,6 @@ def machine(source: str, entries: list[str], idt: dict[int, str] | None = None,
 @pytest.fixture
 def build():
     return machine
+
+
+pytest_plugins = ["pytester"]

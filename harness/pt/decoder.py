@@ -172,7 +172,8 @@ def decode(stream: bytes, image: Image, max_steps: int) -> DecodeResult:
     res = DecodeResult([])
     its, bad_packet = items_until_error(stream)
     try:
-        _walk(its, image, max_steps, res)
+        _Walker(its, image, max_steps, res.steps).run()
+        res.ended = True
     except (DecodeError, Ambiguous) as e:
         # running out of items because a packet was malformed: that packet is the error
         res.error = bad_packet if bad_packet is not None and isinstance(e, DecodeError) and \
@@ -180,99 +181,159 @@ def decode(stream: bytes, image: Image, max_steps: int) -> DecodeResult:
     return res
 
 
-def _walk(its: list[Item], image: Image, max_steps: int, res: DecodeResult) -> None:
-    steps = res.steps
-    k = 0
-    n = len(its)
-    while k < n and its[k].kind is not ItemKind.PGE:  # sync: wait for PacketEn
-        if its[k].kind in (ItemKind.BIT, ItemKind.TIP, ItemKind.FUP):
-            raise DecodeError(its[k].offset, f"{its[k].kind.value} before TIP.PGE")
-        k += 1
-    if k == n:
-        raise DecodeError(0, "no TIP.PGE: tracing never starts")
-    ip = its[k].ip
-    lo, hi = its[k].time, its[k].next_tsc
-    k += 1
-    stack: list[int] = []
+LOOKAHEAD = 400  # steps a candidate image must decode consistently to stay possible
 
-    def take(kind: ItemKind, why: str) -> Item:
-        nonlocal k, lo, hi
-        if k >= n:
-            raise DecodeError(its[-1].offset, f"trace ends; {why} needs a {kind.value}", ip)
-        it = its[k]
+
+class _Walker:
+    """The flow layer. Cloneable, so that candidates the timing cannot separate can each be
+    tried against the packets that follow."""
+
+    def __init__(self, its: list[Item], image: Image, max_steps: int, steps: list[Step],
+                 speculative: bool = False) -> None:
+        self.its, self.image, self.max_steps, self.steps = its, image, max_steps, steps
+        self.speculative = speculative
+        self.k = 0
+        self.ip: int | None = None
+        self.lo, self.hi = 0, INFINITY
+        self.stack: list[int] = []
+
+    def clone(self) -> _Walker:
+        w = _Walker(self.its, self.image.copy(), self.max_steps, list(self.steps), True)
+        w.k, w.ip, w.lo, w.hi, w.stack = self.k, self.ip, self.lo, self.hi, list(self.stack)
+        return w
+
+    def take(self, kind: ItemKind, why: str) -> Item:
+        its = self.its
+        if self.k >= len(its):
+            raise DecodeError(its[-1].offset if its else 0,
+                              f"trace ends; {why} needs a {kind.value}", self.ip)
+        it = its[self.k]
         if it.kind is not kind:
             raise DecodeError(it.offset, f"{why} needs a {kind.value}, the trace has "
-                                         f"{it.kind.value}", ip)
-        k += 1
-        lo, hi = it.time, it.next_tsc
+                                         f"{it.kind.value}", self.ip)
+        self.k += 1
+        self.lo, self.hi = it.time, it.next_tsc
         return it
 
-    while True:
-        while k < n and its[k].kind in (ItemKind.PSB, ItemKind.STATUS_FUP):
-            it = its[k]
-            if it.kind is ItemKind.PSB:
-                stack.clear()
-            elif it.ip != ip:
-                raise DecodeError(it.offset, f"PSB+ says the flow is at {it.ip:#x}", ip)
-            k += 1
-        if k >= n:
-            raise DecodeError(its[-1].offset if its else 0, "trace ends without TIP.PGD", ip)
-        nxt = its[k]
-        if nxt.kind is ItemKind.FUP and nxt.ip == ip:  # an asynchronous branch, here
-            take(ItemKind.FUP, "async")
-            if k < n and its[k].kind is ItemKind.PGD:
-                take(ItemKind.PGD, "end")
-                res.ended = True
+    def run(self, limit: int | None = None) -> None:
+        its = self.its
+        while self.k < len(its) and its[self.k].kind is not ItemKind.PGE:  # sync
+            if its[self.k].kind in (ItemKind.BIT, ItemKind.TIP, ItemKind.FUP):
+                raise DecodeError(its[self.k].offset, f"{its[self.k].kind.value} before TIP.PGE")
+            self.k += 1
+        if self.ip is None:
+            if self.k == len(its):
+                raise DecodeError(0, "no TIP.PGE: tracing never starts")
+            self.ip = self.take(ItemKind.PGE, "start").ip
+        done = 0
+        while self.step():
+            done += 1
+            if limit is not None and done >= limit:
                 return
-            to = take(ItemKind.TIP, f"the FUP at {ip:#x}").ip
-            steps.append(Step(ip, b"", nxt.offset, to))
-            ip = to
-            continue
-        if len(steps) >= max_steps:
-            raise DecodeError(nxt.offset, f"more than {max_steps} steps without reaching the "
-                                          "end of the trace", ip)
-        image.advance(lo)
-        code = image.read(ip)
-        if not code:
-            raise DecodeError(nxt.offset, "the flow left the image", ip)
-        insn = classify(code)
-        doubt = image.uncertain(lo, hi, ip)
-        for j in range(1, len(doubt) + 1):  # any prefix of them may have happened already
-            other = classify(image.read_with(ip, 15, doubt[:j]))
-            if other is None or insn is None or other.size != insn.size or \
-                    image.read_with(ip, insn.size, doubt[:j]) != code[:insn.size]:
-                raise Ambiguous(nxt.offset, ip, doubt[j - 1], lo, hi)
+
+    def step(self, forced: tuple[bytes, object] | None = None) -> bool:
+        """One instruction or asynchronous branch; False at the end of the trace."""
+        its, n = self.its, len(self.its)
+        while self.k < n and its[self.k].kind in (ItemKind.PSB, ItemKind.STATUS_FUP):
+            it = its[self.k]
+            if it.kind is ItemKind.PSB:
+                self.stack.clear()
+            elif it.ip != self.ip:
+                raise DecodeError(it.offset, f"PSB+ says the flow is at {it.ip:#x}", self.ip)
+            self.k += 1
+        if self.k >= n:
+            raise DecodeError(its[-1].offset if its else 0, "trace ends without TIP.PGD",
+                              self.ip)
+        nxt = its[self.k]
+        ip = self.ip
+        if forced is None and nxt.kind is ItemKind.FUP and nxt.ip == ip:  # async, here
+            self.take(ItemKind.FUP, "async")
+            if self.k < n and its[self.k].kind is ItemKind.PGD:
+                self.take(ItemKind.PGD, "end")
+                return False
+            to = self.take(ItemKind.TIP, f"the FUP at {ip:#x}").ip
+            self.steps.append(Step(ip, b"", nxt.offset, to))
+            self.ip = to
+            return True
+        if len(self.steps) >= self.max_steps:
+            raise DecodeError(nxt.offset, f"more than {self.max_steps} steps without reaching "
+                                          "the end of the trace", ip)
+        if forced is not None:
+            code, insn = forced
+        else:
+            code, insn = self.fetch(ip, nxt.offset)
         if insn is None:
             raise DecodeError(nxt.offset, f"bytes {code.hex()} in the image do not decode", ip)
-        steps.append(Step(ip, code[:insn.size], nxt.offset))
+        self.steps.append(Step(ip, code[:insn.size], nxt.offset))
         nlip = ip + insn.size
         c = insn.cls
         if c is Cls.OTHER:
-            ip = nlip
+            self.ip = nlip
         elif c is Cls.COND:
-            ip = nlip + insn.rel if take(ItemKind.BIT, f"{insn.text}").bit else nlip
+            self.ip = nlip + insn.rel if self.take(ItemKind.BIT, insn.text).bit else nlip
         elif c is Cls.JMP:
-            ip = nlip + insn.rel
+            self.ip = nlip + insn.rel
         elif c is Cls.CALL:
             if insn.rel:
-                stack.append(nlip)
-                del stack[:-64]
-            ip = nlip + insn.rel
+                self.stack.append(nlip)
+                del self.stack[:-64]
+            self.ip = nlip + insn.rel
         elif c in (Cls.IJMP, Cls.ICALL, Cls.IRET):
             if c is Cls.ICALL:
-                stack.append(nlip)
-                del stack[:-64]
-            ip = take(ItemKind.TIP, insn.text).ip
+                self.stack.append(nlip)
+                del self.stack[:-64]
+            self.ip = self.take(ItemKind.TIP, insn.text).ip
         elif c is Cls.RET:
-            if k < n and its[k].kind is ItemKind.BIT:
-                if not take(ItemKind.BIT, "ret").bit or not stack:
-                    raise DecodeError(its[k - 1].offset, "bad return compression", ip)
-                ip = stack.pop()
+            if self.k < n and its[self.k].kind is ItemKind.BIT:
+                if not self.take(ItemKind.BIT, "ret").bit or not self.stack:
+                    raise DecodeError(its[self.k - 1].offset, "bad return compression", ip)
+                self.ip = self.stack.pop()
             else:
-                ip = take(ItemKind.TIP, "ret").ip
+                self.ip = self.take(ItemKind.TIP, "ret").ip
         else:  # INT3 / INT n in the image where the trace has no FUP for it
             raise DecodeError(nxt.offset, f"{insn.text} in the image but no FUP in the trace",
                               ip)
+        return True
+
+    def fetch(self, ip: int, offset: int):
+        """The instruction at `ip` as of the decoder's time. Records in [lo, hi] touching it
+        may or may not have been applied: any prefix of them is a candidate image. A
+        candidate with an INT3 here is impossible (no FUP here, and an INT3 always traps: the
+        INT3 guard around a record). Candidates that still differ are each decoded against the
+        packets that follow; one the trace contradicts is impossible too. Only if more than one
+        stays possible is the result ambiguous."""
+        image = self.image
+        image.advance(self.lo)
+        code = image.read(ip)
+        if not code:
+            raise DecodeError(offset, "the flow left the image", ip)
+        doubt = image.uncertain(self.lo, self.hi, ip)
+        if not doubt:
+            return code, classify(code)
+        cands: list[tuple[bytes, object]] = []
+        for j in range(len(doubt) + 1):
+            c = image.read_with(ip, 15, doubt[:j]) if j else code
+            i = classify(c)
+            key = c[:i.size] if i else c
+            if (i is None or i.cls is not Cls.INT) and key not in (k for k, _, _ in cands):
+                cands.append((key, (c, i), j))
+        if not cands:
+            return code, classify(code)  # INT3 whichever way: the FUP is missing
+        if len(cands) > 1 and not self.speculative:
+            alive = [cand for cand in cands if self._consistent(cand[1])]
+            cands = alive or cands
+        if len(cands) > 1:
+            raise Ambiguous(offset, ip, doubt[max(cands[1][2] - 1, 0)], self.lo, self.hi)
+        return cands[0][1]
+
+    def _consistent(self, forced) -> bool:
+        w = self.clone()
+        try:
+            if w.step(forced):
+                w.run(LOOKAHEAD)
+        except (DecodeError, Ambiguous):
+            return False
+        return True
 
 
 def dump(stream: bytes) -> list[str]:

@@ -26,6 +26,12 @@ class Image:
                 self._write(r.addr, r.old)
         self.applied = 0  # records[:applied] are in self.mem
 
+    def copy(self) -> Image:
+        other = Image.__new__(Image)
+        other.base, other.mem, other.records = self.base, bytearray(self.mem), self.records
+        other.applied = self.applied
+        return other
+
     def _write(self, addr: int, data: bytes) -> None:
         off = addr - self.base
         if off < 0 or off + len(data) > len(self.mem):

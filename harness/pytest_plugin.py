@@ -1,0 +1,99 @@
+"""The pytest plugin (entry point `pytest11`): explore a scenario inside a test.
+
+    @pytest.mark.textpoke(strategy="pct", schedules=50, depth=3)
+    def test_my_sequence(textpoke):
+        textpoke.check(my_scenario)   # fails with the verdict, where, and a replay token
+
+Options: --textpoke-seed N (first seed), --textpoke-replay TOKEN (run just that schedule).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .explore import Plan, replay, run_one
+from .run import Runner
+from .scenario import Scenario
+from .strategies import DefaultSource
+from .token import Token
+
+
+class TextpokeFailure(AssertionError):
+    """A schedule of the scenario failed; the message carries what a user needs to act."""
+
+    def __init__(self, scenario: str, verdict: str, detail: str, token: str,
+                 shrunk: str | None) -> None:
+        self.verdict, self.detail, self.token, self.shrunk = verdict, detail, token, shrunk
+        lines = [f"textpoke: scenario {scenario} failed: {verdict}", f"  {detail}",
+                 f"  replay: textpoke replay {token}"]
+        if shrunk:
+            lines.append(f"  shrunk: textpoke replay {shrunk}")
+        lines.append("  or: pytest --textpoke-replay <token>")
+        super().__init__("\n".join(lines))
+
+
+class Textpoke:
+    """The `textpoke` fixture: settings from the marker and the command line."""
+
+    def __init__(self, strategy: str, schedules: int, seed: int, depth: int,
+                 replay: str | None) -> None:
+        self.strategy, self.schedules, self.seed, self.depth = strategy, schedules, seed, depth
+        self.replay_token = replay
+        self.ran = 0
+
+    def check(self, scenario: Scenario, variant: str | None = None,
+              cpus: int | None = None) -> int:
+        """Explore `scenario`; raise TextpokeFailure at the first failing schedule. Returns how
+        many schedules passed."""
+        if self.replay_token:
+            _tok, out = replay(self.replay_token, scenario)
+            self.ran = 1
+            if not out.ok:
+                raise TextpokeFailure(scenario.name, out.verdict.kind, str(out.verdict),
+                                      self.replay_token, None)
+            return 1
+        runner = Runner(scenario, variant, cpus)
+        steps = runner.run(DefaultSource()).result.steps if self.strategy == "pct" else 0
+        plan = Plan(scenario.name, variant, cpus, self.strategy, self.seed, self.depth, steps)
+        for i in range(self.schedules):
+            res = run_one(runner, plan, i)
+            self.ran += 1
+            if res.failed:
+                raise TextpokeFailure(scenario.name, res.verdict, res.detail, res.token or "",
+                                      res.shrunk)
+        return self.schedules
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("textpoke")
+    group.addoption("--textpoke-seed", type=int, default=0, help="first seed of explorations")
+    group.addoption("--textpoke-replay", default=None, metavar="TOKEN",
+                    help="run only the schedule of this replay token")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "textpoke(strategy='random', schedules=20, depth=3): "
+                                       "how the textpoke fixture explores")
+
+
+@pytest.fixture
+def textpoke(request: pytest.FixtureRequest) -> Textpoke:
+    marker = request.node.get_closest_marker("textpoke")
+    kw = dict(marker.kwargs) if marker else {}
+    replay = request.config.getoption("--textpoke-replay")
+    if replay:
+        Token.decode(replay)  # a damaged token is a usage error, before the test runs
+    return Textpoke(kw.get("strategy", "random"), int(kw.get("schedules", 20)),
+                    request.config.getoption("--textpoke-seed") + int(kw.get("seed", 0)),
+                    int(kw.get("depth", 3)), replay)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if call.excinfo is not None and isinstance(call.excinfo.value, TextpokeFailure):
+        e = call.excinfo.value
+        rep.sections.append(("textpoke", f"verdict: {e.verdict}\nwhere: {e.detail}\n"
+                                         f"replay token: {e.token}\n"
+                                         f"shrunk token: {e.shrunk or '-'}"))

@@ -1,0 +1,65 @@
+"""The race-zoo table: for every zoo card, explore its buggy variant until the first failure
+(within a budget) and its fixed variant for a fixed budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .explore import Plan, explore
+from .scenarios import SCENARIOS
+
+
+@dataclass
+class ZooRow:
+    card: str
+    scenario: str
+    found: bool
+    kind: str | None
+    expected: str
+    schedules_to_first: int | None
+    seconds_to_first: float | None
+    decisions: int | None
+    shrunk_decisions: int | None
+    token: str | None
+    shrunk: str | None
+    fixed_passed: int
+    fixed_schedules: int
+
+
+def zoo(strategy: str = "random", buggy_budget: int = 300, fixed_budget: int = 40,
+        jobs: int = 1, seed: int = 0) -> list[ZooRow]:
+    rows = []
+    for scn in sorted((s for s in SCENARIOS.values() if s.card), key=lambda s: s.card):
+        for vname, var in scn.variants.items():
+            if var.expect is None:
+                continue
+            bug = explore(Plan(scn.name, vname, strategy=strategy, seed=seed),
+                          schedules=buggy_budget, jobs=jobs, stop_at_first=True)
+            first = bug.failures[0] if bug.failures else None
+            fixed = explore(Plan(scn.name, "fixed", strategy=strategy, seed=seed, shrink=False),
+                            schedules=fixed_budget, jobs=jobs)
+            rows.append(ZooRow(
+                card=scn.card + ("" if vname == "buggy" else f" ({vname})"), scenario=scn.name,
+                found=first is not None and var.accepts(first.verdict),
+                kind=first.verdict if first else None, expected=var.expect,
+                schedules_to_first=first.idx + 1 if first else None,
+                seconds_to_first=round(bug.seconds, 2) if first else None,
+                decisions=first.decisions if first else None,
+                shrunk_decisions=first.shrunk_decisions if first else None,
+                token=first.token if first else None, shrunk=first.shrunk if first else None,
+                fixed_passed=sum(not r.failed for r in fixed.results),
+                fixed_schedules=len(fixed.results)))
+    return rows
+
+
+def table(rows: list[ZooRow]) -> str:
+    head = ("| card | scenario | buggy found | verdict | schedules to 1st | seconds to 1st | "
+            "decisions | shrunk | fixed passed |")
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        lines.append(f"| {r.card} | {r.scenario} | {'yes' if r.found else 'NO'} | "
+                     f"{r.kind or '-'} | {r.schedules_to_first or '-'} | "
+                     f"{r.seconds_to_first if r.seconds_to_first is not None else '-'} | "
+                     f"{r.decisions or '-'} | {r.shrunk_decisions or '-'} | "
+                     f"{r.fixed_passed}/{r.fixed_schedules} |")
+    return "\n".join(lines)
