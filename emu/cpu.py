@@ -30,6 +30,7 @@ from unicorn.unicorn_const import (
     UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INTR,
+    UC_HOOK_MEM_READ,
     UC_HOOK_MEM_WRITE,
     UC_HOOK_TLB_FILL,
     UC_MODE_64,
@@ -49,8 +50,9 @@ from .truth import Event
 _CODE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32,
                             ctypes.c_void_p)
 _RDTSC_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p)
-_INVALID_INSN_SIZE = 16
-_RDTSCP = b"\x0f\x01\xf9"  # Unicorn reports an undecodable instruction with size 0xf1f1f1f1
+_INVALID_INSN_SIZE = 16  # Unicorn reports an undecodable instruction with size 0xf1f1f1f1
+_RDTSCP = b"\x0f\x01\xf9"
+_READ_STOP_DELAY = 3  # instructions after a watched read before it becomes a stop
 
 _PERMS = {Access.FETCH: UC_PROT_EXEC, Access.READ: UC_PROT_READ,
           Access.WRITE: UC_PROT_READ | UC_PROT_WRITE}
@@ -134,6 +136,10 @@ class Cpu:
         self._exception: tuple[int, int] | None = None
         self._error: BaseException | None = None
         self._emulate: tuple[int, bytes] | None = None
+        self._event = False
+        self._event_mode = False
+        self._skip_fetch: int | None = None
+        self._read_stop_in = 0
 
         u = self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         u.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
@@ -185,6 +191,17 @@ class Cpu:
             if size >= _INVALID_INSN_SIZE:
                 return  # Unicorn will report UC_ERR_INSN_INVALID for it: a #UD, not retired
             off = address - layout.TEXT_BASE
+            if self._event:
+                if self._read_stop_in:
+                    self._read_stop_in -= 1
+                    if not self._read_stop_in:
+                        self.uc.emu_stop()  # the visible read, a few local instructions ago
+                        return
+                if address == self._skip_fetch:
+                    self._skip_fetch = None  # the instruction we stopped before: run it now
+                elif self.view.has_pending() and self.view.is_pending(off, size):
+                    self.uc.emu_stop()  # a fetch of bytes with a pending store: visible
+                    return
             if size == 3 and self.view.buf[off:off + 3] == _RDTSCP:
                 self._emulate = (address, _RDTSCP)  # Unicorn's RDTSCP reads host time
                 self.uc.emu_stop()
@@ -213,6 +230,8 @@ class Cpu:
                     self._want_stop = True
                 elif code == b"\xf3\x90":
                     st.yielded = True
+                    if self._event:
+                        self._want_stop = True  # a spin-wait: let the others run
         except BaseException as e:  # a harness bug must surface, not vanish in ctypes
             self._error = e
             self.uc.emu_stop()
@@ -256,8 +275,35 @@ class Cpu:
         self._want_stop = True
 
     # ---------------------------------------------------------------- running
-    def run(self, quantum: int) -> Stop:
-        """Run up to `quantum` instructions from the current RIP."""
+    def request_stop(self) -> None:
+        """Stop before the next instruction (from a hook of this CPU's current run)."""
+        self._want_stop = True
+
+    def watch_data(self, ranges: list[tuple[int, int]]) -> None:
+        """Event mode: stop after any access to these physical data ranges (shared protocol
+        state). A memory hook slows every access, so it exists only when asked for."""
+        self._event_mode = True
+        for start, end in ranges:
+            self.uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._on_watched, None,
+                             start, end - 1)
+
+    def _on_watched(self, uc: Uc, access: int, _addr: int, _size: int, _value: int,
+                    _ud) -> None:
+        if not self._event:
+            return
+        if access == Access.WRITE:
+            self._want_stop = True  # after this instruction: stopping here would abandon it
+        elif not self._read_stop_in:
+            # A read is visible too, but a spin-wait reads and then yields (PAUSE) a couple of
+            # instructions later: let the yield be the scheduling point if one comes.
+            self._read_stop_in = _READ_STOP_DELAY
+
+    def run(self, quantum: int, event: bool = False) -> Stop:
+        """Run up to `quantum` instructions from the current RIP; in event mode also stop at
+        the next visible event (see MachineConfig.event_mode)."""
+        self._event = event
+        self._skip_fetch = self.uc.reg_read(X.UC_X86_REG_RIP) if event else None
+        self._read_stop_in = 0
         self._left = quantum
         self._want_stop = False
         self._fill_fault = None

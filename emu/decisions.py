@@ -24,6 +24,7 @@ class Kind(enum.Enum):
     IPI = "ipi"  # 1: deliver the highest pending IPI now
     NMI = "nmi"  # 1: deliver the pending NMI now
     NMI_RAISE = "nmi_raise"  # 1: a spontaneous NMI becomes pending on this CPU now
+    FLUSH = "flush"  # event mode: 0 all pending units visible; i: all but unit i-1; n+1: none
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ class Decisions:
 
 
 _LETTERS = {Kind.CPU: "c", Kind.QUANTUM: "q", Kind.VIEW: "v", Kind.IPI: "i", Kind.NMI: "n",
-            Kind.NMI_RAISE: "r"}
+            Kind.NMI_RAISE: "r", Kind.FLUSH: "f"}
 _KINDS = {v: k for k, v in _LETTERS.items()}
 
 

@@ -52,6 +52,13 @@ class MachineConfig:
     spontaneous_nmis: tuple[int, ...] = ()  # per CPU: NMIs the decision stream may raise
     nmi_rarity: int = 2  # arity of the raise-an-NMI choice; only the value 1 raises one
     serializing_vectors: frozenset[int] = frozenset({x86.CALL_FUNCTION_VECTOR})
+    # Event mode (exhaustive exploration): a CPU runs until its next visible event -- a text
+    # store, a fetch of bytes with a pending store, an access to `watch` (shared protocol
+    # data), an exception or interrupt, an IRET -- or a spin-wait / quiescent point, instead of
+    # for a chosen quantum; pending view units are flushed at each scheduling point unless a
+    # FLUSH choice delays one.
+    event_mode: bool = False
+    watch: tuple[tuple[int, int], ...] = ()  # [start, end) data virtual addresses
 
     def __post_init__(self) -> None:
         if isinstance(self.grain, str | int) and not isinstance(self.grain, Grain):
@@ -165,6 +172,10 @@ class Machine:
             for i in range(config.ncpus)]
         for cpu in self.cpus:
             cpu.on_hypercall = self._hypercall
+            if config.event_mode:
+                cpu.watch_data([(lay.translate(a, layout.Access.READ),
+                                 lay.translate(b - 1, layout.Access.READ) + 1)
+                                for a, b in config.watch])
         self._load(image)
         self._initial_mem = self.mem.snapshot()
         self._initial_ctx = [c.uc.context_save() for c in self.cpus]
@@ -286,14 +297,25 @@ class Machine:
         verdict = self._maybe_interrupt(cpu, dec)
         if verdict is not None:
             return verdict
+        if self.config.event_mode:
+            n = len(cpu.view.pending)
+            if n:  # 0: flush all; i in 1..n: all but unit i-1; n+1: none (all stay stale)
+                keep = dec.choose(Kind.FLUSH, n + 2)
+                for i in reversed(range(n if keep <= n else 0)):
+                    if i != keep - 1:
+                        self._refresh(cpu, i)
+            return self._after_run(cpu, cpu.run(self.config.max_quantum, event=True))
         if cpu.view.has_pending():
             pick = dec.choose(Kind.VIEW, len(cpu.view.pending) + 1)
             if pick:
-                s, e = cpu.view.refresh(pick - 1, self.mem.text)
-                cpu.invalidate(s, e)
-                self._event(cpu, "view_update", start=f"{layout.TEXT_BASE + s:#x}", size=e - s)
+                self._refresh(cpu, pick - 1)
         quantum = dec.choose(Kind.QUANTUM, self.config.max_quantum) + 1
         return self._after_run(cpu, cpu.run(quantum))
+
+    def _refresh(self, cpu: Cpu, index: int) -> None:
+        s, e = cpu.view.refresh(index, self.mem.text)
+        cpu.invalidate(s, e)
+        self._event(cpu, "view_update", start=f"{layout.TEXT_BASE + s:#x}", size=e - s)
 
     def _maybe_interrupt(self, cpu: Cpu, dec: Decisions) -> Verdict | None:
         st = cpu.state
@@ -475,6 +497,8 @@ class Machine:
                                        "double_fault" if a0 == x86.DF else "fatal_exception")
         elif number is Hypercall.QUIESCENT:
             cpu.state.yielded = True  # a voluntary schedule point: schedulers may switch
+            if self.config.event_mode:
+                cpu.request_stop()
         return None  # MARK is recorded as an event only
 
     def _event(self, cpu: Cpu, kind: str, **data) -> None:

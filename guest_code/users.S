@@ -1,6 +1,17 @@
 # The users of text_poke, as the kernel has them, plus the observers' outcome check.
 # Tables are built by harness/guest.py in shared data; equates as in alternative.S.
 
+# make_rel32(buf=rdi, site=rsi, target=rdx, opcode=cl): the 5 bytes of a CALL (e8) or JMP32
+# (e9) to `target` when placed at `site`. make_jmp32(buf, site, target): the JMP32 one.
+make_jmp32:
+    mov ecx, 0xe9
+make_rel32:
+    mov byte ptr [rdi], cl
+    sub rdx, rsi
+    sub rdx, 5
+    mov dword ptr [rdi + 1], edx
+    ret
+
 # ------------------------------------------------------------------ jump labels
 # static_key_set(key=rdi, enabled=rsi): key->enabled = enabled, then jump_label_update():
 # for every jump entry of the key, arch_jump_label_transform_queue() -> text_poke_queue() of a
@@ -28,11 +39,11 @@ sks_loop:
     jne sks_next
     test r13, r13
     jz sks_nop
-    mov byte ptr [rsp], 0xe9             # JMP32 target - (code + 5)
-    mov rax, qword ptr [r14 + 8]
-    sub rax, qword ptr [r14]
-    sub rax, 5
-    mov dword ptr [rsp + 1], eax
+    mov rdi, rsp                         # JMP32 to the entry's target
+    mov rsi, qword ptr [r14]
+    mov rdx, qword ptr [r14 + 8]
+    mov ecx, 0xe9
+    call make_rel32
     jmp sks_queue
 sks_nop:
     mov dword ptr [rsp], 0x00441f0f      # x86_nops[5]
@@ -78,11 +89,11 @@ scu_loop:
     add r14, rax
     cmp qword ptr [r14 + 8], r12
     jne scu_next
-    mov byte ptr [rsp], 0xe8
-    mov rax, r13
-    sub rax, qword ptr [r14]
-    sub rax, 5
-    mov dword ptr [rsp + 1], eax
+    mov rdi, rsp
+    mov rsi, qword ptr [r14]
+    mov rdx, r13
+    mov ecx, 0xe8
+    call make_rel32
     mov rdi, qword ptr [r14]
     mov rsi, rsp
     mov edx, 5
@@ -152,11 +163,11 @@ kprobe_optimize:
     jnz kpo_poke                         # variant: no quiescence wait
     call synchronize_rcu_tasks
 kpo_poke:
-    mov byte ptr [rsp], 0xe9
-    mov rax, qword ptr [rbx + 32]
-    sub rax, qword ptr [rbx]
-    sub rax, 5
-    mov dword ptr [rsp + 1], eax
+    mov rdi, rsp                         # JMP32 to the detour buffer
+    mov rsi, qword ptr [rbx]
+    mov rdx, qword ptr [rbx + 32]
+    mov ecx, 0xe9
+    call make_rel32
     mov rdi, qword ptr [rbx]
     mov rsi, rsp
     mov edx, 5
@@ -204,13 +215,6 @@ kprobe_unoptimize:
 kp_int3:
     .byte 0xcc
 
-# make_jmp32(buf=rdi, site=rsi, target=rdx): the 5 bytes of `jmp target` placed at `site`.
-make_jmp32:
-    mov byte ptr [rdi], 0xe9
-    sub rdx, rsi
-    sub rdx, 5
-    mov dword ptr [rdi + 1], edx
-    ret
 
 # ------------------------------------------------------------------ observers
 # check_outcome(site=rdi, outcome=rsi, gen0=rdx): an execution of a site that started when

@@ -114,10 +114,16 @@ def _explore(args: argparse.Namespace) -> int:
     if args.schedules is None and args.time is None:
         args.schedules = 100
     plan = Plan(args.scenario, args.variant, args.cpus, args.strategy, args.seed, args.depth,
-                shrink=not args.no_shrink)
+                shrink=not args.no_shrink, preemptions=args.preemptions, delays=args.delays)
+    if args.log:
+        def progress(s):  # one line per finished schedule, for scripts
+            r = s.results[-1]
+            print(f"schedule {r.idx} seed {r.seed} {r.verdict}", flush=True)
+    else:
+        progress = progress_bar() if sys.stderr.isatty() else None
     try:
         summary = explore(plan, args.schedules, args.time, args.jobs, args.db, args.resume,
-                          progress=progress_bar() if sys.stderr.isatty() else None)
+                          progress=progress)
     except (ScenarioError, ValueError) as e:
         return _bad_input(str(e))
     if sys.stderr.isatty():
@@ -126,7 +132,7 @@ def _explore(args: argparse.Namespace) -> int:
     doc = {"scenario": args.scenario, "variant": args.variant, "strategy": args.strategy,
            "schedules": len(summary.results), "resumed": summary.skipped,
            "failures": len(fails), "seconds": round(summary.seconds, 2),
-           "pct_bound": summary.bound,
+           "pct_bound": summary.bound, "exhausted": summary.exhausted,
            "failed": [{"schedule": f.idx, "seed": f.seed, "verdict": f.verdict,
                        "detail": f.detail, "decisions": f.decisions, "token": f.token,
                        "shrunk_decisions": f.shrunk_decisions, "shrunk_token": f.shrunk}
@@ -136,6 +142,11 @@ def _explore(args: argparse.Namespace) -> int:
     else:
         print(f"{args.scenario}: {len(summary.results)} schedules ({summary.skipped} from an "
               f"earlier run), {len(fails)} failing, {summary.seconds:.1f}s")
+        if summary.exhausted is not None:
+            print(f"exhaustive, P={plan.preemptions} V={plan.delays}: "
+                  + (f"space exhausted after {len(summary.results)} schedules"
+                     if summary.exhausted else
+                     f"NOT exhausted: stopped after {len(summary.results)} schedules"))
         if summary.bound is not None:
             print(f"PCT depth {plan.depth}: each schedule finds a depth-{plan.depth} bug with "
                   f"probability >= 1/(n*k^(d-1)) = {summary.bound:.3g}")
@@ -180,6 +191,25 @@ def _zoo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _litmus(args: argparse.Namespace) -> int:
+    from . import litmus
+
+    results = [litmus.run(lit, args.preemptions, args.delays) for lit in litmus.CATALOGUE]
+    if args.json:
+        print(json.dumps({"preemptions": args.preemptions, "delays": args.delays, "tests": [
+            {"name": r.litmus.name, "description": r.litmus.description,
+             "allowed": sorted(r.litmus.allowed), "observed": sorted(r.observed),
+             "schedules": r.schedules, "exhausted": r.exhausted, "ok": r.ok}
+            for r in results]}, indent=2))
+    else:
+        for r in results:
+            print(f"{'ok  ' if r.ok else 'FAIL'} {r.litmus.name:10} observed "
+                  f"{{{', '.join(sorted(r.observed))}}} allowed "
+                  f"{{{', '.join(sorted(r.litmus.allowed))}}} ({r.schedules} schedules, "
+                  f"{'exhausted' if r.exhausted else 'NOT exhausted'}): {r.litmus.description}")
+    return 0 if all(r.ok for r in results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="textpoke", description=__doc__)
     p.add_argument("--version", action="version", version=f"textpoke {__version__}")
@@ -210,7 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("scenario")
     ex.add_argument("--variant")
     ex.add_argument("--cpus", type=int)
-    ex.add_argument("--strategy", choices=["random", "pct"], default="random")
+    ex.add_argument("--strategy", choices=["random", "pct", "exhaustive"], default="random")
+    ex.add_argument("--preemptions", type=int, default=2, help="exhaustive: at most P")
+    ex.add_argument("--delays", type=int, default=2,
+                    help="exhaustive: at most V delayed fetch-view updates")
     ex.add_argument("--schedules", type=int)
     ex.add_argument("--time", type=float, help="seconds to explore for")
     ex.add_argument("--jobs", type=int, default=1)
@@ -219,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--db", help="SQLite file the results are written to as they are found")
     ex.add_argument("--resume", action="store_true", help="continue the exploration in --db")
     ex.add_argument("--no-shrink", action="store_true")
+    ex.add_argument("--log", action="store_true", help="a line per finished schedule")
     ex.add_argument("--json", action="store_true")
     ex.set_defaults(func=_explore)
     rp = sub.add_parser("replay", help="reproduce a schedule from its replay token")
@@ -232,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     zo.add_argument("--jobs", type=int, default=1)
     zo.add_argument("--json", action="store_true")
     zo.set_defaults(func=_zoo)
+    li = sub.add_parser("litmus", help="cross-modifying-code litmus tests, explored exhaustively")
+    li.add_argument("--preemptions", type=int, default=2)
+    li.add_argument("--delays", type=int, default=4)
+    li.add_argument("--json", action="store_true")
+    li.set_defaults(func=_litmus)
     return p
 
 

@@ -24,7 +24,7 @@ from .shrink import replay_source, shrink
 from .strategies import DefaultSource, PctSource
 from .token import Token, TokenError, guest_hash
 
-STRATEGIES = ("random", "pct")
+STRATEGIES = ("random", "pct", "exhaustive")
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ class Plan:
     steps: int = 0  # PCT: scheduling steps k, estimated from a first run (0: estimate)
     shrink: bool = True
     shrink_budget: int = 80
+    preemptions: int = 2  # exhaustive: P
+    delays: int = 2  # exhaustive: V
 
 
 @dataclass
@@ -66,6 +68,7 @@ class Summary:
     seconds: float = 0.0
     skipped: int = 0  # finished in an earlier, resumed run
     bound: float | None = None  # PCT's probability bound per schedule
+    exhausted: bool | None = None  # exhaustive: was the bounded space exhausted
 
     @property
     def failures(self) -> list[ScheduleResult]:
@@ -76,11 +79,11 @@ _RUNNERS: dict[tuple, Runner] = {}
 
 
 def runner_for(scenario: str, variant: str | None, cpus: int | None,
-               trace: TraceConfig | None = None) -> Runner:
+               trace: TraceConfig | None = None, event_mode: bool = False) -> Runner:
     """One Runner (machine) per process and configuration, reset between schedules."""
-    key = (scenario, variant, cpus, trace)
+    key = (scenario, variant, cpus, trace, event_mode)
     if key not in _RUNNERS:
-        _RUNNERS[key] = Runner(get(scenario), variant, cpus, trace)
+        _RUNNERS[key] = Runner(get(scenario), variant, cpus, trace, event_mode=event_mode)
     return _RUNNERS[key]
 
 
@@ -94,7 +97,31 @@ def make_token(runner: Runner, out: Outcome, path, seed: int | None) -> str:
     b = runner.built
     return Token(b.scenario.name, b.variant, b.cpus, tuple(path), guest_hash(b.program.code),
                  seed, runner.trace.tsc_period, runner.trace.psb_period,
-                 runner.trace.ret_compression).encode()
+                 runner.trace.ret_compression, b.config.event_mode).encode()
+
+
+def explore_exhaustively(plan: Plan, limit: int | None, stop_at_first: bool,
+                         progress: Callable[[Summary], None] | None) -> Summary:
+    """Every path within P preemptions and V delayed view updates (harness/exhaustive.py)."""
+    from .exhaustive import explore_exhaustive
+
+    runner = runner_for(plan.scenario, plan.variant, plan.cpus, event_mode=True)
+    summary = Summary(plan, None)
+    start = time.perf_counter()
+
+    def on_result(i: int, out: Outcome) -> None:
+        r = ScheduleResult(i, 0, out.verdict.kind, str(out.verdict), len(out.result.path))
+        if out.verdict.kind != "pass":
+            r.token = make_token(runner, out, out.result.path, None)
+        summary.results.append(r)
+        summary.seconds = time.perf_counter() - start
+        if progress:
+            progress(summary)
+
+    res = explore_exhaustive(runner.run, plan.preemptions, plan.delays, limit, stop_at_first,
+                             on_result)
+    summary.exhausted = res.exhausted
+    return summary
 
 
 def run_schedule(plan: Plan, idx: int) -> ScheduleResult:
@@ -129,6 +156,8 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
             progress: Callable[[Summary], None] | None = None) -> Summary:
     if plan.strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {plan.strategy!r}: use {'|'.join(STRATEGIES)}")
+    if plan.strategy == "exhaustive":
+        return explore_exhaustively(plan, schedules, stop_at_first, progress)
     if schedules is None and seconds is None:
         raise ValueError("give a number of schedules or a time budget")
     if plan.strategy == "pct" and plan.steps == 0:
@@ -210,9 +239,9 @@ def replay(token_text: str, scenario: Scenario | None = None) -> tuple[Token, Ou
     if scenario is not None:
         if scenario.name != tok.scenario:
             raise TokenError(f"token is for scenario {tok.scenario!r}, not {scenario.name!r}")
-        runner = Runner(scenario, tok.variant, tok.cpus, trace)
+        runner = Runner(scenario, tok.variant, tok.cpus, trace, event_mode=tok.event_mode)
     else:
-        runner = runner_for(tok.scenario, tok.variant, tok.cpus, trace)
+        runner = runner_for(tok.scenario, tok.variant, tok.cpus, trace, tok.event_mode)
     if guest_hash(runner.built.program.code) != tok.guest:
         raise TokenError(f"token recorded against other guest code ({tok.guest}); this build "
                          f"is {guest_hash(runner.built.program.code)}")

@@ -40,8 +40,9 @@ class Runner:
     """One scenario/variant/CPU count on one machine, reset between schedules."""
 
     def __init__(self, scn: Scenario, variant: str | None = None, cpus: int | None = None,
-                 trace: TraceConfig | None = None, decode: bool = True):
-        self.built = build(scn, variant, cpus)
+                 trace: TraceConfig | None = None, decode: bool = True,
+                 event_mode: bool = False):
+        self.built = build(scn, variant, cpus, event_mode)
         self.machine: Machine = machine_for(self.built)
         self.trace = trace or TraceConfig()
         self.decode = decode

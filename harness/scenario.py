@@ -362,7 +362,8 @@ class Built:
     data: DataLayout
 
 
-def build(scn: Scenario, variant: str | None = None, cpus: int | None = None) -> Built:
+def build(scn: Scenario, variant: str | None = None, cpus: int | None = None,
+          event_mode: bool = False) -> Built:
     variant = variant or scn.default_variant
     var = scn.variant(variant)
     ncpus = scn.cpus if cpus is None else cpus
@@ -429,10 +430,18 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None) ->
     init += [(data["V_KPROBES_NR"], guest.u64s(len(kprobes))), (data["V_KPROBES"], bytes(kp))]
 
     nmis = (0,) + (scn.observer_nmis,) * (ncpus - 1)
-    config = MachineConfig(ncpus=ncpus, grain=scn.grain, max_quantum=scn.max_quantum,
+    # In event mode the visible shared data is the patching protocol's own state: the
+    # descriptor the INT3 handler reads, the call-function flags of text_poke_sync, the kprobes.
+    watch = ((data["V_BP_VEC"], data["V_BP_REFS"] + 8),
+             (data["V_CSD"], data["V_CSD"] + 8 * ncpus))
+    if kprobes:
+        watch += ((data["V_KPROBES"], data["V_KPROBES"] + guest.KPROBE_SIZE * len(kprobes)),)
+    config = MachineConfig(ncpus=ncpus, grain=scn.grain,
+                           max_quantum=5000 if event_mode else scn.max_quantum,
                            insn_budget=scn.insn_budget,
-                           spontaneous_nmis=nmis if scn.observer_nmis else (),
-                           nmi_rarity=scn.nmi_rarity)
+                           spontaneous_nmis=nmis if scn.observer_nmis and not event_mode else (),
+                           nmi_rarity=scn.nmi_rarity, event_mode=event_mode,
+                           watch=watch if event_mode else ())
     image = GuestImage(programs=[prog], idt=guest.kernel_idt(prog, scn.nmi_handler),
                        boot=[CpuBoot(prog.sym("patcher"))]
                        + [CpuBoot(prog.sym("observer")) for _ in range(ncpus - 1)],

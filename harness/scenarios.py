@@ -141,7 +141,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
         "z2_handler_vs_teardown", "Z2: poke_int3_handler reads the descriptor while the batch "
         "is torn down; buggy = no refcount wait (an INT3-only poke skips the final sync)",
         card="Z2", sites=[KprobeSite("kp0")], ops=[Kprobe("kp0", "arm_bp")],
-        variants=_zoo(Cfg.NO_REFWAIT, "guest_fault"), default_variant="fixed", cpus=3),
+        variants=_zoo(Cfg.NO_REFWAIT, "guest_fault|guest_assert"), default_variant="fixed",
+        cpus=3),
     Scenario(
         "z3_call_emulation", "Z3: emulating a CALL from the INT3 handler; buggy = no stack gap "
         "(the push lands on the IRET frame), buggy_nop = the call skipped",

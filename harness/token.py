@@ -37,12 +37,13 @@ class Token:
     tsc_period: int = 1
     psb_period: int = 4096
     ret_compression: bool = True
+    event_mode: bool = False  # recorded by the exhaustive explorer (event-driven machine)
 
     def encode(self) -> str:
         doc = {"s": self.scenario, "v": self.variant, "c": self.cpus, "g": self.guest,
                "seed": self.seed, "t": [self.tsc_period, self.psb_period,
                                         int(self.ret_compression)],
-               "p": encode_path(self.path)}
+               "e": int(self.event_mode), "p": encode_path(self.path)}
         raw = zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 9)
         body = base64.urlsafe_b64encode(raw).decode().rstrip("=")
         return f"{VERSION}.{body}.{zlib.crc32(raw):08x}"
@@ -66,7 +67,8 @@ class Token:
             doc = json.loads(zlib.decompress(raw))
             tsc, psb, ret = doc["t"]
             return cls(doc["s"], doc["v"], int(doc["c"]), tuple(decode_path(doc["p"])),
-                       doc["g"], doc["seed"], int(tsc), int(psb), bool(ret))
+                       doc["g"], doc["seed"], int(tsc), int(psb), bool(ret),
+                       bool(doc.get("e", 0)))
         except (zlib.error, ValueError, KeyError, TypeError) as e:
             raise TokenError(f"token damaged: {e}") from None
 

@@ -52,6 +52,10 @@ def zoo(strategy: str = "random", buggy_budget: int = 300, fixed_budget: int = 4
     return rows
 
 
+def _n(x: int | None) -> str:
+    return "-" if x is None else str(x)
+
+
 def table(rows: list[ZooRow]) -> str:
     head = ("| card | scenario | buggy found | verdict | schedules to 1st | seconds to 1st | "
             "decisions | shrunk | fixed passed |")
@@ -60,6 +64,6 @@ def table(rows: list[ZooRow]) -> str:
         lines.append(f"| {r.card} | {r.scenario} | {'yes' if r.found else 'NO'} | "
                      f"{r.kind or '-'} | {r.schedules_to_first or '-'} | "
                      f"{r.seconds_to_first if r.seconds_to_first is not None else '-'} | "
-                     f"{r.decisions or '-'} | {r.shrunk_decisions or '-'} | "
+                     f"{_n(r.decisions)} | {_n(r.shrunk_decisions)} | "
                      f"{r.fixed_passed}/{r.fixed_schedules} |")
     return "\n".join(lines)

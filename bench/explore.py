@@ -1,0 +1,62 @@
+"""Explorer benchmark (issue 5), in one run and one process:
+- fully verified schedules/s on static_key (1 patcher + 3 observers), against the same with
+  naive one-instruction-at-a-time interleaving (a scheduling decision before every instruction);
+- per zoo card, schedules and seconds to the first failure of its buggy variant, random vs PCT.
+
+Usage: python bench/explore.py [--json] [--schedules N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+from harness.explore import Plan, explore
+from harness.run import Runner
+from harness.scenarios import SCENARIOS
+
+
+def rate(runner: Runner, n: int) -> float:
+    t = time.perf_counter()
+    for seed in range(n):
+        assert runner.run_seed(seed).ok
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--schedules", type=int, default=10)
+    args = ap.parse_args()
+    scn = SCENARIOS["static_key"]
+    ours = rate(Runner(scn), args.schedules)
+    naive = rate(Runner(dataclasses.replace(scn, max_quantum=1)), max(args.schedules // 5, 2))
+    cards = []
+    for s in sorted((s for s in SCENARIOS.values() if s.card), key=lambda s: s.card):
+        row = {"card": s.card, "scenario": s.name}
+        for strategy in ("random", "pct"):
+            sm = explore(Plan(s.name, "buggy", strategy=strategy, shrink=False),
+                         schedules=200, stop_at_first=True)
+            first = sm.failures[0] if sm.failures else None
+            row[strategy] = {"schedules": first.idx + 1 if first else None,
+                             "seconds": round(sm.seconds, 2) if first else None}
+        cards.append(row)
+    out = {"static_key_schedules_per_s": round(ours, 2),
+           "naive_one_insn_schedules_per_s": round(naive, 3),
+           "speedup_over_naive": round(ours / naive, 1), "first_failure": cards}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    print(f"static_key, fully verified: {ours:.2f} schedules/s; naive one-instruction "
+          f"interleaving: {naive:.3f} schedules/s ({ours / naive:.1f}x)")
+    print(f"{'card':5} {'scenario':24} {'random: sched / s':>20} {'pct: sched / s':>18}")
+    for r in cards:
+        a, b = r["random"], r["pct"]
+        print(f"{r['card']:5} {r['scenario']:24} {str(a['schedules']):>8} / "
+              f"{str(a['seconds']):>7}   {str(b['schedules']):>6} / {str(b['seconds']):>7}")
+
+
+if __name__ == "__main__":
+    main()

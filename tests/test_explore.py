@@ -1,0 +1,125 @@
+"""Issue 5: tokens, shrinking, strategies, persistence and resumption, --jobs invariance."""
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from emu.decisions import Choice, Kind
+from harness.explore import Plan, explore, replay, run_schedule
+from harness.run import Runner
+from harness.scenarios import SCENARIOS
+from harness.shrink import replay_source
+from harness.strategies import PctSource
+from harness.token import Token, TokenError
+
+
+def _failing(scenario="z4_bytewise", variant="buggy"):
+    for i in range(50):
+        r = run_schedule(Plan(scenario, variant, shrink=True, shrink_budget=40), i)
+        if r.failed:
+            return r
+    raise AssertionError("no failure found")
+
+
+def test_token_round_trip():
+    tok = Token("static_key", "correct", 4, (Choice(Kind.CPU, 4, 2), Choice(Kind.QUANTUM, 16, 3)),
+                "abcdef012345", seed=7, tsc_period=3)
+    text = tok.encode()
+    assert text.startswith("tp1.") and Token.decode(text) == tok
+    assert Token.decode(text[:20] + "\n  " + text[20:]) == tok  # survives line wrapping
+
+
+@pytest.mark.parametrize("mangle,msg", [
+    (lambda t: "tp2" + t[3:], "version"), (lambda t: t[:-1] + ("0" if t[-1] != "0" else "1"),
+                                           "checksum"),
+    (lambda t: t[:10] + "!" + t[11:], "damaged"), (lambda t: "hello", "not a replay token"),
+])
+def test_bad_tokens_are_refused(mangle, msg):
+    text = Token("static_key", "correct", 4, (), "x").encode()
+    with pytest.raises(TokenError, match=msg):
+        Token.decode(mangle(text))
+
+
+def test_token_against_other_guest_code_is_refused():
+    r = _failing()
+    tok = Token.decode(r.token)
+    forged = Token(tok.scenario, tok.variant, tok.cpus, tok.path, "000000000000", tok.seed)
+    with pytest.raises(TokenError, match="other guest code"):
+        replay(forged.encode())
+
+
+def test_replay_reproduces_the_failure_and_the_shrunk_one():
+    r = _failing()
+    _tok, out = replay(r.token)
+    assert out.verdict.kind == r.verdict and str(out.verdict) == r.detail
+    assert r.shrunk_decisions <= r.decisions
+    _tok, small = replay(r.shrunk)
+    assert small.verdict.kind == r.verdict  # the shrunk path still fails the same way
+
+
+def test_shrunk_path_is_exact_not_lenient():
+    r = _failing("z6_unsorted_batch")
+    tok = Token.decode(r.shrunk)
+    runner = Runner(SCENARIOS[tok.scenario], tok.variant, tok.cpus)
+    a = runner.run(replay_source(list(tok.path)))
+    b = runner.run(replay_source(list(tok.path)))
+    assert a.result.truth.digest() == b.result.truth.digest() and a.verdict.kind == r.verdict
+
+
+def test_jobs_do_not_change_verdicts():
+    plan = Plan("z5_record_placement", "buggy_late", shrink=False)
+    one = explore(plan, schedules=6, jobs=1)
+    two = explore(plan, schedules=6, jobs=2)
+    assert [(r.idx, r.verdict, r.token) for r in one.results] == \
+        [(r.idx, r.verdict, r.token) for r in two.results]
+    assert {r.verdict for r in one.results} >= {"pass"} and one.failures
+
+
+def test_pct_priorities_and_bound():
+    src = PctSource(seed=3, ncpus=4, depth=3, steps=100)
+    assert sorted(src.prio.values()) == [3, 4, 5, 6] and len(src.changes) == 2
+    assert PctSource.bound(4, 100, 3) == pytest.approx(1 / (4 * 100 ** 2))
+    s = explore(Plan("z6_unsorted_batch", "buggy", strategy="pct", shrink=False), schedules=3)
+    assert s.bound is not None and s.plan.steps > 0 and s.failures
+
+
+def _explore_cmd(db, *extra):
+    return [sys.executable, "-m", "harness", "explore", "z6_unsorted_batch", "--variant",
+            "buggy", "--schedules", "30", "--no-shrink", "--db", str(db), *extra]
+
+
+def test_sigkill_and_resume_lose_nothing_and_repeat_nothing(tmp_path):
+    db = tmp_path / "x.db"
+    proc = subprocess.Popen(_explore_cmd(db, "--log"), stdout=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stdout:  # wait for results, not for time
+        seen.append(line)
+        if len(seen) == 6:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    con = sqlite3.connect(db)
+    before = dict(con.execute("SELECT idx, token FROM schedules WHERE status = 'done'"))
+    assert len(before) >= 6
+    out = subprocess.run(_explore_cmd(db, "--resume", "--json"), capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 1  # every schedule of the buggy variant fails
+    doc = json.loads(out.stdout)
+    assert doc["schedules"] == 30 and doc["resumed"] == len(before) and doc["failures"] == 30
+    after = dict(con.execute("SELECT idx, token FROM schedules WHERE status = 'done'"))
+    assert len(after) == 30 and all(after[i] == t for i, t in before.items())
+    assert con.execute("SELECT COUNT(*) FROM explorations").fetchone()[0] == 1
+
+
+def test_cli_explore_reports_tokens_and_exit_codes():
+    ok = subprocess.run([sys.executable, "-m", "harness", "explore", "z4_bytewise", "--variant",
+                         "fixed", "--schedules", "3", "--json"], capture_output=True, text=True,
+                        timeout=600)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["failures"] == 0
+    bad = subprocess.run([sys.executable, "-m", "harness", "explore", "static_key",
+                          "--strategy", "nope"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
