@@ -20,7 +20,6 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import unicorn as uc_mod
 from unicorn import Uc, UcError
 from unicorn import x86_const as X
 from unicorn.unicorn_const import (
@@ -373,7 +372,3 @@ class Cpu:
 
     def set_reg(self, name: str, value: int) -> None:
         self.uc.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), value)
-
-
-def unicorn_version() -> str:
-    return uc_mod.__version__

@@ -34,9 +34,6 @@ class GroundTruth:
             r.clear()
         self.events.clear()
 
-    def events_of(self, kind: str, cpu: int | None = None) -> list[Event]:
-        return [e for e in self.events if e.kind == kind and (cpu is None or e.cpu == cpu)]
-
     def ips(self, cpu: int) -> list[int]:
         return [ip for _, ip, _ in self.retired[cpu]]
 

@@ -6,6 +6,7 @@ and index, so the verdicts do not depend on how many processes run them (--jobs)
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from collections.abc import Callable
@@ -196,7 +197,7 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
         if results_db:
             results_db.started(exp_id, i, plan.seed + i)
 
-    indices = (i for i in _count() if i not in done)
+    indices = (i for i in itertools.count() if i not in done)
     if jobs <= 1:
         for i in indices:
             if not more(i):
@@ -221,13 +222,6 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
     summary.results.sort(key=lambda r: r.idx)
     summary.seconds = time.perf_counter() - start
     return summary
-
-
-def _count():
-    i = 0
-    while True:
-        yield i
-        i += 1
 
 
 def replay(token_text: str, scenario: Scenario | None = None) -> tuple[Token, Outcome]:

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from emu import layout
 from emu.decisions import DecisionSource, RandomSource, ReplayError
 from emu.machine import Machine, RunResult
 from emu.verdict import PASS, Verdict
@@ -93,8 +94,6 @@ def write_artifacts(out: Outcome, seed: int | None, directory: Path) -> None:
         (directory / f"cpu{cpu}.pt").write_bytes(out.streams[cpu])
     (directory / "events.jsonl").write_text(truth.events_jsonl())
     (directory / "sideband.bin").write_bytes(b"".join(r.encode() for r in out.records()))
-    from emu import layout
-
     (directory / "text-start.elf").write_bytes(
         kcore.write([(layout.TEXT_BASE, out.result.text_start)]))
     (directory / "text-end.elf").write_bytes(

@@ -21,8 +21,6 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import capstone
-
 from emu import layout
 from emu.asm import KERNEL_NOPS, Program
 from emu.machine import CpuBoot, GuestImage, Machine, MachineConfig
@@ -465,10 +463,3 @@ def machine_for(built: Built) -> Machine:
         return Machine(built.config, built.image)
     except MachineConfigError as e:
         raise ScenarioError(f"scenario {built.scenario.name}: {e}") from None
-
-
-def disassemble_site(prog: Program, addr: int, size: int) -> list[tuple[int, bytes]]:
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    off = addr - prog.base
-    return [(i.address - addr, bytes(i.bytes))
-            for i in md.disasm(prog.code[off:off + size], addr)]
