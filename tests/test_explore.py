@@ -123,3 +123,31 @@ def test_cli_explore_reports_tokens_and_exit_codes():
     bad = subprocess.run([sys.executable, "-m", "harness", "explore", "static_key",
                           "--strategy", "nope"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2
+
+
+def test_zoo_finds_every_buggy_variant_and_passes_every_fixed_one():
+    out = subprocess.run([sys.executable, "-m", "harness", "zoo", "--json", "--buggy-budget",
+                          "40", "--fixed-budget", "4"], capture_output=True, text=True,
+                         timeout=900)
+    rows = json.loads(out.stdout)
+    assert out.returncode == 0, [r for r in rows if not r["found"]]
+    assert {r["card"].split()[0] for r in rows} == {f"Z{i}" for i in range(1, 8)}
+    for r in rows:
+        assert r["found"] and r["fixed_passed"] == r["fixed_schedules"] == 4
+        assert r["shrunk_decisions"] <= r["decisions"] and r["token"].startswith("tp1.")
+
+
+def test_replay_artifacts_are_byte_identical_across_processes(tmp_path):
+    found = subprocess.run([sys.executable, "-m", "harness", "explore", "z3_call_emulation",
+                            "--variant", "buggy", "--schedules", "2", "--json"],
+                           capture_output=True, text=True, timeout=600)
+    token = json.loads(found.stdout)["failed"][0]["shrunk_token"]
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    for d in dirs:
+        out = subprocess.run([sys.executable, "-m", "harness", "replay", token, "--out", str(d)],
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 1 and "guest_fault" in out.stdout
+    names = sorted(p.name for p in dirs[0].iterdir())
+    assert names == sorted(p.name for p in dirs[1].iterdir()) and "cpu0.pt" in names
+    for name in names:
+        assert (dirs[0] / name).read_bytes() == (dirs[1] / name).read_bytes(), name
