@@ -216,6 +216,85 @@ kp_int3:
     .byte 0xcc
 
 
+# ------------------------------------------------------------------ one-site building blocks
+# For writing one's own poking sequence as a list of steps (see examples/): `tp` points at 32
+# bytes: a struct text_poke_loc (16) and the site's old bytes (16..24).
+# poke_prepare_jmp(tp=rdi, site=rsi, target=rdx): tp = `jmp target` at site, the old bytes
+# saved, and tp published as the descriptor poke_int3_handler uses (vec = tp, nr = 1, refs = 1).
+poke_prepare_jmp:
+    push rbx
+    push r12
+    sub rsp, 8
+    mov rbx, rdi
+    mov r12, rsi
+    mov rax, qword ptr [rsi]
+    mov qword ptr [rbx + 16], rax
+    mov rdi, rsp
+    call make_jmp32
+    mov rdi, rbx
+    mov rsi, r12
+    mov rdx, rsp
+    mov ecx, 5
+    xor r8d, r8d
+    call text_poke_loc_init
+    mov qword ptr [V_BP_VEC], rbx
+    mov qword ptr [V_BP_NR], 1
+    mov qword ptr [V_BP_REFS], 1
+    add rsp, 8
+    pop r12
+    pop rbx
+    ret
+
+poke_addr:                               # rax = the site of tp=rdi
+    movsxd rax, dword ptr [rdi + TPL_REL]
+    mov rcx, STEXT
+    add rax, rcx
+    ret
+
+# poke_int3(tp): INT3 on the first byte.  poke_first(tp): the new first byte.
+# poke_tail(tp): the new bytes 1..len.  poke_record(tp): the PERF_RECORD_TEXT_POKE.
+poke_int3:
+    call poke_addr
+    mov rdi, rax
+    lea rsi, [rip + kp_int3]
+    mov edx, 1
+    jmp text_poke
+poke_first:
+    mov rsi, rdi
+    call poke_addr
+    mov rdi, rax
+    add rsi, TPL_TEXT
+    mov edx, 1
+    jmp text_poke
+poke_tail:
+    movzx edx, byte ptr [rdi + TPL_LEN]
+    dec edx
+    mov rsi, rdi
+    call poke_addr
+    lea rdi, [rax + 1]
+    add rsi, TPL_TEXT + 1
+    jmp text_poke
+poke_record:
+    mov r8, rdi
+    call poke_addr
+    mov rdi, rax
+    lea rsi, [r8 + 16]
+    lea rdx, [r8 + TPL_TEXT]
+    movzx ecx, byte ptr [r8 + TPL_LEN]
+    mov eax, HC_SIDEBAND
+    out HC_PORT, eax
+    ret
+
+# poke_retire(): drop our reference, wait until no INT3 handler holds one, unpublish.
+poke_retire:
+    lock dec qword ptr [V_BP_REFS]
+poke_retire_wait:
+    pause
+    cmp qword ptr [V_BP_REFS], 0
+    jne poke_retire_wait
+    mov qword ptr [V_BP_NR], 0
+    ret
+
 # ------------------------------------------------------------------ observers
 # check_outcome(site=rdi, outcome=rsi, gen0=rdx): an execution of a site that started when
 # V_DONE_GEN was gen0 may behave as any state from gen0 up to one past the generation done now
