@@ -69,3 +69,17 @@ def test_litmus_cli_json():
     assert out.returncode == 0
     doc = json.loads(out.stdout)
     assert all(t["ok"] and t["observed"] == t["allowed"] for t in doc["tests"])
+
+
+def test_cli_exhaustive_reports_exhaustion_and_count():
+    out = subprocess.run([sys.executable, "-m", "harness", "explore", "z4_bytewise", "--variant",
+                          "fixed", "--strategy", "exhaustive", "--preemptions", "1", "--delays",
+                          "0", "--schedules", "2000", "--json"], capture_output=True, text=True,
+                         timeout=600)
+    doc = json.loads(out.stdout)
+    assert out.returncode == 0 and doc["exhausted"] is True and doc["failures"] == 0
+    assert doc["schedules"] > 10
+    text = subprocess.run([sys.executable, "-m", "harness", "explore", "z4_bytewise",
+                           "--variant", "fixed", "--strategy", "exhaustive", "--preemptions",
+                           "0", "--delays", "0"], capture_output=True, text=True, timeout=600)
+    assert "space exhausted after 1 schedules" in text.stdout
