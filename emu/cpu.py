@@ -201,7 +201,8 @@ class Cpu:
                 elif self.view.has_pending() and self.view.is_pending(off, size):
                     self.uc.emu_stop()  # a fetch of bytes with a pending store: visible
                     return
-            if size == 3 and self.view.buf[off:off + 3] == _RDTSCP:
+            code = self.view.buf[off:off + size]
+            if code == _RDTSCP:
                 self._emulate = (address, _RDTSCP)  # Unicorn's RDTSCP reads host time
                 self.uc.emu_stop()
                 return
@@ -209,7 +210,6 @@ class Cpu:
             clock = self.clock
             clock.tick += 1
             self.retired += 1
-            code = self.view.buf[off:off + size]
             if self.truth is not None:
                 self.truth.append((clock.tick, address, code))
             st = self.state
