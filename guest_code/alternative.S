@@ -672,41 +672,55 @@ kp_none:
 
 # ------------------------------------------------------------------ rcu-tasks
 # synchronize_rcu_tasks(): wait until every other online CPU passed a voluntary quiescent
-# point (V_QS[cpu] advanced) or went idle. Interrupt handlers and preempted tasks are not
-# quiescent, which is the point.
+# point (V_QS[cpu] advanced). Interrupt handlers and preempted tasks are not quiescent, which is
+# the point.
 synchronize_rcu_tasks:
+    mov rdi, V_QS
+    mov esi, 1
+    jmp wait_cpus_advance
+
+# wait_cpus_advance(counters=rdi, n=rsi): snapshot every CPU's u64 counter, then wait until each
+# other online CPU's has advanced by n.
+wait_cpus_advance:
     push rbx
     push r12
+    push r13
+    push r14
     sub rsp, CPUS_BYTES
+    mov r13, rdi
+    mov r14, rsi
     mov r12, qword ptr gs:[0]
     xor ebx, ebx
-srt_snap:
+wca_snap:
     cmp rbx, NCPUS
-    jae srt_wait_start
-    mov rax, qword ptr [V_QS + rbx*8]
+    jae wca_start
+    mov rax, qword ptr [r13 + rbx*8]
+    add rax, r14
     mov qword ptr [rsp + rbx*8], rax
     inc rbx
-    jmp srt_snap
-srt_wait_start:
+    jmp wca_snap
+wca_start:
     xor ebx, ebx
-srt_wait:
+wca_wait:
     cmp rbx, NCPUS
-    jae srt_done
+    jae wca_done
     cmp rbx, r12
-    je srt_next
+    je wca_next
     bt qword ptr [V_ONLINE], rbx
-    jnc srt_next
-srt_spin:
-    mov rax, qword ptr [V_QS + rbx*8]
+    jnc wca_next
+wca_spin:
+    mov rax, qword ptr [r13 + rbx*8]
     cmp rax, qword ptr [rsp + rbx*8]
-    jne srt_next
+    jae wca_next
     pause
-    jmp srt_spin
-srt_next:
+    jmp wca_spin
+wca_next:
     inc rbx
-    jmp srt_wait
-srt_done:
+    jmp wca_wait
+wca_done:
     add rsp, CPUS_BYTES
+    pop r14
+    pop r13
     pop r12
     pop rbx
     ret

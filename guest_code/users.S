@@ -337,43 +337,9 @@ co_ok:
 
 # wait_observer_passes(n=rdi): wait until every other online CPU finished n more passes.
 wait_observer_passes:
-    push rbx
-    push r12
-    push r13
-    sub rsp, CPUS_BYTES
-    mov r13, rdi
-    mov r12, qword ptr gs:[0]
-    xor ebx, ebx
-wop_snap:
-    cmp rbx, NCPUS
-    jae wop_start
-    mov rax, qword ptr [V_PASSES + rbx*8]
-    add rax, r13
-    mov qword ptr [rsp + rbx*8], rax
-    inc rbx
-    jmp wop_snap
-wop_start:
-    xor ebx, ebx
-wop_wait:
-    cmp rbx, NCPUS
-    jae wop_done
-    cmp rbx, r12
-    je wop_next
-wop_spin:
-    mov rax, qword ptr [V_PASSES + rbx*8]
-    cmp rax, qword ptr [rsp + rbx*8]
-    jae wop_next
-    pause
-    jmp wop_spin
-wop_next:
-    inc rbx
-    jmp wop_wait
-wop_done:
-    add rsp, CPUS_BYTES
-    pop r13
-    pop r12
-    pop rbx
-    ret
+    mov rsi, rdi
+    mov rdi, V_PASSES
+    jmp wait_cpus_advance
 
 # ------------------------------------------------------------------ preemption (Z1)
 # A timer-like NMI that preempts the running task: it saves the interrupted frame and registers
