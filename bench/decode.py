@@ -11,7 +11,6 @@ import json
 import time
 
 from harness import verify
-from harness.pt.image import PokeRecord
 from harness.run import Runner
 from harness.scenarios import SCENARIOS
 
@@ -25,7 +24,7 @@ def main() -> None:
         runner = Runner(scn, decode=False)
         out = runner.run_seed(0)
         res = out.result
-        records = [PokeRecord(r.tick, r.addr, r.old, r.new) for r in res.sideband]
+        records = verify.poke_records(res)
         t = time.perf_counter()
         streams = verify.encode_all(out.flows, res.final_rips, runner.trace)
         t_enc = time.perf_counter() - t

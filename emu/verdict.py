@@ -11,6 +11,9 @@ GUEST_ASSERT = "guest_assert"
 UNEXPECTED_TRAP = "unexpected_trap"
 SEMANTICS = "semantics"
 TORN_EXECUTION = "torn_execution"
+DECODE_DIVERGENCE = "decode_divergence"  # the decoded flow left the executed one
+DECODE_ERROR = "decode_error"  # the trace is malformed or does not fit the image
+AMBIGUOUS = "ambiguous"  # the trace cannot place a text poke relative to an instruction
 
 
 @dataclass

@@ -15,7 +15,6 @@ from . import kcore, verify
 from .oracles import torn_execution
 from .pt.encoder import TraceConfig
 from .pt.flow import FlowItem, async_events, cpu_flow
-from .pt.image import PokeRecord
 from .scenario import Built, Scenario, build, machine_for
 from .sideband import TextPoke
 
@@ -60,7 +59,7 @@ class Runner:
                               result.final_rips[c]) for c in range(self.built.cpus)]
         out.streams = verify.encode_all(out.flows, result.final_rips, self.trace)
         if self.decode:
-            records = [PokeRecord(r.tick, r.addr, r.old, r.new) for r in result.sideband]
+            records = verify.poke_records(result)
             for backward in (False, True):
                 out.decode.append(verify.check(out.streams, out.flows, result.text_start,
                                                result.text_end, records, backward))

@@ -7,16 +7,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from emu import layout
-from emu.verdict import Verdict
+from emu.machine import RunResult
+from emu.verdict import AMBIGUOUS, DECODE_DIVERGENCE, DECODE_ERROR, Verdict
 
 from .pt.decoder import Ambiguous, DecodeResult, decode
 from .pt.encoder import TraceConfig, encode_cpu
 from .pt.flow import FlowItem
 from .pt.image import Image, PokeRecord
 
-DECODE_DIVERGENCE = "decode_divergence"
-DECODE_ERROR = "decode_error"
-AMBIGUOUS = "ambiguous"
+__all__ = ["AMBIGUOUS", "DECODE_DIVERGENCE", "DECODE_ERROR", "check", "compare", "encode_all",
+           "poke_records"]
+
+
+def poke_records(result: RunResult) -> list[PokeRecord]:
+    """The run's text-poke records as the decoder's image applies them."""
+    return [PokeRecord(r.tick, r.addr, r.old, r.new) for r in result.sideband]
 
 
 @dataclass

@@ -107,7 +107,7 @@ def test_reference_encodings():
     assert Tnt((T, N, T)).encode() == b"\x1a" and Tnt((T,) * 6).encode() == b"\xfe"
     assert Tnt((N, N, N, N, N, T)).encode() == b"\x82"
     assert Tnt((T,) * 7).encode()[:2] == b"\x02\xa3"
-    assert Tnt.__call__ and decode_packet(bytes.fromhex("02a3030000000000"), 0)[0] == Tnt((T,))
+    assert decode_packet(bytes.fromhex("02a3030000000000"), 0)[0] == Tnt((T,))
     assert Tip(*L.LastIp().compress(0xFFFFFFFF81000010)).encode() == \
         bytes.fromhex("6d10000081ffff")
     last = L.LastIp(0xFFFFFFFF81000010)
