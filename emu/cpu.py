@@ -42,6 +42,7 @@ from unicorn.unicorn_const import (
 
 from . import hypercall, layout, x86
 from .fetch_view import FetchView
+from .footprint import Footprint, data_words, text_grains
 from .layout import Access, Layout
 from .memory import SharedMemory
 from .truth import Event
@@ -139,6 +140,10 @@ class Cpu:
         self._event_mode = False
         self._skip_fetch: int | None = None
         self._read_stop_in = 0
+        # event mode: what the current step touches (emu/footprint.py); the code hook only
+        # collects fetched text grains, cheaply, and the machine folds them in after the run
+        self.footprint: Footprint | None = None
+        self.fetch_grains: set[int] = set()
 
         u = self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         u.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
@@ -191,6 +196,9 @@ class Cpu:
                 return  # Unicorn will report UC_ERR_INSN_INVALID for it: a #UD, not retired
             off = address - layout.TEXT_BASE
             if self._event:
+                grains = self.fetch_grains  # footprint.TEXT_GRAIN == 8
+                grains.add(off >> 3)
+                grains.add((off + size - 1) >> 3)
                 if self._read_stop_in:
                     self._read_stop_in -= 1
                     if not self._read_stop_in:
@@ -269,6 +277,8 @@ class Cpu:
         self.state.own_dirty.append((off, off + size))
         for other in self.others:
             other.note_store(off, size)
+        if self.footprint is not None:
+            self.footprint.writes.update(text_grains(off, size))
         self.events.append(Event(self.clock.tick, self.index, "text_store",
                                  {"addr": f"{layout.TEXT_BASE + off:#x}", "bytes": data.hex()}))
         self._want_stop = True
@@ -286,10 +296,24 @@ class Cpu:
             self.uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._on_watched, None,
                              start, end - 1)
 
-    def _on_watched(self, uc: Uc, access: int, _addr: int, _size: int, _value: int,
+    def track_data(self, ranges: list[tuple[int, int]]) -> None:
+        """Event mode: record (not stop at) accesses to these physical data ranges in the
+        step's footprint: shared data that orders the CPUs without being a scheduling point."""
+        for start, end in ranges:
+            self.uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._on_tracked, None,
+                             start, end - 1)
+
+    def _on_tracked(self, _uc: Uc, access: int, addr: int, size: int, _value: int,
                     _ud) -> None:
+        fp = self.footprint
+        if self._event and fp is not None:
+            (fp.writes if access == Access.WRITE else fp.reads).update(data_words(addr, size))
+
+    def _on_watched(self, uc: Uc, access: int, addr: int, size: int, value: int,
+                    ud) -> None:
         if not self._event:
             return
+        self._on_tracked(uc, access, addr, size, value, ud)
         if access == Access.WRITE:
             self._want_stop = True  # after this instruction: stopping here would abandon it
         elif not self._read_stop_in:

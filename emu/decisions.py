@@ -54,8 +54,9 @@ class DecisionSource(abc.ABC):
         """The value, 0 <= value < arity, of the choice at `position` of the path."""
 
     def observe(self, context: object) -> None:  # noqa: B027 - optional hook
-        """What the machine knows before the next CPU choice (see machine.StepContext);
-        schedulers that need it (PCT) keep it, the others ignore it."""
+        """What the machine knows before the next CPU choice (machine.StepContext) and, in
+        event mode, what the step then touched (footprint.Footprint); schedulers that need it
+        (PCT, the exhaustive explorer) keep it, the others ignore it."""
 
 
 class RandomSource(DecisionSource):

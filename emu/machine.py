@@ -23,6 +23,7 @@ from .asm import Program
 from .cpu import Clock, Cpu, CpuState, HypercallRequest, Stop, StopKind
 from .decisions import Choice, Decisions, DecisionSource, Kind
 from .fetch_view import FetchView, Grain
+from .footprint import Footprint, irq, text_grains
 from .hypercall import Hypercall
 from .layout import Layout
 from .memory import GuestMemoryError, SharedMemory
@@ -59,6 +60,9 @@ class MachineConfig:
     # FLUSH choice delays one.
     event_mode: bool = False
     watch: tuple[tuple[int, int], ...] = ()  # [start, end) data virtual addresses
+    # Event mode: shared data whose accesses each step's footprint records without stopping
+    # (emu/footprint.py), for the explorer's partial-order reduction; `watch` is recorded too.
+    track: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.grain, str | int) and not isinstance(self.grain, Grain):
@@ -150,6 +154,16 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
+def _subtract(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]
+              ) -> list[tuple[int, int]]:
+    """`ranges` minus `cut`, both lists of [start, end)."""
+    out = _merge(ranges)
+    for cs, ce in cut:
+        out = [piece for s, e in out
+               for piece in ((s, min(e, cs)), (max(s, ce), e)) if piece[0] < piece[1]]
+    return out
+
+
 class Machine:
     def __init__(self, config: MachineConfig, image: GuestImage) -> None:
         self.config = config
@@ -173,9 +187,9 @@ class Machine:
         for cpu in self.cpus:
             cpu.on_hypercall = self._hypercall
             if config.event_mode:
-                cpu.watch_data([(lay.translate(a, layout.Access.READ),
-                                 lay.translate(b - 1, layout.Access.READ) + 1)
-                                for a, b in config.watch])
+                cpu.watch_data(self._physical(config.watch))
+                cpu.track_data(_subtract(self._physical(config.track),
+                                         self._physical(config.watch)))
         self._load(image)
         self._initial_mem = self.mem.snapshot()
         self._initial_ctx = [c.uc.context_save() for c in self.cpus]
@@ -221,6 +235,17 @@ class Machine:
                     raise MachineConfigError(f"cpu{cpu.index}: bad register {name!r}") from None
             cpu.set_reg("rip", boot.entry)
             cpu.state = self._fresh_state(cpu.index)
+
+    def _physical(self, ranges: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
+        out = []
+        for a, b in ranges:
+            pa = self.layout.translate(a, layout.Access.READ)
+            pb = self.layout.translate(b - 1, layout.Access.READ)
+            if pa is None or pb is None or pb - pa != b - 1 - a:
+                raise MachineConfigError(f"watched or tracked range [{a:#x}, {b:#x}) is not "
+                                         "mapped data")
+            out.append((pa, pb + 1))
+        return out
 
     def _fresh_state(self, index: int) -> CpuState:
         nmis = self.config.spontaneous_nmis
@@ -288,6 +313,26 @@ class Machine:
                                        self._last))
         cpu = runnable[dec.choose(Kind.CPU, len(runnable))]
         self._last = cpu.index
+        if not self.config.event_mode:
+            return self._cpu_step(cpu, dec)
+        # event mode: record what the step touches for the explorer (emu/footprint.py)
+        fp = cpu.footprint = Footprint(cpu.index)
+        st = cpu.state
+        if st.halted or (not st.shadow and cpu.reg("rflags") & x86.RFLAGS_IF):
+            fp.reads.add(irq(cpu.index))  # a pending IPI would be taken now
+        if not st.nmi_blocked:
+            fp.reads.add(irq(cpu.index, nmi=True))
+        for s, e in cpu.view.pending:  # the step's view updates read those bytes of memory
+            fp.reads.update(text_grains(s, e - s))
+        try:
+            return self._cpu_step(cpu, dec)
+        finally:
+            fp.fetched(cpu.fetch_grains)
+            cpu.fetch_grains = set()
+            cpu.footprint = None
+            dec.source.observe(fp)
+
+    def _cpu_step(self, cpu: Cpu, dec: Decisions) -> Verdict | None:
         st = cpu.state
         if st.nmis_left and not st.pending_nmi and \
                 dec.choose(Kind.NMI_RAISE, self.config.nmi_rarity) == 1:
@@ -465,6 +510,8 @@ class Machine:
                                            "hypercall")
             for target in self.cpus:
                 if a0 >> target.index & 1:
+                    if cpu.footprint is not None:
+                        cpu.footprint.writes.add(irq(target.index, nmi=a1 == x86.NMI))
                     if a1 == x86.NMI:
                         target.state.pending_nmi = True
                     else:
@@ -475,6 +522,9 @@ class Machine:
                                            "hypercall")
             self.sideband.append(SidebandRecord(hc.tick, cpu.index, a0, self.mem.read(a1, a3),
                                                 self.mem.read(a2, a3)))
+            if cpu.footprint is not None and 0 <= a0 - layout.TEXT_BASE < self.layout.text_size:
+                # the decoder's image of those bytes changes here (emu/footprint.py)
+                cpu.footprint.writes.update(text_grains(a0 - layout.TEXT_BASE, a3))
         elif number is Hypercall.ASSERT:
             message = self.mem.read_cstring(a1) if a1 else ""
             return Verdict(GUEST_ASSERT, f"cpu{cpu.index}: guest assertion {a0}: {message}",

@@ -43,6 +43,7 @@ class Plan:
     shrink_budget: int = 80
     preemptions: int = 2  # exhaustive: P
     delays: int = 2  # exhaustive: V
+    dpor: bool = False  # exhaustive: partial-order reduction (harness/exhaustive.py)
 
 
 @dataclass
@@ -103,7 +104,8 @@ def make_token(runner: Runner, out: Outcome, path, seed: int | None) -> str:
 
 def explore_exhaustively(plan: Plan, limit: int | None, stop_at_first: bool,
                          progress: Callable[[Summary], None] | None) -> Summary:
-    """Every path within P preemptions and V delayed view updates (harness/exhaustive.py)."""
+    """Every path within P preemptions and V delayed view updates, or with `plan.dpor` one
+    per order of dependent steps (harness/exhaustive.py)."""
     from .exhaustive import explore_exhaustive
 
     runner = runner_for(plan.scenario, plan.variant, plan.cpus, event_mode=True)
@@ -120,7 +122,7 @@ def explore_exhaustively(plan: Plan, limit: int | None, stop_at_first: bool,
             progress(summary)
 
     res = explore_exhaustive(runner.run, plan.preemptions, plan.delays, limit, stop_at_first,
-                             on_result)
+                             on_result, reduce=plan.dpor)
     summary.exhausted = res.exhausted
     return summary
 

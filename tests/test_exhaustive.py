@@ -6,18 +6,39 @@ import sys
 
 import pytest
 
+from emu import layout
 from emu.decisions import Kind
+from emu.footprint import Footprint, data_words, describe, irq, text_grains
 from harness import litmus
-from harness.exhaustive import explore_exhaustive, next_prefix
+from harness.exhaustive import (
+    ExhaustiveSource,
+    Node,
+    Step,
+    advance,
+    explore_exhaustive,
+    races,
+)
 from harness.explore import Plan, explore, replay
 
 
-def test_next_prefix_respects_the_bounds():
+def _path(*nodes: tuple[Kind, int, int, int]) -> list[Node]:
+    """Nodes (kind, choices, value, default) as explore_exhaustive leaves them, no reduction."""
+    return [Node(k, c, v, d, todo=set(range(c)) if c > 1 else {v}, done={v})
+            for k, c, v, d in nodes]
+
+
+def test_advance_respects_the_bounds():
+    def nxt(nodes, p, v):
+        path = _path(*nodes)
+        return [n.value for n in path] if advance(path, p, v) else None
+
     rec = [(Kind.CPU, 3, 0, 0), (Kind.FLUSH, 4, 0, 0), (Kind.CPU, 3, 1, 1)]
-    assert next_prefix(rec, 1, 1) == [0, 0, 0]  # deepest first: preempt at the last point
-    assert next_prefix(rec, 0, 1) == [0, 1]  # no preemption left: delay a view update
-    assert next_prefix(rec, 0, 0) is None  # nothing within the bounds: exhausted
-    assert next_prefix([(Kind.CPU, 1, 0, 0)], 5, 5) is None  # a forced choice never branches
+    assert nxt(rec, 1, 1) == [0, 0, 0]  # deepest first: preempt at the last point
+    assert nxt(rec, 0, 1) == [0, 1]  # no preemption left: delay a view update
+    assert nxt(rec, 0, 0) is None  # nothing within the bounds: exhausted
+    assert nxt([(Kind.CPU, 1, 0, 0)], 5, 5) is None  # a forced choice never branches
+    # ... whatever CPU round-robin picked there (a regression: it used to try CPU 0 for free)
+    assert nxt([(Kind.CPU, 1, 2, 2)], 5, 5) is None
 
 
 def test_exhaustive_enumerates_each_bounded_path_once():
@@ -29,7 +50,7 @@ def test_exhaustive_enumerates_each_bounded_path_once():
     def run(src):
         for kind, arity in [(Kind.CPU, 2), (Kind.CPU, 3), (Kind.FLUSH, 2)]:
             src.pick(kind, arity, len(src.record))
-        seen.append(tuple(r[2] for r in src.record))
+        seen.append(tuple(n.value for n in src.record))
         return Out()
 
     res = explore_exhaustive(run, preemptions=1, delays=1)
@@ -37,6 +58,84 @@ def test_exhaustive_enumerates_each_bounded_path_once():
     # defaults (0,0,0); one preemption at either CPU choice (1 + 2 ways), each with or without
     # the one delayed flush: (1 + 3) * 2 = 8
     assert res.schedules == 8
+
+
+def _steps(*fps: tuple[int, set[int], set[int]]) -> list[Step]:
+    return [Step(i, Footprint(cpu, reads | writes, writes)) for i, (cpu, reads, writes)
+            in enumerate(fps)]
+
+
+def test_races_are_unordered_dependent_pairs():
+    x, y = data_words(0x1000, 8)[0], data_words(0x2000, 8)[0]
+    # cpu0 writes x; cpu1 reads y (independent), then reads x: one race, (0, 2)
+    found = races(_steps((0, set(), {x}), (1, {y}, set()), (1, {x}, set())))
+    assert [(i, j) for i, j, _ in found] == [(0, 2)]
+    assert found[0][2][0] == 1  # the reversal starts with the reader's CPU
+    # reads commute
+    assert races(_steps((0, {x}, set()), (1, {x}, set()))) == []
+    # cpu0 writes x, cpu1 copies x to y, cpu2 reads y then x: the x race 0 -> 3 is ordered
+    # through cpu1 (0 -> 1 -> 2 -> 3), so only the adjacent pairs race
+    found = races(_steps((0, set(), {x}), (1, {x}, {y}), (2, {y}, set()), (2, {x}, set())))
+    assert [(i, j) for i, j, _ in found] == [(0, 1), (1, 2)]
+
+
+def test_races_name_the_initials_that_lead_to_j():
+    x, y = data_words(0x1000, 8)[0], data_words(0x2000, 8)[0]
+    # cpu0 writes x; cpu2 writes y; cpu1 reads y and then x. Reversing (0, 3) must start with
+    # cpu2 or cpu1 -- cpu1's first step after 0 (reading y) needs cpu2's write first
+    found = races(_steps((0, set(), {x}), (2, set(), {y}), (1, {y}, set()), (1, {x}, set())))
+    lead = next(c for i, j, c in found if (i, j) == (0, 3))
+    assert lead == [2]
+
+
+def test_text_and_interrupt_locations():
+    fp = Footprint(1)
+    fp.writes.update(text_grains(0x10, 5))
+    assert [describe(g) for g in sorted(fp.writes)] == ["text+0x10"]
+    assert describe(irq(2)) == "irq(cpu2)" and describe(irq(2, nmi=True)) == "nmi(cpu2)"
+    other = Footprint(0, reads=set(text_grains(0x14, 1)))
+    assert fp.dependent(other) and not fp.dependent(Footprint(1, reads=set(fp.writes)))
+
+
+def test_machine_records_footprints_in_event_mode():
+    """A text store, a sideband record and an IPI are writes; fetches and handshakes reads."""
+    from harness.run import Runner
+    from harness.scenarios import get
+
+    src = ExhaustiveSource([])
+    runner = Runner(get("z4_bytewise"), "fixed", 3, decode=False, event_mode=True)
+    out = runner.run(src)
+    assert out.ok and src.steps and all(s.footprint.reads for s in src.steps)
+    kinds = {describe(w).split("+")[0].split("@")[0].split("(")[0]
+             for s in src.steps for w in s.footprint.writes}
+    assert {"text", "data", "irq"} <= kinds
+    site = runner.built.sites[0][1] - layout.TEXT_BASE
+    assert any(s.cpu == 0 and text_grains(site, 1)[0] in s.footprint.writes for s in src.steps)
+    assert any(s.cpu != 0 and text_grains(site, 1)[0] in s.footprint.reads for s in src.steps)
+
+
+def test_dpor_explores_fewer_paths_of_the_same_space():
+    from harness.run import Runner
+    from harness.scenarios import get
+
+    runner = Runner(get("z4_bytewise"), "fixed", 3, decode=False, event_mode=True)
+    paths: dict[bool, set[tuple[int, ...]]] = {}
+    for reduce in (False, True):
+        seen: set[tuple[int, ...]] = set()
+
+        def run(src, seen=seen):
+            out = runner.run(src)
+            seen.add(tuple(c.value for c in out.result.path))
+            return out
+
+        res = explore_exhaustive(run, 1, 0, reduce=reduce)
+        assert res.exhausted and not res.failures
+        paths[reduce] = seen
+    assert paths[True] < paths[False]  # a strict subset: every DPOR path is in the space
+    assert len(paths[True]) < 0.8 * len(paths[False])
+    bad = explore(Plan("z4_bytewise", "buggy", strategy="exhaustive", preemptions=1, delays=0,
+                       dpor=True), schedules=5000, stop_at_first=True)
+    assert bad.failures  # and the reduction still finds the bug
 
 
 def test_exhaustive_scenario_exhausts_and_finds_the_bug():
@@ -78,7 +177,14 @@ def test_cli_exhaustive_reports_exhaustion_and_count():
                          timeout=600)
     doc = json.loads(out.stdout)
     assert out.returncode == 0 and doc["exhausted"] is True and doc["failures"] == 0
-    assert doc["schedules"] > 10
+    assert doc["schedules"] > 10 and doc["dpor"] is False
+    out = subprocess.run([sys.executable, "-m", "harness", "explore", "z4_bytewise", "--variant",
+                          "fixed", "--strategy", "exhaustive", "--preemptions", "1", "--delays",
+                          "0", "--schedules", "2000", "--dpor", "--json"], capture_output=True,
+                         text=True, timeout=600)
+    reduced = json.loads(out.stdout)
+    assert out.returncode == 0 and reduced["dpor"] is True and reduced["exhausted"] is True
+    assert 1 < reduced["schedules"] < doc["schedules"]
     text = subprocess.run([sys.executable, "-m", "harness", "explore", "z4_bytewise",
                            "--variant", "fixed", "--strategy", "exhaustive", "--preemptions",
                            "0", "--delays", "0"], capture_output=True, text=True, timeout=600)

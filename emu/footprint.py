@@ -1,0 +1,71 @@
+"""What one scheduling step touched, so that the explorer can tell which steps commute.
+
+In event mode every step (one CPU choice and the run that follows it) records the shared
+locations it read and wrote. Two steps of different CPUs are dependent when one writes a
+location the other reads or writes; a partial-order reduction (harness/exhaustive.py) only
+reorders dependent steps. The locations, each an int:
+
+- a word of tracked shared data (MachineConfig.track and .watch): read or written by the guest,
+  a locked read-modify-write being both;
+- an 8-byte grain of text: *read* by every instruction fetched from it and by a step that starts
+  with stores to it pending in its fetch view; *written* by a store to it, and by a
+  text-poke record for it, because the record changes the image a trace decoder uses for those
+  bytes from its tick on;
+- a CPU's pending IPIs, and its pending NMI: read by a step of that CPU that could take one
+  at its start (IF set and no STI/MOV SS shadow, or halted; NMIs unless blocked), written by
+  an IPI or NMI sent to it.
+
+Local state (registers, the CPU's own stack and per-CPU area) is no location: no other CPU
+touches it. Steps are coarse, so a footprint over-approximates, which only costs schedules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TEXT_GRAIN = 8  # bytes of text per location: small enough to keep patch sites apart
+_TEXT = 1 << 60
+_DATA = 2 << 60
+_IRQ = 3 << 60
+_TAG = 3 << 60
+
+
+def text_grains(offset: int, size: int) -> range:
+    """The text-grain locations of [offset, offset + size) (text offsets)."""
+    return range(_TEXT | offset // TEXT_GRAIN, (_TEXT | (offset + size - 1) // TEXT_GRAIN) + 1)
+
+
+def data_words(addr: int, size: int) -> range:
+    """The data-word locations of [addr, addr + size) (any one address space, consistently)."""
+    return range(_DATA | addr >> 3, (_DATA | (addr + size - 1) >> 3) + 1)
+
+
+def irq(cpu: int, nmi: bool = False) -> int:
+    return _IRQ | cpu << 1 | nmi
+
+
+def describe(loc: int) -> str:
+    tag, value = loc & _TAG, loc & ~_TAG
+    if tag == _TEXT:
+        return f"text+{value * TEXT_GRAIN:#x}"
+    if tag == _DATA:
+        return f"data@{value << 3:#x}"
+    return f"{'nmi' if value & 1 else 'irq'}(cpu{value >> 1})"
+
+
+@dataclass(eq=False)
+class Footprint:
+    """One step of one CPU: the locations it read and wrote (a written one counts as both)."""
+
+    cpu: int
+    reads: set[int] = field(default_factory=set)
+    writes: set[int] = field(default_factory=set)
+
+    def fetched(self, grains: set[int]) -> None:
+        """Add the text grains fetched from, as plain grain numbers (the code hook's cheap
+        form: offset >> 3)."""
+        self.reads.update(_TEXT | g for g in grains)
+
+    def dependent(self, other: Footprint) -> bool:
+        return self.cpu != other.cpu and bool(
+            self.writes & (other.reads | other.writes) or other.writes & self.reads)
