@@ -1,7 +1,9 @@
 """Explorer benchmark (issue 5), in one run and one process:
 - fully verified schedules/s on static_key (1 patcher + 3 observers), against the same with
   naive one-instruction-at-a-time interleaving (a scheduling decision before every instruction);
-- per zoo card, schedules and seconds to the first failure of its buggy variant, random vs PCT.
+- per zoo card, schedules and seconds to the first failure of its buggy variant, random vs PCT;
+- the exhaustive explorer's event-mode machine run on static_key (2 observers, default path,
+  no verification) with step footprints measured (what --dpor needs) against without.
 
 Usage: python bench/explore.py [--json] [--schedules N]
 """
@@ -13,6 +15,7 @@ import dataclasses
 import json
 import time
 
+from harness.exhaustive import ExhaustiveSource
 from harness.explore import Plan, explore
 from harness.run import Runner
 from harness.scenarios import SCENARIOS
@@ -25,6 +28,17 @@ def rate(runner: Runner, n: int) -> float:
     return n / (time.perf_counter() - t)
 
 
+def event_run_ms(runner: Runner, footprints: bool, n: int = 10) -> float:
+    """Best of 5 batches: one default event-mode run of the machine alone, in ms."""
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(n):
+            runner.machine.run(ExhaustiveSource([], footprints=footprints))
+        best = min(best, (time.perf_counter() - t) / n)
+    return best * 1000
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", action="store_true")
@@ -33,6 +47,8 @@ def main() -> None:
     scn = SCENARIOS["static_key"]
     ours = rate(Runner(scn), args.schedules)
     naive = rate(Runner(dataclasses.replace(scn, max_quantum=1)), max(args.schedules // 5, 2))
+    event = Runner(scn, cpus=3, decode=False, event_mode=True)
+    plain_ms, fp_ms = event_run_ms(event, False), event_run_ms(event, True)
     cards = []
     for s in sorted((s for s in SCENARIOS.values() if s.card), key=lambda s: s.card):
         row = {"card": s.card, "scenario": s.name}
@@ -45,12 +61,16 @@ def main() -> None:
         cards.append(row)
     out = {"static_key_schedules_per_s": round(ours, 2),
            "naive_one_insn_schedules_per_s": round(naive, 3),
-           "speedup_over_naive": round(ours / naive, 1), "first_failure": cards}
+           "speedup_over_naive": round(ours / naive, 1),
+           "event_run_ms": round(plain_ms, 1), "event_run_with_footprints_ms": round(fp_ms, 1),
+           "footprint_cost_ratio": round(fp_ms / plain_ms, 2), "first_failure": cards}
     if args.json:
         print(json.dumps(out, indent=2))
         return
     print(f"static_key, fully verified: {ours:.2f} schedules/s; naive one-instruction "
           f"interleaving: {naive:.3f} schedules/s ({ours / naive:.1f}x)")
+    print(f"event-mode run (static_key, 3 CPUs): {plain_ms:.1f} ms; with footprints "
+          f"{fp_ms:.1f} ms ({fp_ms / plain_ms:.2f}x)")
     print(f"{'card':5} {'scenario':24} {'random: sched / s':>20} {'pct: sched / s':>18}")
     for r in cards:
         a, b = r["random"], r["pct"]

@@ -42,7 +42,7 @@ from unicorn.unicorn_const import (
 
 from . import hypercall, layout, x86
 from .fetch_view import FetchView
-from .footprint import Footprint, data_words, text_grains
+from .footprint import TEXT, TEXT_SHIFT, Footprint, data_words, text_grains
 from .layout import Access, Layout
 from .memory import SharedMemory
 from .truth import Event
@@ -140,10 +140,8 @@ class Cpu:
         self._event_mode = False
         self._skip_fetch: int | None = None
         self._read_stop_in = 0
-        # event mode: what the current step touches (emu/footprint.py); the code hook only
-        # collects fetched text grains, cheaply, and the machine folds them in after the run
+        # event mode, when asked for: what the current step touches (emu/footprint.py)
         self.footprint: Footprint | None = None
-        self.fetch_grains: set[int] = set()
 
         u = self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         u.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
@@ -196,9 +194,10 @@ class Cpu:
                 return  # Unicorn will report UC_ERR_INSN_INVALID for it: a #UD, not retired
             off = address - layout.TEXT_BASE
             if self._event:
-                grains = self.fetch_grains  # footprint.TEXT_GRAIN == 8
-                grains.add(off >> 3)
-                grains.add((off + size - 1) >> 3)
+                if self.footprint is not None:
+                    fetched = self.footprint.reads
+                    fetched.add(TEXT | off >> TEXT_SHIFT)
+                    fetched.add(TEXT | (off + size - 1) >> TEXT_SHIFT)
                 if self._read_stop_in:
                     self._read_stop_in -= 1
                     if not self._read_stop_in:

@@ -49,14 +49,18 @@ class ReplayError(Exception):
 class DecisionSource(abc.ABC):
     """Answers choices. Subclasses implement `pick`; recording is done by `Decisions`."""
 
+    # Event mode: whether the machine should measure each step's footprint and pass it to
+    # `observe` (emu/footprint.py). It costs time, so only a source that uses it asks.
+    wants_footprints = False
+
     @abc.abstractmethod
     def pick(self, kind: Kind, arity: int, position: int) -> int:
         """The value, 0 <= value < arity, of the choice at `position` of the path."""
 
     def observe(self, context: object) -> None:  # noqa: B027 - optional hook
         """What the machine knows before the next CPU choice (machine.StepContext) and, in
-        event mode, what the step then touched (footprint.Footprint); schedulers that need it
-        (PCT, the exhaustive explorer) keep it, the others ignore it."""
+        event mode if `wants_footprints`, what the step then touched (footprint.Footprint);
+        schedulers that need it (PCT, the exhaustive explorer) keep it, the others ignore it."""
 
 
 class RandomSource(DecisionSource):

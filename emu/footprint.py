@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-TEXT_GRAIN = 8  # bytes of text per location: small enough to keep patch sites apart
-_TEXT = 1 << 60
+TEXT_SHIFT = 3  # 8 bytes of text per location: small enough to keep patch sites apart
+TEXT_GRAIN = 1 << TEXT_SHIFT
+TEXT = 1 << 60  # a text grain's location is TEXT | offset >> TEXT_SHIFT (the code hook's form)
 _DATA = 2 << 60
 _IRQ = 3 << 60
 _TAG = 3 << 60
@@ -32,7 +33,7 @@ _TAG = 3 << 60
 
 def text_grains(offset: int, size: int) -> range:
     """The text-grain locations of [offset, offset + size) (text offsets)."""
-    return range(_TEXT | offset // TEXT_GRAIN, (_TEXT | (offset + size - 1) // TEXT_GRAIN) + 1)
+    return range(TEXT | offset // TEXT_GRAIN, (TEXT | (offset + size - 1) // TEXT_GRAIN) + 1)
 
 
 def data_words(addr: int, size: int) -> range:
@@ -46,7 +47,7 @@ def irq(cpu: int, nmi: bool = False) -> int:
 
 def describe(loc: int) -> str:
     tag, value = loc & _TAG, loc & ~_TAG
-    if tag == _TEXT:
+    if tag == TEXT:
         return f"text+{value * TEXT_GRAIN:#x}"
     if tag == _DATA:
         return f"data@{value << 3:#x}"
@@ -60,11 +61,6 @@ class Footprint:
     cpu: int
     reads: set[int] = field(default_factory=set)
     writes: set[int] = field(default_factory=set)
-
-    def fetched(self, grains: set[int]) -> None:
-        """Add the text grains fetched from, as plain grain numbers (the code hook's cheap
-        form: offset >> 3)."""
-        self.reads.update(_TEXT | g for g in grains)
 
     def dependent(self, other: Footprint) -> bool:
         return self.cpu != other.cpu and bool(

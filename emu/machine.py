@@ -60,8 +60,9 @@ class MachineConfig:
     # FLUSH choice delays one.
     event_mode: bool = False
     watch: tuple[tuple[int, int], ...] = ()  # [start, end) data virtual addresses
-    # Event mode: shared data whose accesses each step's footprint records without stopping
+    # Event mode: shared data whose accesses a step's footprint records without stopping
     # (emu/footprint.py), for the explorer's partial-order reduction; `watch` is recorded too.
+    # Footprints are measured only for a decision source that wants them.
     track: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
@@ -188,8 +189,9 @@ class Machine:
             cpu.on_hypercall = self._hypercall
             if config.event_mode:
                 cpu.watch_data(self._physical(config.watch))
-                cpu.track_data(_subtract(self._physical(config.track),
-                                         self._physical(config.watch)))
+        # tracked data gets its (costly) hooks when a source first asks for footprints
+        self._track = _subtract(self._physical(config.track), self._physical(config.watch))
+        self._tracking = False
         self._load(image)
         self._initial_mem = self.mem.snapshot()
         self._initial_ctx = [c.uc.context_save() for c in self.cpus]
@@ -282,6 +284,10 @@ class Machine:
             self.reset()
         self._dirty = True
         decisions = Decisions(source)
+        if source.wants_footprints and self.config.event_mode and not self._tracking:
+            self._tracking = True
+            for cpu in self.cpus:
+                cpu.track_data(self._track)
         steps = 0
         verdict: Verdict | None = None
         while verdict is None:
@@ -313,9 +319,9 @@ class Machine:
                                        self._last))
         cpu = runnable[dec.choose(Kind.CPU, len(runnable))]
         self._last = cpu.index
-        if not self.config.event_mode:
+        if not (self.config.event_mode and dec.source.wants_footprints):
             return self._cpu_step(cpu, dec)
-        # event mode: record what the step touches for the explorer (emu/footprint.py)
+        # record what the step touches for the explorer's reduction (emu/footprint.py)
         fp = cpu.footprint = Footprint(cpu.index)
         st = cpu.state
         if st.halted or (not st.shadow and cpu.reg("rflags") & x86.RFLAGS_IF):
@@ -327,8 +333,6 @@ class Machine:
         try:
             return self._cpu_step(cpu, dec)
         finally:
-            fp.fetched(cpu.fetch_grains)
-            cpu.fetch_grains = set()
             cpu.footprint = None
             dec.source.observe(fp)
 

@@ -77,10 +77,12 @@ class Step:
 
 
 class ExhaustiveSource(DecisionSource):
-    """Follows a prefix, then the defaults; records every choice and every step."""
+    """Follows a prefix, then the defaults; records every choice and, with `footprints`, every
+    step (what the reduction needs)."""
 
-    def __init__(self, prefix: list[int]) -> None:
+    def __init__(self, prefix: list[int], footprints: bool = False) -> None:
         self.prefix = prefix
+        self.wants_footprints = footprints
         self.record: list[Node] = []
         self.steps: list[Step] = []
         self.ctx: StepContext | None = None
@@ -232,7 +234,7 @@ def explore_exhaustive(run: Callable[[DecisionSource], object], preemptions: int
     res = ExhaustiveResult()
     path: list[Node] = []
     while True:
-        src = ExhaustiveSource([n.value for n in path])
+        src = ExhaustiveSource([n.value for n in path], footprints=reduce)
         out = run(src)
         res.schedules += 1
         if on_result:

@@ -102,7 +102,7 @@ def test_machine_records_footprints_in_event_mode():
     from harness.run import Runner
     from harness.scenarios import get
 
-    src = ExhaustiveSource([])
+    src = ExhaustiveSource([], footprints=True)
     runner = Runner(get("z4_bytewise"), "fixed", 3, decode=False, event_mode=True)
     out = runner.run(src)
     assert out.ok and src.steps and all(s.footprint.reads for s in src.steps)
