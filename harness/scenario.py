@@ -170,6 +170,10 @@ class Op(abc.ABC):
     def apply(self, site: Site, state: object) -> object:
         return state
 
+    def validate(self, sites: Sequence[Site]) -> str | None:
+        """What is wrong with this op on these sites, before anything is assembled."""
+        return None
+
 
 @dataclass
 class StaticKey(Op):
@@ -235,6 +239,45 @@ class Raw(Op):
 
     def apply(self, site: Site, state: object) -> object:
         return self.effect.get(site.name, state)
+
+
+# The one-site building blocks of guest_code/users.S, by step name; True: takes the poke (tp).
+POKE_STEPS: dict[str, tuple[str, bool]] = {
+    "int3": ("poke_int3", True), "tail": ("poke_tail", True), "record": ("poke_record", True),
+    "first": ("poke_first", True), "sync": ("text_poke_sync", False),
+    "retire": ("poke_retire", False)}
+
+
+@dataclass
+class PokeSteps(Op):
+    """A user's own order of steps for turning one jump label's NOP5 into its JMP32, over the
+    building blocks: int3 (INT3 on the first byte), tail (bytes 1..4), record (the
+    PERF_RECORD_TEXT_POKE), first (the new first byte), sync (text_poke_sync on every CPU),
+    retire (drop the descriptor once no INT3 handler holds it). The descriptor is published
+    first (poke_prepare_jmp), so an INT3 hit is emulated as the new JMP meanwhile."""
+
+    site: str
+    steps: Sequence[str]
+
+    def validate(self, sites: Sequence[Site]) -> str | None:
+        if not any(isinstance(s, JumpLabel) and s.name == self.site for s in sites):
+            return f"PokeSteps: no jump label named {self.site!r}"
+        bad = [s for s in self.steps if s not in POKE_STEPS]
+        if bad:
+            return (f"PokeSteps({self.site!r}): unknown step {bad[0]!r}; known: "
+                    f"{', '.join(POKE_STEPS)}")
+        return None
+
+    def asm(self, index: int) -> str:
+        lines = ["    sub rsp, 32", "    mov rdi, rsp", f"    lea rsi, [rip + site_{self.site}]",
+                 f"    lea rdx, [rip + {self.site}_yes]", "    call poke_prepare_jmp"]
+        for step in self.steps:
+            routine, takes_tp = POKE_STEPS[step]
+            lines += (["    mov rdi, rsp"] if takes_tp else []) + [f"    call {routine}"]
+        return "\n".join(lines + ["    add rsp, 32"]) + "\n"
+
+    def apply(self, site: Site, state: object) -> object:
+        return True if isinstance(site, JumpLabel) and site.name == self.site else state
 
 
 # ---------------------------------------------------------------------------- scenarios
@@ -379,10 +422,15 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None,
     extra |= {f"KPROBE_{s.name}": data["V_KPROBES"] + guest.KPROBE_SIZE * i
               for i, s in enumerate(kprobes)}
     data.vars.update(extra)
+    for op in scn.ops:
+        problem = op.validate(scn.sites)
+        if problem:
+            raise ScenarioError(f"scenario {scn.name}: {problem}")
     try:
         prog = guest.kernel_program(scn.source(), ncpus, data, f"scenario {scn.name}")
     except Exception as e:
-        raise ScenarioError(f"scenario {scn.name}: {e}") from None
+        msg, where = str(e), f"scenario {scn.name}"
+        raise ScenarioError(msg if msg.startswith(where) else f"{where}: {msg}") from None
     gens = scn.generations()
     if len(gens) > guest.MAX_GEN:
         raise ScenarioError(f"scenario {scn.name}: at most {guest.MAX_GEN - 1} ops")

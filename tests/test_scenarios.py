@@ -196,6 +196,14 @@ def test_a_poke_text_poke_loc_init_rejects_is_refused():
         sc.CallSite.instructions = orig
 
 
+def test_poke_steps_refuse_an_unknown_step_or_site():
+    from harness.scenario import PokeSteps
+    for op, why in [(PokeSteps("j", ["int3", "synk"]), "unknown step 'synk'"),
+                    (PokeSteps("x", ["int3"]), "no jump label named 'x'")]:
+        with pytest.raises(ScenarioError, match=why):
+            build(Scenario("bad", "x", sites=[JumpLabel("j", key="k")], ops=[op], cpus=2))
+
+
 def test_guest_text_poke_loc_init_bugs_on_a_bad_entry():
     """The guest's own text_poke_loc_init() BUG()s (guest_assert) on what it cannot emulate."""
     from harness.scenario import Raw
