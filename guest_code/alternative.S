@@ -1,7 +1,8 @@
 # A reimplementation of the INT3-based text patching of Linux 5.15,
 # arch/x86/kernel/alternative.c: text_poke(), text_poke_sync(), text_poke_bp_batch(),
 # text_poke_loc_init(), text_poke_queue() / text_poke_finish(), text_poke_bp(), and
-# poke_int3_handler() behind the #BP entry (with the stack gap of the x86_64 int3 idtentry).
+# poke_int3_handler() behind the #BP entry (with the stack gap of the x86_64 int3 idtentry),
+# with the per-CPU descriptor references Linux took in 2025 (bp_refs below).
 #
 # Calling convention: System V (args rdi, rsi, rdx, rcx, r8; rbx, rbp, r12-r15 preserved).
 # Data (V_*), struct offsets (TPL_*), variant bits (CFG_*) and STEXT / POKE_DELTA are equates
@@ -10,7 +11,11 @@
 #
 # struct text_poke_loc (16 bytes):  s32 rel_addr; s32 disp; u8 len; u8 opcode; u8 text[5];
 #                                   u8 old;
-# struct bp_patching_desc: V_BP_VEC (pointer), V_BP_NR (count), V_BP_REFS (refcount).
+# struct bp_patching_desc: V_BP_VEC (pointer), V_BP_NR (count); its references are per CPU,
+# V_BP_REFS[cpu], as Linux has had them since 2025 (Eric Dumazet, "x86/alternatives: Improve
+# code-patching scalability by removing false sharing in poke_int3_handler()",
+# lore 20250325043316.874518-1-edumazet@google.com): an INT3 handler only touches its own
+# CPU's counter, the patcher sets and drains every CPU's.
 
 # ------------------------------------------------------------------ text_poke
 # text_poke(addr=rdi, src=rsi, len=rdx): copy through the writable alias of the text, the way
@@ -28,6 +33,41 @@ text_poke_loop:
     dec rdx
     jmp text_poke_loop
 text_poke_done:
+    ret
+
+# ------------------------------------------------------------------ bp_refs
+# bp_refs_set(): for_each_possible_cpu(i) atomic_set_release(per_cpu_ptr(&bp_refs, i), 1).
+# The release orders the descriptor before the refs: x86 stores are not reordered.
+bp_refs_set:
+    mov rdx, qword ptr [V_ONLINE]
+brs_next:
+    bsf rcx, rdx
+    jz brs_done
+    btr rdx, rcx
+    mov qword ptr [V_BP_REFS + rcx*8], 1
+    jmp brs_next
+brs_done:
+    ret
+
+# bp_refs_put(wait=edi): for_each_possible_cpu(i) { if (!atomic_dec_and_test(refs_i))
+# atomic_cond_read_acquire(refs_i, !VAL); } -- the wait skipped when edi is 0 (a variant).
+# Afterwards no CPU can take a new reference: inc-not-zero fails on 0.
+bp_refs_put:
+    mov rdx, qword ptr [V_ONLINE]
+brp_next:
+    bsf rcx, rdx
+    jz brp_done
+    btr rdx, rcx
+    lock dec qword ptr [V_BP_REFS + rcx*8]
+    jz brp_next
+    test edi, edi
+    jz brp_next
+brp_wait:
+    pause
+    cmp qword ptr [V_BP_REFS + rcx*8], 0
+    jne brp_wait
+    jmp brp_next
+brp_done:
     ret
 
 # ------------------------------------------------------------------ text_poke_sync
@@ -123,8 +163,9 @@ er_done:
 
 # ------------------------------------------------------------------ text_poke_bp_batch
 # text_poke_bp_batch(tp=rdi, nr=rsi).  The protocol, each step with its reason:
-#  0. bp_desc = {tp, nr}; refs = 1 with release, smp_wmb(): a CPU that sees our INT3 must see
-#     a live descriptor (pairs with the handler's smp_rmb + try_get_desc).
+#  0. bp_desc = {tp, nr}; every CPU's refs = 1 with release, smp_wmb(): a CPU that sees our
+#     INT3 must see a live descriptor (pairs with the handler's smp_rmb + try_get_desc on its
+#     own CPU's refs).
 #  1. INT3 on the first byte of every site, saving the old byte: from here on a CPU either
 #     runs the old instruction or traps into poke_int3_handler, which emulates the new one.
 #  2. text_poke_sync(): every CPU serialized, so none can still fetch the old first byte of
@@ -134,8 +175,8 @@ er_done:
 #  4. text_poke_sync() if a tail was written ("very likely not necessary ... better safe").
 #  5. Write every first byte that is not INT3: the new instruction is complete.
 #  6. text_poke_sync() if a first byte was written: no CPU fetches the INT3 any more.
-#  7. Drop our reference and wait until no handler holds one (matters when the new
-#     instruction is itself INT3: step 6 then did not serialize against the handlers).
+#  7. Drop our reference on every CPU and wait until no handler there holds one (matters when
+#     the new instruction is itself INT3: step 6 then did not serialize against the handlers).
 text_poke_bp_batch:
     push rbx
     push rbp
@@ -149,7 +190,7 @@ text_poke_bp_batch:
     mov r15, STEXT
     mov qword ptr [V_BP_VEC], r12
     mov qword ptr [V_BP_NR], r13
-    mov qword ptr [V_BP_REFS], 1         # atomic_set_release(); x86 stores are ordered
+    call bp_refs_set                     # atomic_set_release() on every CPU's refs
     xor r14, r14                         # old[] = the current bytes of every site
 bp_old0:
     cmp r14, r13
@@ -258,15 +299,13 @@ bp_sync3:
     test qword ptr [V_CFG], CFG_NO_SYNC3
     jnz bp_put                           # variant: no sync after the first byte
     call text_poke_sync                  # step 6
-bp_put:
-    lock dec qword ptr [V_BP_REFS]       # step 7: atomic_dec_and_test
-    jz bp_out
+bp_put:                                  # step 7: drop our references, wait for handlers'
+    mov edi, 1
     test qword ptr [V_CFG], CFG_NO_REFWAIT
-    jnz bp_out                           # variant: do not wait for the handlers
-bp_refwait:
-    pause                                # atomic_cond_read_acquire(&refs, !VAL)
-    cmp qword ptr [V_BP_REFS], 0
-    jne bp_refwait
+    jz bp_put_all
+    xor edi, edi                         # variant: do not wait for the handlers
+bp_put_all:
+    call bp_refs_put
 bp_out:
     mov qword ptr [V_BP_NR], 0           # as the pre-refcount kernel did (see Z2)
     mov qword ptr [V_BP_VEC], 0
@@ -542,12 +581,13 @@ poke_int3_handler:
     mov r12, rdi
     test qword ptr [r12 + 8], 3          # user_mode(regs): not ours
     jnz ph_zero
-    mov rax, qword ptr [V_BP_REFS]       # smp_rmb(); try_get_desc(): inc-not-zero
+    mov rdx, qword ptr gs:[0]            # smp_rmb(); try_get_desc(): inc-not-zero of
+    mov rax, qword ptr [V_BP_REFS + rdx*8]   # this_cpu_ptr(&bp_refs)
 ph_tryget:
     test rax, rax
     jz ph_zero
     lea rcx, [rax + 1]
-    lock cmpxchg qword ptr [V_BP_REFS], rcx
+    lock cmpxchg qword ptr [V_BP_REFS + rdx*8], rcx
     jnz ph_tryget
     mov rbx, qword ptr [r12]
     dec rbx                              # ip = regs->ip - INT3_INSN_SIZE
@@ -631,7 +671,8 @@ ph_consumed:
 ph_put:
     xor r13d, r13d
 ph_release:
-    lock dec qword ptr [V_BP_REFS]       # put_desc()
+    mov rcx, qword ptr gs:[0]            # put_desc(): this CPU's refs
+    lock dec qword ptr [V_BP_REFS + rcx*8]
     mov eax, r13d
     jmp ph_out
 ph_zero:

@@ -21,7 +21,7 @@ int3_selftest:
     mov rax, V_SCRATCH
     mov qword ptr [V_BP_VEC], rax
     mov qword ptr [V_BP_NR], 1
-    mov qword ptr [V_BP_REFS], 1
+    call bp_refs_set
     mov rbx, 0x1111
     mov rbp, 0x2222
     mov r12, 0x3333

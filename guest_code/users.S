@@ -220,7 +220,8 @@ kp_int3:
 # For writing one's own poking sequence as a list of steps (see examples/): `tp` points at 32
 # bytes: a struct text_poke_loc (16) and the site's old bytes (16..24).
 # poke_prepare_jmp(tp=rdi, site=rsi, target=rdx): tp = `jmp target` at site, the old bytes
-# saved, and tp published as the descriptor poke_int3_handler uses (vec = tp, nr = 1, refs = 1).
+# saved, and tp published as the descriptor poke_int3_handler uses (vec = tp, nr = 1, and
+# every CPU's refs = 1).
 poke_prepare_jmp:
     push rbx
     push r12
@@ -239,7 +240,7 @@ poke_prepare_jmp:
     call text_poke_loc_init
     mov qword ptr [V_BP_VEC], rbx
     mov qword ptr [V_BP_NR], 1
-    mov qword ptr [V_BP_REFS], 1
+    call bp_refs_set
     add rsp, 8
     pop r12
     pop rbx
@@ -287,11 +288,8 @@ poke_record:
 
 # poke_retire(): drop our reference, wait until no INT3 handler holds one, unpublish.
 poke_retire:
-    lock dec qword ptr [V_BP_REFS]
-poke_retire_wait:
-    pause
-    cmp qword ptr [V_BP_REFS], 0
-    jne poke_retire_wait
+    mov edi, 1
+    call bp_refs_put
     mov qword ptr [V_BP_NR], 0
     ret
 

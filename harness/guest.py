@@ -59,11 +59,12 @@ class DataLayout:
 
 def kernel_data(ncpus: int, nsites: int, nkprobes: int, njumps: int, nsc: int) -> DataLayout:
     d = DataLayout()
-    for name in ("V_CFG", "V_ONLINE", "V_BP_VEC", "V_BP_NR", "V_BP_REFS", "V_TP_NR",
+    for name in ("V_CFG", "V_ONLINE", "V_BP_VEC", "V_BP_NR", "V_TP_NR",
                  "V_DONE_GEN", "V_STOP", "V_NGEN", "V_JUMP_NR", "V_SC_NR", "V_KPROBES_NR"):
         d.alloc(name, 8)
     d.alloc("V_KEYS", 8 * 16)
     d.alloc("V_CSD", 8 * layout.MAX_CPUS)
+    d.alloc("V_BP_REFS", 8 * layout.MAX_CPUS)  # DEFINE_PER_CPU(atomic_t, bp_refs)
     d.alloc("V_QS", 8 * layout.MAX_CPUS)
     d.alloc("V_PASSES", 8 * layout.MAX_CPUS)
     d.alloc("V_TP_VEC", TPL_SIZE * TP_VEC_MAX, 16)

@@ -477,9 +477,11 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None,
 
     nmis = (0,) + (scn.observer_nmis,) * (ncpus - 1)
     # In event mode the visible shared data is the patching protocol's own state: the
-    # descriptor the INT3 handler reads, the call-function flags of text_poke_sync, the kprobes.
-    watch = ((data["V_BP_VEC"], data["V_BP_REFS"] + 8),
-             (data["V_CSD"], data["V_CSD"] + 8 * ncpus))
+    # descriptor the INT3 handler reads and its per-CPU refs, the call-function flags of
+    # text_poke_sync, the kprobes.
+    watch = ((data["V_BP_VEC"], data["V_BP_NR"] + 8),
+             (data["V_CSD"], data["V_CSD"] + 8 * ncpus),
+             (data["V_BP_REFS"], data["V_BP_REFS"] + 8 * ncpus))
     if kprobes:
         watch += ((data["V_KPROBES"], data["V_KPROBES"] + guest.KPROBE_SIZE * len(kprobes)),)
     # ... and every other shared variable orders steps for the explorer's reduction, except

@@ -127,7 +127,7 @@ def test_cli_explore_reports_tokens_and_exit_codes():
 
 def test_zoo_finds_every_buggy_variant_and_passes_every_fixed_one():
     out = subprocess.run([sys.executable, "-m", "harness", "zoo", "--json", "--buggy-budget",
-                          "40", "--fixed-budget", "4"], capture_output=True, text=True,
+                          "100", "--fixed-budget", "4"], capture_output=True, text=True,
                          timeout=900)
     rows = json.loads(out.stdout)
     assert out.returncode == 0, [r for r in rows if not r["found"]]
