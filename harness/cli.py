@@ -111,15 +111,16 @@ def _explore(args: argparse.Namespace) -> int:
     from .explore import Plan, explore, progress_bar
     from .text_poke_loc import ScenarioError
 
-    if args.schedules is None and args.time is None:
-        args.schedules = 100
+    if args.schedules is None and args.time is None and args.strategy != "exhaustive":
+        args.schedules = 100  # exhaustive: until the bounded space is exhausted
     plan = Plan(args.scenario, args.variant, args.cpus, args.strategy, args.seed, args.depth,
                 shrink=not args.no_shrink, preemptions=args.preemptions, delays=args.delays,
                 dpor=args.dpor)
     if args.log:
         def progress(s):  # one line per finished schedule, for scripts
             r = s.results[-1]
-            print(f"schedule {r.idx} seed {r.seed} {r.verdict}", flush=True)
+            seed = "" if plan.strategy == "exhaustive" else f" seed {r.seed}"
+            print(f"schedule {r.idx}{seed} {r.verdict}", flush=True)
     else:
         progress = progress_bar() if sys.stderr.isatty() else None
     try:
@@ -130,11 +131,13 @@ def _explore(args: argparse.Namespace) -> int:
     if sys.stderr.isatty():
         sys.stderr.write("\n")
     fails = summary.failures
+    exhaustive = plan.strategy == "exhaustive"
     doc = {"scenario": args.scenario, "variant": args.variant, "strategy": args.strategy,
            "schedules": len(summary.results), "resumed": summary.skipped,
            "failures": len(fails), "seconds": round(summary.seconds, 2),
            "pct_bound": summary.bound, "exhausted": summary.exhausted, "dpor": plan.dpor,
-           "failed": [{"schedule": f.idx, "seed": f.seed, "verdict": f.verdict,
+           "failed": [{"schedule": f.idx, "seed": None if exhaustive else f.seed,
+                       "verdict": f.verdict,
                        "detail": f.detail, "decisions": f.decisions, "token": f.token,
                        "shrunk_decisions": f.shrunk_decisions, "shrunk_token": f.shrunk}
                       for f in fails]}
@@ -148,12 +151,13 @@ def _explore(args: argparse.Namespace) -> int:
                   + (" with DPOR" if plan.dpor else "") + ": "
                   + (f"space exhausted after {len(summary.results)} schedules"
                      if summary.exhausted else
-                     f"NOT exhausted: stopped after {len(summary.results)} schedules"))
+                     f"NOT exhausted: stopped after {len(summary.results)} schedules"
+                     + (" (continue it with --resume)" if args.db else "")))
         if summary.bound is not None:
             print(f"PCT depth {plan.depth}: each schedule finds a depth-{plan.depth} bug with "
                   f"probability >= 1/(n*k^(d-1)) = {summary.bound:.3g}")
         for f in fails[:10]:
-            print(f"  schedule {f.idx} (seed {f.seed}): {f.detail}")
+            print(f"  schedule {f.idx}{'' if exhaustive else f' (seed {f.seed})'}: {f.detail}")
             print(f"    replay: textpoke replay {f.token}")
             if f.shrunk:
                 print(f"    shrunk ({f.decisions} -> {f.shrunk_decisions} decisions): "

@@ -28,10 +28,14 @@ Which values go into `todo`:
 Without bounds DPOR is complete for the footprints' dependence: every order of dependent steps
 is explored. Under preemption
 bounds it is not quite: the reversal of a race may need a preemption that a path of the naive
-space spends elsewhere. Measured on z4_bytewise (3 CPUs, P=1, V=0): naive 193 paths and 43
-distinct outcomes (verdict, final memory, every CPU's instructions); DPOR 118 paths and 42 of
-them, the last one reached at P=2. So `exhausted` with `reduce` means "every order of dependent
-steps that the search reached", not the whole bounded space.
+space spends elsewhere. Measured on z4_bytewise fixed (3 CPUs, P=1, V=0): naive 201 paths and
+43 distinct outcomes (verdict, final text, every CPU's instructions); DPOR 68 paths and 42 of
+them. So `exhausted` with `reduce` means "every order of dependent steps that the search
+reached", not the whole bounded space. Sleep sets were tried and left out: under the bound they
+lost far more (26 of the 43), because a sleeping CPU's branch had its own preemption budget.
+
+`Search` is the whole state of the depth-first search, so an exploration can stop after any
+schedule and continue later from its saved state (harness/explore.py keeps it in --db).
 """
 
 from __future__ import annotations
@@ -218,6 +222,45 @@ def advance(path: list[Node], preemptions: int, delays: int) -> bool:
     return False
 
 
+class Search:
+    """The depth-first search's whole state: the current path, each node with what is left to
+    try. It is all a resumed search needs (`state` / `from_state`)."""
+
+    def __init__(self, preemptions: int, delays: int, reduce: bool = False,
+                 path: list[Node] | None = None, exhausted: bool = False) -> None:
+        self.preemptions, self.delays, self.reduce = preemptions, delays, reduce
+        self.path: list[Node] = path or []
+        self.exhausted = exhausted
+
+    def source(self) -> ExhaustiveSource:
+        """The decision source of the next schedule: the path's prefix, then the defaults."""
+        return ExhaustiveSource([n.value for n in self.path], footprints=self.reduce)
+
+    def finish(self, src: ExhaustiveSource) -> None:
+        """Take in what the schedule run from `src` recorded, then move to the next prefix."""
+        path = self.path
+        for node in src.record[len(path):]:
+            full = node.choices > 1 and (not self.reduce or node.kind is not Kind.CPU)
+            node.todo = set(range(node.choices)) if full else {node.value}
+            node.done = {node.value}
+            path.append(node)
+        if self.reduce:
+            backtrack(path, src.steps)
+        self.exhausted = not advance(path, self.preemptions, self.delays)
+
+    def state(self) -> dict:
+        return {"preemptions": self.preemptions, "delays": self.delays, "reduce": self.reduce,
+                "exhausted": self.exhausted,
+                "path": [[n.kind.value, n.choices, n.value, n.default, list(n.runnable),
+                          sorted(n.todo), sorted(n.done)] for n in self.path]}
+
+    @classmethod
+    def from_state(cls, d: dict) -> Search:
+        path = [Node(Kind(k), c, v, dflt, tuple(run), set(todo), set(done))
+                for k, c, v, dflt, run, todo, done in d["path"]]
+        return cls(d["preemptions"], d["delays"], d["reduce"], path, d["exhausted"])
+
+
 @dataclass
 class ExhaustiveResult:
     schedules: int = 0
@@ -232,9 +275,9 @@ def explore_exhaustive(run: Callable[[DecisionSource], object], preemptions: int
     """`run(source)` -> an object with `.ok` (a harness.run Outcome). Explores the bounded
     space once: every path, or with `reduce` one path per order of dependent steps."""
     res = ExhaustiveResult()
-    path: list[Node] = []
+    search = Search(preemptions, delays, reduce)
     while True:
-        src = ExhaustiveSource([n.value for n in path], footprints=reduce)
+        src = search.source()
         out = run(src)
         res.schedules += 1
         if on_result:
@@ -243,14 +286,8 @@ def explore_exhaustive(run: Callable[[DecisionSource], object], preemptions: int
             res.failures.append((res.schedules - 1, out))
             if stop_at_first:
                 return res
-        for node in src.record[len(path):]:
-            full = node.choices > 1 and (not reduce or node.kind is not Kind.CPU)
-            node.todo = set(range(node.choices)) if full else {node.value}
-            node.done = {node.value}
-            path.append(node)
-        if reduce:
-            backtrack(path, src.steps)
-        if not advance(path, preemptions, delays):
+        search.finish(src)
+        if search.exhausted:
             res.exhausted = True
             return res
         if limit is not None and res.schedules >= limit:

@@ -1,16 +1,20 @@
 """The explorer: many schedules of one scenario, each fully verified, failures turned into
 replay tokens and shrunk, everything persisted as it happens.
 
-Schedule i of an exploration uses seed `seed + i`; a schedule is a pure function of its plan
-and index, so the verdicts do not depend on how many processes run them (--jobs)."""
+Random and PCT: schedule i of an exploration uses seed `seed + i`; a schedule is a pure
+function of its plan and index, so the verdicts do not depend on how many processes run them
+(--jobs). Exhaustive: schedule i is the i-th path of the depth-first search (workers only
+verify); its frontier is saved with each result, so --resume continues it in the same order."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -102,31 +106,6 @@ def make_token(runner: Runner, out: Outcome, path, seed: int | None) -> str:
                  runner.trace.ret_compression, b.config.event_mode).encode()
 
 
-def explore_exhaustively(plan: Plan, limit: int | None, stop_at_first: bool,
-                         progress: Callable[[Summary], None] | None) -> Summary:
-    """Every path within P preemptions and V delayed view updates, or with `plan.dpor` one
-    per order of dependent steps (harness/exhaustive.py)."""
-    from .exhaustive import explore_exhaustive
-
-    runner = runner_for(plan.scenario, plan.variant, plan.cpus, event_mode=True)
-    summary = Summary(plan, None)
-    start = time.perf_counter()
-
-    def on_result(i: int, out: Outcome) -> None:
-        r = ScheduleResult(i, 0, out.verdict.kind, str(out.verdict), len(out.result.path))
-        if out.verdict.kind != "pass":
-            r.token = make_token(runner, out, out.result.path, None)
-        summary.results.append(r)
-        summary.seconds = time.perf_counter() - start
-        if progress:
-            progress(summary)
-
-    res = explore_exhaustive(runner.run, plan.preemptions, plan.delays, limit, stop_at_first,
-                             on_result, reduce=plan.dpor)
-    summary.exhausted = res.exhausted
-    return summary
-
-
 def run_schedule(plan: Plan, idx: int) -> ScheduleResult:
     return run_one(runner_for(plan.scenario, plan.variant, plan.cpus), plan, idx)
 
@@ -138,8 +117,14 @@ def run_one(runner: Runner, plan: Plan, idx: int) -> ScheduleResult:
         source = PctSource(seed, runner.built.cpus, plan.depth, plan.steps)
     else:
         source = RandomSource(seed)
-    out = runner.run(source)
-    res = ScheduleResult(idx, seed, out.verdict.kind, str(out.verdict), len(out.result.path))
+    return judge(runner, plan, idx, seed, runner.run(source))
+
+
+def judge(runner: Runner, plan: Plan, idx: int, seed: int | None, out: Outcome) -> ScheduleResult:
+    """A verified run's result; if it failed, its replay token and (unless the plan says not
+    to) the token of its shrunk path."""
+    res = ScheduleResult(idx, seed or 0, out.verdict.kind, str(out.verdict),
+                         len(out.result.path))
     if out.verdict.kind != "pass":
         res.token = make_token(runner, out, out.result.path, seed)
         if plan.shrink:
@@ -159,9 +144,7 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
             progress: Callable[[Summary], None] | None = None) -> Summary:
     if plan.strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {plan.strategy!r}: use {'|'.join(STRATEGIES)}")
-    if plan.strategy == "exhaustive":
-        return explore_exhaustively(plan, schedules, stop_at_first, progress)
-    if schedules is None and seconds is None:
+    if schedules is None and seconds is None and plan.strategy != "exhaustive":
         raise ValueError("give a number of schedules or a time budget")
     if plan.strategy == "pct" and plan.steps == 0:
         plan = Plan(**{**asdict(plan), "steps": estimate_steps(plan)})
@@ -186,25 +169,28 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
             return False
         return not (stop_at_first and summary.failures)
 
-    def record(r: ScheduleResult) -> None:
+    def record(r: ScheduleResult, frontier: str | None = None) -> None:
         summary.results.append(r)
         if results_db:
             results_db.finished(exp_id, r.idx, r.verdict, r.detail, r.decisions, r.token,
-                                r.shrunk, r.shrunk_decisions)
+                                r.shrunk, r.shrunk_decisions, frontier)
         summary.seconds = time.perf_counter() - start
         if progress:
             progress(summary)
 
-    def started(i: int) -> None:
+    def started(i: int, seed: int) -> None:
         if results_db:
-            results_db.started(exp_id, i, plan.seed + i)
+            results_db.started(exp_id, i, seed)
 
     indices = (i for i in itertools.count() if i not in done)
-    if jobs <= 1:
+    if plan.strategy == "exhaustive":
+        saved = results_db.frontier(exp_id) if results_db else None
+        summary.exhausted = _exhaustive(plan, len(done), saved, more, started, record, jobs)
+    elif jobs <= 1:
         for i in indices:
             if not more(i):
                 break
-            started(i)
+            started(i, plan.seed + i)
             record(run_schedule(plan, i))
     else:
         with ProcessPoolExecutor(jobs) as pool:
@@ -217,13 +203,72 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
                         record(f.result())
                 if not more(i):
                     break
-                started(i)
+                started(i, plan.seed + i)
                 pending[pool.submit(run_schedule, plan, i)] = i
             for f in pending:
                 record(f.result())
     summary.results.sort(key=lambda r: r.idx)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _exhaustive(plan: Plan, first: int, saved: str | None, more: Callable[[int], bool],
+                started: Callable[[int, int], None],
+                record: Callable[[ScheduleResult, str], None], jobs: int = 1) -> bool:
+    """Every path within P preemptions and V delayed view updates, or with `plan.dpor` one per
+    order of dependent steps (harness/exhaustive.py), depth-first from the `saved` frontier when
+    resuming; each result is recorded, in path order, with the frontier after it. True when
+    exhausted.
+
+    The search needs only the machine's run of each path (its choices and steps), never the
+    verification, so with `jobs` > 1 this process runs the search on the bare machine and the
+    workers replay each path fully verified: the same paths in the same order for any N."""
+    from .exhaustive import Search
+
+    runner = runner_for(plan.scenario, plan.variant, plan.cpus, event_mode=True)
+    guest = guest_hash(runner.built.program.code)
+    search = Search(plan.preemptions, plan.delays, plan.dpor)
+    if saved:
+        state = json.loads(saved)
+        if state["guest"] != guest:
+            raise ValueError(f"the saved exploration ran other guest code ({state['guest']}); "
+                             f"this build is {guest}: start afresh without --resume")
+        search = Search.from_state(state["search"])
+    def frontier() -> str:
+        return json.dumps({"guest": guest, "search": search.state()}, separators=(",", ":"))
+
+    i = first
+    if jobs <= 1:
+        while not search.exhausted and more(i):
+            src = search.source()
+            started(i, 0)
+            result = judge(runner, plan, i, None, runner.run(src))
+            search.finish(src)
+            record(result, frontier())
+            i += 1
+        return search.exhausted
+    window: deque[tuple[Future, str]] = deque()  # in path order
+    with ProcessPoolExecutor(jobs) as pool:
+        while not search.exhausted and more(i):
+            src = search.source()
+            started(i, 0)
+            path = runner.machine.run(src).path
+            search.finish(src)
+            window.append((pool.submit(run_path, plan, i, path), frontier()))
+            i += 1
+            while window and (window[0][0].done() or len(window) >= 2 * jobs):
+                fut, state = window.popleft()
+                record(fut.result(), state)
+        for fut, state in window:
+            record(fut.result(), state)
+    return search.exhausted
+
+
+def run_path(plan: Plan, idx: int, path: list) -> ScheduleResult:
+    """Exhaustive schedule `idx`, the path the search ran on the bare machine: replayed and
+    fully verified (in a worker process)."""
+    runner = runner_for(plan.scenario, plan.variant, plan.cpus, event_mode=True)
+    return judge(runner, plan, idx, None, runner.run(replay_source(path)))
 
 
 def replay(token_text: str, scenario: Scenario | None = None) -> tuple[Token, Outcome]:

@@ -4,6 +4,11 @@
     def test_my_sequence(textpoke):
         textpoke.check(my_scenario)   # fails with the verdict, where, and a replay token
 
+    @pytest.mark.textpoke(strategy="exhaustive", preemptions=1, delays=1)
+    def test_my_sequence_exhaustively(textpoke):
+        textpoke.check(my_scenario)   # every schedule of the bounded space (harness/exhaustive)
+        assert textpoke.exhausted
+
 Options: --textpoke-seed N (first seed), --textpoke-replay TOKEN (run just that schedule).
 """
 
@@ -11,7 +16,8 @@ from __future__ import annotations
 
 import pytest
 
-from .explore import Plan, replay, run_one
+from .exhaustive import Search
+from .explore import STRATEGIES, Plan, ScheduleResult, judge, replay, run_one
 from .run import Runner
 from .scenario import Scenario
 from .strategies import DefaultSource
@@ -35,11 +41,17 @@ class TextpokeFailure(AssertionError):
 class Textpoke:
     """The `textpoke` fixture: settings from the marker and the command line."""
 
-    def __init__(self, strategy: str, schedules: int, seed: int, depth: int,
-                 replay: str | None) -> None:
+    def __init__(self, strategy: str, schedules: int | None, seed: int, depth: int,
+                 replay: str | None, preemptions: int = 2, delays: int = 2,
+                 dpor: bool = False) -> None:
+        if strategy not in STRATEGIES:
+            raise pytest.UsageError(f"textpoke marker: unknown strategy {strategy!r}; use "
+                                    f"{'|'.join(STRATEGIES)}")
         self.strategy, self.schedules, self.seed, self.depth = strategy, schedules, seed, depth
+        self.preemptions, self.delays, self.dpor = preemptions, delays, dpor
         self.replay_token = replay
         self.ran = 0
+        self.exhausted: bool | None = None  # exhaustive: was the bounded space exhausted
 
     def check(self, scenario: Scenario, variant: str | None = None,
               cpus: int | None = None) -> int:
@@ -52,16 +64,34 @@ class Textpoke:
                 raise TextpokeFailure(scenario.name, out.verdict.kind, str(out.verdict),
                                       self.replay_token, None)
             return 1
+        if self.strategy == "exhaustive":
+            return self._exhaustive(scenario, variant, cpus)
         runner = Runner(scenario, variant, cpus)
         steps = runner.run(DefaultSource()).result.steps if self.strategy == "pct" else 0
         plan = Plan(scenario.name, variant, cpus, self.strategy, self.seed, self.depth, steps)
-        for i in range(self.schedules):
-            res = run_one(runner, plan, i)
-            self.ran += 1
-            if res.failed:
-                raise TextpokeFailure(scenario.name, res.verdict, res.detail, res.token or "",
-                                      res.shrunk)
-        return self.schedules
+        for i in range(20 if self.schedules is None else self.schedules):
+            self._verdict(scenario, run_one(runner, plan, i))
+        return self.ran
+
+    def _exhaustive(self, scenario: Scenario, variant: str | None, cpus: int | None) -> int:
+        """Depth-first over the bounded space until it is exhausted (or `schedules` ran)."""
+        runner = Runner(scenario, variant, cpus, event_mode=True)
+        plan = Plan(scenario.name, variant, cpus, "exhaustive", preemptions=self.preemptions,
+                    delays=self.delays, dpor=self.dpor)
+        search = Search(self.preemptions, self.delays, self.dpor)
+        while not search.exhausted and (self.schedules is None or self.ran < self.schedules):
+            src = search.source()
+            res = judge(runner, plan, self.ran, None, runner.run(src))
+            search.finish(src)
+            self._verdict(scenario, res)
+        self.exhausted = search.exhausted
+        return self.ran
+
+    def _verdict(self, scenario: Scenario, res: ScheduleResult) -> None:
+        self.ran += 1
+        if res.failed:
+            raise TextpokeFailure(scenario.name, res.verdict, res.detail, res.token or "",
+                                  res.shrunk)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -72,8 +102,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "textpoke(strategy='random', schedules=20, depth=3): "
-                                       "how the textpoke fixture explores")
+    config.addinivalue_line("markers", "textpoke(strategy='random', schedules=20, depth=3, "
+                                       "preemptions=2, delays=2, dpor=False): how the "
+                                       "textpoke fixture explores (exhaustive: until the "
+                                       "bounded space is exhausted unless schedules is given)")
 
 
 @pytest.fixture
@@ -83,9 +115,11 @@ def textpoke(request: pytest.FixtureRequest) -> Textpoke:
     replay = request.config.getoption("--textpoke-replay")
     if replay:
         Token.decode(replay)  # a damaged token is a usage error, before the test runs
-    return Textpoke(kw.get("strategy", "random"), int(kw.get("schedules", 20)),
+    schedules = kw.get("schedules")
+    return Textpoke(kw.get("strategy", "random"), None if schedules is None else int(schedules),
                     request.config.getoption("--textpoke-seed") + int(kw.get("seed", 0)),
-                    int(kw.get("depth", 3)), replay)
+                    int(kw.get("depth", 3)), replay, int(kw.get("preemptions", 2)),
+                    int(kw.get("delays", 2)), bool(kw.get("dpor", False)))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -1,6 +1,7 @@
 """Exploration results in SQLite, written as they happen: a schedule's row (with its seed) is
 committed before it runs and completed after, so a killed exploration resumes without losing a
-failure or repeating a finished schedule."""
+failure or repeating a finished schedule. An exhaustive search also commits, with each
+finished schedule, its frontier (harness/exhaustive.Search): where the next one starts."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ CREATE TABLE IF NOT EXISTS schedules (
     status TEXT NOT NULL, verdict TEXT, detail TEXT, decisions INTEGER,
     token TEXT, shrunk TEXT, shrunk_decisions INTEGER,
     PRIMARY KEY (exploration, idx));
+CREATE TABLE IF NOT EXISTS frontiers (
+    exploration INTEGER PRIMARY KEY, state TEXT NOT NULL);
 """
 
 
@@ -51,13 +54,24 @@ class ResultsDb:
         self.db.commit()
 
     def finished(self, exploration: int, idx: int, verdict: str, detail: str, decisions: int,
-                 token: str | None, shrunk: str | None, shrunk_decisions: int | None) -> None:
+                 token: str | None, shrunk: str | None, shrunk_decisions: int | None,
+                 frontier: str | None = None) -> None:
+        """Complete a schedule's row, and with `frontier` replace the exploration's frontier
+        in the same transaction: a kill can never keep one without the other."""
+        if frontier is not None:
+            self.db.execute("INSERT OR REPLACE INTO frontiers (exploration, state) VALUES (?, ?)",
+                            (exploration, frontier))
         self.db.execute("UPDATE schedules SET status = 'done', verdict = ?, detail = ?, "
                         "decisions = ?, token = ?, shrunk = ?, shrunk_decisions = ? "
                         "WHERE exploration = ? AND idx = ?",
                         (verdict, detail, decisions, token, shrunk, shrunk_decisions,
                          exploration, idx))
         self.db.commit()
+
+    def frontier(self, exploration: int) -> str | None:
+        row = self.db.execute("SELECT state FROM frontiers WHERE exploration = ?",
+                              (exploration,)).fetchone()
+        return row[0] if row else None
 
     def failures(self, exploration: int) -> list[tuple]:
         return list(self.db.execute(

@@ -79,6 +79,17 @@ def test_jobs_do_not_change_verdicts():
     assert {r.verdict for r in one.results} >= {"pass"} and one.failures
 
 
+@pytest.mark.parametrize("dpor", [False, True])
+def test_jobs_do_not_change_an_exhaustive_search(dpor):
+    """With workers the search runs on the bare machine and they replay each path verified."""
+    plan = Plan("z4_bytewise", "buggy", strategy="exhaustive", preemptions=1, delays=0,
+                dpor=dpor, shrink=False)
+    one, two = explore(plan, jobs=1), explore(plan, jobs=2)
+    assert one.exhausted and two.exhausted and one.failures
+    assert [(r.idx, r.verdict, r.token) for r in one.results] == \
+        [(r.idx, r.verdict, r.token) for r in two.results]
+
+
 def test_pct_priorities_and_bound():
     src = PctSource(seed=3, ncpus=4, depth=3, steps=100)
     assert sorted(src.prio.values()) == [3, 4, 5, 6] and len(src.changes) == 2
@@ -113,6 +124,34 @@ def test_sigkill_and_resume_lose_nothing_and_repeat_nothing(tmp_path):
     after = dict(con.execute("SELECT idx, token FROM schedules WHERE status = 'done'"))
     assert len(after) == 30 and all(after[i] == t for i, t in before.items())
     assert con.execute("SELECT COUNT(*) FROM explorations").fetchone()[0] == 1
+
+
+def test_exhaustive_resumes_from_its_frontier_after_sigkill(tmp_path):
+    """The search's frontier is committed with each result: a resumed exhaustive search runs
+    exactly the schedules the killed one had left, in the same order."""
+    plan = Plan("z4_bytewise", "buggy", strategy="exhaustive", preemptions=1, delays=0,
+                shrink=False)
+    whole = explore(plan)
+    assert whole.exhausted and whole.failures and len(whole.results) > 20
+    db = tmp_path / "x.db"
+    cmd = [sys.executable, "-m", "harness", "explore", "z4_bytewise", "--variant", "buggy",
+           "--strategy", "exhaustive", "--preemptions", "1", "--delays", "0", "--no-shrink",
+           "--db", str(db)]
+    proc = subprocess.Popen([*cmd, "--log"], stdout=subprocess.PIPE, text=True)
+    for n, _line in enumerate(proc.stdout, 1):  # wait for results, not for time
+        if n == 10:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    out = subprocess.run([*cmd, "--resume", "--json"], capture_output=True, text=True,
+                         timeout=600)
+    doc = json.loads(out.stdout)
+    assert out.returncode == 1 and doc["exhausted"] is True and doc["resumed"] >= 10
+    assert doc["schedules"] == len(whole.results) and doc["failures"] == len(whole.failures)
+    con = sqlite3.connect(db)
+    rows = con.execute("SELECT idx, verdict, token FROM schedules WHERE status = 'done' "
+                       "ORDER BY idx").fetchall()
+    assert rows == [(r.idx, r.verdict, r.token) for r in whole.results]
 
 
 def test_cli_explore_reports_tokens_and_exit_codes():

@@ -45,3 +45,25 @@ def test_marker_and_seed_option_are_honoured(pytester):
             assert textpoke.seed == 105 and textpoke.ran == 2
     """)
     pytester.runpytest("-p", "no:cacheprovider", "--textpoke-seed=100").assert_outcomes(passed=1)
+
+
+def test_exhaustive_marker_exhausts_the_bounded_space(pytester):
+    mine = (EXAMPLE.replace("cpus=3", "cpus=2")
+            .replace('strategy="pct", schedules=10',
+                     'strategy="exhaustive", preemptions=1, delays=1')
+            .replace("    textpoke.check(scenario)",
+                     "    assert textpoke.check(scenario) > 50 and textpoke.exhausted"))
+    assert "exhaustive" in mine and "textpoke.exhausted" in mine and "cpus=2" in mine
+    pytester.makepyfile(test_mine=mine)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    pytester.makepyfile(test_mine=mine.replace('"record", ', ""))
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    assert "verdict: decode_divergence" in result.stdout.str()
+
+
+def test_unknown_strategy_in_the_marker_is_an_error(pytester):
+    pytester.makepyfile(test_mine=EXAMPLE.replace('strategy="pct"', 'strategy="nope"'))
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    assert "unknown strategy 'nope'" in result.stdout.str()
