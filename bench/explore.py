@@ -3,7 +3,9 @@
   naive one-instruction-at-a-time interleaving (a scheduling decision before every instruction);
 - per zoo card, schedules and seconds to the first failure of its buggy variant, random vs PCT;
 - the exhaustive explorer's event-mode machine run on static_key (2 observers, default path,
-  no verification) with step footprints measured (what --dpor needs) against without.
+  no verification) with step footprints measured (what --dpor needs) against without;
+- an exhaustive search (z4_bytewise fixed, P=1 V=1, 432 schedules) with --jobs 2 against one
+  process: the search on the bare machine, two workers verifying.
 
 Usage: python bench/explore.py [--json] [--schedules N]
 """
@@ -49,6 +51,12 @@ def main() -> None:
     naive = rate(Runner(dataclasses.replace(scn, max_quantum=1)), max(args.schedules // 5, 2))
     event = Runner(scn, cpus=3, decode=False, event_mode=True)
     plain_ms, fp_ms = event_run_ms(event, False), event_run_ms(event, True)
+    search = Plan("z4_bytewise", "fixed", strategy="exhaustive", preemptions=1, delays=1)
+    one, two = explore(search, jobs=1), explore(search, jobs=2)
+    assert one.exhausted and two.exhausted and len(one.results) == len(two.results)
+    exhaustive = {"schedules": len(one.results), "jobs1_s": round(one.seconds, 1),
+                  "jobs2_s": round(two.seconds, 1),
+                  "speedup": round(one.seconds / two.seconds, 2)}
     cards = []
     for s in sorted((s for s in SCENARIOS.values() if s.card), key=lambda s: s.card):
         row = {"card": s.card, "scenario": s.name}
@@ -63,7 +71,8 @@ def main() -> None:
            "naive_one_insn_schedules_per_s": round(naive, 3),
            "speedup_over_naive": round(ours / naive, 1),
            "event_run_ms": round(plain_ms, 1), "event_run_with_footprints_ms": round(fp_ms, 1),
-           "footprint_cost_ratio": round(fp_ms / plain_ms, 2), "first_failure": cards}
+           "footprint_cost_ratio": round(fp_ms / plain_ms, 2), "exhaustive_jobs": exhaustive,
+           "first_failure": cards}
     if args.json:
         print(json.dumps(out, indent=2))
         return
@@ -71,6 +80,9 @@ def main() -> None:
           f"interleaving: {naive:.3f} schedules/s ({ours / naive:.1f}x)")
     print(f"event-mode run (static_key, 3 CPUs): {plain_ms:.1f} ms; with footprints "
           f"{fp_ms:.1f} ms ({fp_ms / plain_ms:.2f}x)")
+    print(f"exhaustive z4_bytewise P=1 V=1, {exhaustive['schedules']} schedules: one process "
+          f"{exhaustive['jobs1_s']} s, --jobs 2 {exhaustive['jobs2_s']} s "
+          f"({exhaustive['speedup']}x)")
     print(f"{'card':5} {'scenario':24} {'random: sched / s':>20} {'pct: sched / s':>18}")
     for r in cards:
         a, b = r["random"], r["pct"]

@@ -234,6 +234,7 @@ def _exhaustive(plan: Plan, first: int, saved: str | None, more: Callable[[int],
             raise ValueError(f"the saved exploration ran other guest code ({state['guest']}); "
                              f"this build is {guest}: start afresh without --resume")
         search = Search.from_state(state["search"])
+
     def frontier() -> str:
         return json.dumps({"guest": guest, "search": search.state()}, separators=(",", ":"))
 
