@@ -239,6 +239,13 @@ class Search:
     def finish(self, src: ExhaustiveSource) -> None:
         """Take in what the schedule run from `src` recorded, then move to the next prefix."""
         path = self.path
+        for k, (old, new) in enumerate(zip(path, src.record, strict=False)):
+            if (old.kind, old.choices, old.runnable) != (new.kind, new.choices, new.runnable):
+                raise SearchError(f"choice {k}: the search expected a {old.kind.value} choice "
+                                  f"of {old.choices} values (runnable {old.runnable}), the run "
+                                  f"made a {new.kind.value} choice of {new.choices} (runnable "
+                                  f"{new.runnable}): the machine is not the one this search "
+                                  "ran on")
         for node in src.record[len(path):]:
             full = node.choices > 1 and (not self.reduce or node.kind is not Kind.CPU)
             node.todo = set(range(node.choices)) if full else {node.value}
@@ -256,9 +263,16 @@ class Search:
 
     @classmethod
     def from_state(cls, d: dict) -> Search:
-        path = [Node(Kind(k), c, v, dflt, tuple(run), set(todo), set(done))
-                for k, c, v, dflt, run, todo, done in d["path"]]
-        return cls(d["preemptions"], d["delays"], d["reduce"], path, d["exhausted"])
+        try:
+            path = [Node(Kind(k), c, v, dflt, tuple(run), set(todo), set(done))
+                    for k, c, v, dflt, run, todo, done in d["path"]]
+            return cls(d["preemptions"], d["delays"], d["reduce"], path, d["exhausted"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise SearchError(f"damaged search state: {e!r}") from None
+
+
+class SearchError(ValueError):
+    """A saved search that does not fit: damaged, or from a machine that decides otherwise."""
 
 
 @dataclass

@@ -229,11 +229,15 @@ def _exhaustive(plan: Plan, first: int, saved: str | None, more: Callable[[int],
     guest = guest_hash(runner.built.program.code)
     search = Search(plan.preemptions, plan.delays, plan.dpor)
     if saved:
-        state = json.loads(saved)
-        if state["guest"] != guest:
-            raise ValueError(f"the saved exploration ran other guest code ({state['guest']}); "
+        try:
+            state = json.loads(saved)
+            ran_on, search = state["guest"], Search.from_state(state["search"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--resume: the saved frontier in --db is damaged ({e}); start "
+                             "afresh without --resume") from None
+        if ran_on != guest:
+            raise ValueError(f"--resume: the saved exploration ran other guest code ({ran_on}); "
                              f"this build is {guest}: start afresh without --resume")
-        search = Search.from_state(state["search"])
 
     def frontier() -> str:
         return json.dumps({"guest": guest, "search": search.state()}, separators=(",", ":"))

@@ -154,6 +154,26 @@ def test_exhaustive_resumes_from_its_frontier_after_sigkill(tmp_path):
     assert rows == [(r.idx, r.verdict, r.token) for r in whole.results]
 
 
+def test_a_damaged_or_foreign_frontier_is_refused_and_keeps_the_results(tmp_path):
+    db = tmp_path / "x.db"
+    cmd = [sys.executable, "-m", "harness", "explore", "z4_bytewise", "--variant", "fixed",
+           "--strategy", "exhaustive", "--preemptions", "1", "--delays", "0", "--db", str(db)]
+    assert subprocess.run([*cmd, "--schedules", "3"], capture_output=True, timeout=600
+                          ).returncode == 0
+    con = sqlite3.connect(db)
+    (state,) = con.execute("SELECT state FROM frontiers").fetchone()
+    doc = json.loads(state)
+    doc["search"]["path"][0][1] += 1  # a choice this machine never offers there
+    for bad, why in [('{"guest": 1}', "damaged"), (json.dumps(doc), "choice 0: the search "
+                                                                   "expected a cpu choice of")]:
+        with con:
+            con.execute("UPDATE frontiers SET state = ?", (bad,))
+        out = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)
+        assert out.returncode == 2 and why in out.stderr, out.stderr
+        assert con.execute("SELECT COUNT(*) FROM schedules WHERE status = 'done'"
+                           ).fetchone()[0] == 3
+
+
 def test_cli_explore_reports_tokens_and_exit_codes():
     ok = subprocess.run([sys.executable, "-m", "harness", "explore", "z4_bytewise", "--variant",
                          "fixed", "--schedules", "3", "--json"], capture_output=True, text=True,
