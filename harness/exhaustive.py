@@ -239,6 +239,10 @@ class Search:
     def finish(self, src: ExhaustiveSource) -> None:
         """Take in what the schedule run from `src` recorded, then move to the next prefix."""
         path = self.path
+        if len(src.record) < len(path):
+            raise SearchError(f"the run made {len(src.record)} choices, fewer than the "
+                              f"{len(path)} of the search's path: the machine is not the one "
+                              "this search ran on")
         for k, (old, new) in enumerate(zip(path, src.record, strict=False)):
             if (old.kind, old.choices, old.runnable) != (new.kind, new.choices, new.runnable):
                 raise SearchError(f"choice {k}: the search expected a {old.kind.value} choice "
@@ -266,9 +270,15 @@ class Search:
         try:
             path = [Node(Kind(k), c, v, dflt, tuple(run), set(todo), set(done))
                     for k, c, v, dflt, run, todo, done in d["path"]]
-            return cls(d["preemptions"], d["delays"], d["reduce"], path, d["exhausted"])
+            search = cls(d["preemptions"], d["delays"], d["reduce"], path, d["exhausted"])
         except (KeyError, TypeError, ValueError) as e:
             raise SearchError(f"damaged search state: {e!r}") from None
+        for k, n in enumerate(path):
+            arity = max(n.choices, len(n.runnable))  # a forced CPU choice keeps its index
+            if not {n.value, n.default} | n.todo | n.done <= set(range(arity)):
+                raise SearchError(f"damaged search state: choice {k} has values outside "
+                                  f"0..{arity - 1}")
+        return search
 
 
 class SearchError(ValueError):

@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from emu.decisions import RandomSource
+from emu.decisions import RandomSource, ReplaySource
 
 from .pt.encoder import TraceConfig
 from .results_db import ResultsDb
@@ -252,28 +252,51 @@ def _exhaustive(plan: Plan, first: int, saved: str | None, more: Callable[[int],
             record(result, frontier())
             i += 1
         return search.exhausted
-    window: deque[tuple[Future, str]] = deque()  # in path order
+    # In path order: each path's worker, the frontier after it, and whether that exhausted it.
+    # The search runs ahead of what is recorded; whatever is left unrecorded when `more` says
+    # stop is dropped, as a serial search would not have run it.
+    window: deque[tuple[int, Future, str, bool]] = deque()
+    recorded_exhausted = False
+
+    def drain(everything: bool) -> bool:
+        nonlocal recorded_exhausted
+        while window and (everything or window[0][1].done() or len(window) >= 2 * jobs):
+            idx, fut, state, exhausted = window.popleft()
+            record(fut.result(), state)
+            recorded_exhausted = exhausted
+            if not more(idx + 1):
+                for _i, rest, _s, _e in window:
+                    rest.cancel()
+                window.clear()
+                return False
+        return True
+
     with ProcessPoolExecutor(jobs) as pool:
         while not search.exhausted and more(i):
             src = search.source()
             started(i, 0)
             path = runner.machine.run(src).path
             search.finish(src)
-            window.append((pool.submit(run_path, plan, i, path), frontier()))
+            window.append((i, pool.submit(run_path, plan, i, path), frontier(),
+                           search.exhausted))
             i += 1
-            while window and (window[0][0].done() or len(window) >= 2 * jobs):
-                fut, state = window.popleft()
-                record(fut.result(), state)
-        for fut, state in window:
-            record(fut.result(), state)
-    return search.exhausted
+            if not drain(False):
+                break
+        drain(True)
+    return recorded_exhausted
 
 
 def run_path(plan: Plan, idx: int, path: list) -> ScheduleResult:
     """Exhaustive schedule `idx`, the path the search ran on the bare machine: replayed and
     fully verified (in a worker process)."""
+    from .exhaustive import SearchError
+
     runner = runner_for(plan.scenario, plan.variant, plan.cpus, event_mode=True)
-    return judge(runner, plan, idx, None, runner.run(replay_source(path)))
+    out = runner.run(ReplaySource(path))  # strict: exactly these choices, no more
+    if out.result.path != path:
+        raise SearchError(f"schedule {idx}: the replay made {len(out.result.path)} choices, "
+                          f"the search's run {len(path)}: the machine is not deterministic")
+    return judge(runner, plan, idx, None, out)
 
 
 def replay(token_text: str, scenario: Scenario | None = None) -> tuple[Token, Outcome]:

@@ -69,9 +69,10 @@ class Textpoke:
         runner = Runner(scenario, variant, cpus)
         steps = runner.run(DefaultSource()).result.steps if self.strategy == "pct" else 0
         plan = Plan(scenario.name, variant, cpus, self.strategy, self.seed, self.depth, steps)
-        for i in range(20 if self.schedules is None else self.schedules):
+        n = 20 if self.schedules is None else self.schedules
+        for i in range(n):
             self._verdict(scenario, run_one(runner, plan, i))
-        return self.ran
+        return n
 
     def _exhaustive(self, scenario: Scenario, variant: str | None, cpus: int | None) -> int:
         """Depth-first over the bounded space until it is exhausted (or `schedules` ran)."""
@@ -79,16 +80,18 @@ class Textpoke:
         plan = Plan(scenario.name, variant, cpus, "exhaustive", preemptions=self.preemptions,
                     delays=self.delays, dpor=self.dpor)
         search = Search(self.preemptions, self.delays, self.dpor)
-        while not search.exhausted and (self.schedules is None or self.ran < self.schedules):
+        i = 0
+        while not search.exhausted and (self.schedules is None or i < self.schedules):
             src = search.source()
-            res = judge(runner, plan, self.ran, None, runner.run(src))
+            res = judge(runner, plan, i, None, runner.run(src))
             search.finish(src)
             self._verdict(scenario, res)
+            i += 1
         self.exhausted = search.exhausted
-        return self.ran
+        return i
 
     def _verdict(self, scenario: Scenario, res: ScheduleResult) -> None:
-        self.ran += 1
+        self.ran += 1  # over every check() of the test
         if res.failed:
             raise TextpokeFailure(scenario.name, res.verdict, res.detail, res.token or "",
                                   res.shrunk)

@@ -88,6 +88,10 @@ def test_jobs_do_not_change_an_exhaustive_search(dpor):
     assert one.exhausted and two.exhausted and one.failures
     assert [(r.idx, r.verdict, r.token) for r in one.results] == \
         [(r.idx, r.verdict, r.token) for r in two.results]
+    # stopping at the first failure: the workers' extra paths are dropped, not recorded
+    one, two = (explore(plan, jobs=j, stop_at_first=True) for j in (1, 2))
+    assert not one.exhausted and not two.exhausted and one.results[-1].failed
+    assert [(r.idx, r.token) for r in one.results] == [(r.idx, r.token) for r in two.results]
 
 
 def test_pct_priorities_and_bound():

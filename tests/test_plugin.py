@@ -67,3 +67,13 @@ def test_unknown_strategy_in_the_marker_is_an_error(pytester):
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(errors=1)
     assert "unknown strategy 'nope'" in result.stdout.str()
+
+
+def test_each_check_runs_its_own_budget():
+    from harness.pytest_plugin import Textpoke
+    from harness.scenarios import SCENARIOS
+
+    for strategy in ("exhaustive", "random"):
+        t = Textpoke(strategy, 3, 0, 3, None, preemptions=1, delays=0)
+        scn = SCENARIOS["z4_bytewise"]
+        assert t.check(scn, "fixed") == 3 and t.check(scn, "fixed") == 3 and t.ran == 6
