@@ -253,9 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--dpor", action="store_true",
                     help="exhaustive: one schedule per order of dependent steps (fewer "
                          "schedules; under the bounds it may miss some, see README)")
-    ex.add_argument("--schedules", type=int)
+    ex.add_argument("--schedules", type=int,
+                    help="how many (default 100; exhaustive: until the space is exhausted)")
     ex.add_argument("--time", type=float, help="seconds to explore for")
-    ex.add_argument("--jobs", type=int, default=1)
+    ex.add_argument("--jobs", type=int, default=1,
+                    help="processes (exhaustive: one searches, N verify the paths)")
     ex.add_argument("--seed", type=int, default=0, help="schedule i uses seed SEED+i")
     ex.add_argument("--depth", type=int, default=3, help="PCT bug depth d")
     ex.add_argument("--db", help="SQLite file the results are written to as they are found")
