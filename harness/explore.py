@@ -184,8 +184,10 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
 
     indices = (i for i in itertools.count() if i not in done)
     if plan.strategy == "exhaustive":
-        saved = results_db.frontier(exp_id) if results_db else None
-        summary.exhausted = _exhaustive(plan, len(done), saved, more, started, record, jobs)
+        summary.exhausted = exhaustive_search(
+            plan, runner_for(plan.scenario, plan.variant, plan.cpus, event_mode=True), more,
+            record, first=len(done), saved=results_db.frontier(exp_id) if results_db else None,
+            started=lambda i: started(i, 0), jobs=jobs, persist=results_db is not None)
     elif jobs <= 1:
         for i in indices:
             if not more(i):
@@ -212,20 +214,21 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
     return summary
 
 
-def _exhaustive(plan: Plan, first: int, saved: str | None, more: Callable[[int], bool],
-                started: Callable[[int, int], None],
-                record: Callable[[ScheduleResult, str], None], jobs: int = 1) -> bool:
+def exhaustive_search(plan: Plan, runner: Runner, more: Callable[[int], bool],
+                      record: Callable[[ScheduleResult, str | None], None], *, first: int = 0,
+                      saved: str | None = None, started: Callable[[int], None] = lambda i: None,
+                      jobs: int = 1, persist: bool = False) -> bool:
     """Every path within P preemptions and V delayed view updates, or with `plan.dpor` one per
-    order of dependent steps (harness/exhaustive.py), depth-first from the `saved` frontier when
-    resuming; each result is recorded, in path order, with the frontier after it. True when
-    exhausted.
+    order of dependent steps (harness/exhaustive.py), on `runner` (event mode), depth-first
+    from the `saved` frontier when resuming. Schedule i is recorded in path order, with the
+    frontier after it when `persist`; `more(i)` says whether to go on. True when exhausted.
 
     The search needs only the machine's run of each path (its choices and steps), never the
     verification, so with `jobs` > 1 this process runs the search on the bare machine and the
-    workers replay each path fully verified: the same paths in the same order for any N."""
+    workers replay each path fully verified: the same paths in the same order for any N. The
+    workers build their runner from the plan, so that needs a shipped scenario."""
     from .exhaustive import Search
 
-    runner = runner_for(plan.scenario, plan.variant, plan.cpus, event_mode=True)
     guest = guest_hash(runner.built.program.code)
     search = Search(plan.preemptions, plan.delays, plan.dpor)
     if saved:
@@ -239,14 +242,16 @@ def _exhaustive(plan: Plan, first: int, saved: str | None, more: Callable[[int],
             raise ValueError(f"--resume: the saved exploration ran other guest code ({ran_on}); "
                              f"this build is {guest}: start afresh without --resume")
 
-    def frontier() -> str:
+    def frontier() -> str | None:
+        if not persist:
+            return None
         return json.dumps({"guest": guest, "search": search.state()}, separators=(",", ":"))
 
     i = first
     if jobs <= 1:
         while not search.exhausted and more(i):
             src = search.source()
-            started(i, 0)
+            started(i)
             result = judge(runner, plan, i, None, runner.run(src))
             search.finish(src)
             record(result, frontier())
@@ -255,7 +260,7 @@ def _exhaustive(plan: Plan, first: int, saved: str | None, more: Callable[[int],
     # In path order: each path's worker, the frontier after it, and whether that exhausted it.
     # The search runs ahead of what is recorded; whatever is left unrecorded when `more` says
     # stop is dropped, as a serial search would not have run it.
-    window: deque[tuple[int, Future, str, bool]] = deque()
+    window: deque[tuple[int, Future, str | None, bool]] = deque()
     recorded_exhausted = False
 
     def drain(everything: bool) -> bool:
@@ -274,7 +279,7 @@ def _exhaustive(plan: Plan, first: int, saved: str | None, more: Callable[[int],
     with ProcessPoolExecutor(jobs) as pool:
         while not search.exhausted and more(i):
             src = search.source()
-            started(i, 0)
+            started(i)
             path = runner.machine.run(src).path
             search.finish(src)
             window.append((i, pool.submit(run_path, plan, i, path), frontier(),

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import pytest
 
-from .exhaustive import Search
-from .explore import STRATEGIES, Plan, ScheduleResult, judge, replay, run_one
+from .explore import STRATEGIES, Plan, ScheduleResult, exhaustive_search, replay, run_one
 from .run import Runner
 from .scenario import Scenario
 from .strategies import DefaultSource
@@ -79,16 +78,16 @@ class Textpoke:
         runner = Runner(scenario, variant, cpus, event_mode=True)
         plan = Plan(scenario.name, variant, cpus, "exhaustive", preemptions=self.preemptions,
                     delays=self.delays, dpor=self.dpor)
-        search = Search(self.preemptions, self.delays, self.dpor)
-        i = 0
-        while not search.exhausted and (self.schedules is None or i < self.schedules):
-            src = search.source()
-            res = judge(runner, plan, i, None, runner.run(src))
-            search.finish(src)
+        ran = 0
+
+        def record(res: ScheduleResult, _frontier: str | None) -> None:
+            nonlocal ran
+            ran += 1
             self._verdict(scenario, res)
-            i += 1
-        self.exhausted = search.exhausted
-        return i
+
+        self.exhausted = exhaustive_search(
+            plan, runner, lambda i: self.schedules is None or i < self.schedules, record)
+        return ran
 
     def _verdict(self, scenario: Scenario, res: ScheduleResult) -> None:
         self.ran += 1  # over every check() of the test
