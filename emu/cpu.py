@@ -274,8 +274,8 @@ class Cpu:
         data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
         self.view.write_own(off, data)
         self.state.own_dirty.append((off, off + size))
-        for other in self.others:
-            other.note_store(off, size)
+        for other in self.others:  # memory still holds what the store overwrites
+            other.note_store(off, size, self.mem.text)
         if self.footprint is not None:
             self.footprint.writes.update(text_grains(off, size))
         self.events.append(Event(self.clock.tick, self.index, "text_store",

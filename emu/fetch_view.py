@@ -7,6 +7,11 @@ decision stream says so (one unit at a time, at the configured grain) and all of
 CPU serializes. Making a unit visible copies the unit's *current* memory into the view, the way a
 refetched line brings in whatever memory holds now; so a view never goes backwards in time, may
 skip intermediate values, and at a grain finer than the store shows a torn mix of old and new.
+
+The event-driven machine decides a unit only when an instruction fetches it, so a view also
+keeps each intermediate content a pending unit had (`note_store` with the memory): a fetch may
+see any content from the view's own up to the latest, as a line fetched between two stores and
+held until the fetch would show it.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class FetchView:
         self.grain = grain
         self._pending: list[tuple[int, int]] = []
         self._pending_set: set[tuple[int, int]] = set()
+        self._versions: dict[tuple[int, int], list[bytes]] = {}  # intermediate, oldest first
 
     def _units(self, off: int, size: int) -> list[tuple[int, int]]:
         if self.grain is Grain.STORE:
@@ -49,12 +55,16 @@ class FetchView:
         limit = len(self.buf)
         return [(u, min(u + g, limit)) for u in range(first, off + size, g)]
 
-    def note_store(self, off: int, size: int) -> None:
-        """Another CPU stored to [off, off+size): those units are pending here."""
+    def note_store(self, off: int, size: int, memory: ctypes.Array | None = None) -> None:
+        """Another CPU stored to [off, off+size): those units are pending here. With `memory`
+        (as it is before the store lands), a unit already pending keeps its content then as an
+        intermediate one."""
         for unit in self._units(off, size):
             if unit not in self._pending_set:
                 self._pending_set.add(unit)
                 self._pending.append(unit)
+            elif memory is not None:
+                self._versions.setdefault(unit, []).append(bytes(memory[unit[0]:unit[1]]))
 
     def write_own(self, off: int, data: bytes) -> None:
         """This CPU's own store: visible to its own fetches at once."""
@@ -75,7 +85,31 @@ class FetchView:
         """Make pending unit `index` visible: copy it from memory. Returns its range."""
         unit = self._pending.pop(index)
         self._pending_set.discard(unit)
+        self._versions.pop(unit, None)
         self._copy(unit, memory)
+        return unit
+
+    def stale_contents(self, index: int, memory: ctypes.Array) -> list[bytes]:
+        """What a fetch may see of pending unit `index` besides memory's latest content: the
+        view's own, then each intermediate one oldest first, without repeats. Empty when the
+        stores left the unit as the view holds it (nothing stale to see)."""
+        s, e = unit = self._pending[index]
+        latest = bytes(memory[s:e])
+        out: list[bytes] = []
+        for content in (bytes(self.buf[s:e]), *self._versions.get(unit, ())):
+            if content != latest and content not in out:
+                out.append(content)
+        return out
+
+    def see(self, index: int, content: bytes) -> tuple[int, int]:
+        """A fetch sees `content` (one of `stale_contents`) of pending unit `index`: the view
+        holds it from now on and the unit stays pending; contents older than it are gone, as a
+        view never goes backwards. Returns the unit's range."""
+        s, e = unit = self._pending[index]
+        versions = self._versions.get(unit, [])
+        if content != bytes(self.buf[s:e]) and content in versions:
+            del versions[:versions.index(content) + 1]
+            ctypes.memmove(ctypes.addressof(self.buf) + s, content, e - s)
         return unit
 
     def serialize(self, memory: ctypes.Array) -> list[tuple[int, int]]:
@@ -85,6 +119,7 @@ class FetchView:
             self._copy(unit, memory)
         self._pending = []
         self._pending_set = set()
+        self._versions = {}
         return done
 
     def _copy(self, unit: tuple[int, int], memory: ctypes.Array) -> None:
@@ -99,3 +134,4 @@ class FetchView:
         ctypes.memmove(self.buf, initial, len(initial))
         self._pending = []
         self._pending_set = set()
+        self._versions = {}

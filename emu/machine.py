@@ -16,6 +16,7 @@ import ctypes
 import struct
 from dataclasses import dataclass, field
 
+import capstone
 from unicorn import UcError
 
 from . import layout, x86
@@ -39,6 +40,11 @@ from .verdict import (
     Verdict,
 )
 
+# The event-mode fetch model, for what records a path of it (tokens, saved searches): a path
+# of another model does not mean the same run. 1: every pending unit flushed at each step
+# unless a FLUSH choice kept it; 2: a pending unit decided when a fetch reads it.
+EVENT_MODEL = 2
+
 
 @dataclass(frozen=True)
 class MachineConfig:
@@ -56,8 +62,8 @@ class MachineConfig:
     # Event mode (exhaustive exploration): a CPU runs until its next visible event -- a text
     # store, a fetch of bytes with a pending store, an access to `watch` (shared protocol
     # data), an exception or interrupt, an IRET -- or a spin-wait / quiescent point, instead of
-    # for a chosen quantum; pending view units are flushed at each scheduling point unless a
-    # FLUSH choice delays one.
+    # for a chosen quantum; a pending view unit is decided when an instruction fetches it: its
+    # latest content, or (a FLUSH choice, one delayed update) a stale one.
     event_mode: bool = False
     watch: tuple[tuple[int, int], ...] = ()  # [start, end) data virtual addresses
     # Event mode: shared data whose accesses a step's footprint records without stopping
@@ -198,6 +204,7 @@ class Machine:
         self._dirty = False
         self._last: int | None = None
         self._escalation: dict[int, str] = {}
+        self._md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 
     # ------------------------------------------------------------ building
     def _load(self, image: GuestImage) -> None:
@@ -328,8 +335,6 @@ class Machine:
             fp.reads.add(irq(cpu.index))  # a pending IPI would be taken now
         if not st.nmi_blocked:
             fp.reads.add(irq(cpu.index, nmi=True))
-        for s, e in cpu.view.pending:  # the step's view updates read those bytes of memory
-            fp.reads.update(text_grains(s, e - s))
         try:
             return self._cpu_step(cpu, dec)
         finally:
@@ -347,12 +352,7 @@ class Machine:
         if verdict is not None:
             return verdict
         if self.config.event_mode:
-            n = len(cpu.view.pending)
-            if n:  # 0: flush all; i in 1..n: all but unit i-1; n+1: none (all stay stale)
-                keep = dec.choose(Kind.FLUSH, n + 2)
-                for i in reversed(range(n if keep <= n else 0)):
-                    if i != keep - 1:
-                        self._refresh(cpu, i)
+            self._observe_pending(cpu, dec)
             return self._after_run(cpu, cpu.run(self.config.max_quantum, event=True))
         if cpu.view.has_pending():
             pick = dec.choose(Kind.VIEW, len(cpu.view.pending) + 1)
@@ -360,6 +360,46 @@ class Machine:
                 self._refresh(cpu, pick - 1)
         quantum = dec.choose(Kind.QUANTUM, self.config.max_quantum) + 1
         return self._after_run(cpu, cpu.run(quantum))
+
+    def _observe_pending(self, cpu: Cpu, dec: Decisions) -> None:
+        """Event mode: the instruction this step starts with is fetched now. For each pending
+        unit it overlaps, in address order, a FLUSH choice: 0 the fetch sees memory's latest
+        content and the unit is visible; i >= 1 it sees stale content i-1 of
+        FetchView.stale_contents (the view's own, then intermediate ones): one delayed view
+        update. The instruction is decoded again after each, since the bytes seen decide its
+        length. Units no fetch touches stay pending at no cost, so the explorer's delay bound
+        counts stale observations, not the steps between them."""
+        view = cpu.view
+        if not view.has_pending():
+            return
+        off = cpu.reg("rip") - layout.TEXT_BASE
+        if not 0 <= off < len(view.buf):
+            return
+        seen: set[tuple[int, int]] = set()
+        while True:
+            end = off + self._insn_length(view.buf, off)
+            index = next((i for i, u in enumerate(view.pending)
+                          if u[0] < end and off < u[1] and u not in seen), None)
+            if index is None:
+                return
+            unit = view.pending[index]
+            seen.add(unit)
+            if cpu.footprint is not None:
+                cpu.footprint.reads.update(text_grains(unit[0], unit[1] - unit[0]))
+            stale = view.stale_contents(index, self.mem.text)
+            pick = dec.choose(Kind.FLUSH, 1 + len(stale))
+            if pick == 0:
+                self._refresh(cpu, index)
+            elif stale[pick - 1] != view.read(unit[0], unit[1] - unit[0]):
+                s, e = view.see(index, stale[pick - 1])
+                cpu.invalidate(s, e)
+                self._event(cpu, "view_update", start=f"{layout.TEXT_BASE + s:#x}",
+                            size=e - s, stale=True)
+
+    def _insn_length(self, buf: ctypes.Array, off: int) -> int:
+        code = bytes(buf[off:off + 15])
+        insn = next(self._md.disasm(code, layout.TEXT_BASE + off, 1), None)
+        return insn.size if insn is not None else len(code)
 
     def _refresh(self, cpu: Cpu, index: int) -> None:
         s, e = cpu.view.refresh(index, self.mem.text)

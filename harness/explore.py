@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from emu.decisions import RandomSource, ReplaySource
+from emu.machine import EVENT_MODEL
 
 from .pt.encoder import TraceConfig
 from .results_db import ResultsDb
@@ -234,10 +235,14 @@ def exhaustive_search(plan: Plan, runner: Runner, more: Callable[[int], bool],
     if saved:
         try:
             state = json.loads(saved)
-            ran_on, search = state["guest"], Search.from_state(state["search"])
+            ran_on, model = state["guest"], state.get("model", 1)
+            search = Search.from_state(state["search"])
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"--resume: the saved frontier in --db is damaged ({e}); start "
                              "afresh without --resume") from None
+        if model != EVENT_MODEL:
+            raise ValueError(f"--resume: the saved exploration ran fetch model {model}; this "
+                             f"textpoke runs model {EVENT_MODEL}: start afresh without --resume")
         if ran_on != guest:
             raise ValueError(f"--resume: the saved exploration ran other guest code ({ran_on}); "
                              f"this build is {guest}: start afresh without --resume")
@@ -245,7 +250,8 @@ def exhaustive_search(plan: Plan, runner: Runner, more: Callable[[int], bool],
     def frontier() -> str | None:
         if not persist:
             return None
-        return json.dumps({"guest": guest, "search": search.state()}, separators=(",", ":"))
+        return json.dumps({"guest": guest, "model": EVENT_MODEL, "search": search.state()},
+                          separators=(",", ":"))
 
     i = first
     if jobs <= 1:

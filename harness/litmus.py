@@ -149,6 +149,16 @@ writer_flag:                     # new code as data, then the flag (SDM XMC, mod
     call poke_byte
     mov qword ptr [V + 8], 1
     jmp writer_done
+writer_int3_flag:                 # the INT3 guard's stores with no sync between, then the flag
+    mov edi, 0
+    mov esi, 0xcc
+    call poke_byte
+    call poke_tail
+    mov edi, 0
+    mov esi, 0xe9
+    call poke_byte
+    mov qword ptr [V + 8], 1
+    jmp writer_done
 writer_guarded:                  # INT3, sync, tail, sync, first byte, sync
     mov edi, 0
     mov esi, 0xcc
@@ -197,6 +207,10 @@ CATALOGUE = (
            frozenset({"old", "new", "torn"})),
     Litmus("XMC+cpuid", "the SDM cross-modifying-code algorithm: the executor serializes "
            "after the flag", ("writer_flag", "executor_flag_serialize"), frozenset({"new"})),
+    Litmus("XMC+INT3", "INT3, tail and first byte stored with no sync between, then the "
+           "flag; the executor runs the site without serializing: besides old, new and a mix it "
+           "may see the INT3 a later store overwrote (a line fetched in between)",
+           ("writer_int3_flag", "executor_flag"), frozenset({"old", "new", "torn", "int3"})),
     Litmus("TAIL+INT3", "the tail written under an INT3 guard (INT3, sync, tail, sync, first "
            "byte, sync): never torn", ("writer_guarded", "executor"),
            frozenset({"old", "new", "int3"})),

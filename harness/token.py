@@ -18,6 +18,7 @@ import zlib
 from dataclasses import dataclass
 
 from emu.decisions import Choice, decode_path, encode_path
+from emu.machine import EVENT_MODEL
 
 VERSION = "tp1"
 
@@ -43,7 +44,7 @@ class Token:
         doc = {"s": self.scenario, "v": self.variant, "c": self.cpus, "g": self.guest,
                "seed": self.seed, "t": [self.tsc_period, self.psb_period,
                                         int(self.ret_compression)],
-               "e": int(self.event_mode), "p": encode_path(self.path)}
+               "e": EVENT_MODEL if self.event_mode else 0, "p": encode_path(self.path)}
         raw = zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 9)
         body = base64.urlsafe_b64encode(raw).decode().rstrip("=")
         return f"{VERSION}.{body}.{zlib.crc32(raw):08x}"
@@ -66,11 +67,16 @@ class Token:
         try:
             doc = json.loads(zlib.decompress(raw))
             tsc, psb, ret = doc["t"]
-            return cls(doc["s"], doc["v"], int(doc["c"]), tuple(decode_path(doc["p"])),
-                       doc["g"], doc["seed"], int(tsc), int(psb), bool(ret),
-                       bool(doc.get("e", 0)))
+            model = int(doc.get("e", 0))
+            tok = cls(doc["s"], doc["v"], int(doc["c"]), tuple(decode_path(doc["p"])),
+                      doc["g"], doc["seed"], int(tsc), int(psb), bool(ret), bool(model))
         except (zlib.error, ValueError, KeyError, TypeError) as e:
             raise TokenError(f"token damaged: {e}") from None
+        if model not in (0, EVENT_MODEL):
+            raise TokenError(f"token recorded by the exhaustive explorer's fetch model {model}; "
+                             f"this textpoke runs model {EVENT_MODEL} (a fetch-view update is "
+                             "decided at each fetch): explore again to get a token")
+        return tok
 
 
 def guest_hash(code: bytes) -> str:
