@@ -4,7 +4,7 @@
 - per zoo card, schedules and seconds to the first failure of its buggy variant, random vs PCT;
 - the exhaustive explorer's event-mode machine run on static_key (2 observers, default path,
   no verification) with step footprints measured (what --dpor needs) against without;
-- an exhaustive search (z4_bytewise fixed, P=1 V=1, 432 schedules) with --jobs 2 against one
+- an exhaustive search (z4_bytewise fixed, P=1 V=1, 219 schedules) with --jobs 2 against one
   process: the search on the bare machine, two workers verifying.
 
 Usage: python bench/explore.py [--json] [--schedules N]

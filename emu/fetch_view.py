@@ -101,16 +101,17 @@ class FetchView:
                 out.append(content)
         return out
 
-    def see(self, index: int, content: bytes) -> tuple[int, int]:
+    def see(self, index: int, content: bytes) -> bool:
         """A fetch sees `content` (one of `stale_contents`) of pending unit `index`: the view
         holds it from now on and the unit stays pending; contents older than it are gone, as a
-        view never goes backwards. Returns the unit's range."""
+        view never goes backwards. True when that changed the view."""
         s, e = unit = self._pending[index]
         versions = self._versions.get(unit, [])
-        if content != bytes(self.buf[s:e]) and content in versions:
-            del versions[:versions.index(content) + 1]
-            ctypes.memmove(ctypes.addressof(self.buf) + s, content, e - s)
-        return unit
+        if content == bytes(self.buf[s:e]) or content not in versions:
+            return False
+        del versions[:versions.index(content) + 1]
+        ctypes.memmove(ctypes.addressof(self.buf) + s, content, e - s)
+        return True
 
     def serialize(self, memory: ctypes.Array) -> list[tuple[int, int]]:
         """A serializing event: every pending unit becomes visible. Returns the ranges."""

@@ -362,36 +362,41 @@ class Machine:
         return self._after_run(cpu, cpu.run(quantum))
 
     def _observe_pending(self, cpu: Cpu, dec: Decisions) -> None:
-        """Event mode: the instruction this step starts with is fetched now. For each pending
-        unit it overlaps, in address order, a FLUSH choice: 0 the fetch sees memory's latest
-        content and the unit is visible; i >= 1 it sees stale content i-1 of
-        FetchView.stale_contents (the view's own, then intermediate ones): one delayed view
-        update. The instruction is decoded again after each, since the bytes seen decide its
-        length. Units no fetch touches stay pending at no cost, so the explorer's delay bound
-        counts stale observations, not the steps between them."""
+        """Event mode: the instruction this step starts with is fetched now. Its pending units
+        are decided first bytes first (they decide the length, so it is decoded again after
+        each), each by a FLUSH choice: 0 the fetch sees memory's latest content and the unit
+        is visible; i in 1..k stale content i-1 of FetchView.stale_contents (the view's own,
+        then intermediate ones); k+1, offered when two or more of the instruction's pending
+        units have something stale to show, this unit and the rest of the instruction as the
+        view holds them (a line fetched earlier and held). Any choice but 0 is one delayed
+        view update. Units no fetch reads stay pending at no cost, so the explorer's delay
+        bound counts stale observations, not the steps between them."""
         view = cpu.view
         if not view.has_pending():
             return
         off = cpu.reg("rip") - layout.TEXT_BASE
         if not 0 <= off < len(view.buf):
             return
+        mem = self.mem.text
         seen: set[tuple[int, int]] = set()
         while True:
             end = off + self._insn_length(view.buf, off)
-            index = next((i for i, u in enumerate(view.pending)
-                          if u[0] < end and off < u[1] and u not in seen), None)
-            if index is None:
+            todo = sorted((u, i) for i, u in enumerate(view.pending)
+                          if u[0] < end and off < u[1] and u not in seen)
+            if not todo:
                 return
-            unit = view.pending[index]
-            seen.add(unit)
+            (s, e), index = todo[0]
+            stale = view.stale_contents(index, mem)
+            rest = sum(bool(view.stale_contents(i, mem)) for _u, i in todo) >= 2
+            pick = dec.choose(Kind.FLUSH, 1 + len(stale) + rest)
+            decided = todo if pick > len(stale) else todo[:1]
+            seen.update(u for u, _i in decided)
             if cpu.footprint is not None:
-                cpu.footprint.reads.update(text_grains(unit[0], unit[1] - unit[0]))
-            stale = view.stale_contents(index, self.mem.text)
-            pick = dec.choose(Kind.FLUSH, 1 + len(stale))
+                for u, _i in decided:
+                    cpu.footprint.reads.update(text_grains(u[0], u[1] - u[0]))
             if pick == 0:
                 self._refresh(cpu, index)
-            elif stale[pick - 1] != view.read(unit[0], unit[1] - unit[0]):
-                s, e = view.see(index, stale[pick - 1])
+            elif pick <= len(stale) and view.see(index, stale[pick - 1]):  # intermediate
                 cpu.invalidate(s, e)
                 self._event(cpu, "view_update", start=f"{layout.TEXT_BASE + s:#x}",
                             size=e - s, stale=True)

@@ -5,9 +5,9 @@ partial-order reduction over the CPU choices.
 The machine runs in event mode: a CPU runs until its next visible event (text store, fetch of
 bytes with a pending store, shared protocol data access, exception/interrupt, IRET) or until it
 spins or passes a quiescent point. Every choice has a default: keep running the current CPU
-(or, after a yield, the next one round-robin), deliver interrupts at once, flush every pending
-fetch-view unit. A path may differ from the defaults in at most P CPU/interrupt choices
-(preemptions) and at most V FLUSH choices (delayed view updates).
+(or, after a yield, the next one round-robin), deliver interrupts at once, let a fetch see the
+latest text. A path may differ from the defaults in at most P CPU/interrupt choices
+(preemptions) and at most V FLUSH choices (fetches that see a stale unit: delayed view updates).
 
 Each run records its choices as `Node`s and, per step, the footprint the machine measured
 (emu/footprint.py). The next path changes the deepest choice that still has an untried value

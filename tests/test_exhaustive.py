@@ -243,3 +243,13 @@ def test_cli_exhaustive_reports_exhaustion_and_count():
                            "--variant", "fixed", "--strategy", "exhaustive", "--preemptions",
                            "0", "--delays", "0"], capture_output=True, text=True, timeout=600)
     assert "space exhausted after 1 schedules" in text.stdout
+
+
+def test_one_delayed_update_shows_the_old_instruction_or_one_stale_byte():
+    """The delay bound counts stale observations: with V=1 the executor, however long it
+    waited for the flag, may still fetch the whole old instruction (a line held since) or a
+    mix with one stale byte. Charged per step kept stale, V=1 saw only the new code."""
+    xmc = next(t for t in litmus.CATALOGUE if t.name == "XMC")
+    r = litmus.run(xmc, preemptions=1, delays=1)
+    assert r.exhausted and r.observed == {"old", "new", "torn"}
+    assert litmus.run(xmc, preemptions=1, delays=0).observed == {"new"}

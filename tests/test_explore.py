@@ -1,10 +1,12 @@
 """Issue 5: tokens, shrinking, strategies, persistence and resumption, --jobs invariance."""
 
+import base64
 import json
 import signal
 import sqlite3
 import subprocess
 import sys
+import zlib
 
 import pytest
 
@@ -42,6 +44,20 @@ def test_bad_tokens_are_refused(mangle, msg):
     text = Token("static_key", "correct", 4, (), "x").encode()
     with pytest.raises(TokenError, match=msg):
         Token.decode(mangle(text))
+
+
+def test_token_of_another_fetch_model_is_refused():
+    """An exhaustive token records its path under the event-mode fetch model; a path of the
+    old model (a view flushed at every step) does not mean the same run."""
+    tok = Token("static_key", "correct", 3, (), "x", event_mode=True)
+    assert Token.decode(tok.encode()) == tok
+    doc = json.loads(zlib.decompress(base64.urlsafe_b64decode(tok.encode().split(".")[1] +
+                                                              "==")))
+    doc["e"] = 1
+    raw = zlib.compress(json.dumps(doc).encode())
+    old = f"tp1.{base64.urlsafe_b64encode(raw).decode().rstrip('=')}.{zlib.crc32(raw):08x}"
+    with pytest.raises(TokenError, match="fetch model 1; this textpoke runs model 2"):
+        Token.decode(old)
 
 
 def test_token_against_other_guest_code_is_refused():
@@ -167,9 +183,10 @@ def test_a_damaged_or_foreign_frontier_is_refused_and_keeps_the_results(tmp_path
     con = sqlite3.connect(db)
     (state,) = con.execute("SELECT state FROM frontiers").fetchone()
     doc = json.loads(state)
+    old_model = json.dumps(doc | {"model": 1})
     doc["search"]["path"][0][1] += 1  # a choice this machine never offers there
-    for bad, why in [('{"guest": 1}', "damaged"), (json.dumps(doc), "choice 0: the search "
-                                                                   "expected a cpu choice of")]:
+    for bad, why in [('{"guest": 1}', "damaged"), (old_model, "ran fetch model 1"),
+                     (json.dumps(doc), "choice 0: the search expected a cpu choice of")]:
         with con:
             con.execute("UPDATE frontiers SET state = ?", (bad,))
         out = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)

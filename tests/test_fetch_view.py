@@ -45,3 +45,23 @@ def test_serialize_makes_everything_visible():
 def test_unknown_grain():
     with pytest.raises(ValueError, match="unknown fetch grain"):
         Grain.parse("word")
+
+
+def test_a_fetch_may_see_any_content_since_the_views_own_but_never_go_back():
+    view, mem = make(Grain.BYTE)
+    view.buf[10] = mem[10] = b"\x0f"
+    for byte in (b"\xcc", b"\x0f", b"\xe9"):  # three stores before this CPU fetched
+        view.note_store(10, 1, mem)  # (memory as it is before the store lands)
+        mem[10] = byte
+    assert view.pending == [(10, 11)]
+    assert view.stale_contents(0, mem) == [b"\x0f", b"\xcc"]  # own, then intermediate; no repeat
+    assert view.see(0, b"\xcc")  # a line fetched between the stores
+    assert view.read(10, 1) == b"\xcc" and view.has_pending()
+    # the 0x0f from before the INT3 is gone; the one stored after it can still be seen
+    assert view.stale_contents(0, mem) == [b"\xcc", b"\x0f"]
+    assert view.see(0, b"\x0f") and not view.see(0, b"\x0f")  # the second: no change
+    assert view.stale_contents(0, mem) == [b"\x0f"]  # the INT3 is in the past now
+    view.refresh(0, mem)
+    assert view.read(10, 1) == b"\xe9" and not view.has_pending()
+    view.note_store(10, 1, mem)  # a store of the same byte: pending, but nothing stale to see
+    assert view.stale_contents(0, mem) == []
