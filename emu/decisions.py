@@ -24,7 +24,7 @@ class Kind(enum.Enum):
     IPI = "ipi"  # 1: deliver the highest pending IPI now
     NMI = "nmi"  # 1: deliver the pending NMI now
     NMI_RAISE = "nmi_raise"  # 1: a spontaneous NMI becomes pending on this CPU now
-    FLUSH = "flush"  # event mode, a fetch of a pending unit: 0 latest; i: stale content i-1
+    FLUSH = "flush"  # event mode, a fetch of a pending unit: 0 latest; i: stale; last: the rest
 
 
 @dataclass(frozen=True)
