@@ -42,7 +42,7 @@ from unicorn.unicorn_const import (
 
 from . import hypercall, layout, x86
 from .fetch_view import FetchView
-from .footprint import TEXT, TEXT_SHIFT, Footprint, data_words, text_grains
+from .footprint import Footprint, data_words, text_grains
 from .layout import Access, Layout
 from .memory import SharedMemory
 from .truth import Event
@@ -142,6 +142,9 @@ class Cpu:
         self._read_stop_in = 0
         # event mode, when asked for: what the current step touches (emu/footprint.py)
         self.footprint: Footprint | None = None
+        # event mode: the text range [start, end) whose pending units the machine decided for
+        # the instruction a step starts with (Machine._observe_pending); None if none pending
+        self.fetch_decided: tuple[int, int] | None = None
 
         u = self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         u.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
@@ -195,9 +198,7 @@ class Cpu:
             off = address - layout.TEXT_BASE
             if self._event:
                 if self.footprint is not None:
-                    fetched = self.footprint.reads
-                    fetched.add(TEXT | off >> TEXT_SHIFT)
-                    fetched.add(TEXT | (off + size - 1) >> TEXT_SHIFT)
+                    self.footprint.reads.update(text_grains(off, size))
                 if self._read_stop_in:
                     self._read_stop_in -= 1
                     if not self._read_stop_in:
@@ -205,6 +206,13 @@ class Cpu:
                         return
                 if address == self._skip_fetch:
                     self._skip_fetch = None  # the instruction we stopped before: run it now
+                    # Machine._observe_pending decided its pending units up to the end capstone
+                    # decoded; a longer instruction here would fetch an undecided one
+                    start = self.fetch_decided[1] if self.fetch_decided else off
+                    if off + size > start and self.view.is_pending(start, off + size - start):
+                        raise RuntimeError(
+                            f"fetch model: the instruction at {address:#x} is {size} bytes to "
+                            "Unicorn, longer than capstone decoded it for the fetch decision")
                 elif self.view.has_pending() and self.view.is_pending(off, size):
                     self.uc.emu_stop()  # a fetch of bytes with a pending store: visible
                     return
@@ -274,8 +282,9 @@ class Cpu:
         data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
         self.view.write_own(off, data)
         self.state.own_dirty.append((off, off + size))
+        memory = self.mem.text if self._event_mode else None  # (only event mode uses it)
         for other in self.others:  # memory still holds what the store overwrites
-            other.note_store(off, size, self.mem.text)
+            other.note_store(off, size, memory)
         if self.footprint is not None:
             self.footprint.writes.update(text_grains(off, size))
         self.events.append(Event(self.clock.tick, self.index, "text_store",

@@ -67,8 +67,16 @@ class FetchView:
                 self._versions.setdefault(unit, []).append(bytes(memory[unit[0]:unit[1]]))
 
     def write_own(self, off: int, data: bytes) -> None:
-        """This CPU's own store: visible to its own fetches at once."""
+        """This CPU's own store: visible to its own fetches at once, also in every stale
+        content a fetch of a pending unit could still see (x86 snoops its own stores)."""
         ctypes.memmove(ctypes.addressof(self.buf) + off, data, len(data))
+        for (s, e), versions in self._versions.items():
+            lo, hi = max(s, off), min(e, off + len(data))
+            if lo < hi:
+                for k, content in enumerate(versions):
+                    patched = bytearray(content)
+                    patched[lo - s:hi - s] = data[lo - off:hi - off]
+                    versions[k] = bytes(patched)
 
     @property
     def pending(self) -> list[tuple[int, int]]:
@@ -104,7 +112,9 @@ class FetchView:
     def see(self, index: int, content: bytes) -> bool:
         """A fetch sees `content` (one of `stale_contents`) of pending unit `index`: the view
         holds it from now on and the unit stays pending; contents older than it are gone, as a
-        view never goes backwards. True when that changed the view."""
+        view never goes backwards. True when that changed the view. (At the store grain,
+        pending units can overlap, and a content seen for one can cover bytes a refresh of
+        another made newer: the one case where a view can step back.)"""
         s, e = unit = self._pending[index]
         versions = self._versions.get(unit, [])
         if content == bytes(self.buf[s:e]) or content not in versions:

@@ -7,8 +7,9 @@ reorders dependent steps. The locations, each an int:
 
 - a word of tracked shared data (MachineConfig.track and .watch): read or written by the guest,
   a locked read-modify-write being both;
-- an 8-byte grain of text: *read* by every instruction fetched from it and by a step that starts
-  with stores to it pending in its fetch view; *written* by a store to it, and by a
+- an 8-byte grain of text: *read* by every instruction fetched from it, by the decision of what
+  a fetch sees of a pending unit on it, and by a serialization that makes one visible;
+  *written* by a store to it, and by a
   text-poke record for it, because the record changes the image a trace decoder uses for those
   bytes from its tick on;
 - a CPU's pending IPIs, and its pending NMI: read by a step of that CPU that could take one

@@ -3,8 +3,10 @@
 A run is a loop of scheduling steps. Each step draws, from the decision stream and in this
 order: which runnable CPU runs; whether a spontaneous NMI becomes pending on it (only when the
 configuration allows some); whether a pending NMI / IPI is delivered now; whether one pending
-unit of its fetch view becomes visible; how many instructions it runs. Everything else is
-deterministic, so the recorded choices (`RunResult.path`) reproduce the run exactly.
+unit of its fetch view becomes visible; how many instructions it runs. In event mode (for the
+exhaustive explorer) a CPU instead runs to its next visible event, and a pending unit is decided
+when a fetch reads it (`MachineConfig.event_mode`). Everything else is deterministic, so the
+recorded choices (`RunResult.path`) reproduce the run exactly.
 
 Between runs of a CPU (never inside one) the machine changes its view, delivers exceptions and
 interrupts through the guest IDT with the hardware frame, and serves hypercalls.
@@ -372,6 +374,7 @@ class Machine:
         view update. Units no fetch reads stay pending at no cost, so the explorer's delay
         bound counts stale observations, not the steps between them."""
         view = cpu.view
+        cpu.fetch_decided = None
         if not view.has_pending():
             return
         off = cpu.reg("rip") - layout.TEXT_BASE
@@ -386,14 +389,14 @@ class Machine:
             if not todo:
                 return
             (s, e), index = todo[0]
+            if cpu.footprint is not None:  # what the choice's arity and outcome depend on
+                for u, _i in todo:
+                    cpu.footprint.reads.update(text_grains(u[0], u[1] - u[0]))
             stale = view.stale_contents(index, mem)
             rest = sum(bool(view.stale_contents(i, mem)) for _u, i in todo) >= 2
             pick = dec.choose(Kind.FLUSH, 1 + len(stale) + rest)
-            decided = todo if pick > len(stale) else todo[:1]
-            seen.update(u for u, _i in decided)
-            if cpu.footprint is not None:
-                for u, _i in decided:
-                    cpu.footprint.reads.update(text_grains(u[0], u[1] - u[0]))
+            seen.update(u for u, _i in (todo if pick > len(stale) else todo[:1]))
+            cpu.fetch_decided = (off, end)
             if pick == 0:
                 self._refresh(cpu, index)
             elif pick <= len(stale) and view.see(index, stale[pick - 1]):  # intermediate
@@ -453,6 +456,9 @@ class Machine:
 
     def _serialize(self, cpu: Cpu, cause: str) -> None:
         done = cpu.view.serialize(self.mem.text)
+        if cpu.footprint is not None:  # the view now holds what memory held then
+            for s, e in done:
+                cpu.footprint.reads.update(text_grains(s, e - s))
         for s, e in _merge(done):
             cpu.invalidate(s, e)
         self._event(cpu, "serialize", cause=cause, units=len(done))

@@ -65,3 +65,14 @@ def test_a_fetch_may_see_any_content_since_the_views_own_but_never_go_back():
     assert view.read(10, 1) == b"\xe9" and not view.has_pending()
     view.note_store(10, 1, mem)  # a store of the same byte: pending, but nothing stale to see
     assert view.stale_contents(0, mem) == []
+
+
+def test_a_cpus_own_store_is_in_every_stale_content_it_may_still_fetch():
+    view, mem = make(Grain.BYTE)
+    view.note_store(10, 1, mem)  # another CPU: 0xaa, then 0xbb
+    mem[10] = b"\xaa"
+    view.note_store(10, 1, mem)
+    mem[10] = b"\xbb"
+    view.write_own(10, b"\xcc")  # then this CPU stores 0xcc (memory too)
+    mem[10] = b"\xcc"
+    assert view.stale_contents(0, mem) == []  # nothing older than its own store to see
