@@ -149,16 +149,11 @@ writer_flag:                     # new code as data, then the flag (SDM XMC, mod
     call poke_byte
     mov qword ptr [V + 8], 1
     jmp writer_done
-writer_int3_flag:                 # the INT3 guard's stores with no sync between, then the flag
+writer_int3_flag:                # the INT3 guard's stores with no sync between, then the flag
     mov edi, 0
     mov esi, 0xcc
     call poke_byte
-    call poke_tail
-    mov edi, 0
-    mov esi, 0xe9
-    call poke_byte
-    mov qword ptr [V + 8], 1
-    jmp writer_done
+    jmp writer_flag
 writer_guarded:                  # INT3, sync, tail, sync, first byte, sync
     mov edi, 0
     mov esi, 0xcc
