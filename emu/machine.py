@@ -387,6 +387,7 @@ class Machine:
             todo = sorted((u, i) for i, u in enumerate(view.pending)
                           if u[0] < end and off < u[1] and u not in seen)
             if not todo:
+                cpu.fetch_decided = (off, end)  # the length Unicorn must agree with
                 return
             (s, e), index = todo[0]
             if cpu.footprint is not None:  # what the choice's arity and outcome depend on
@@ -396,7 +397,6 @@ class Machine:
             rest = sum(bool(view.stale_contents(i, mem)) for _u, i in todo) >= 2
             pick = dec.choose(Kind.FLUSH, 1 + len(stale) + rest)
             seen.update(u for u, _i in (todo if pick > len(stale) else todo[:1]))
-            cpu.fetch_decided = (off, end)
             if pick == 0:
                 self._refresh(cpu, index)
             elif pick <= len(stale) and view.see(index, stale[pick - 1]):  # intermediate
