@@ -116,9 +116,9 @@ class FetchView:
         pending units can overlap, and a content seen for one can cover bytes a refresh of
         another made newer: the one case where a view can step back.)"""
         s, e = unit = self._pending[index]
-        versions = self._versions.get(unit, [])
-        if content == bytes(self.buf[s:e]) or content not in versions:
+        if content == bytes(self.buf[s:e]):
             return False
+        versions = self._versions[unit]  # any other stale content is an intermediate one
         del versions[:versions.index(content) + 1]
         ctypes.memmove(ctypes.addressof(self.buf) + s, content, e - s)
         return True

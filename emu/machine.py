@@ -393,8 +393,8 @@ class Machine:
             if cpu.footprint is not None:  # what the choice's arity and outcome depend on
                 for u, _i in todo:
                     cpu.footprint.reads.update(text_grains(u[0], u[1] - u[0]))
-            stale = view.stale_contents(index, mem)
-            rest = sum(bool(view.stale_contents(i, mem)) for _u, i in todo) >= 2
+            stales = [view.stale_contents(i, mem) for _u, i in todo]
+            stale, rest = stales[0], sum(map(bool, stales)) >= 2
             pick = dec.choose(Kind.FLUSH, 1 + len(stale) + rest)
             seen.update(u for u, _i in (todo if pick > len(stale) else todo[:1]))
             if pick == 0:
