@@ -42,7 +42,7 @@ from unicorn.unicorn_const import (
 
 from . import hypercall, layout, x86
 from .fetch_view import FetchView
-from .footprint import Footprint, data_words, text_grains
+from .footprint import TEXT, TEXT_SHIFT, Footprint, data_words, text_grains
 from .layout import Access, Layout
 from .memory import SharedMemory
 from .truth import Event
@@ -197,8 +197,12 @@ class Cpu:
                 return  # Unicorn will report UC_ERR_INSN_INVALID for it: a #UD, not retired
             off = address - layout.TEXT_BASE
             if self._event:
-                if self.footprint is not None:
-                    self.footprint.reads.update(text_grains(off, size))
+                if self.footprint is not None:  # every grain it spans; mostly one or two
+                    first, last = off >> TEXT_SHIFT, (off + size - 1) >> TEXT_SHIFT
+                    fetched = self.footprint.reads
+                    fetched.add(TEXT | first)
+                    if last != first:
+                        fetched.update(range(TEXT | first + 1, (TEXT | last) + 1))
                 if self._read_stop_in:
                     self._read_stop_in -= 1
                     if not self._read_stop_in:

@@ -380,6 +380,9 @@ class Machine:
         off = cpu.reg("rip") - layout.TEXT_BASE
         if not 0 <= off < len(view.buf):
             return
+        if not view.is_pending(off, x86.MAX_INSN_LENGTH):  # most steps: nothing to decode
+            cpu.fetch_decided = (off, off + x86.MAX_INSN_LENGTH)
+            return
         mem = self.mem.text
         seen: set[tuple[int, int]] = set()
         while True:
@@ -405,7 +408,7 @@ class Machine:
                             size=e - s, stale=True)
 
     def _insn_length(self, buf: ctypes.Array, off: int) -> int:
-        code = bytes(buf[off:off + 15])
+        code = bytes(buf[off:off + x86.MAX_INSN_LENGTH])
         insn = next(self._md.disasm(code, layout.TEXT_BASE + off, 1), None)
         return insn.size if insn is not None else len(code)
 

@@ -15,6 +15,8 @@ VECTOR_NAMES = {DE: "#DE", DB: "#DB", NMI: "NMI", BP: "#BP", OF: "#OF", BR: "#BR
 # Exceptions for which the processor pushes an error code (SDM vol. 3A, table 6-1).
 ERROR_CODE_VECTORS = frozenset({DF, TS, NP, SS, GP, PF, AC, CP})
 
+MAX_INSN_LENGTH = 15  # SDM vol. 2, 2.3.11: a longer instruction is #GP
+
 # Linux's CALL_FUNCTION_VECTOR: on_each_cpu() IPIs arrive here (arch/x86/include/asm/irq_vectors.h).
 CALL_FUNCTION_VECTOR = 0xFC
 
