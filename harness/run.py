@@ -48,9 +48,13 @@ class Runner:
         self.decode = decode
 
     def run(self, source: DecisionSource) -> Outcome:
-        """One schedule: the machine's verdict, then the ground-truth oracles, then the trace:
-        encoded per CPU and decoded forward and backward. The first failure is the verdict."""
-        result = self.machine.run(source)
+        """One schedule, run and verified."""
+        return self.check(self.machine.run(source))
+
+    def check(self, result: RunResult) -> Outcome:
+        """A run of this runner's machine, verified: the machine's verdict, then the
+        ground-truth oracles, then the trace: encoded per CPU and decoded forward and
+        backward. The first failure is the verdict."""
         out = Outcome(result.verdict, result, self.built)
         torn = torn_execution(result.truth, self.built.sites)
         if torn is not None:  # the root cause of whatever followed

@@ -90,20 +90,20 @@ def test_jobs_do_not_change_verdicts():
     plan = Plan("z5_record_placement", "buggy_late", shrink=False)
     one = explore(plan, schedules=6, jobs=1)
     two = explore(plan, schedules=6, jobs=2)
-    assert [(r.idx, r.verdict, r.token) for r in one.results] == \
-        [(r.idx, r.verdict, r.token) for r in two.results]
+    assert [(r.idx, r.verdict, r.detail, r.token) for r in one.results] == \
+        [(r.idx, r.verdict, r.detail, r.token) for r in two.results]
     assert {r.verdict for r in one.results} >= {"pass"} and one.failures
 
 
 @pytest.mark.parametrize("dpor", [False, True])
 def test_jobs_do_not_change_an_exhaustive_search(dpor):
-    """With workers the search runs on the bare machine and they replay each path verified."""
+    """With workers the search runs each path and they verify its run."""
     plan = Plan("z4_bytewise", "buggy", strategy="exhaustive", preemptions=1, delays=0,
                 dpor=dpor, shrink=False)
     one, two = explore(plan, jobs=1), explore(plan, jobs=2)
     assert one.exhausted and two.exhausted and one.failures
-    assert [(r.idx, r.verdict, r.token) for r in one.results] == \
-        [(r.idx, r.verdict, r.token) for r in two.results]
+    assert [(r.idx, r.verdict, r.detail, r.token) for r in one.results] == \
+        [(r.idx, r.verdict, r.detail, r.token) for r in two.results]
     # stopping at the first failure: the workers' extra paths are dropped, not recorded
     one, two = (explore(plan, jobs=j, stop_at_first=True) for j in (1, 2))
     assert not one.exhausted and not two.exhausted and one.results[-1].failed
