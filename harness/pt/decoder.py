@@ -196,6 +196,8 @@ class _Walker:
         self.ip: int | None = None
         self.lo, self.hi = 0, INFINITY
         self.stack: list[int] = []
+        self._insns: dict[int, tuple[bytes, object]] = {}  # ip -> fetch, at _insns_version
+        self._insns_version = -1
 
     def clone(self) -> _Walker:
         w = _Walker(self.its, self.image.copy(), self.max_steps, list(self.steps), True)
@@ -304,9 +306,20 @@ class _Walker:
         stays possible is the result ambiguous."""
         image = self.image
         image.advance(self.lo)
+        settled = image.settled(self.hi)
+        if settled:  # the common case: the same bytes decode the same way until a write
+            if image.version != self._insns_version:
+                self._insns.clear()
+                self._insns_version = image.version
+            hit = self._insns.get(ip)
+            if hit is not None:
+                return hit
         code = image.read(ip)
         if not code:
             raise DecodeError(offset, "the flow left the image", ip)
+        if settled:
+            self._insns[ip] = hit = (code, classify(code))
+            return hit
         doubt = image.uncertain(self.lo, self.hi, ip)
         if not doubt:
             return code, classify(code)

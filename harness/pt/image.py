@@ -21,6 +21,7 @@ class Image:
         self.base = base
         self.mem = bytearray(text)
         self.records = sorted(records, key=lambda r: r.time)
+        self.version = 0  # changes with every write, so readers may cache what they decoded
         if backward:  # the end snapshot minus every record, newest first
             for r in reversed(self.records):
                 self._write(r.addr, r.old)
@@ -29,7 +30,7 @@ class Image:
     def copy(self) -> Image:
         other = Image.__new__(Image)
         other.base, other.mem, other.records = self.base, bytearray(self.mem), self.records
-        other.applied = self.applied
+        other.applied, other.version = self.applied, self.version
         return other
 
     def _write(self, addr: int, data: bytes) -> None:
@@ -37,6 +38,7 @@ class Image:
         if off < 0 or off + len(data) > len(self.mem):
             raise ValueError(f"text-poke record at {addr:#x} is outside the image")
         self.mem[off:off + len(data)] = data
+        self.version += 1
 
     def advance(self, time: int) -> None:
         """Apply every record emitted before `time`."""
@@ -50,6 +52,11 @@ class Image:
         if not 0 <= off < len(self.mem):
             return b""
         return bytes(self.mem[off:off + n])
+
+    def settled(self, hi: int) -> bool:
+        """No record left to apply is within the window ending at `hi` (after `advance`):
+        every byte is certain."""
+        return self.applied == len(self.records) or self.records[self.applied].time > hi
 
     def uncertain(self, lo: int, hi: int, ip: int, n: int = 15) -> list[PokeRecord]:
         """Records not yet applied whose time is within [lo, hi] and which touch [ip, ip+n)."""
