@@ -235,18 +235,18 @@ class Cpu:
             st.last_ip = address
             st.last_code = code
             st.shadow = False
-            if code[0] in _INTERESTING:
-                if x86.is_serializing(code):
-                    if x86.is_iret(code):
+            if code[0] in _INTERESTING and (eff := x86.effect(code)):
+                if eff <= x86.Effect.IRET:
+                    if eff is x86.Effect.IRET:
                         st.nmi_blocked = False  # IRET ends NMI blocking (SDM 6.7.1)
                     st.need_serialize = True
                     self._want_stop = True
-                elif x86.blocks_interrupts_after(code):
+                elif eff is x86.Effect.SHADOW:
                     st.shadow = True
-                elif code == b"\xf4":
+                elif eff is x86.Effect.HALT:
                     st.halted = True
                     self._want_stop = True
-                elif code == b"\xf3\x90":
+                else:  # PAUSE
                     st.yielded = True
                     if self._event:
                         self._want_stop = True  # a spin-wait: let the others run

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import enum
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 
 DE, DB, NMI, BP, OF, BR, UD, NM, DF = 0, 1, 2, 3, 4, 5, 6, 7, 8
 TS, NP, SS, GP, PF, MF, AC, MC, XM = 10, 11, 12, 13, 14, 16, 17, 18, 19
@@ -107,3 +109,29 @@ def is_trap_instruction(code: bytes) -> bool:
     """INT3 and INT n report RIP after themselves (traps), unlike faults."""
     op = _strip_prefixes(code)
     return bool(op) and op[0] in (0xCC, 0xCD, 0xF1)
+
+
+class Effect(enum.IntEnum):
+    """What retiring an instruction does to the state the CPU model keeps."""
+
+    NONE = 0
+    SERIALIZE = 1  # need_serialize (is_serializing)
+    IRET = 2  # serializes and ends NMI blocking
+    SHADOW = 3  # interrupt shadow over the next instruction
+    HALT = 4
+    PAUSE = 5  # a spin-wait
+
+
+@lru_cache(maxsize=4096)
+def effect(code: bytes) -> Effect:
+    """The effect of retiring `code`; cached, as a kernel's text is a few hundred distinct
+    instructions retired millions of times."""
+    if is_serializing(code):
+        return Effect.IRET if is_iret(code) else Effect.SERIALIZE
+    if blocks_interrupts_after(code):
+        return Effect.SHADOW
+    if code == b"\xf4":
+        return Effect.HALT
+    if code == b"\xf3\x90":
+        return Effect.PAUSE
+    return Effect.NONE
