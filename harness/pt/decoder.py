@@ -271,6 +271,8 @@ class _Walker:
         c = insn.cls
         if c is Cls.OTHER:
             self.ip = nlip
+            if forced is None and not self.speculative:
+                self._straight_on(nxt)
         elif c is Cls.COND:
             self.ip = nlip + insn.rel if self.take(ItemKind.BIT, insn.text).bit else nlip
         elif c is Cls.JMP:
@@ -296,6 +298,27 @@ class _Walker:
             raise DecodeError(nxt.offset, f"{insn.text} in the image but no FUP in the trace",
                               ip)
         return True
+
+    def _straight_on(self, nxt: Item) -> None:
+        """Go on through instructions that cannot branch, for as long as nothing that `step`
+        checks can change: the same item ahead (no FUP at these IPs), the same settled image
+        (instructions already fetched at this version). Each is the step `step` would make;
+        the first that is not is left to it. Not in a speculative clone, whose lookahead
+        counts `step` calls."""
+        image = self.image
+        if image.version != self._insns_version or not image.settled(self.hi):
+            return
+        insns, steps, limit, other = self._insns, self.steps, self.max_steps, Cls.OTHER
+        fup = nxt.ip if nxt.kind is ItemKind.FUP else None
+        offset, ip = nxt.offset, self.ip
+        while ip != fup and len(steps) < limit:
+            hit = insns.get(ip)
+            if hit is None or hit[1] is None or hit[1].cls is not other:
+                break
+            code, insn = hit
+            steps.append(Step(ip, code[:insn.size], offset))
+            ip += insn.size
+        self.ip = ip
 
     def fetch(self, ip: int, offset: int):
         """The instruction at `ip` as of the decoder's time. Records in [lo, hi] touching it
