@@ -254,6 +254,30 @@ def test_decoding_without_the_records_diverges():
     assert rep.verdict is not None and rep.verdict.kind in ("decode_divergence", "decode_error")
 
 
+@pytest.mark.parametrize("name,variant,tsc_period", [("static_key", None, 1),
+                                                     ("z4_bytewise", "buggy", 1),
+                                                     ("static_key", None, 10**9)])
+def test_decoder_fast_paths_change_nothing(monkeypatch, name, variant, tsc_period):
+    """The per-version instruction cache and the straight-line loop give exactly the steps
+    and the error of decoding every instruction through the full fetch (timing exact, torn,
+    and too coarse to place the pokes)."""
+    from harness.pt.decoder import _Walker
+    out = Runner(SCENARIOS[name], variant, trace=TraceConfig(tsc_period=tsc_period)).run_seed(0)
+    recs = verify.poke_records(out.result)
+
+    def decoded():
+        return [(r.steps, str(r.error)) for r in
+                (decode(s, Image(layout.TEXT_BASE, start, recs, back), len(f) + 16)
+                 for back, start in ((False, out.result.text_start),
+                                     (True, out.result.text_end))
+                 for s, f in zip(out.streams, out.flows, strict=True))]
+
+    fast = decoded()
+    monkeypatch.setattr(Image, "settled", lambda self, hi: False)
+    monkeypatch.setattr(_Walker, "_straight_on", lambda self, nxt: None)
+    assert decoded() == fast and sum(len(steps) for steps, _ in fast) > 1000
+
+
 def test_image_forward_and_backward_agree():
     recs = [PokeRecord(10, 0x1000, b"\x0f\x1f\x44\x00\x00", b"\xe9\x01\x00\x00\x00"),
             PokeRecord(20, 0x1000, b"\xe9\x01\x00\x00\x00", b"\x0f\x1f\x44\x00\x00")]
