@@ -80,10 +80,14 @@ def encode_all(flows: list[list[FlowItem]], final_rips: list[int],
 
 
 def check(streams: list[bytes], flows: list[list[FlowItem]], text_start: bytes,
-          text_end: bytes, records: list[PokeRecord], backward: bool = False) -> DecodeReport:
+          text_end: bytes, records: list[PokeRecord], backward: bool = False,
+          parsed: list | None = None) -> DecodeReport:
+    """Decode every CPU's stream over the image, forward from the start snapshot or backward
+    from the end one, and compare with the flow it ran. `parsed`: each stream's items, when
+    the caller decodes both ways."""
     report = DecodeReport("backward" if backward else "forward")
     for cpu, (stream, flow) in enumerate(zip(streams, flows, strict=True)):
         image = Image(layout.TEXT_BASE, text_end if backward else text_start, records, backward)
-        res = decode(stream, image, max_steps=len(flow) + 16)
+        res = decode(stream, image, len(flow) + 16, parsed[cpu] if parsed else None)
         report.cpus.append(CpuCheck(cpu, len(res.steps), compare(cpu, flow, res)))
     return report

@@ -167,10 +167,13 @@ class DecodeResult:
     ended: bool = False  # reached TIP.PGD
 
 
-def decode(stream: bytes, image: Image, max_steps: int) -> DecodeResult:
-    """Decode one CPU's stream; stops at the first error, keeping what was decoded."""
+def decode(stream: bytes, image: Image, max_steps: int,
+           parsed: tuple[list[Item], Exception | None] | None = None) -> DecodeResult:
+    """Decode one CPU's stream; stops at the first error, keeping what was decoded. `parsed`
+    is the stream's `items_until_error`, when it is decoded more than once (the walk only
+    reads the items)."""
     res = DecodeResult([])
-    its, bad_packet = items_until_error(stream)
+    its, bad_packet = parsed if parsed is not None else items_until_error(stream)
     try:
         _Walker(its, image, max_steps, res.steps).run()
         res.ended = True
