@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .image import Image, PokeRecord
 from .insn import Cls, classify
@@ -149,10 +150,10 @@ def _items(stream: bytes, out: list[Item]) -> None:
         raise DecodeError(len(stream), "trace ends inside PSB+")
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     """One decoded element: an instruction (code = its bytes in the image) or an
-    asynchronous branch at `ip` (code empty, target = where it went)."""
+    asynchronous branch at `ip` (code empty, target = where it went). A named tuple: the
+    decoder makes one per instruction, about three times faster than a frozen dataclass."""
 
     ip: int
     code: bytes

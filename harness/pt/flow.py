@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from emu.truth import Event
 
@@ -19,8 +20,9 @@ class AsyncEvent:
     handler: int
 
 
-@dataclass(frozen=True)
-class FlowItem:
+class FlowItem(NamedTuple):
+    """One retired instruction or asynchronous branch (a named tuple: one per instruction)."""
+
     tick: int
     ip: int
     code: bytes  # b"" for an asynchronous branch
