@@ -198,6 +198,20 @@ entry:
     assert m.mem.read_u64(VAR) == (1 << 16) - 1
 
 
+def test_raw_register_reads_match_the_binding(build):
+    """Cpu.reg reads RIP, RFLAGS and RSP through the C API: the same values as the binding,
+    all 64 bits of them."""
+    from unicorn import x86_const as X
+    m = build("entry:\n    mov eax, HC_FINISH\n    out HC_PORT, eax\n", ["entry"] * 2)
+    assert m.run(RandomSource(0)).verdict.ok
+    for cpu in m.cpus:
+        for name, value in (("rip", 0xFFFF_FFFF_8100_0123), ("rsp", 0xFFFF_C900_0000_7FF8),
+                            ("rflags", 0x246)):
+            reg = getattr(X, f"UC_X86_REG_{name.upper()}")
+            cpu.uc.reg_write(reg, value)
+            assert cpu.reg(name) == cpu.uc.reg_read(reg) == value
+
+
 def test_data_reads_of_text_see_memory_not_the_view(build):
     src = """
 reader:
