@@ -61,10 +61,6 @@ _RAW64 = {"rip": X.UC_X86_REG_RIP, "rflags": X.UC_X86_REG_RFLAGS, "rsp": X.UC_X8
 
 _PERMS = {Access.FETCH: UC_PROT_EXEC, Access.READ: UC_PROT_READ,
           Access.WRITE: UC_PROT_READ | UC_PROT_WRITE}
-# First opcode bytes (after prefixes) that the code hook looks at more closely.
-_INTERESTING = frozenset({0xCF, 0x0F, 0xFB, 0x17, 0x8E, 0xF4, 0x40, 0x41, 0x42, 0x43, 0x44,
-                          0x45, 0x46, 0x47, 0x48, 0x49, 0x4A, 0x4B, 0x4C, 0x4D, 0x4E, 0x4F,
-                          0x66, 0xF3, 0xF2})
 
 
 class Clock:
@@ -242,8 +238,9 @@ class Cpu:
             st.last_ip = address
             st.last_code = code
             st.shadow = False
-            if code[0] in _INTERESTING and (eff := x86.effect(code)):
-                if eff <= x86.Effect.IRET:
+            eff = x86.effect(code)  # cached per encoding
+            if eff:
+                if eff in (x86.Effect.SERIALIZE, x86.Effect.IRET):
                     if eff is x86.Effect.IRET:
                         st.nmi_blocked = False  # IRET ends NMI blocking (SDM 6.7.1)
                     st.need_serialize = True
