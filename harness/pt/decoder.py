@@ -309,8 +309,7 @@ class _Walker:
         (instructions already fetched at this version). Each is the step `step` would make;
         the first that is not is left to it. Not in a speculative clone, whose lookahead
         counts `step` calls."""
-        image = self.image
-        if image.version != self._insns_version or not image.settled(self.hi):
+        if not self.image.settled(self.hi):  # else `fetch` has just synced the cache
             return
         insns, steps, limit, other = self._insns, self.steps, self.max_steps, Cls.OTHER
         fup = nxt.ip if nxt.kind is ItemKind.FUP else None
