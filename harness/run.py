@@ -13,7 +13,6 @@ from emu.verdict import PASS, Verdict
 
 from . import kcore, verify
 from .oracles import torn_execution
-from .pt.decoder import items_until_error
 from .pt.encoder import TraceConfig
 from .pt.flow import FlowItem, async_events, cpu_flow
 from .scenario import Built, Scenario, build, machine_for
@@ -64,11 +63,8 @@ class Runner:
                               result.final_rips[c]) for c in range(self.built.cpus)]
         out.streams = verify.encode_all(out.flows, result.final_rips, self.trace)
         if self.decode:
-            records = verify.poke_records(result)
-            parsed = [items_until_error(s) for s in out.streams]  # once for both directions
-            for backward in (False, True):
-                out.decode.append(verify.check(out.streams, out.flows, result.text_start,
-                                               result.text_end, records, backward, parsed))
+            out.decode = verify.check_both(out.streams, out.flows, result.text_start,
+                                           result.text_end, verify.poke_records(result))
             failed = next((r.verdict for r in out.decode if r.verdict is not None), None)
             if failed is not None and out.verdict.kind == PASS:
                 out.verdict = failed

@@ -10,7 +10,7 @@ from emu import layout
 from emu.machine import RunResult
 from emu.verdict import AMBIGUOUS, DECODE_DIVERGENCE, DECODE_ERROR, Verdict
 
-from .pt.decoder import Ambiguous, DecodeResult, decode
+from .pt.decoder import Ambiguous, DecodeResult, decode, items_until_error
 from .pt.encoder import TraceConfig, encode_cpu
 from .pt.flow import FlowItem
 from .pt.image import Image, PokeRecord
@@ -77,6 +77,14 @@ def compare(cpu: int, flow: list[FlowItem], res: DecodeResult) -> Verdict | None
 def encode_all(flows: list[list[FlowItem]], final_rips: list[int],
                config: TraceConfig) -> list[bytes]:
     return [encode_cpu(f, rip, config) for f, rip in zip(flows, final_rips, strict=True)]
+
+
+def check_both(streams: list[bytes], flows: list[list[FlowItem]], text_start: bytes,
+               text_end: bytes, records: list[PokeRecord]) -> list[DecodeReport]:
+    """`check` forward, then backward, each stream's packets parsed once for both."""
+    parsed = [items_until_error(s) for s in streams]
+    return [check(streams, flows, text_start, text_end, records, backward, parsed)
+            for backward in (False, True)]
 
 
 def check(streams: list[bytes], flows: list[list[FlowItem]], text_start: bytes,
