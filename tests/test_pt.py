@@ -258,9 +258,10 @@ def test_decoding_without_the_records_diverges():
                                                      ("z4_bytewise", "buggy", 1),
                                                      ("static_key", None, 10**9)])
 def test_decoder_fast_paths_change_nothing(monkeypatch, name, variant, tsc_period):
-    """The per-version instruction cache and the straight-line loop give exactly the steps
-    and the error of decoding every instruction through the full fetch (timing exact, torn,
-    and too coarse to place the pokes)."""
+    """The per-version instruction cache and the loop through unbranching instructions, direct
+    jumps and same-window TNT bits give exactly the steps and the error of decoding every
+    instruction through the full fetch (timing exact, torn, and too coarse to place the
+    pokes)."""
     from harness.pt.decoder import _Walker
     out = Runner(SCENARIOS[name], variant, trace=TraceConfig(tsc_period=tsc_period)).run_seed(0)
     recs = verify.poke_records(out.result)
@@ -274,8 +275,22 @@ def test_decoder_fast_paths_change_nothing(monkeypatch, name, variant, tsc_perio
 
     fast = decoded()
     monkeypatch.setattr(Image, "settled", lambda self, hi: False)
-    monkeypatch.setattr(_Walker, "_straight_on", lambda self, nxt: None)
+    monkeypatch.setattr(_Walker, "_straight_on", lambda self: None)
     assert decoded() == fast and sum(len(steps) for steps, _ in fast) > 1000
+
+
+def test_instruction_cache_drops_only_what_a_write_touches():
+    """After a record is applied, the walker keeps the instructions whose bytes (the
+    INSN_MAX read at their IP) it did not touch, and only those."""
+    from harness.pt.decoder import _Walker
+    image = Image(0x1000, bytes(64), [PokeRecord(5, 0x1020, b"\x00", b"\xcc")])
+    walker = _Walker([], image, 10, [])
+    walker._insns_version = image.version
+    walker._insns = {ip: (b"", None) for ip in (0x1000, 0x1011, 0x1012, 0x1020, 0x1021)}
+    image.advance(6)
+    walker._sync_insns()
+    assert sorted(walker._insns) == [0x1000, 0x1011, 0x1021]
+    assert walker._insns_version == image.version == 1
 
 
 def test_image_forward_and_backward_agree():

@@ -22,7 +22,7 @@ import enum
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .image import Image, PokeRecord
+from .image import INSN_MAX, Image, PokeRecord
 from .insn import Cls, classify
 from .last_ip import LastIp
 from .packets import (
@@ -273,14 +273,13 @@ class _Walker:
         self.steps.append(Step(ip, code[:insn.size], nxt.offset))
         nlip = ip + insn.size
         c = insn.cls
-        if c is Cls.OTHER:
-            self.ip = nlip
+        if c is Cls.OTHER or c is Cls.COND or c is Cls.JMP:
+            if c is Cls.COND:
+                self.ip = nlip + insn.rel if self.take(ItemKind.BIT, insn.text).bit else nlip
+            else:
+                self.ip = nlip + insn.rel  # rel is 0 for OTHER
             if forced is None and not self.speculative:
-                self._straight_on(nxt)
-        elif c is Cls.COND:
-            self.ip = nlip + insn.rel if self.take(ItemKind.BIT, insn.text).bit else nlip
-        elif c is Cls.JMP:
-            self.ip = nlip + insn.rel
+                self._straight_on()
         elif c is Cls.CALL:
             if insn.rel:
                 self.stack.append(nlip)
@@ -303,25 +302,66 @@ class _Walker:
                               ip)
         return True
 
-    def _straight_on(self, nxt: Item) -> None:
-        """Go on through instructions that cannot branch, for as long as nothing that `step`
-        checks can change: the same item ahead (no FUP at these IPs), the same settled image
-        (instructions already fetched at this version). Each is the step `step` would make;
-        the first that is not is left to it. Not in a speculative clone, whose lookahead
-        counts `step` calls."""
-        if not self.image.settled(self.hi):  # else `fetch` has just synced the cache
+    def _straight_on(self) -> None:
+        """Go on for as long as each next step is one `step` would take with nothing to check:
+        an instruction already fetched and not written since (no record pending up to `hi`)
+        that cannot branch, is a direct jump, or is a conditional branch
+        with its TNT bit next. A bit with new time bounds moves the window as `take` does and
+        applies records as the next `fetch` would; if that unsettles the image, or anything
+        else comes (a FUP at the IP, a PSB+, the step limit), `step` goes on.
+        Not in a speculative clone, whose lookahead counts `step` calls."""
+        image = self.image
+        image.advance(self.lo)  # what the next `fetch` does first; records only go forward
+        if not image.settled(self.hi):
             return
-        insns, steps, limit, other = self._insns, self.steps, self.max_steps, Cls.OTHER
-        fup = nxt.ip if nxt.kind is ItemKind.FUP else None
-        offset, ip = nxt.offset, self.ip
-        while ip != fup and len(steps) < limit:
+        if image.version != self._insns_version:
+            self._sync_insns()
+        insns, steps, limit, its, n = self._insns, self.steps, self.max_steps, self.its, \
+            len(self.its)
+        k, ip, lo, hi = self.k, self.ip, self.lo, self.hi
+        other, cond, jmp = Cls.OTHER, Cls.COND, Cls.JMP
+        bit, fup, psb, status = ItemKind.BIT, ItemKind.FUP, ItemKind.PSB, ItemKind.STATUS_FUP
+        while k < n and len(steps) < limit:
+            nxt = its[k]
+            kind = nxt.kind
+            if (kind is fup and nxt.ip == ip) or kind is psb or kind is status:
+                break
             hit = insns.get(ip)
-            if hit is None or hit[1] is None or hit[1].cls is not other:
+            if hit is None or hit[1] is None:
                 break
             code, insn = hit
-            steps.append(Step(ip, code[:insn.size], offset))
-            ip += insn.size
-        self.ip = ip
+            c = insn.cls
+            if c is cond:
+                if kind is not bit:
+                    break
+                steps.append(Step(ip, code[:insn.size], nxt.offset))
+                k += 1
+                ip += insn.size + insn.rel if nxt.bit else insn.size
+                if nxt.time != lo or nxt.next_tsc != hi:  # `take`'s new bounds, then `fetch`'s
+                    lo, hi = nxt.time, nxt.next_tsc
+                    image.advance(lo)
+                    if not image.settled(hi):
+                        break
+                    if image.version != self._insns_version:
+                        self._sync_insns()
+            elif c is other or c is jmp:
+                steps.append(Step(ip, code[:insn.size], nxt.offset))
+                ip += insn.size + insn.rel
+            else:
+                break
+        self.k, self.ip, self.lo, self.hi = k, ip, lo, hi
+
+    def _sync_insns(self) -> None:
+        """Bring the instruction cache to the image's version: drop what a write since then
+        touched (the bytes `fetch` read at the instruction's IP); the rest reads the same."""
+        image, insns, since = self.image, self._insns, self._insns_version
+        if since < 0:
+            insns.clear()
+        else:
+            for addr, end in image.writes[since:image.version]:
+                for ip in [ip for ip in insns if ip < end and addr < ip + INSN_MAX]:
+                    del insns[ip]
+        self._insns_version = image.version
 
     def fetch(self, ip: int, offset: int):
         """The instruction at `ip` as of the decoder's time. Records in [lo, hi] touching it
@@ -335,8 +375,7 @@ class _Walker:
         settled = image.settled(self.hi)
         if settled:  # the common case: the same bytes decode the same way until a write
             if image.version != self._insns_version:
-                self._insns.clear()
-                self._insns_version = image.version
+                self._sync_insns()
             hit = self._insns.get(ip)
             if hit is not None:
                 return hit
@@ -351,7 +390,7 @@ class _Walker:
             return code, classify(code)
         cands: list[tuple[bytes, object]] = []
         for j in range(len(doubt) + 1):
-            c = image.read_with(ip, 15, doubt[:j]) if j else code
+            c = image.read_with(ip, INSN_MAX, doubt[:j]) if j else code
             i = classify(c)
             key = c[:i.size] if i else c
             if (i is None or i.cls is not Cls.INT) and key not in (k for k, _, _ in cands):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+INSN_MAX = 15  # bytes read for one x86 instruction: the longest there is
+
 
 @dataclass(frozen=True)
 class PokeRecord:
@@ -22,6 +24,7 @@ class Image:
         self.mem = bytearray(text)
         self.records = sorted(records, key=lambda r: r.time)
         self.version = 0  # changes with every write, so readers may cache what they decoded
+        self.writes: list[tuple[int, int]] = []  # [addr, end) of write v, for v < version
         if backward:  # the end snapshot minus every record, newest first
             for r in reversed(self.records):
                 self._write(r.addr, r.old)
@@ -30,7 +33,7 @@ class Image:
     def copy(self) -> Image:
         other = Image.__new__(Image)
         other.base, other.mem, other.records = self.base, bytearray(self.mem), self.records
-        other.applied, other.version = self.applied, self.version
+        other.applied, other.version, other.writes = self.applied, self.version, list(self.writes)
         return other
 
     def _write(self, addr: int, data: bytes) -> None:
@@ -38,6 +41,7 @@ class Image:
         if off < 0 or off + len(data) > len(self.mem):
             raise ValueError(f"text-poke record at {addr:#x} is outside the image")
         self.mem[off:off + len(data)] = data
+        self.writes.append((addr, addr + len(data)))
         self.version += 1
 
     def advance(self, time: int) -> None:
@@ -47,7 +51,7 @@ class Image:
             self._write(r.addr, r.new)
             self.applied += 1
 
-    def read(self, ip: int, n: int = 15) -> bytes:
+    def read(self, ip: int, n: int = INSN_MAX) -> bytes:
         off = ip - self.base
         if not 0 <= off < len(self.mem):
             return b""
@@ -58,7 +62,7 @@ class Image:
         every byte is certain."""
         return self.applied == len(self.records) or self.records[self.applied].time > hi
 
-    def uncertain(self, lo: int, hi: int, ip: int, n: int = 15) -> list[PokeRecord]:
+    def uncertain(self, lo: int, hi: int, ip: int, n: int = INSN_MAX) -> list[PokeRecord]:
         """Records not yet applied whose time is within [lo, hi] and which touch [ip, ip+n)."""
         out = []
         for r in self.records[self.applied:]:
