@@ -1,4 +1,5 @@
-"""The `textpoke` command line. Exit codes: 0 pass, 1 a failing verdict or check, 2 bad input."""
+"""The `textpoke` command line. Exit codes: 0 pass, 1 a failing verdict or check, 2 bad input,
+130 interrupted (Ctrl-C) with nothing failing found."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
+
+INTERRUPTED = 128 + 2  # SIGINT, as a shell reports it
 
 
 class _Parser(argparse.ArgumentParser):
@@ -136,6 +139,7 @@ def _explore(args: argparse.Namespace) -> int:
            "schedules": len(summary.results), "resumed": summary.skipped,
            "failures": len(fails), "seconds": round(summary.seconds, 2),
            "pct_bound": summary.bound, "exhausted": summary.exhausted, "dpor": plan.dpor,
+           "interrupted": summary.interrupted,
            "failed": [{"schedule": f.idx, "seed": None if exhaustive else f.seed,
                        "verdict": f.verdict,
                        "detail": f.detail, "decisions": f.decisions, "token": f.token,
@@ -153,6 +157,9 @@ def _explore(args: argparse.Namespace) -> int:
                      if summary.exhausted else
                      f"NOT exhausted: stopped after {len(summary.results)} schedules"
                      + (" (continue it with --resume)" if args.db else "")))
+        elif summary.interrupted:
+            print(f"interrupted after {len(summary.results)} schedules"
+                  + (" (continue it with --resume)" if args.db else ""))
         if summary.bound is not None:
             print(f"PCT depth {plan.depth}: each schedule finds a depth-{plan.depth} bug with "
                   f"probability >= 1/(n*k^(d-1)) = {summary.bound:.3g}")
@@ -162,7 +169,7 @@ def _explore(args: argparse.Namespace) -> int:
             if f.shrunk:
                 print(f"    shrunk ({f.decisions} -> {f.shrunk_decisions} decisions): "
                       f"textpoke replay {f.shrunk}")
-    return 1 if fails else 0
+    return 1 if fails else INTERRUPTED if summary.interrupted else 0
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -291,7 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:  # `explore` handles it itself and reports what it found
+        print(f"textpoke {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -11,11 +11,13 @@ from __future__ import annotations
 import itertools
 import json
 import pickle
+import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -77,10 +79,26 @@ class Summary:
     skipped: int = 0  # finished in an earlier, resumed run
     bound: float | None = None  # PCT's probability bound per schedule
     exhausted: bool | None = None  # exhaustive: was the bounded space exhausted
+    interrupted: bool = False  # stopped by Ctrl-C (SIGINT): what was recorded stands
 
     @property
     def failures(self) -> list[ScheduleResult]:
         return sorted((r for r in self.results if r.failed), key=lambda r: r.idx)
+
+
+@contextmanager
+def workers(jobs: int) -> Iterator[ProcessPoolExecutor]:
+    """Worker processes that leave Ctrl-C to this one (a terminal sends SIGINT to the whole
+    process group): on it, work not started is dropped and only what runs is waited for."""
+    pool = ProcessPoolExecutor(jobs, initializer=signal.signal,
+                               initargs=(signal.SIGINT, signal.SIG_IGN))
+    try:
+        yield pool
+    except KeyboardInterrupt:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 _RUNNERS: dict[tuple, Runner] = {}
@@ -185,32 +203,39 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
             results_db.started(exp_id, i, seed)
 
     indices = (i for i in itertools.count() if i not in done)
-    if plan.strategy == "exhaustive":
-        summary.exhausted = exhaustive_search(
-            plan, runner_for(plan.scenario, plan.variant, plan.cpus, event_mode=True), more,
-            record, first=len(done), saved=results_db.frontier(exp_id) if results_db else None,
-            started=lambda i: started(i, 0), jobs=jobs, persist=results_db is not None)
-    elif jobs <= 1:
-        for i in indices:
-            if not more(i):
-                break
-            started(i, plan.seed + i)
-            record(run_schedule(plan, i))
-    else:
-        with ProcessPoolExecutor(jobs) as pool:
-            pending = {}
+    try:
+        if plan.strategy == "exhaustive":
+            summary.exhausted = exhaustive_search(
+                plan, runner_for(plan.scenario, plan.variant, plan.cpus, event_mode=True), more,
+                record, first=len(done), saved=results_db.frontier(exp_id) if results_db else None,
+                started=lambda i: started(i, 0), jobs=jobs, persist=results_db is not None)
+        elif jobs <= 1:
             for i in indices:
-                while len(pending) >= 2 * jobs:
-                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for f in finished:
-                        pending.pop(f)
-                        record(f.result())
                 if not more(i):
                     break
                 started(i, plan.seed + i)
-                pending[pool.submit(run_schedule, plan, i)] = i
-            for f in pending:
-                record(f.result())
+                record(run_schedule(plan, i))
+        else:
+            with workers(jobs) as pool:
+                pending = {}
+                for i in indices:
+                    while len(pending) >= 2 * jobs:
+                        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                        for f in finished:
+                            pending.pop(f)
+                            record(f.result())
+                    if not more(i):
+                        break
+                    started(i, plan.seed + i)
+                    pending[pool.submit(run_schedule, plan, i)] = i
+                for f in pending:
+                    record(f.result())
+    except KeyboardInterrupt:  # what was recorded stands; --resume goes on from there
+        summary.interrupted = True
+        if plan.strategy == "exhaustive":
+            summary.exhausted = False
+        if results_db:
+            results_db.db.rollback()  # a record the interrupt cut in two
     summary.results.sort(key=lambda r: r.idx)
     summary.seconds = time.perf_counter() - start
     return summary
@@ -284,7 +309,7 @@ def exhaustive_search(plan: Plan, runner: Runner, more: Callable[[int], bool],
                 return False
         return True
 
-    with ProcessPoolExecutor(jobs) as pool:
+    with workers(jobs) as pool:
         while not search.exhausted and more(i):
             src = search.source()
             started(i)

@@ -2,6 +2,7 @@
 
 import base64
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -172,6 +173,39 @@ def test_exhaustive_resumes_from_its_frontier_after_sigkill(tmp_path):
     rows = con.execute("SELECT idx, verdict, token FROM schedules WHERE status = 'done' "
                        "ORDER BY idx").fetchall()
     assert rows == [(r.idx, r.verdict, r.token) for r in whole.results]
+
+
+@pytest.mark.parametrize("strategy", ["random", "exhaustive"])
+def test_ctrl_c_reports_what_was_found_and_resume_goes_on(tmp_path, strategy):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it (workers too): a
+    summary of the recorded schedules, no traceback, exit 130; --resume finishes the rest."""
+    db = tmp_path / "x.db"
+    cmd = [sys.executable, "-m", "harness", "explore", "z4_bytewise", "--variant", "fixed",
+           "--strategy", strategy, "--jobs", "2", "--db", str(db), "--json",
+           *(["--preemptions", "1", "--delays", "0"] if strategy == "exhaustive" else
+             ["--schedules", "40"])]
+    proc = subprocess.Popen([*cmd, "--log"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    lines = []
+    for line in proc.stdout:  # wait for results, not for time
+        lines.append(line)
+        if len(lines) == 4:
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    rest, err = proc.communicate(timeout=600)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    doc = json.loads(rest[rest.index("{"):])
+    assert doc["interrupted"] is True and doc["failures"] == 0 and doc["schedules"] >= 4
+    assert doc["exhausted"] is (False if strategy == "exhaustive" else None)
+    con = sqlite3.connect(db)
+    done = con.execute("SELECT COUNT(*) FROM schedules WHERE status = 'done'").fetchone()[0]
+    assert done == doc["schedules"]
+    out = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)
+    again = json.loads(out.stdout)
+    assert out.returncode == 0 and again["resumed"] == done and not again["interrupted"]
+    assert again["exhausted"] if strategy == "exhaustive" else again["schedules"] == 40
+    assert con.execute("SELECT COUNT(*), MAX(idx) FROM schedules WHERE status = 'done'"
+                       ).fetchone() == (again["schedules"], again["schedules"] - 1)
 
 
 def test_a_damaged_or_foreign_frontier_is_refused_and_keeps_the_results(tmp_path):
