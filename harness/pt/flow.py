@@ -42,16 +42,20 @@ def cpu_flow(retired: list[tuple[int, int, bytes]], events: list[AsyncEvent],
     at: dict[int, list[AsyncEvent]] = {}
     for ev in events:  # an event comes after every instruction this CPU retired by its tick
         at.setdefault(bisect.bisect_right(ticks, ev.tick), []).append(ev)
+    nxt = [ip for _, ip, _ in retired[1:]]
+    nxt.append(final_rip)  # where each instruction's flow went on, if no event came
     out: list[FlowItem] = []
-    n = len(retired)
-    for i in range(n + 1):
-        out += [FlowItem(ev.tick, ev.source, b"", ev.handler, ev) for ev in at.get(i, ())]
-        if i == n:
-            break
-        tick, ip, code = retired[i]
-        after = at.get(i + 1)
-        if code[:1] in (b"\xcc", b"\xcd") and after and after[0].source == ip:
-            continue  # the trapped INT3 / INT n: its event follows
-        cont = after[0].resume if after else (retired[i + 1][1] if i + 1 < n else final_rip)
-        out.append(FlowItem(tick, ip, code, cont))
+    i = 0
+    for b in sorted(at):  # the instructions before events at[b], then those events
+        evs = at[b]
+        if b > i:
+            out += [FlowItem(t, ip, code, nxt[j])
+                    for j, (t, ip, code) in enumerate(retired[i:b - 1], i)]
+            t, ip, code = retired[b - 1]
+            if not (code[:1] in (b"\xcc", b"\xcd") and evs[0].source == ip):
+                out.append(FlowItem(t, ip, code, evs[0].resume))
+            # else the trapped INT3 / INT n: its event follows
+        out += [FlowItem(ev.tick, ev.source, b"", ev.handler, ev) for ev in evs]
+        i = b
+    out += [FlowItem(t, ip, code, nxt[j]) for j, (t, ip, code) in enumerate(retired[i:], i)]
     return out
