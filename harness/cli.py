@@ -128,7 +128,7 @@ def _explore(args: argparse.Namespace) -> int:
         progress = progress_bar() if sys.stderr.isatty() else None
     try:
         summary = explore(plan, args.schedules, args.time, args.jobs, args.db, args.resume,
-                          progress=progress)
+                          progress=progress, interruptible=True)
     except (ScenarioError, ValueError) as e:
         return _bad_input(str(e))
     if sys.stderr.isatty():

@@ -161,7 +161,11 @@ def judge(runner: Runner, plan: Plan, idx: int, seed: int | None, out: Outcome) 
 def explore(plan: Plan, schedules: int | None = None, seconds: float | None = None,
             jobs: int = 1, db: Path | str | None = None, resume: bool = False,
             stop_at_first: bool = False,
-            progress: Callable[[Summary], None] | None = None) -> Summary:
+            progress: Callable[[Summary], None] | None = None,
+            interruptible: bool = False) -> Summary:
+    """Run and record the schedules of `plan`. With `interruptible` (the command line),
+    Ctrl-C ends the exploration with what was recorded (`Summary.interrupted`); otherwise it
+    propagates, as a caller such as pytest expects."""
     if plan.strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {plan.strategy!r}: use {'|'.join(STRATEGIES)}")
     if schedules is None and seconds is None and plan.strategy != "exhaustive":
@@ -231,11 +235,13 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
                 for f in pending:
                     record(f.result())
     except KeyboardInterrupt:  # what was recorded stands; --resume goes on from there
+        if results_db:
+            results_db.db.rollback()  # a record the interrupt cut in two
+        if not interruptible:
+            raise
         summary.interrupted = True
         if plan.strategy == "exhaustive":
             summary.exhausted = False
-        if results_db:
-            results_db.db.rollback()  # a record the interrupt cut in two
     summary.results.sort(key=lambda r: r.idx)
     summary.seconds = time.perf_counter() - start
     return summary

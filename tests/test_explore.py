@@ -208,6 +208,19 @@ def test_ctrl_c_reports_what_was_found_and_resume_goes_on(tmp_path, strategy):
                        ).fetchone() == (again["schedules"], again["schedules"] - 1)
 
 
+def test_ctrl_c_propagates_from_the_library_unless_asked():
+    """A library caller (pytest, the zoo) gets the KeyboardInterrupt; the command line asks
+    for the summary instead."""
+    def stop_after_two(s):
+        if len(s.results) == 2:
+            raise KeyboardInterrupt
+    plan = Plan("z4_bytewise", "fixed", shrink=False)
+    with pytest.raises(KeyboardInterrupt):
+        explore(plan, schedules=5, progress=stop_after_two)
+    s = explore(plan, schedules=5, progress=stop_after_two, interruptible=True)
+    assert s.interrupted and [r.idx for r in s.results] == [0, 1]
+
+
 def test_a_damaged_or_foreign_frontier_is_refused_and_keeps_the_results(tmp_path):
     db = tmp_path / "x.db"
     cmd = [sys.executable, "-m", "harness", "explore", "z4_bytewise", "--variant", "fixed",

@@ -305,11 +305,11 @@ class _Walker:
     def _straight_on(self) -> None:
         """Go on for as long as each next step is one `step` would take with nothing to check:
         an instruction already fetched and not written since (no record pending up to `hi`)
-        that cannot branch, is a direct jump, or is a conditional branch
-        with its TNT bit next. A bit with new time bounds moves the window as `take` does and
-        applies records as the next `fetch` would; if that unsettles the image, or anything
-        else comes (a FUP at the IP, a PSB+, the step limit), `step` goes on.
-        Not in a speculative clone, whose lookahead counts `step` calls."""
+        that cannot branch, is a direct jump, or is a conditional branch with its TNT bit
+        next. A bit with new time bounds moves the window as `take` does and applies records
+        as the next `fetch` would; if that unsettles the image, or anything else comes (a FUP
+        at the IP, a PSB+, the step limit), `step` goes on. Not in a speculative clone, whose
+        lookahead counts `step` calls."""
         image = self.image
         image.advance(self.lo)  # what the next `fetch` does first; records only go forward
         if not image.settled(self.hi):
