@@ -1,15 +1,17 @@
 """The `textpoke` command line. Exit codes: 0 pass, 1 a failing verdict or check, 2 bad input,
-130 interrupted (Ctrl-C) with nothing failing found."""
+3 a worker process died, 130 interrupted (Ctrl-C) with nothing failing found."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from . import __version__
 
+WORKER_DIED = 3
 INTERRUPTED = 128 + 2  # SIGINT, as a shell reports it
 
 
@@ -303,6 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # `explore` handles it itself and reports what it found
         print(f"textpoke {args.command}: interrupted", file=sys.stderr)
         return INTERRUPTED
+    except BrokenProcessPool as e:  # killed, or out of memory: nothing to retry here
+        print(f"textpoke {args.command}: error: a --jobs worker process died ({e}); the "
+              "schedules finished before it are kept in --db (continue with --resume)",
+              file=sys.stderr)
+        return WORKER_DIED
 
 
 if __name__ == "__main__":

@@ -208,6 +208,26 @@ def test_ctrl_c_reports_what_was_found_and_resume_goes_on(tmp_path, strategy):
                        ).fetchone() == (again["schedules"], again["schedules"] - 1)
 
 
+def test_a_dead_worker_is_a_clear_error_and_keeps_the_results(tmp_path):
+    """--jobs workers killed under the exploration (the OOM killer, an admin): exit 3 with a
+    message saying so, no traceback, and what finished before it is in --db."""
+    db = tmp_path / "x.db"
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "explore", "z4_bytewise",
+                             "--variant", "fixed", "--schedules", "400", "--jobs", "2", "--db",
+                             str(db), "--log"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    for n, _line in enumerate(proc.stdout, 1):  # wait for results, not for time
+        if n == 3:
+            with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+                for child in f.read().split():
+                    os.kill(int(child), signal.SIGKILL)
+            break
+    _out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 3 and "worker process died" in err and "Traceback" not in err
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT COUNT(*) FROM schedules WHERE status = 'done'").fetchone()[0] >= 3
+
+
 def test_ctrl_c_propagates_from_the_library_unless_asked():
     """A library caller (pytest, the zoo) gets the KeyboardInterrupt; the command line asks
     for the summary instead."""
