@@ -54,6 +54,11 @@ _RDTSC_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p)
 _INVALID_INSN_SIZE = 16  # Unicorn reports an undecodable instruction with size 0xf1f1f1f1
 _RDTSCP = b"\x0f\x01\xf9"
 _READ_STOP_DELAY = 3  # instructions after a watched read before it becomes a stop
+# Unicorn's translated-code buffer: 1 GiB per engine by default, filled and never reused until
+# it is full. Patched text is retranslated after every poke, so a long exploration grew each
+# process by up to 1 GiB per CPU. When the buffer fills, Unicorn flushes it and translates again
+# the same bytes: what runs does not change (tests/test_machine.py), only the memory bound.
+TCG_BUFFER = 32 << 20
 
 # Registers that uc_reg_read stores as a full 64-bit value, read through the C API: the
 # binding's reg_read picks a register class on every call and costs about four times as much.
@@ -148,6 +153,7 @@ class Cpu:
         self.fetch_decided: tuple[int, int] | None = None
 
         u = self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        u.ctl_set_tcg_buffer_size(TCG_BUFFER)  # first: the engine sizes it when it initialises
         u.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         for base, buf in mem.banks():
             u.mem_map_ptr(base, len(buf), UC_PROT_ALL, ctypes.addressof(buf))

@@ -322,3 +322,29 @@ new:
     (rec,) = res.sideband
     assert (rec.addr, rec.old, rec.new, rec.cpu) == (layout.TEXT_BASE, b"\x66\x90", b"\xeb\x00", 0)
     assert rec.tick == res.truth.retired[0][5][0]  # the tick of the hypercall instruction
+
+
+def test_a_flushed_translation_buffer_changes_nothing(monkeypatch):
+    """Unicorn flushes its translated code when the buffer is full (emu/cpu.py TCG_BUFFER).
+    With the smallest buffer it takes, 1 MiB, flushed every few dozen `static_key` schedules,
+    the same seeds take the same decisions, retire the same instructions at the same ticks
+    and end with the same verdicts."""
+    from emu import cpu
+    from harness.run import Runner
+    from harness.scenarios import SCENARIOS
+
+    def runs():
+        machine = Runner(SCENARIOS["static_key"], decode=False).machine
+        out = []
+        for seed in range(60):
+            res = machine.run(RandomSource(seed))
+            out.append((tuple(c.value for c in res.path), res.verdict.kind, res.ticks,
+                        [list(r) for r in res.truth.retired]))
+        return machine.cpus[0].uc.ctl_get_tcg_buffer_size(), out
+
+    default = cpu.TCG_BUFFER
+    size, usual = runs()
+    monkeypatch.setattr(cpu, "TCG_BUFFER", 1 << 20)
+    small, flushed = runs()
+    assert (size, small) == (default, 1 << 20) and default > small
+    assert flushed == usual
