@@ -310,12 +310,8 @@ class _Walker:
         as the next `fetch` would; if that unsettles the image, or anything else comes (a FUP
         at the IP, a PSB+, the step limit), `step` goes on. Not in a speculative clone, whose
         lookahead counts `step` calls."""
-        image = self.image
-        image.advance(self.lo)  # what the next `fetch` does first; records only go forward
-        if not image.settled(self.hi):
+        if not self._settle(self.lo, self.hi):  # as the next `fetch` would; only forward
             return
-        if image.version != self._insns_version:
-            self._sync_insns()
         insns, steps, limit, its, n = self._insns, self.steps, self.max_steps, self.its, \
             len(self.its)
         k, ip, lo, hi = self.k, self.ip, self.lo, self.hi
@@ -339,17 +335,25 @@ class _Walker:
                 ip += insn.size + insn.rel if nxt.bit else insn.size
                 if nxt.time != lo or nxt.next_tsc != hi:  # `take`'s new bounds, then `fetch`'s
                     lo, hi = nxt.time, nxt.next_tsc
-                    image.advance(lo)
-                    if not image.settled(hi):
+                    if not self._settle(lo, hi):
                         break
-                    if image.version != self._insns_version:
-                        self._sync_insns()
             elif c is other or c is jmp:
                 steps.append(Step(ip, code[:insn.size], nxt.offset))
                 ip += insn.size + insn.rel
             else:
                 break
         self.k, self.ip, self.lo, self.hi = k, ip, lo, hi
+
+    def _settle(self, lo: int, hi: int) -> bool:
+        """Apply the records emitted before `lo`; True if none is left up to `hi`, every byte
+        then certain and the instruction cache brought to the image's version."""
+        image = self.image
+        image.advance(lo)
+        if not image.settled(hi):
+            return False
+        if image.version != self._insns_version:
+            self._sync_insns()
+        return True
 
     def _sync_insns(self) -> None:
         """Bring the instruction cache to the image's version: drop what a write since then
@@ -358,7 +362,7 @@ class _Walker:
         if since < 0:
             insns.clear()
         else:
-            for addr, end in image.writes[since:image.version]:
+            for addr, end in image.writes[since:]:
                 for ip in [ip for ip in insns if ip < end and addr < ip + INSN_MAX]:
                     del insns[ip]
         self._insns_version = image.version
@@ -371,11 +375,8 @@ class _Walker:
         packets that follow; one the trace contradicts is impossible too. Only if more than one
         stays possible is the result ambiguous."""
         image = self.image
-        image.advance(self.lo)
-        settled = image.settled(self.hi)
+        settled = self._settle(self.lo, self.hi)
         if settled:  # the common case: the same bytes decode the same way until a write
-            if image.version != self._insns_version:
-                self._sync_insns()
             hit = self._insns.get(ip)
             if hit is not None:
                 return hit

@@ -23,8 +23,7 @@ class Image:
         self.base = base
         self.mem = bytearray(text)
         self.records = sorted(records, key=lambda r: r.time)
-        self.version = 0  # changes with every write, so readers may cache what they decoded
-        self.writes: list[tuple[int, int]] = []  # [addr, end) of write v, for v < version
+        self.writes: list[tuple[int, int]] = []  # [addr, end) of every write, in order
         if backward:  # the end snapshot minus every record, newest first
             for r in reversed(self.records):
                 self._write(r.addr, r.old)
@@ -33,8 +32,14 @@ class Image:
     def copy(self) -> Image:
         other = Image.__new__(Image)
         other.base, other.mem, other.records = self.base, bytearray(self.mem), self.records
-        other.applied, other.version, other.writes = self.applied, self.version, list(self.writes)
+        other.applied, other.writes = self.applied, list(self.writes)
         return other
+
+    @property
+    def version(self) -> int:
+        """Changes with every write, so readers may cache what they decoded (`writes` says
+        what changed since their version)."""
+        return len(self.writes)
 
     def _write(self, addr: int, data: bytes) -> None:
         off = addr - self.base
@@ -42,7 +47,6 @@ class Image:
             raise ValueError(f"text-poke record at {addr:#x} is outside the image")
         self.mem[off:off + len(data)] = data
         self.writes.append((addr, addr + len(data)))
-        self.version += 1
 
     def advance(self, time: int) -> None:
         """Apply every record emitted before `time`."""
