@@ -236,7 +236,7 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
                     record(f.result())
     except KeyboardInterrupt:  # what was recorded stands; --resume goes on from there
         if results_db:
-            results_db.db.rollback()  # a record the interrupt cut in two
+            results_db.rollback()  # a record the interrupt cut in two
         if not interruptible:
             raise
         summary.interrupted = True

@@ -68,6 +68,10 @@ class ResultsDb:
                          exploration, idx))
         self.db.commit()
 
+    def rollback(self) -> None:
+        """Drop a write an interrupt cut off before its commit: nothing half-recorded stays."""
+        self.db.rollback()
+
     def frontier(self, exploration: int) -> str | None:
         row = self.db.execute("SELECT state FROM frontiers WHERE exploration = ?",
                               (exploration,)).fetchone()
