@@ -27,6 +27,7 @@ from .cpu import Clock, Cpu, CpuState, HypercallRequest, Stop, StopKind
 from .decisions import Choice, Decisions, DecisionSource, Kind
 from .fetch_view import FetchView, Grain
 from .footprint import Footprint, irq, text_grains
+from .held_sigint import HeldSigint
 from .hypercall import Hypercall
 from .layout import Layout
 from .memory import GuestMemoryError, SharedMemory
@@ -299,9 +300,11 @@ class Machine:
                 cpu.track_data(self._track)
         steps = 0
         verdict: Verdict | None = None
-        while verdict is None:
-            verdict = self._step(decisions)
-            steps += 1
+        with HeldSigint() as ctrl_c:  # Ctrl-C inside Unicorn would be lost (held_sigint.py)
+            while verdict is None:
+                verdict = self._step(decisions)
+                steps += 1
+                ctrl_c.check()
         return RunResult(verdict=verdict, path=decisions.path, truth=self.truth,
                          sideband=list(self.sideband), ticks=self.clock.tick, steps=steps,
                          final_rips=[c.reg("rip") for c in self.cpus],

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from emu.decisions import RandomSource
+from emu.held_sigint import HeldSigint
 from emu.machine import EVENT_MODEL
 
 from .pt.encoder import TraceConfig
@@ -194,17 +195,19 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
         return not (stop_at_first and summary.failures)
 
     def record(r: ScheduleResult, frontier: str | None = None) -> None:
-        summary.results.append(r)
-        if results_db:
-            results_db.finished(exp_id, r.idx, r.verdict, r.detail, r.decisions, r.token,
-                                r.shrunk, r.shrunk_decisions, frontier)
-        summary.seconds = time.perf_counter() - start
+        with HeldSigint():  # in the summary and in --db, or in neither
+            summary.results.append(r)
+            if results_db:
+                results_db.finished(exp_id, r.idx, r.verdict, r.detail, r.decisions, r.token,
+                                    r.shrunk, r.shrunk_decisions, frontier)
+            summary.seconds = time.perf_counter() - start
         if progress:
             progress(summary)
 
     def started(i: int, seed: int) -> None:
         if results_db:
-            results_db.started(exp_id, i, seed)
+            with HeldSigint():
+                results_db.started(exp_id, i, seed)
 
     indices = (i for i in itertools.count() if i not in done)
     try:
@@ -236,7 +239,7 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
                     record(f.result())
     except KeyboardInterrupt:  # what was recorded stands; --resume goes on from there
         if results_db:
-            results_db.rollback()  # a record the interrupt cut in two
+            results_db.rollback()  # a write cut in two by a caller's own SIGINT handler
         if not interruptible:
             raise
         summary.interrupted = True
