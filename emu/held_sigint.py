@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 
 class HeldSigint:
@@ -23,7 +25,7 @@ class HeldSigint:
 
     def __init__(self) -> None:
         self.pending = False
-        self._previous: signal.Handlers | None = None
+        self._previous: Callable[[int, FrameType | None], Any] | int | None = None
 
     def _hold(self, _signum: int, _frame: FrameType | None) -> None:
         self.pending = True
