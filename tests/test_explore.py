@@ -175,6 +175,12 @@ def test_exhaustive_resumes_from_its_frontier_after_sigkill(tmp_path):
     assert rows == [(r.idx, r.verdict, r.token) for r in whole.results]
 
 
+def terminal_sigint() -> None:
+    """SIGINT's disposition as under a terminal: a shell ignores it for background jobs, CI
+    may run the tests so, and Python then installs no KeyboardInterrupt handler at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("strategy", ["random", "exhaustive"])
 def test_ctrl_c_reports_what_was_found_and_resume_goes_on(tmp_path, strategy):
     """SIGINT to the whole process group, as a terminal's Ctrl-C sends it (workers too): a
@@ -185,7 +191,7 @@ def test_ctrl_c_reports_what_was_found_and_resume_goes_on(tmp_path, strategy):
            *(["--preemptions", "1", "--delays", "0"] if strategy == "exhaustive" else
              ["--schedules", "40"])]
     proc = subprocess.Popen([*cmd, "--log"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=terminal_sigint)
     lines = []
     for line in proc.stdout:  # wait for results, not for time
         lines.append(line)

@@ -111,7 +111,17 @@ again:
 """
 
 
-def test_ctrl_c_inside_unicorn_ends_the_run_instead_of_vanishing(build, monkeypatch):
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler, as under a terminal, even where the tests run with SIGINT
+    ignored (a shell's background job)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_inside_unicorn_ends_the_run_instead_of_vanishing(build, monkeypatch,
+                                                                 python_sigint):
     """SIGINT while Unicorn emulates: its handler runs on entry to one of our ctypes hooks,
     where a KeyboardInterrupt used to be printed and dropped (most of the time: 32 runs of 40)
     and the run went on (emu/held_sigint.py). Now every run ends with KeyboardInterrupt at the
