@@ -312,8 +312,8 @@ class _Walker:
         lookahead counts `step` calls."""
         if not self._settle(self.lo, self.hi):  # as the next `fetch` would; only forward
             return
-        insns, steps, limit, its, n = self._insns, self.steps, self.max_steps, self.its, \
-            len(self.its)
+        insns, steps, limit, its = self._insns, self.steps, self.max_steps, self.its
+        n = len(its)
         k, ip, lo, hi = self.k, self.ip, self.lo, self.hi
         other, cond, jmp = Cls.OTHER, Cls.COND, Cls.JMP
         bit, fup, psb, status = ItemKind.BIT, ItemKind.FUP, ItemKind.PSB, ItemKind.STATUS_FUP
