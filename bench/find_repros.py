@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from emu.decisions import encode_path
+from emu.path import encode_path
 from harness.run import Runner
 from harness.scenarios import SCENARIOS
 

@@ -43,7 +43,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from . import hypercall, layout, x86
 from .fetch_view import FetchView
-from .footprint import TEXT, TEXT_SHIFT, Footprint, data_words, text_grains
+from .footprint import TEXT, TEXT_SHIFT, Footprint, data_words, stack, text_grains
 from .layout import Access, Layout
 from .memory import SharedMemory
 from .truth import Event
@@ -148,6 +148,9 @@ class Cpu:
         self._read_stop_in = 0
         # event mode, when asked for: what the current step touches (emu/footprint.py)
         self.footprint: Footprint | None = None
+        # event mode: asked before each instruction of a run but its first, whether a
+        # spontaneous NMI arrives there (Machine._nmi_point); True stops the run
+        self.nmi_point: Callable[[int], bool] | None = None
         # event mode: the text range [start, end) whose pending units the machine decided for
         # the instruction a step starts with (Machine._observe_pending); None if none pending
         self.fetch_decided: tuple[int, int] | None = None
@@ -228,6 +231,9 @@ class Cpu:
                             "Unicorn, longer than capstone decoded it for the fetch decision")
                 elif self.view.has_pending() and self.view.is_pending(off, size):
                     self.uc.emu_stop()  # a fetch of bytes with a pending store: visible
+                    return
+                elif self.nmi_point is not None and self.nmi_point(address):
+                    self.uc.emu_stop()  # an NMI arrived before this instruction
                     return
             code = self.view.buf[off:off + size]
             if code == _RDTSCP:
@@ -324,6 +330,31 @@ class Cpu:
         for start, end in ranges:
             self.uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._on_tracked, None,
                              start, end - 1)
+
+    def track_text_reads(self) -> None:
+        """Event mode: record data reads of text (the RX mapping or the poking alias) as reads
+        of its grains: such a read sees what a store of another CPU wrote."""
+        self.uc.hook_add(UC_HOOK_MEM_READ, self._on_text_read, None, layout.PHYS_TEXT_MEM,
+                         layout.PHYS_TEXT_MEM + self.layout.text_size - 1)
+
+    def track_foreign_stacks(self, stacks: list[tuple[int, int, int]]) -> None:
+        """Event mode: record an access to another CPU's stack ([start, end) physical, owner)
+        as an access to that stack's location (emu/footprint.stack)."""
+        for start, end, owner in stacks:
+            self.uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._on_foreign_stack,
+                             owner, start, end - 1)
+
+    def _on_text_read(self, _uc: Uc, _access: int, addr: int, size: int, _value: int,
+                      _ud) -> None:
+        fp = self.footprint
+        if self._event and fp is not None:
+            fp.reads.update(text_grains(addr - layout.PHYS_TEXT_MEM, size))
+
+    def _on_foreign_stack(self, _uc: Uc, access: int, _addr: int, _size: int, _value: int,
+                          owner: int) -> None:
+        fp = self.footprint
+        if self._event and fp is not None:
+            (fp.writes if access == Access.WRITE else fp.reads).add(stack(owner))
 
     def _on_tracked(self, _uc: Uc, access: int, addr: int, size: int, _value: int,
                     _ud) -> None:

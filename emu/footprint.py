@@ -14,10 +14,13 @@ reorders dependent steps. The locations, each an int:
   bytes from its tick on;
 - a CPU's pending IPIs, and its pending NMI: read by a step of that CPU that could take one
   at its start (IF set and no STI/MOV SS shadow, or halted; NMIs unless blocked), written by
-  an IPI or NMI sent to it.
+  an IPI or NMI sent to it (or a spontaneous NMI raised on it);
+- a CPU's stack, as one location: *written* by every step of its owner (a CPU's own stack
+  accesses are too many to hook), read or written by any access of another CPU to it.
 
-Local state (registers, the CPU's own stack and per-CPU area) is no location: no other CPU
-touches it. Steps are coarse, so a footprint over-approximates, which only costs schedules.
+Every data word is a location, the per-CPU areas, the GDT and the IDT included, so a race
+through any shared memory orders the steps; only registers are no location. Steps are coarse,
+so a footprint over-approximates, which only costs schedules.
 """
 
 from __future__ import annotations
@@ -42,8 +45,15 @@ def data_words(addr: int, size: int) -> range:
     return range(_DATA | addr >> 3, (_DATA | (addr + size - 1) >> 3) + 1)
 
 
+_STACK = 1 << 40  # within the _IRQ tag: a CPU's whole stack
+
+
 def irq(cpu: int, nmi: bool = False) -> int:
     return _IRQ | cpu << 1 | nmi
+
+
+def stack(cpu: int) -> int:
+    return _IRQ | _STACK | cpu
 
 
 def describe(loc: int) -> str:
@@ -52,6 +62,8 @@ def describe(loc: int) -> str:
         return f"text+{value * TEXT_GRAIN:#x}"
     if tag == _DATA:
         return f"data@{value << 3:#x}"
+    if value & _STACK:
+        return f"stack(cpu{value & ~_STACK})"
     return f"{'nmi' if value & 1 else 'irq'}(cpu{value >> 1})"
 
 

@@ -24,13 +24,14 @@ from unicorn import UcError
 from . import layout, x86
 from .asm import Program
 from .cpu import Clock, Cpu, CpuState, HypercallRequest, Stop, StopKind
-from .decisions import Choice, Decisions, DecisionSource, Kind
+from .decisions import Decisions, DecisionSource
 from .fetch_view import FetchView, Grain
-from .footprint import Footprint, irq, text_grains
+from .footprint import Footprint, irq, stack, text_grains
 from .held_sigint import HeldSigint
 from .hypercall import Hypercall
 from .layout import Layout
 from .memory import GuestMemoryError, SharedMemory
+from .path import Choice, CpuContext, Kind, Request
 from .truth import Event, GroundTruth
 from .verdict import (
     GUEST_ASSERT,
@@ -60,19 +61,17 @@ class MachineConfig:
     data_size: int = 0x20000
     stack_size: int = 0x4000
     spontaneous_nmis: tuple[int, ...] = ()  # per CPU: NMIs the decision stream may raise
-    nmi_rarity: int = 2  # arity of the raise-an-NMI choice; only the value 1 raises one
+    nmi_rarity: int = 2  # a random source raises a spontaneous NMI one time in nmi_rarity
     serializing_vectors: frozenset[int] = frozenset({x86.CALL_FUNCTION_VECTOR})
     # Event mode (exhaustive exploration): a CPU runs until its next visible event -- a text
     # store, a fetch of bytes with a pending store, an access to `watch` (shared protocol
     # data), an exception or interrupt, an IRET -- or a spin-wait / quiescent point, instead of
     # for a chosen quantum; a pending view unit is decided when an instruction fetches it: its
-    # latest content, or (a FLUSH choice, one delayed update) a stale one.
+    # latest content, or (a FLUSH choice, one delayed update) a stale one; a spontaneous NMI
+    # may arrive before any instruction of a CPU that has some left. Footprints, when a
+    # source wants them, cover every location another CPU can observe (emu/footprint.py).
     event_mode: bool = False
     watch: tuple[tuple[int, int], ...] = ()  # [start, end) data virtual addresses
-    # Event mode: shared data whose accesses a step's footprint records without stopping
-    # (emu/footprint.py), for the explorer's partial-order reduction; `watch` is recorded too.
-    # Footprints are measured only for a decision source that wants them.
-    track: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.grain, str | int) and not isinstance(self.grain, Grain):
@@ -144,14 +143,8 @@ class RunResult:
     text_end: bytes = b""
 
 
-@dataclass(frozen=True)
-class StepContext:
-    """What a scheduler may know before a CPU choice: the runnable CPUs (the choice's value
-    indexes this tuple), which of them spun (PAUSE) in their last run, and the last CPU run."""
-
-    runnable: tuple[int, ...]
-    yielded: frozenset[int]
-    last: int | None
+def _has(counts: tuple[int, ...], index: int) -> bool:
+    return index < len(counts) and counts[index] > 0
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -198,9 +191,12 @@ class Machine:
             cpu.on_hypercall = self._hypercall
             if config.event_mode:
                 cpu.watch_data(self._physical(config.watch))
-        # tracked data gets its (costly) hooks when a source first asks for footprints
-        self._track = _subtract(self._physical(config.track), self._physical(config.watch))
+            if config.event_mode and _has(config.spontaneous_nmis, cpu.index):
+                cpu.nmi_point = lambda rip, c=cpu: self._nmi_point(c, rip)
+        # footprints get their (costly) hooks when a source first asks for them
         self._tracking = False
+        self._decisions: Decisions | None = None
+        self._written: set[int] = set()
         self._load(image)
         self._initial_mem = self.mem.snapshot()
         self._initial_ctx = [c.uc.context_save() for c in self.cpus]
@@ -259,6 +255,23 @@ class Machine:
             out.append((pa, pb + 1))
         return out
 
+    def _track_footprints(self) -> None:
+        """Hooks for every location another CPU can observe (emu/footprint.py): all shared
+        data (guest variables, per-CPU areas, the GDT and IDT) by word, text read as data by
+        grain, and the other CPUs' stacks, each as one location that every step of its owner
+        writes. Watched data has hooks already. Unicorn cannot remove hooks, so once on."""
+        self._tracking = True
+        lay = self.layout
+        data = [(layout.PHYS_DATA, layout.PHYS_DATA + lay.data_size)]
+        shared = _subtract(data, self._physical(self.config.watch))
+        for cpu in self.cpus:
+            cpu.track_data(shared)
+            cpu.track_text_reads()
+            cpu.track_foreign_stacks([
+                (layout.PHYS_STACKS + other * lay.stack_size,
+                 layout.PHYS_STACKS + (other + 1) * lay.stack_size, other)
+                for other in range(self.config.ncpus) if other != cpu.index])
+
     def _fresh_state(self, index: int) -> CpuState:
         nmis = self.config.spontaneous_nmis
         return CpuState(nmis_left=nmis[index] if index < len(nmis) else 0)
@@ -295,9 +308,9 @@ class Machine:
         self._dirty = True
         decisions = Decisions(source)
         if source.wants_footprints and self.config.event_mode and not self._tracking:
-            self._tracking = True
-            for cpu in self.cpus:
-                cpu.track_data(self._track)
+            self._track_footprints()
+        self._decisions = decisions
+        self._written = set()  # text grains stored to in this run
         steps = 0
         verdict: Verdict | None = None
         with HeldSigint() as ctrl_c:  # Ctrl-C inside Unicorn would be lost (held_sigint.py)
@@ -305,6 +318,7 @@ class Machine:
                 verdict = self._step(decisions)
                 steps += 1
                 ctrl_c.check()
+        decisions.close(frozenset(self._written))
         return RunResult(verdict=verdict, path=decisions.path, truth=self.truth,
                          sideband=list(self.sideband), ticks=self.clock.tick, steps=steps,
                          final_rips=[c.reg("rip") for c in self.cpus],
@@ -326,15 +340,15 @@ class Machine:
             c = self.cpus[stuck[0]]
             return Verdict(HANG, f"CPUs {stuck} are halted with nothing to wake them",
                            cpu=c.index, rip=c.reg("rip"), event="deadlock")
-        dec.source.observe(StepContext(tuple(c.index for c in runnable),
-                                       frozenset(c.index for c in runnable if c.state.yielded),
-                                       self._last))
-        cpu = runnable[dec.choose(Kind.CPU, len(runnable))]
+        ctx = CpuContext(tuple(c.index for c in runnable), self._last,
+                         frozenset(c.index for c in runnable if c.state.yielded))
+        cpu = runnable[dec.choose(Request(Kind.CPU, len(runnable), context=ctx))]
         self._last = cpu.index
         if not (self.config.event_mode and dec.source.wants_footprints):
             return self._cpu_step(cpu, dec)
-        # record what the step touches for the explorer's reduction (emu/footprint.py)
-        fp = cpu.footprint = Footprint(cpu.index)
+        # record what the step touches for the explorer's reduction (emu/footprint.py); its
+        # own stack, which another CPU's footprint names only when it reaches into it
+        fp = cpu.footprint = Footprint(cpu.index, writes={stack(cpu.index)})
         st = cpu.state
         if st.halted or (not st.shadow and cpu.reg("rflags") & x86.RFLAGS_IF):
             fp.reads.add(irq(cpu.index))  # a pending IPI would be taken now
@@ -344,27 +358,49 @@ class Machine:
             return self._cpu_step(cpu, dec)
         finally:
             cpu.footprint = None
-            dec.source.observe(fp)
+            dec.source.step_done(fp)
 
     def _cpu_step(self, cpu: Cpu, dec: Decisions) -> Verdict | None:
         st = cpu.state
-        if st.nmis_left and not st.pending_nmi and \
-                dec.choose(Kind.NMI_RAISE, self.config.nmi_rarity) == 1:
-            st.pending_nmi = True
-            st.nmis_left -= 1
-            self._event(cpu, "nmi_raised")
+        self._nmi_arrives(cpu, dec)
         verdict = self._maybe_interrupt(cpu, dec)
         if verdict is not None:
             return verdict
         if self.config.event_mode:
             self._observe_pending(cpu, dec)
-            return self._after_run(cpu, cpu.run(self.config.max_quantum, event=True))
+            # after STI / MOV SS only the shadowed instruction runs: a pending interrupt may
+            # be taken right after it (SDM 6.8.3), so that boundary is a scheduling point
+            quantum = 1 if st.shadow else self.config.max_quantum
+            return self._after_run(cpu, cpu.run(quantum, event=True))
         if cpu.view.has_pending():
-            pick = dec.choose(Kind.VIEW, len(cpu.view.pending) + 1)
+            pick = dec.choose(Request(Kind.VIEW, len(cpu.view.pending) + 1, cpu.index))
             if pick:
                 self._refresh(cpu, pick - 1)
-        quantum = dec.choose(Kind.QUANTUM, self.config.max_quantum) + 1
+        quantum = dec.choose(Request(Kind.QUANTUM, self.config.max_quantum, cpu.index)) + 1
         return self._after_run(cpu, cpu.run(quantum))
+
+    def _nmi_arrives(self, cpu: Cpu, dec: Decisions, rip: int | None = None) -> bool:
+        """Whether a spontaneous NMI becomes pending on `cpu` now (an NMI_RAISE choice while
+        it has some left and none pending). Asked at the start of each step and, in event
+        mode, before every instruction of a run too (Cpu.nmi_point): an external interrupt
+        may arrive between any two instructions, so its timing is the search's to choose."""
+        st = cpu.state
+        if not st.nmis_left or st.pending_nmi:
+            return False
+        weight = 1 / self.config.nmi_rarity
+        if not dec.choose(Request(Kind.NMI_RAISE, 2, cpu.index, weight=weight, rip=rip)):
+            return False
+        st.pending_nmi = True
+        st.nmis_left -= 1
+        if cpu.footprint is not None:
+            cpu.footprint.writes.add(irq(cpu.index, nmi=True))
+        self._event(cpu, "nmi_raised")
+        return True
+
+    def _nmi_point(self, cpu: Cpu, rip: int) -> bool:
+        """Event mode, before the instruction at `rip` inside a run: True stops the run there,
+        with an NMI pending that the CPU's next step takes."""
+        return self._nmi_arrives(cpu, self._decisions, rip)
 
     def _observe_pending(self, cpu: Cpu, dec: Decisions) -> None:
         """Event mode: the instruction this step starts with is fetched now. Its pending units
@@ -401,7 +437,7 @@ class Machine:
                     cpu.footprint.reads.update(text_grains(u[0], u[1] - u[0]))
             stales = [view.stale_contents(i, mem) for _u, i in todo]
             stale, rest = stales[0], sum(map(bool, stales)) >= 2
-            pick = dec.choose(Kind.FLUSH, 1 + len(stale) + rest)
+            pick = dec.choose(Request(Kind.FLUSH, 1 + len(stale) + rest, cpu.index))
             seen.update(u for u, _i in (todo if pick > len(stale) else todo[:1]))
             if pick == 0:
                 self._refresh(cpu, index)
@@ -423,12 +459,12 @@ class Machine:
     def _maybe_interrupt(self, cpu: Cpu, dec: Decisions) -> Verdict | None:
         st = cpu.state
         if st.pending_nmi and not st.nmi_blocked:
-            if st.halted or dec.choose(Kind.NMI, 2):
+            if st.halted or dec.choose(Request(Kind.NMI, 2, cpu.index)):
                 st.pending_nmi = False
                 st.nmi_blocked = True  # until the next IRET (SDM 6.7.1)
                 return self._deliver(cpu, x86.NMI, cpu.reg("rip"), None, "interrupt")
         elif st.pending_ipis and not st.shadow and cpu.reg("rflags") & x86.RFLAGS_IF:
-            if st.halted or dec.choose(Kind.IPI, 2):
+            if st.halted or dec.choose(Request(Kind.IPI, 2, cpu.index)):
                 vector = max(st.pending_ipis)
                 st.pending_ipis.discard(vector)
                 verdict = self._deliver(cpu, vector, cpu.reg("rip"), None, "interrupt")
@@ -442,6 +478,7 @@ class Machine:
         if st.own_dirty:
             for s, e in _merge(st.own_dirty):
                 cpu.invalidate(s, e)
+                self._written.update(text_grains(s, e - s))
             st.own_dirty.clear()
         if st.need_serialize:
             st.need_serialize = False

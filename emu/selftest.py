@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 from . import hypercall, layout, x86
 from .asm import Program, assemble, load_source
-from .decisions import DecisionSource, Kind, RandomSource, ReplaySource
+from .decisions import DecisionSource, RandomSource, ReplaySource
 from .fetch_view import Grain
 from .machine import CpuBoot, GuestImage, Machine, MachineConfig, RunResult
+from .path import Kind, Request, simplest
 
 VARS = ("OBS_LAST", "OBS_ITERS", "STOP", "IPI_SEEN", "IPI_ACK", "TRAPS", "FRAME_RIP", "FRAME_CS",
         "NMI_DEPTH", "NMI_MAXDEPTH", "NMI_ENTRIES", "NMI_SECOND", "PF_CR2", "PF_ERR", "TSC1",
@@ -41,15 +42,16 @@ def build(entries: list[str], idt: dict[int, str] | None = None, interrupts: boo
 
 
 class Scripted(DecisionSource):
-    """A fixed policy: round-robin CPUs, a fixed quantum, interrupts as soon as allowed, and
-    fetch-view updates chosen by `view(arity)`."""
+    """A scripted schedule: CPUs in turn, a fixed quantum, fetch-view updates chosen by
+    `view(arity)`; every other choice its simplest (interrupts as soon as allowed)."""
 
     def __init__(self, quantum: int = 3, view: Callable[[int], int] = lambda _arity: 0) -> None:
         self.quantum = quantum
         self.view = view
         self._rr = -1
 
-    def pick(self, kind: Kind, arity: int, position: int) -> int:
+    def pick(self, request: Request, position: int) -> int:
+        kind, arity = request.kind, request.arity
         if kind is Kind.CPU:
             self._rr = (self._rr + 1) % arity
             return self._rr
@@ -57,9 +59,7 @@ class Scripted(DecisionSource):
             return min(self.quantum, arity) - 1
         if kind is Kind.VIEW:
             return self.view(arity)
-        if kind is Kind.NMI_RAISE:
-            return 0
-        return 1  # IPI, NMI: deliver now
+        return simplest(request)
 
 
 @dataclass

@@ -36,6 +36,17 @@ def _selftest(args: argparse.Namespace) -> int:
     return 0 if all(c.ok for c in checks) else 1
 
 
+def _bound(text: str) -> int:
+    """An exhaustive bound: a non-negative integer (a negative one cannot be honoured)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
+    return n
+
+
 def _bad_input(message: str) -> int:
     print(f"textpoke: error: {message}", file=sys.stderr)
     return 2
@@ -120,7 +131,7 @@ def _explore(args: argparse.Namespace) -> int:
         args.schedules = 100  # exhaustive: until the bounded space is exhausted
     plan = Plan(args.scenario, args.variant, args.cpus, args.strategy, args.seed, args.depth,
                 shrink=not args.no_shrink, preemptions=args.preemptions, delays=args.delays,
-                dpor=args.dpor)
+                dpor=args.dpor, interrupts=args.interrupts)
     if args.log:
         def progress(s):  # one line per finished schedule, for scripts
             r = s.results[-1]
@@ -144,8 +155,9 @@ def _explore(args: argparse.Namespace) -> int:
            "interrupted": summary.interrupted,
            "failed": [{"schedule": f.idx, "seed": None if exhaustive else f.seed,
                        "verdict": f.verdict,
-                       "detail": f.detail, "decisions": f.decisions, "token": f.token,
-                       "shrunk_decisions": f.shrunk_decisions, "shrunk_token": f.shrunk}
+                       "detail": f.detail, "decisions": f.decisions,
+                       "deviations": f.deviations, "token": f.token,
+                       "shrunk_deviations": f.shrunk_deviations, "shrunk_token": f.shrunk}
                       for f in fails]}
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -153,7 +165,7 @@ def _explore(args: argparse.Namespace) -> int:
         print(f"{args.scenario}: {len(summary.results)} schedules ({summary.skipped} from an "
               f"earlier run), {len(fails)} failing, {summary.seconds:.1f}s")
         if summary.exhausted is not None:
-            print(f"exhaustive, P={plan.preemptions} V={plan.delays}"
+            print(f"exhaustive, {plan.bound}"
                   + (" with DPOR" if plan.dpor else "") + ": "
                   + (f"space exhausted after {len(summary.results)} schedules"
                      if summary.exhausted else
@@ -169,7 +181,8 @@ def _explore(args: argparse.Namespace) -> int:
             print(f"  schedule {f.idx}{'' if exhaustive else f' (seed {f.seed})'}: {f.detail}")
             print(f"    replay: textpoke replay {f.token}")
             if f.shrunk:
-                print(f"    shrunk ({f.decisions} -> {f.shrunk_decisions} decisions): "
+                print(f"    shrunk (deviations from the simplest run: {f.deviations} -> "
+                      f"{f.shrunk_deviations}): "
                       f"textpoke replay {f.shrunk}")
     return 1 if fails else INTERRUPTED if summary.interrupted else 0
 
@@ -209,9 +222,11 @@ def _zoo(args: argparse.Namespace) -> int:
 def _litmus(args: argparse.Namespace) -> int:
     from . import litmus
 
-    results = [litmus.run(lit, args.preemptions, args.delays) for lit in litmus.CATALOGUE]
+    results = [litmus.run(lit, args.preemptions, args.delays, interrupts=args.interrupts)
+               for lit in litmus.CATALOGUE]
     if args.json:
-        print(json.dumps({"preemptions": args.preemptions, "delays": args.delays, "tests": [
+        print(json.dumps({"preemptions": args.preemptions, "delays": args.delays,
+                          "interrupts": args.interrupts, "tests": [
             {"name": r.litmus.name, "description": r.litmus.description,
              "allowed": sorted(r.litmus.allowed), "observed": sorted(r.observed),
              "schedules": r.schedules, "exhausted": r.exhausted, "ok": r.ok}
@@ -256,9 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--variant")
     ex.add_argument("--cpus", type=int)
     ex.add_argument("--strategy", choices=["random", "pct", "exhaustive"], default="random")
-    ex.add_argument("--preemptions", type=int, default=2, help="exhaustive: at most P")
-    ex.add_argument("--delays", type=int, default=2,
+    ex.add_argument("--preemptions", type=_bound, default=2,
+                    help="exhaustive: at most P non-simplest CPU choices")
+    ex.add_argument("--delays", type=_bound, default=2,
                     help="exhaustive: at most V delayed fetch-view updates")
+    ex.add_argument("--interrupts", type=_bound, default=1,
+                    help="exhaustive: at most I interrupt deviations (a spontaneous NMI "
+                         "raised before some instruction, an interrupt left pending)")
     ex.add_argument("--dpor", action="store_true",
                     help="exhaustive: one schedule per order of dependent steps (fewer "
                          "schedules; under the bounds it may miss some, see README)")
@@ -287,8 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     zo.add_argument("--json", action="store_true")
     zo.set_defaults(func=_zoo)
     li = sub.add_parser("litmus", help="cross-modifying-code litmus tests, explored exhaustively")
-    li.add_argument("--preemptions", type=int, default=2)
-    li.add_argument("--delays", type=int, default=4)
+    li.add_argument("--preemptions", type=_bound, default=2)
+    li.add_argument("--delays", type=_bound, default=4)
+    li.add_argument("--interrupts", type=_bound, default=1)
     li.add_argument("--json", action="store_true")
     li.set_defaults(func=_litmus)
     return p

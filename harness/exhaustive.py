@@ -1,38 +1,37 @@
-"""Exhaustive exploration with preemption bounding (CHESS) and bounded fetch-view delays,
-depth-first over the decision path as loom does (src/rt/path.rs), optionally with a dynamic
-partial-order reduction over the CPU choices.
+"""Exhaustive exploration with bounded deviations (CHESS's preemption bounding, delayed
+fetch-view updates and interrupts), depth-first over the run's Path as loom does
+(src/rt/path.rs), optionally with a dynamic partial-order reduction over the CPU choices.
 
 The machine runs in event mode: a CPU runs until its next visible event (text store, fetch of
 bytes with a pending store, shared protocol data access, exception/interrupt, IRET) or until it
-spins or passes a quiescent point. Every choice has a default: keep running the current CPU
-(or, after a yield, the next one round-robin), deliver interrupts at once, let a fetch see the
-latest text. A path may differ from the defaults in at most P CPU/interrupt choices
-(preemptions) and at most V FLUSH choices (fetches that see a stale unit: delayed view updates).
+spins or passes a quiescent point; a spontaneous NMI may arrive before any instruction of a CPU
+that has some (emu/machine.py). Every choice has its simplest value (emu/path.simplest); a
+path may deviate from it in at most P CPU choices (preemptions), V FLUSH choices (fetches that
+see a stale unit: delayed view updates) and I interrupt choices (an NMI raised, an interrupt
+left pending when it could be taken), as emu/path.cost counts them.
 
 Each run records its choices as `Node`s and, per step, the footprint the machine measured
 (emu/footprint.py). The next path changes the deepest choice that still has an untried value
 in its `todo` set within the bounds; when none is left, the bounded space is exhausted.
 
 Which values go into `todo`:
-- interrupt, NMI and FLUSH choices: every value; a forced choice: only its value;
+- interrupt, NMI and FLUSH choices: every value;
 - CPU choices, by default: every runnable CPU. This is the bounded space itself;
 - CPU choices with `reduce` (`--dpor`): the value taken, plus what races ask for. This is
   dynamic partial-order reduction (Flanagan and Godefroid, POPL 2005) with source-DPOR's choice
   of CPUs (Abdulla et al., POPL 2014): for every pair of dependent steps i < j of different
   CPUs (emu/footprint.py) that nothing else orders, the CPUs that can start the reversal are
   tried at the choice before i, and, as bounded POR does (Coons, Musuvathi, McKinley, OOPSLA
-  2013), at the start of the block of steps i belongs to; a forced choice (after a yield)
-  passes them to the nearest free choice before it. Orders of independent steps reach the same
-  state and are not tried again.
+  2013), at the start of the block of steps i belongs to. Orders of independent steps reach
+  the same state and are not tried again.
 
 Without bounds DPOR is complete for the footprints' dependence: every order of dependent steps
-is explored. Under preemption
-bounds it is not quite: the reversal of a race may need a preemption that a path of the naive
-space spends elsewhere. Measured on z4_bytewise fixed (3 CPUs, P=1, V=0): naive 201 paths and
-43 distinct outcomes (verdict, final text, every CPU's instructions); DPOR 68 paths and 42 of
-them. So `exhausted` with `reduce` means "every order of dependent steps that the search
-reached", not the whole bounded space. Sleep sets were tried and left out: under the bound they
-lost far more (26 of the 43), because a sleeping CPU's branch had its own preemption budget.
+is explored. Under preemption bounds it is not quite: the reversal of a race may need a
+preemption that a path of the naive space spends elsewhere, so `exhausted` with `reduce` means
+"every order of dependent steps that the search reached", not the whole bounded space
+(tests/test_exhaustive.py compares the verdicts both find on small programs). Sleep sets were
+tried and left out: under the bound they lost far more, because a sleeping CPU's branch had its
+own preemption budget.
 
 `Search` is the whole state of the depth-first search, so an exploration can stop after any
 schedule and continue later from its saved state (harness/explore.py keeps it in --db).
@@ -43,9 +42,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from emu.decisions import DecisionSource, Kind
-from emu.footprint import Footprint
-from emu.machine import StepContext
+from emu import layout, x86
+from emu.decisions import DecisionSource
+from emu.footprint import Footprint, text_grains
+from emu.path import FREE, Cost, Kind, Request, deviation, simplest
 
 
 @dataclass
@@ -53,18 +53,17 @@ class Node:
     """One choice of the current path, and what is left to try at it."""
 
     kind: Kind
-    choices: int  # values that may be tried here; 1 for a forced choice
+    arity: int
     value: int
-    default: int
+    simplest: int
     runnable: tuple[int, ...] = ()  # CPU choices: the CPU each value stands for
     todo: set[int] = field(default_factory=set)
     done: set[int] = field(default_factory=set)
+    rip: int | None = None  # NMI_RAISE inside a run: the instruction the NMI would precede
 
-    def cost(self, value: int) -> tuple[int, int]:
-        """(preemptions, delays) that taking `value` here costs."""
-        if value == self.default:
-            return 0, 0
-        return (0, 1) if self.kind is Kind.FLUSH else (1, 0)
+    def cost(self, value: int) -> Cost:
+        """What taking `value` here spends of the bounds (emu/path.cost)."""
+        return FREE if value == self.simplest else deviation(self.kind)
 
 
 @dataclass
@@ -81,49 +80,36 @@ class Step:
 
 
 class ExhaustiveSource(DecisionSource):
-    """Follows a prefix, then the defaults; records every choice and, with `footprints`, every
-    step (what the reduction needs)."""
+    """Follows a prefix, then the simplest values; records every choice and, with
+    `footprints`, every step (what the reduction needs)."""
 
     def __init__(self, prefix: list[int], footprints: bool = False) -> None:
         self.prefix = prefix
         self.wants_footprints = footprints
         self.record: list[Node] = []
         self.steps: list[Step] = []
-        self.ctx: StepContext | None = None
+        self.text_written: frozenset[int] = frozenset()
         self._cpu_node: int | None = None
 
-    def observe(self, context: object) -> None:
-        if isinstance(context, StepContext):
-            self.ctx = context
-            self._cpu_node = None
-        elif isinstance(context, Footprint):
-            self.steps.append(Step(self._cpu_node, context))
+    def step_done(self, footprint: Footprint) -> None:
+        self.steps.append(Step(self._cpu_node, footprint))
+        self._cpu_node = None
 
-    def default(self, kind: Kind, arity: int) -> int:
-        if kind is Kind.CPU and self.ctx is not None:
-            run = self.ctx.runnable
-            last = self.ctx.last
-            if last in run and last not in self.ctx.yielded:
-                return run.index(last)  # no preemption
-            after = [i for i, c in enumerate(run) if last is None or c > last]
-            return after[0] if after else 0
-        if kind in (Kind.IPI, Kind.NMI):
-            return 1
-        return 0
-
-    def pick(self, kind: Kind, arity: int, position: int) -> int:
-        d = self.default(kind, arity)
-        value = self.prefix[position] if position < len(self.prefix) else d
-        if value >= arity:
-            value = d  # cannot happen for a deterministic machine; stay total anyway
-        choices, runnable = arity, ()
-        if kind is Kind.CPU and self.ctx is not None:
-            runnable = self.ctx.runnable
+    def pick(self, request: Request, position: int) -> int:
+        first = simplest(request)
+        value = self.prefix[position] if position < len(self.prefix) else first
+        if value >= request.arity:
+            value = first  # cannot happen for a deterministic machine; `finish` refuses it
+        runnable = ()
+        if request.kind is Kind.CPU and request.context is not None:
+            runnable = request.context.runnable
             self._cpu_node = position
-            if self.ctx.last not in runnable or self.ctx.last in self.ctx.yielded:
-                choices = 1  # after a yield the next CPU is not a preemption: round-robin
-        self.record.append(Node(kind, choices, value, d, runnable))
+        self.record.append(Node(request.kind, request.arity, value, first, runnable,
+                                rip=request.rip))
         return value
+
+    def close(self, length: int, text_written: frozenset[int]) -> None:
+        self.text_written = text_written
 
 
 def races(steps: list[Step]) -> list[tuple[int, int, list[int]]]:
@@ -184,14 +170,14 @@ def _block_start(steps: list[Step], i: int) -> int:
 
 
 def _add_backtrack(path: list[Node], steps: list[Step], t: int, lead: list[int]) -> None:
-    """Try a CPU of `lead` at the choice before step t (the nearest free one at or before)."""
-    while t >= 0 and (steps[t].node is None or path[steps[t].node].choices == 1):
+    """Try a CPU of `lead` at the choice before step t (the nearest one at or before it)."""
+    while t >= 0 and steps[t].node is None:
         t -= 1
     if t < 0:
         return
     node = path[steps[t].node]
     can = [node.runnable.index(c) for c in lead if c in node.runnable]
-    node.todo.update(can or range(node.choices))
+    node.todo.update(can or range(node.arity))
 
 
 def backtrack(path: list[Node], steps: list[Step]) -> None:
@@ -203,18 +189,16 @@ def backtrack(path: list[Node], steps: list[Step]) -> None:
             _add_backtrack(path, steps, start, lead)
 
 
-def advance(path: list[Node], preemptions: int, delays: int) -> bool:
+def advance(path: list[Node], bound: Cost) -> bool:
     """Move `path` to the next prefix in depth-first order within the bounds (it then ends at
     the changed choice); False when the bounded space is exhausted."""
-    spent = [(0, 0)]
+    spent = [FREE]
     for node in path:
-        p, f = node.cost(node.value)
-        spent.append((spent[-1][0] + p, spent[-1][1] + f))
+        spent.append(spent[-1] + node.cost(node.value))
     for i in range(len(path) - 1, -1, -1):
         node = path[i]
-        for v in sorted(node.todo - node.done, key=lambda v: (v != node.default, v)):
-            p, f = node.cost(v)
-            if spent[i][0] + p <= preemptions and spent[i][1] + f <= delays:
+        for v in sorted(node.todo - node.done, key=lambda v: (v != node.simplest, v)):
+            if (spent[i] + node.cost(v)).within(bound):
                 node.value = v
                 node.done.add(v)
                 del path[i + 1:]
@@ -222,18 +206,39 @@ def advance(path: list[Node], preemptions: int, delays: int) -> bool:
     return False
 
 
+def _interrupt_point(node: Node, text_written: frozenset[int]) -> bool:
+    """Whether a spontaneous NMI is tried at this choice: at the start of every step, and
+    inside a run before an instruction whose bytes the run patches (a task preempted inside
+    a patch site, Z1). Between other instructions of a step, arrival differs from arrival at
+    the step's start only in the registers and in shared data the step touched without a
+    scheduling point, which no shipped handler reads: those boundaries are not tried."""
+    if node.kind is not Kind.NMI_RAISE or node.rip is None:
+        return True
+    off = node.rip - layout.TEXT_BASE
+    return any(g in text_written for g in text_grains(off, x86.MAX_INSN_LENGTH))
+
+
+def check_bound(bound: Cost) -> None:
+    """Negative bounds cannot be honoured: refuse them rather than report a space exhausted."""
+    for name, n in (("preemptions", bound.preemptions), ("delays", bound.delays),
+                    ("interrupts", bound.interrupts)):
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise SearchError(f"--{name} must be a non-negative integer, got {n!r}")
+
+
 class Search:
     """The depth-first search's whole state: the current path, each node with what is left to
     try. It is all a resumed search needs (`state` / `from_state`)."""
 
-    def __init__(self, preemptions: int, delays: int, reduce: bool = False,
-                 path: list[Node] | None = None, exhausted: bool = False) -> None:
-        self.preemptions, self.delays, self.reduce = preemptions, delays, reduce
+    def __init__(self, bound: Cost, reduce: bool = False, path: list[Node] | None = None,
+                 exhausted: bool = False) -> None:
+        check_bound(bound)
+        self.bound, self.reduce = bound, reduce
         self.path: list[Node] = path or []
         self.exhausted = exhausted
 
     def source(self) -> ExhaustiveSource:
-        """The decision source of the next schedule: the path's prefix, then the defaults."""
+        """The decision source of the next schedule: the path's prefix, then the simplest."""
         return ExhaustiveSource([n.value for n in self.path], footprints=self.reduce)
 
     def finish(self, src: ExhaustiveSource) -> None:
@@ -244,45 +249,51 @@ class Search:
                               f"{len(path)} of the search's path: the machine is not the one "
                               "this search ran on")
         for k, (old, new) in enumerate(zip(path, src.record, strict=False)):
-            if (old.kind, old.choices, old.runnable) != (new.kind, new.choices, new.runnable):
+            if (old.kind, old.arity, old.runnable, old.simplest) != \
+                    (new.kind, new.arity, new.runnable, new.simplest):
                 raise SearchError(f"choice {k}: the search expected a {old.kind.value} choice "
-                                  f"of {old.choices} values (runnable {old.runnable}), the run "
-                                  f"made a {new.kind.value} choice of {new.choices} (runnable "
+                                  f"of {old.arity} values (runnable {old.runnable}), the run "
+                                  f"made a {new.kind.value} choice of {new.arity} (runnable "
                                   f"{new.runnable}): the machine is not the one this search "
                                   "ran on")
         for node in src.record[len(path):]:
-            full = node.choices > 1 and (not self.reduce or node.kind is not Kind.CPU)
-            node.todo = set(range(node.choices)) if full else {node.value}
+            full = (not self.reduce or node.kind is not Kind.CPU) \
+                and _interrupt_point(node, src.text_written)
+            node.todo = set(range(node.arity)) if full else {node.value}
             node.done = {node.value}
             path.append(node)
         if self.reduce:
             backtrack(path, src.steps)
-        self.exhausted = not advance(path, self.preemptions, self.delays)
+        self.exhausted = not advance(path, self.bound)
 
     def state(self) -> dict:
-        return {"preemptions": self.preemptions, "delays": self.delays, "reduce": self.reduce,
-                "exhausted": self.exhausted,
-                "path": [[n.kind.value, n.choices, n.value, n.default, list(n.runnable),
-                          sorted(n.todo), sorted(n.done)] for n in self.path]}
+        b = self.bound
+        return {"preemptions": b.preemptions, "delays": b.delays, "interrupts": b.interrupts,
+                "reduce": self.reduce, "exhausted": self.exhausted,
+                "path": [[n.kind.value, n.arity, n.value, n.simplest, list(n.runnable),
+                          sorted(n.todo), sorted(n.done), n.rip] for n in self.path]}
 
     @classmethod
     def from_state(cls, d: dict) -> Search:
         try:
-            path = [Node(Kind(k), c, v, dflt, tuple(run), set(todo), set(done))
-                    for k, c, v, dflt, run, todo, done in d["path"]]
-            search = cls(d["preemptions"], d["delays"], d["reduce"], path, d["exhausted"])
+            path = [Node(Kind(k), int(a), int(v), int(first), tuple(map(int, run)),
+                         set(map(int, todo)), set(map(int, done)),
+                         None if rip is None else int(rip))
+                    for k, a, v, first, run, todo, done, rip in d["path"]]
+            bound = Cost(d["preemptions"], d["delays"], d["interrupts"])
+            search = cls(bound, bool(d["reduce"]), path, bool(d["exhausted"]))
         except (KeyError, TypeError, ValueError) as e:
             raise SearchError(f"damaged search state: {e!r}") from None
         for k, n in enumerate(path):
-            arity = max(n.choices, len(n.runnable))  # a forced CPU choice keeps its index
-            if not {n.value, n.default} | n.todo | n.done <= set(range(arity)):
+            if n.arity < 2 or not {n.value, n.simplest} | n.todo | n.done <= set(range(n.arity)):
                 raise SearchError(f"damaged search state: choice {k} has values outside "
-                                  f"0..{arity - 1}")
+                                  f"0..{n.arity - 1}")
         return search
 
 
 class SearchError(ValueError):
-    """A saved search that does not fit: damaged, or from a machine that decides otherwise."""
+    """A saved search that does not fit: damaged, or from a machine that decides otherwise;
+    or bounds that cannot be honoured."""
 
 
 @dataclass
@@ -292,14 +303,14 @@ class ExhaustiveResult:
     failures: list[tuple[int, object]] = field(default_factory=list)  # (schedule, outcome)
 
 
-def explore_exhaustive(run: Callable[[DecisionSource], object], preemptions: int, delays: int,
+def explore_exhaustive(run: Callable[[DecisionSource], object], bound: Cost,
                        limit: int | None = None, stop_at_first: bool = False,
                        on_result: Callable[[int, object], None] | None = None,
                        reduce: bool = False) -> ExhaustiveResult:
     """`run(source)` -> an object with `.ok` (a harness.run Outcome). Explores the bounded
     space once: every path, or with `reduce` one path per order of dependent steps."""
     res = ExhaustiveResult()
-    search = Search(preemptions, delays, reduce)
+    search = Search(bound, reduce)
     while True:
         src = search.source()
         out = run(src)

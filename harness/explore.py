@@ -21,18 +21,18 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from emu.decisions import RandomSource
+from emu.decisions import RandomSource, ReplaySource, SimplestSource
 from emu.held_sigint import HeldSigint
-from emu.machine import EVENT_MODEL
+from emu.path import Cost, Kind, deviations
 
 from .pt.encoder import TraceConfig
 from .results_db import ResultsDb
 from .run import Outcome, Runner
 from .scenario import Scenario
 from .scenarios import get
-from .shrink import replay_source, shrink
-from .strategies import DefaultSource, PctSource
-from .token import Token, TokenError, guest_hash
+from .shrink import shrink
+from .strategies import PctSource
+from .token import Token, TokenError, fingerprint
 
 STRATEGIES = ("random", "pct", "exhaustive")
 
@@ -53,6 +53,11 @@ class Plan:
     preemptions: int = 2  # exhaustive: P
     delays: int = 2  # exhaustive: V
     dpor: bool = False  # exhaustive: partial-order reduction (harness/exhaustive.py)
+    interrupts: int = 1  # exhaustive: I (NMIs raised, interrupts left pending)
+
+    @property
+    def bound(self) -> Cost:
+        return Cost(self.preemptions, self.delays, self.interrupts)
 
 
 @dataclass
@@ -64,7 +69,8 @@ class ScheduleResult:
     decisions: int
     token: str | None = None
     shrunk: str | None = None
-    shrunk_decisions: int | None = None
+    shrunk_deviations: int | None = None  # the shrunk path's deviations from the simplest
+    deviations: int | None = None  # the failing path's (emu/path.deviations)
 
     @property
     def failed(self) -> bool:
@@ -115,16 +121,17 @@ def runner_for(scenario: str, variant: str | None, cpus: int | None,
 
 
 def estimate_steps(plan: Plan) -> int:
-    """PCT's k: the scheduling steps of one default-policy run (as shuttle estimates it)."""
-    out = runner_for(plan.scenario, plan.variant, plan.cpus).run(DefaultSource())
-    return out.result.steps
+    """PCT's k: the CPU choices of the simplest run (as shuttle estimates it from a run)."""
+    out = runner_for(plan.scenario, plan.variant, plan.cpus).run(SimplestSource())
+    return sum(c.kind is Kind.CPU for c in out.result.path)
 
 
-def make_token(runner: Runner, out: Outcome, path, seed: int | None) -> str:
+def make_token(runner: Runner, path, seed: int | None) -> str:
     b = runner.built
-    return Token(b.scenario.name, b.variant, b.cpus, tuple(path), guest_hash(b.program.code),
-                 seed, runner.trace.tsc_period, runner.trace.psb_period,
-                 runner.trace.ret_compression, b.config.event_mode).encode()
+    return Token(b.scenario.name, b.variant, b.cpus, tuple(path),
+                 fingerprint(b, runner.trace), seed, runner.trace.tsc_period,
+                 runner.trace.psb_period, runner.trace.ret_compression,
+                 b.config.event_mode).encode()
 
 
 def run_schedule(plan: Plan, idx: int) -> ScheduleResult:
@@ -147,15 +154,18 @@ def judge(runner: Runner, plan: Plan, idx: int, seed: int | None, out: Outcome) 
     res = ScheduleResult(idx, seed or 0, out.verdict.kind, str(out.verdict),
                          len(out.result.path))
     if out.verdict.kind != "pass":
-        res.token = make_token(runner, out, out.result.path, seed)
+        res.token = make_token(runner, out.result.path, seed)
+        res.deviations = deviations(out.result.path)
         if plan.shrink:
             def attempt(src):
                 o = runner.run(src)
                 return o.verdict.kind, o.result.path
+            # an exhaustive witness stays within the bounds it was found under
+            bound = plan.bound if runner.built.config.event_mode else None
             small = shrink(attempt, list(out.result.path), out.verdict.kind,
-                           plan.shrink_budget)
-            res.shrunk = make_token(runner, out, small.path, seed)
-            res.shrunk_decisions = len(small.path)
+                           plan.shrink_budget, bound)
+            res.shrunk = make_token(runner, small.path, seed)
+            res.shrunk_deviations = deviations(small.path)
     return res
 
 
@@ -199,7 +209,7 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
             summary.results.append(r)
             if results_db:
                 results_db.finished(exp_id, r.idx, r.verdict, r.detail, r.decisions, r.token,
-                                    r.shrunk, r.shrunk_decisions, frontier)
+                                    r.shrunk, r.shrunk_deviations, frontier)
             summary.seconds = time.perf_counter() - start
         if progress:
             progress(summary)
@@ -266,28 +276,29 @@ def exhaustive_search(plan: Plan, runner: Runner, more: Callable[[int], bool],
     from the plan, so that needs a shipped scenario."""
     from .exhaustive import Search
 
-    guest = guest_hash(runner.built.program.code)
-    search = Search(plan.preemptions, plan.delays, plan.dpor)
+    build = fingerprint(runner.built, runner.trace)
+    search = Search(plan.bound, plan.dpor)
     if saved:
         try:
             state = json.loads(saved)
-            ran_on, model = state["guest"], state.get("model", 1)
+            ran_on = state["build"]
             search = Search.from_state(state["search"])
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"--resume: the saved frontier in --db is damaged ({e}); start "
                              "afresh without --resume") from None
-        if model != EVENT_MODEL:
-            raise ValueError(f"--resume: the saved exploration ran fetch model {model}; this "
-                             f"textpoke runs model {EVENT_MODEL}: start afresh without --resume")
-        if ran_on != guest:
-            raise ValueError(f"--resume: the saved exploration ran other guest code ({ran_on}); "
-                             f"this build is {guest}: start afresh without --resume")
+        if ran_on != build:
+            raise ValueError(f"--resume: the saved exploration ran another build ({ran_on}: "
+                             "guest code, data, machine, fetch model or trace settings); this "
+                             f"one is {build}: start afresh without --resume")
+        if (search.bound, search.reduce) != (plan.bound, plan.dpor):
+            raise ValueError(f"--resume: the saved exploration has bounds {search.bound}"
+                             f"{' with DPOR' if search.reduce else ''}, not {plan.bound}"
+                             f"{' with DPOR' if plan.dpor else ''}")
 
     def frontier() -> str | None:
         if not persist:
             return None
-        return json.dumps({"guest": guest, "model": EVENT_MODEL, "search": search.state()},
-                          separators=(",", ":"))
+        return json.dumps({"build": build, "search": search.state()}, separators=(",", ":"))
 
     i = first
     if jobs <= 1:
@@ -343,20 +354,21 @@ def check_run(plan: Plan, idx: int, run: bytes) -> ScheduleResult:
 
 def replay(token_text: str, scenario: Scenario | None = None) -> tuple[Token, Outcome]:
     """Run a token's schedule again, exactly (on `scenario` if given, else the shipped one
-    of the token's name)."""
+    of the token's name): its whole path and nothing else (a ReplayError names the position
+    where the run and the path part)."""
     tok = Token.decode(token_text)
-    trace = TraceConfig(tsc_period=tok.tsc_period, psb_period=tok.psb_period,
-                        ret_compression=tok.ret_compression)
+    trace = tok.trace
     if scenario is not None:
         if scenario.name != tok.scenario:
             raise TokenError(f"token is for scenario {tok.scenario!r}, not {scenario.name!r}")
         runner = Runner(scenario, tok.variant, tok.cpus, trace, event_mode=tok.event_mode)
     else:
         runner = runner_for(tok.scenario, tok.variant, tok.cpus, trace, tok.event_mode)
-    if guest_hash(runner.built.program.code) != tok.guest:
-        raise TokenError(f"token recorded against other guest code ({tok.guest}); this build "
-                         f"is {guest_hash(runner.built.program.code)}")
-    return tok, runner.run(replay_source(list(tok.path)))
+    build = fingerprint(runner.built, trace)
+    if build != tok.fingerprint:
+        raise TokenError(f"token recorded against another build ({tok.fingerprint}: guest "
+                         f"code, data, machine or trace settings); this one is {build}")
+    return tok, runner.run(ReplaySource(tok.path))
 
 
 def progress_bar(stream=sys.stderr) -> Callable[[Summary], None]:

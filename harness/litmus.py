@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from emu import hypercall, layout, x86
 from emu.asm import assemble
 from emu.machine import CpuBoot, GuestImage, Machine, MachineConfig
+from emu.path import Cost
 
 from .exhaustive import explore_exhaustive
 
@@ -249,7 +250,8 @@ class _Out:
         self.ok = ok
 
 
-def run(lit: Litmus, preemptions: int = 2, delays: int = 4, limit: int = 20000) -> LitmusResult:
+def run(lit: Litmus, preemptions: int = 2, delays: int = 4, limit: int = 20000,
+        interrupts: int = 1, reduce: bool = False) -> LitmusResult:
     m = machine(lit)
     observed: set[str] = set()
 
@@ -261,5 +263,5 @@ def run(lit: Litmus, preemptions: int = 2, delays: int = 4, limit: int = 20000) 
             observed.add(OUTCOMES.get(m.mem.read_u64(V) & 0xFFFFFFFF, "torn"))
         return _Out(True)
 
-    res = explore_exhaustive(one, preemptions, delays, limit)
+    res = explore_exhaustive(one, Cost(preemptions, delays, interrupts), limit, reduce=reduce)
     return LitmusResult(lit, frozenset(observed), res.schedules, res.exhausted)

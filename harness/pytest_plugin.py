@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import pytest
 
+from emu.decisions import SimplestSource
+from emu.path import Kind
+
 from .explore import STRATEGIES, Plan, ScheduleResult, exhaustive_search, replay, run_one
 from .run import Runner
 from .scenario import Scenario
-from .strategies import DefaultSource
 from .token import Token
 
 
@@ -42,12 +44,13 @@ class Textpoke:
 
     def __init__(self, strategy: str, schedules: int | None, seed: int, depth: int,
                  replay: str | None, preemptions: int = 2, delays: int = 2,
-                 dpor: bool = False) -> None:
+                 dpor: bool = False, interrupts: int = 1) -> None:
         if strategy not in STRATEGIES:
             raise pytest.UsageError(f"textpoke marker: unknown strategy {strategy!r}; use "
                                     f"{'|'.join(STRATEGIES)}")
         self.strategy, self.schedules, self.seed, self.depth = strategy, schedules, seed, depth
         self.preemptions, self.delays, self.dpor = preemptions, delays, dpor
+        self.interrupts = interrupts
         self.replay_token = replay
         self.ran = 0
         self.exhausted: bool | None = None  # exhaustive: was the bounded space exhausted
@@ -66,7 +69,10 @@ class Textpoke:
         if self.strategy == "exhaustive":
             return self._exhaustive(scenario, variant, cpus)
         runner = Runner(scenario, variant, cpus)
-        steps = runner.run(DefaultSource()).result.steps if self.strategy == "pct" else 0
+        steps = 0
+        if self.strategy == "pct":  # PCT's k, as explore.estimate_steps counts it
+            path = runner.run(SimplestSource()).result.path
+            steps = sum(c.kind is Kind.CPU for c in path)
         plan = Plan(scenario.name, variant, cpus, self.strategy, self.seed, self.depth, steps)
         n = 20 if self.schedules is None else self.schedules
         for i in range(n):
@@ -77,7 +83,7 @@ class Textpoke:
         """Depth-first over the bounded space until it is exhausted (or `schedules` ran)."""
         runner = Runner(scenario, variant, cpus, event_mode=True)
         plan = Plan(scenario.name, variant, cpus, "exhaustive", preemptions=self.preemptions,
-                    delays=self.delays, dpor=self.dpor)
+                    delays=self.delays, dpor=self.dpor, interrupts=self.interrupts)
         ran = 0
 
         def record(res: ScheduleResult, _frontier: str | None) -> None:
@@ -105,7 +111,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "textpoke(strategy='random', schedules=20, depth=3, "
-                                       "preemptions=2, delays=2, dpor=False): how the "
+                                       "preemptions=2, delays=2, interrupts=1, dpor=False): "
+                                       "how the "
                                        "textpoke fixture explores (exhaustive: until the "
                                        "bounded space is exhausted unless schedules is given)")
 
@@ -121,7 +128,8 @@ def textpoke(request: pytest.FixtureRequest) -> Textpoke:
     return Textpoke(kw.get("strategy", "random"), None if schedules is None else int(schedules),
                     request.config.getoption("--textpoke-seed") + int(kw.get("seed", 0)),
                     int(kw.get("depth", 3)), replay, int(kw.get("preemptions", 2)),
-                    int(kw.get("delays", 2)), bool(kw.get("dpor", False)))
+                    int(kw.get("delays", 2)), bool(kw.get("dpor", False)),
+                    int(kw.get("interrupts", 1)))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -484,17 +484,12 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None,
              (data["V_BP_REFS"], data["V_BP_REFS"] + 8 * ncpus))
     if kprobes:
         watch += ((data["V_KPROBES"], data["V_KPROBES"] + guest.KPROBE_SIZE * len(kprobes)),)
-    # ... and every other shared variable orders steps for the explorer's reduction, except
-    # the outcome counters: increments that commute and that no guest code reads.
-    outcomes = (data["V_OUTCOMES"], data["V_OUTCOMES"] + 8 * 8 * guest.MAX_SITES)
-    track = ((layout.DATA_BASE + layout.GUEST_DATA_OFFSET, outcomes[0]), (outcomes[1], data.cursor))
     config = MachineConfig(ncpus=ncpus, grain=scn.grain,
                            max_quantum=5000 if event_mode else scn.max_quantum,
                            insn_budget=scn.insn_budget,
-                           spontaneous_nmis=nmis if scn.observer_nmis and not event_mode else (),
+                           spontaneous_nmis=nmis if scn.observer_nmis else (),
                            nmi_rarity=scn.nmi_rarity, event_mode=event_mode,
-                           watch=watch if event_mode else (),
-                           track=track if event_mode else ())
+                           watch=watch if event_mode else ())
     image = GuestImage(programs=[prog], idt=guest.kernel_idt(prog, scn.nmi_handler),
                        boot=[CpuBoot(prog.sym("patcher"))]
                        + [CpuBoot(prog.sym("observer")) for _ in range(ncpus - 1)],

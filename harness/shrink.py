@@ -1,19 +1,23 @@
-"""Shrinking a failing decision path (Hypothesis-style, on the choice sequence).
+"""Shrinking a failing path (Hypothesis-style, on the choice sequence of emu/path.py).
 
-A candidate is replayed leniently (a choice that no longer fits is reinterpreted) and
-continued by the default policy; if it fails with the same verdict kind, what it actually
-recorded (cut to the candidate's length) becomes the new path, so the result replays exactly.
-Passes: the shortest failing prefix (the rest left to the default policy), then deleting
-blocks of choices. The result is never longer than the input."""
+A candidate is a path edited from the best one so far. It is run with `ShrinkSource`, which
+reinterprets a choice that no longer fits its request (a CPU by its number, a value that was
+the simplest stays the simplest) and answers past the candidate's end with the simplest
+values. If the run fails with the same verdict kind, and within the bounds the failure was
+found under (an exhaustive witness stays a witness of its bounded space), what it recorded --
+the whole path, the simplest choices included -- becomes the best, so the result replays
+exactly. "Better" is fewer deviations from the simplest (emu/path.deviations), then a shorter
+path. Passes: the shortest failing prefix, deleting blocks of choices, lowering each choice
+to its simplest. The result is never worse than the input.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from emu.decisions import Choice, ReplaySource
-
-from .strategies import DefaultSource
+from emu.decisions import DecisionSource
+from emu.path import Choice, Cost, Kind, Request, deviations, path_cost, simplest
 
 
 @dataclass
@@ -21,40 +25,80 @@ class Shrunk:
     path: list[Choice]
     runs: int
 
+    @property
+    def deviations(self) -> int:
+        return deviations(self.path)
 
-def replay_source(path: list[Choice], lenient: bool = False) -> ReplaySource:
-    return ReplaySource(path, then=DefaultSource(), lenient=lenient)
+
+class ShrinkSource(DecisionSource):
+    """Follows a candidate leniently, then the simplest values (see the module)."""
+
+    def __init__(self, candidate: Sequence[Choice]) -> None:
+        self.candidate = list(candidate)
+
+    def pick(self, request: Request, position: int) -> int:
+        if position >= len(self.candidate):
+            return simplest(request)
+        want = self.candidate[position]
+        if want.kind is not request.kind or want.request is None:
+            return simplest(request)
+        if want.value == simplest(want.request):
+            return simplest(request)
+        ctx, old = request.context, want.request.context
+        if request.kind is Kind.CPU and ctx is not None and old is not None:
+            cpu = old.runnable[want.value]
+            return ctx.runnable.index(cpu) if cpu in ctx.runnable else simplest(request)
+        return want.value if want.value < request.arity else simplest(request)
 
 
-def shrink(run: Callable[[ReplaySource], tuple[str, list[Choice]]], path: list[Choice],
-           kind: str, budget: int = 80) -> Shrunk:
-    """`run(source)` -> (verdict kind, recorded path)."""
+def _key(path: Sequence[Choice]) -> tuple[int, int]:
+    return deviations(path), len(path)
+
+
+def shrink(run: Callable[[DecisionSource], tuple[str, list[Choice]]], path: list[Choice],
+           kind: str, budget: int = 80, bound: Cost | None = None) -> Shrunk:
+    """`run(source)` -> (verdict kind, recorded path). `path` is the failing run's recorded
+    path; `bound`, when the failure was found under bounds, is what a shrunk path may spend."""
     best = list(path)
     runs = 0
 
-    def fails(candidate: list[Choice]) -> list[Choice] | None:
-        nonlocal runs
+    def better(candidate: list[Choice]) -> bool:
+        nonlocal runs, best
         runs += 1
-        got, recorded = run(replay_source(candidate, lenient=True))
-        return recorded[:len(candidate)] if got == kind else None
+        got, recorded = run(ShrinkSource(candidate))
+        if got != kind or (bound is not None and not path_cost(recorded).within(bound)):
+            return False
+        if _key(recorded) < _key(best):
+            best = list(recorded)
+            return True
+        return False
 
     # 1. the shortest failing prefix, by bisection (failure need not be monotone: re-check)
     lo, hi = 0, len(best)
-    while lo < hi and runs < budget // 2:
+    while lo < hi and runs < budget // 3:
         mid = (lo + hi) // 2
-        if (found := fails(best[:mid])) is not None:
-            hi, best = mid, found
+        if better(best[:mid]):
+            hi = min(mid, len(best))
         else:
             lo = mid + 1
-    # 2. delete blocks, large to small
-    size = max(len(best) // 8, 1)
-    while size >= 1 and runs < budget:
+    # 2. delete blocks of the deviations, large to small
+    size = max(deviations(best) // 4, 1)
+    while size >= 1 and runs < 2 * budget // 3:
+        marks = [i for i, c in enumerate(best) if not c.simplest]
         i = 0
-        while i < len(best) and runs < budget:
-            candidate = best[:i] + best[i + size:]
-            if (found := fails(candidate)) is not None and len(found) < len(best):
-                best = found
-            else:
+        while i < len(marks) and runs < 2 * budget // 3:
+            cut = set(marks[i:i + size])
+            if not better([c for k, c in enumerate(best) if k not in cut]):
                 i += size
+            else:
+                marks = [k for k, c in enumerate(best) if not c.simplest]
         size //= 2
+    # 3. lower each remaining deviation to its simplest, latest first
+    i = len(best) - 1
+    while i >= 0 and runs < budget:
+        c = best[i]
+        if not c.simplest and c.request is not None:
+            lowered = best[:i] + [Choice(c.kind, c.arity, simplest(c.request), c.request)]
+            better(lowered + best[i + 1:])
+        i = min(i, len(best)) - 1
     return Shrunk(best, runs)

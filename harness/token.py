@@ -1,30 +1,66 @@
-"""Replay tokens: a compact, versioned, copy-pasteable text for one schedule.
+"""Replay tokens: a compact, versioned, copy-pasteable text for one whole test case.
 
-    tp1.<base64url(zlib(json))>.<crc32 hex>
+    tp2.<base64url(zlib(json))>.<crc32 hex>
 
-The JSON holds the scenario, variant, CPU count, trace configuration, a hash of the guest code
-the path was recorded against, the seed (if any) and the decision path (emu.decisions codec).
-Replaying runs the path, then DefaultSource for whatever the path leaves open (a shrunk path).
-A token of another version, a damaged one, or one recorded against other guest code is refused.
+The JSON holds the scenario, variant, CPU count, trace configuration, the seed (if any), the
+whole decision path (emu/path.py codec: a shrunk path too keeps its simplest choices) and a
+fingerprint of everything else that determines the run (`fingerprint`). Replay consumes exactly
+that path (emu/decisions.ReplaySource). A token of another version, a damaged one, one with a
+field out of range, or one whose fingerprint is not this build's is refused with a TokenError.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import json
 import zlib
 from dataclasses import dataclass
 
-from emu.decisions import Choice, decode_path, encode_path
+from emu import layout
 from emu.machine import EVENT_MODEL
+from emu.path import Choice, decode_path, encode_path
 
-VERSION = "tp1"
+from .pt.encoder import TraceConfig
+from .scenario import Built
+
+VERSION = "tp2"
+_NAME_MAX = 200
 
 
 class TokenError(ValueError):
     pass
+
+
+def fingerprint(built: Built, trace: TraceConfig) -> str:
+    """A hash of all a run depends on besides its path: the guest code, the initial data
+    tables, the IDT and boot state, the machine configuration (the event-mode fetch model
+    included) and the trace configuration. Tokens and saved searches carry it; a build that
+    hashes otherwise would not run the same path the same way."""
+    image, config = built.image, built.config
+    doc = {
+        "code": [[p.base, p.code.hex()] for p in image.programs],
+        "data": [[va, raw.hex()] for va, raw in image.data],
+        "idt": sorted(image.idt.items()),
+        "boot": [[b.entry, sorted(b.regs.items()), b.interrupts] for b in image.boot],
+        "machine": {f.name: _plain(getattr(config, f.name))
+                    for f in dataclasses.fields(config)},
+        "model": EVENT_MODEL if config.event_mode else 0,
+        "trace": dataclasses.asdict(trace),
+        "layout": [layout.TEXT_BASE, layout.DATA_BASE, layout.STACK_BASE, layout.POKE_BASE],
+    }
+    raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, frozenset | set):
+        return sorted(value)
+    if hasattr(value, "value"):  # an enum
+        return value.value
+    return value
 
 
 @dataclass(frozen=True)
@@ -33,31 +69,38 @@ class Token:
     variant: str
     cpus: int
     path: tuple[Choice, ...]
-    guest: str  # sha256 prefix of the guest program the path drives
+    fingerprint: str  # of the build the path drives (`fingerprint`)
     seed: int | None = None
     tsc_period: int = 1
     psb_period: int = 4096
     ret_compression: bool = True
     event_mode: bool = False  # recorded by the exhaustive explorer (event-driven machine)
 
+    @property
+    def trace(self) -> TraceConfig:
+        return TraceConfig(tsc_period=self.tsc_period, psb_period=self.psb_period,
+                           ret_compression=self.ret_compression)
+
     def encode(self) -> str:
-        doc = {"s": self.scenario, "v": self.variant, "c": self.cpus, "g": self.guest,
+        doc = {"s": self.scenario, "v": self.variant, "c": self.cpus, "g": self.fingerprint,
                "seed": self.seed, "t": [self.tsc_period, self.psb_period,
                                         int(self.ret_compression)],
-               "e": EVENT_MODEL if self.event_mode else 0, "p": encode_path(self.path)}
+               "e": int(self.event_mode), "p": encode_path(self.path)}
         raw = zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 9)
         body = base64.urlsafe_b64encode(raw).decode().rstrip("=")
         return f"{VERSION}.{body}.{zlib.crc32(raw):08x}"
 
     @classmethod
     def decode(cls, text: str) -> Token:
+        if not isinstance(text, str):
+            raise TokenError("not a replay token (expected text)")
         text = "".join(text.split())  # copy-paste may wrap it
         parts = text.split(".")
         if len(parts) != 3:
-            raise TokenError("not a replay token (expected tp1.<data>.<checksum>)")
+            raise TokenError(f"not a replay token (expected {VERSION}.<data>.<checksum>)")
         version, body, crc = parts
         if version != VERSION:
-            raise TokenError(f"token version {version!r}; this textpoke reads {VERSION!r}")
+            raise TokenError(f"token version {version[:20]!r}; this textpoke reads {VERSION!r}")
         try:
             raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
         except (binascii.Error, ValueError):
@@ -66,18 +109,44 @@ class Token:
             raise TokenError("token damaged: checksum mismatch")
         try:
             doc = json.loads(zlib.decompress(raw))
-            tsc, psb, ret = doc["t"]
-            model = int(doc.get("e", 0))
-            tok = cls(doc["s"], doc["v"], int(doc["c"]), tuple(decode_path(doc["p"])),
-                      doc["g"], doc["seed"], int(tsc), int(psb), bool(ret), bool(model))
-        except (zlib.error, ValueError, KeyError, TypeError) as e:
+        except (zlib.error, ValueError, RecursionError) as e:
             raise TokenError(f"token damaged: {e}") from None
-        if model not in (0, EVENT_MODEL):
-            raise TokenError(f"token recorded by the exhaustive explorer's fetch model {model}; "
-                             f"this textpoke runs model {EVENT_MODEL} (a fetch-view update is "
-                             "decided at each fetch): explore again to get a token")
-        return tok
+        return cls._from_doc(doc)
+
+    @classmethod
+    def _from_doc(cls, doc: object) -> Token:
+        if not isinstance(doc, dict):
+            raise TokenError("token field: the data is not an object")
+        need = {"s", "v", "c", "g", "seed", "t", "e", "p"}
+        if set(doc) != need:
+            raise TokenError(f"token fields: expected {sorted(need)}, got {sorted(doc)[:12]}")
+        s, v, c, g, seed, t, e, p = (doc[k] for k in ("s", "v", "c", "g", "seed", "t", "e", "p"))
+        for name, val in (("scenario", s), ("variant", v), ("fingerprint", g)):
+            if not isinstance(val, str) or not val or len(val) > _NAME_MAX:
+                raise TokenError(f"token field {name}: expected a name, got {_show(val)}")
+        if not _int(c) or not 1 <= c <= layout.MAX_CPUS:
+            raise TokenError(f"token field cpus: expected 1..{layout.MAX_CPUS}, got {_show(c)}")
+        if seed is not None and (not _int(seed) or not 0 <= seed < 2**63):
+            raise TokenError(f"token field seed: expected 0..2^63-1 or null, got {_show(seed)}")
+        if not (isinstance(t, list) and len(t) == 3 and all(map(_int, t)) and t[2] in (0, 1)):
+            raise TokenError(f"token field trace: expected [tsc, psb, 0|1], got {_show(t)}")
+        if e not in (0, 1) or not _int(e):
+            raise TokenError(f"token field event mode: expected 0 or 1, got {_show(e)}")
+        try:
+            TraceConfig(tsc_period=t[0], psb_period=t[1], ret_compression=bool(t[2]))
+        except ValueError as err:
+            raise TokenError(f"token field trace: {err}") from None
+        try:
+            path = tuple(decode_path(p))
+        except ValueError as err:
+            raise TokenError(f"token field path: {err}") from None
+        return cls(s, v, c, path, g, seed, t[0], t[1], bool(t[2]), bool(e))
 
 
-def guest_hash(code: bytes) -> str:
-    return hashlib.sha256(code).hexdigest()[:12]
+def _int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _show(x: object) -> str:
+    text = json.dumps(x)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -19,7 +19,8 @@ class ZooRow:
     schedules_to_first: int | None
     seconds_to_first: float | None
     decisions: int | None
-    shrunk_decisions: int | None
+    deviations: int | None  # of the failing path from the simplest run (emu/path.py)
+    shrunk_deviations: int | None
     token: str | None
     shrunk: str | None
     fixed_passed: int
@@ -45,7 +46,8 @@ def zoo(strategy: str = "random", buggy_budget: int = 300, fixed_budget: int = 4
                 schedules_to_first=first.idx + 1 if first else None,
                 seconds_to_first=round(bug.seconds, 2) if first else None,
                 decisions=first.decisions if first else None,
-                shrunk_decisions=first.shrunk_decisions if first else None,
+                deviations=first.deviations if first else None,
+                shrunk_deviations=first.shrunk_deviations if first else None,
                 token=first.token if first else None, shrunk=first.shrunk if first else None,
                 fixed_passed=sum(not r.failed for r in fixed.results),
                 fixed_schedules=len(fixed.results)))
@@ -58,12 +60,12 @@ def _n(x: int | None) -> str:
 
 def table(rows: list[ZooRow]) -> str:
     head = ("| card | scenario | buggy found | verdict | schedules to 1st | seconds to 1st | "
-            "decisions | shrunk | fixed passed |")
-    lines = [head, "|" + "---|" * 9]
+            "decisions | deviations | shrunk | fixed passed |")
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         lines.append(f"| {r.card} | {r.scenario} | {'yes' if r.found else 'NO'} | "
                      f"{r.kind or '-'} | {r.schedules_to_first or '-'} | "
                      f"{r.seconds_to_first if r.seconds_to_first is not None else '-'} | "
-                     f"{_n(r.decisions)} | {_n(r.shrunk_decisions)} | "
+                     f"{_n(r.decisions)} | {_n(r.deviations)} | {_n(r.shrunk_deviations)} | "
                      f"{r.fixed_passed}/{r.fixed_schedules} |")
     return "\n".join(lines)

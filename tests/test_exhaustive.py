@@ -8,13 +8,15 @@ import sys
 import pytest
 
 from emu import layout
-from emu.decisions import DecisionSource, Kind
+from emu.decisions import DecisionSource
 from emu.footprint import Footprint, data_words, describe, irq, text_grains
-from emu.machine import StepContext
+from emu.path import Cost, CpuContext, Kind, Request, simplest
 from harness import litmus
 from harness.exhaustive import (
     ExhaustiveSource,
     Node,
+    Search,
+    SearchError,
     Step,
     advance,
     explore_exhaustive,
@@ -24,23 +26,28 @@ from harness.explore import Plan, explore, replay
 
 
 def _path(*nodes: tuple[Kind, int, int, int]) -> list[Node]:
-    """Nodes (kind, choices, value, default) as explore_exhaustive leaves them, no reduction."""
-    return [Node(k, c, v, d, todo=set(range(c)) if c > 1 else {v}, done={v})
-            for k, c, v, d in nodes]
+    """Nodes (kind, arity, value, simplest) as explore_exhaustive leaves them, no reduction."""
+    return [Node(k, c, v, d, todo=set(range(c)), done={v}) for k, c, v, d in nodes]
 
 
 def test_advance_respects_the_bounds():
-    def nxt(nodes, p, v):
+    def nxt(nodes, p, v, i=0):
         path = _path(*nodes)
-        return [n.value for n in path] if advance(path, p, v) else None
+        return [n.value for n in path] if advance(path, Cost(p, v, i)) else None
 
     rec = [(Kind.CPU, 3, 0, 0), (Kind.FLUSH, 4, 0, 0), (Kind.CPU, 3, 1, 1)]
     assert nxt(rec, 1, 1) == [0, 0, 0]  # deepest first: preempt at the last point
     assert nxt(rec, 0, 1) == [0, 1]  # no preemption left: delay a view update
     assert nxt(rec, 0, 0) is None  # nothing within the bounds: exhausted
-    assert nxt([(Kind.CPU, 1, 0, 0)], 5, 5) is None  # a forced choice never branches
-    # ... whatever CPU round-robin picked there (a regression: it used to try CPU 0 for free)
-    assert nxt([(Kind.CPU, 1, 2, 2)], 5, 5) is None
+    nmi = [(Kind.CPU, 2, 0, 0), (Kind.NMI_RAISE, 2, 0, 0)]
+    assert nxt(nmi, 1, 1) == [1]  # raising an NMI spends an interrupt, not a preemption
+    assert nxt(nmi, 1, 1, 1) == [0, 1]
+
+
+def test_negative_bounds_are_refused():
+    for bad in (Cost(-1, 0, 0), Cost(0, -1, 0), Cost(0, 0, -1)):
+        with pytest.raises(SearchError):
+            Search(bad)
 
 
 def test_exhaustive_enumerates_each_bounded_path_once():
@@ -50,14 +57,17 @@ def test_exhaustive_enumerates_each_bounded_path_once():
         ok = True
 
     def run(src):
-        for kind, arity in [(Kind.CPU, 2), (Kind.CPU, 3), (Kind.FLUSH, 2)]:
-            src.pick(kind, arity, len(src.record))
+        ctx = CpuContext((0, 1), None, frozenset())
+        for req in [Request(Kind.CPU, 2, context=ctx), Request(Kind.CPU, 3),
+                    Request(Kind.FLUSH, 2)]:
+            src.pick(req, len(src.record))
+        src.close(len(src.record), frozenset())
         seen.append(tuple(n.value for n in src.record))
         return Out()
 
-    res = explore_exhaustive(run, preemptions=1, delays=1)
+    res = explore_exhaustive(run, Cost(1, 1, 0))
     assert res.exhausted and len(seen) == len(set(seen))
-    # defaults (0,0,0); one preemption at either CPU choice (1 + 2 ways), each with or without
+    # simplest (0,0,0); one preemption at either CPU choice (1 + 2 ways), each with or without
     # the one delayed flush: (1 + 3) * 2 = 8
     assert res.schedules == 8
 
@@ -118,27 +128,23 @@ def test_machine_records_footprints_in_event_mode():
 
 class _CpuOrder(DecisionSource):
     """CPU choices by CPU number from `order` (seeded random past its end); every other
-    choice its default. Keeps each step's (CPU, footprint)."""
+    choice its simplest. Keeps each step's footprint."""
 
     wants_footprints = True
 
     def __init__(self, order: list[int], seed: int = 0) -> None:
         self.order, self.rng = order, random.Random(seed)
         self.steps: list[Footprint] = []
-        self.ctx: StepContext | None = None
 
-    def observe(self, context: object) -> None:
-        if isinstance(context, StepContext):
-            self.ctx = context
-        else:
-            self.steps.append(context)
+    def step_done(self, footprint: Footprint) -> None:
+        self.steps.append(footprint)
 
-    def pick(self, kind: Kind, arity: int, position: int) -> int:
-        if kind is not Kind.CPU:
-            return 1 if kind in (Kind.IPI, Kind.NMI) else 0
+    def pick(self, request: Request, position: int) -> int:
+        if request.kind is not Kind.CPU:
+            return simplest(request)
         k = len(self.steps)
-        return (self.ctx.runnable.index(self.order[k]) if k < len(self.order)
-                else self.rng.randrange(arity))
+        return (request.context.runnable.index(self.order[k]) if k < len(self.order)
+                else self.rng.randrange(request.arity))
 
 
 def test_independent_adjacent_steps_commute():
@@ -182,7 +188,7 @@ def test_dpor_explores_fewer_paths_of_the_same_space():
             seen.add(tuple(c.value for c in out.result.path))
             return out
 
-        res = explore_exhaustive(run, 1, 0, reduce=reduce)
+        res = explore_exhaustive(run, Cost(1, 0, 1), reduce=reduce)
         assert res.exhausted and not res.failures
         paths[reduce] = seen
     assert paths[True] < paths[False]  # a strict subset: every DPOR path is in the space
@@ -241,8 +247,18 @@ def test_cli_exhaustive_reports_exhaustion_and_count():
     assert 1 < reduced["schedules"] < doc["schedules"]
     text = subprocess.run([sys.executable, "-m", "harness", "explore", "z4_bytewise",
                            "--variant", "fixed", "--strategy", "exhaustive", "--preemptions",
-                           "0", "--delays", "0"], capture_output=True, text=True, timeout=600)
+                           "0", "--delays", "0", "--interrupts", "0"], capture_output=True,
+                          text=True, timeout=600)
     assert "space exhausted after 1 schedules" in text.stdout
+
+
+@pytest.mark.parametrize("option", ["--preemptions", "--delays", "--interrupts"])
+def test_cli_refuses_negative_bounds(option):
+    """A negative bound cannot be honoured: bad input, never "space exhausted"."""
+    out = subprocess.run([sys.executable, "-m", "harness", "explore", "z4_bytewise",
+                          "--strategy", "exhaustive", option, "-1"], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 2 and option in out.stderr and "exhausted" not in out.stdout
 
 
 def test_one_delayed_update_shows_the_old_instruction_or_one_stale_byte():

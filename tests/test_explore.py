@@ -11,11 +11,11 @@ import zlib
 
 import pytest
 
-from emu.decisions import Choice, Kind
+from emu.decisions import ReplayError, ReplaySource
+from emu.path import Choice, Kind, decode_path, encode_path
 from harness.explore import Plan, explore, replay, run_schedule
 from harness.run import Runner
 from harness.scenarios import SCENARIOS
-from harness.shrink import replay_source
 from harness.strategies import PctSource
 from harness.token import Token, TokenError
 
@@ -32,12 +32,12 @@ def test_token_round_trip():
     tok = Token("static_key", "correct", 4, (Choice(Kind.CPU, 4, 2), Choice(Kind.QUANTUM, 16, 3)),
                 "abcdef012345", seed=7, tsc_period=3)
     text = tok.encode()
-    assert text.startswith("tp1.") and Token.decode(text) == tok
+    assert text.startswith("tp2.") and Token.decode(text) == tok
     assert Token.decode(text[:20] + "\n  " + text[20:]) == tok  # survives line wrapping
 
 
 @pytest.mark.parametrize("mangle,msg", [
-    (lambda t: "tp2" + t[3:], "version"), (lambda t: t[:-1] + ("0" if t[-1] != "0" else "1"),
+    (lambda t: "tp1" + t[3:], "version"), (lambda t: t[:-1] + ("0" if t[-1] != "0" else "1"),
                                            "checksum"),
     (lambda t: t[:10] + "!" + t[11:], "damaged"), (lambda t: "hello", "not a replay token"),
 ])
@@ -47,43 +47,76 @@ def test_bad_tokens_are_refused(mangle, msg):
         Token.decode(mangle(text))
 
 
-def test_token_of_another_fetch_model_is_refused():
-    """An exhaustive token records its path under the event-mode fetch model; a path of the
-    old model (a view flushed at every step) does not mean the same run."""
-    tok = Token("static_key", "correct", 3, (), "x", event_mode=True)
-    assert Token.decode(tok.encode()) == tok
-    doc = json.loads(zlib.decompress(base64.urlsafe_b64decode(tok.encode().split(".")[1] +
-                                                              "==")))
-    doc["e"] = 1
+def _edit(token: str, **fields) -> str:
+    """A checksum-valid token with some JSON fields replaced (what a hand edit makes)."""
+    body = token.split(".")[1]
+    doc = json.loads(zlib.decompress(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))))
+    doc.update(fields)
     raw = zlib.compress(json.dumps(doc).encode())
-    old = f"tp1.{base64.urlsafe_b64encode(raw).decode().rstrip('=')}.{zlib.crc32(raw):08x}"
-    with pytest.raises(TokenError, match="fetch model 1; this textpoke runs model 2"):
-        Token.decode(old)
+    return f"tp2.{base64.urlsafe_b64encode(raw).decode().rstrip('=')}.{zlib.crc32(raw):08x}"
 
 
-def test_token_against_other_guest_code_is_refused():
+@pytest.mark.parametrize("fields,msg", [
+    ({"s": ["static_key"]}, "scenario"), ({"v": 3}, "variant"), ({"c": 0}, "cpus"),
+    ({"c": "4"}, "cpus"), ({"t": [0, 4096, 1]}, "trace"), ({"t": [1, 10, 1]}, "trace"),
+    ({"t": [1, 4096]}, "trace"), ({"seed": -1}, "seed"), ({"e": 2}, "event mode"),
+    ({"p": "c3.7"}, "path"), ({"p": 5}, "path"), ({"g": ""}, "fingerprint"),
+])
+def test_checksum_valid_tokens_with_bad_fields_are_refused(fields, msg):
+    text = Token("static_key", "correct", 4, (Choice(Kind.CPU, 4, 1),), "x").encode()
+    with pytest.raises(TokenError, match=msg):
+        Token.decode(_edit(text, **fields))
+
+
+def test_token_against_another_build_is_refused():
+    """The fingerprint covers code, data tables, the machine configuration (the event-mode
+    fetch model included) and the trace settings, not the guest code alone."""
     r = _failing()
     tok = Token.decode(r.token)
     forged = Token(tok.scenario, tok.variant, tok.cpus, tok.path, "000000000000", tok.seed)
-    with pytest.raises(TokenError, match="other guest code"):
+    with pytest.raises(TokenError, match="another build"):
         replay(forged.encode())
+    # the same path under other trace settings names another build too
+    other = Token(tok.scenario, tok.variant, tok.cpus, tok.path, tok.fingerprint, tok.seed,
+                  tsc_period=2)
+    with pytest.raises(TokenError, match="another build"):
+        replay(other.encode())
+
+
+def test_a_truncated_or_extended_path_is_refused_not_replayed_as_pass():
+    """A checksum-valid token whose path was cut (or grown) names the position where the run
+    and the path part; it used to be continued by a default policy and replayed as `pass`."""
+    r = _failing("z2_handler_vs_teardown")
+    tok = Token.decode(r.token)
+    path = encode_path(tok.path)
+    cut = _edit(r.token, p=encode_path(tok.path[:len(tok.path) // 3]))
+    with pytest.raises(ReplayError, match=f"decision {len(tok.path) // 3}: the path ended"):
+        replay(cut)
+    grown = _edit(r.token, p=path + ",c2.0")
+    with pytest.raises(ReplayError, match="the run ended"):
+        replay(grown)
+    out = subprocess.run([sys.executable, "-m", "harness", "replay", cut], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 2 and "decision" in out.stderr
+    assert decode_path(path) == list(tok.path)
 
 
 def test_replay_reproduces_the_failure_and_the_shrunk_one():
     r = _failing()
     _tok, out = replay(r.token)
     assert out.verdict.kind == r.verdict and str(out.verdict) == r.detail
-    assert r.shrunk_decisions <= r.decisions
-    _tok, small = replay(r.shrunk)
+    assert r.shrunk_deviations <= r.deviations
+    tok, small = replay(r.shrunk)
     assert small.verdict.kind == r.verdict  # the shrunk path still fails the same way
+    assert len(small.result.path) == len(tok.path)  # recorded whole, simplest choices too
 
 
 def test_shrunk_path_is_exact_not_lenient():
     r = _failing("z6_unsorted_batch")
     tok = Token.decode(r.shrunk)
     runner = Runner(SCENARIOS[tok.scenario], tok.variant, tok.cpus)
-    a = runner.run(replay_source(list(tok.path)))
-    b = runner.run(replay_source(list(tok.path)))
+    a = runner.run(ReplaySource(tok.path))
+    b = runner.run(ReplaySource(tok.path))
     assert a.result.truth.digest() == b.result.truth.digest() and a.verdict.kind == r.verdict
 
 
@@ -100,7 +133,7 @@ def test_jobs_do_not_change_verdicts():
 def test_jobs_do_not_change_an_exhaustive_search(dpor):
     """With workers the search runs each path and they verify its run."""
     plan = Plan("z4_bytewise", "buggy", strategy="exhaustive", preemptions=1, delays=0,
-                dpor=dpor, shrink=False)
+                interrupts=0, dpor=dpor, shrink=False)
     one, two = explore(plan, jobs=1), explore(plan, jobs=2)
     assert one.exhausted and two.exhausted and one.failures
     assert [(r.idx, r.verdict, r.detail, r.token) for r in one.results] == \
@@ -151,13 +184,13 @@ def test_exhaustive_resumes_from_its_frontier_after_sigkill(tmp_path):
     """The search's frontier is committed with each result: a resumed exhaustive search runs
     exactly the schedules the killed one had left, in the same order."""
     plan = Plan("z4_bytewise", "buggy", strategy="exhaustive", preemptions=1, delays=0,
-                shrink=False)
+                interrupts=0, shrink=False)
     whole = explore(plan)
     assert whole.exhausted and whole.failures and len(whole.results) > 20
     db = tmp_path / "x.db"
     cmd = [sys.executable, "-m", "harness", "explore", "z4_bytewise", "--variant", "buggy",
-           "--strategy", "exhaustive", "--preemptions", "1", "--delays", "0", "--no-shrink",
-           "--db", str(db)]
+           "--strategy", "exhaustive", "--preemptions", "1", "--delays", "0", "--interrupts", "0",
+           "--no-shrink", "--db", str(db)]
     proc = subprocess.Popen([*cmd, "--log"], stdout=subprocess.PIPE, text=True)
     for n, _line in enumerate(proc.stdout, 1):  # wait for results, not for time
         if n == 10:
@@ -188,8 +221,8 @@ def test_ctrl_c_reports_what_was_found_and_resume_goes_on(tmp_path, strategy):
     db = tmp_path / "x.db"
     cmd = [sys.executable, "-m", "harness", "explore", "z4_bytewise", "--variant", "fixed",
            "--strategy", strategy, "--jobs", "2", "--db", str(db), "--json",
-           *(["--preemptions", "1", "--delays", "0"] if strategy == "exhaustive" else
-             ["--schedules", "40"])]
+           *(["--preemptions", "1", "--delays", "0", "--interrupts", "0"]
+             if strategy == "exhaustive" else ["--schedules", "40"])]
     proc = subprocess.Popen([*cmd, "--log"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True, preexec_fn=terminal_sigint)
     lines = []
@@ -250,15 +283,16 @@ def test_ctrl_c_propagates_from_the_library_unless_asked():
 def test_a_damaged_or_foreign_frontier_is_refused_and_keeps_the_results(tmp_path):
     db = tmp_path / "x.db"
     cmd = [sys.executable, "-m", "harness", "explore", "z4_bytewise", "--variant", "fixed",
-           "--strategy", "exhaustive", "--preemptions", "1", "--delays", "0", "--db", str(db)]
+           "--strategy", "exhaustive", "--preemptions", "1", "--delays", "0", "--interrupts", "0",
+           "--db", str(db)]
     assert subprocess.run([*cmd, "--schedules", "3"], capture_output=True, timeout=600
                           ).returncode == 0
     con = sqlite3.connect(db)
     (state,) = con.execute("SELECT state FROM frontiers").fetchone()
     doc = json.loads(state)
-    old_model = json.dumps(doc | {"model": 1})
+    old_model = json.dumps(doc | {"build": "0" * 16})
     doc["search"]["path"][0][1] += 1  # a choice this machine never offers there
-    for bad, why in [('{"guest": 1}', "damaged"), (old_model, "ran fetch model 1"),
+    for bad, why in [('{"guest": 1}', "damaged"), (old_model, "ran another build"),
                      (json.dumps(doc), "choice 0: the search expected a cpu choice of")]:
         with con:
             con.execute("UPDATE frontiers SET state = ?", (bad,))
@@ -287,7 +321,7 @@ def test_zoo_finds_every_buggy_variant_and_passes_every_fixed_one():
     assert {r["card"].split()[0] for r in rows} == {f"Z{i}" for i in range(1, 8)}
     for r in rows:
         assert r["found"] and r["fixed_passed"] == r["fixed_schedules"] == 4
-        assert r["shrunk_decisions"] <= r["decisions"] and r["token"].startswith("tp1.")
+        assert r["shrunk_deviations"] <= r["deviations"] and r["token"].startswith("tp2.")
 
 
 def test_replay_artifacts_are_byte_identical_across_processes(tmp_path):

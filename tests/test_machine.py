@@ -7,7 +7,8 @@ import threading
 import pytest
 
 from emu import layout, x86
-from emu.decisions import Kind, RandomSource, ReplayError, ReplaySource
+from emu.decisions import RandomSource, ReplayError, ReplaySource
+from emu.path import Kind
 from emu.fetch_view import Grain
 from emu.machine import MachineConfig
 from emu.selftest import Scripted
@@ -329,7 +330,7 @@ def test_replay_of_a_foreign_path_is_refused(build):
     m = build(src, ["a", "a"])
     res = m.run(RandomSource(4))
     wrong = list(res.path)
-    from emu.decisions import Choice
+    from emu.path import Choice
     wrong[0] = Choice(Kind.VIEW, 9, 0)
     with pytest.raises(ReplayError, match="decision 0"):
         m.run(ReplaySource(wrong))

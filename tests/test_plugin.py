@@ -21,7 +21,7 @@ def test_failing_sequence_reports_verdict_and_token(pytester):
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
     assert "verdict: decode_divergence" in out and "packet offset" in out
-    token = re.search(r"replay token: (tp1\.\S+)", out).group(1)
+    token = re.search(r"replay token: (tp2\.\S+)", out).group(1)
     again = pytester.runpytest("-p", "no:cacheprovider", f"--textpoke-replay={token}")
     again.assert_outcomes(failed=1)
     assert "verdict: decode_divergence" in again.stdout.str()
@@ -29,7 +29,7 @@ def test_failing_sequence_reports_verdict_and_token(pytester):
 
 def test_damaged_replay_token_is_an_error(pytester):
     pytester.makepyfile(test_mine=EXAMPLE)
-    result = pytester.runpytest("-p", "no:cacheprovider", "--textpoke-replay=tp1.abc.00000000")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--textpoke-replay=tp2.abc.00000000")
     result.assert_outcomes(errors=1)
     assert "checksum mismatch" in result.stdout.str()
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from emu.decisions import ReplaySource, decode_path, encode_path
+from emu.decisions import ReplaySource
+from emu.path import decode_path, encode_path
 from emu.selftest import Scripted
 from harness import int3_selftest
 from harness.guest import Cfg
