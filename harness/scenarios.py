@@ -28,9 +28,9 @@ def _zoo(buggy: Cfg, expect: str, **more: Variant) -> dict[str, Variant]:
 # the first time it is called. Retiring tramp_1 = text_poke it full of INT3 padding.
 Z7_ASM = """
 tramp_1:
-    lock inc qword ptr [V_SCRATCH]        # percpu_ref_get(&image->pcref)
+    lock inc qword ptr [V_SCRATCH + TRAMP_USERS]  # percpu_ref_get(&image->pcref)
     call traced_fn
-    lock dec qword ptr [V_SCRATCH]        # percpu_ref_put()
+    lock dec qword ptr [V_SCRATCH + TRAMP_USERS]  # percpu_ref_put()
     mov ebx, 1
     ret
 tramp_1_end:
@@ -39,24 +39,24 @@ tramp_2:
     mov ebx, 2
     ret
 traced_fn:
-    lock bts qword ptr [V_SCRATCH + 8], 0
+    lock bts qword ptr [V_SCRATCH + TRAMP_CALLED], 0
     jc traced_ret
-    mov qword ptr [V_SCRATCH + 16], 1     # asleep
+    mov qword ptr [V_SCRATCH + TRAMP_ASLEEP], 1
 traced_sleep:
-    mov rax, qword ptr gs:[0]
+    mov rax, qword ptr gs:[PERCPU_CPU]
     lock inc qword ptr [V_QS + rax*8]     # schedule(): a voluntary quiescent point
     pause
-    cmp qword ptr [V_SCRATCH + 24], 0
+    cmp qword ptr [V_SCRATCH + TRAMP_WAKE], 0
     je traced_sleep
-    mov qword ptr [V_SCRATCH + 16], 0
+    mov qword ptr [V_SCRATCH + TRAMP_ASLEEP], 0
 traced_ret:
     ret
 wake_sleeper:
-    mov qword ptr [V_SCRATCH + 24], 1
+    mov qword ptr [V_SCRATCH + TRAMP_WAKE], 1
     ret
 wait_users:                              # percpu_ref_kill + wait for the last put
     pause
-    cmp qword ptr [V_SCRATCH], 0
+    cmp qword ptr [V_SCRATCH + TRAMP_USERS], 0
     jne wait_users
     ret
 free_tramp_1:                            # record the change, text_poke INT3 padding, sync
@@ -105,7 +105,7 @@ retire_early:                            # buggy: rcu-tasks does not cover the s
 Z7_WAIT_SLEEPER = """
 z7_wait_{i}:
     pause
-    cmp qword ptr [V_SCRATCH + 16], 1
+    cmp qword ptr [V_SCRATCH + TRAMP_ASLEEP], 1
     jne z7_wait_{i}
 """
 
