@@ -127,6 +127,25 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
         ops=[Kprobe("kp0", "arm"), Kprobe("kp0", "optimize"), Kprobe("kp0", "unoptimize"),
              Kprobe("kp0", "disarm")]),
     Scenario(
+        "kprobe_two", "two kprobes on two prologues, each armed, optimized, unoptimized and "
+        "disarmed in turn: the INT3 handler walks the kprobe table past its first entry",
+        sites=[KprobeSite("kp0"), KprobeSite("kp1")],
+        ops=[Kprobe(k, a) for a in ("arm", "optimize", "unoptimize", "disarm")
+             for k in ("kp0", "kp1")], cpus=3),
+    Scenario(
+        "static_key_two", "two keys, 2 jump-label sites each, interleaved in the text: "
+        "enabling or disabling one key patches only its own sites",
+        sites=[JumpLabel(f"jl{i}", key=f"k{i % 2}") for i in range(4)],
+        ops=[StaticKey("k0", True), StaticKey("k1", True), StaticKey("k0", False),
+             StaticKey("k1", False)], cpus=3),
+    Scenario(
+        "static_call_two", "two static_call keys, 2 CALL sites each: updating one key "
+        "retargets only its own sites",
+        sites=[CallSite("sc0", key="s0", funcs=FUNCS[:2]), CallSite("sc1", key="s1", funcs=FUNCS),
+               CallSite("sc2", key="s0", funcs=FUNCS[:2]), CallSite("sc3", key="s1", funcs=FUNCS)],
+        ops=[StaticCallUpdate("s0", "fn_b"), StaticCallUpdate("s1", "fn_c"),
+             StaticCallUpdate("s1", "fn_b"), StaticCallUpdate("s0", "fn_a")], cpus=3),
+    Scenario(
         "call_promotion", "a compare plus direct call whose target is re-patched repeatedly "
         "(dynamic indirect branch promotion)",
         sites=[CallSite("promo", key="p0", funcs=FUNCS, promoted=True)],
