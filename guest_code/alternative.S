@@ -276,7 +276,7 @@ bp_p3_loop:
     mov rbx, r14
     imul rbx, rbx, TPL_SIZE
     add rbx, r12
-    cmp byte ptr [rbx + TPL_TEXT], 0xcc
+    cmp byte ptr [rbx + TPL_TEXT], INT3_INSN_OPCODE
     je bp_p3_next
     movsxd rdi, dword ptr [rbx + TPL_REL_ADDR]
     add rdi, r15
@@ -345,7 +345,7 @@ bp_plain_done:
     jmp bp_put
 
 int3_insn_byte:
-    .byte 0xcc
+    .byte INT3_INSN_OPCODE
 
 # ------------------------------------------------------------------ text_poke_loc_init
 # text_poke_loc_init(tp=rdi, addr=rsi, opcode=rdx, len=rcx, emulate=r8 or 0).
@@ -377,15 +377,15 @@ tpli_copied:
     mov dword ptr [r9 + TPL_DISP], 0
     movzx eax, byte ptr [r8]
     mov byte ptr [r9 + TPL_OPCODE], al
-    cmp al, 0xcc
+    cmp al, INT3_INSN_OPCODE
     je tpli_len1
-    cmp al, 0xc3
+    cmp al, RET_INSN_OPCODE
     je tpli_ret
-    cmp al, 0xe8
+    cmp al, CALL_INSN_OPCODE
     je tpli_rel32
-    cmp al, 0xe9
+    cmp al, JMP32_INSN_OPCODE
     je tpli_jmp32
-    cmp al, 0xeb
+    cmp al, JMP8_INSN_OPCODE
     je tpli_jmp8
     cmp rcx, 2                           # default: assume NOP
     je tpli_nop2
@@ -395,7 +395,7 @@ tpli_copied:
 tpli_nop2:
     cmp word ptr [r8], 0x9066
     jne tpli_bug
-    mov byte ptr [r9 + TPL_OPCODE], 0xeb # NOP2 -- emulate as JMP8+0
+    mov byte ptr [r9 + TPL_OPCODE], JMP8_INSN_OPCODE   # NOP2: emulate as JMP8+0
     jmp tpli_ok
 tpli_nop5:
     mov eax, dword ptr [r8]
@@ -403,17 +403,17 @@ tpli_nop5:
     jne tpli_bug
     cmp byte ptr [r8 + 4], 0
     jne tpli_bug
-    mov byte ptr [r9 + TPL_OPCODE], 0xe9 # NOP5 -- emulate as JMP32+0
+    mov byte ptr [r9 + TPL_OPCODE], JMP32_INSN_OPCODE  # NOP5: emulate as JMP32+0
     jmp tpli_ok
 tpli_len1:
-    cmp rcx, 1
+    cmp rcx, INT3_INSN_SIZE
     jne tpli_bug
     jmp tpli_ok
 tpli_ret:
-    mov ebx, 1
+    mov ebx, RET_INSN_SIZE
     jmp tpli_pad
 tpli_rel32:
-    cmp rcx, TPI_SIZE                    # CALL: len == insn.length
+    cmp rcx, CALL_INSN_SIZE              # CALL: len == insn.length
     jne tpli_bug
     mov eax, dword ptr [r8 + TPI_DISP]
     mov dword ptr [r9 + TPL_DISP], eax
@@ -421,19 +421,19 @@ tpli_rel32:
 tpli_jmp32:
     mov eax, dword ptr [r8 + TPI_DISP]
     mov dword ptr [r9 + TPL_DISP], eax
-    mov ebx, TPI_SIZE
+    mov ebx, JMP32_INSN_SIZE
     jmp tpli_pad
 tpli_jmp8:
     movsx eax, byte ptr [r8 + TPI_DISP]  # JMP8: its rel8 where a JMP32 has its rel32
     mov dword ptr [r9 + TPL_DISP], eax
-    mov ebx, 2
+    mov ebx, JMP8_INSN_SIZE
 tpli_pad:
     cmp rcx, rbx                         # control flow with no implied next instruction:
     jb tpli_bug                          # the rest of the slot must be INT3 padding
 tpli_pad_loop:
     cmp rbx, rcx
     jae tpli_ok
-    cmp byte ptr [r9 + rbx + TPL_TEXT], 0xcc
+    cmp byte ptr [r9 + rbx + TPL_TEXT], INT3_INSN_OPCODE
     jne tpli_bug
     inc rbx
     jmp tpli_pad_loop
@@ -628,15 +628,15 @@ ph_found:
     add rbx, rax                         # ip += tp->len
     movsxd rcx, dword ptr [r13 + TPL_DISP]
     movzx eax, byte ptr [r13 + TPL_OPCODE]
-    cmp al, 0xcc
+    cmp al, INT3_INSN_OPCODE
     je ph_put                            # someone's explicit INT3: not consumed
-    cmp al, 0xc3
+    cmp al, RET_INSN_OPCODE
     je ph_ret
-    cmp al, 0xe8
+    cmp al, CALL_INSN_OPCODE
     je ph_call
-    cmp al, 0xe9
+    cmp al, JMP32_INSN_OPCODE
     je ph_jmp
-    cmp al, 0xeb
+    cmp al, JMP8_INSN_OPCODE
     je ph_jmp
     mov edi, ASSERT_INT3_OPCODE          # BUG()
     xor esi, esi

@@ -5,16 +5,16 @@
 # INT3, the case in which the emulated push would hit the IRET frame without the stack gap.
 int3_selftest:
     sub rsp, 16                          # union text_poke_insn: e8 <int3_magic>
-    mov byte ptr [rsp + TPI_OPCODE], 0xe8
+    mov byte ptr [rsp + TPI_OPCODE], CALL_INSN_OPCODE
     lea rax, [rip + int3_magic]
     lea rcx, [rip + int3_selftest_ip]
     sub rax, rcx
-    sub rax, TPI_SIZE
+    sub rax, CALL_INSN_SIZE
     mov dword ptr [rsp + TPI_DISP], eax
     mov rdi, V_SCRATCH + I3ST_TP         # struct text_poke_loc tp (struct int3_selftest)
     mov rsi, rcx
     mov rdx, rsp
-    mov ecx, TPI_SIZE
+    mov ecx, CALL_INSN_SIZE
     xor r8d, r8d
     call text_poke_loc_init
     add rsp, 16

@@ -5,7 +5,7 @@
 # make_rel32(buf=rdi, site=rsi, target=rdx, opcode=cl): the 5 bytes of a CALL (e8) or JMP32
 # (e9) to `target` when placed at `site`. make_jmp32(buf, site, target): the JMP32 one.
 make_jmp32:
-    mov ecx, 0xe9
+    mov ecx, JMP32_INSN_OPCODE
 make_rel32:
     mov byte ptr [rdi + TPI_OPCODE], cl
     sub rdx, rsi
@@ -42,7 +42,7 @@ sks_loop:
     mov rdi, rsp                         # JMP32 to the entry's target
     mov rsi, qword ptr [r14 + JUMP_CODE]
     mov rdx, qword ptr [r14 + JUMP_TARGET]
-    mov ecx, 0xe9
+    mov ecx, JMP32_INSN_OPCODE
     call make_rel32
     jmp sks_queue
 sks_nop:
@@ -51,7 +51,7 @@ sks_nop:
 sks_queue:
     mov rdi, qword ptr [r14 + JUMP_CODE]
     mov rsi, rsp
-    mov edx, 5
+    mov edx, JMP32_INSN_SIZE
     xor ecx, ecx
     call text_poke_queue
 sks_next:
@@ -92,11 +92,11 @@ scu_loop:
     mov rdi, rsp
     mov rsi, qword ptr [r14 + SCS_ADDR]
     mov rdx, r13
-    mov ecx, 0xe8
+    mov ecx, CALL_INSN_OPCODE
     call make_rel32
     mov rdi, qword ptr [r14 + SCS_ADDR]
     mov rsi, rsp
-    mov edx, 5
+    mov edx, CALL_INSN_SIZE
     xor ecx, ecx
     call text_poke_bp
 scu_next:
@@ -166,11 +166,11 @@ kpo_poke:
     mov rdi, rsp                         # JMP32 to the detour buffer
     mov rsi, qword ptr [rbx + KPROBE_ADDR]
     mov rdx, qword ptr [rbx + KPROBE_DETOUR]
-    mov ecx, 0xe9
+    mov ecx, JMP32_INSN_OPCODE
     call make_rel32
     mov rdi, qword ptr [rbx + KPROBE_ADDR]
     mov rsi, rsp
-    mov edx, TPI_SIZE
+    mov edx, JMP32_INSN_SIZE
     xor ecx, ecx
     call text_poke_bp
     add rsp, 16
@@ -187,7 +187,7 @@ kprobe_unoptimize:
     mov rsi, qword ptr [rbx + KPROBE_ADDR]
     mov rax, qword ptr [rsi]
     mov qword ptr [rsp], rax             # old[5] = the JMP32
-    mov byte ptr [rsp + 8], 0xcc         # new[5] = INT3 + copied tail
+    mov byte ptr [rsp + 8], INT3_INSN_OPCODE   # new[5] = INT3 + copied tail
     mov eax, dword ptr [rbx + KPROBE_COPIED]
     mov dword ptr [rsp + 9], eax
     mov rdi, qword ptr [rbx + KPROBE_ADDR]
@@ -204,7 +204,7 @@ kprobe_unoptimize:
     mov rdi, qword ptr [rbx + KPROBE_ADDR]
     mov rsi, rsp
     lea rdx, [rsp + 8]
-    mov ecx, 5
+    mov ecx, JMP32_INSN_SIZE
     mov eax, HC_SIDEBAND
     out HC_PORT, eax
     call synchronize_rcu_tasks           # kprobe_optimizer() step 2: quiescence before
@@ -213,7 +213,7 @@ kprobe_unoptimize:
     ret
 
 kp_int3:
-    .byte 0xcc
+    .byte INT3_INSN_OPCODE
 
 
 # ------------------------------------------------------------------ one-site building blocks
@@ -235,7 +235,7 @@ poke_prepare_jmp:
     lea rdi, [rbx + PS_TP]
     mov rsi, r12
     mov rdx, rsp
-    mov ecx, TPI_SIZE
+    mov ecx, JMP32_INSN_SIZE
     xor r8d, r8d
     call text_poke_loc_init
     lea rax, [rbx + PS_TP]

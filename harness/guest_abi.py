@@ -153,6 +153,22 @@ def u64s(*names: str) -> tuple[Field, ...]:
 # ------------------------------------------------------------------ text patching
 POKE_MAX_OPCODE_SIZE = 5
 
+
+class Insn(enum.IntEnum):
+    """The instructions text_poke_bp() emulates, by opcode (arch/x86/include/asm/
+    text-patching.h: <NAME>_INSN_OPCODE); equates <NAME>_INSN_OPCODE and <NAME>_INSN_SIZE."""
+
+    INT3 = 0xCC
+    RET = 0xC3
+    CALL = 0xE8
+    JMP32 = 0xE9
+    JMP8 = 0xEB
+
+    @property
+    def size(self) -> int:
+        return {Insn.INT3: 1, Insn.RET: 1, Insn.CALL: 5, Insn.JMP32: 5, Insn.JMP8: 2}[self]
+
+
 # arch/x86/kernel/alternative.c (5.15): struct text_poke_loc, addr := _stext + rel_addr.
 TEXT_POKE_LOC = Struct("text_poke_loc", "TPL", (
     Field("rel_addr", Scalar.S32), Field("disp", Scalar.S32), Field("len", Scalar.U8),
@@ -227,8 +243,11 @@ STRUCTS: tuple[Struct, ...] = (
 
 
 def equates(structs: Iterable[Struct] = STRUCTS) -> dict[str, int]:
-    """Every structure's field offsets and size, for the assembler."""
+    """Every structure's field offsets and size, and the emulated instructions' opcodes and
+    sizes, for the assembler."""
     out: dict[str, int] = {}
+    for insn in Insn:
+        out |= {f"{insn.name}_INSN_OPCODE": int(insn), f"{insn.name}_INSN_SIZE": insn.size}
     for s in structs:
         for name, value in s.equates().items():
             if name in out:
