@@ -443,12 +443,12 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None,
     text_size, data_size = guest.region_sizes(what, prog.end - layout.TEXT_BASE, data)
 
     sites = []
-    for s in scn.sites:
+    for i, s in enumerate(scn.sites):
         addr = prog.sym(s.label) + getattr(s, "offset", 0)
         check_boundary(prog, addr, s.name)
         allowed = {(0, b"\xcc")}
         for states in gens:
-            allowed |= set(s.instructions(prog, states[scn.sites.index(s)]))
+            allowed |= set(s.instructions(prog, states[i]))
         length = max(off + len(b) for off, b in allowed)
         sites.append((s.name, addr, length, frozenset(allowed)))
     _check_pokes(scn, prog, gens)
