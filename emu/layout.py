@@ -35,6 +35,11 @@ PHYS_VIEW = 0x0200_0000
 PHYS_DATA = 0x0300_0000
 PHYS_STACKS = 0x0400_0000
 
+# The largest regions these layouts leave room for: text (and its alias and each CPU's view)
+# and data each end where the next region begins, virtually and physically.
+MAX_TEXT_SIZE = min(DATA_BASE - TEXT_BASE, PHYS_VIEW - PHYS_TEXT_MEM, PHYS_DATA - PHYS_VIEW)
+MAX_DATA_SIZE = min(STACK_BASE - DATA_BASE, PHYS_STACKS - PHYS_DATA)
+
 # Fixed places inside the data region.
 GDT_OFFSET = 0x0000
 IDT_OFFSET = 0x1000
@@ -83,6 +88,12 @@ class Layout:
             size = getattr(self, name)
             if size <= 0 or size % PAGE:
                 raise ValueError(f"{name} must be a positive multiple of {PAGE:#x}, got {size:#x}")
+        if self.text_size > MAX_TEXT_SIZE:
+            raise ValueError(f"text_size must be at most {MAX_TEXT_SIZE:#x}, got "
+                             f"{self.text_size:#x}")
+        if self.data_size > MAX_DATA_SIZE:
+            raise ValueError(f"data_size must be at most {MAX_DATA_SIZE:#x}, got "
+                             f"{self.data_size:#x}")
         if self.data_size <= GUEST_DATA_OFFSET:
             raise ValueError(f"data_size must exceed {GUEST_DATA_OFFSET:#x}")
         if PERCPU_OFFSET + self.ncpus * PERCPU_SIZE > GUEST_DATA_OFFSET:

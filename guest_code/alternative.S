@@ -5,13 +5,14 @@
 # with the per-CPU descriptor references Linux took in 2025 (bp_refs below).
 #
 # Calling convention: System V (args rdi, rsi, rdx, rcx, r8; rbx, rbp, r12-r15 preserved).
-# Data (V_*), struct offsets (TPL_*), variant bits (CFG_*) and STEXT / POKE_DELTA are equates
-# supplied by harness/guest.py. Every variant bit drops or moves one step, so that a buggy
-# sequence is real guest code too; with V_CFG = 0 this is the kernel's sequence.
+# Data (V_*), variant bits (CFG_*) and STEXT / POKE_DELTA are equates supplied by
+# harness/guest.py; every structure's offsets and size (TPL_*, BPD_*, KPROBE_*, FRAME_*, ...)
+# are generated from its one declaration in harness/guest_abi.py: no offset or stride here is a
+# bare number. Every variant bit drops or moves one step, so that a buggy sequence is real
+# guest code too; with V_CFG = 0 this is the kernel's sequence.
 #
-# struct text_poke_loc (16 bytes):  s32 rel_addr; s32 disp; u8 len; u8 opcode; u8 text[5];
-#                                   u8 old;
-# struct bp_patching_desc: V_BP_VEC (pointer), V_BP_NR (count); its references are per CPU,
+# struct text_poke_loc (TPL_*): s32 rel_addr; s32 disp; u8 len; u8 opcode; u8 text[5]; u8 old;
+# struct bp_patching_desc at V_BP_DESC (BPD_*): vec, nr_entries; its references are per CPU,
 # V_BP_REFS[cpu], as Linux has had them since 2025 (Eric Dumazet, "x86/alternatives: Improve
 # code-patching scalability by removing false sharing in poke_int3_handler()",
 # lore 20250325043316.874518-1-edumazet@google.com): an INT3 handler only touches its own
@@ -76,7 +77,7 @@ brp_done:
 # flag was cleared by its CPU's do_sync_core.
 text_poke_sync:
     push rbx
-    mov rbx, qword ptr gs:[0]
+    mov rbx, qword ptr gs:[PERCPU_CPU]
     mov rax, qword ptr [V_ONLINE]
     btr rax, rbx
     mov rdi, rax
@@ -118,7 +119,7 @@ sync_core_ipi:
     push rdx
     xor eax, eax
     cpuid
-    mov rax, qword ptr gs:[0]
+    mov rax, qword ptr gs:[PERCPU_CPU]
     mov qword ptr [V_CSD + rax*8], 0
     pop rdx
     pop rcx
@@ -142,9 +143,9 @@ er_loop:
     cmp rbx, r13
     jae er_done
     mov rax, rbx
-    shl rax, 4
+    imul rax, rax, TPL_SIZE
     add rax, r12
-    movsxd rdi, dword ptr [rax + TPL_REL]
+    movsxd rdi, dword ptr [rax + TPL_REL_ADDR]
     mov rcx, STEXT
     add rdi, rcx
     lea rsi, [r14 + rbx*8]
@@ -188,17 +189,17 @@ text_poke_bp_batch:
     mov r12, rdi
     mov r13, rsi
     mov r15, STEXT
-    mov qword ptr [V_BP_VEC], r12
-    mov qword ptr [V_BP_NR], r13
+    mov qword ptr [V_BP_DESC + BPD_VEC], r12
+    mov qword ptr [V_BP_DESC + BPD_NR_ENTRIES], r13
     call bp_refs_set                     # atomic_set_release() on every CPU's refs
     xor r14, r14                         # old[] = the current bytes of every site
 bp_old0:
     cmp r14, r13
     jae bp_old0_done
     mov rbx, r14
-    shl rbx, 4
+    imul rbx, rbx, TPL_SIZE
     add rbx, r12
-    movsxd rsi, dword ptr [rbx + TPL_REL]
+    movsxd rsi, dword ptr [rbx + TPL_REL_ADDR]
     add rsi, r15
     mov rax, qword ptr [rsi]
     mov qword ptr [rsp + r14*8], rax
@@ -213,9 +214,9 @@ bp_p1:
     cmp r14, r13
     jae bp_p1_done
     mov rbx, r14
-    shl rbx, 4
+    imul rbx, rbx, TPL_SIZE
     add rbx, r12
-    movsxd rdi, dword ptr [rbx + TPL_REL]
+    movsxd rdi, dword ptr [rbx + TPL_REL_ADDR]
     add rdi, r15
     lea rsi, [rip + int3_insn_byte]
     mov edx, 1
@@ -240,12 +241,12 @@ bp_p2_loop:
     cmp r14, r13
     jae bp_p2_done
     mov rbx, r14
-    shl rbx, 4
+    imul rbx, rbx, TPL_SIZE
     add rbx, r12
     movzx edx, byte ptr [rbx + TPL_LEN]
     cmp edx, 1
     jbe bp_p2_next
-    movsxd rdi, dword ptr [rbx + TPL_REL]
+    movsxd rdi, dword ptr [rbx + TPL_REL_ADDR]
     add rdi, r15
     inc rdi
     lea rsi, [rbx + TPL_TEXT + 1]
@@ -273,11 +274,11 @@ bp_p3_loop:
     cmp r14, r13
     jae bp_p3_done
     mov rbx, r14
-    shl rbx, 4
+    imul rbx, rbx, TPL_SIZE
     add rbx, r12
-    cmp byte ptr [rbx + TPL_TEXT], 0xcc
+    cmp byte ptr [rbx + TPL_TEXT], INT3_INSN_OPCODE
     je bp_p3_next
-    movsxd rdi, dword ptr [rbx + TPL_REL]
+    movsxd rdi, dword ptr [rbx + TPL_REL_ADDR]
     add rdi, r15
     lea rsi, [rbx + TPL_TEXT]
     mov edx, 1
@@ -307,8 +308,8 @@ bp_put:                                  # step 7: drop our references, wait for
 bp_put_all:
     call bp_refs_put
 bp_out:
-    mov qword ptr [V_BP_NR], 0           # as the pre-refcount kernel did (see Z2)
-    mov qword ptr [V_BP_VEC], 0
+    mov qword ptr [V_BP_DESC + BPD_NR_ENTRIES], 0           # as the pre-refcount kernel did (see Z2)
+    mov qword ptr [V_BP_DESC + BPD_VEC], 0
     add rsp, OLDS_BYTES
     pop r15
     pop r14
@@ -326,9 +327,9 @@ bp_plain_loop:
     cmp r14, r13
     jae bp_plain_done
     mov rbx, r14
-    shl rbx, 4
+    imul rbx, rbx, TPL_SIZE
     add rbx, r12
-    movsxd rdi, dword ptr [rbx + TPL_REL]
+    movsxd rdi, dword ptr [rbx + TPL_REL_ADDR]
     add rdi, r15
     lea rsi, [rbx + TPL_TEXT]
     movzx edx, byte ptr [rbx + TPL_LEN]
@@ -344,7 +345,7 @@ bp_plain_done:
     jmp bp_put
 
 int3_insn_byte:
-    .byte 0xcc
+    .byte INT3_INSN_OPCODE
 
 # ------------------------------------------------------------------ text_poke_loc_init
 # text_poke_loc_init(tp=rdi, addr=rsi, opcode=rdx, len=rcx, emulate=r8 or 0).
@@ -371,20 +372,20 @@ tpli_copied:
     mov r10, STEXT
     mov rax, rsi
     sub rax, r10
-    mov dword ptr [r9 + TPL_REL], eax
+    mov dword ptr [r9 + TPL_REL_ADDR], eax
     mov byte ptr [r9 + TPL_LEN], cl
     mov dword ptr [r9 + TPL_DISP], 0
     movzx eax, byte ptr [r8]
     mov byte ptr [r9 + TPL_OPCODE], al
-    cmp al, 0xcc
+    cmp al, INT3_INSN_OPCODE
     je tpli_len1
-    cmp al, 0xc3
+    cmp al, RET_INSN_OPCODE
     je tpli_ret
-    cmp al, 0xe8
+    cmp al, CALL_INSN_OPCODE
     je tpli_rel32
-    cmp al, 0xe9
+    cmp al, JMP32_INSN_OPCODE
     je tpli_jmp32
-    cmp al, 0xeb
+    cmp al, JMP8_INSN_OPCODE
     je tpli_jmp8
     cmp rcx, 2                           # default: assume NOP
     je tpli_nop2
@@ -394,7 +395,7 @@ tpli_copied:
 tpli_nop2:
     cmp word ptr [r8], 0x9066
     jne tpli_bug
-    mov byte ptr [r9 + TPL_OPCODE], 0xeb # NOP2 -- emulate as JMP8+0
+    mov byte ptr [r9 + TPL_OPCODE], JMP8_INSN_OPCODE   # NOP2: emulate as JMP8+0
     jmp tpli_ok
 tpli_nop5:
     mov eax, dword ptr [r8]
@@ -402,37 +403,37 @@ tpli_nop5:
     jne tpli_bug
     cmp byte ptr [r8 + 4], 0
     jne tpli_bug
-    mov byte ptr [r9 + TPL_OPCODE], 0xe9 # NOP5 -- emulate as JMP32+0
+    mov byte ptr [r9 + TPL_OPCODE], JMP32_INSN_OPCODE  # NOP5: emulate as JMP32+0
     jmp tpli_ok
 tpli_len1:
-    cmp rcx, 1
+    cmp rcx, INT3_INSN_SIZE
     jne tpli_bug
     jmp tpli_ok
 tpli_ret:
-    mov ebx, 1
+    mov ebx, RET_INSN_SIZE
     jmp tpli_pad
 tpli_rel32:
-    cmp rcx, 5                           # CALL: len == insn.length
+    cmp rcx, CALL_INSN_SIZE              # CALL: len == insn.length
     jne tpli_bug
-    mov eax, dword ptr [r8 + 1]
+    mov eax, dword ptr [r8 + TPI_DISP]
     mov dword ptr [r9 + TPL_DISP], eax
     jmp tpli_ok
 tpli_jmp32:
-    mov eax, dword ptr [r8 + 1]
+    mov eax, dword ptr [r8 + TPI_DISP]
     mov dword ptr [r9 + TPL_DISP], eax
-    mov ebx, 5
+    mov ebx, JMP32_INSN_SIZE
     jmp tpli_pad
 tpli_jmp8:
-    movsx eax, byte ptr [r8 + 1]
+    movsx eax, byte ptr [r8 + TPI_DISP]  # JMP8: its rel8 where a JMP32 has its rel32
     mov dword ptr [r9 + TPL_DISP], eax
-    mov ebx, 2
+    mov ebx, JMP8_INSN_SIZE
 tpli_pad:
     cmp rcx, rbx                         # control flow with no implied next instruction:
     jb tpli_bug                          # the rest of the slot must be INT3 padding
 tpli_pad_loop:
     cmp rbx, rcx
     jae tpli_ok
-    cmp byte ptr [r9 + rbx + TPL_TEXT], 0xcc
+    cmp byte ptr [r9 + rbx + TPL_TEXT], INT3_INSN_OPCODE
     jne tpli_bug
     inc rbx
     jmp tpli_pad_loop
@@ -471,8 +472,8 @@ text_poke_queue:
     test qword ptr [V_CFG], CFG_UNSORTED
     jnz tpq_add                          # variant: no ordering flush
     dec rax                              # tp_order_fail(addr)
-    shl rax, 4
-    movsxd rax, dword ptr [V_TP_VEC + rax + TPL_REL]
+    imul rax, rax, TPL_SIZE
+    movsxd rax, dword ptr [V_TP_VEC + rax + TPL_REL_ADDR]
     mov rcx, STEXT
     add rax, rcx
     cmp rax, rbx
@@ -483,7 +484,7 @@ tpq_add:
     mov rdi, qword ptr [V_TP_NR]
     lea rax, [rdi + 1]
     mov qword ptr [V_TP_NR], rax
-    shl rdi, 4
+    imul rdi, rdi, TPL_SIZE
     mov rax, V_TP_VEC
     add rdi, rax
     mov rsi, rbx
@@ -511,7 +512,7 @@ tpf_done:
 # text_poke_bp(addr=rdi, opcode=rsi, len=rdx, emulate=rcx): a batch of one, with the entry on
 # this CPU's stack (handlers on other CPUs read it there through bp_desc.vec).
 text_poke_bp:
-    sub rsp, 24
+    sub rsp, TPL_SIZE + 8                # the entry, and the stack's 16-byte alignment
     mov r8, rcx
     mov rcx, rdx
     mov rdx, rsi
@@ -521,7 +522,7 @@ text_poke_bp:
     mov rdi, rsp
     mov esi, 1
     call text_poke_bp_batch
-    add rsp, 24
+    add rsp, TPL_SIZE + 8
     ret
 
 # ------------------------------------------------------------------ #BP
@@ -532,11 +533,11 @@ text_poke_bp:
 int3_entry:
     test qword ptr [V_CFG], CFG_NO_GAP
     jnz int3_nogap                       # variant: no stack gap
-    push qword ptr [rsp + 32]
-    push qword ptr [rsp + 32]
-    push qword ptr [rsp + 32]
-    push qword ptr [rsp + 32]
-    push qword ptr [rsp + 32]
+    push qword ptr [rsp + FRAME_SS]     # the frame's top word, 5 times: the whole frame
+    push qword ptr [rsp + FRAME_SS]     # the frame's top word, 5 times: the whole frame
+    push qword ptr [rsp + FRAME_SS]     # the frame's top word, 5 times: the whole frame
+    push qword ptr [rsp + FRAME_SS]     # the frame's top word, 5 times: the whole frame
+    push qword ptr [rsp + FRAME_SS]     # the frame's top word, 5 times: the whole frame
 int3_nogap:
     push rax
     push rcx
@@ -547,15 +548,15 @@ int3_nogap:
     push r9
     push r10
     push r11
-    lea rdi, [rsp + 72]                  # regs: the hardware frame (ip, cs, flags, sp, ss)
+    lea rdi, [rsp + INT3_REGS_FRAME]     # regs: the hardware frame (ip, cs, flags, sp, ss)
     call poke_int3_handler
     test eax, eax
     jnz int3_done
-    lea rdi, [rsp + 72]
+    lea rdi, [rsp + INT3_REGS_FRAME]
     call kprobe_int3_handler
     test eax, eax
     jnz int3_done
-    mov rdi, qword ptr [rsp + 72]
+    mov rdi, qword ptr [rsp + INT3_REGS_FRAME + FRAME_IP]
     dec rdi
     mov eax, HC_TRAP
     out HC_PORT, eax
@@ -579,9 +580,9 @@ poke_int3_handler:
     push r12
     push r13
     mov r12, rdi
-    test qword ptr [r12 + 8], 3          # user_mode(regs): not ours
+    test qword ptr [r12 + FRAME_CS], 3   # user_mode(regs): not ours
     jnz ph_zero
-    mov rdx, qword ptr gs:[0]            # smp_rmb(); try_get_desc(): inc-not-zero of
+    mov rdx, qword ptr gs:[PERCPU_CPU]            # smp_rmb(); try_get_desc(): inc-not-zero of
     mov rax, qword ptr [V_BP_REFS + rdx*8]   # this_cpu_ptr(&bp_refs)
 ph_tryget:
     test rax, rax
@@ -589,14 +590,14 @@ ph_tryget:
     lea rcx, [rax + 1]
     lock cmpxchg qword ptr [V_BP_REFS + rdx*8], rcx
     jnz ph_tryget
-    mov rbx, qword ptr [r12]
+    mov rbx, qword ptr [r12 + FRAME_IP]
     dec rbx                              # ip = regs->ip - INT3_INSN_SIZE
-    mov rcx, qword ptr [V_BP_NR]
-    mov rdx, qword ptr [V_BP_VEC]
+    mov rcx, qword ptr [V_BP_DESC + BPD_NR_ENTRIES]
+    mov rdx, qword ptr [V_BP_DESC + BPD_VEC]
     mov r10, STEXT
     cmp rcx, 1
     jbe ph_single
-    xor r8d, r8d                         # __inline_bsearch(ip, vec, nr, 16, patch_cmp)
+    xor r8d, r8d                         # __inline_bsearch(ip, vec, nr, size, patch_cmp)
     mov r9, rcx
 ph_bs:
     cmp r8, r9
@@ -604,9 +605,9 @@ ph_bs:
     lea r11, [r8 + r9]
     shr r11, 1
     mov r13, r11
-    shl r13, 4
+    imul r13, r13, TPL_SIZE
     add r13, rdx
-    movsxd rax, dword ptr [r13 + TPL_REL]
+    movsxd rax, dword ptr [r13 + TPL_REL_ADDR]
     add rax, r10
     cmp rbx, rax
     je ph_found
@@ -618,7 +619,7 @@ ph_bs_low:
     jmp ph_bs
 ph_single:
     mov r13, rdx
-    movsxd rax, dword ptr [r13 + TPL_REL]
+    movsxd rax, dword ptr [r13 + TPL_REL_ADDR]
     add rax, r10
     cmp rax, rbx
     jne ph_put
@@ -627,15 +628,15 @@ ph_found:
     add rbx, rax                         # ip += tp->len
     movsxd rcx, dword ptr [r13 + TPL_DISP]
     movzx eax, byte ptr [r13 + TPL_OPCODE]
-    cmp al, 0xcc
+    cmp al, INT3_INSN_OPCODE
     je ph_put                            # someone's explicit INT3: not consumed
-    cmp al, 0xc3
+    cmp al, RET_INSN_OPCODE
     je ph_ret
-    cmp al, 0xe8
+    cmp al, CALL_INSN_OPCODE
     je ph_call
-    cmp al, 0xe9
+    cmp al, JMP32_INSN_OPCODE
     je ph_jmp
-    cmp al, 0xeb
+    cmp al, JMP8_INSN_OPCODE
     je ph_jmp
     mov edi, ASSERT_INT3_OPCODE          # BUG()
     xor esi, esi
@@ -644,34 +645,34 @@ ph_found:
 ph_dead:
     jmp ph_dead
 ph_ret:                                  # int3_emulate_ret()
-    mov rax, qword ptr [r12 + 24]
+    mov rax, qword ptr [r12 + FRAME_SP]
     mov rcx, qword ptr [rax]
-    mov qword ptr [r12], rcx
-    add qword ptr [r12 + 24], 8
+    mov qword ptr [r12 + FRAME_IP], rcx
+    add qword ptr [r12 + FRAME_SP], 8
     jmp ph_consumed
 ph_call:                                 # int3_emulate_call(): push the return address
     test qword ptr [V_CFG], CFG_CALL_AS_NOP
     jnz ph_call_nop
-    mov rax, qword ptr [r12 + 24]
+    mov rax, qword ptr [r12 + FRAME_SP]
     sub rax, 8
     mov qword ptr [rax], rbx
-    mov qword ptr [r12 + 24], rax
+    mov qword ptr [r12 + FRAME_SP], rax
     add rbx, rcx
-    mov qword ptr [r12], rbx
+    mov qword ptr [r12 + FRAME_IP], rbx
     jmp ph_consumed
 ph_call_nop:                             # variant: the old ftrace handler skipped the call
-    mov qword ptr [r12], rbx
+    mov qword ptr [r12 + FRAME_IP], rbx
     jmp ph_consumed
 ph_jmp:                                  # int3_emulate_jmp()
     add rbx, rcx
-    mov qword ptr [r12], rbx
+    mov qword ptr [r12 + FRAME_IP], rbx
 ph_consumed:
     mov r13d, 1
     jmp ph_release
 ph_put:
     xor r13d, r13d
 ph_release:
-    mov rcx, qword ptr gs:[0]            # put_desc(): this CPU's refs
+    mov rcx, qword ptr gs:[PERCPU_CPU]            # put_desc(): this CPU's refs
     lock dec qword ptr [V_BP_REFS + rcx*8]
     mov eax, r13d
     jmp ph_out
@@ -685,26 +686,27 @@ ph_out:
 
 # kprobe_int3_handler(regs=rdi) -> eax 1 if an armed kprobe sits at the trapping site: count the
 # hit and resume in the probe's instruction slot (the copied instructions, then a JMP back).
-# V_KPROBES: { u64 addr; u64 slot; u64 armed; u64 hits } x V_KPROBES_NR.
+# V_KPROBES: struct kprobe (KPROBE_*) x V_KPROBES_NR. (The walk once stepped 32 bytes through
+# these 64-byte entries: a second kprobe was never found, its INT3 an unexpected trap.)
 kprobe_int3_handler:
-    mov rax, qword ptr [rdi]
+    mov rax, qword ptr [rdi + FRAME_IP]
     dec rax
     mov rcx, qword ptr [V_KPROBES_NR]
     mov rdx, V_KPROBES
 kp_find:
     test rcx, rcx
     jz kp_none
-    cmp qword ptr [rdx], rax
+    cmp qword ptr [rdx + KPROBE_ADDR], rax
     jne kp_next
-    cmp qword ptr [rdx + 16], 0
+    cmp qword ptr [rdx + KPROBE_ARMED], 0
     je kp_next
-    lock inc qword ptr [rdx + 24]
-    mov rax, qword ptr [rdx + 8]
-    mov qword ptr [rdi], rax
+    lock inc qword ptr [rdx + KPROBE_HITS]
+    mov rax, qword ptr [rdx + KPROBE_SLOT]
+    mov qword ptr [rdi + FRAME_IP], rax
     mov eax, 1
     ret
 kp_next:
-    add rdx, 32
+    add rdx, KPROBE_SIZE
     dec rcx
     jmp kp_find
 kp_none:
@@ -730,7 +732,7 @@ wait_cpus_advance:
     sub rsp, CPUS_BYTES
     mov r13, rdi
     mov r14, rsi
-    mov r12, qword ptr gs:[0]
+    mov r12, qword ptr gs:[PERCPU_CPU]
     xor ebx, ebx
 wca_snap:
     cmp rbx, NCPUS

@@ -4,23 +4,23 @@
 # stack pointer and the callee-saved registers as they were. RSP is 16-byte aligned at the
 # INT3, the case in which the emulated push would hit the IRET frame without the stack gap.
 int3_selftest:
-    sub rsp, 16                          # u8 insn[5]: e8 <int3_magic>
-    mov byte ptr [rsp], 0xe8
+    sub rsp, 16                          # union text_poke_insn: e8 <int3_magic>
+    mov byte ptr [rsp + TPI_OPCODE], CALL_INSN_OPCODE
     lea rax, [rip + int3_magic]
     lea rcx, [rip + int3_selftest_ip]
     sub rax, rcx
-    sub rax, 5
-    mov dword ptr [rsp + 1], eax
-    mov rdi, V_SCRATCH                   # struct text_poke_loc tp
+    sub rax, CALL_INSN_SIZE
+    mov dword ptr [rsp + TPI_DISP], eax
+    mov rdi, V_SCRATCH + I3ST_TP         # struct text_poke_loc tp (struct int3_selftest)
     mov rsi, rcx
     mov rdx, rsp
-    mov ecx, 5
+    mov ecx, CALL_INSN_SIZE
     xor r8d, r8d
     call text_poke_loc_init
     add rsp, 16
-    mov rax, V_SCRATCH
-    mov qword ptr [V_BP_VEC], rax
-    mov qword ptr [V_BP_NR], 1
+    mov rax, V_SCRATCH + I3ST_TP
+    mov qword ptr [V_BP_DESC + BPD_VEC], rax
+    mov qword ptr [V_BP_DESC + BPD_NR_ENTRIES], 1
     call bp_refs_set
     mov rbx, 0x1111
     mov rbp, 0x2222
@@ -28,14 +28,14 @@ int3_selftest:
     mov r13, 0x4444
     mov r14, 0x5555
     mov r15, rsp
-    mov rdi, V_SCRATCH + 64              # &val
+    mov rdi, V_SCRATCH + I3ST_VAL        # &val
     and rsp, -16
     mov r15, rsp
 int3_selftest_ip:
     int3
     KNOP 4
 int3_selftest_ret:
-    cmp qword ptr [V_SCRATCH + 64], 1
+    cmp qword ptr [V_SCRATCH + I3ST_VAL], 1
     jne int3_selftest_bad
     cmp rsp, r15
     jne int3_selftest_bad

@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 
 from emu import hypercall, layout, x86
 from emu.asm import Program, assemble, load_source
+from emu.machine import MachineConfig
 
-TP_VEC_MAX = 256  # PAGE_SIZE / sizeof(struct text_poke_loc)
-TPL_SIZE = 16
-TPL_OFFSETS = {"TPL_REL": 0, "TPL_DISP": 4, "TPL_LEN": 8, "TPL_OPCODE": 9, "TPL_TEXT": 10,
-               "TPL_OLD": 15}
-MAX_GEN = 16  # patch generations a scenario may have
-MAX_SITES = 32
-KPROBE_SIZE = 64
+from . import guest_abi as abi
+from .text_poke_loc import ScenarioError
+
+TP_VEC_MAX = layout.PAGE // abi.TEXT_POKE_LOC.size  # tp_vec[PAGE_SIZE / sizeof(...)]
+OUTCOMES_PER_SITE = 8  # V_OUTCOMES[site][outcome]: outcomes 0..6, and 7 for anything above
+IDLE_STACK_SIZE = 4096  # Z1: the idle task's stack, per CPU
 PREEMPT_SPIN = 300  # idle-task iterations while a task is preempted (Z1)
 
 
@@ -42,10 +42,12 @@ ASSERT_INT3_OPCODE = 0x101
 
 @dataclass
 class DataLayout:
-    """Named variables in the guest data region, allocated in order."""
+    """Named variables in the guest data region, allocated in order, and the per-scenario
+    dimensions of its tables (equates too: the assembly indexes the tables with them)."""
 
     cursor: int = layout.DATA_BASE + layout.GUEST_DATA_OFFSET
     vars: dict[str, int] = field(default_factory=dict)
+    dims: dict[str, int] = field(default_factory=dict)
 
     def alloc(self, name: str, size: int, align: int = 8) -> int:
         self.cursor += -self.cursor % align
@@ -57,38 +59,66 @@ class DataLayout:
         return self.vars[name]
 
 
-def kernel_data(ncpus: int, nsites: int, nkprobes: int, njumps: int, nsc: int) -> DataLayout:
-    d = DataLayout()
-    for name in ("V_CFG", "V_ONLINE", "V_BP_VEC", "V_BP_NR", "V_TP_NR",
-                 "V_DONE_GEN", "V_STOP", "V_NGEN", "V_JUMP_NR", "V_SC_NR", "V_KPROBES_NR"):
+def kernel_data(ncpus: int, nsites: int = 0, nkprobes: int = 0, njumps: int = 0,
+                nsc: int = 0, *, ngen: int = 1, nkeys: int = 0) -> DataLayout:
+    """The guest's variables and tables, each table sized from the scenario: `nsites` sites
+    in `ngen` generations (states), `nkeys` keys, and the jump, static-call and kprobe
+    entries. Nothing here caps a count; region_sizes() says whether it all fits."""
+    d = DataLayout(dims={"NSITES": nsites, "NGEN": ngen})
+    for name in ("V_CFG", "V_ONLINE"):
         d.alloc(name, 8)
-    d.alloc("V_KEYS", 8 * 16)
+    desc = d.alloc("V_BP_DESC", abi.BP_PATCHING_DESC.size)
+    d.vars["V_BP_VEC"] = desc + abi.BP_PATCHING_DESC.offset("vec")
+    d.vars["V_BP_NR"] = desc + abi.BP_PATCHING_DESC.offset("nr_entries")
+    for name in ("V_TP_NR", "V_DONE_GEN", "V_STOP", "V_JUMP_NR", "V_SC_NR",
+                 "V_KPROBES_NR"):
+        d.alloc(name, 8)
+    d.alloc("V_KEYS", abi.KEY_SLOT * max(nkeys, 1))
     d.alloc("V_CSD", 8 * layout.MAX_CPUS)
     d.alloc("V_BP_REFS", 8 * layout.MAX_CPUS)  # DEFINE_PER_CPU(atomic_t, bp_refs)
     d.alloc("V_QS", 8 * layout.MAX_CPUS)
     d.alloc("V_PASSES", 8 * layout.MAX_CPUS)
-    d.alloc("V_TP_VEC", TPL_SIZE * TP_VEC_MAX, 16)
-    d.alloc("V_STATE_OUT", 8 * MAX_SITES * MAX_GEN)
-    d.alloc("V_OUTCOMES", 8 * 8 * MAX_SITES)
-    d.alloc("V_JUMP_TABLE", 24 * max(njumps, 1))
-    d.alloc("V_SC_SITES", 16 * max(nsc, 1))
-    d.alloc("V_KPROBES", KPROBE_SIZE * max(nkprobes, 1), 64)
-    d.alloc("V_TASK", 256 * ncpus, 256)
+    d.alloc("V_TP_VEC", abi.TEXT_POKE_LOC.size * TP_VEC_MAX, 16)
+    d.alloc("V_STATE_OUT", 8 * max(nsites, 1) * ngen)  # u64 [nsites][NGEN]
+    d.alloc("V_OUTCOMES", 8 * OUTCOMES_PER_SITE * max(nsites, 1))  # u64 [nsites][8]
+    d.alloc("V_JUMP_TABLE", abi.JUMP_ENTRY.size * max(njumps, 1))
+    d.alloc("V_SC_SITES", abi.STATIC_CALL_SITE.size * max(nsc, 1))
+    d.alloc("V_KPROBES", abi.KPROBE.size * max(nkprobes, 1), 64)
+    d.alloc("V_TASK", abi.TASK_SLOT.size * ncpus, 64)
     d.alloc("V_SCRATCH", 256, 64)
-    d.alloc("V_IDLE_STACKS", 4096 * (ncpus + 1), 4096)
-    if nsites > MAX_SITES:
-        raise ValueError(f"at most {MAX_SITES} patch sites")
+    d.alloc("V_IDLE_STACKS", IDLE_STACK_SIZE * (ncpus + 1), IDLE_STACK_SIZE)
     return d
 
 
+def region_sizes(what: str, text_bytes: int, data: DataLayout) -> tuple[int, int]:
+    """The machine's text and data sizes for this guest: the machine's defaults, grown by whole
+    pages as far as the guest needs, or a ScenarioError naming `what` and what does not fit in
+    the address space's regions (emu/layout.py)."""
+    need_data = data.cursor - layout.DATA_BASE
+    if need_data > layout.MAX_DATA_SIZE:
+        raise ScenarioError(f"{what}: its data ({need_data:#x} bytes: {data.dims['NSITES']} "
+                            f"sites) does not fit in the data region ({layout.MAX_DATA_SIZE:#x})")
+    if text_bytes > layout.MAX_TEXT_SIZE:
+        raise ScenarioError(f"{what}: its text ({text_bytes:#x} bytes) does not fit in the "
+                            f"text region ({layout.MAX_TEXT_SIZE:#x})")
+    base = MachineConfig()
+
+    def pages(n: int) -> int:
+        return n + -n % layout.PAGE
+
+    return max(base.text_size, pages(text_bytes)), max(base.data_size, pages(need_data))
+
+
 def equates(ncpus: int, data: DataLayout) -> dict[str, int]:
-    return (hypercall.EQUATES | TPL_OFFSETS | data.vars
+    return (hypercall.EQUATES | abi.equates() | data.vars | data.dims
             | {f"CFG_{c.name}": int(c) for c in Cfg}
             | {"STEXT": layout.TEXT_BASE, "POKE_DELTA": layout.POKE_BASE - layout.TEXT_BASE,
                "TP_VEC_MAX": TP_VEC_MAX, "OLDS_BYTES": 8 * TP_VEC_MAX,
                "CPUS_BYTES": 8 * layout.MAX_CPUS,
                "CALL_FUNCTION_VECTOR": x86.CALL_FUNCTION_VECTOR, "NCPUS": ncpus,
-               "MAX_CPUS": layout.MAX_CPUS, "MAX_GEN": MAX_GEN, "PREEMPT_SPIN": PREEMPT_SPIN,
+               "MAX_CPUS": layout.MAX_CPUS, "OUTCOMES_PER_SITE": OUTCOMES_PER_SITE,
+               "IDLE_STACK_SIZE": IDLE_STACK_SIZE, "PREEMPT_SPIN": PREEMPT_SPIN,
+               "POKE_STEPS_STACK": abi.POKE_STEPS.size + -abi.POKE_STEPS.size % 16,
                "ASSERT_LOC_INIT": ASSERT_LOC_INIT, "ASSERT_INT3_OPCODE": ASSERT_INT3_OPCODE})
 
 

@@ -11,7 +11,7 @@ from emu.decisions import DecisionSource, RandomSource, ReplayError
 from emu.machine import Machine, RunResult
 from emu.verdict import PASS, Verdict
 
-from . import kcore, verify
+from . import guest, kcore, verify
 from .oracles import torn_execution
 from .pt.encoder import TraceConfig
 from .pt.flow import FlowItem, async_events, cpu_flow
@@ -80,7 +80,8 @@ def outcome_counts(runner: Runner) -> dict[str, dict[int, int]]:
     base = b.data["V_OUTCOMES"]
     out: dict[str, dict[int, int]] = {}
     for i, s in enumerate(b.scenario.sites):
-        counts = {k: m.mem.read_u64(base + 8 * (8 * i + k)) for k in range(8)}
+        n = guest.OUTCOMES_PER_SITE  # V_OUTCOMES: u64 [site][n]
+        counts = {k: m.mem.read_u64(base + 8 * (n * i + k)) for k in range(n)}
         out[s.name] = {k: n for k, n in counts.items() if n}
     return out
 

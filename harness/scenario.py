@@ -27,6 +27,7 @@ from emu.machine import CpuBoot, GuestImage, Machine, MachineConfig
 from emu.verdict import MachineConfigError
 
 from . import guest
+from . import guest_abi as abi
 from .guest import Cfg, DataLayout
 from .text_poke_loc import ScenarioError, check_boundary, text_poke_loc_init
 
@@ -144,7 +145,7 @@ class KprobeSite(Site):
         n = self.name
         body = "    push rbp\n    mov rbp, rsp\n    push rbx\n    jmp " + f"{n}_after\n"
         return (f"{n}_slot:\n{body}"
-                f"{n}_detour:\n    lock inc qword ptr [KPROBE_{n} + 24]\n{body}")
+                f"{n}_detour:\n    lock inc qword ptr [KPROBE_{n} + KPROBE_HITS]\n{body}")
 
     def instructions(self, prog: Program, state: object) -> list[tuple[int, bytes]]:
         if state == "optimized":
@@ -216,7 +217,7 @@ class Kprobe(Op):
 
     def asm(self, index: int) -> str:
         if self.action == "arm_bp":
-            return (f"    mov qword ptr [KPROBE_{self.name} + 16], 1\n"
+            return (f"    mov qword ptr [KPROBE_{self.name} + KPROBE_ARMED], 1\n"
                     f"    lea rdi, [rip + site_{self.name}]\n    lea rsi, [rip + kp_int3]\n"
                     "    mov edx, 1\n    xor ecx, ecx\n    call text_poke_bp\n")
         return f"    mov rdi, KPROBE_{self.name}\n    call kprobe_{self.action}\n"
@@ -269,12 +270,13 @@ class PokeSteps(Op):
         return None
 
     def asm(self, index: int) -> str:
-        lines = ["    sub rsp, 32", "    mov rdi, rsp", f"    lea rsi, [rip + site_{self.site}]",
+        lines = ["    sub rsp, POKE_STEPS_STACK", "    mov rdi, rsp",
+                 f"    lea rsi, [rip + site_{self.site}]",
                  f"    lea rdx, [rip + {self.site}_yes]", "    call poke_prepare_jmp"]
         for step in self.steps:
             routine, takes_tp = POKE_STEPS[step]
             lines += (["    mov rdi, rsp"] if takes_tp else []) + [f"    call {routine}"]
-        return "\n".join(lines + ["    add rsp, 32"]) + "\n"
+        return "\n".join(lines + ["    add rsp, POKE_STEPS_STACK"]) + "\n"
 
     def apply(self, site: Site, state: object) -> object:
         return True if isinstance(site, JumpLabel) and site.name == self.site else state
@@ -367,7 +369,7 @@ class Scenario:
                   "    mov qword ptr [V_STOP], 1", "    mov eax, HC_FINISH",
                   "    out HC_PORT, eax",
                   "observer:", "    and rsp, -16", "obs_top:",
-                  "    mov rax, qword ptr gs:[0]",
+                  "    mov rax, qword ptr gs:[PERCPU_CPU]",
                   "    lock inc qword ptr [V_QS + rax*8]   # voluntary quiescent point",
                   "    mov eax, HC_QUIESCENT", "    out HC_PORT, eax",
                   "    mov r12, qword ptr [V_DONE_GEN]"]
@@ -375,7 +377,8 @@ class Scenario:
             lines += ["    xor ebx, ebx", s.observer_asm().rstrip("\n"),
                       f"    mov edi, {i}", "    mov esi, ebx", "    mov rdx, r12",
                       "    call check_outcome"]
-        lines += ["    mov rax, qword ptr gs:[0]", "    lock inc qword ptr [V_PASSES + rax*8]",
+        lines += ["    mov rax, qword ptr gs:[PERCPU_CPU]",
+                  "    lock inc qword ptr [V_PASSES + rax*8]",
                   "    cmp qword ptr [V_STOP], 0", "    je obs_top", "    mov eax, HC_FINISH",
                   "    out HC_PORT, eax"]
         seen: set[str] = set()
@@ -413,35 +416,39 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None,
                             f"CPUs, got {ncpus}")
     keys = scn.keys()
     kprobes = [s for s in scn.sites if isinstance(s, KprobeSite)]
+    gens = scn.generations()
+    what = f"scenario {scn.name}"
     data = guest.kernel_data(ncpus, len(scn.sites), len(kprobes),
                              sum(isinstance(s, JumpLabel) for s in scn.sites),
-                             sum(isinstance(s, CallSite) for s in scn.sites))
-    if len(keys) > 16:
-        raise ScenarioError(f"scenario {scn.name}: at most 16 keys")
-    extra = {f"KEY_{k}": data["V_KEYS"] + 8 * i for i, k in enumerate(keys)}
-    extra |= {f"KPROBE_{s.name}": data["V_KPROBES"] + guest.KPROBE_SIZE * i
+                             sum(isinstance(s, CallSite) for s in scn.sites),
+                             ngen=len(gens), nkeys=len(keys))
+    guest.region_sizes(what, 0, data)  # the data fits, before anything is assembled
+    extra = {f"KEY_{k}": data["V_KEYS"] + abi.KEY_SLOT * i for i, k in enumerate(keys)}
+    extra |= {f"KPROBE_{s.name}": data["V_KPROBES"] + abi.KPROBE.size * i
               for i, s in enumerate(kprobes)}
+    clash = sorted(set(extra) & set(guest.equates(ncpus, data)))
+    if clash:
+        raise ScenarioError(f"{what}: {clash[0]} names a key or kprobe and a guest equate; "
+                            "rename it")
     data.vars.update(extra)
     for op in scn.ops:
         problem = op.validate(scn.sites)
         if problem:
-            raise ScenarioError(f"scenario {scn.name}: {problem}")
+            raise ScenarioError(f"{what}: {problem}")
     try:
-        prog = guest.kernel_program(scn.source(), ncpus, data, f"scenario {scn.name}")
+        prog = guest.kernel_program(scn.source(), ncpus, data, what)
     except Exception as e:
-        msg, where = str(e), f"scenario {scn.name}"
-        raise ScenarioError(msg if msg.startswith(where) else f"{where}: {msg}") from None
-    gens = scn.generations()
-    if len(gens) > guest.MAX_GEN:
-        raise ScenarioError(f"scenario {scn.name}: at most {guest.MAX_GEN - 1} ops")
+        msg = str(e)
+        raise ScenarioError(msg if msg.startswith(what) else f"{what}: {msg}") from None
+    text_size, data_size = guest.region_sizes(what, prog.end - layout.TEXT_BASE, data)
 
     sites = []
-    for s in scn.sites:
+    for i, s in enumerate(scn.sites):
         addr = prog.sym(s.label) + getattr(s, "offset", 0)
         check_boundary(prog, addr, s.name)
         allowed = {(0, b"\xcc")}
         for states in gens:
-            allowed |= set(s.instructions(prog, states[scn.sites.index(s)]))
+            allowed |= set(s.instructions(prog, states[i]))
         length = max(off + len(b) for off, b in allowed)
         sites.append((s.name, addr, length, frozenset(allowed)))
     _check_pokes(scn, prog, gens)
@@ -449,31 +456,30 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None,
     init: list[tuple[int, bytes]] = [
         (data["V_CFG"], guest.u64s(int(var.cfg))),
         (data["V_ONLINE"], guest.u64s((1 << ncpus) - 1)),
-        (data["V_NGEN"], guest.u64s(len(gens))),
+        (data["V_STATE_OUT"],  # u64 [site][NGEN]: what the site reports in each generation
+         guest.u64s(*(s.outcome(states[i]) for i, s in enumerate(scn.sites)
+                      for states in gens))),
     ]
-    table = bytearray(8 * guest.MAX_SITES * guest.MAX_GEN)
-    for i, s in enumerate(scn.sites):
-        for g, states in enumerate(gens):
-            struct.pack_into("<Q", table, 8 * (i * guest.MAX_GEN + g), s.outcome(states[i]))
-    init.append((data["V_STATE_OUT"], bytes(table)))
-    jumps = [(prog.sym(s.label), prog.sym(f"{s.name}_yes"), extra[f"KEY_{s.key}"])
-             for s in scn.sites if isinstance(s, JumpLabel)]
-    jumps.sort(key=lambda j: (j[2], j[0]), reverse=scn.jump_order == "descending")
+    jumps = [abi.JUMP_ENTRY.pack(code=prog.sym(s.label), target=prog.sym(f"{s.name}_yes"),
+                                 key=extra[f"KEY_{s.key}"])
+             for s in sorted((s for s in scn.sites if isinstance(s, JumpLabel)),
+                             key=lambda s: (extra[f"KEY_{s.key}"], prog.sym(s.label)),
+                             reverse=scn.jump_order == "descending")]
     init += [(data["V_JUMP_NR"], guest.u64s(len(jumps))),
-             (data["V_JUMP_TABLE"], b"".join(guest.u64s(*j) for j in jumps) or b"\0")]
-    calls = [(prog.sym(s.label), extra[f"KEY_{s.key}"]) for s in scn.sites
-             if isinstance(s, CallSite)]
-    init += [(data["V_SC_NR"], guest.u64s(len(calls))),
-             (data["V_SC_SITES"], b"".join(guest.u64s(*c) for c in calls) or b"\0")]
+             (data["V_JUMP_TABLE"], b"".join(jumps))]
+    calls = [abi.STATIC_CALL_SITE.pack(addr=prog.sym(s.label), key=extra[f"KEY_{s.key}"])
+             for s in scn.sites if isinstance(s, CallSite)]
+    init += [(data["V_SC_NR"], guest.u64s(len(calls))), (data["V_SC_SITES"], b"".join(calls))]
     for s in scn.sites:
         if isinstance(s, CallSite):
-            init.append((extra[f"KEY_{s.key}"], guest.u64s(prog.sym(s.funcs[0]))))
-    kp = bytearray()
-    for s in kprobes:
-        entry = guest.u64s(prog.sym(s.label), prog.sym(f"{s.name}_slot"), 0, 0,
-                           prog.sym(f"{s.name}_detour"))
-        kp += entry + b"".join(KPROBE_REGION) + b"\0" * (guest.KPROBE_SIZE - len(entry) - 5)
-    init += [(data["V_KPROBES_NR"], guest.u64s(len(kprobes))), (data["V_KPROBES"], bytes(kp))]
+            init.append((extra[f"KEY_{s.key}"],
+                         abi.STATIC_CALL_KEY.pack(func=prog.sym(s.funcs[0]))))
+    kp = [abi.KPROBE.pack(addr=prog.sym(s.label), slot=prog.sym(f"{s.name}_slot"),
+                          detour=prog.sym(f"{s.name}_detour"), opcode=KPROBE_REGION[0][0],
+                          copied=b"".join(KPROBE_REGION)[1:])
+          for s in kprobes]
+    init += [(data["V_KPROBES_NR"], guest.u64s(len(kprobes))), (data["V_KPROBES"], b"".join(kp))]
+    init = [(va, raw) for va, raw in init if raw]
 
     nmis = (0,) + (scn.observer_nmis,) * (ncpus - 1)
     # In event mode the visible shared data is the patching protocol's own state: the
@@ -483,8 +489,8 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None,
              (data["V_CSD"], data["V_CSD"] + 8 * ncpus),
              (data["V_BP_REFS"], data["V_BP_REFS"] + 8 * ncpus))
     if kprobes:
-        watch += ((data["V_KPROBES"], data["V_KPROBES"] + guest.KPROBE_SIZE * len(kprobes)),)
-    config = MachineConfig(ncpus=ncpus, grain=scn.grain,
+        watch += ((data["V_KPROBES"], data["V_KPROBES"] + abi.KPROBE.size * len(kprobes)),)
+    config = MachineConfig(ncpus=ncpus, grain=scn.grain, text_size=text_size, data_size=data_size,
                            max_quantum=5000 if event_mode else scn.max_quantum,
                            insn_budget=scn.insn_budget,
                            spontaneous_nmis=nmis if scn.observer_nmis else (),

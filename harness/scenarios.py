@@ -28,9 +28,9 @@ def _zoo(buggy: Cfg, expect: str, **more: Variant) -> dict[str, Variant]:
 # the first time it is called. Retiring tramp_1 = text_poke it full of INT3 padding.
 Z7_ASM = """
 tramp_1:
-    lock inc qword ptr [V_SCRATCH]        # percpu_ref_get(&image->pcref)
+    lock inc qword ptr [V_SCRATCH + TRAMP_USERS]  # percpu_ref_get(&image->pcref)
     call traced_fn
-    lock dec qword ptr [V_SCRATCH]        # percpu_ref_put()
+    lock dec qword ptr [V_SCRATCH + TRAMP_USERS]  # percpu_ref_put()
     mov ebx, 1
     ret
 tramp_1_end:
@@ -39,24 +39,24 @@ tramp_2:
     mov ebx, 2
     ret
 traced_fn:
-    lock bts qword ptr [V_SCRATCH + 8], 0
+    lock bts qword ptr [V_SCRATCH + TRAMP_CALLED], 0
     jc traced_ret
-    mov qword ptr [V_SCRATCH + 16], 1     # asleep
+    mov qword ptr [V_SCRATCH + TRAMP_ASLEEP], 1
 traced_sleep:
-    mov rax, qword ptr gs:[0]
+    mov rax, qword ptr gs:[PERCPU_CPU]
     lock inc qword ptr [V_QS + rax*8]     # schedule(): a voluntary quiescent point
     pause
-    cmp qword ptr [V_SCRATCH + 24], 0
+    cmp qword ptr [V_SCRATCH + TRAMP_WAKE], 0
     je traced_sleep
-    mov qword ptr [V_SCRATCH + 16], 0
+    mov qword ptr [V_SCRATCH + TRAMP_ASLEEP], 0
 traced_ret:
     ret
 wake_sleeper:
-    mov qword ptr [V_SCRATCH + 24], 1
+    mov qword ptr [V_SCRATCH + TRAMP_WAKE], 1
     ret
 wait_users:                              # percpu_ref_kill + wait for the last put
     pause
-    cmp qword ptr [V_SCRATCH], 0
+    cmp qword ptr [V_SCRATCH + TRAMP_USERS], 0
     jne wait_users
     ret
 free_tramp_1:                            # record the change, text_poke INT3 padding, sync
@@ -105,7 +105,7 @@ retire_early:                            # buggy: rcu-tasks does not cover the s
 Z7_WAIT_SLEEPER = """
 z7_wait_{i}:
     pause
-    cmp qword ptr [V_SCRATCH + 16], 1
+    cmp qword ptr [V_SCRATCH + TRAMP_ASLEEP], 1
     jne z7_wait_{i}
 """
 
@@ -126,6 +126,25 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
         sites=[KprobeSite("kp0")],
         ops=[Kprobe("kp0", "arm"), Kprobe("kp0", "optimize"), Kprobe("kp0", "unoptimize"),
              Kprobe("kp0", "disarm")]),
+    Scenario(
+        "kprobe_two", "two kprobes on two prologues, each armed, optimized, unoptimized and "
+        "disarmed in turn: the INT3 handler walks the kprobe table past its first entry",
+        sites=[KprobeSite("kp0"), KprobeSite("kp1")],
+        ops=[Kprobe(k, a) for a in ("arm", "optimize", "unoptimize", "disarm")
+             for k in ("kp0", "kp1")], cpus=3),
+    Scenario(
+        "static_key_two", "two keys, 2 jump-label sites each, interleaved in the text: "
+        "enabling or disabling one key patches only its own sites",
+        sites=[JumpLabel(f"jl{i}", key=f"k{i % 2}") for i in range(4)],
+        ops=[StaticKey("k0", True), StaticKey("k1", True), StaticKey("k0", False),
+             StaticKey("k1", False)], cpus=3),
+    Scenario(
+        "static_call_two", "two static_call keys, 2 CALL sites each: updating one key "
+        "retargets only its own sites",
+        sites=[CallSite("sc0", key="s0", funcs=FUNCS[:2]), CallSite("sc1", key="s1", funcs=FUNCS),
+               CallSite("sc2", key="s0", funcs=FUNCS[:2]), CallSite("sc3", key="s1", funcs=FUNCS)],
+        ops=[StaticCallUpdate("s0", "fn_b"), StaticCallUpdate("s1", "fn_c"),
+             StaticCallUpdate("s1", "fn_b"), StaticCallUpdate("s0", "fn_a")], cpus=3),
     Scenario(
         "call_promotion", "a compare plus direct call whose target is re-patched repeatedly "
         "(dynamic indirect branch promotion)",

@@ -10,8 +10,9 @@ import capstone
 
 from emu.asm import KERNEL_NOPS, Program
 
-INT3, RET, CALL, JMP32, JMP8 = 0xCC, 0xC3, 0xE8, 0xE9, 0xEB
-POKE_MAX_OPCODE_SIZE = 5
+from .guest_abi import POKE_MAX_OPCODE_SIZE, Insn
+
+INT3, RET, CALL, JMP32, JMP8 = Insn.INT3, Insn.RET, Insn.CALL, Insn.JMP32, Insn.JMP8
 
 
 class ScenarioError(ValueError):

@@ -12,6 +12,7 @@ from emu.path import decode_path, encode_path
 from emu.selftest import Scripted
 from harness import int3_selftest
 from harness.guest import Cfg
+from harness.guest_abi import KPROBE
 from harness.run import Runner, outcome_counts
 from harness.scenario import CallSite, JumpLabel, Scenario, StaticCallUpdate, StaticKey, build
 from harness.scenarios import SCENARIOS
@@ -115,7 +116,8 @@ def test_kprobe_hits_and_detour():
     runner = Runner(SCENARIOS["kprobe_optimize"])
     out = runner.run_seed(3)
     assert out.ok
-    hits = runner.machine.mem.read_u64(runner.built.data.vars["KPROBE_kp0"] + 24)
+    hits = runner.machine.mem.read_u64(runner.built.data.vars["KPROBE_kp0"]
+                                       + KPROBE.offset("hits"))
     assert hits > 0
     detour = out.built.program.sym("kp0_detour")
     slot = out.built.program.sym("kp0_slot")
@@ -133,10 +135,12 @@ def test_call_promotion_reaches_every_target():
 
 def test_int3_selftest_analogue():
     from harness.guest import kernel_data
+    from harness.guest_abi import INT3_SELFTEST
 
     verdict, m = int3_selftest.run()
     assert verdict.ok, verdict
-    assert m.mem.read_u64(kernel_data(1, 0, 0, 0, 0)["V_SCRATCH"] + 64) == 1  # val
+    val = kernel_data(1)["V_SCRATCH"] + INT3_SELFTEST.offset("val")
+    assert m.mem.read_u64(val) == 1
 
 
 def test_int3_selftest_fails_without_the_stack_gap():
