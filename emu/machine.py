@@ -133,6 +133,8 @@ class SidebandRecord:
 
 @dataclass
 class RunResult:
+    """One run, owning its records: the machine starts new ones at its next reset."""
+
     verdict: Verdict
     path: list[Choice]
     truth: GroundTruth
@@ -185,7 +187,7 @@ class Machine:
                                      f"{config.ncpus}")
         self.mem = SharedMemory(lay)
         self.clock = Clock()
-        self.truth = GroundTruth(config.ncpus)
+        self.truth = GroundTruth(config.ncpus)  # this run's; a fresh one at every reset
         self.sideband: list[SidebandRecord] = []
         self.views = [FetchView(ctypes.create_string_buffer(lay.text_size), config.grain)
                       for _ in range(config.ncpus)]
@@ -275,11 +277,20 @@ class Machine:
             cpu.state = self._fresh_state(cpu.index)
             cpu.retired = 0
         self.clock.tick = 0
-        self.truth.clear()
-        self.sideband.clear()
+        self._new_records()
         self._escalation.clear()
         self._dirty = False
         self._last = None
+
+    def _new_records(self) -> None:
+        """Fresh ground truth and sideband for the next run: the last RunResult keeps its own
+        (clearing them instead would rewrite every earlier result; handing the CPUs new lists
+        costs microseconds, copying a run's record at its end tens of them)."""
+        self.truth = GroundTruth(self.config.ncpus)
+        self.sideband = []
+        for cpu in self.cpus:
+            cpu.truth = self.truth.retired[cpu.index] if self.config.truth else None
+            cpu.events = self.truth.events
 
     def symbol(self, name: str) -> int:
         try:
@@ -306,7 +317,7 @@ class Machine:
                 steps += 1
                 ctrl_c.check()
         return RunResult(verdict=verdict, path=decisions.path, truth=self.truth,
-                         sideband=list(self.sideband), ticks=self.clock.tick, steps=steps,
+                         sideband=self.sideband, ticks=self.clock.tick, steps=steps,
                          final_rips=[c.reg("rip") for c in self.cpus],
                          text_start=self._initial_mem[0], text_end=bytes(self.mem.text))
 

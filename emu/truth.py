@@ -29,11 +29,6 @@ class GroundTruth:
         if not self.retired:
             self.retired = [[] for _ in range(self.ncpus)]
 
-    def clear(self) -> None:
-        for r in self.retired:
-            r.clear()
-        self.events.clear()
-
     def ips(self, cpu: int) -> list[int]:
         return [ip for _, ip, _ in self.retired[cpu]]
 

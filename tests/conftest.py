@@ -6,7 +6,9 @@ import pytest
 
 from emu import hypercall, layout
 from emu.asm import assemble
+from emu.decisions import Choice, Kind, ReplaySource
 from emu.machine import CpuBoot, GuestImage, Machine, MachineConfig
+from harness.strategies import DefaultSource
 
 VAR = layout.DATA_BASE + layout.GUEST_DATA_OFFSET
 
@@ -25,3 +27,12 @@ def build():
 
 
 pytest_plugins = ["pytester"]
+
+
+def one_changed(path: list[Choice], kind: Kind = Kind.CPU) -> ReplaySource:
+    """A replay of `path` with its first `kind` choice changed, continued leniently by the
+    default policy: a second run that differs from the first in one decision, for showing
+    that a determinism check fails when the runs it compares differ."""
+    i = next(i for i, c in enumerate(path) if c.kind is kind)
+    changed = Choice(kind, path[i].arity, (path[i].value + 1) % path[i].arity)
+    return ReplaySource(path[:i] + [changed] + path[i + 1:], then=DefaultSource(), lenient=True)

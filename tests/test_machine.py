@@ -12,7 +12,7 @@ from emu.fetch_view import Grain
 from emu.machine import MachineConfig
 from emu.selftest import Scripted
 from emu.verdict import MachineConfigError
-from tests.conftest import VAR
+from tests.conftest import VAR, one_changed
 
 FAULTY = """
 start:
@@ -219,7 +219,11 @@ irq:
     assert m.mem.read_u64(VAR) == m.symbol("after")
 
 
-def test_spontaneous_nmi_is_a_recorded_decision(build):
+@pytest.mark.parametrize("perturb", [False, True], ids=["replay", "one_decision_changed"])
+def test_spontaneous_nmi_is_a_recorded_decision(build, perturb):
+    """Replayed on the machine after a reset, the path gives the same ground truth, byte for
+    byte; with one decision changed (an NMI raised at another step) the check sees a
+    difference."""
     src = """
 loop:
     lock inc qword ptr [V]
@@ -237,8 +241,38 @@ nmi:
     raised = [c for c in res.path if c.kind is Kind.NMI_RAISE and c.value == 1]
     assert m.mem.read_u64(VAR + 8) == len(raised) == 2
     m.reset()
-    again = m.run(ReplaySource(res.path))
-    assert again.truth.digest() == res.truth.digest()
+    again = m.run(one_changed(res.path, Kind.NMI_RAISE) if perturb else ReplaySource(res.path))
+    assert again.truth is not res.truth
+    assert (again.truth.digest() == res.truth.digest()) is not perturb
+
+
+def test_a_result_keeps_its_own_records(build):
+    """Each RunResult owns its ground truth, events and sideband: the next run of the machine
+    (which resets it) changes none of them."""
+    src = """
+entry:
+    nop
+    nop
+    mov rdi, 0xffffffff81000000
+    lea rsi, [rip + old]
+    lea rdx, [rip + old]
+    mov ecx, 2
+    mov eax, HC_SIDEBAND
+    out HC_PORT, eax
+    mov eax, HC_FINISH
+    out HC_PORT, eax
+old:
+    .byte 0x66, 0x90
+"""
+    m = build(src, ["entry", "entry"])
+    first = m.run(RandomSource(1))
+    retired, events, sideband = ([list(r) for r in first.truth.retired],
+                                 list(first.truth.events), list(first.sideband))
+    digest = first.truth.digest()
+    second = m.run(RandomSource(3))
+    assert second.truth.digest() != digest and second.sideband != sideband  # another schedule
+    assert first.truth.digest() == digest and first.truth.events == events
+    assert [list(r) for r in first.truth.retired] == retired and first.sideband == sideband
 
 
 def test_sixteen_cpus(build):
