@@ -15,6 +15,7 @@ from harness.run import Runner, outcome_counts
 from harness.scenario import CallSite, JumpLabel, Scenario, StaticCallUpdate, StaticKey, build
 from harness.scenarios import SCENARIOS
 from harness.text_poke_loc import ScenarioError, text_poke_loc_init
+from tests.conftest import one_changed
 
 REPROS = json.loads((Path(__file__).parent / "data" / "repros.json").read_text())
 SEEDS = 12  # per scenario here; bench/sweep.py runs 200
@@ -55,8 +56,23 @@ def test_buggy_variant_reproduces_from_its_decision_sequence(key):
     first = runner.run(ReplaySource(path))
     assert repro["expect"] == SCENARIOS[name].variants[variant].expect
     assert SCENARIOS[name].variants[variant].accepts(first.verdict.kind), first.verdict
-    again = runner.run(ReplaySource(path))  # deterministic: the same truth, byte for byte
-    assert again.result.truth.digest() == first.result.truth.digest()
+    assert _replays_identically(runner, first, ReplaySource(path))
+
+
+def _replays_identically(runner, first, source) -> bool:
+    """The determinism check: a second, independent run from `source` records the same ground
+    truth as `first`, byte for byte."""
+    again = runner.run(source)
+    return again.result.truth is not first.result.truth and \
+        again.result.truth.digest() == first.result.truth.digest()
+
+
+def test_the_determinism_check_sees_one_changed_decision():
+    path = decode_path(REPROS["z4_bytewise/buggy"]["path"])
+    runner = Runner(SCENARIOS["z4_bytewise"], "buggy")
+    first = runner.run(ReplaySource(path))
+    assert _replays_identically(runner, first, ReplaySource(path))
+    assert not _replays_identically(runner, first, one_changed(path))
 
 
 def test_every_buggy_zoo_variant_has_a_reproduction():
