@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from . import hypercall, layout, x86
 from .asm import Program, assemble, load_source
-from .decisions import DecisionSource, Kind, RandomSource, ReplaySource
+from .decisions import Choice, DecisionSource, Kind, RandomSource, ReplaySource
 from .fetch_view import Grain
 from .machine import CpuBoot, GuestImage, Machine, MachineConfig, RunResult
 
@@ -234,18 +234,27 @@ def check_rdtsc_virtual() -> Check:
                  f"RDTSC={t1}, RDTSCP={t2}: the global ticks of those instructions")
 
 
-def check_determinism() -> Check:
-    m = build(["xmc_cpu0", "xmc_cpu1"], {x86.CALL_FUNCTION_VECTOR: "xmc_ipi"}, grain="byte")
-    a = m.run(RandomSource(1234))
-    digest_a, path = a.truth.digest(), list(a.path)
-    m2 = build(["xmc_cpu0", "xmc_cpu1"], {x86.CALL_FUNCTION_VECTOR: "xmc_ipi"}, grain="byte")
-    b = m2.run(ReplaySource(path))
+def check_determinism(replay: Callable[[list[Choice]], DecisionSource] = ReplaySource
+                      ) -> Check:
+    """A seeded run, its path replayed on a fresh machine (through `replay`, which a test
+    perturbs to see this check fail), and the seed run again there: three runs, each result
+    owning its record, with the same verdict, ground truth and sideband."""
+    def machine() -> Machine:
+        return build(["xmc_cpu0", "xmc_cpu1"], {x86.CALL_FUNCTION_VECTOR: "xmc_ipi"},
+                     grain="byte")
+
+    a = machine().run(RandomSource(1234))
+    m2 = machine()
+    b = m2.run(replay(list(a.path)))
     c = m2.run(RandomSource(1234))
-    ok = (a.verdict.kind == b.verdict.kind and digest_a == b.truth.digest() == c.truth.digest()
-          and len(path) > 10)
+    digests = [r.truth.digest() for r in (a, b, c)]
+    same = [a.verdict.kind == r.verdict.kind and digests[0] == d and a.sideband == r.sideband
+            for r, d in ((b, digests[1]), (c, digests[2]))]
+    ok = all(same) and len(a.path) > 10
     return Check("determinism", ok,
-                 f"{len(path)} decisions; replay on a fresh machine and a seeded re-run give "
-                 f"the same ground truth ({digest_a[:12]})")
+                 f"{len(a.path)} decisions; ground truth {digests[0][:12]}, replayed on a fresh "
+                 f"machine {digests[1][:12]} (same={same[0]}), seeded re-run {digests[2][:12]} "
+                 f"(same={same[1]})")
 
 
 def check_reset_restores() -> Check:
