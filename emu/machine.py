@@ -32,16 +32,7 @@ from .hypercall import Hypercall
 from .layout import Layout
 from .memory import GuestMemoryError, SharedMemory
 from .truth import Event, GroundTruth
-from .verdict import (
-    GUEST_ASSERT,
-    GUEST_FAULT,
-    HANG,
-    PASS,
-    SEMANTICS,
-    UNEXPECTED_TRAP,
-    MachineConfigError,
-    Verdict,
-)
+from .verdict import MachineConfigError, Verdict, VerdictKind
 
 # The event-mode fetch model, for what records a path of it (tokens, saved searches): a path
 # of another model does not mean the same run. 1: every pending unit flushed at each step
@@ -333,9 +324,9 @@ class Machine:
         if not runnable:
             stuck = [c.index for c in self.cpus if not c.state.finished]
             if not stuck:
-                return Verdict(PASS, "every CPU finished")
+                return Verdict(VerdictKind.PASS, "every CPU finished")
             c = self.cpus[stuck[0]]
-            return Verdict(HANG, f"CPUs {stuck} are halted with nothing to wake them",
+            return Verdict(VerdictKind.HANG, f"CPUs {stuck} are halted with nothing to wake them",
                            cpu=c.index, rip=c.reg("rip"), event="deadlock")
         dec.source.observe(StepContext(tuple(c.index for c in runnable),
                                        frozenset(c.index for c in runnable if c.state.yielded),
@@ -465,7 +456,7 @@ class Machine:
         if st.verdict is not None:
             verdict = verdict or st.verdict
         if verdict is None and cpu.retired >= self.config.insn_budget:
-            verdict = Verdict(HANG, f"cpu{cpu.index} exceeded its budget of "
+            verdict = Verdict(VerdictKind.HANG, f"cpu{cpu.index} exceeded its budget of "
                                     f"{self.config.insn_budget} instructions",
                               cpu=cpu.index, rip=cpu.reg("rip"),
                               fetched=cpu.fetched(cpu.reg("rip")), event="budget")
@@ -553,7 +544,7 @@ class Machine:
         return None
 
     def _fault_verdict(self, cpu: Cpu, rip: int, detail: str, event: str) -> Verdict:
-        return Verdict(GUEST_FAULT, f"cpu{cpu.index}: {detail}", cpu=cpu.index, rip=rip,
+        return Verdict(VerdictKind.GUEST_FAULT, f"cpu{cpu.index}: {detail}", cpu=cpu.index, rip=rip,
                        fetched=cpu.fetched(rip), event=event)
 
     # ------------------------------------------------------------ hypercalls
@@ -599,16 +590,17 @@ class Machine:
                 cpu.footprint.writes.update(text_grains(a0 - layout.TEXT_BASE, a3))
         elif number is Hypercall.ASSERT:
             message = self.mem.read_cstring(a1) if a1 else ""
-            return Verdict(GUEST_ASSERT, f"cpu{cpu.index}: guest assertion {a0}: {message}",
-                           cpu=cpu.index, rip=hc.rip - 2, fetched=cpu.fetched(hc.rip - 2),
+            return Verdict(VerdictKind.GUEST_ASSERT,
+                           f"cpu{cpu.index}: guest assertion {a0}: {message}", cpu=cpu.index,
+                           rip=hc.rip - 2, fetched=cpu.fetched(hc.rip - 2),
                            event="assert", extra={"code": a0})
         elif number is Hypercall.TRAP:
-            return Verdict(UNEXPECTED_TRAP, f"cpu{cpu.index}: INT3 at {a0:#x} claimed by no "
-                           "handler", cpu=cpu.index, rip=a0, fetched=cpu.fetched(a0),
-                           event="int3")
+            return Verdict(VerdictKind.UNEXPECTED_TRAP,
+                           f"cpu{cpu.index}: INT3 at {a0:#x} claimed by no handler",
+                           cpu=cpu.index, rip=a0, fetched=cpu.fetched(a0), event="int3")
         elif number is Hypercall.SEMANTICS:
-            return Verdict(SEMANTICS, f"cpu{cpu.index}: patch site {a0} behaved as outcome {a1}, "
-                           f"which no state it could be in has", cpu=cpu.index,
+            return Verdict(VerdictKind.SEMANTICS, f"cpu{cpu.index}: patch site {a0} behaved as "
+                           f"outcome {a1}, which no state it could be in has", cpu=cpu.index,
                            rip=hc.rip - 2, event="semantics", extra={"site": a0, "outcome": a1})
         elif number is Hypercall.FAULT:
             frame_rip = self.mem.read_u64(a1) if a1 else 0

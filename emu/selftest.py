@@ -12,6 +12,7 @@ from .asm import Program, assemble, load_source
 from .decisions import Choice, DecisionSource, Kind, RandomSource, ReplaySource
 from .fetch_view import Grain
 from .machine import CpuBoot, GuestImage, Machine, MachineConfig, RunResult
+from .verdict import VerdictKind
 
 VARS = ("OBS_LAST", "OBS_ITERS", "STOP", "IPI_SEEN", "IPI_ACK", "TRAPS", "FRAME_RIP", "FRAME_CS",
         "NMI_DEPTH", "NMI_MAXDEPTH", "NMI_ENTRIES", "NMI_SECOND", "PF_CR2", "PF_ERR", "TSC1",
@@ -278,7 +279,7 @@ def check_reset_restores() -> Check:
 def check_hang_budget() -> Check:
     m = build(["hang_cpu0", "idle_cpu"], insn_budget=5000)
     res = m.run(RandomSource(1))
-    ok = res.verdict.kind == "hang" and res.verdict.cpu == 0 and m.cpus[0].retired >= 5000
+    ok = res.verdict.kind is VerdictKind.HANG and res.verdict.cpu == 0 and m.cpus[0].retired >= 5000
     return Check("hang_budget", ok, f"runaway guest ended with: {res.verdict}")
 
 

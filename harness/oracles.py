@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from emu.truth import GroundTruth
-from emu.verdict import TORN_EXECUTION, Verdict
+from emu.verdict import Verdict, VerdictKind
 
 SiteTable = list[tuple[str, int, int, frozenset[tuple[int, bytes]]]]
 
@@ -33,6 +33,7 @@ def torn_execution(truth: GroundTruth, sites: SiteTable) -> Verdict | None:
     if first is None:
         return None
     tick, cpu, ip, code, name, addr = first
-    return Verdict(TORN_EXECUTION, f"cpu{cpu} executed {code.hex(' ')} at {name}+{ip - addr} "
-                   f"(tick {tick}): neither the old nor the new instruction", cpu=cpu, rip=ip,
+    return Verdict(VerdictKind.TORN_EXECUTION, f"cpu{cpu} executed {code.hex(' ')} at "
+                   f"{name}+{ip - addr} (tick {tick}): neither the old nor the new instruction",
+                   cpu=cpu, rip=ip,
                    fetched=code, event="torn_fetch", extra={"tick": tick, "site": name})

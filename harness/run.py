@@ -9,7 +9,7 @@ from pathlib import Path
 from emu import layout
 from emu.decisions import DecisionSource, RandomSource, ReplayError
 from emu.machine import Machine, RunResult
-from emu.verdict import PASS, Verdict
+from emu.verdict import Verdict
 
 from . import kcore, verify
 from .oracles import torn_execution
@@ -33,7 +33,7 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return self.verdict.kind == PASS
+        return self.verdict.ok
 
 
 class Runner:
@@ -66,7 +66,7 @@ class Runner:
             out.decode = verify.check_both(out.streams, out.flows, result.text_start,
                                            result.text_end, verify.poke_records(result))
             failed = next((r.verdict for r in out.decode if r.verdict is not None), None)
-            if failed is not None and out.verdict.kind == PASS:
+            if failed is not None and out.verdict.ok:
                 out.verdict = failed
         return out
 

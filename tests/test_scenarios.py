@@ -9,10 +9,19 @@ import pytest
 
 from emu.decisions import ReplaySource, decode_path, encode_path
 from emu.selftest import Scripted
+from emu.verdict import VerdictKind
 from harness import int3_selftest
 from harness.guest import Cfg
 from harness.run import Runner, outcome_counts
-from harness.scenario import CallSite, JumpLabel, Scenario, StaticCallUpdate, StaticKey, build
+from harness.scenario import (
+    CallSite,
+    JumpLabel,
+    Scenario,
+    StaticCallUpdate,
+    StaticKey,
+    Variant,
+    build,
+)
 from harness.scenarios import SCENARIOS
 from harness.text_poke_loc import ScenarioError, text_poke_loc_init
 from tests.conftest import one_changed
@@ -282,3 +291,12 @@ def test_cli_scenarios_lists_them_all():
     out = _cli("scenarios")
     assert out.returncode == 0
     assert all(name in out.stdout for name in SCENARIOS)
+
+
+def test_a_misspelt_expected_verdict_kind_is_refused():
+    """A variant's expected kinds are VerdictKinds: a typo would otherwise make the zoo's
+    `found` impossible without a word."""
+    with pytest.raises(ValueError, match="torn_exec"):
+        Variant(Cfg(0), "torn_exec|hang")
+    assert Variant(Cfg(0), "torn_execution|hang").accepts(VerdictKind.HANG)
+    assert not Variant(Cfg(0), "torn_execution").accepts(VerdictKind.HANG)
