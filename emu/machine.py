@@ -31,6 +31,7 @@ from .held_sigint import HeldSigint
 from .hypercall import Hypercall
 from .layout import Layout
 from .memory import GuestMemoryError, SharedMemory
+from .text_poke_record import TextPokeRecord
 from .truth import Event, GroundTruth
 from .verdict import MachineConfigError, Verdict, VerdictKind
 
@@ -111,17 +112,6 @@ class GuestImage:
         return out
 
 
-@dataclass(frozen=True)
-class SidebandRecord:
-    """A text-poke record as the guest emitted it (issue 4 encodes PERF_RECORD_TEXT_POKE)."""
-
-    tick: int  # virtual TSC at emission
-    cpu: int
-    addr: int
-    old: bytes
-    new: bytes
-
-
 @dataclass
 class RunResult:
     """One run, owning its records: the machine starts new ones at its next reset."""
@@ -129,7 +119,7 @@ class RunResult:
     verdict: Verdict
     path: list[Choice]
     truth: GroundTruth
-    sideband: list[SidebandRecord]
+    sideband: list[TextPokeRecord]
     ticks: int
     steps: int
     final_rips: list[int] = field(default_factory=list)  # where each CPU would continue
@@ -179,7 +169,7 @@ class Machine:
         self.mem = SharedMemory(lay)
         self.clock = Clock()
         self.truth = GroundTruth(config.ncpus)  # this run's; a fresh one at every reset
-        self.sideband: list[SidebandRecord] = []
+        self.sideband: list[TextPokeRecord] = []
         self.views = [FetchView(ctypes.create_string_buffer(lay.text_size), config.grain)
                       for _ in range(config.ncpus)]
         self.cpus = [
@@ -583,7 +573,7 @@ class Machine:
             if not 1 <= a3 <= 64:
                 return self._fault_verdict(cpu, hc.rip - 2, f"sideband record of {a3} bytes",
                                            "hypercall")
-            self.sideband.append(SidebandRecord(hc.tick, cpu.index, a0, self.mem.read(a1, a3),
+            self.sideband.append(TextPokeRecord(hc.tick, cpu.index, a0, self.mem.read(a1, a3),
                                                 self.mem.read(a2, a3)))
             if cpu.footprint is not None and 0 <= a0 - layout.TEXT_BASE < self.layout.text_size:
                 # the decoder's image of those bytes changes here (emu/footprint.py)

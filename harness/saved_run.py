@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emu import layout
+from emu.text_poke_record import TextPokeRecord
 from emu.truth import Event
 
 from . import kcore, sideband
 from .pt.flow import FlowItem, async_events, cpu_flow
-from .pt.image import PokeRecord
 
 
 class RunDirError(Exception):
@@ -26,7 +26,7 @@ class SavedRun:
     flows: list[list[FlowItem]]
     text_start: bytes
     text_end: bytes
-    records: list[PokeRecord]
+    records: list[TextPokeRecord]
 
 
 def _text(path: Path) -> bytes:
@@ -80,8 +80,7 @@ def load(directory: Path) -> SavedRun:
     except (KeyError, ValueError, TypeError) as e:
         raise RunDirError(f"{directory}: malformed ground truth or events ({e!r})") from None
     try:
-        records = [PokeRecord(r.time, r.addr, r.old, r.new)
-                   for r in sideband.decode(raw_sideband)]
+        records = sideband.decode(raw_sideband)
     except sideband.SidebandError as e:
         raise RunDirError(f"{directory}/sideband.bin: {e}") from None
     return SavedRun(streams, flows, _text(directory / "text-start.elf"),
