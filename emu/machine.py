@@ -25,6 +25,17 @@ from . import layout, x86
 from .asm import Program
 from .cpu import Clock, Cpu, CpuState, HypercallRequest, Stop, StopKind
 from .decisions import Choice, Decisions, DecisionSource, Kind
+from .events import (
+    Delivery,
+    Event,
+    ExceptionEvent,
+    Faulted,
+    HypercallEvent,
+    InterruptEvent,
+    NmiRaised,
+    Serialize,
+    ViewUpdate,
+)
 from .fetch_view import FetchView, Grain
 from .footprint import Footprint, irq, text_grains
 from .held_sigint import HeldSigint
@@ -32,7 +43,7 @@ from .hypercall import Hypercall
 from .layout import Layout
 from .memory import GuestMemoryError, SharedMemory
 from .text_poke_record import TextPokeRecord
-from .truth import Event, GroundTruth
+from .truth import GroundTruth
 from .verdict import MachineConfigError, Verdict, VerdictKind
 
 # The event-mode fetch model, for what records a path of it (tokens, saved searches): a path
@@ -344,7 +355,7 @@ class Machine:
                 dec.choose(Kind.NMI_RAISE, self.config.nmi_rarity) == 1:
             st.pending_nmi = True
             st.nmis_left -= 1
-            self._event(cpu, "nmi_raised")
+            self._event(cpu, NmiRaised)
         verdict = self._maybe_interrupt(cpu, dec)
         if verdict is not None:
             return verdict
@@ -399,8 +410,8 @@ class Machine:
                 self._refresh(cpu, index)
             elif pick <= len(stale) and view.see(index, stale[pick - 1]):  # intermediate
                 cpu.invalidate(s, e)
-                self._event(cpu, "view_update", start=f"{layout.TEXT_BASE + s:#x}",
-                            size=e - s, stale=True)
+                self._event(cpu, ViewUpdate, start=layout.TEXT_BASE + s, size=e - s,
+                            stale=True)
 
     def _insn_length(self, buf: ctypes.Array, off: int) -> int:
         code = bytes(buf[off:off + x86.MAX_INSN_LENGTH])
@@ -410,7 +421,7 @@ class Machine:
     def _refresh(self, cpu: Cpu, index: int) -> None:
         s, e = cpu.view.refresh(index, self.mem.text)
         cpu.invalidate(s, e)
-        self._event(cpu, "view_update", start=f"{layout.TEXT_BASE + s:#x}", size=e - s)
+        self._event(cpu, ViewUpdate, start=layout.TEXT_BASE + s, size=e - s)
 
     def _maybe_interrupt(self, cpu: Cpu, dec: Decisions) -> Verdict | None:
         st = cpu.state
@@ -418,14 +429,14 @@ class Machine:
             if st.halted or dec.choose(Kind.NMI, 2):
                 st.pending_nmi = False
                 st.nmi_blocked = True  # until the next IRET (SDM 6.7.1)
-                return self._deliver(cpu, x86.NMI, cpu.reg("rip"), None, "interrupt")
+                return self._deliver(cpu, x86.NMI, cpu.reg("rip"), None, InterruptEvent)
         elif st.pending_ipis and not st.shadow and cpu.reg("rflags") & x86.RFLAGS_IF:
             if st.halted or dec.choose(Kind.IPI, 2):
                 vector = max(st.pending_ipis)
                 st.pending_ipis.discard(vector)
-                verdict = self._deliver(cpu, vector, cpu.reg("rip"), None, "interrupt")
+                verdict = self._deliver(cpu, vector, cpu.reg("rip"), None, InterruptEvent)
                 if verdict is None and vector in self.config.serializing_vectors:
-                    self._serialize(cpu, f"ipi {vector:#x}")
+                    self._serialize(cpu, ipi=vector)
                 return verdict
         return None
 
@@ -437,7 +448,7 @@ class Machine:
             st.own_dirty.clear()
         if st.need_serialize:
             st.need_serialize = False
-            self._serialize(cpu, "instruction")
+            self._serialize(cpu)
         verdict: Verdict | None = None
         if stop.kind is StopKind.ERROR:
             verdict = self._fault_verdict(cpu, stop.rip, stop.message, "emulation error")
@@ -452,14 +463,16 @@ class Machine:
                               fetched=cpu.fetched(cpu.reg("rip")), event="budget")
         return verdict
 
-    def _serialize(self, cpu: Cpu, cause: str) -> None:
+    def _serialize(self, cpu: Cpu, ipi: int | None = None) -> None:
+        """Every pending unit of the view visible: a serializing instruction, or taking the
+        IPI `ipi` at a vector the configuration says serializes."""
         done = cpu.view.serialize(self.mem.text)
         if cpu.footprint is not None:  # the view now holds what memory held then
             for s, e in done:
                 cpu.footprint.reads.update(text_grains(s, e - s))
         for s, e in _merge(done):
             cpu.invalidate(s, e)
-        self._event(cpu, "serialize", cause=cause, units=len(done))
+        self._event(cpu, Serialize, units=len(done), ipi=ipi)
 
     # ------------------------------------------------------------ exceptions
     def _exception(self, cpu: Cpu, stop: Stop) -> Verdict | None:
@@ -470,15 +483,15 @@ class Machine:
             retired = self.truth.retired[cpu.index] if self.config.truth else None
             if retired and retired[-1][1] == stop.rip:
                 _tick, ip, code = retired.pop()  # a fault: the instruction did not retire
-                self._event(cpu, "faulted", ip=f"{ip:#x}", bytes=code.hex())
+                self._event(cpu, Faulted, ip=ip, code=code)
         if stop.cr2 is not None:
             cpu.set_reg("cr2", stop.cr2)
         source = cpu.state.last_ip if trap else stop.rip
-        return self._deliver(cpu, vector, stop.rip, stop.error_code, "exception",
+        return self._deliver(cpu, vector, stop.rip, stop.error_code, ExceptionEvent,
                              fault_rip=source, source=source)
 
     def _deliver(self, cpu: Cpu, vector: int, return_rip: int, error_code: int | None,
-                 kind: str, fault_rip: int | None = None, source: int | None = None
+                 kind: type[Delivery], fault_rip: int | None = None, source: int | None = None
                  ) -> Verdict | None:
         """Deliver through the guest IDT; a failure escalates to #DF, then a triple fault."""
         chain: list[str] = []
@@ -488,10 +501,8 @@ class Machine:
             if problem is None:
                 # `source`: the IP a trace reports for the event (Intel SDM vol. 3C, FUP IP:
                 # the INT3 / faulting instruction itself, the next IP for external events)
-                self._event(cpu, kind, vector=v, name=x86.vector_name(v),
-                            rip=f"{return_rip:#x}", handler=f"{cpu.reg('rip'):#x}",
-                            source=f"{return_rip if source is None else source:#x}",
-                            **({} if err is None else {"error_code": err}))
+                self._event(cpu, kind, vector=v, rip=return_rip, handler=cpu.reg("rip"),
+                            source=return_rip if source is None else source, error_code=err)
                 if chain:
                     self._escalation[cpu.index] = "; ".join(chain)
                 return None
@@ -545,8 +556,7 @@ class Machine:
         except ValueError:
             return self._fault_verdict(cpu, hc.rip - 2, f"unknown hypercall {hc.number}",
                                        "hypercall")
-        self._event(cpu, "hypercall", name=number.name.lower(), args=[f"{a:#x}" for a in
-                                                                        hc.args[:2]])
+        self._event(cpu, HypercallEvent, number=number, args=(a0, a1))
         try:
             return self._serve(cpu, number, hc, a0, a1, a2, a3)
         except GuestMemoryError as e:
@@ -605,5 +615,5 @@ class Machine:
                 cpu.request_stop()
         return None  # MARK is recorded as an event only
 
-    def _event(self, cpu: Cpu, kind: str, **data) -> None:
-        self.truth.events.append(Event(self.clock.tick, cpu.index, kind, data))
+    def _event(self, cpu: Cpu, kind: type[Event], **fields: object) -> None:
+        self.truth.events.append(kind(self.clock.tick, cpu.index, **fields))

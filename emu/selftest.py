@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from . import hypercall, layout, x86
 from .asm import Program, assemble, load_source
 from .decisions import Choice, DecisionSource, Kind, RandomSource, ReplaySource
+from .events import ExceptionEvent, InterruptEvent, Serialize, TextStore
 from .fetch_view import Grain
 from .machine import CpuBoot, GuestImage, Machine, MachineConfig, RunResult
 from .verdict import VerdictKind
@@ -79,15 +80,16 @@ def _site_runs(m: Machine, res: RunResult, cpu: int) -> list[tuple[int, bytes]]:
     return [(t, b) for t, ip, b in res.truth.retired[cpu] if ip == site]
 
 
-def _serialize_tick(res: RunResult, cpu: int, cause_prefix: str) -> int | None:
+def _serialize_tick(res: RunResult, cpu: int, ipi: bool) -> int | None:
+    """When `cpu` first serialized by taking an IPI (`ipi`) or by an instruction."""
     for e in res.truth.events:
-        if e.kind == "serialize" and e.cpu == cpu and e.data["cause"].startswith(cause_prefix):
+        if isinstance(e, Serialize) and e.cpu == cpu and (e.ipi is not None) is ipi:
             return e.tick
     return None
 
 
 def _store_tick(res: RunResult) -> int:
-    return next(e.tick for e in res.truth.events if e.kind == "text_store")
+    return next(e.tick for e in res.truth.events if isinstance(e, TextStore))
 
 
 def _xmc(grain: Grain, view: Callable[[int], int]) -> tuple[Machine, RunResult]:
@@ -99,7 +101,7 @@ def check_stale_fetch_until_sync() -> Check:
     m, res = _xmc(Grain.STORE, lambda _a: 0)
     if not res.verdict.ok:
         return Check("stale_fetch_until_sync", False, str(res.verdict))
-    stored, synced = _store_tick(res), _serialize_tick(res, 1, "ipi")
+    stored, synced = _store_tick(res), _serialize_tick(res, 1, ipi=True)
     runs = _site_runs(m, res, 1)
     stale = [t for t, b in runs if stored < t and (synced is None or t < synced) and b == OLD_SITE]
     after = [b for t, b in runs if synced is not None and t > synced]
@@ -137,7 +139,7 @@ def check_torn_fetch_byte_grain() -> Check:
 def check_no_torn_fetch_after_sync() -> Check:
     state = [0]
     m, res = _xmc(Grain.BYTE, lambda a: _torn_first(a, state))
-    synced = _serialize_tick(res, 1, "ipi")
+    synced = _serialize_tick(res, 1, ipi=True)
     runs = _site_runs(m, res, 1)
     before = [b for t, b in runs if synced is not None and t < synced and _is_torn(b)]
     after = [b for t, b in runs if synced is not None and t > synced]
@@ -179,7 +181,7 @@ def check_ud_from_invalid_bytes() -> Check:
     ud = m.symbol("ud_insn")
     ok = (res.verdict.ok and _u64(m, "TRAPS") == 1 and _u64(m, "FRAME_RIP") == ud
           and ud not in res.truth.ips(0) and _u64(m, "OBS_LAST") & 0xFFFFFFFF == 8
-          and any(e.kind == "exception" and e.data["vector"] == x86.UD
+          and any(isinstance(e, ExceptionEvent) and e.vector == x86.UD
                   for e in res.truth.events))
     return Check("ud_from_invalid_bytes", ok,
                  f"#UD handler ran {_u64(m, 'TRAPS')}x with frame RIP "
@@ -189,7 +191,7 @@ def check_ud_from_invalid_bytes() -> Check:
 def check_ipi_serializes() -> Check:
     m, res = _xmc(Grain.STORE, lambda _a: 0)
     seen = _u64(m, "IPI_SEEN") & 0xFFFFFFFF
-    synced = _serialize_tick(res, 1, "ipi")
+    synced = _serialize_tick(res, 1, ipi=True)
     ok = res.verdict.ok and seen == 0x22222222 and synced is not None
     return Check("ipi_serializes", ok,
                  f"with no fetch-view update chosen, the IPI handler (before its IRETQ) ran "
@@ -199,8 +201,8 @@ def check_ipi_serializes() -> Check:
 def check_nmi_delivery() -> Check:
     m = build(["nmi_cpu0", "nmi_cpu1"], {x86.NMI: "nmi_handler"})
     res = m.run(Scripted())
-    nmis = [e for e in res.truth.events if e.kind == "interrupt" and e.cpu == 1
-            and e.data["vector"] == x86.NMI]
+    nmis = [e for e in res.truth.events if isinstance(e, InterruptEvent) and e.cpu == 1
+            and e.vector == x86.NMI]
     iret_ticks = [t for t, ip, b in res.truth.retired[1] if b == b"\x48\xcf"]
     second_after_iret = len(nmis) == 2 and bool(iret_ticks) and nmis[1].tick > iret_ticks[0]
     ok = (res.verdict.ok and _u64(m, "NMI_ENTRIES") == 2 and _u64(m, "NMI_MAXDEPTH") == 1

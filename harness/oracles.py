@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from emu.events import Faulted
 from emu.truth import GroundTruth
 from emu.verdict import Verdict, VerdictKind
 
@@ -19,8 +20,8 @@ def torn_execution(truth: GroundTruth, sites: SiteTable) -> Verdict | None:
     first: tuple[int, int, int, bytes, str, int] | None = None
     faulted = [[] for _ in truth.retired]  # fetched and decoded, but faulted: not retired
     for e in truth.events:
-        if e.kind == "faulted":
-            faulted[e.cpu].append((e.tick, int(e.data["ip"], 16), bytes.fromhex(e.data["bytes"])))
+        if isinstance(e, Faulted):
+            faulted[e.cpu].append((e.tick, e.ip, e.code))
     for cpu, retired in enumerate(truth.retired):
         for tick, ip, code in sorted(retired + faulted[cpu]) if faulted[cpu] else retired:
             hit = inside.get(ip)

@@ -8,9 +8,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from emu import events as machine_events
 from emu import layout
 from emu.text_poke_record import TextPokeRecord
-from emu.truth import Event
 
 from . import kcore, sideband
 from .pt.flow import FlowItem, async_events, cpu_flow
@@ -69,9 +69,7 @@ def load(directory: Path) -> SavedRun:
     if len(rips) != ncpus:
         raise RunDirError(f"{directory}/final-rips.json: {len(rips)} CPUs, {ncpus} streams")
     try:
-        events = [Event(e["t"], e["cpu"], e["kind"], {k: v for k, v in e.items()
-                                                      if k not in ("t", "cpu", "kind")})
-                  for e in _jsonl(directory / "events.jsonl")]
+        events = [machine_events.from_json(e) for e in _jsonl(directory / "events.jsonl")]
         flows = []
         for c in range(ncpus):
             truth = [(d["t"], int(d["ip"], 16), bytes.fromhex(d["bytes"]))

@@ -1,14 +1,27 @@
 """Machine behaviours beyond the self-checks, and the bad inputs of issue 2."""
 
+import json
 import os
 import signal
 import threading
 
 import pytest
 
-from emu import layout, x86
+from emu import events, layout, x86
 from emu.decisions import Kind, RandomSource, ReplayError, ReplaySource
+from emu.events import (
+    EventKind,
+    ExceptionEvent,
+    Faulted,
+    HypercallEvent,
+    InterruptEvent,
+    NmiRaised,
+    Serialize,
+    TextStore,
+    ViewUpdate,
+)
 from emu.fetch_view import Grain
+from emu.hypercall import Hypercall
 from emu.machine import MachineConfig
 from emu.selftest import Scripted
 from emu.verdict import MachineConfigError
@@ -438,3 +451,72 @@ def test_a_flushed_translation_buffer_changes_nothing(monkeypatch):
     small, flushed = runs()
     assert (size, small) == (default, 1 << 20) and default > small
     assert flushed == usual
+
+
+T = layout.TEXT_BASE
+EVERY_KIND = [
+    ExceptionEvent(5, 1, x86.PF, T + 0x10, T + 0x100, T + 0x10, error_code=2),
+    ExceptionEvent(5, 1, x86.BP, T + 0x11, T + 0x100, T + 0x10),
+    InterruptEvent(6, 0, x86.CALL_FUNCTION_VECTOR, T + 0x20, T + 0x200, T + 0x20),
+    ViewUpdate(7, 1, T + 0x20, 16), ViewUpdate(7, 1, T + 0x20, 1, stale=True),
+    Serialize(8, 1, 3, ipi=x86.CALL_FUNCTION_VECTOR), Serialize(9, 0, 0),
+    HypercallEvent(10, 0, Hypercall.MARK, (1, 0x2A)), TextStore(11, 0, T + 0x20, b"\xcc"),
+    NmiRaised(12, 1), Faulted(13, 1, T + 0x30, b"\x0f\x0b"),
+]
+
+
+def test_every_event_kind_round_trips_through_its_json():
+    """Events are typed records; events.jsonl renders them in its format and is parsed back
+    into the same records (`textpoke decode` reads them so)."""
+    assert {type(e).kind for e in EVERY_KIND} == set(EventKind)
+    for e in EVERY_KIND:
+        assert events.from_json(json.loads(json.dumps(e.to_json()))) == e
+    assert [json.dumps(EVERY_KIND[i].to_json(), sort_keys=True) for i in (0, 4, 5, 7)] == [
+        '{"cpu": 1, "error_code": 2, "handler": "0xffffffff81000100", "kind": "exception", '
+        '"name": "#PF", "rip": "0xffffffff81000010", "source": "0xffffffff81000010", "t": 5, '
+        '"vector": 14}',
+        '{"cpu": 1, "kind": "view_update", "size": 1, "stale": true, '
+        '"start": "0xffffffff81000020", "t": 7}',
+        '{"cause": "ipi 0xfc", "cpu": 1, "kind": "serialize", "t": 8, "units": 3}',
+        '{"args": ["0x1", "0x2a"], "cpu": 0, "kind": "hypercall", "name": "mark", "t": 10}']
+
+
+@pytest.mark.parametrize("doc,error", [
+    ({"t": 1, "cpu": 0, "kind": "teleport"}, ValueError),
+    ({"t": 1, "cpu": 0, "kind": "text_store", "addr": 7, "bytes": "cc"}, ValueError),
+    ({"t": "1", "cpu": 0, "kind": "nmi_raised"}, TypeError),
+    ({"t": 1, "cpu": 0, "kind": "serialize", "cause": "reboot", "units": 0}, ValueError),
+    ({"t": 1, "cpu": 0, "kind": "faulted", "ip": "0x10"}, KeyError),
+])
+def test_a_malformed_event_is_refused(doc, error):
+    with pytest.raises(error):
+        events.from_json(doc)
+
+
+FAULTY_PF = """
+start:
+    int3
+    mov rax, 0xffffffff81000000
+    mov byte ptr [rax], 0x90       # text through its executable mapping: #PF(P|W)
+    mov eax, HC_FINISH
+    out HC_PORT, eax
+bp:
+    iretq
+pf:
+    add qword ptr [rsp + 8], 3     # past the 3-byte store
+    add rsp, 8                     # the error code
+    iretq
+"""
+
+
+def test_a_runs_events_round_trip(build):
+    """A real run's events (a fault with an error code, an INT3, hypercalls) parse back into
+    the records the machine made."""
+    m = build(FAULTY_PF, ["start"], {x86.PF: "pf", x86.BP: "bp"})
+    res = m.run(Scripted())
+    assert res.verdict.ok
+    assert {type(e) for e in res.truth.events} >= {ExceptionEvent, HypercallEvent, Faulted}
+    assert any(isinstance(e, ExceptionEvent) and e.error_code for e in res.truth.events)
+    parsed = [events.from_json(json.loads(line))
+              for line in res.truth.events_jsonl().splitlines()]
+    assert parsed == res.truth.events and len(parsed) > 3

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from emu.decisions import ReplaySource, decode_path, encode_path
+from emu.events import TextStore
 from emu.selftest import Scripted
 from emu.verdict import VerdictKind
 from harness import int3_selftest
@@ -103,7 +104,7 @@ def test_static_key_every_observer_takes_the_jump_after_enable():
     assert out.ok
     done = _done_tick(out, 0)  # static_key_enable() returned
     disable = next(e.tick for e in out.result.truth.events  # static_key_disable()'s first poke
-                   if e.kind == "text_store" and e.tick > done)
+                   if isinstance(e, TextStore) and e.tick > done)
     for cpu, runs in _observer_runs(out, "site_jl0").items():
         start = _qs_after(out, cpu, done)  # the next pass that began after it
         after = [b for t, b in runs if start < t < disable]
@@ -128,7 +129,7 @@ def test_static_call_calls_the_new_target_after_update():
     for cpu in range(1, out.built.cpus):
         start = _qs_after(out, cpu, done)
         second = next(e.tick for e in out.result.truth.events
-                      if e.kind == "text_store" and e.tick > done)
+                      if isinstance(e, TextStore) and e.tick > done)
         ips = [ip for t, ip, _ in out.result.truth.retired[cpu] if start < t < second]
         assert fn_b in ips
         assert prog.sym("fn_a") not in ips
