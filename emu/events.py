@@ -52,8 +52,9 @@ class Delivery(Event):
     vector: int
     rip: int  # the frame's RIP: where the interrupted flow continues
     handler: int
-    source: int  # the IP a trace reports (FUP): the INT3 or faulting instruction itself,
-    # the next IP for external events (Intel SDM vol. 3C, 33.4.2.2)
+    # the IP a trace reports for it (Intel SDM vol. 3C, FUP IP): the INT3 or faulting
+    # instruction itself, the next IP for external events
+    source: int
     error_code: int | None = None
 
     def _fields(self) -> dict[str, Any]:
