@@ -24,7 +24,7 @@ def main() -> None:
         runner = Runner(scn, decode=False)
         out = runner.run_seed(0)
         res = out.result
-        records = verify.poke_records(res)
+        records = res.sideband
         t = time.perf_counter()
         streams = verify.encode_all(out.flows, res.final_rips, runner.trace)
         t_enc = time.perf_counter() - t

@@ -42,11 +42,11 @@ from unicorn.unicorn_const import (
 from unicorn.unicorn_py3.unicorn import uclib
 
 from . import hypercall, layout, x86
+from .events import TextStore
 from .fetch_view import FetchView
 from .footprint import TEXT, TEXT_SHIFT, Footprint, data_words, stack, text_grains
 from .layout import Access, Layout
 from .memory import SharedMemory
-from .truth import Event
 
 _CODE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32,
                             ctypes.c_void_p)
@@ -307,8 +307,7 @@ class Cpu:
             other.note_store(off, size, memory)
         if self.footprint is not None:
             self.footprint.writes.update(text_grains(off, size))
-        self.events.append(Event(self.clock.tick, self.index, "text_store",
-                                 {"addr": f"{layout.TEXT_BASE + off:#x}", "bytes": data.hex()}))
+        self.events.append(TextStore(self.clock.tick, self.index, layout.TEXT_BASE + off, data))
         self._want_stop = True
 
     # ---------------------------------------------------------------- running

@@ -25,6 +25,17 @@ from . import layout, x86
 from .asm import Program
 from .cpu import Clock, Cpu, CpuState, HypercallRequest, Stop, StopKind
 from .decisions import Decisions, DecisionSource
+from .events import (
+    Delivery,
+    Event,
+    ExceptionEvent,
+    Faulted,
+    HypercallEvent,
+    InterruptEvent,
+    NmiRaised,
+    Serialize,
+    ViewUpdate,
+)
 from .fetch_view import FetchView, Grain
 from .footprint import Footprint, irq, stack, text_grains
 from .held_sigint import HeldSigint
@@ -32,17 +43,9 @@ from .hypercall import Hypercall
 from .layout import Layout
 from .memory import GuestMemoryError, SharedMemory
 from .path import Choice, CpuContext, Kind, Request
-from .truth import Event, GroundTruth
-from .verdict import (
-    GUEST_ASSERT,
-    GUEST_FAULT,
-    HANG,
-    PASS,
-    SEMANTICS,
-    UNEXPECTED_TRAP,
-    MachineConfigError,
-    Verdict,
-)
+from .text_poke_record import TextPokeRecord
+from .truth import GroundTruth
+from .verdict import MachineConfigError, Verdict, VerdictKind
 
 # The event-mode fetch model, for what records a path of it (tokens, saved searches): a path
 # of another model does not mean the same run. 1: every pending unit flushed at each step
@@ -119,23 +122,14 @@ class GuestImage:
         return out
 
 
-@dataclass(frozen=True)
-class SidebandRecord:
-    """A text-poke record as the guest emitted it (issue 4 encodes PERF_RECORD_TEXT_POKE)."""
-
-    tick: int  # virtual TSC at emission
-    cpu: int
-    addr: int
-    old: bytes
-    new: bytes
-
-
 @dataclass
 class RunResult:
+    """One run, owning its records: the machine starts new ones at its next reset."""
+
     verdict: Verdict
     path: list[Choice]
     truth: GroundTruth
-    sideband: list[SidebandRecord]
+    sideband: list[TextPokeRecord]
     ticks: int
     steps: int
     final_rips: list[int] = field(default_factory=list)  # where each CPU would continue
@@ -178,8 +172,8 @@ class Machine:
                                      f"{config.ncpus}")
         self.mem = SharedMemory(lay)
         self.clock = Clock()
-        self.truth = GroundTruth(config.ncpus)
-        self.sideband: list[SidebandRecord] = []
+        self.truth = GroundTruth(config.ncpus)  # this run's; a fresh one at every reset
+        self.sideband: list[TextPokeRecord] = []
         self.views = [FetchView(ctypes.create_string_buffer(lay.text_size), config.grain)
                       for _ in range(config.ncpus)]
         self.cpus = [
@@ -288,11 +282,20 @@ class Machine:
             cpu.state = self._fresh_state(cpu.index)
             cpu.retired = 0
         self.clock.tick = 0
-        self.truth.clear()
-        self.sideband.clear()
+        self._new_records()
         self._escalation.clear()
         self._dirty = False
         self._last = None
+
+    def _new_records(self) -> None:
+        """Fresh ground truth and sideband for the next run: the last RunResult keeps its own
+        (clearing them instead would rewrite every earlier result; handing the CPUs new lists
+        costs microseconds, copying a run's record at its end tens of them)."""
+        self.truth = GroundTruth(self.config.ncpus)
+        self.sideband = []
+        for cpu in self.cpus:
+            cpu.truth = self.truth.retired[cpu.index] if self.config.truth else None
+            cpu.events = self.truth.events
 
     def symbol(self, name: str) -> int:
         try:
@@ -320,7 +323,7 @@ class Machine:
                 ctrl_c.check()
         decisions.close(frozenset(self._written))
         return RunResult(verdict=verdict, path=decisions.path, truth=self.truth,
-                         sideband=list(self.sideband), ticks=self.clock.tick, steps=steps,
+                         sideband=self.sideband, ticks=self.clock.tick, steps=steps,
                          final_rips=[c.reg("rip") for c in self.cpus],
                          text_start=self._initial_mem[0], text_end=bytes(self.mem.text))
 
@@ -336,9 +339,9 @@ class Machine:
         if not runnable:
             stuck = [c.index for c in self.cpus if not c.state.finished]
             if not stuck:
-                return Verdict(PASS, "every CPU finished")
+                return Verdict(VerdictKind.PASS, "every CPU finished")
             c = self.cpus[stuck[0]]
-            return Verdict(HANG, f"CPUs {stuck} are halted with nothing to wake them",
+            return Verdict(VerdictKind.HANG, f"CPUs {stuck} are halted with nothing to wake them",
                            cpu=c.index, rip=c.reg("rip"), event="deadlock")
         ctx = CpuContext(tuple(c.index for c in runnable), self._last,
                          frozenset(c.index for c in runnable if c.state.yielded))
@@ -394,7 +397,7 @@ class Machine:
         st.nmis_left -= 1
         if cpu.footprint is not None:
             cpu.footprint.writes.add(irq(cpu.index, nmi=True))
-        self._event(cpu, "nmi_raised")
+        self._event(cpu, NmiRaised)
         return True
 
     def _nmi_point(self, cpu: Cpu, rip: int) -> bool:
@@ -443,8 +446,8 @@ class Machine:
                 self._refresh(cpu, index)
             elif pick <= len(stale) and view.see(index, stale[pick - 1]):  # intermediate
                 cpu.invalidate(s, e)
-                self._event(cpu, "view_update", start=f"{layout.TEXT_BASE + s:#x}",
-                            size=e - s, stale=True)
+                self._event(cpu, ViewUpdate, start=layout.TEXT_BASE + s, size=e - s,
+                            stale=True)
 
     def _insn_length(self, buf: ctypes.Array, off: int) -> int:
         code = bytes(buf[off:off + x86.MAX_INSN_LENGTH])
@@ -454,7 +457,7 @@ class Machine:
     def _refresh(self, cpu: Cpu, index: int) -> None:
         s, e = cpu.view.refresh(index, self.mem.text)
         cpu.invalidate(s, e)
-        self._event(cpu, "view_update", start=f"{layout.TEXT_BASE + s:#x}", size=e - s)
+        self._event(cpu, ViewUpdate, start=layout.TEXT_BASE + s, size=e - s)
 
     def _maybe_interrupt(self, cpu: Cpu, dec: Decisions) -> Verdict | None:
         st = cpu.state
@@ -462,14 +465,14 @@ class Machine:
             if st.halted or dec.choose(Request(Kind.NMI, 2, cpu.index)):
                 st.pending_nmi = False
                 st.nmi_blocked = True  # until the next IRET (SDM 6.7.1)
-                return self._deliver(cpu, x86.NMI, cpu.reg("rip"), None, "interrupt")
+                return self._deliver(cpu, x86.NMI, cpu.reg("rip"), None, InterruptEvent)
         elif st.pending_ipis and not st.shadow and cpu.reg("rflags") & x86.RFLAGS_IF:
             if st.halted or dec.choose(Request(Kind.IPI, 2, cpu.index)):
                 vector = max(st.pending_ipis)
                 st.pending_ipis.discard(vector)
-                verdict = self._deliver(cpu, vector, cpu.reg("rip"), None, "interrupt")
+                verdict = self._deliver(cpu, vector, cpu.reg("rip"), None, InterruptEvent)
                 if verdict is None and vector in self.config.serializing_vectors:
-                    self._serialize(cpu, f"ipi {vector:#x}")
+                    self._serialize(cpu, ipi=vector)
                 return verdict
         return None
 
@@ -482,7 +485,7 @@ class Machine:
             st.own_dirty.clear()
         if st.need_serialize:
             st.need_serialize = False
-            self._serialize(cpu, "instruction")
+            self._serialize(cpu)
         verdict: Verdict | None = None
         if stop.kind is StopKind.ERROR:
             verdict = self._fault_verdict(cpu, stop.rip, stop.message, "emulation error")
@@ -491,20 +494,22 @@ class Machine:
         if st.verdict is not None:
             verdict = verdict or st.verdict
         if verdict is None and cpu.retired >= self.config.insn_budget:
-            verdict = Verdict(HANG, f"cpu{cpu.index} exceeded its budget of "
+            verdict = Verdict(VerdictKind.HANG, f"cpu{cpu.index} exceeded its budget of "
                                     f"{self.config.insn_budget} instructions",
                               cpu=cpu.index, rip=cpu.reg("rip"),
                               fetched=cpu.fetched(cpu.reg("rip")), event="budget")
         return verdict
 
-    def _serialize(self, cpu: Cpu, cause: str) -> None:
+    def _serialize(self, cpu: Cpu, ipi: int | None = None) -> None:
+        """Every pending unit of the view visible: a serializing instruction, or taking the
+        IPI `ipi` at a vector the configuration says serializes."""
         done = cpu.view.serialize(self.mem.text)
         if cpu.footprint is not None:  # the view now holds what memory held then
             for s, e in done:
                 cpu.footprint.reads.update(text_grains(s, e - s))
         for s, e in _merge(done):
             cpu.invalidate(s, e)
-        self._event(cpu, "serialize", cause=cause, units=len(done))
+        self._event(cpu, Serialize, units=len(done), ipi=ipi)
 
     # ------------------------------------------------------------ exceptions
     def _exception(self, cpu: Cpu, stop: Stop) -> Verdict | None:
@@ -515,15 +520,15 @@ class Machine:
             retired = self.truth.retired[cpu.index] if self.config.truth else None
             if retired and retired[-1][1] == stop.rip:
                 _tick, ip, code = retired.pop()  # a fault: the instruction did not retire
-                self._event(cpu, "faulted", ip=f"{ip:#x}", bytes=code.hex())
+                self._event(cpu, Faulted, ip=ip, code=code)
         if stop.cr2 is not None:
             cpu.set_reg("cr2", stop.cr2)
         source = cpu.state.last_ip if trap else stop.rip
-        return self._deliver(cpu, vector, stop.rip, stop.error_code, "exception",
+        return self._deliver(cpu, vector, stop.rip, stop.error_code, ExceptionEvent,
                              fault_rip=source, source=source)
 
     def _deliver(self, cpu: Cpu, vector: int, return_rip: int, error_code: int | None,
-                 kind: str, fault_rip: int | None = None, source: int | None = None
+                 kind: type[Delivery], fault_rip: int | None = None, source: int | None = None
                  ) -> Verdict | None:
         """Deliver through the guest IDT; a failure escalates to #DF, then a triple fault."""
         chain: list[str] = []
@@ -533,10 +538,8 @@ class Machine:
             if problem is None:
                 # `source`: the IP a trace reports for the event (Intel SDM vol. 3C, FUP IP:
                 # the INT3 / faulting instruction itself, the next IP for external events)
-                self._event(cpu, kind, vector=v, name=x86.vector_name(v),
-                            rip=f"{return_rip:#x}", handler=f"{cpu.reg('rip'):#x}",
-                            source=f"{return_rip if source is None else source:#x}",
-                            **({} if err is None else {"error_code": err}))
+                self._event(cpu, kind, vector=v, rip=return_rip, handler=cpu.reg("rip"),
+                            source=return_rip if source is None else source, error_code=err)
                 if chain:
                     self._escalation[cpu.index] = "; ".join(chain)
                 return None
@@ -579,7 +582,7 @@ class Machine:
         return None
 
     def _fault_verdict(self, cpu: Cpu, rip: int, detail: str, event: str) -> Verdict:
-        return Verdict(GUEST_FAULT, f"cpu{cpu.index}: {detail}", cpu=cpu.index, rip=rip,
+        return Verdict(VerdictKind.GUEST_FAULT, f"cpu{cpu.index}: {detail}", cpu=cpu.index, rip=rip,
                        fetched=cpu.fetched(rip), event=event)
 
     # ------------------------------------------------------------ hypercalls
@@ -590,8 +593,7 @@ class Machine:
         except ValueError:
             return self._fault_verdict(cpu, hc.rip - 2, f"unknown hypercall {hc.number}",
                                        "hypercall")
-        self._event(cpu, "hypercall", name=number.name.lower(), args=[f"{a:#x}" for a in
-                                                                        hc.args[:2]])
+        self._event(cpu, HypercallEvent, number=number, args=(a0, a1))
         try:
             return self._serve(cpu, number, hc, a0, a1, a2, a3)
         except GuestMemoryError as e:
@@ -618,23 +620,24 @@ class Machine:
             if not 1 <= a3 <= 64:
                 return self._fault_verdict(cpu, hc.rip - 2, f"sideband record of {a3} bytes",
                                            "hypercall")
-            self.sideband.append(SidebandRecord(hc.tick, cpu.index, a0, self.mem.read(a1, a3),
+            self.sideband.append(TextPokeRecord(hc.tick, cpu.index, a0, self.mem.read(a1, a3),
                                                 self.mem.read(a2, a3)))
             if cpu.footprint is not None and 0 <= a0 - layout.TEXT_BASE < self.layout.text_size:
                 # the decoder's image of those bytes changes here (emu/footprint.py)
                 cpu.footprint.writes.update(text_grains(a0 - layout.TEXT_BASE, a3))
         elif number is Hypercall.ASSERT:
             message = self.mem.read_cstring(a1) if a1 else ""
-            return Verdict(GUEST_ASSERT, f"cpu{cpu.index}: guest assertion {a0}: {message}",
-                           cpu=cpu.index, rip=hc.rip - 2, fetched=cpu.fetched(hc.rip - 2),
+            return Verdict(VerdictKind.GUEST_ASSERT,
+                           f"cpu{cpu.index}: guest assertion {a0}: {message}", cpu=cpu.index,
+                           rip=hc.rip - 2, fetched=cpu.fetched(hc.rip - 2),
                            event="assert", extra={"code": a0})
         elif number is Hypercall.TRAP:
-            return Verdict(UNEXPECTED_TRAP, f"cpu{cpu.index}: INT3 at {a0:#x} claimed by no "
-                           "handler", cpu=cpu.index, rip=a0, fetched=cpu.fetched(a0),
-                           event="int3")
+            return Verdict(VerdictKind.UNEXPECTED_TRAP,
+                           f"cpu{cpu.index}: INT3 at {a0:#x} claimed by no handler",
+                           cpu=cpu.index, rip=a0, fetched=cpu.fetched(a0), event="int3")
         elif number is Hypercall.SEMANTICS:
-            return Verdict(SEMANTICS, f"cpu{cpu.index}: patch site {a0} behaved as outcome {a1}, "
-                           f"which no state it could be in has", cpu=cpu.index,
+            return Verdict(VerdictKind.SEMANTICS, f"cpu{cpu.index}: patch site {a0} behaved as "
+                           f"outcome {a1}, which no state it could be in has", cpu=cpu.index,
                            rip=hc.rip - 2, event="semantics", extra={"site": a0, "outcome": a1})
         elif number is Hypercall.FAULT:
             frame_rip = self.mem.read_u64(a1) if a1 else 0
@@ -649,5 +652,5 @@ class Machine:
                 cpu.request_stop()
         return None  # MARK is recorded as an event only
 
-    def _event(self, cpu: Cpu, kind: str, **data) -> None:
-        self.truth.events.append(Event(self.clock.tick, cpu.index, kind, data))
+    def _event(self, cpu: Cpu, kind: type[Event], **fields: object) -> None:
+        self.truth.events.append(kind(self.clock.tick, cpu.index, **fields))

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from . import hypercall, layout, x86
 from .asm import Program, assemble, load_source
 from .decisions import DecisionSource, RandomSource, ReplaySource
+from .events import ExceptionEvent, InterruptEvent, Serialize, TextStore
 from .fetch_view import Grain
 from .machine import CpuBoot, GuestImage, Machine, MachineConfig, RunResult
-from .path import Kind, Request, simplest
+from .path import Choice, Kind, Request, simplest
+from .verdict import VerdictKind
 
 VARS = ("OBS_LAST", "OBS_ITERS", "STOP", "IPI_SEEN", "IPI_ACK", "TRAPS", "FRAME_RIP", "FRAME_CS",
         "NMI_DEPTH", "NMI_MAXDEPTH", "NMI_ENTRIES", "NMI_SECOND", "PF_CR2", "PF_ERR", "TSC1",
@@ -78,15 +80,16 @@ def _site_runs(m: Machine, res: RunResult, cpu: int) -> list[tuple[int, bytes]]:
     return [(t, b) for t, ip, b in res.truth.retired[cpu] if ip == site]
 
 
-def _serialize_tick(res: RunResult, cpu: int, cause_prefix: str) -> int | None:
+def _serialize_tick(res: RunResult, cpu: int, ipi: bool) -> int | None:
+    """When `cpu` first serialized by taking an IPI (`ipi`) or by an instruction."""
     for e in res.truth.events:
-        if e.kind == "serialize" and e.cpu == cpu and e.data["cause"].startswith(cause_prefix):
+        if isinstance(e, Serialize) and e.cpu == cpu and (e.ipi is not None) is ipi:
             return e.tick
     return None
 
 
 def _store_tick(res: RunResult) -> int:
-    return next(e.tick for e in res.truth.events if e.kind == "text_store")
+    return next(e.tick for e in res.truth.events if isinstance(e, TextStore))
 
 
 def _xmc(grain: Grain, view: Callable[[int], int]) -> tuple[Machine, RunResult]:
@@ -98,7 +101,7 @@ def check_stale_fetch_until_sync() -> Check:
     m, res = _xmc(Grain.STORE, lambda _a: 0)
     if not res.verdict.ok:
         return Check("stale_fetch_until_sync", False, str(res.verdict))
-    stored, synced = _store_tick(res), _serialize_tick(res, 1, "ipi")
+    stored, synced = _store_tick(res), _serialize_tick(res, 1, ipi=True)
     runs = _site_runs(m, res, 1)
     stale = [t for t, b in runs if stored < t and (synced is None or t < synced) and b == OLD_SITE]
     after = [b for t, b in runs if synced is not None and t > synced]
@@ -136,7 +139,7 @@ def check_torn_fetch_byte_grain() -> Check:
 def check_no_torn_fetch_after_sync() -> Check:
     state = [0]
     m, res = _xmc(Grain.BYTE, lambda a: _torn_first(a, state))
-    synced = _serialize_tick(res, 1, "ipi")
+    synced = _serialize_tick(res, 1, ipi=True)
     runs = _site_runs(m, res, 1)
     before = [b for t, b in runs if synced is not None and t < synced and _is_torn(b)]
     after = [b for t, b in runs if synced is not None and t > synced]
@@ -178,7 +181,7 @@ def check_ud_from_invalid_bytes() -> Check:
     ud = m.symbol("ud_insn")
     ok = (res.verdict.ok and _u64(m, "TRAPS") == 1 and _u64(m, "FRAME_RIP") == ud
           and ud not in res.truth.ips(0) and _u64(m, "OBS_LAST") & 0xFFFFFFFF == 8
-          and any(e.kind == "exception" and e.data["vector"] == x86.UD
+          and any(isinstance(e, ExceptionEvent) and e.vector == x86.UD
                   for e in res.truth.events))
     return Check("ud_from_invalid_bytes", ok,
                  f"#UD handler ran {_u64(m, 'TRAPS')}x with frame RIP "
@@ -188,7 +191,7 @@ def check_ud_from_invalid_bytes() -> Check:
 def check_ipi_serializes() -> Check:
     m, res = _xmc(Grain.STORE, lambda _a: 0)
     seen = _u64(m, "IPI_SEEN") & 0xFFFFFFFF
-    synced = _serialize_tick(res, 1, "ipi")
+    synced = _serialize_tick(res, 1, ipi=True)
     ok = res.verdict.ok and seen == 0x22222222 and synced is not None
     return Check("ipi_serializes", ok,
                  f"with no fetch-view update chosen, the IPI handler (before its IRETQ) ran "
@@ -198,8 +201,8 @@ def check_ipi_serializes() -> Check:
 def check_nmi_delivery() -> Check:
     m = build(["nmi_cpu0", "nmi_cpu1"], {x86.NMI: "nmi_handler"})
     res = m.run(Scripted())
-    nmis = [e for e in res.truth.events if e.kind == "interrupt" and e.cpu == 1
-            and e.data["vector"] == x86.NMI]
+    nmis = [e for e in res.truth.events if isinstance(e, InterruptEvent) and e.cpu == 1
+            and e.vector == x86.NMI]
     iret_ticks = [t for t, ip, b in res.truth.retired[1] if b == b"\x48\xcf"]
     second_after_iret = len(nmis) == 2 and bool(iret_ticks) and nmis[1].tick > iret_ticks[0]
     ok = (res.verdict.ok and _u64(m, "NMI_ENTRIES") == 2 and _u64(m, "NMI_MAXDEPTH") == 1
@@ -234,18 +237,27 @@ def check_rdtsc_virtual() -> Check:
                  f"RDTSC={t1}, RDTSCP={t2}: the global ticks of those instructions")
 
 
-def check_determinism() -> Check:
-    m = build(["xmc_cpu0", "xmc_cpu1"], {x86.CALL_FUNCTION_VECTOR: "xmc_ipi"}, grain="byte")
-    a = m.run(RandomSource(1234))
-    digest_a, path = a.truth.digest(), list(a.path)
-    m2 = build(["xmc_cpu0", "xmc_cpu1"], {x86.CALL_FUNCTION_VECTOR: "xmc_ipi"}, grain="byte")
-    b = m2.run(ReplaySource(path))
+def check_determinism(replay: Callable[[list[Choice]], DecisionSource] = ReplaySource
+                      ) -> Check:
+    """A seeded run, its path replayed on a fresh machine (through `replay`, which a test
+    perturbs to see this check fail), and the seed run again there: three runs, each result
+    owning its record, with the same verdict, ground truth and sideband."""
+    def machine() -> Machine:
+        return build(["xmc_cpu0", "xmc_cpu1"], {x86.CALL_FUNCTION_VECTOR: "xmc_ipi"},
+                     grain="byte")
+
+    a = machine().run(RandomSource(1234))
+    m2 = machine()
+    b = m2.run(replay(list(a.path)))
     c = m2.run(RandomSource(1234))
-    ok = (a.verdict.kind == b.verdict.kind and digest_a == b.truth.digest() == c.truth.digest()
-          and len(path) > 10)
+    digests = [r.truth.digest() for r in (a, b, c)]
+    same = [a.verdict.kind == r.verdict.kind and digests[0] == d and a.sideband == r.sideband
+            for r, d in ((b, digests[1]), (c, digests[2]))]
+    ok = all(same) and len(a.path) > 10
     return Check("determinism", ok,
-                 f"{len(path)} decisions; replay on a fresh machine and a seeded re-run give "
-                 f"the same ground truth ({digest_a[:12]})")
+                 f"{len(a.path)} decisions; ground truth {digests[0][:12]}, replayed on a fresh "
+                 f"machine {digests[1][:12]} (same={same[0]}), seeded re-run {digests[2][:12]} "
+                 f"(same={same[1]})")
 
 
 def check_reset_restores() -> Check:
@@ -269,7 +281,7 @@ def check_reset_restores() -> Check:
 def check_hang_budget() -> Check:
     m = build(["hang_cpu0", "idle_cpu"], insn_budget=5000)
     res = m.run(RandomSource(1))
-    ok = res.verdict.kind == "hang" and res.verdict.cpu == 0 and m.cpus[0].retired >= 5000
+    ok = res.verdict.kind is VerdictKind.HANG and res.verdict.cpu == 0 and m.cpus[0].retired >= 5000
     return Check("hang_budget", ok, f"runaway guest ended with: {res.verdict}")
 
 

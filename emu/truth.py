@@ -5,21 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True)
-class Event:
-    tick: int
-    cpu: int
-    kind: str  # exception, interrupt, view_update, serialize, hypercall, ...
-    data: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {"t": self.tick, "cpu": self.cpu, "kind": self.kind, **self.data}
+from .events import Event
 
 
 @dataclass
 class GroundTruth:
-    """Per CPU, retired instructions as (tick, ip, bytes fetched); plus all events."""
+    """Per CPU, retired instructions as (tick, ip, bytes fetched); plus all events (typed
+    records, emu/events.py)."""
 
     ncpus: int
     retired: list[list[tuple[int, int, bytes]]] = field(default_factory=list)
@@ -28,11 +20,6 @@ class GroundTruth:
     def __post_init__(self) -> None:
         if not self.retired:
             self.retired = [[] for _ in range(self.ncpus)]
-
-    def clear(self) -> None:
-        for r in self.retired:
-            r.clear()
-        self.events.clear()
 
     def ips(self, cpu: int) -> list[int]:
         return [ip for _, ip, _ in self.retired[cpu]]

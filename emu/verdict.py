@@ -2,23 +2,41 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import asdict, dataclass, field
 
-PASS = "pass"
-GUEST_FAULT = "guest_fault"
-HANG = "hang"
-GUEST_ASSERT = "guest_assert"
-UNEXPECTED_TRAP = "unexpected_trap"
-SEMANTICS = "semantics"
-TORN_EXECUTION = "torn_execution"
-DECODE_DIVERGENCE = "decode_divergence"  # the decoded flow left the executed one
-DECODE_ERROR = "decode_error"  # the trace is malformed or does not fit the image
-AMBIGUOUS = "ambiguous"  # the trace cannot place a text poke relative to an instruction
+
+class VerdictKind(enum.StrEnum):
+    """How a run ended. A StrEnum: artifacts and the results database hold the plain value."""
+
+    PASS = "pass"
+    GUEST_FAULT = "guest_fault"
+    HANG = "hang"
+    GUEST_ASSERT = "guest_assert"
+    UNEXPECTED_TRAP = "unexpected_trap"
+    SEMANTICS = "semantics"
+    TORN_EXECUTION = "torn_execution"
+    DECODE_DIVERGENCE = "decode_divergence"  # the decoded flow left the executed one
+    DECODE_ERROR = "decode_error"  # the trace is malformed or does not fit the image
+    AMBIGUOUS = "ambiguous"  # the trace cannot place a text poke relative to an instruction
+
+
+# The old module constants, for branches written against them until they are merged.
+PASS = VerdictKind.PASS
+GUEST_FAULT = VerdictKind.GUEST_FAULT
+HANG = VerdictKind.HANG
+GUEST_ASSERT = VerdictKind.GUEST_ASSERT
+UNEXPECTED_TRAP = VerdictKind.UNEXPECTED_TRAP
+SEMANTICS = VerdictKind.SEMANTICS
+TORN_EXECUTION = VerdictKind.TORN_EXECUTION
+DECODE_DIVERGENCE = VerdictKind.DECODE_DIVERGENCE
+DECODE_ERROR = VerdictKind.DECODE_ERROR
+AMBIGUOUS = VerdictKind.AMBIGUOUS
 
 
 @dataclass
 class Verdict:
-    kind: str
+    kind: VerdictKind
     detail: str = ""
     cpu: int | None = None
     rip: int | None = None
@@ -28,7 +46,7 @@ class Verdict:
 
     @property
     def ok(self) -> bool:
-        return self.kind == PASS
+        return self.kind is VerdictKind.PASS
 
     def to_json(self) -> dict:
         out = asdict(self)

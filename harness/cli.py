@@ -81,6 +81,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _decode(args: argparse.Namespace) -> int:
+    from emu.verdict import VerdictKind
+
     from . import verify
     from .saved_run import RunDirError, load
 
@@ -98,7 +100,7 @@ def _decode(args: argparse.Namespace) -> int:
     bad = report.verdict
     if bad is None:
         return 0
-    if bad.kind == verify.DECODE_ERROR:  # the trace itself is malformed
+    if bad.kind is VerdictKind.DECODE_ERROR:  # the trace itself is malformed
         print(f"textpoke: error: {bad.detail}", file=sys.stderr)
         return 2
     return 1

@@ -24,6 +24,7 @@ from pathlib import Path
 from emu.decisions import RandomSource, ReplaySource, SimplestSource
 from emu.held_sigint import HeldSigint
 from emu.path import Cost, Kind, deviations
+from emu.verdict import VerdictKind
 
 from .pt.encoder import TraceConfig
 from .results_db import ResultsDb
@@ -74,7 +75,7 @@ class ScheduleResult:
 
     @property
     def failed(self) -> bool:
-        return self.verdict != "pass"
+        return self.verdict != VerdictKind.PASS
 
 
 @dataclass
@@ -153,7 +154,7 @@ def judge(runner: Runner, plan: Plan, idx: int, seed: int | None, out: Outcome) 
     to) the token of its shrunk path."""
     res = ScheduleResult(idx, seed or 0, out.verdict.kind, str(out.verdict),
                          len(out.result.path))
-    if out.verdict.kind != "pass":
+    if not out.verdict.ok:
         res.token = make_token(runner, out.result.path, seed)
         res.deviations = deviations(out.result.path)
         if plan.shrink:

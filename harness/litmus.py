@@ -257,7 +257,7 @@ def run(lit: Litmus, preemptions: int = 2, delays: int = 4, limit: int = 20000,
 
     def one(source):
         res = m.run(source)
-        if res.verdict.kind != "pass":
+        if not res.verdict.ok:
             observed.add(f"error: {res.verdict.kind}")
         else:
             observed.add(OUTCOMES.get(m.mem.read_u64(V) & 0xFFFFFFFF, "torn"))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from emu.events import Faulted
 from emu.truth import GroundTruth
-from emu.verdict import TORN_EXECUTION, Verdict
+from emu.verdict import Verdict, VerdictKind
 
 SiteTable = list[tuple[str, int, int, frozenset[tuple[int, bytes]]]]
 
@@ -19,8 +20,8 @@ def torn_execution(truth: GroundTruth, sites: SiteTable) -> Verdict | None:
     first: tuple[int, int, int, bytes, str, int] | None = None
     faulted = [[] for _ in truth.retired]  # fetched and decoded, but faulted: not retired
     for e in truth.events:
-        if e.kind == "faulted":
-            faulted[e.cpu].append((e.tick, int(e.data["ip"], 16), bytes.fromhex(e.data["bytes"])))
+        if isinstance(e, Faulted):
+            faulted[e.cpu].append((e.tick, e.ip, e.code))
     for cpu, retired in enumerate(truth.retired):
         for tick, ip, code in sorted(retired + faulted[cpu]) if faulted[cpu] else retired:
             hit = inside.get(ip)
@@ -33,6 +34,7 @@ def torn_execution(truth: GroundTruth, sites: SiteTable) -> Verdict | None:
     if first is None:
         return None
     tick, cpu, ip, code, name, addr = first
-    return Verdict(TORN_EXECUTION, f"cpu{cpu} executed {code.hex(' ')} at {name}+{ip - addr} "
-                   f"(tick {tick}): neither the old nor the new instruction", cpu=cpu, rip=ip,
+    return Verdict(VerdictKind.TORN_EXECUTION, f"cpu{cpu} executed {code.hex(' ')} at "
+                   f"{name}+{ip - addr} (tick {tick}): neither the old nor the new instruction",
+                   cpu=cpu, rip=ip,
                    fetched=code, event="torn_fetch", extra={"tick": tick, "site": name})

@@ -18,6 +18,7 @@ import pytest
 
 from emu.decisions import SimplestSource
 from emu.path import Kind
+from emu.verdict import VerdictKind
 
 from .explore import STRATEGIES, Plan, ScheduleResult, exhaustive_search, replay, run_one
 from .run import Runner
@@ -28,7 +29,7 @@ from .token import Token
 class TextpokeFailure(AssertionError):
     """A schedule of the scenario failed; the message carries what a user needs to act."""
 
-    def __init__(self, scenario: str, verdict: str, detail: str, token: str,
+    def __init__(self, scenario: str, verdict: VerdictKind, detail: str, token: str,
                  shrunk: str | None) -> None:
         self.verdict, self.detail, self.token, self.shrunk = verdict, detail, token, shrunk
         lines = [f"textpoke: scenario {scenario} failed: {verdict}", f"  {detail}",
@@ -98,8 +99,8 @@ class Textpoke:
     def _verdict(self, scenario: Scenario, res: ScheduleResult) -> None:
         self.ran += 1  # over every check() of the test
         if res.failed:
-            raise TextpokeFailure(scenario.name, res.verdict, res.detail, res.token or "",
-                                  res.shrunk)
+            raise TextpokeFailure(scenario.name, VerdictKind(res.verdict), res.detail,
+                                  res.token or "", res.shrunk)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

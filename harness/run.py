@@ -9,14 +9,13 @@ from pathlib import Path
 from emu import layout
 from emu.decisions import DecisionSource, RandomSource, ReplayError
 from emu.machine import Machine, RunResult
-from emu.verdict import PASS, Verdict
+from emu.verdict import Verdict
 
-from . import guest, kcore, verify
+from . import guest, kcore, sideband, verify
 from .oracles import torn_execution
 from .pt.encoder import TraceConfig
 from .pt.flow import FlowItem, async_events, cpu_flow
 from .scenario import Built, Scenario, build, machine_for
-from .sideband import TextPoke
 
 
 @dataclass
@@ -28,12 +27,9 @@ class Outcome:
     streams: list[bytes] = field(default_factory=list)
     decode: list[verify.DecodeReport] = field(default_factory=list)
 
-    def records(self) -> list[TextPoke]:
-        return [TextPoke(r.addr, r.old, r.new, r.tick, r.cpu) for r in self.result.sideband]
-
     @property
     def ok(self) -> bool:
-        return self.verdict.kind == PASS
+        return self.verdict.ok
 
 
 class Runner:
@@ -64,9 +60,9 @@ class Runner:
         out.streams = verify.encode_all(out.flows, result.final_rips, self.trace)
         if self.decode:
             out.decode = verify.check_both(out.streams, out.flows, result.text_start,
-                                           result.text_end, verify.poke_records(result))
+                                           result.text_end, result.sideband)
             failed = next((r.verdict for r in out.decode if r.verdict is not None), None)
-            if failed is not None and out.verdict.kind == PASS:
+            if failed is not None and out.verdict.ok:
                 out.verdict = failed
         return out
 
@@ -95,7 +91,8 @@ def write_artifacts(out: Outcome, seed: int | None, directory: Path) -> None:
         (directory / f"cpu{cpu}.truth.jsonl").write_text(truth.cpu_jsonl(cpu))
         (directory / f"cpu{cpu}.pt").write_bytes(out.streams[cpu])
     (directory / "events.jsonl").write_text(truth.events_jsonl())
-    (directory / "sideband.bin").write_bytes(b"".join(r.encode() for r in out.records()))
+    (directory / "sideband.bin").write_bytes(b"".join(map(sideband.encode,
+                                                              out.result.sideband)))
     (directory / "text-start.elf").write_bytes(
         kcore.write([(layout.TEXT_BASE, out.result.text_start)]))
     (directory / "text-end.elf").write_bytes(

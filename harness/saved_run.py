@@ -8,12 +8,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from emu import events as machine_events
 from emu import layout
-from emu.truth import Event
+from emu.text_poke_record import TextPokeRecord
 
 from . import kcore, sideband
 from .pt.flow import FlowItem, async_events, cpu_flow
-from .pt.image import PokeRecord
 
 
 class RunDirError(Exception):
@@ -26,7 +26,7 @@ class SavedRun:
     flows: list[list[FlowItem]]
     text_start: bytes
     text_end: bytes
-    records: list[PokeRecord]
+    records: list[TextPokeRecord]
 
 
 def _text(path: Path) -> bytes:
@@ -69,9 +69,7 @@ def load(directory: Path) -> SavedRun:
     if len(rips) != ncpus:
         raise RunDirError(f"{directory}/final-rips.json: {len(rips)} CPUs, {ncpus} streams")
     try:
-        events = [Event(e["t"], e["cpu"], e["kind"], {k: v for k, v in e.items()
-                                                      if k not in ("t", "cpu", "kind")})
-                  for e in _jsonl(directory / "events.jsonl")]
+        events = [machine_events.from_json(e) for e in _jsonl(directory / "events.jsonl")]
         flows = []
         for c in range(ncpus):
             truth = [(d["t"], int(d["ip"], 16), bytes.fromhex(d["bytes"]))
@@ -80,8 +78,7 @@ def load(directory: Path) -> SavedRun:
     except (KeyError, ValueError, TypeError) as e:
         raise RunDirError(f"{directory}: malformed ground truth or events ({e!r})") from None
     try:
-        records = [PokeRecord(r.time, r.addr, r.old, r.new)
-                   for r in sideband.decode(raw_sideband)]
+        records = sideband.decode(raw_sideband)
     except sideband.SidebandError as e:
         raise RunDirError(f"{directory}/sideband.bin: {e}") from None
     return SavedRun(streams, flows, _text(directory / "text-start.elf"),

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from emu import layout
 from emu.asm import KERNEL_NOPS, Program
 from emu.machine import CpuBoot, GuestImage, Machine, MachineConfig
-from emu.verdict import MachineConfigError
+from emu.verdict import MachineConfigError, VerdictKind
 
 from . import guest
 from . import guest_abi as abi
@@ -303,8 +303,16 @@ class Variant:
     cfg: Cfg
     expect: str | None = None  # failure kinds a buggy variant shows ("a|b"); None: must pass
 
-    def accepts(self, kind: str) -> bool:
-        return self.expect is not None and kind in self.expect.split("|")
+    def __post_init__(self) -> None:
+        self.expected  # noqa: B018 - a misspelt kind is a ValueError here, not a lost failure
+
+    @property
+    def expected(self) -> frozenset[VerdictKind]:
+        return frozenset(map(VerdictKind, self.expect.split("|"))) if self.expect else \
+            frozenset()
+
+    def accepts(self, kind: VerdictKind) -> bool:
+        return kind in self.expected
 
 
 @dataclass

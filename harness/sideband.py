@@ -9,7 +9,8 @@ kernel/events/core.c: perf_event_text_poke), with sample_id for sample_type TID|
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+
+from emu.text_poke_record import TextPokeRecord
 
 PERF_RECORD_TEXT_POKE = 20
 PERF_RECORD_MISC_KERNEL = 1
@@ -23,26 +24,17 @@ class SidebandError(Exception):
         self.offset = offset
 
 
-@dataclass(frozen=True)
-class TextPoke:
-    addr: int
-    old: bytes
-    new: bytes
-    time: int
-    cpu: int
-    pid: int = 0
-    tid: int = 0
-
-    def encode(self) -> bytes:
-        body = struct.pack("<QHH", self.addr, len(self.old), len(self.new)) + self.old + self.new
-        tot = 4 + len(self.old) + len(self.new)
-        body += b"\0" * ((-tot) % 8)
-        sample = SAMPLE_ID.pack(self.pid, self.tid, self.time, self.cpu, 0)
-        size = HEADER.size + len(body) + len(sample)
-        return HEADER.pack(PERF_RECORD_TEXT_POKE, PERF_RECORD_MISC_KERNEL, size) + body + sample
+def encode(rec: TextPokeRecord) -> bytes:
+    """One record; pid and tid are 0, the kernel's idle task, since the guest has no tasks."""
+    body = struct.pack("<QHH", rec.addr, len(rec.old), len(rec.new)) + rec.old + rec.new
+    tot = 4 + len(rec.old) + len(rec.new)
+    body += b"\0" * ((-tot) % 8)
+    sample = SAMPLE_ID.pack(0, 0, rec.tick, rec.cpu, 0)
+    size = HEADER.size + len(body) + len(sample)
+    return HEADER.pack(PERF_RECORD_TEXT_POKE, PERF_RECORD_MISC_KERNEL, size) + body + sample
 
 
-def decode(buf: bytes) -> list[TextPoke]:
+def decode(buf: bytes) -> list[TextPokeRecord]:
     out = []
     pos = 0
     while pos < len(buf):
@@ -59,7 +51,7 @@ def decode(buf: bytes) -> list[TextPoke]:
             raise SidebandError(pos, f"size {size} does not fit old_len {old_len} and new_len "
                                      f"{new_len}")
         data = buf[pos + 20:pos + 20 + old_len + new_len]
-        pid, tid, time, cpu, _res = SAMPLE_ID.unpack_from(buf, pos + size - SAMPLE_ID.size)
-        out.append(TextPoke(addr, data[:old_len], data[old_len:], time, cpu, pid, tid))
+        _pid, _tid, time, cpu, _res = SAMPLE_ID.unpack_from(buf, pos + size - SAMPLE_ID.size)
+        out.append(TextPokeRecord(time, cpu, addr, data[:old_len], data[old_len:]))
         pos += size
     return out

@@ -7,21 +7,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from emu import layout
-from emu.machine import RunResult
-from emu.verdict import AMBIGUOUS, DECODE_DIVERGENCE, DECODE_ERROR, Verdict
+from emu.text_poke_record import TextPokeRecord
+from emu.verdict import Verdict, VerdictKind
 
 from .pt.decoder import Ambiguous, DecodeResult, decode, items_until_error
 from .pt.encoder import TraceConfig, encode_cpu
 from .pt.flow import FlowItem
-from .pt.image import Image, PokeRecord
+from .pt.image import Image
 
-__all__ = ["AMBIGUOUS", "DECODE_DIVERGENCE", "DECODE_ERROR", "check", "compare", "encode_all",
-           "poke_records"]
-
-
-def poke_records(result: RunResult) -> list[PokeRecord]:
-    """The run's text-poke records as the decoder's image applies them."""
-    return [PokeRecord(r.tick, r.addr, r.old, r.new) for r in result.sideband]
+__all__ = ["check", "compare", "encode_all"]
 
 
 @dataclass
@@ -55,22 +49,23 @@ def compare(cpu: int, flow: list[FlowItem], res: DecodeResult) -> Verdict | None
         if item.ip != step.ip or item.code != step.code:
             want = "async branch" if not item.code else item.code.hex(" ")
             got = "async branch" if not step.code else step.code.hex(" ")
-            return Verdict(DECODE_DIVERGENCE,
+            return Verdict(VerdictKind.DECODE_DIVERGENCE,
                            f"cpu{cpu} tick {item.tick}, packet offset {step.offset:#x}: executed "
                            f"{want} at {item.ip:#x}, decoded {got} at {step.ip:#x}",
                            cpu=cpu, rip=item.ip, fetched=item.code, event="decode",
                            extra={"tick": item.tick, "offset": step.offset,
                                   "decoded_ip": step.ip, "decoded": step.code.hex()})
     if res.error is not None:
-        kind = AMBIGUOUS if isinstance(res.error, Ambiguous) else DECODE_ERROR
+        kind = VerdictKind.AMBIGUOUS if isinstance(res.error, Ambiguous) else \
+            VerdictKind.DECODE_ERROR
         return Verdict(kind, f"cpu{cpu}: {res.error}", cpu=cpu,
                        rip=getattr(res.error, "ip", None), event="decode",
                        extra={"offset": getattr(res.error, "offset", None)})
     if len(res.steps) != len(flow) or not res.ended:
         tick = flow[len(res.steps)].tick if len(res.steps) < len(flow) else None
-        return Verdict(DECODE_DIVERGENCE, f"cpu{cpu}: decoded {len(res.steps)} steps, the CPU "
-                       f"executed {len(flow)} (first missing at tick {tick})", cpu=cpu,
-                       event="decode")
+        return Verdict(VerdictKind.DECODE_DIVERGENCE, f"cpu{cpu}: decoded {len(res.steps)} "
+                       f"steps, the CPU executed {len(flow)} (first missing at tick {tick})",
+                       cpu=cpu, event="decode")
     return None
 
 
@@ -80,7 +75,7 @@ def encode_all(flows: list[list[FlowItem]], final_rips: list[int],
 
 
 def check_both(streams: list[bytes], flows: list[list[FlowItem]], text_start: bytes,
-               text_end: bytes, records: list[PokeRecord]) -> list[DecodeReport]:
+               text_end: bytes, records: list[TextPokeRecord]) -> list[DecodeReport]:
     """`check` forward, then backward, each stream's packets parsed once for both."""
     parsed = [items_until_error(s) for s in streams]
     return [check(streams, flows, text_start, text_end, records, backward, parsed)
@@ -88,7 +83,7 @@ def check_both(streams: list[bytes], flows: list[list[FlowItem]], text_start: by
 
 
 def check(streams: list[bytes], flows: list[list[FlowItem]], text_start: bytes,
-          text_end: bytes, records: list[PokeRecord], backward: bool = False,
+          text_end: bytes, records: list[TextPokeRecord], backward: bool = False,
           parsed: list | None = None) -> DecodeReport:
     """Decode every CPU's stream over the image, forward from the start snapshot or backward
     from the end one, and compare with the flow it ran. `parsed`: each stream's items, when

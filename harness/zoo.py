@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from emu.verdict import VerdictKind
+
 from .explore import Plan, explore
 from .scenarios import SCENARIOS
 
@@ -14,7 +16,7 @@ class ZooRow:
     card: str
     scenario: str
     found: bool
-    kind: str | None
+    kind: VerdictKind | None
     expected: str
     schedules_to_first: int | None
     seconds_to_first: float | None
@@ -42,7 +44,7 @@ def zoo(strategy: str = "random", buggy_budget: int = 300, fixed_budget: int = 4
             rows.append(ZooRow(
                 card=scn.card + ("" if vname == "buggy" else f" ({vname})"), scenario=scn.name,
                 found=first is not None and var.accepts(first.verdict),
-                kind=first.verdict if first else None, expected=var.expect,
+                kind=VerdictKind(first.verdict) if first else None, expected=var.expect,
                 schedules_to_first=first.idx + 1 if first else None,
                 seconds_to_first=round(bug.seconds, 2) if first else None,
                 decisions=first.decisions if first else None,

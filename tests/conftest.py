@@ -7,6 +7,8 @@ import pytest
 from emu import hypercall, layout
 from emu.asm import assemble
 from emu.machine import CpuBoot, GuestImage, Machine, MachineConfig
+from emu.path import Choice, Kind
+from harness.shrink import ShrinkSource
 
 VAR = layout.DATA_BASE + layout.GUEST_DATA_OFFSET
 
@@ -25,3 +27,13 @@ def build():
 
 
 pytest_plugins = ["pytester"]
+
+
+def one_changed(path: list[Choice], kind: Kind = Kind.CPU) -> ShrinkSource:
+    """A replay of `path` with its first `kind` choice changed, continued leniently (as the
+    shrinker does): a second run that differs from the first in one decision, for showing
+    that a determinism check fails when the runs it compares differ."""
+    i = next(i for i, c in enumerate(path) if c.kind is kind)
+    old = path[i]
+    changed = Choice(kind, old.arity, (old.value + 1) % old.arity, old.request)
+    return ShrinkSource(path[:i] + [changed] + path[i + 1:])

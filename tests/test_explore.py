@@ -18,6 +18,7 @@ from harness.run import Runner
 from harness.scenarios import SCENARIOS
 from harness.strategies import PctSource
 from harness.token import Token, TokenError
+from tests.conftest import one_changed
 
 
 def _failing(scenario="z4_bytewise", variant="buggy"):
@@ -117,7 +118,10 @@ def test_shrunk_path_is_exact_not_lenient():
     runner = Runner(SCENARIOS[tok.scenario], tok.variant, tok.cpus)
     a = runner.run(ReplaySource(tok.path))
     b = runner.run(ReplaySource(tok.path))
+    assert a.result.truth is not b.result.truth
     assert a.result.truth.digest() == b.result.truth.digest() and a.verdict.kind == r.verdict
+    c = runner.run(one_changed(a.result.path))  # the same check sees one decision changed
+    assert c.result.truth.digest() != a.result.truth.digest()
 
 
 def test_jobs_do_not_change_verdicts():

@@ -1,19 +1,32 @@
 """Machine behaviours beyond the self-checks, and the bad inputs of issue 2."""
 
+import json
 import os
 import signal
 import threading
 
 import pytest
 
-from emu import layout, x86
+from emu import events, layout, x86
 from emu.decisions import RandomSource, ReplayError, ReplaySource
-from emu.path import Kind
+from emu.events import (
+    EventKind,
+    ExceptionEvent,
+    Faulted,
+    HypercallEvent,
+    InterruptEvent,
+    NmiRaised,
+    Serialize,
+    TextStore,
+    ViewUpdate,
+)
 from emu.fetch_view import Grain
+from emu.hypercall import Hypercall
 from emu.machine import MachineConfig
+from emu.path import Kind
 from emu.selftest import Scripted
 from emu.verdict import MachineConfigError
-from tests.conftest import VAR
+from tests.conftest import VAR, one_changed
 
 FAULTY = """
 start:
@@ -220,7 +233,11 @@ irq:
     assert m.mem.read_u64(VAR) == m.symbol("after")
 
 
-def test_spontaneous_nmi_is_a_recorded_decision(build):
+@pytest.mark.parametrize("perturb", [False, True], ids=["replay", "one_decision_changed"])
+def test_spontaneous_nmi_is_a_recorded_decision(build, perturb):
+    """Replayed on the machine after a reset, the path gives the same ground truth, byte for
+    byte; with one decision changed (an NMI raised at another step) the check sees a
+    difference."""
     src = """
 loop:
     lock inc qword ptr [V]
@@ -238,8 +255,38 @@ nmi:
     raised = [c for c in res.path if c.kind is Kind.NMI_RAISE and c.value == 1]
     assert m.mem.read_u64(VAR + 8) == len(raised) == 2
     m.reset()
-    again = m.run(ReplaySource(res.path))
-    assert again.truth.digest() == res.truth.digest()
+    again = m.run(one_changed(res.path, Kind.NMI_RAISE) if perturb else ReplaySource(res.path))
+    assert again.truth is not res.truth
+    assert (again.truth.digest() == res.truth.digest()) is not perturb
+
+
+def test_a_result_keeps_its_own_records(build):
+    """Each RunResult owns its ground truth, events and sideband: the next run of the machine
+    (which resets it) changes none of them."""
+    src = """
+entry:
+    nop
+    nop
+    mov rdi, 0xffffffff81000000
+    lea rsi, [rip + old]
+    lea rdx, [rip + old]
+    mov ecx, 2
+    mov eax, HC_SIDEBAND
+    out HC_PORT, eax
+    mov eax, HC_FINISH
+    out HC_PORT, eax
+old:
+    .byte 0x66, 0x90
+"""
+    m = build(src, ["entry", "entry"])
+    first = m.run(RandomSource(1))
+    retired, events, sideband = ([list(r) for r in first.truth.retired],
+                                 list(first.truth.events), list(first.sideband))
+    digest = first.truth.digest()
+    second = m.run(RandomSource(3))
+    assert second.truth.digest() != digest and second.sideband != sideband  # another schedule
+    assert first.truth.digest() == digest and first.truth.events == events
+    assert [list(r) for r in first.truth.retired] == retired and first.sideband == sideband
 
 
 def test_sixteen_cpus(build):
@@ -405,3 +452,72 @@ def test_a_flushed_translation_buffer_changes_nothing(monkeypatch):
     small, flushed = runs()
     assert (size, small) == (default, 1 << 20) and default > small
     assert flushed == usual
+
+
+T = layout.TEXT_BASE
+EVERY_KIND = [
+    ExceptionEvent(5, 1, x86.PF, T + 0x10, T + 0x100, T + 0x10, error_code=2),
+    ExceptionEvent(5, 1, x86.BP, T + 0x11, T + 0x100, T + 0x10),
+    InterruptEvent(6, 0, x86.CALL_FUNCTION_VECTOR, T + 0x20, T + 0x200, T + 0x20),
+    ViewUpdate(7, 1, T + 0x20, 16), ViewUpdate(7, 1, T + 0x20, 1, stale=True),
+    Serialize(8, 1, 3, ipi=x86.CALL_FUNCTION_VECTOR), Serialize(9, 0, 0),
+    HypercallEvent(10, 0, Hypercall.MARK, (1, 0x2A)), TextStore(11, 0, T + 0x20, b"\xcc"),
+    NmiRaised(12, 1), Faulted(13, 1, T + 0x30, b"\x0f\x0b"),
+]
+
+
+def test_every_event_kind_round_trips_through_its_json():
+    """Events are typed records; events.jsonl renders them in its format and is parsed back
+    into the same records (`textpoke decode` reads them so)."""
+    assert {type(e).kind for e in EVERY_KIND} == set(EventKind)
+    for e in EVERY_KIND:
+        assert events.from_json(json.loads(json.dumps(e.to_json()))) == e
+    assert [json.dumps(EVERY_KIND[i].to_json(), sort_keys=True) for i in (0, 4, 5, 7)] == [
+        '{"cpu": 1, "error_code": 2, "handler": "0xffffffff81000100", "kind": "exception", '
+        '"name": "#PF", "rip": "0xffffffff81000010", "source": "0xffffffff81000010", "t": 5, '
+        '"vector": 14}',
+        '{"cpu": 1, "kind": "view_update", "size": 1, "stale": true, '
+        '"start": "0xffffffff81000020", "t": 7}',
+        '{"cause": "ipi 0xfc", "cpu": 1, "kind": "serialize", "t": 8, "units": 3}',
+        '{"args": ["0x1", "0x2a"], "cpu": 0, "kind": "hypercall", "name": "mark", "t": 10}']
+
+
+@pytest.mark.parametrize("doc,error", [
+    ({"t": 1, "cpu": 0, "kind": "teleport"}, ValueError),
+    ({"t": 1, "cpu": 0, "kind": "text_store", "addr": 7, "bytes": "cc"}, ValueError),
+    ({"t": "1", "cpu": 0, "kind": "nmi_raised"}, TypeError),
+    ({"t": 1, "cpu": 0, "kind": "serialize", "cause": "reboot", "units": 0}, ValueError),
+    ({"t": 1, "cpu": 0, "kind": "faulted", "ip": "0x10"}, KeyError),
+])
+def test_a_malformed_event_is_refused(doc, error):
+    with pytest.raises(error):
+        events.from_json(doc)
+
+
+FAULTY_PF = """
+start:
+    int3
+    mov rax, 0xffffffff81000000
+    mov byte ptr [rax], 0x90       # text through its executable mapping: #PF(P|W)
+    mov eax, HC_FINISH
+    out HC_PORT, eax
+bp:
+    iretq
+pf:
+    add qword ptr [rsp + 8], 3     # past the 3-byte store
+    add rsp, 8                     # the error code
+    iretq
+"""
+
+
+def test_a_runs_events_round_trip(build):
+    """A real run's events (a fault with an error code, an INT3, hypercalls) parse back into
+    the records the machine made."""
+    m = build(FAULTY_PF, ["start"], {x86.PF: "pf", x86.BP: "bp"})
+    res = m.run(Scripted())
+    assert res.verdict.ok
+    assert {type(e) for e in res.truth.events} >= {ExceptionEvent, HypercallEvent, Faulted}
+    assert any(isinstance(e, ExceptionEvent) and e.error_code for e in res.truth.events)
+    parsed = [events.from_json(json.loads(line))
+              for line in res.truth.events_jsonl().splitlines()]
+    assert parsed == res.truth.events and len(parsed) > 3

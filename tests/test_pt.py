@@ -13,12 +13,13 @@ from emu import hypercall, layout
 from emu.asm import assemble
 from emu.machine import CpuBoot, GuestImage, Machine, MachineConfig
 from emu.selftest import Scripted
+from emu.text_poke_record import TextPokeRecord
 from harness import kcore, sideband, verify
 from harness.pt import last_ip as L
 from harness.pt.decoder import Ambiguous, DecodeError, decode, dump, items
 from harness.pt.encoder import TraceConfig, encode_cpu
 from harness.pt.flow import async_events, cpu_flow
-from harness.pt.image import Image, PokeRecord
+from harness.pt.image import Image
 from harness.pt.packets import (
     Cbr,
     Fup,
@@ -264,7 +265,7 @@ def test_decoder_fast_paths_change_nothing(monkeypatch, name, variant, tsc_perio
     pokes)."""
     from harness.pt.decoder import _Walker
     out = Runner(SCENARIOS[name], variant, trace=TraceConfig(tsc_period=tsc_period)).run_seed(0)
-    recs = verify.poke_records(out.result)
+    recs = out.result.sideband
 
     def decoded():
         return [(r.steps, str(r.error)) for r in
@@ -283,7 +284,7 @@ def test_instruction_cache_drops_only_what_a_write_touches():
     """After a record is applied, the walker keeps the instructions whose bytes (the
     INSN_MAX read at their IP) it did not touch, and only those."""
     from harness.pt.decoder import _Walker
-    image = Image(0x1000, bytes(64), [PokeRecord(5, 0x1020, b"\x00", b"\xcc")])
+    image = Image(0x1000, bytes(64), [TextPokeRecord(5, 0, 0x1020, b"\x00", b"\xcc")])
     walker = _Walker([], image, 10, [])
     walker._insns_version = image.version
     walker._insns = {ip: (b"", None) for ip in (0x1000, 0x1011, 0x1012, 0x1020, 0x1021)}
@@ -294,8 +295,8 @@ def test_instruction_cache_drops_only_what_a_write_touches():
 
 
 def test_image_forward_and_backward_agree():
-    recs = [PokeRecord(10, 0x1000, b"\x0f\x1f\x44\x00\x00", b"\xe9\x01\x00\x00\x00"),
-            PokeRecord(20, 0x1000, b"\xe9\x01\x00\x00\x00", b"\x0f\x1f\x44\x00\x00")]
+    recs = [TextPokeRecord(10, 0, 0x1000, b"\x0f\x1f\x44\x00\x00", b"\xe9\x01\x00\x00\x00"),
+            TextPokeRecord(20, 0, 0x1000, b"\xe9\x01\x00\x00\x00", b"\x0f\x1f\x44\x00\x00")]
     start = bytes(16)
     start = start[:0] + b"\x0f\x1f\x44\x00\x00" + start[5:]
     fwd, bwd = Image(0x1000, start, recs), Image(0x1000, start, recs, backward=True)
@@ -307,9 +308,9 @@ def test_image_forward_and_backward_agree():
 
 # ---------------------------------------------------------------- sideband and snapshots
 def test_text_poke_record_layout():
-    rec = sideband.TextPoke(0xFFFFFFFF81000007, bytes.fromhex("0f1f440000"),
-                            bytes.fromhex("e908000000"), time=1234, cpu=2)
-    raw = rec.encode()
+    rec = TextPokeRecord(tick=1234, cpu=2, addr=0xFFFFFFFF81000007,
+                         old=bytes.fromhex("0f1f440000"), new=bytes.fromhex("e908000000"))
+    raw = sideband.encode(rec)
     assert raw[:8] == bytes.fromhex("1400000001003800")  # type 20, misc KERNEL, size 56
     assert raw[8:32] == bytes.fromhex("07000081ffffffff05000500" "0f1f440000e908000000" "0000")
     assert raw[32:] == bytes.fromhex("00000000" "00000000" "d204000000000000" "02000000" "00000000")

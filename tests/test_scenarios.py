@@ -8,15 +8,26 @@ from pathlib import Path
 import pytest
 
 from emu.decisions import ReplaySource
+from emu.events import TextStore
 from emu.path import decode_path, encode_path
 from emu.selftest import Scripted
+from emu.verdict import VerdictKind
 from harness import int3_selftest
 from harness.guest import Cfg
 from harness.guest_abi import KPROBE
 from harness.run import Runner, outcome_counts
-from harness.scenario import CallSite, JumpLabel, Scenario, StaticCallUpdate, StaticKey, build
+from harness.scenario import (
+    CallSite,
+    JumpLabel,
+    Scenario,
+    StaticCallUpdate,
+    StaticKey,
+    Variant,
+    build,
+)
 from harness.scenarios import SCENARIOS
 from harness.text_poke_loc import ScenarioError, text_poke_loc_init
+from tests.conftest import one_changed
 
 REPROS = json.loads((Path(__file__).parent / "data" / "repros.json").read_text())
 SEEDS = 12  # per scenario here; bench/sweep.py runs 200
@@ -57,8 +68,23 @@ def test_buggy_variant_reproduces_from_its_decision_sequence(key):
     first = runner.run(ReplaySource(path))
     assert repro["expect"] == SCENARIOS[name].variants[variant].expect
     assert SCENARIOS[name].variants[variant].accepts(first.verdict.kind), first.verdict
-    again = runner.run(ReplaySource(path))  # deterministic: the same truth, byte for byte
-    assert again.result.truth.digest() == first.result.truth.digest()
+    assert _replays_identically(runner, first, ReplaySource(path))
+
+
+def _replays_identically(runner, first, source) -> bool:
+    """The determinism check: a second, independent run from `source` records the same ground
+    truth as `first`, byte for byte."""
+    again = runner.run(source)
+    return again.result.truth is not first.result.truth and \
+        again.result.truth.digest() == first.result.truth.digest()
+
+
+def test_the_determinism_check_sees_one_changed_decision():
+    path = decode_path(REPROS["z4_bytewise/buggy"]["path"])
+    runner = Runner(SCENARIOS["z4_bytewise"], "buggy")
+    first = runner.run(ReplaySource(path))
+    assert _replays_identically(runner, first, ReplaySource(path))
+    assert not _replays_identically(runner, first, one_changed(path))
 
 
 def test_every_buggy_zoo_variant_has_a_reproduction():
@@ -80,7 +106,7 @@ def test_static_key_every_observer_takes_the_jump_after_enable():
     assert out.ok
     done = _done_tick(out, 0)  # static_key_enable() returned
     disable = next(e.tick for e in out.result.truth.events  # static_key_disable()'s first poke
-                   if e.kind == "text_store" and e.tick > done)
+                   if isinstance(e, TextStore) and e.tick > done)
     for cpu, runs in _observer_runs(out, "site_jl0").items():
         start = _qs_after(out, cpu, done)  # the next pass that began after it
         after = [b for t, b in runs if start < t < disable]
@@ -105,7 +131,7 @@ def test_static_call_calls_the_new_target_after_update():
     for cpu in range(1, out.built.cpus):
         start = _qs_after(out, cpu, done)
         second = next(e.tick for e in out.result.truth.events
-                      if e.kind == "text_store" and e.tick > done)
+                      if isinstance(e, TextStore) and e.tick > done)
         ips = [ip for t, ip, _ in out.result.truth.retired[cpu] if start < t < second]
         assert fn_b in ips
         assert prog.sym("fn_a") not in ips
@@ -271,3 +297,12 @@ def test_cli_scenarios_lists_them_all():
     out = _cli("scenarios")
     assert out.returncode == 0
     assert all(name in out.stdout for name in SCENARIOS)
+
+
+def test_a_misspelt_expected_verdict_kind_is_refused():
+    """A variant's expected kinds are VerdictKinds: a typo would otherwise make the zoo's
+    `found` impossible without a word."""
+    with pytest.raises(ValueError, match="torn_exec"):
+        Variant(Cfg(0), "torn_exec|hang")
+    assert Variant(Cfg(0), "torn_execution|hang").accepts(VerdictKind.HANG)
+    assert not Variant(Cfg(0), "torn_execution").accepts(VerdictKind.HANG)

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from emu import selftest
+from tests.conftest import one_changed
 
 NAMES = [fn.__name__.removeprefix("check_") for fn in selftest.CHECKS]
 REQUIRED = {"stale_fetch_until_sync", "torn_fetch_byte_grain", "no_torn_fetch_after_sync",
@@ -23,6 +24,12 @@ def test_every_required_check_exists():
 def test_check_passes(fn):
     check = fn()
     assert check.ok, check.detail
+
+
+def test_determinism_check_fails_when_the_replay_differs():
+    """The replay the check compares, with one decision changed: the check reports failure."""
+    check = selftest.check_determinism(lambda path: one_changed(path))
+    assert not check.ok and "same=False" in check.detail and "same=True" in check.detail
 
 
 def test_cli_selftest_json():

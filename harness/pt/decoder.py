@@ -22,7 +22,9 @@ import enum
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .image import INSN_MAX, Image, PokeRecord
+from emu.text_poke_record import TextPokeRecord
+
+from .image import INSN_MAX, Image
 from .insn import Cls, classify
 from .last_ip import LastIp
 from .packets import (
@@ -73,11 +75,11 @@ class DecodeError(Exception):
 
 
 class Ambiguous(Exception):
-    def __init__(self, offset: int, ip: int, record: PokeRecord, lo: int, hi: int) -> None:
+    def __init__(self, offset: int, ip: int, record: TextPokeRecord, lo: int, hi: int) -> None:
         upper = "the end of the trace" if hi >= INFINITY else str(hi)
         super().__init__(f"offset {offset:#x}, ip {ip:#x}: the trace places this instruction "
                          f"in [{lo}, {upper}] and the text-poke record at {record.addr:#x} "
-                         f"(time {record.time}) inside that interval changes it")
+                         f"(time {record.tick}) inside that interval changes it")
         self.offset, self.ip, self.record = offset, ip, record
 
 

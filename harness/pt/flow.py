@@ -9,7 +9,7 @@ import bisect
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from emu.truth import Event
+from emu.events import Delivery, Event
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,9 @@ class FlowItem(NamedTuple):
 
 
 def async_events(events: list[Event], cpu: int) -> list[AsyncEvent]:
-    return [AsyncEvent(e.tick, int(e.data["source"], 16), int(e.data["rip"], 16),
-                       int(e.data["handler"], 16))
-            for e in events if e.cpu == cpu and e.kind in ("exception", "interrupt")]
+    """This CPU's exceptions and interrupts, as PT sees them."""
+    return [AsyncEvent(e.tick, e.source, e.rip, e.handler)
+            for e in events if e.cpu == cpu and isinstance(e, Delivery)]
 
 
 def cpu_flow(retired: list[tuple[int, int, bytes]], events: list[AsyncEvent],

@@ -4,25 +4,17 @@ bytes. Backward: from the end snapshot, first undoing every record with its old 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from emu.text_poke_record import TextPokeRecord
 
 INSN_MAX = 15  # bytes read for one x86 instruction: the longest there is
 
 
-@dataclass(frozen=True)
-class PokeRecord:
-    time: int  # virtual TSC at emission
-    addr: int
-    old: bytes
-    new: bytes
-
-
 class Image:
-    def __init__(self, base: int, text: bytes, records: list[PokeRecord],
+    def __init__(self, base: int, text: bytes, records: list[TextPokeRecord],
                  backward: bool = False) -> None:
         self.base = base
         self.mem = bytearray(text)
-        self.records = sorted(records, key=lambda r: r.time)
+        self.records = sorted(records, key=lambda r: r.tick)
         self.writes: list[tuple[int, int]] = []  # [addr, end) of every write, in order
         if backward:  # the end snapshot minus every record, newest first
             for r in reversed(self.records):
@@ -50,7 +42,7 @@ class Image:
 
     def advance(self, time: int) -> None:
         """Apply every record emitted before `time`."""
-        while self.applied < len(self.records) and self.records[self.applied].time < time:
+        while self.applied < len(self.records) and self.records[self.applied].tick < time:
             r = self.records[self.applied]
             self._write(r.addr, r.new)
             self.applied += 1
@@ -64,19 +56,19 @@ class Image:
     def settled(self, hi: int) -> bool:
         """No record left to apply is within the window ending at `hi` (after `advance`):
         every byte is certain."""
-        return self.applied == len(self.records) or self.records[self.applied].time > hi
+        return self.applied == len(self.records) or self.records[self.applied].tick > hi
 
-    def uncertain(self, lo: int, hi: int, ip: int, n: int = INSN_MAX) -> list[PokeRecord]:
+    def uncertain(self, lo: int, hi: int, ip: int, n: int = INSN_MAX) -> list[TextPokeRecord]:
         """Records not yet applied whose time is within [lo, hi] and which touch [ip, ip+n)."""
         out = []
         for r in self.records[self.applied:]:
-            if r.time > hi:
+            if r.tick > hi:
                 break
-            if r.time >= lo and r.addr < ip + n and ip < r.addr + len(r.new):
+            if r.tick >= lo and r.addr < ip + n and ip < r.addr + len(r.new):
                 out.append(r)
         return out
 
-    def read_with(self, ip: int, n: int, extra: list[PokeRecord]) -> bytes:
+    def read_with(self, ip: int, n: int, extra: list[TextPokeRecord]) -> bytes:
         data = bytearray(self.read(ip, n))
         for r in extra:
             for k, b in enumerate(r.new):
