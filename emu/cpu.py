@@ -146,6 +146,9 @@ class Cpu:
         self._event_mode = False
         self._skip_fetch: int | None = None
         self._read_stop_in = 0
+        self._mem_hooked: int | None = None  # an instruction a memory hook saw (_on_code)
+        self._last_store: tuple[int, int, bytes] | None = None
+        self._restarted: bool | None = None  # the current instruction was restarted
         # event mode, when asked for: what the current step touches (emu/footprint.py)
         self.footprint: Footprint | None = None
         # event mode: asked before each instruction of a run but its first, whether a
@@ -202,6 +205,14 @@ class Cpu:
 
     def _on_code(self, _handle, address: int, size: int, _ud) -> None:
         try:
+            if self._mem_hooked == address:
+                # The instruction whose memory access a hook just saw is executed again from
+                # its start: QEMU restarts an instruction that reaches a hooked page in the
+                # middle of a block (cpu_io_recompile). It retired once; let it complete.
+                self._mem_hooked = None
+                self._restarted = True
+                return
+            self._mem_hooked = self._restarted = None
             if self._want_stop or self._left == 0:
                 self.uc.emu_stop()
                 return
@@ -300,6 +311,10 @@ class Cpu:
         """A guest store to text memory (through the poking alias), seen before it lands."""
         off = paddr - layout.PHYS_TEXT_MEM
         data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        self._mem_hooked = self.state.last_ip
+        if self._restarted and self._last_store == (self.clock.tick, off, data):
+            return  # the same store of a restarted instruction (see _on_code)
+        self._last_store = (self.clock.tick, off, data)
         self.view.write_own(off, data)
         self.state.own_dirty.append((off, off + size))
         memory = self.mem.text if self._event_mode else None  # (only event mode uses it)
@@ -345,18 +360,21 @@ class Cpu:
 
     def _on_text_read(self, _uc: Uc, _access: int, addr: int, size: int, _value: int,
                       _ud) -> None:
+        self._mem_hooked = self.state.last_ip
         fp = self.footprint
         if self._event and fp is not None:
             fp.reads.update(text_grains(addr - layout.PHYS_TEXT_MEM, size))
 
     def _on_foreign_stack(self, _uc: Uc, access: int, _addr: int, _size: int, _value: int,
                           owner: int) -> None:
+        self._mem_hooked = self.state.last_ip
         fp = self.footprint
         if self._event and fp is not None:
             (fp.writes if access == Access.WRITE else fp.reads).add(stack(owner))
 
     def _on_tracked(self, _uc: Uc, access: int, addr: int, size: int, _value: int,
                     _ud) -> None:
+        self._mem_hooked = self.state.last_ip
         fp = self.footprint
         if self._event and fp is not None:
             (fp.writes if access == Access.WRITE else fp.reads).update(data_words(addr, size))
@@ -382,6 +400,7 @@ class Cpu:
         self._read_stop_in = 0
         self._left = quantum
         self._want_stop = False
+        self._mem_hooked = self._restarted = None
         self._fill_fault = None
         self._exception = None
         self._emulate = None
