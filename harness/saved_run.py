@@ -5,6 +5,7 @@ naming the file and the place in it."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,12 +13,18 @@ from emu import layout
 from emu.truth import Event
 
 from . import kcore, sideband
+from .errors import BadInput
 from .pt.flow import FlowItem, async_events, cpu_flow
 from .pt.image import PokeRecord
 
+# What `write_artifacts` (harness/run.py) writes: per CPU, and once per run.
+PER_CPU = re.compile(r"cpu(0|[1-9][0-9]*)\.(pt|truth\.jsonl)")
+PER_RUN = ("events.jsonl", "sideband.bin", "text-start.elf", "text-end.elf", "final-rips.json",
+           "verdict.json")
 
-class RunDirError(Exception):
-    pass
+
+class RunDirError(BadInput):
+    """A run directory (or an --out directory) that cannot be read or written as one."""
 
 
 @dataclass
@@ -40,45 +47,125 @@ def _text(path: Path) -> bytes:
     raise RunDirError(f"{path}: no PT_LOAD segment at {layout.TEXT_BASE:#x}")
 
 
-def _jsonl(path: Path) -> list[dict]:
+def _jsonl(path: Path) -> list[tuple[str, dict]]:
+    """Each line's object, with the "file:line" that names it."""
     try:
         lines = path.read_text().splitlines()
-    except OSError as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise RunDirError(f"{path}: {e}") from None
     out = []
     for n, line in enumerate(lines, 1):
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as e:
+            obj = json.loads(line)
+        except (ValueError, RecursionError) as e:
             raise RunDirError(f"{path}:{n}: {e}") from None
+        if not isinstance(obj, dict):
+            raise RunDirError(f"{path}:{n}: not a JSON object")
+        out.append((f"{path}:{n}", obj))
     return out
+
+
+def _field(where: str, obj: dict, key: str, kind: str) -> int | bytes | str:
+    """obj[key] as `kind`: "tick" (an integer >= 0), "ip" (a 64-bit address in hex), "code"
+    (1..15 instruction bytes in hex), "int" or "str"; else a RunDirError naming it."""
+    value = obj.get(key)
+    try:
+        if kind in ("tick", "int"):
+            if type(value) is int and (kind == "int" or value >= 0):
+                return value
+        elif kind == "str":
+            if isinstance(value, str):
+                return value
+        elif kind == "ip":
+            ip = int(value, 16)
+            if 0 <= ip < 1 << 64:
+                return ip
+        elif kind == "code":
+            code = bytes.fromhex(value)
+            if 1 <= len(code) <= 15:
+                return code
+    except (TypeError, ValueError):
+        pass
+    raise RunDirError(f"{where}: {key!r} is {json.dumps(value)[:40]}, not a valid {kind}")
+
+
+def _events(path: Path) -> list[Event]:
+    out = []
+    for where, e in _jsonl(path):
+        ev = Event(_field(where, e, "t", "tick"), _field(where, e, "cpu", "int"),
+                   _field(where, e, "kind", "str"),
+                   {k: v for k, v in e.items() if k not in ("t", "cpu", "kind")})
+        if ev.kind in ("exception", "interrupt"):  # what harness/pt/flow.py reads of them
+            for key in ("source", "rip", "handler"):
+                _field(where, e, key, "ip")
+        out.append(ev)
+    return out
+
+
+def _truth(path: Path) -> list[tuple[int, int, bytes]]:
+    """A CPU's retired instructions, in the order of their ticks."""
+    out: list[tuple[int, int, bytes]] = []
+    for where, d in _jsonl(path):
+        t = _field(where, d, "t", "tick")
+        if out and t <= out[-1][0]:
+            raise RunDirError(f"{where}: tick {t} after tick {out[-1][0]}")
+        out.append((t, _field(where, d, "ip", "ip"), _field(where, d, "bytes", "code")))
+    return out
+
+
+def prepare_out(directory: Path) -> Path:
+    """An --out directory, checked before the run so that bad input costs nothing: it must be
+    a directory or a new name in an existing one. In a reused directory our own artifacts of an
+    earlier run are removed, so that no stale cpu<N>.pt of a run with more CPUs stays beside
+    the new ones (`decode` would read it)."""
+    if directory.exists() and not directory.is_dir():
+        raise RunDirError(f"--out {directory}: exists and is not a directory")
+    parent = directory.absolute().parent
+    if not directory.exists() and not parent.is_dir():
+        raise RunDirError(f"--out {directory}: its parent directory {parent} does not exist")
+    try:
+        directory.mkdir(exist_ok=True)
+        for f in directory.iterdir():
+            if PER_CPU.fullmatch(f.name) or f.name in PER_RUN:
+                f.unlink()
+    except OSError as e:
+        raise RunDirError(f"--out {directory}: {e.strerror or e}") from None
+    return directory
+
+
+def _cpu_count(directory: Path) -> int:
+    """N for cpu0.pt .. cpu<N-1>.pt, which must all be there and be all there is."""
+    try:
+        found = sorted(int(m.group(1)) for f in directory.iterdir()
+                       if (m := PER_CPU.fullmatch(f.name)) and m.group(2) == "pt")
+    except OSError as e:
+        raise RunDirError(f"{directory}: {e.strerror or e}") from None
+    if not found:
+        raise RunDirError(f"{directory}: no cpu<N>.pt streams")
+    missing = sorted(set(range(found[-1] + 1)) - set(found))
+    if missing:
+        raise RunDirError(f"{directory}: cpu{missing[0]}.pt is missing (there is "
+                          f"cpu{found[-1]}.pt)")
+    return len(found)
 
 
 def load(directory: Path) -> SavedRun:
     if not directory.is_dir():
         raise RunDirError(f"{directory}: not a run directory")
-    ncpus = len(list(directory.glob("cpu*.pt")))
-    if ncpus == 0:
-        raise RunDirError(f"{directory}: no cpu<N>.pt streams")
+    ncpus = _cpu_count(directory)
+    rips_file = directory / "final-rips.json"
     try:
-        rips = [int(x, 16) for x in json.loads((directory / "final-rips.json").read_text())]
+        rips = json.loads(rips_file.read_text())
         streams = [(directory / f"cpu{c}.pt").read_bytes() for c in range(ncpus)]
         raw_sideband = (directory / "sideband.bin").read_bytes()
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise RunDirError(f"{directory}: {e}") from None
-    if len(rips) != ncpus:
-        raise RunDirError(f"{directory}/final-rips.json: {len(rips)} CPUs, {ncpus} streams")
-    try:
-        events = [Event(e["t"], e["cpu"], e["kind"], {k: v for k, v in e.items()
-                                                      if k not in ("t", "cpu", "kind")})
-                  for e in _jsonl(directory / "events.jsonl")]
-        flows = []
-        for c in range(ncpus):
-            truth = [(d["t"], int(d["ip"], 16), bytes.fromhex(d["bytes"]))
-                     for d in _jsonl(directory / f"cpu{c}.truth.jsonl")]
-            flows.append(cpu_flow(truth, async_events(events, c), rips[c]))
-    except (KeyError, ValueError, TypeError) as e:
-        raise RunDirError(f"{directory}: malformed ground truth or events ({e!r})") from None
+    if not isinstance(rips, list) or len(rips) != ncpus:
+        raise RunDirError(f"{rips_file}: not a list of {ncpus} RIPs, one per cpu<N>.pt")
+    rips = [_field(f"{rips_file}[{c}]", {"rip": x}, "rip", "ip") for c, x in enumerate(rips)]
+    events = _events(directory / "events.jsonl")
+    flows = [cpu_flow(_truth(directory / f"cpu{c}.truth.jsonl"), async_events(events, c),
+                      rips[c]) for c in range(ncpus)]
     try:
         records = [PokeRecord(r.time, r.addr, r.old, r.new)
                    for r in sideband.decode(raw_sideband)]

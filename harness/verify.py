@@ -13,7 +13,7 @@ from emu.verdict import AMBIGUOUS, DECODE_DIVERGENCE, DECODE_ERROR, Verdict
 from .pt.decoder import Ambiguous, DecodeResult, decode, items_until_error
 from .pt.encoder import TraceConfig, encode_cpu
 from .pt.flow import FlowItem
-from .pt.image import Image, PokeRecord
+from .pt.image import Image, ImageError, PokeRecord, check_records
 
 __all__ = ["AMBIGUOUS", "DECODE_DIVERGENCE", "DECODE_ERROR", "check", "compare", "encode_all",
            "poke_records"]
@@ -35,14 +35,18 @@ class CpuCheck:
 class DecodeReport:
     direction: str
     cpus: list[CpuCheck] = field(default_factory=list)
+    trace: Verdict | None = None  # the records do not fit the snapshots: nothing decoded
 
     @property
     def verdict(self) -> Verdict | None:
+        if self.trace is not None:
+            return self.trace
         return next((c.verdict for c in self.cpus if c.verdict is not None), None)
 
     def to_json(self) -> dict:
         return {"direction": self.direction,
                 "result": "exact" if self.verdict is None else self.verdict.kind,
+                **({} if self.trace is None else {"detail": self.trace.detail}),
                 "cpus": [{"cpu": c.cpu, "steps": c.steps,
                           "result": "exact" if c.verdict is None else c.verdict.kind,
                           **({} if c.verdict is None else {"detail": c.verdict.detail})}
@@ -82,18 +86,37 @@ def encode_all(flows: list[list[FlowItem]], final_rips: list[int],
 def check_both(streams: list[bytes], flows: list[list[FlowItem]], text_start: bytes,
                text_end: bytes, records: list[PokeRecord]) -> list[DecodeReport]:
     """`check` forward, then backward, each stream's packets parsed once for both."""
+    bad = records_error(text_start, text_end, records)
+    if bad is not None:
+        return [DecodeReport(direction, trace=bad) for direction in ("forward", "backward")]
     parsed = [items_until_error(s) for s in streams]
-    return [check(streams, flows, text_start, text_end, records, backward, parsed)
+    return [check(streams, flows, text_start, text_end, records, backward, parsed, True)
             for backward in (False, True)]
+
+
+def records_error(text_start: bytes, text_end: bytes, records: list[PokeRecord]) -> Verdict | None:
+    """A decode error if the text-poke records do not take the start snapshot to the end one
+    (harness/pt/image.py: check_records): decoding over them would be decoding over a lie."""
+    try:
+        check_records(layout.TEXT_BASE, text_start, text_end, records)
+    except ImageError as e:
+        return Verdict(DECODE_ERROR, f"sideband: {e}", event="decode",
+                       extra={"record": e.index})
+    return None
 
 
 def check(streams: list[bytes], flows: list[list[FlowItem]], text_start: bytes,
           text_end: bytes, records: list[PokeRecord], backward: bool = False,
-          parsed: list | None = None) -> DecodeReport:
+          parsed: list | None = None, records_checked: bool = False) -> DecodeReport:
     """Decode every CPU's stream over the image, forward from the start snapshot or backward
-    from the end one, and compare with the flow it ran. `parsed`: each stream's items, when
-    the caller decodes both ways."""
+    from the end one, and compare with the flow it ran; first (unless `records_checked`)
+    check that the records take the one snapshot to the other. `parsed`: each stream's
+    items, when the caller decodes both ways."""
     report = DecodeReport("backward" if backward else "forward")
+    if not records_checked:
+        report.trace = records_error(text_start, text_end, records)
+        if report.trace is not None:
+            return report
     for cpu, (stream, flow) in enumerate(zip(streams, flows, strict=True)):
         image = Image(layout.TEXT_BASE, text_end if backward else text_start, records, backward)
         res = decode(stream, image, len(flow) + 16, parsed[cpu] if parsed else None)

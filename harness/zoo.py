@@ -17,7 +17,7 @@ class ZooRow:
     kind: str | None
     expected: str
     schedules_to_first: int | None
-    seconds_to_first: float | None
+    seconds_to_first: float | None  # when the first failure was recorded, not the whole run
     decisions: int | None
     shrunk_decisions: int | None
     token: str | None
@@ -43,7 +43,8 @@ def zoo(strategy: str = "random", buggy_budget: int = 300, fixed_budget: int = 4
                 found=first is not None and var.accepts(first.verdict),
                 kind=first.verdict if first else None, expected=var.expect,
                 schedules_to_first=first.idx + 1 if first else None,
-                seconds_to_first=round(bug.seconds, 2) if first else None,
+                seconds_to_first=round(bug.first_failure_seconds, 2)
+                if first and bug.first_failure_seconds is not None else None,
                 decisions=first.decisions if first else None,
                 shrunk_decisions=first.shrunk_decisions if first else None,
                 token=first.token if first else None, shrunk=first.shrunk if first else None,

@@ -19,6 +19,7 @@ not, and a record in [lo, hi] that changes what the instruction decodes to is am
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -106,6 +107,8 @@ def _items(stream: bytes, out: list[Item]) -> None:
     waiting: list[Item] = []  # items whose next TSC is not known yet
     for off, pkt in iter_packets(stream):
         if isinstance(pkt, TscPacket):
+            if pkt.tsc < time:  # the TSC never runs backwards on one CPU
+                raise DecodeError(off, f"TSC {pkt.tsc} runs backwards (the last TSC was {time})")
             time = pkt.tsc
             for it in waiting:
                 it.next_tsc = time
@@ -417,7 +420,12 @@ class _Walker:
 
 def dump(stream: bytes) -> list[str]:
     """One line per packet: offset, name, fields (IPs decompressed)."""
-    lines = []
+    return list(dump_lines(stream))
+
+
+def dump_lines(stream: bytes) -> Iterator[str]:
+    """`dump`'s lines as each packet is parsed, so that a reader sees the packets before a
+    malformed one (PacketError) and a long stream is never held as text."""
     last_ip = LastIp()
     names = {"TscPacket": "TSC", "TipPge": "TIP.PGE", "TipPgd": "TIP.PGD", "ModeExec": "MODE.Exec",
              "PsbEnd": "PSBEND"}
@@ -435,9 +443,11 @@ def dump(stream: bytes) -> list[str]:
             last_ip.reset()
             body = ""
         elif hasattr(pkt, "ipbytes"):
-            ip = last_ip.decompress(pkt.ipbytes, pkt.payload)
+            try:
+                ip = last_ip.decompress(pkt.ipbytes, pkt.payload)
+            except ValueError as e:  # as the query layer reports it
+                raise PacketError(off, str(e)) from None
             body = "suppressed" if ip is None else f"{ip:#x} (ipbytes {pkt.ipbytes:03b})"
         else:
             body = ""
-        lines.append(f"{off:#010x}  {name:9} {body}".rstrip())
-    return lines
+        yield f"{off:#010x}  {name:9} {body}".rstrip()
