@@ -348,10 +348,11 @@ def _bad_input_types() -> tuple[type[Exception], ...]:
     """Every error that means "the user's input cannot be used", besides BadInput."""
     from emu.decisions import ReplayError
 
+    from .exhaustive import SearchError
     from .text_poke_loc import ScenarioError
     from .token import TokenError
 
-    return (BadInput, ScenarioError, TokenError, ReplayError)
+    return (BadInput, ScenarioError, TokenError, ReplayError, SearchError)
 
 
 def _stdout_gone() -> None:
