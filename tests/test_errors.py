@@ -304,6 +304,7 @@ def test_killing_the_parent_of_jobs_workers_ends_them(sig):
     proc = subprocess.Popen([sys.executable, "-m", "harness", "explore", "z4_bytewise",
                              "--schedules", "100000", "--no-shrink", "--jobs", "2", "--log"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    workers: list[int] = []
     try:
         proc.stdout.readline()  # a schedule finished: the workers run
         workers = _children(proc.pid)
@@ -314,10 +315,10 @@ def test_killing_the_parent_of_jobs_workers_ends_them(sig):
         while any(map(_alive, workers)) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(map(_alive, workers)), workers
-    finally:
+    finally:  # leave nothing running, whatever happened
         proc.kill()
         proc.wait()
-        for w in _children(proc.pid):
+        for w in filter(_alive, workers):
             os.kill(w, signal.SIGKILL)
 
 
