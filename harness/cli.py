@@ -6,6 +6,7 @@ internal error (a bug in textpoke, or a worker process that died: the traceback 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -120,7 +121,7 @@ def _decode(args: argparse.Namespace) -> int:
 
     run = load(Path(args.dir))
     report = verify.check(run.streams, run.flows, run.text_start, run.text_end, run.records,
-                          backward=args.backward)
+                          backward=args.backward, parsed=run.items or None)
     if args.json:  # only JSON on stdout
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -366,8 +367,15 @@ def _stdout_gone() -> None:
         pass
 
 
+@functools.cache
+def _parser() -> argparse.ArgumentParser:
+    """The parser, built once per process: argparse's gettext calls make building it cost
+    milliseconds, which a test calling `main` thousands of times pays each time."""
+    return build_parser()
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from emu import layout
@@ -14,6 +14,7 @@ from emu.truth import Event
 
 from . import kcore, sideband
 from .errors import BadInput
+from .pt.decoder import items_until_error
 from .pt.flow import FlowItem, async_events, cpu_flow
 from .pt.image import PokeRecord
 
@@ -34,6 +35,7 @@ class SavedRun:
     text_start: bytes
     text_end: bytes
     records: list[PokeRecord]
+    items: list = field(default_factory=list)  # per stream, decoder.items_until_error's
 
 
 def _text(path: Path) -> bytes:
@@ -47,12 +49,17 @@ def _text(path: Path) -> bytes:
     raise RunDirError(f"{path}: no PT_LOAD segment at {layout.TEXT_BASE:#x}")
 
 
-def _jsonl(path: Path) -> list[tuple[str, dict]]:
-    """Each line's object, with the "file:line" that names it."""
+def _lines(path: Path) -> list[str]:
     try:
-        lines = path.read_text().splitlines()
+        return path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise RunDirError(f"{path}: {e}") from None
+
+
+def _jsonl(path: Path, lines: list[str] | None = None) -> list[tuple[str, dict]]:
+    """Each line's object, with the "file:line" that names it."""
+    if lines is None:
+        lines = _lines(path)
     out = []
     for n, line in enumerate(lines, 1):
         try:
@@ -102,14 +109,41 @@ def _events(path: Path) -> list[Event]:
     return out
 
 
+def _truth_row(where: str, d: dict, last: int) -> tuple[int, int, bytes]:
+    t = _field(where, d, "t", "tick")
+    if t <= last:
+        raise RunDirError(f"{where}: tick {t} after tick {last}")
+    return t, _field(where, d, "ip", "ip"), _field(where, d, "bytes", "code")
+
+
 def _truth(path: Path) -> list[tuple[int, int, bytes]]:
-    """A CPU's retired instructions, in the order of their ticks."""
+    """A CPU's retired instructions, in the order of their ticks. The file is parsed as one
+    JSON array and checked in one tight loop (a truth file has an object per instruction);
+    only if that finds something wrong is it read again line by line, to say where."""
+    lines = _lines(path)
+    try:
+        rows = json.loads("[" + ",".join(lines) + "]")
+    except (ValueError, RecursionError):
+        rows = None
     out: list[tuple[int, int, bytes]] = []
-    for where, d in _jsonl(path):
-        t = _field(where, d, "t", "tick")
-        if out and t <= out[-1][0]:
-            raise RunDirError(f"{where}: tick {t} after tick {out[-1][0]}")
-        out.append((t, _field(where, d, "ip", "ip"), _field(where, d, "bytes", "code")))
+    if rows is not None and len(rows) == len(lines):
+        last = -1
+        try:
+            for d in rows:
+                t, ip, code = d["t"], int(d["ip"], 16), bytes.fromhex(d["bytes"])
+                if type(t) is not int or t <= last or not 0 <= ip < 1 << 64 or \
+                        not 1 <= len(code) <= 15:
+                    break
+                out.append((t, ip, code))
+                last = t
+        except (KeyError, TypeError, ValueError):
+            pass
+        if len(out) == len(lines):
+            return out
+    out, last = [], -1  # something is wrong: find the line and say what
+    for where, d in _jsonl(path, lines):
+        out.append(_truth_row(where, d, last))
+        last = out[-1][0]
     return out
 
 
@@ -163,13 +197,21 @@ def load(directory: Path) -> SavedRun:
     if not isinstance(rips, list) or len(rips) != ncpus:
         raise RunDirError(f"{rips_file}: not a list of {ncpus} RIPs, one per cpu<N>.pt")
     rips = [_field(f"{rips_file}[{c}]", {"rip": x}, "rip", "ip") for c, x in enumerate(rips)]
-    events = _events(directory / "events.jsonl")
-    flows = [cpu_flow(_truth(directory / f"cpu{c}.truth.jsonl"), async_events(events, c),
-                      rips[c]) for c in range(ncpus)]
+    # The cheap checks first, the ground truth (an object per instruction) last: a malformed
+    # trace is refused before the truth is read.
+    items = []
+    for c, stream in enumerate(streams):
+        its, error = items_until_error(stream)
+        if error is not None:  # a malformed or misplaced packet: the trace is bad input
+            raise RunDirError(f"{directory}/cpu{c}.pt: {error}")
+        items.append((its, None))
     try:
         records = [PokeRecord(r.time, r.addr, r.old, r.new)
                    for r in sideband.decode(raw_sideband)]
     except sideband.SidebandError as e:
         raise RunDirError(f"{directory}/sideband.bin: {e}") from None
-    return SavedRun(streams, flows, _text(directory / "text-start.elf"),
-                    _text(directory / "text-end.elf"), records)
+    text_start, text_end = _text(directory / "text-start.elf"), _text(directory / "text-end.elf")
+    events = _events(directory / "events.jsonl")
+    flows = [cpu_flow(_truth(directory / f"cpu{c}.truth.jsonl"), async_events(events, c),
+                      rips[c]) for c in range(ncpus)]
+    return SavedRun(streams, flows, text_start, text_end, records, items)
