@@ -112,8 +112,9 @@ def mutate_stream(rng: random.Random, s: bytes) -> tuple[bytes, Damage]:
     if op == 2:  # a packet lost
         return s[:off] + s[off + n:], Damage(f"packet {i} ({name}) deleted",
                                              must_fail=isinstance(p, BRANCH_PACKETS))
-    if op == 3:  # a packet twice
-        return s[:off + n] + s[off:off + n] + s[off + n:], Damage(f"packet {i} ({name}) twice")
+    if op == 3:  # a packet twice: a TNT's bits or a TIP's target twice is never exact
+        return s[:off + n] + s[off:off + n] + s[off + n:], Damage(
+            f"packet {i} ({name}) twice", must_fail=isinstance(p, Tnt | Tip))
     if op == 4 and i + 1 < len(pk):  # two packets swapped
         o2, n2, p2 = pk[i + 1]
         return (s[:off] + s[o2:o2 + n2] + s[off:off + n] + s[o2 + n2:],
@@ -126,12 +127,16 @@ def mutate_stream(rng: random.Random, s: bytes) -> tuple[bytes, Damage]:
     if op == 6:  # random bytes inserted
         junk = rng.randbytes(rng.randint(1, 12))
         return s[:off] + junk + s[off:], Damage(f"{junk.hex()} inserted before packet {i}")
-    if op == 7:  # a TSC changed to any value (backwards, huge, equal)
+    if op == 7:  # a TSC changed to any value: one that runs backwards is never exact
         tscs = [t for t in pk if isinstance(t[2], TscPacket)]
-        o, n2, t = rng.choice(tscs)
-        value = rng.choice([0, t.tsc - 1, t.tsc + 1, (1 << 56) - 1, rng.randrange(1 << 56)])
-        return (s[:o] + TscPacket(max(value, 0)).encode() + s[o + n2:],
-                Damage(f"TSC at {o:#x} set to {value}"))
+        j = rng.randrange(len(tscs))
+        o, n2, t = tscs[j]
+        prev = tscs[j - 1][2].tsc if j else 0
+        value = max(0, rng.choice([0, prev - 1, prev, t.tsc + 1, (1 << 56) - 1,
+                                   rng.randrange(1 << 56)]))
+        backwards = value < prev or j + 1 < len(tscs) and value > tscs[j + 1][2].tsc
+        return (s[:o] + TscPacket(value).encode() + s[o + n2:],
+                Damage(f"TSC at {o:#x} set to {value}", must_fail=backwards))
     if op == 8:  # a packet from elsewhere in the stream put here
         o2, n2, p2 = rng.choice(pk)
         return (s[:off] + s[o2:o2 + n2] + s[off + n:],
