@@ -81,9 +81,17 @@ def _bad_input(message: str) -> int:
 
 def _out_dir(args: argparse.Namespace) -> Path | None:
     """--out checked before the run (not after it): a directory we can write artifacts to."""
+    from .saved_run import check_out
+
+    return check_out(Path(args.out)) if args.out else None
+
+
+def _write_out(out, seed: int | None, directory: Path) -> None:
+    """The artifacts, in place of an earlier run's (never beside them)."""
+    from .run import write_artifacts
     from .saved_run import prepare_out
 
-    return prepare_out(Path(args.out)) if args.out else None
+    write_artifacts(out, seed, prepare_out(directory))
 
 
 def _scenarios(args: argparse.Namespace) -> int:
@@ -98,7 +106,7 @@ def _scenarios(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .run import Runner, write_artifacts
+    from .run import Runner
     from .scenarios import get
     from .text_poke_loc import ScenarioError
 
@@ -109,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
         return _bad_input(str(e))
     out = runner.run_seed(args.seed)
     if out_dir:
-        write_artifacts(out, args.seed, out_dir)
+        _write_out(out, args.seed, out_dir)
     print(f"{args.scenario} [{runner.built.variant}] seed {args.seed}: {out.verdict} "
           f"({len(out.result.path)} decisions, {out.result.ticks} instructions)")
     return 0 if out.ok else 1
@@ -228,7 +236,6 @@ def _replay(args: argparse.Namespace) -> int:
     from emu.decisions import ReplayError
 
     from .explore import replay
-    from .run import write_artifacts
     from .text_poke_loc import ScenarioError
     from .token import TokenError
 
@@ -238,7 +245,7 @@ def _replay(args: argparse.Namespace) -> int:
     except (TokenError, ScenarioError, ReplayError) as e:
         return _bad_input(f"cannot replay: {e}")
     if out_dir:
-        write_artifacts(out, tok.seed, out_dir)
+        _write_out(out, tok.seed, out_dir)
     print(f"{tok.scenario} [{tok.variant}]: {out.verdict} ({len(out.result.path)} decisions)")
     return 0 if out.ok else 1
 

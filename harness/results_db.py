@@ -59,9 +59,11 @@ class ResultsDb:
                           "SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.Error as e:  # unopenable, or not a SQLite file ("file is not a database")
             raise ResultsDbError(f"{where}: cannot use it as a results database ({e})") from None
-        if tables and tables != COLUMNS:  # someone else's database: not ours to write into
+        foreign = sorted(t for t, cols in tables.items() if COLUMNS.get(t) != cols)
+        if foreign:  # someone else's database: not ours to write into (ours may lack a table
+            # an older textpoke did not have yet: that one is created)
             raise ResultsDbError(f"{where}: a SQLite database with another schema (tables "
-                                 f"{', '.join(sorted(tables))}), not textpoke's results")
+                                 f"{', '.join(foreign)} are not textpoke's)")
         try:
             self.db.executescript(SCHEMA)
             self.db.commit()

@@ -147,16 +147,22 @@ def _truth(path: Path) -> list[tuple[int, int, bytes]]:
     return out
 
 
-def prepare_out(directory: Path) -> Path:
-    """An --out directory, checked before the run so that bad input costs nothing: it must be
-    a directory or a new name in an existing one. In a reused directory our own artifacts of an
-    earlier run are removed, so that no stale cpu<N>.pt of a run with more CPUs stays beside
-    the new ones (`decode` would read it)."""
+def check_out(directory: Path) -> Path:
+    """An --out directory, checked before the run so that bad input costs nothing and changes
+    nothing: a directory, or a new name in an existing one."""
     if directory.exists() and not directory.is_dir():
         raise RunDirError(f"--out {directory}: exists and is not a directory")
     parent = directory.absolute().parent
     if not directory.exists() and not parent.is_dir():
         raise RunDirError(f"--out {directory}: its parent directory {parent} does not exist")
+    return directory
+
+
+def prepare_out(directory: Path) -> Path:
+    """`check_out`, then, just before the artifacts are written, remove our own artifacts of an
+    earlier run from a reused directory, so that no stale cpu<N>.pt of a run with more CPUs
+    stays beside the new ones (`decode` would read it). Nothing else in it is touched."""
+    check_out(directory)
     try:
         directory.mkdir(exist_ok=True)
         for f in directory.iterdir():

@@ -94,6 +94,17 @@ def test_db_that_cannot_be_used_is_bad_input(tmp_path):
         ("accounts",)]
 
 
+def test_db_of_an_older_textpoke_is_ours(tmp_path):
+    """A results file from before the frontiers table is still ours: the table is added."""
+    from harness.results_db import SCHEMA
+
+    db = tmp_path / "old.db"
+    con = sqlite3.connect(db)
+    con.executescript(SCHEMA.split("CREATE TABLE IF NOT EXISTS frontiers")[0])
+    con.close()
+    assert _explore(db)[0] == 0
+
+
 def test_seed_too_large_for_sqlite_is_bad_input_before_any_work(tmp_path):
     db = tmp_path / "x.db"
     rc, _out, err = _explore(db, "--seed", str(2**63 - 1))  # seed + 1 does not fit
@@ -173,6 +184,10 @@ def test_a_reused_out_directory_keeps_no_stale_cpu_files(tmp_path):
     assert not (d / "cpu2.pt").exists() and not (d / "cpu2.truth.jsonl").exists()
     assert (d / "mine.txt").read_text() == "not ours"
     assert run_cli("decode", d)[0] == 0
+    before = {f.name: f.read_bytes() for f in d.iterdir()}
+    rc, _o, err = run_cli("run", "no_such_scenario", "--out", d)  # bad input loses nothing
+    bad_input(rc, err, "no_such_scenario")
+    assert {f.name: f.read_bytes() for f in d.iterdir()} == before
 
 
 # --- decode: a malformed trace is a decode error with its position ------------------------------
