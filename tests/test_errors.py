@@ -352,3 +352,21 @@ def test_zoo_seconds_to_first_is_time_to_the_failure_not_to_its_shrinking(monkey
     (row,) = zoo.zoo(buggy_budget=20, fixed_budget=1)
     assert row.found and row.shrunk_decisions is not None
     assert row.seconds_to_first < 1.0, row
+
+
+def test_a_live_runs_record_outside_the_text_is_a_decode_error_not_a_crash(saved):
+    """A guest may emit any record: the live check (both directions) reports it as a decode
+    error; it does not check the records against the snapshots (its verdict is the place
+    where a misleading record makes the decoded flow leave the executed one)."""
+    from harness import verify
+    from harness.pt.image import PokeRecord
+    from harness.saved_run import load
+
+    run = load(saved)
+    outside = PokeRecord(100, 0x1000, b"\x90", b"\xcc")
+    for report in verify.check_both(run.streams, run.flows, run.text_start, run.text_end,
+                                    [*run.records, outside]):
+        assert report.verdict.kind == verify.DECODE_ERROR, report
+        assert "outside the image" in report.verdict.detail
+    assert [r.verdict for r in verify.check_both(run.streams, run.flows, run.text_start,
+                                                 run.text_end, run.records)] == [None, None]

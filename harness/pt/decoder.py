@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .image import INSN_MAX, Image, PokeRecord
+from .image import INSN_MAX, Image, ImageError, PokeRecord
 from .insn import Cls, classify
 from .last_ip import LastIp
 from .packets import (
@@ -178,9 +178,13 @@ def decode(stream: bytes, image: Image, max_steps: int,
     reads the items)."""
     res = DecodeResult([])
     its, bad_packet = parsed if parsed is not None else items_until_error(stream)
+    walker = _Walker(its, image, max_steps, res.steps)
     try:
-        _Walker(its, image, max_steps, res.steps).run()
+        walker.run()
         res.ended = True
+    except ImageError as e:  # a record outside the text, applied when its time came
+        res.error = DecodeError(its[min(walker.k, len(its) - 1)].offset if its else 0,
+                                str(e), walker.ip)
     except (DecodeError, Ambiguous) as e:
         # running out of items because a packet was malformed: that packet is the error
         res.error = bad_packet if bad_packet is not None and isinstance(e, DecodeError) and \
