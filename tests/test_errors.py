@@ -139,11 +139,16 @@ def test_resume_of_another_exploration_is_refused_naming_the_differences(tmp_pat
 
 @pytest.mark.parametrize("option,value", [
     ("--schedules", "0"), ("--schedules", "-3"), ("--time", "0"), ("--time", "-1"),
-    ("--time", "nan"), ("--time", "inf"), ("--jobs", "0"), ("--cpus", "0"),
+    ("--time", "nan"), ("--time", "inf"), ("--jobs", "0"),
     ("--preemptions", "-1"), ("--delays", "-2"), ("--schedules", "many")])
 def test_numeric_options_that_mean_no_work_are_bad_input(option, value):
     rc, _out, err = run_cli("explore", "z4_bytewise", option, value)
     bad_input(rc, err, f"argument {option}", repr(value))
+
+
+def test_cpus_out_of_range_is_bad_input_naming_the_range():
+    rc, _out, err = run_cli("explore", "z4_bytewise", "--cpus", "0", "--schedules", "1")
+    bad_input(rc, err, "needs 2..")
 
 
 def test_pct_depth_0_names_option_and_value():
