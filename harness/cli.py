@@ -15,9 +15,13 @@ import sys
 import traceback
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import BadInput
+
+if TYPE_CHECKING:
+    from .run import Outcome
 
 NO_FAILURE, FAILURE, BAD_INPUT, INTERNAL_ERROR = 0, 1, 2, 3
 WORKER_DIED = INTERNAL_ERROR
@@ -86,7 +90,7 @@ def _out_dir(args: argparse.Namespace) -> Path | None:
     return check_out(Path(args.out)) if args.out else None
 
 
-def _write_out(out, seed: int | None, directory: Path) -> None:
+def _write_out(out: Outcome, seed: int | None, directory: Path) -> None:
     """The artifacts, in place of an earlier run's (never beside them)."""
     from .run import write_artifacts
     from .saved_run import prepare_out

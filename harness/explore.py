@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing
 import os
 import pickle
 import signal
@@ -113,7 +114,11 @@ def _worker_init(parent: int) -> None:
 def workers(jobs: int) -> Iterator[ProcessPoolExecutor]:
     """Worker processes that leave Ctrl-C to this one and die with it (`_worker_init`): on
     Ctrl-C, work not started is dropped and only what runs is waited for."""
-    pool = ProcessPoolExecutor(jobs, initializer=_worker_init, initargs=(os.getpid(),))
+    # fork: a worker is this process's child (what PR_SET_PDEATHSIG and getppid refer to),
+    # not a fork server's, whatever the platform's default start method
+    context = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
+    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
+                               initargs=(os.getpid(),))
     try:
         yield pool
     except KeyboardInterrupt:
