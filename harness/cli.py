@@ -1,18 +1,60 @@
-"""The `textpoke` command line. Exit codes: 0 pass, 1 a failing verdict or check, 2 bad input,
-3 a worker process died, 130 interrupted (Ctrl-C) with nothing failing found."""
+"""The `textpoke` command line. Exit codes mean one thing each: 0 no failure found, 1 a failure
+found (a failing verdict or check), 2 bad input (the message names what and where), 3 an
+internal error (a bug in textpoke, or a worker process that died: the traceback goes to stderr),
+130 interrupted (Ctrl-C) with nothing failing found, 141 stdout closed under us (`| head`)."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
+import os
+import signal
 import sys
+import traceback
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
+from .errors import BadInput
 
-WORKER_DIED = 3
-INTERRUPTED = 128 + 2  # SIGINT, as a shell reports it
+if TYPE_CHECKING:
+    from .run import Outcome
+
+NO_FAILURE, FAILURE, BAD_INPUT, INTERNAL_ERROR = 0, 1, 2, 3
+WORKER_DIED = INTERNAL_ERROR
+INTERRUPTED = 128 + signal.SIGINT  # as a shell reports it
+BROKEN_PIPE = 128 + signal.SIGPIPE  # what a Unix tool killed by SIGPIPE reports
+
+
+def _int_at_least(low: int, what: str):
+    """An argparse type: an integer >= low. argparse prefixes the option's name."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+    return parse
+
+
+positive_int = _int_at_least(1, "a positive integer")
+count = _int_at_least(0, "a count (an integer >= 0)")
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0 (`nan` or `inf` would run forever)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds > 0")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,7 +91,22 @@ def _bound(text: str) -> int:
 
 def _bad_input(message: str) -> int:
     print(f"textpoke: error: {message}", file=sys.stderr)
-    return 2
+    return BAD_INPUT
+
+
+def _out_dir(args: argparse.Namespace) -> Path | None:
+    """--out checked before the run (not after it): a directory we can write artifacts to."""
+    from .saved_run import check_out
+
+    return check_out(Path(args.out)) if args.out else None
+
+
+def _write_out(out: Outcome, seed: int | None, directory: Path) -> None:
+    """The artifacts, in place of an earlier run's (never beside them)."""
+    from .run import write_artifacts
+    from .saved_run import prepare_out
+
+    write_artifacts(out, seed, prepare_out(directory))
 
 
 def _scenarios(args: argparse.Namespace) -> int:
@@ -64,17 +121,18 @@ def _scenarios(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .run import Runner, write_artifacts
+    from .run import Runner
     from .scenarios import get
     from .text_poke_loc import ScenarioError
 
+    out_dir = _out_dir(args)
     try:
         runner = Runner(get(args.scenario), args.variant, args.cpus)
     except ScenarioError as e:
         return _bad_input(str(e))
     out = runner.run_seed(args.seed)
-    if args.out:
-        write_artifacts(out, args.seed, Path(args.out))
+    if out_dir:
+        _write_out(out, args.seed, out_dir)
     print(f"{args.scenario} [{runner.built.variant}] seed {args.seed}: {out.verdict} "
           f"({len(out.result.path)} decisions, {out.result.ticks} instructions)")
     return 0 if out.ok else 1
@@ -84,75 +142,79 @@ def _decode(args: argparse.Namespace) -> int:
     from emu.verdict import VerdictKind
 
     from . import verify
-    from .saved_run import RunDirError, load
+    from .saved_run import load
 
-    try:
-        run = load(Path(args.dir))
-    except RunDirError as e:
-        return _bad_input(str(e))
+    run = load(Path(args.dir))
     report = verify.check(run.streams, run.flows, run.text_start, run.text_end, run.records,
-                          backward=args.backward)
-    for c in report.cpus:
-        print(f"cpu{c.cpu}: {c.steps} steps, "
-              + ("exact" if c.verdict is None else f"{c.verdict.kind}: {c.verdict.detail}"))
-    if args.json:
+                          backward=args.backward, parsed=run.items or None)
+    if args.json:  # only JSON on stdout
         print(json.dumps(report.to_json(), indent=2))
+    else:
+        if report.trace is not None:
+            print(f"trace: {report.trace.kind}: {report.trace.detail}")
+        for c in report.cpus:
+            print(f"cpu{c.cpu}: {c.steps} steps, "
+                  + ("exact" if c.verdict is None else f"{c.verdict.kind}: {c.verdict.detail}"))
     bad = report.verdict
     if bad is None:
-        return 0
+        return NO_FAILURE
     if bad.kind is VerdictKind.DECODE_ERROR:  # the trace itself is malformed
-        print(f"textpoke: error: {bad.detail}", file=sys.stderr)
-        return 2
-    return 1
+        return _bad_input(f"{args.dir}: {bad.detail}")
+    return FAILURE
 
 
 def _dump(args: argparse.Namespace) -> int:
-    from .pt.decoder import dump
+    from .pt.decoder import dump_lines
     from .pt.packets import PacketError
 
     try:
         stream = Path(args.file).read_bytes()
     except OSError as e:
         return _bad_input(str(e))
-    lines: list[str] = []
+    write = sys.stdout.write
     try:
-        for line in dump(stream):
-            lines.append(line)
+        for line in dump_lines(stream):  # streamed: `dump | head` stops it early
+            write(line + "\n")
     except PacketError as e:
-        print("\n".join(lines))
+        sys.stdout.flush()
         return _bad_input(f"{args.file}: {e}")
-    print("\n".join(lines))
-    return 0
+    return NO_FAILURE
 
 
 def _explore(args: argparse.Namespace) -> int:
     from .explore import Plan, explore, progress_bar
     from .text_poke_loc import ScenarioError
 
+    if args.resume and not args.db:
+        return _bad_input("--resume needs --db: the file the exploration to continue is in")
     if args.schedules is None and args.time is None and args.strategy != "exhaustive":
         args.schedules = 100  # exhaustive: until the bounded space is exhausted
     plan = Plan(args.scenario, args.variant, args.cpus, args.strategy, args.seed, args.depth,
                 shrink=not args.no_shrink, preemptions=args.preemptions, delays=args.delays,
                 dpor=args.dpor, interrupts=args.interrupts)
     if args.log:
+        log = sys.stderr if args.json else sys.stdout  # --json: only JSON on stdout
+
         def progress(s):  # one line per finished schedule, for scripts
             r = s.results[-1]
             seed = "" if plan.strategy == "exhaustive" else f" seed {r.seed}"
-            print(f"schedule {r.idx}{seed} {r.verdict}", flush=True)
+            print(f"schedule {r.idx}{seed} {r.verdict}", file=log, flush=True)
     else:
         progress = progress_bar() if sys.stderr.isatty() else None
     try:
         summary = explore(plan, args.schedules, args.time, args.jobs, args.db, args.resume,
                           progress=progress, interruptible=True)
-    except (ScenarioError, ValueError) as e:
+    except ScenarioError as e:
         return _bad_input(str(e))
-    if sys.stderr.isatty():
+    if sys.stderr.isatty() and not args.log:
         sys.stderr.write("\n")
     fails = summary.failures
     exhaustive = plan.strategy == "exhaustive"
     doc = {"scenario": args.scenario, "variant": args.variant, "strategy": args.strategy,
            "schedules": len(summary.results), "resumed": summary.skipped,
            "failures": len(fails), "seconds": round(summary.seconds, 2),
+           "first_failure_seconds": None if summary.first_failure_seconds is None else
+           round(summary.first_failure_seconds, 2),
            "pct_bound": summary.bound, "exhausted": summary.exhausted, "dpor": plan.dpor,
            "interrupted": summary.interrupted,
            "failed": [{"schedule": f.idx, "seed": None if exhaustive else f.seed,
@@ -186,23 +248,23 @@ def _explore(args: argparse.Namespace) -> int:
                 print(f"    shrunk (deviations from the simplest run: {f.deviations} -> "
                       f"{f.shrunk_deviations}): "
                       f"textpoke replay {f.shrunk}")
-    return 1 if fails else INTERRUPTED if summary.interrupted else 0
+    return FAILURE if fails else INTERRUPTED if summary.interrupted else NO_FAILURE
 
 
 def _replay(args: argparse.Namespace) -> int:
     from emu.decisions import ReplayError
 
     from .explore import replay
-    from .run import write_artifacts
     from .text_poke_loc import ScenarioError
     from .token import TokenError
 
+    out_dir = _out_dir(args)
     try:
         tok, out = replay(args.token)
     except (TokenError, ScenarioError, ReplayError) as e:
         return _bad_input(f"cannot replay: {e}")
-    if args.out:
-        write_artifacts(out, tok.seed, Path(args.out))
+    if out_dir:
+        _write_out(out, tok.seed, out_dir)
     print(f"{tok.scenario} [{tok.variant}]: {out.verdict} ({len(out.result.path)} decisions)")
     return 0 if out.ok else 1
 
@@ -271,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("explore", help="explore many schedules of a scenario")
     ex.add_argument("scenario")
     ex.add_argument("--variant")
-    ex.add_argument("--cpus", type=int)
+    ex.add_argument("--cpus", type=int)  # the scenario names its range
     ex.add_argument("--strategy", choices=["random", "pct", "exhaustive"], default="random")
     ex.add_argument("--preemptions", type=_bound, default=2,
                     help="exhaustive: at most P non-simplest CPU choices")
@@ -283,13 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--dpor", action="store_true",
                     help="exhaustive: one schedule per order of dependent steps (fewer "
                          "schedules; under the bounds it may miss some, see README)")
-    ex.add_argument("--schedules", type=int,
+    ex.add_argument("--schedules", type=positive_int,
                     help="how many (default 100; exhaustive: until the space is exhausted)")
-    ex.add_argument("--time", type=float, help="seconds to explore for")
-    ex.add_argument("--jobs", type=int, default=1,
+    ex.add_argument("--time", type=positive_seconds, help="seconds to explore for")
+    ex.add_argument("--jobs", type=positive_int, default=1,
                     help="processes (exhaustive: one searches, N verify the paths)")
     ex.add_argument("--seed", type=int, default=0, help="schedule i uses seed SEED+i")
-    ex.add_argument("--depth", type=int, default=3, help="PCT bug depth d")
+    ex.add_argument("--depth", type=positive_int, default=3, help="PCT bug depth d (>= 1)")
     ex.add_argument("--db", help="SQLite file the results are written to as they are found")
     ex.add_argument("--resume", action="store_true", help="continue the exploration in --db")
     ex.add_argument("--no-shrink", action="store_true")
@@ -302,9 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=_replay)
     zo = sub.add_parser("zoo", help="every race-zoo card: buggy found? fixed passes?")
     zo.add_argument("--strategy", choices=["random", "pct"], default="random")
-    zo.add_argument("--buggy-budget", type=int, default=300)
-    zo.add_argument("--fixed-budget", type=int, default=40)
-    zo.add_argument("--jobs", type=int, default=1)
+    zo.add_argument("--buggy-budget", type=positive_int, default=300)
+    zo.add_argument("--fixed-budget", type=positive_int, default=40)
+    zo.add_argument("--jobs", type=positive_int, default=1)
     zo.add_argument("--json", action="store_true")
     zo.set_defaults(func=_zoo)
     li = sub.add_parser("litmus", help="cross-modifying-code litmus tests, explored exhaustively")
@@ -316,12 +378,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _bad_input_types() -> tuple[type[Exception], ...]:
+    """Every error that means "the user's input cannot be used", besides BadInput."""
+    from emu.decisions import ReplayError
+
+    from .exhaustive import SearchError
+    from .text_poke_loc import ScenarioError
+    from .token import TokenError
+
+    return (BadInput, ScenarioError, TokenError, ReplayError, SearchError)
+
+
+def _stdout_gone() -> None:
+    """The reader of stdout went away (`textpoke dump | head`): point stdout at /dev/null so
+    that the interpreter's last flush does not print a BrokenPipeError of its own."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor
+        pass
+
+
+@functools.cache
+def _parser() -> argparse.ArgumentParser:
+    """The parser, built once per process: argparse's gettext calls make building it cost
+    milliseconds, which a test calling `main` thousands of times pays each time."""
+    return build_parser()
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
-        return 2
+        return BAD_INPUT
     try:
         return args.func(args)
     except KeyboardInterrupt:  # `explore` handles it itself and reports what it found
@@ -332,6 +423,16 @@ def main(argv: list[str] | None = None) -> int:
               "schedules finished before it are kept in --db (continue with --resume)",
               file=sys.stderr)
         return WORKER_DIED
+    except BrokenPipeError:
+        _stdout_gone()
+        return BROKEN_PIPE
+    except Exception as e:
+        if isinstance(e, _bad_input_types()):
+            return _bad_input(str(e))
+        traceback.print_exc(file=sys.stderr)
+        print(f"textpoke {args.command}: internal error: this is a bug in textpoke (exit 3); "
+              "the traceback is above", file=sys.stderr)
+        return INTERNAL_ERROR
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing
+import os
 import pickle
 import signal
 import sys
@@ -26,8 +28,10 @@ from emu.held_sigint import HeldSigint
 from emu.path import Cost, Kind, deviations
 from emu.verdict import VerdictKind
 
+from .errors import BadInput
+from .exhaustive import Search
 from .pt.encoder import TraceConfig
-from .results_db import ResultsDb
+from .results_db import ResultsDb, ResultsDbError
 from .run import Outcome, Runner
 from .scenario import Scenario
 from .scenarios import get
@@ -88,18 +92,41 @@ class Summary:
     bound: float | None = None  # PCT's probability bound per schedule
     exhausted: bool | None = None  # exhaustive: was the bounded space exhausted
     interrupted: bool = False  # stopped by Ctrl-C (SIGINT): what was recorded stands
+    first_failure_seconds: float | None = None  # when this session recorded its 1st failure
 
     @property
     def failures(self) -> list[ScheduleResult]:
         return sorted((r for r in self.results if r.failed), key=lambda r: r.idx)
 
 
+PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
+
+
+def _worker_init(parent: int) -> None:
+    """A worker leaves Ctrl-C to its parent (a terminal sends SIGINT to the whole process
+    group) and dies with it: however the parent ends (SIGKILL included), no worker is left
+    running. Linux: prctl(PR_SET_PDEATHSIG, SIGKILL) (kernel/sys.c), then getppid() to close
+    the race of a parent that died before the prctl took effect."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent:  # the parent is already gone: nothing to work for
+        os._exit(1)
+
+
 @contextmanager
 def workers(jobs: int) -> Iterator[ProcessPoolExecutor]:
-    """Worker processes that leave Ctrl-C to this one (a terminal sends SIGINT to the whole
-    process group): on it, work not started is dropped and only what runs is waited for."""
-    pool = ProcessPoolExecutor(jobs, initializer=signal.signal,
-                               initargs=(signal.SIGINT, signal.SIG_IGN))
+    """Worker processes that leave Ctrl-C to this one and die with it (`_worker_init`): on
+    Ctrl-C, work not started is dropped and only what runs is waited for."""
+    # fork: a worker is this process's child (what PR_SET_PDEATHSIG and getppid refer to),
+    # not a fork server's, whatever the platform's default start method
+    context = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
+    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
+                               initargs=(os.getpid(),))
     try:
         yield pool
     except KeyboardInterrupt:
@@ -179,16 +206,26 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
     Ctrl-C ends the exploration with what was recorded (`Summary.interrupted`); otherwise it
     propagates, as a caller such as pytest expects."""
     if plan.strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {plan.strategy!r}: use {'|'.join(STRATEGIES)}")
+        raise BadInput(f"unknown strategy {plan.strategy!r}: use {'|'.join(STRATEGIES)}")
     if schedules is None and seconds is None and plan.strategy != "exhaustive":
-        raise ValueError("give a number of schedules or a time budget")
+        raise BadInput("give a number of schedules or a time budget")
+    if schedules is not None and schedules < 1 or seconds is not None and not seconds > 0:
+        raise BadInput(f"nothing to explore: {schedules} schedules, {seconds} seconds")
+    if jobs < 1:
+        raise BadInput(f"--jobs {jobs}: at least one process runs the schedules")
+    if resume and not db:
+        raise BadInput("--resume needs --db: the file the exploration to continue is in")
+    results_db = ResultsDb(db) if db else None  # a bad file is refused before any work
+    if results_db:
+        results_db.check_seeds(plan.seed, schedules)
     if plan.strategy == "pct" and plan.steps == 0:
         plan = Plan(**{**asdict(plan), "steps": estimate_steps(plan)})
-    results_db = ResultsDb(db) if db else None
     exp_id, done = None, {}
     if results_db:
         exp_id, _resumed = results_db.exploration(asdict(plan), resume)
         done = results_db.done(exp_id)
+        if plan.strategy == "exhaustive":
+            _check_frontier(results_db.frontier(exp_id), plan)
     summary = Summary(plan, exp_id, skipped=len(done))
     if plan.strategy == "pct":
         summary.bound = PctSource.bound(runner_for(plan.scenario, plan.variant,
@@ -207,6 +244,8 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
 
     def record(r: ScheduleResult, frontier: str | None = None) -> None:
         with HeldSigint():  # in the summary and in --db, or in neither
+            if r.failed and summary.first_failure_seconds is None:
+                summary.first_failure_seconds = time.perf_counter() - start
             summary.results.append(r)
             if results_db:
                 results_db.finished(exp_id, r.idx, r.verdict, r.detail, r.decisions, r.token,
@@ -261,6 +300,37 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
     return summary
 
 
+def _check_frontier(saved: str | None, plan: Plan) -> None:
+    """Refuse (ResultsDbError, before any work) a saved frontier `exhaustive_search` could not
+    continue from."""
+    if saved is not None:
+        _resumed_search(saved, plan, runner_for(plan.scenario, plan.variant, plan.cpus,
+                                                event_mode=True))
+
+
+def _resumed_search(saved: str, plan: Plan, runner: Runner) -> Search:
+    """The search a saved frontier holds; ResultsDbError if it is damaged, was saved by
+    another build (guest code, data, machine, fetch model or trace settings: `fingerprint`)
+    or under other bounds."""
+    build = fingerprint(runner.built, runner.trace)
+    try:
+        state = json.loads(saved)
+        ran_on = state["build"]
+        search = Search.from_state(state["search"])
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:
+        raise ResultsDbError(f"--resume: the saved frontier in --db is damaged ({e!r}); start "
+                             "afresh without --resume") from None
+    if ran_on != build:
+        raise ResultsDbError(f"--resume: the saved exploration ran another build ({ran_on}: "
+                             "guest code, data, machine, fetch model or trace settings); this "
+                             f"one is {build}: start afresh without --resume")
+    if (search.bound, search.reduce) != (plan.bound, plan.dpor):
+        raise ResultsDbError(f"--resume: the saved exploration has bounds {search.bound}"
+                             f"{' with DPOR' if search.reduce else ''}, not {plan.bound}"
+                             f"{' with DPOR' if plan.dpor else ''}")
+    return search
+
+
 def exhaustive_search(plan: Plan, runner: Runner, more: Callable[[int], bool],
                       record: Callable[[ScheduleResult, str | None], None], *, first: int = 0,
                       saved: str | None = None, started: Callable[[int], None] = lambda i: None,
@@ -275,26 +345,8 @@ def exhaustive_search(plan: Plan, runner: Runner, more: Callable[[int], bool],
     runs: the same paths in the same order for any N. A run is pickled before the machine
     runs again, so what a worker gets cannot change under it. The workers build their runner
     from the plan, so that needs a shipped scenario."""
-    from .exhaustive import Search
-
     build = fingerprint(runner.built, runner.trace)
-    search = Search(plan.bound, plan.dpor)
-    if saved:
-        try:
-            state = json.loads(saved)
-            ran_on = state["build"]
-            search = Search.from_state(state["search"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"--resume: the saved frontier in --db is damaged ({e}); start "
-                             "afresh without --resume") from None
-        if ran_on != build:
-            raise ValueError(f"--resume: the saved exploration ran another build ({ran_on}: "
-                             "guest code, data, machine, fetch model or trace settings); this "
-                             f"one is {build}: start afresh without --resume")
-        if (search.bound, search.reduce) != (plan.bound, plan.dpor):
-            raise ValueError(f"--resume: the saved exploration has bounds {search.bound}"
-                             f"{' with DPOR' if search.reduce else ''}, not {plan.bound}"
-                             f"{' with DPOR' if plan.dpor else ''}")
+    search = _resumed_search(saved, plan, runner) if saved else Search(plan.bound, plan.dpor)
 
     def frontier() -> str | None:
         if not persist:

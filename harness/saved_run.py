@@ -5,7 +5,8 @@ naming the file and the place in it."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from emu import events as machine_events
@@ -13,11 +14,18 @@ from emu import layout
 from emu.text_poke_record import TextPokeRecord
 
 from . import kcore, sideband
+from .errors import BadInput
+from .pt.decoder import items_until_error
 from .pt.flow import FlowItem, async_events, cpu_flow
 
+# What `write_artifacts` (harness/run.py) writes: per CPU, and once per run.
+PER_CPU = re.compile(r"cpu(0|[1-9][0-9]*)\.(pt|truth\.jsonl)")
+PER_RUN = ("events.jsonl", "sideband.bin", "text-start.elf", "text-end.elf", "final-rips.json",
+           "verdict.json")
 
-class RunDirError(Exception):
-    pass
+
+class RunDirError(BadInput):
+    """A run directory (or an --out directory) that cannot be read or written as one."""
 
 
 @dataclass
@@ -27,6 +35,7 @@ class SavedRun:
     text_start: bytes
     text_end: bytes
     records: list[TextPokeRecord]
+    items: list = field(default_factory=list)  # per stream, decoder.items_until_error's
 
 
 def _text(path: Path) -> bytes:
@@ -40,46 +49,172 @@ def _text(path: Path) -> bytes:
     raise RunDirError(f"{path}: no PT_LOAD segment at {layout.TEXT_BASE:#x}")
 
 
-def _jsonl(path: Path) -> list[dict]:
+def _lines(path: Path) -> list[str]:
     try:
-        lines = path.read_text().splitlines()
-    except OSError as e:
+        return path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
         raise RunDirError(f"{path}: {e}") from None
+
+
+def _jsonl(path: Path, lines: list[str] | None = None) -> list[tuple[str, dict]]:
+    """Each line's object, with the "file:line" that names it."""
+    if lines is None:
+        lines = _lines(path)
     out = []
     for n, line in enumerate(lines, 1):
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as e:
+            obj = json.loads(line)
+        except (ValueError, RecursionError) as e:
             raise RunDirError(f"{path}:{n}: {e}") from None
+        if not isinstance(obj, dict):
+            raise RunDirError(f"{path}:{n}: not a JSON object")
+        out.append((f"{path}:{n}", obj))
     return out
+
+
+def _field(where: str, obj: dict, key: str, kind: str) -> int | bytes | str:
+    """obj[key] as `kind`: "tick" (an integer >= 0), "ip" (a 64-bit address in hex), "code"
+    (1..15 instruction bytes in hex), "int" or "str"; else a RunDirError naming it."""
+    value = obj.get(key)
+    try:
+        if kind in ("tick", "int"):
+            if type(value) is int and (kind == "int" or value >= 0):
+                return value
+        elif kind == "str":
+            if isinstance(value, str):
+                return value
+        elif kind == "ip":
+            ip = int(value, 16)
+            if 0 <= ip < 1 << 64:
+                return ip
+        elif kind == "code":
+            code = bytes.fromhex(value)
+            if 1 <= len(code) <= 15:
+                return code
+    except (TypeError, ValueError):
+        pass
+    raise RunDirError(f"{where}: {key!r} is {json.dumps(value)[:40]}, not a valid {kind}")
+
+
+def _events(path: Path) -> list[machine_events.Event]:
+    """The typed events (emu/events.py) of events.jsonl, each malformed line named."""
+    out = []
+    for where, e in _jsonl(path):
+        try:
+            out.append(machine_events.from_json(e))
+        except (KeyError, ValueError, TypeError) as err:
+            raise RunDirError(f"{where}: malformed event ({err})") from None
+    return out
+
+
+def _truth_row(where: str, d: dict, last: int) -> tuple[int, int, bytes]:
+    t = _field(where, d, "t", "tick")
+    if t <= last:
+        raise RunDirError(f"{where}: tick {t} after tick {last}")
+    return t, _field(where, d, "ip", "ip"), _field(where, d, "bytes", "code")
+
+
+def _truth(path: Path) -> list[tuple[int, int, bytes]]:
+    """A CPU's retired instructions, in the order of their ticks. The file is parsed as one
+    JSON array and checked in one tight loop (a truth file has an object per instruction);
+    only if that finds something wrong is it read again line by line, to say where."""
+    lines = _lines(path)
+    try:
+        rows = json.loads("[" + ",".join(lines) + "]")
+    except (ValueError, RecursionError):
+        rows = None
+    out: list[tuple[int, int, bytes]] = []
+    if rows is not None and len(rows) == len(lines):
+        last = -1
+        try:
+            for d in rows:
+                t, ip, code = d["t"], int(d["ip"], 16), bytes.fromhex(d["bytes"])
+                if type(t) is not int or t <= last or not 0 <= ip < 1 << 64 or \
+                        not 1 <= len(code) <= 15:
+                    break
+                out.append((t, ip, code))
+                last = t
+        except (KeyError, TypeError, ValueError):
+            pass
+        if len(out) == len(lines):
+            return out
+    out, last = [], -1  # something is wrong: find the line and say what
+    for where, d in _jsonl(path, lines):
+        out.append(_truth_row(where, d, last))
+        last = out[-1][0]
+    return out
+
+
+def check_out(directory: Path) -> Path:
+    """An --out directory, checked before the run so that bad input costs nothing and changes
+    nothing: a directory, or a new name in an existing one."""
+    if directory.exists() and not directory.is_dir():
+        raise RunDirError(f"--out {directory}: exists and is not a directory")
+    parent = directory.absolute().parent
+    if not directory.exists() and not parent.is_dir():
+        raise RunDirError(f"--out {directory}: its parent directory {parent} does not exist")
+    return directory
+
+
+def prepare_out(directory: Path) -> Path:
+    """`check_out`, then, just before the artifacts are written, remove our own artifacts of an
+    earlier run from a reused directory, so that no stale cpu<N>.pt of a run with more CPUs
+    stays beside the new ones (`decode` would read it). Nothing else in it is touched."""
+    check_out(directory)
+    try:
+        directory.mkdir(exist_ok=True)
+        for f in directory.iterdir():
+            if PER_CPU.fullmatch(f.name) or f.name in PER_RUN:
+                f.unlink()
+    except OSError as e:
+        raise RunDirError(f"--out {directory}: {e.strerror or e}") from None
+    return directory
+
+
+def _cpu_count(directory: Path) -> int:
+    """N for cpu0.pt .. cpu<N-1>.pt, which must all be there and be all there is."""
+    try:
+        found = sorted(int(m.group(1)) for f in directory.iterdir()
+                       if (m := PER_CPU.fullmatch(f.name)) and m.group(2) == "pt")
+    except OSError as e:
+        raise RunDirError(f"{directory}: {e.strerror or e}") from None
+    if not found:
+        raise RunDirError(f"{directory}: no cpu<N>.pt streams")
+    missing = sorted(set(range(found[-1] + 1)) - set(found))
+    if missing:
+        raise RunDirError(f"{directory}: cpu{missing[0]}.pt is missing (there is "
+                          f"cpu{found[-1]}.pt)")
+    return len(found)
 
 
 def load(directory: Path) -> SavedRun:
     if not directory.is_dir():
         raise RunDirError(f"{directory}: not a run directory")
-    ncpus = len(list(directory.glob("cpu*.pt")))
-    if ncpus == 0:
-        raise RunDirError(f"{directory}: no cpu<N>.pt streams")
+    ncpus = _cpu_count(directory)
+    rips_file = directory / "final-rips.json"
     try:
-        rips = [int(x, 16) for x in json.loads((directory / "final-rips.json").read_text())]
+        rips = json.loads(rips_file.read_text())
         streams = [(directory / f"cpu{c}.pt").read_bytes() for c in range(ncpus)]
         raw_sideband = (directory / "sideband.bin").read_bytes()
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise RunDirError(f"{directory}: {e}") from None
-    if len(rips) != ncpus:
-        raise RunDirError(f"{directory}/final-rips.json: {len(rips)} CPUs, {ncpus} streams")
-    try:
-        events = [machine_events.from_json(e) for e in _jsonl(directory / "events.jsonl")]
-        flows = []
-        for c in range(ncpus):
-            truth = [(d["t"], int(d["ip"], 16), bytes.fromhex(d["bytes"]))
-                     for d in _jsonl(directory / f"cpu{c}.truth.jsonl")]
-            flows.append(cpu_flow(truth, async_events(events, c), rips[c]))
-    except (KeyError, ValueError, TypeError) as e:
-        raise RunDirError(f"{directory}: malformed ground truth or events ({e!r})") from None
+    if not isinstance(rips, list) or len(rips) != ncpus:
+        raise RunDirError(f"{rips_file}: not a list of {ncpus} RIPs, one per cpu<N>.pt")
+    rips = [_field(f"{rips_file}[{c}]", {"rip": x}, "rip", "ip") for c, x in enumerate(rips)]
+    # The cheap checks first, the ground truth (an object per instruction) last: a malformed
+    # trace is refused before the truth is read.
+    items = []
+    for c, stream in enumerate(streams):
+        its, error = items_until_error(stream)
+        if error is not None:  # a malformed or misplaced packet: the trace is bad input
+            raise RunDirError(f"{directory}/cpu{c}.pt: {error}")
+        items.append((its, None))
     try:
         records = sideband.decode(raw_sideband)
     except sideband.SidebandError as e:
         raise RunDirError(f"{directory}/sideband.bin: {e}") from None
-    return SavedRun(streams, flows, _text(directory / "text-start.elf"),
-                    _text(directory / "text-end.elf"), records)
+    text_start, text_end = _text(directory / "text-start.elf"), _text(directory / "text-end.elf")
+    events = _events(directory / "events.jsonl")
+    flows = [cpu_flow(_truth(directory / f"cpu{c}.truth.jsonl"), async_events(events, c),
+                      rips[c]) for c in range(ncpus)]
+    return SavedRun(streams, flows, text_start, text_end, records, items)

@@ -13,7 +13,7 @@ from emu.verdict import Verdict, VerdictKind
 from .pt.decoder import Ambiguous, DecodeResult, decode, items_until_error
 from .pt.encoder import TraceConfig, encode_cpu
 from .pt.flow import FlowItem
-from .pt.image import Image
+from .pt.image import Image, ImageError, check_records
 
 __all__ = ["check", "compare", "encode_all"]
 
@@ -29,14 +29,18 @@ class CpuCheck:
 class DecodeReport:
     direction: str
     cpus: list[CpuCheck] = field(default_factory=list)
+    trace: Verdict | None = None  # the records do not fit the snapshots: nothing decoded
 
     @property
     def verdict(self) -> Verdict | None:
+        if self.trace is not None:
+            return self.trace
         return next((c.verdict for c in self.cpus if c.verdict is not None), None)
 
     def to_json(self) -> dict:
         return {"direction": self.direction,
                 "result": "exact" if self.verdict is None else self.verdict.kind,
+                **({} if self.trace is None else {"detail": self.trace.detail}),
                 "cpus": [{"cpu": c.cpu, "steps": c.steps,
                           "result": "exact" if c.verdict is None else c.verdict.kind,
                           **({} if c.verdict is None else {"detail": c.verdict.detail})}
@@ -76,21 +80,48 @@ def encode_all(flows: list[list[FlowItem]], final_rips: list[int],
 
 def check_both(streams: list[bytes], flows: list[list[FlowItem]], text_start: bytes,
                text_end: bytes, records: list[TextPokeRecord]) -> list[DecodeReport]:
-    """`check` forward, then backward, each stream's packets parsed once for both."""
+    """`check` forward, then backward, each stream's packets parsed once for both. This is a
+    live run's check: its records are what the guest emitted, so a record that misleads the
+    decoder is a verdict where the decoded flow leaves the executed one (a divergence with its
+    packet offset), not a malformed input (see `check`'s `check_records`)."""
     parsed = [items_until_error(s) for s in streams]
-    return [check(streams, flows, text_start, text_end, records, backward, parsed)
+    return [check(streams, flows, text_start, text_end, records, backward, parsed, False)
             for backward in (False, True)]
+
+
+def records_error(text_start: bytes, text_end: bytes,
+                  records: list[TextPokeRecord]) -> Verdict | None:
+    """A decode error if the text-poke records do not take the start snapshot to the end one
+    (harness/pt/image.py: check_records): decoding over them would be decoding over a lie."""
+    try:
+        check_records(layout.TEXT_BASE, text_start, text_end, records)
+    except ImageError as e:
+        return Verdict(VerdictKind.DECODE_ERROR, f"sideband: {e}", event="decode",
+                       extra={"record": e.index})
+    return None
 
 
 def check(streams: list[bytes], flows: list[list[FlowItem]], text_start: bytes,
           text_end: bytes, records: list[TextPokeRecord], backward: bool = False,
-          parsed: list | None = None) -> DecodeReport:
+          parsed: list | None = None, check_records: bool = True) -> DecodeReport:
     """Decode every CPU's stream over the image, forward from the start snapshot or backward
-    from the end one, and compare with the flow it ran. `parsed`: each stream's items, when
-    the caller decodes both ways."""
+    from the end one, and compare with the flow it ran. With `check_records` (a saved run:
+    the trace is input) first check that the records take the one snapshot to the other, and
+    decode nothing over records that do not. `parsed`: each stream's items, when the caller
+    decodes both ways."""
     report = DecodeReport("backward" if backward else "forward")
+    if check_records:
+        report.trace = records_error(text_start, text_end, records)
+        if report.trace is not None:
+            return report
     for cpu, (stream, flow) in enumerate(zip(streams, flows, strict=True)):
-        image = Image(layout.TEXT_BASE, text_end if backward else text_start, records, backward)
+        try:
+            image = Image(layout.TEXT_BASE, text_end if backward else text_start, records,
+                          backward)
+        except ImageError as e:  # undoing a record outside the text
+            report.cpus.append(CpuCheck(cpu, 0, Verdict(VerdictKind.DECODE_ERROR, f"cpu{cpu}: {e}",
+                                                        cpu=cpu, event="decode")))
+            continue
         res = decode(stream, image, len(flow) + 16, parsed[cpu] if parsed else None)
         report.cpus.append(CpuCheck(cpu, len(res.steps), compare(cpu, flow, res)))
     return report

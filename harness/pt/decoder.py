@@ -19,12 +19,13 @@ not, and a record in [lo, hi] that changes what the instruction decodes to is am
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from emu.text_poke_record import TextPokeRecord
 
-from .image import INSN_MAX, Image
+from .image import INSN_MAX, Image, ImageError
 from .insn import Cls, classify
 from .last_ip import LastIp
 from .packets import (
@@ -108,6 +109,8 @@ def _items(stream: bytes, out: list[Item]) -> None:
     waiting: list[Item] = []  # items whose next TSC is not known yet
     for off, pkt in iter_packets(stream):
         if isinstance(pkt, TscPacket):
+            if pkt.tsc < time:  # the TSC never runs backwards on one CPU
+                raise DecodeError(off, f"TSC {pkt.tsc} runs backwards (the last TSC was {time})")
             time = pkt.tsc
             for it in waiting:
                 it.next_tsc = time
@@ -177,9 +180,13 @@ def decode(stream: bytes, image: Image, max_steps: int,
     reads the items)."""
     res = DecodeResult([])
     its, bad_packet = parsed if parsed is not None else items_until_error(stream)
+    walker = _Walker(its, image, max_steps, res.steps)
     try:
-        _Walker(its, image, max_steps, res.steps).run()
+        walker.run()
         res.ended = True
+    except ImageError as e:  # a record outside the text, applied when its time came
+        res.error = DecodeError(its[min(walker.k, len(its) - 1)].offset if its else 0,
+                                str(e), walker.ip)
     except (DecodeError, Ambiguous) as e:
         # running out of items because a packet was malformed: that packet is the error
         res.error = bad_packet if bad_packet is not None and isinstance(e, DecodeError) and \
@@ -419,7 +426,12 @@ class _Walker:
 
 def dump(stream: bytes) -> list[str]:
     """One line per packet: offset, name, fields (IPs decompressed)."""
-    lines = []
+    return list(dump_lines(stream))
+
+
+def dump_lines(stream: bytes) -> Iterator[str]:
+    """`dump`'s lines as each packet is parsed, so that a reader sees the packets before a
+    malformed one (PacketError) and a long stream is never held as text."""
     last_ip = LastIp()
     names = {"TscPacket": "TSC", "TipPge": "TIP.PGE", "TipPgd": "TIP.PGD", "ModeExec": "MODE.Exec",
              "PsbEnd": "PSBEND"}
@@ -437,9 +449,11 @@ def dump(stream: bytes) -> list[str]:
             last_ip.reset()
             body = ""
         elif hasattr(pkt, "ipbytes"):
-            ip = last_ip.decompress(pkt.ipbytes, pkt.payload)
+            try:
+                ip = last_ip.decompress(pkt.ipbytes, pkt.payload)
+            except ValueError as e:  # as the query layer reports it
+                raise PacketError(off, str(e)) from None
             body = "suppressed" if ip is None else f"{ip:#x} (ipbytes {pkt.ipbytes:03b})"
         else:
             body = ""
-        lines.append(f"{off:#010x}  {name:9} {body}".rstrip())
-    return lines
+        yield f"{off:#010x}  {name:9} {body}".rstrip()
