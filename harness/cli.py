@@ -43,7 +43,8 @@ def _int_at_least(low: int, what: str):
 
 
 positive_int = _int_at_least(1, "a positive integer")
-count = _int_at_least(0, "a count (an integer >= 0)")
+count = _int_at_least(0, "a count (an integer >= 0)")  # also the exhaustive bounds: a negative
+# one cannot be honoured, so it is never reported as a space exhausted
 
 
 def positive_seconds(text: str) -> float:
@@ -76,17 +77,6 @@ def _selftest(args: argparse.Namespace) -> int:
         failed = sum(not c.ok for c in checks)
         print(f"{len(checks) - failed} passed, {failed} failed")
     return 0 if all(c.ok for c in checks) else 1
-
-
-def _bound(text: str) -> int:
-    """An exhaustive bound: a non-negative integer (a negative one cannot be honoured)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
-    return n
 
 
 def _bad_input(message: str) -> int:
@@ -335,11 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--variant")
     ex.add_argument("--cpus", type=int)  # the scenario names its range
     ex.add_argument("--strategy", choices=["random", "pct", "exhaustive"], default="random")
-    ex.add_argument("--preemptions", type=_bound, default=2,
+    ex.add_argument("--preemptions", type=count, default=2,
                     help="exhaustive: at most P non-simplest CPU choices")
-    ex.add_argument("--delays", type=_bound, default=2,
+    ex.add_argument("--delays", type=count, default=2,
                     help="exhaustive: at most V delayed fetch-view updates")
-    ex.add_argument("--interrupts", type=_bound, default=1,
+    ex.add_argument("--interrupts", type=count, default=1,
                     help="exhaustive: at most I interrupt deviations (a spontaneous NMI "
                          "raised before some instruction, an interrupt left pending)")
     ex.add_argument("--dpor", action="store_true",
@@ -370,9 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     zo.add_argument("--json", action="store_true")
     zo.set_defaults(func=_zoo)
     li = sub.add_parser("litmus", help="cross-modifying-code litmus tests, explored exhaustively")
-    li.add_argument("--preemptions", type=_bound, default=2)
-    li.add_argument("--delays", type=_bound, default=4)
-    li.add_argument("--interrupts", type=_bound, default=1)
+    li.add_argument("--preemptions", type=count, default=2)
+    li.add_argument("--delays", type=count, default=4)
+    li.add_argument("--interrupts", type=count, default=1)
     li.add_argument("--json", action="store_true")
     li.set_defaults(func=_litmus)
     return p

@@ -20,7 +20,7 @@ CREATE TABLE IF NOT EXISTS explorations (
 CREATE TABLE IF NOT EXISTS schedules (
     exploration INTEGER NOT NULL, idx INTEGER NOT NULL, seed INTEGER NOT NULL,
     status TEXT NOT NULL, verdict TEXT, detail TEXT, decisions INTEGER,
-    token TEXT, shrunk TEXT, shrunk_decisions INTEGER,
+    token TEXT, shrunk TEXT, shrunk_deviations INTEGER,
     PRIMARY KEY (exploration, idx));
 CREATE TABLE IF NOT EXISTS frontiers (
     exploration INTEGER PRIMARY KEY, state TEXT NOT NULL);
@@ -104,7 +104,7 @@ class ResultsDb:
 
     def done(self, exploration: int) -> dict[int, tuple]:
         rows = self.db.execute("SELECT idx, seed, verdict, detail, decisions, token, shrunk, "
-                               "shrunk_decisions FROM schedules WHERE exploration = ? AND "
+                               "shrunk_deviations FROM schedules WHERE exploration = ? AND "
                                "status = 'done'", (exploration,))
         return {r[0]: r[1:] for r in rows}
 
@@ -114,7 +114,7 @@ class ResultsDb:
         self.db.commit()
 
     def finished(self, exploration: int, idx: int, verdict: str, detail: str, decisions: int,
-                 token: str | None, shrunk: str | None, shrunk_decisions: int | None,
+                 token: str | None, shrunk: str | None, shrunk_deviations: int | None,
                  frontier: str | None = None) -> None:
         """Complete a schedule's row, and with `frontier` replace the exploration's frontier
         in the same transaction: a kill can never keep one without the other."""
@@ -122,9 +122,9 @@ class ResultsDb:
             self.db.execute("INSERT OR REPLACE INTO frontiers (exploration, state) VALUES (?, ?)",
                             (exploration, frontier))
         self.db.execute("UPDATE schedules SET status = 'done', verdict = ?, detail = ?, "
-                        "decisions = ?, token = ?, shrunk = ?, shrunk_decisions = ? "
+                        "decisions = ?, token = ?, shrunk = ?, shrunk_deviations = ? "
                         "WHERE exploration = ? AND idx = ?",
-                        (verdict, detail, decisions, token, shrunk, shrunk_decisions,
+                        (verdict, detail, decisions, token, shrunk, shrunk_deviations,
                          exploration, idx))
         self.db.commit()
 

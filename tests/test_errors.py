@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from emu.text_poke_record import TextPokeRecord
+from emu.verdict import VerdictKind
 from harness import cli, explore, zoo
 from harness.cli import main
 from harness.pt.packets import Pad, TscPacket, iter_packets
@@ -360,7 +361,7 @@ def test_zoo_seconds_to_first_is_time_to_the_failure_not_to_its_shrinking(monkey
         return real(*a, **k)
     monkeypatch.setattr(explore, "shrink", slow_shrink)
     (row,) = zoo.zoo(buggy_budget=20, fixed_budget=1)
-    assert row.found and row.shrunk_decisions is not None
+    assert row.found and row.shrunk_deviations is not None
     assert row.seconds_to_first < 1.0, row
 
 
@@ -369,14 +370,13 @@ def test_a_live_runs_record_outside_the_text_is_a_decode_error_not_a_crash(saved
     error; it does not check the records against the snapshots (its verdict is the place
     where a misleading record makes the decoded flow leave the executed one)."""
     from harness import verify
-    from harness.pt.image import PokeRecord
     from harness.saved_run import load
 
     run = load(saved)
-    outside = PokeRecord(100, 0x1000, b"\x90", b"\xcc")
+    outside = _poke(0x1000, b"\x90", b"\xcc", 100, 0)
     for report in verify.check_both(run.streams, run.flows, run.text_start, run.text_end,
                                     [*run.records, outside]):
-        assert report.verdict.kind == verify.DECODE_ERROR, report
+        assert report.verdict.kind is VerdictKind.DECODE_ERROR, report
         assert "outside the image" in report.verdict.detail
     assert [r.verdict for r in verify.check_both(run.streams, run.flows, run.text_start,
                                                  run.text_end, run.records)] == [None, None]

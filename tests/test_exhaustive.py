@@ -188,22 +188,22 @@ def test_dpor_explores_fewer_paths_of_the_same_space():
             seen.add(tuple(c.value for c in out.result.path))
             return out
 
-        res = explore_exhaustive(run, Cost(1, 0, 1), reduce=reduce)
+        res = explore_exhaustive(run, Cost(1, 0, 0), reduce=reduce)
         assert res.exhausted and not res.failures
         paths[reduce] = seen
     assert paths[True] < paths[False]  # a strict subset: every DPOR path is in the space
     assert len(paths[True]) < 0.8 * len(paths[False])
     bad = explore(Plan("z4_bytewise", "buggy", strategy="exhaustive", preemptions=1, delays=0,
-                       dpor=True), schedules=5000, stop_at_first=True)
+                       interrupts=0, dpor=True), schedules=5000, stop_at_first=True)
     assert bad.failures  # and the reduction still finds the bug
 
 
 def test_exhaustive_scenario_exhausts_and_finds_the_bug():
-    ok = explore(Plan("z4_bytewise", "fixed", strategy="exhaustive", preemptions=1, delays=1),
-                 schedules=5000)
+    ok = explore(Plan("z4_bytewise", "fixed", strategy="exhaustive", preemptions=1, delays=1,
+                      interrupts=0), schedules=5000)
     assert ok.exhausted and not ok.failures and len(ok.results) > 50
-    bad = explore(Plan("z4_bytewise", "buggy", strategy="exhaustive", preemptions=1, delays=0),
-                  schedules=5000, stop_at_first=True)
+    bad = explore(Plan("z4_bytewise", "buggy", strategy="exhaustive", preemptions=1, delays=0,
+                       interrupts=0), schedules=5000, stop_at_first=True)
     assert bad.failures
     _tok, out = replay(bad.failures[0].token)  # event-mode tokens replay too
     assert out.verdict.kind == bad.failures[0].verdict
@@ -233,14 +233,14 @@ def test_litmus_cli_json():
 def test_cli_exhaustive_reports_exhaustion_and_count():
     out = subprocess.run([sys.executable, "-m", "harness", "explore", "z4_bytewise", "--variant",
                           "fixed", "--strategy", "exhaustive", "--preemptions", "1", "--delays",
-                          "0", "--schedules", "2000", "--json"], capture_output=True, text=True,
+                          "0", "--interrupts", "0", "--schedules", "2000", "--json"], capture_output=True, text=True,
                          timeout=600)
     doc = json.loads(out.stdout)
     assert out.returncode == 0 and doc["exhausted"] is True and doc["failures"] == 0
     assert doc["schedules"] > 10 and doc["dpor"] is False
     out = subprocess.run([sys.executable, "-m", "harness", "explore", "z4_bytewise", "--variant",
                           "fixed", "--strategy", "exhaustive", "--preemptions", "1", "--delays",
-                          "0", "--schedules", "2000", "--dpor", "--json"], capture_output=True,
+                          "0", "--interrupts", "0", "--schedules", "2000", "--dpor", "--json"], capture_output=True,
                          text=True, timeout=600)
     reduced = json.loads(out.stdout)
     assert out.returncode == 0 and reduced["dpor"] is True and reduced["exhausted"] is True
