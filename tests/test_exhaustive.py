@@ -233,15 +233,15 @@ def test_litmus_cli_json():
 def test_cli_exhaustive_reports_exhaustion_and_count():
     out = subprocess.run([sys.executable, "-m", "harness", "explore", "z4_bytewise", "--variant",
                           "fixed", "--strategy", "exhaustive", "--preemptions", "1", "--delays",
-                          "0", "--interrupts", "0", "--schedules", "2000", "--json"], capture_output=True, text=True,
-                         timeout=600)
+                          "0", "--interrupts", "0", "--schedules", "2000", "--json"],
+                         capture_output=True, text=True, timeout=600)
     doc = json.loads(out.stdout)
     assert out.returncode == 0 and doc["exhausted"] is True and doc["failures"] == 0
     assert doc["schedules"] > 10 and doc["dpor"] is False
     out = subprocess.run([sys.executable, "-m", "harness", "explore", "z4_bytewise", "--variant",
                           "fixed", "--strategy", "exhaustive", "--preemptions", "1", "--delays",
-                          "0", "--interrupts", "0", "--schedules", "2000", "--dpor", "--json"], capture_output=True,
-                         text=True, timeout=600)
+                          "0", "--interrupts", "0", "--schedules", "2000", "--dpor", "--json"],
+                         capture_output=True, text=True, timeout=600)
     reduced = json.loads(out.stdout)
     assert out.returncode == 0 and reduced["dpor"] is True and reduced["exhausted"] is True
     assert 1 < reduced["schedules"] < doc["schedules"]
