@@ -60,6 +60,9 @@ class Node:
     todo: set[int] = field(default_factory=set)
     done: set[int] = field(default_factory=set)
     rip: int | None = None  # NMI_RAISE inside a run: the instruction the NMI would precede
+    # a deviation's own node in the run it starts: a copy of the choice in the run it deviates
+    # from, which keeps what is tried there (`origin`)
+    origin: Node | None = field(default=None, repr=False, compare=False)
 
     def cost(self, value: int) -> Cost:
         """What taking `value` here spends of the bounds (emu/path.cost)."""
@@ -176,6 +179,7 @@ def _add_backtrack(path: list[Node], steps: list[Step], t: int, lead: list[int])
     if t < 0:
         return
     node = path[steps[t].node]
+    node = node.origin or node  # a deviation's copy: what is tried is kept by its original
     can = [node.runnable.index(c) for c in lead if c in node.runnable]
     node.todo.update(can or range(node.arity))
 
@@ -189,21 +193,22 @@ def backtrack(path: list[Node], steps: list[Step]) -> None:
             _add_backtrack(path, steps, start, lead)
 
 
-def advance(path: list[Node], bound: Cost) -> bool:
-    """Move `path` to the next prefix in depth-first order within the bounds (it then ends at
-    the changed choice); False when the bounded space is exhausted."""
-    spent = [FREE]
+def _spent(path: list[Node]) -> list[Cost]:
+    """spent[i]: what the choices before position i spend of the bounds."""
+    out = [FREE]
     for node in path:
-        spent.append(spent[-1] + node.cost(node.value))
-    for i in range(len(path) - 1, -1, -1):
-        node = path[i]
-        for v in sorted(node.todo - node.done, key=lambda v: (v != node.simplest, v)):
-            if (spent[i] + node.cost(v)).within(bound):
-                node.value = v
-                node.done.add(v)
-                del path[i + 1:]
-                return True
-    return False
+        out.append(out[-1] + node.cost(node.value))
+    return out
+
+
+@dataclass
+class Level:
+    """A run of the search and the deviation it was run for: `path` is its record, the
+    choices before `base` shared with the run it deviates from, the choice at `base` a copy of
+    that run's with the deviating value (base -1: the first run, with no deviation)."""
+
+    base: int
+    path: list[Node]
 
 
 def _interrupt_point(node: Node, text_written: frozenset[int]) -> bool:
@@ -227,28 +232,37 @@ def check_bound(bound: Cost) -> None:
 
 
 class Search:
-    """The depth-first search's whole state: the current path, each node with what is left to
-    try. It is all a resumed search needs (`state` / `from_state`)."""
+    """The search's whole state, which is all a resumed search needs (`state` / `from_state`).
 
-    def __init__(self, bound: Cost, reduce: bool = False, path: list[Node] | None = None,
-                 exhausted: bool = False) -> None:
+    The order is shallowest deviation first: a run's own choices (after the deviation it was
+    run for) are tried from the first to the last, and each new deviation is a run whose own
+    choices are tried, within the bounds, before the next choice of the run it came from. It
+    reaches every path of the bounded space once, as depth-first search does, but the paths
+    that deviate early come before those that only deviate late in the run: a bug that needs
+    one early preemption and one interrupt is found in tens of schedules, where deepest-first
+    order runs through every late deviation first. `levels` is the stack of runs whose choices
+    are still being tried; `next` the prefix of the next run."""
+
+    def __init__(self, bound: Cost, reduce: bool = False, levels: list[Level] | None = None,
+                 next_prefix: list[Node] | None = None, exhausted: bool = False) -> None:
         check_bound(bound)
         self.bound, self.reduce = bound, reduce
-        self.path: list[Node] = path or []
+        self.levels: list[Level] = levels or []
+        self.next: list[Node] = next_prefix or []
         self.exhausted = exhausted
 
     def source(self) -> ExhaustiveSource:
-        """The decision source of the next schedule: the path's prefix, then the simplest."""
-        return ExhaustiveSource([n.value for n in self.path], footprints=self.reduce)
+        """The decision source of the next schedule: its prefix, then the simplest values."""
+        return ExhaustiveSource([n.value for n in self.next], footprints=self.reduce)
 
     def finish(self, src: ExhaustiveSource) -> None:
-        """Take in what the schedule run from `src` recorded, then move to the next prefix."""
-        path = self.path
-        if len(src.record) < len(path):
+        """Take in what the schedule run from `src` recorded, then choose the next one."""
+        prefix = self.next
+        if len(src.record) < len(prefix):
             raise SearchError(f"the run made {len(src.record)} choices, fewer than the "
-                              f"{len(path)} of the search's path: the machine is not the one "
+                              f"{len(prefix)} of the search's prefix: the machine is not the one "
                               "this search ran on")
-        for k, (old, new) in enumerate(zip(path, src.record, strict=False)):
+        for k, (old, new) in enumerate(zip(prefix, src.record, strict=False)):
             if (old.kind, old.arity, old.runnable, old.simplest) != \
                     (new.kind, new.arity, new.runnable, new.simplest):
                 raise SearchError(f"choice {k}: the search expected a {old.kind.value} choice "
@@ -256,39 +270,97 @@ class Search:
                                   f"made a {new.kind.value} choice of {new.arity} (runnable "
                                   f"{new.runnable}): the machine is not the one this search "
                                   "ran on")
-        for node in src.record[len(path):]:
+        path = list(prefix)
+        for node in src.record[len(prefix):]:
             full = (not self.reduce or node.kind is not Kind.CPU) \
                 and _interrupt_point(node, src.text_written)
             node.todo = set(range(node.arity)) if full else {node.value}
             node.done = {node.value}
             path.append(node)
+        self.levels.append(Level(len(prefix) - 1, path))
         if self.reduce:
             backtrack(path, src.steps)
-        self.exhausted = not advance(path, self.bound)
+        self.exhausted = not self._advance()
+
+    def _advance(self) -> bool:
+        """The next run: the first untried value, within the bounds, of the top level's own
+        choices; a level with none left is done. False when every level is done."""
+        while self.levels:
+            top = self.levels[-1]
+            spent = _spent(top.path)
+            for i in range(top.base + 1, len(top.path)):
+                node = top.path[i]
+                for v in sorted(node.todo - node.done, key=lambda v: (v != node.simplest, v)):
+                    if (spent[i] + node.cost(v)).within(self.bound):
+                        node.done.add(v)
+                        self.next = top.path[:i] + [_deviation(node, v)]
+                        return True
+            self.levels.pop()
+        self.next = []
+        return False
 
     def state(self) -> dict:
+        """Each level's own choices (from its deviation on), and where the next run deviates."""
         b = self.bound
+        top = self.levels[-1] if self.levels else None
         return {"preemptions": b.preemptions, "delays": b.delays, "interrupts": b.interrupts,
                 "reduce": self.reduce, "exhausted": self.exhausted,
-                "path": [[n.kind.value, n.arity, n.value, n.simplest, list(n.runnable),
-                          sorted(n.todo), sorted(n.done), n.rip] for n in self.path]}
+                "levels": [[lv.base, [_node_state(n) for n in lv.path[max(lv.base, 0):]]]
+                           for lv in self.levels],
+                "next": None if top is None or not self.next else
+                [len(self.next) - 1, self.next[-1].value]}
 
     @classmethod
     def from_state(cls, d: dict) -> Search:
         try:
-            path = [Node(Kind(k), int(a), int(v), int(first), tuple(map(int, run)),
-                         set(map(int, todo)), set(map(int, done)),
-                         None if rip is None else int(rip))
-                    for k, a, v, first, run, todo, done, rip in d["path"]]
             bound = Cost(d["preemptions"], d["delays"], d["interrupts"])
-            search = cls(bound, bool(d["reduce"]), path, bool(d["exhausted"]))
-        except (KeyError, TypeError, ValueError) as e:
+            levels: list[Level] = []
+            for base, nodes in d["levels"]:
+                base = int(base)
+                own = [_node_from_state(x) for x in nodes]
+                below = levels[-1].path if levels else []
+                first = -1 if not levels else levels[-1].base + 1
+                if not own or (base != -1 if not levels else not first <= base < len(below)):
+                    raise ValueError(f"a level deviates at choice {base}")
+                if base >= 0:
+                    own[0].origin = below[base]
+                levels.append(Level(base, below[:max(base, 0)] + own))
+            nxt: list[Node] = []
+            if d["next"] is not None:
+                pos, value = int(d["next"][0]), int(d["next"][1])
+                path = levels[-1].path
+                if not levels[-1].base < pos < len(path):
+                    raise ValueError(f"the next run deviates at choice {pos}")
+                nxt = path[:pos] + [_deviation(path[pos], value)]
+            search = cls(bound, bool(d["reduce"]), levels, nxt, bool(d["exhausted"]))
+        except (KeyError, TypeError, ValueError, IndexError) as e:
             raise SearchError(f"damaged search state: {e!r}") from None
-        for k, n in enumerate(path):
-            if n.arity < 2 or not {n.value, n.simplest} | n.todo | n.done <= set(range(n.arity)):
-                raise SearchError(f"damaged search state: choice {k} has values outside "
-                                  f"0..{n.arity - 1}")
+        for lv in search.levels:
+            for k, n in enumerate(lv.path):
+                values = {n.value, n.simplest} | n.todo | n.done
+                if n.arity < 2 or not values <= set(range(n.arity)):
+                    raise SearchError(f"damaged search state: choice {k} has values outside "
+                                      f"0..{n.arity - 1}")
+        if search.exhausted != (not search.next):
+            raise SearchError("damaged search state: exhausted, and a next run to make")
         return search
+
+
+def _deviation(node: Node, value: int) -> Node:
+    """The copy of `node` a deviating run starts with: `value` taken, nothing else to try."""
+    return Node(node.kind, node.arity, value, node.simplest, node.runnable, set(), {value},
+                node.rip, origin=node)
+
+
+def _node_state(n: Node) -> list:
+    return [n.kind.value, n.arity, n.value, n.simplest, list(n.runnable), sorted(n.todo),
+            sorted(n.done), n.rip]
+
+
+def _node_from_state(x: list) -> Node:
+    k, a, v, first, run, todo, done, rip = x
+    return Node(Kind(k), int(a), int(v), int(first), tuple(map(int, run)), set(map(int, todo)),
+                set(map(int, done)), None if rip is None else int(rip))
 
 
 class SearchError(ValueError):

@@ -18,30 +18,48 @@ from harness.exhaustive import (
     Search,
     SearchError,
     Step,
-    advance,
     explore_exhaustive,
     races,
 )
 from harness.explore import Plan, explore, replay
 
 
-def _path(*nodes: tuple[Kind, int, int, int]) -> list[Node]:
-    """Nodes (kind, arity, value, simplest) as explore_exhaustive leaves them, no reduction."""
-    return [Node(k, c, v, d, todo=set(range(c)), done={v}) for k, c, v, d in nodes]
+def _search(bound: Cost, *nodes: tuple[Kind, int, int, int]) -> Search:
+    """A search that has run one path of these nodes (kind, arity, value, simplest)."""
+    search = Search(bound)
+    src = ExhaustiveSource([])
+    src.record = [Node(k, c, v, d) for k, c, v, d in nodes]
+    search.finish(src)
+    return search
 
 
-def test_advance_respects_the_bounds():
+def test_the_next_run_deviates_at_the_shallowest_choice_within_the_bounds():
     def nxt(nodes, p, v, i=0):
-        path = _path(*nodes)
-        return [n.value for n in path] if advance(path, Cost(p, v, i)) else None
+        search = _search(Cost(p, v, i), *nodes)
+        return None if search.exhausted else [n.value for n in search.next]
 
     rec = [(Kind.CPU, 3, 0, 0), (Kind.FLUSH, 4, 0, 0), (Kind.CPU, 3, 1, 1)]
-    assert nxt(rec, 1, 1) == [0, 0, 0]  # deepest first: preempt at the last point
+    assert nxt(rec, 1, 1) == [1]  # shallowest first: preempt at the first point
     assert nxt(rec, 0, 1) == [0, 1]  # no preemption left: delay a view update
     assert nxt(rec, 0, 0) is None  # nothing within the bounds: exhausted
     nmi = [(Kind.CPU, 2, 0, 0), (Kind.NMI_RAISE, 2, 0, 0)]
     assert nxt(nmi, 1, 1) == [1]  # raising an NMI spends an interrupt, not a preemption
-    assert nxt(nmi, 1, 1, 1) == [0, 1]
+    assert nxt(nmi, 0, 1, 1) == [0, 1]
+
+
+def test_a_deviation_runs_its_own_choices_before_the_next_of_its_parent():
+    """Pre-order over deviations: after the run that deviates at choice 0, its own later
+    choices come before the parent's choice 1; every path of the space comes exactly once."""
+    search = _search(Cost(2, 0, 0), (Kind.CPU, 2, 0, 0), (Kind.CPU, 2, 0, 0))
+    order = []
+    while not search.exhausted:
+        prefix = [n.value for n in search.next]
+        order.append(tuple(prefix))
+        src = ExhaustiveSource(prefix)
+        src.record = [Node(Kind.CPU, 2, prefix[k] if k < len(prefix) else 0, 0)
+                      for k in range(2)]
+        search.finish(src)
+    assert order == [(1,), (1, 1), (0, 1)]
 
 
 def test_negative_bounds_are_refused():

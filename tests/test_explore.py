@@ -295,7 +295,7 @@ def test_a_damaged_or_foreign_frontier_is_refused_and_keeps_the_results(tmp_path
     (state,) = con.execute("SELECT state FROM frontiers").fetchone()
     doc = json.loads(state)
     old_model = json.dumps(doc | {"build": "0" * 16})
-    doc["search"]["path"][0][1] += 1  # a choice this machine never offers there
+    doc["search"]["levels"][0][1][0][1] += 1  # a choice this machine never offers there
     for bad, why in [('{"guest": 1}', "damaged"), (old_model, "ran another build"),
                      (json.dumps(doc), "choice 0: the search expected a cpu choice of")]:
         with con:
