@@ -16,6 +16,7 @@ import binascii
 import dataclasses
 import hashlib
 import json
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from .scenario import Built
 
 VERSION = "tp2"
 _NAME_MAX = 200
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")  # as `encode` writes it: no padding
 
 
 class TokenError(ValueError):
@@ -101,7 +103,9 @@ class Token:
         version, body, crc = parts
         if version != VERSION:
             raise TokenError(f"token version {version[:20]!r}; this textpoke reads {VERSION!r}")
-        try:
+        try:  # b64decode drops characters not in its alphabet: one there is damage too
+            if not _BASE64URL.fullmatch(body):
+                raise ValueError(body)
             raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
         except (binascii.Error, ValueError):
             raise TokenError("token damaged: its data is not base64url") from None
