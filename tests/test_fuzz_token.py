@@ -54,6 +54,7 @@ class Seed:
     token: str
     doc: dict  # the token's JSON
     rc: int  # what `textpoke replay` of the token itself exits with (0 or 1)
+    out: str  # and prints (scenario, verdict, decisions)
 
 
 def unpack(token: str) -> dict:
@@ -105,7 +106,7 @@ def find_seeds() -> list[Seed]:
         doc = unpack(token)
         assert rc in (0, 1) and not err, (name, rc, err)
         assert f"({len(doc['p'].split(','))} decisions)" in stdout
-        out.append(Seed(name, token, doc, rc))
+        out.append(Seed(name, token, doc, rc, stdout))
     assert {s.rc for s in out} == {0, 1} and any(s.doc["e"] for s in out)
     return out
 
@@ -298,6 +299,8 @@ def mutate_fields(rng: random.Random, seed: Seed) -> Case:
         (b"", True, Expect.REFUSED), (b"\x00" * 8, True, Expect.REFUSED),
         (raw, False, Expect.REFUSED), (zlib.compress(raw)[:-3], False, Expect.REFUSED),
         (rng.randbytes(20), False, Expect.REFUSED),
+        (b" " * (1 << 24) + raw, True, Expect.REFUSED),  # a zip bomb's first megabytes
+        (zlib.compress(raw) + b"\x00", False, Expect.REFUSED),  # data after the stream
         (raw.replace(b'"e":', b'"e":7,"e":', 1), True, Expect.SAME)])  # JSON keeps the last
     return Case(f"payload {data[:12]!r}... ({'zlib' if compress else 'raw'})",
                 pack(data, compress), expect)
@@ -398,8 +401,8 @@ def check(seed: Seed, case: Case, rc: object, out: str, err: str) -> str | None:
         return f"accepted a truncated or extended path (exit {rc})"
     if case.expect is Expect.REFUSED:
         return f"accepted (exit {rc}), expected a refusal"
-    if case.expect is not Expect.ANY and rc != seed.rc:
-        return f"exit {rc}, but the seed's own schedule exits {seed.rc}"
+    if case.expect is not Expect.ANY and (rc, out) != (seed.rc, seed.out):
+        return f"exit {rc} ({out.strip()}), but the seed's own schedule: {seed.out.strip()}"
     if case.expect is Expect.SAME_OR_REFUSED and not same_text(case.token, seed.token):
         return f"a damaged text was read (exit {rc}): {case.token[:60]!r}..."
     if case.decisions is not None and f"({case.decisions} decisions)" not in out:
@@ -443,12 +446,15 @@ def test_fuzz_mutated_tokens(seeds):
 
 # --- the oracle fails on purpose ------------------------------------------------------------
 
-def _truncations(rng: random.Random, seeds: list[Seed]) -> tuple[Seed, Case]:
+def _cut_or_grown(rng: random.Random, seeds: list[Seed]) -> tuple[Seed, Case]:
+    """The last few decisions of a seed's path cut, or a few simplest-looking ones added."""
     seed = seeds[rng.randrange(len(seeds))]
     items = seed.doc["p"].split(",")
     k = len(items) - 1 - rng.randrange(3)
-    case = classify_path(seed, ",".join(items[:k]), f"cut to {k}")
-    case.token = _with(seed, p=",".join(items[:k]))
+    text = ",".join(items[:k] if rng.random() < 0.5 else items + items[k:])
+    case = classify_path(seed, text, f"{len(text.split(','))} of {len(items)} decisions")
+    case.token = _with(seed, p=text)
+    assert case.truncated
     return seed, case
 
 
@@ -465,9 +471,29 @@ def test_the_fuzz_oracle_catches_an_accepted_truncation(seeds, monkeypatch):
         def close(self, length, text_written):
             pass
 
+    assert not fuzz(seeds, 6, 3, _cut_or_grown)["refused (truncated)"].keys() - {2}
     monkeypatch.setattr("harness.explore.ReplaySource", Lenient)
-    with pytest.raises(AssertionError, match="accepted a truncated or extended path"):
-        fuzz(seeds, 3, 3, _truncations)
+    with pytest.raises(AssertionError, match=r"(?s)6 of 6 cases:.*accepted a truncated"):
+        fuzz(seeds, 6, 3, _cut_or_grown)
+
+
+def test_the_fuzz_oracle_catches_a_refusal_at_the_wrong_decision(seeds, monkeypatch):
+    """A replay that refused a cut path but named the decision after the one it lacks."""
+    from emu.decisions import ReplayError
+
+    class OffByOne(ReplaySource):
+        def pick(self, request, position):
+            if position >= len(self.path):
+                raise ReplayError(position + 1, "the path ended")
+            return super().pick(request, position)
+
+    text = seeds[0].doc["p"].rpartition(",")[0]
+    cut = classify_path(seeds[0], text, "the last decision cut")
+    cut.token = _with(seeds[0], p=text)
+    assert fuzz(seeds, 1, 3, lambda rng, seeds: (seeds[0], cut))["refused (truncated)"] == {2: 1}
+    monkeypatch.setattr("harness.explore.ReplaySource", OffByOne)
+    with pytest.raises(AssertionError, match="refused without naming decision"):
+        fuzz(seeds, 1, 3, lambda rng, seeds: (seeds[0], cut))
 
 
 def test_the_fuzz_oracle_catches_a_crash(seeds, monkeypatch):
@@ -476,7 +502,7 @@ def test_the_fuzz_oracle_catches_a_crash(seeds, monkeypatch):
 
     monkeypatch.setattr("harness.explore.replay", crash)
     with pytest.raises(AssertionError, match=r"(?s)exit 3: .*IndexError: a harness bug"):
-        fuzz(seeds, 3, 3, _truncations)
+        fuzz(seeds, 3, 3, _cut_or_grown)
 
 
 def test_the_fuzz_oracle_catches_a_lenient_field(seeds, monkeypatch):
@@ -508,3 +534,19 @@ def test_the_classifier_reads_the_codec_as_specified(seeds):
     assert classify_path(s, "c2.0,c4.00000000001", "").position == 1
     with pytest.raises(TokenError, match="decision 1"):
         Token.decode(_with(s, p="c2.0,c4.00000000001"))
+
+
+@pytest.mark.parametrize("damage,msg", [
+    (lambda t, raw: t[:20] + "!" * 4 + t[20:], "not base64url"),  # b64decode used to drop it
+    (lambda t, raw: t[:20] + "\x00\x00" + t[20:22] + "\x00\x00" + t[22:], "not base64url"),
+    (lambda t, raw: t[:20] + "+/" + t[20:], "not base64url"),  # base64, not base64url
+    (lambda t, raw: pack(zlib.compress(raw) + b"\0", compress=False), "after its zlib stream"),
+    (lambda t, raw: pack(b" " * (1 << 24) + raw), "inflates to more than"),
+])
+def test_damage_the_fuzz_found_is_refused(seeds, damage, msg):
+    """Each was read as the seed's token before the fix (the fuzz saw exit 0 or 1)."""
+    token = seeds[0].token
+    raw = json.dumps(seeds[0].doc).encode()
+    assert Token.decode(pack(raw)) == Token.decode(token)  # the damage alone is refused
+    with pytest.raises(TokenError, match=msg):
+        Token.decode(damage(token, raw))
