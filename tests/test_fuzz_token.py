@@ -16,10 +16,12 @@ import io
 import json
 import random
 import re
+import shutil
 import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -411,29 +413,35 @@ def check(seed: Seed, case: Case, rc: object, out: str, err: str) -> str | None:
 
 
 def fuzz(seeds: list[Seed], cases: int, seed: int,
-         mutation: Callable[[random.Random, list[Seed]], tuple[Seed, Case]] = mutate
-         ) -> dict[str, dict]:
+         mutation: Callable[[random.Random, list[Seed]], tuple[Seed, Case]] = mutate,
+         out_dir: Path | None = None) -> dict[str, dict]:
     """Run `cases` mutated tokens; fail with every case that crashed or was accepted wrongly.
-    Returns how often each exit code came, per expectation."""
+    Every tenth replays with `--out out_dir`. Returns
+    how often each exit code came, per expectation."""
     codes: dict[str, dict] = {}
     bad: list[str] = []
     for n in range(cases):
         rng = random.Random(seed * 1_000_003 + n)
         s, case = mutation(rng, seeds)
-        rc, out, err = run_cli("replay", case.token)
+        save = ["--out", str(out_dir)] if out_dir and n % 10 == 0 else []
+        if save and out_dir.exists():
+            shutil.rmtree(out_dir)
+        rc, out, err = run_cli("replay", case.token, *save)
         tally = codes.setdefault(case.expect.value + (" (truncated)" if case.truncated else ""),
                                  {})
         tally[rc] = tally.get(rc, 0) + 1
         wrong = check(s, case, rc, out, err)
+        if save and not wrong and rc != 2 and not (out_dir / "cpu0.pt").is_file():
+            wrong = f"replayed with --out, but {out_dir} has no trace"
         if wrong:
             bad.append(f"case {n} ({s.name}: {case.what}): {wrong}")
     assert not bad, f"{len(bad)} of {cases} cases:\n" + "\n".join(bad[:10])
     return codes
 
 
-def test_fuzz_mutated_tokens(seeds):
+def test_fuzz_mutated_tokens(seeds, tmp_path):
     start = time.perf_counter()
-    codes = fuzz(seeds, TOKENS, 1)
+    codes = fuzz(seeds, TOKENS, 1, out_dir=tmp_path / "replayed")
     seconds = time.perf_counter() - start
     print(f"\n{TOKENS} tokens in {seconds:.1f} s: {codes}")
     assert sum(sum(c.values()) for c in codes.values()) == TOKENS
@@ -494,6 +502,14 @@ def test_the_fuzz_oracle_catches_a_refusal_at_the_wrong_decision(seeds, monkeypa
     monkeypatch.setattr("harness.explore.ReplaySource", OffByOne)
     with pytest.raises(AssertionError, match="refused without naming decision"):
         fuzz(seeds, 1, 3, lambda rng, seeds: (seeds[0], cut))
+
+
+def test_the_fuzz_oracle_catches_a_replay_that_wrote_nothing(seeds, tmp_path, monkeypatch):
+    own = lambda rng, seeds: (seeds[0], Case("itself", seeds[0].token, Expect.SAME))  # noqa: E731
+    assert fuzz(seeds, 1, 3, own, tmp_path / "out") == {"same": {seeds[0].rc: 1}}
+    monkeypatch.setattr("harness.cli._write_out", lambda *a: None)
+    with pytest.raises(AssertionError, match="has no trace"):
+        fuzz(seeds, 1, 3, own, tmp_path / "out")
 
 
 def test_the_fuzz_oracle_catches_a_crash(seeds, monkeypatch):
