@@ -16,6 +16,7 @@ import binascii
 import dataclasses
 import hashlib
 import json
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ from .scenario import Built
 
 VERSION = "tp2"
 _NAME_MAX = 200
+_JSON_MAX = 1 << 24  # bytes: a path of some 800,000 decisions
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")  # as `encode` writes it: no padding
 
 
 class TokenError(ValueError):
@@ -101,14 +104,16 @@ class Token:
         version, body, crc = parts
         if version != VERSION:
             raise TokenError(f"token version {version[:20]!r}; this textpoke reads {VERSION!r}")
-        try:
+        try:  # b64decode drops characters not in its alphabet: one there is damage too
+            if not _BASE64URL.fullmatch(body):
+                raise ValueError(body)
             raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
         except (binascii.Error, ValueError):
             raise TokenError("token damaged: its data is not base64url") from None
         if f"{zlib.crc32(raw):08x}" != crc.lower():
             raise TokenError("token damaged: checksum mismatch")
         try:
-            doc = json.loads(zlib.decompress(raw))
+            doc = json.loads(_inflate(raw))
         except (zlib.error, ValueError, RecursionError) as e:
             raise TokenError(f"token damaged: {e}") from None
         return cls._from_doc(doc)
@@ -141,6 +146,20 @@ class Token:
         except ValueError as err:
             raise TokenError(f"token field path: {err}") from None
         return cls(s, v, c, path, g, seed, t[0], t[1], bool(t[2]), bool(e))
+
+
+def _inflate(raw: bytes) -> bytes:
+    """The JSON of a token's data: one whole zlib stream, nothing after it, and at most
+    _JSON_MAX bytes (a few kilobytes of checksum-valid data could inflate to gigabytes)."""
+    inflate = zlib.decompressobj()
+    out = inflate.decompress(raw, _JSON_MAX)
+    if inflate.unconsumed_tail:
+        raise ValueError(f"its data inflates to more than {_JSON_MAX} bytes")
+    if not inflate.eof:
+        raise ValueError("its data is an incomplete or truncated zlib stream")
+    if inflate.unused_data:
+        raise ValueError(f"{len(inflate.unused_data)} bytes after its zlib stream")
+    return out
 
 
 def _int(x: object) -> bool:
