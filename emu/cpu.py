@@ -270,6 +270,8 @@ class Cpu:
                     self._want_stop = True
                 elif eff is x86.Effect.SHADOW:
                     st.shadow = True
+                    if self._event:  # IF may have just been set: the end of the shadow is
+                        self._want_stop = True  # where a pending interrupt is taken
                 elif eff is x86.Effect.HALT:
                     st.halted = True
                     self._want_stop = True

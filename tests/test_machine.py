@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from emu import events, layout, x86
-from emu.decisions import RandomSource, ReplayError, ReplaySource
+from emu.decisions import RandomSource, ReplayError, ReplaySource, SimplestSource
 from emu.events import (
     EventKind,
     ExceptionEvent,
@@ -231,6 +231,40 @@ irq:
     assert res.verdict.ok
     # not at the boundary right after STI: the first one it can take is after `nop`
     assert m.mem.read_u64(VAR) == m.symbol("after")
+
+
+def test_event_mode_takes_a_pending_ipi_where_the_sti_shadow_ends(build):
+    """In event mode a CPU runs to its next visible event; the end of an STI shadow is one, so
+    an IPI left pending while IF was clear is taken there (it used to run on to FINISH with the
+    IPI never delivered)."""
+    src = """
+cpu0:
+    pause                         # a yield: cpu1 sends the IPI meanwhile
+    cmp qword ptr [V + 16], 1
+    jne cpu0
+    sti
+shadowed:
+    nop
+after:
+    nop
+    mov eax, HC_FINISH
+    out HC_PORT, eax
+cpu1:
+    mov edi, 1
+    mov esi, 0x40
+    mov eax, HC_SEND_IPI
+    out HC_PORT, eax
+    mov qword ptr [V + 16], 1
+    mov eax, HC_FINISH
+    out HC_PORT, eax
+irq:
+    mov rax, qword ptr [rsp]
+    mov qword ptr [V], rax
+    iretq
+"""
+    m = build(src, ["cpu0", "cpu1"], {0x40: "irq"}, interrupts=False, event_mode=True)
+    res = m.run(SimplestSource())
+    assert res.verdict.ok and m.mem.read_u64(VAR) == m.symbol("after")
 
 
 @pytest.mark.parametrize("perturb", [False, True], ids=["replay", "one_decision_changed"])
