@@ -143,3 +143,43 @@ def test_the_exhaustive_search_raises_nmis_within_its_interrupt_bound():
     explore_exhaustive(run, Cost(0, 0, 1), limit=40)
     assert max(raised) == 1 and raised[0] == 0
     assert isinstance(runner.machine, Machine)
+
+
+def test_a_shrunk_exhaustive_witness_stays_within_its_bounds():
+    """The shrinker continues a candidate with the simplest values and refuses one whose run
+    spends more than the bounds the failure was found under (it used to continue with a
+    default policy that preempted at every step and took stale text at every FLUSH)."""
+    from emu.path import path_cost
+    from harness.explore import Plan, explore, replay
+
+    plan = Plan("z4_bytewise", "buggy", strategy="exhaustive", preemptions=1, delays=1,
+                interrupts=0, shrink_budget=30)
+    found = explore(plan, schedules=400, stop_at_first=True)
+    (failure,) = found.failures
+    for token in (failure.token, failure.shrunk):
+        _tok, out = replay(token)
+        assert out.verdict.kind == failure.verdict
+        assert path_cost(out.result.path).within(plan.bound), path_cost(out.result.path)
+    assert failure.shrunk_deviations <= failure.deviations
+
+
+def test_a_hostile_continuation_does_not_leak_into_a_shrunk_witness(monkeypatch):
+    """With the old continuation (another CPU at every CPU choice past the candidate), the
+    shrunk witness still spends no more than the bounds it was found under."""
+    from emu.path import Kind as K
+    from emu.path import path_cost, simplest
+    from harness import shrink as shrink_mod
+    from harness.explore import Plan, explore, replay
+
+    def rotating(self, request, position):
+        if position >= len(self.candidate) and request.kind is K.CPU:
+            return (simplest(request) + 1) % request.arity
+        return original(self, request, position)
+
+    original = shrink_mod.ShrinkSource.pick
+    monkeypatch.setattr(shrink_mod.ShrinkSource, "pick", rotating)
+    plan = Plan("z4_bytewise", "buggy", strategy="exhaustive", preemptions=1, delays=0,
+                interrupts=0, shrink_budget=12)
+    (failure,) = explore(plan, schedules=400, stop_at_first=True).failures
+    _tok, out = replay(failure.shrunk)
+    assert path_cost(out.result.path).within(plan.bound)
