@@ -4,10 +4,12 @@
 - per zoo card, schedules and seconds to the first failure of its buggy variant, random vs PCT;
 - the exhaustive explorer's event-mode machine run on static_key (2 observers, default path,
   no verification) with step footprints measured (what --dpor needs) against without;
-- an exhaustive search (z4_bytewise fixed, P=1 V=1, 219 schedules) with --jobs 2 against one
-  process: the search on the bare machine, two workers verifying.
+- an exhaustive search (z4_bytewise fixed, P=1 V=1 I=0) with --jobs 2 against one process: the
+  search on the bare machine, two workers verifying;
+- with --z1: the exhaustive search's first failure on z1_optprobe_shadow buggy at P=1 V=0 I=1
+  (an early preemption and an NMI inside the probed region), without and with --dpor (minutes).
 
-Usage: python bench/explore.py [--json] [--schedules N]
+Usage: python bench/explore.py [--json] [--schedules N] [--z1]
 """
 
 from __future__ import annotations
@@ -41,17 +43,32 @@ def event_run_ms(runner: Runner, footprints: bool, n: int = 10) -> float:
     return best * 1000
 
 
+def z1_exhaustive() -> list[dict]:
+    """Schedules and seconds to the exhaustive search's first Z1 failure (issue 14)."""
+    rows = []
+    for dpor in (False, True):
+        plan = Plan("z1_optprobe_shadow", "buggy", strategy="exhaustive", preemptions=1,
+                    delays=0, interrupts=1, dpor=dpor, shrink=False)
+        found = explore(plan, schedules=5000, stop_at_first=True)
+        first = found.failures[0] if found.failures else None
+        rows.append({"dpor": dpor, "schedule": first.idx if first else None,
+                     "seconds": round(found.seconds, 1)})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--schedules", type=int, default=10)
+    ap.add_argument("--z1", action="store_true", help="also time the exhaustive search on Z1")
     args = ap.parse_args()
     scn = SCENARIOS["static_key"]
     ours = rate(Runner(scn), args.schedules)
     naive = rate(Runner(dataclasses.replace(scn, max_quantum=1)), max(args.schedules // 5, 2))
     event = Runner(scn, cpus=3, decode=False, event_mode=True)
     plain_ms, fp_ms = event_run_ms(event, False), event_run_ms(event, True)
-    search = Plan("z4_bytewise", "fixed", strategy="exhaustive", preemptions=1, delays=1)
+    search = Plan("z4_bytewise", "fixed", strategy="exhaustive", preemptions=1, delays=1,
+                  interrupts=0)
     one, two = explore(search, jobs=1), explore(search, jobs=2)
     assert one.exhausted and two.exhausted and len(one.results) == len(two.results)
     exhaustive = {"schedules": len(one.results), "jobs1_s": round(one.seconds, 1),
@@ -72,10 +89,13 @@ def main() -> None:
            "speedup_over_naive": round(ours / naive, 1),
            "event_run_ms": round(plain_ms, 1), "event_run_with_footprints_ms": round(fp_ms, 1),
            "footprint_cost_ratio": round(fp_ms / plain_ms, 2), "exhaustive_jobs": exhaustive,
-           "first_failure": cards}
+           "first_failure": cards, "z1_exhaustive": z1_exhaustive() if args.z1 else None}
     if args.json:
         print(json.dumps(out, indent=2))
         return
+    for row in out["z1_exhaustive"] or []:
+        print(f"exhaustive z1_optprobe_shadow buggy P=1 V=0 I=1{' --dpor' if row['dpor'] else ''}: "
+              f"first failure at schedule {row['schedule']} after {row['seconds']} s")
     print(f"static_key, fully verified: {ours:.2f} schedules/s; naive one-instruction "
           f"interleaving: {naive:.3f} schedules/s ({ours / naive:.1f}x)")
     print(f"event-mode run (static_key, 3 CPUs): {plain_ms:.1f} ms; with footprints "

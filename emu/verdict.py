@@ -21,19 +21,6 @@ class VerdictKind(enum.StrEnum):
     AMBIGUOUS = "ambiguous"  # the trace cannot place a text poke relative to an instruction
 
 
-# The old module constants, for branches written against them until they are merged.
-PASS = VerdictKind.PASS
-GUEST_FAULT = VerdictKind.GUEST_FAULT
-HANG = VerdictKind.HANG
-GUEST_ASSERT = VerdictKind.GUEST_ASSERT
-UNEXPECTED_TRAP = VerdictKind.UNEXPECTED_TRAP
-SEMANTICS = VerdictKind.SEMANTICS
-TORN_EXECUTION = VerdictKind.TORN_EXECUTION
-DECODE_DIVERGENCE = VerdictKind.DECODE_DIVERGENCE
-DECODE_ERROR = VerdictKind.DECODE_ERROR
-AMBIGUOUS = VerdictKind.AMBIGUOUS
-
-
 @dataclass
 class Verdict:
     kind: VerdictKind
