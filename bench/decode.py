@@ -10,9 +10,9 @@ import argparse
 import json
 import time
 
-from harness import verify
 from harness.run import Runner
-from harness.scenarios import SCENARIOS
+from harness.scenario.shipped import SCENARIOS
+from harness.trace import verify
 
 
 def main() -> None:

@@ -19,10 +19,10 @@ import dataclasses
 import json
 import time
 
-from harness.exhaustive import ExhaustiveSource
-from harness.explore import Plan, explore
+from harness.explore.exhaustive import ExhaustiveSource
+from harness.explore.explore import Plan, explore
 from harness.run import Runner
-from harness.scenarios import SCENARIOS
+from harness.scenario.shipped import SCENARIOS
 
 
 def rate(runner: Runner, n: int) -> float:

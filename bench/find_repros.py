@@ -12,7 +12,7 @@ from pathlib import Path
 
 from emu.path import encode_path
 from harness.run import Runner
-from harness.scenarios import SCENARIOS
+from harness.scenario.shipped import SCENARIOS
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "repros.json"
 

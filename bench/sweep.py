@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 from harness.run import Runner
-from harness.scenarios import SCENARIOS
+from harness.scenario.shipped import SCENARIOS
 
 
 def sweep(name: str, seeds: int) -> tuple[str, str, int, float, list]:

@@ -2,7 +2,7 @@
 
 In event mode every step (one CPU choice and the run that follows it) records the shared
 locations it read and wrote. Two steps of different CPUs are dependent when one writes a
-location the other reads or writes; a partial-order reduction (harness/exhaustive.py) only
+location the other reads or writes; a partial-order reduction (harness/explore/exhaustive.py) only
 reorders dependent steps. The locations, each an int:
 
 - a word of tracked shared data (MachineConfig.track and .watch): read or written by the guest,

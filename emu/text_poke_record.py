@@ -3,7 +3,7 @@ SIDEBAND hypercall through the run's result and `sideband.bin` to the decoder's 
 
 Linux emits it as PERF_RECORD_TEXT_POKE (kernel/events/core.c: perf_event_text_poke, called by
 text_poke_bp_batch and the kprobe optimizer) so that a trace decoder can follow code that
-changed under it; harness/sideband.py has its binary layout."""
+changed under it; harness/trace/sideband.py has its binary layout."""
 
 from __future__ import annotations
 

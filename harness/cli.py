@@ -86,21 +86,22 @@ def _bad_input(message: str) -> int:
 
 def _out_dir(args: argparse.Namespace) -> Path | None:
     """--out checked before the run (not after it): a directory we can write artifacts to."""
-    from .saved_run import check_out
+    from harness.trace.saved_run import check_out
 
     return check_out(Path(args.out)) if args.out else None
 
 
 def _write_out(out: Outcome, seed: int | None, directory: Path) -> None:
     """The artifacts, in place of an earlier run's (never beside them)."""
+    from harness.trace.saved_run import prepare_out
+
     from .run import write_artifacts
-    from .saved_run import prepare_out
 
     write_artifacts(out, seed, prepare_out(directory))
 
 
 def _scenarios(args: argparse.Namespace) -> int:
-    from .scenarios import SCENARIOS
+    from harness.scenario.shipped import SCENARIOS
 
     width = max(map(len, SCENARIOS))
     for name, scn in SCENARIOS.items():
@@ -111,9 +112,10 @@ def _scenarios(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from harness.scenario.shipped import get
+    from harness.scenario.text_poke_loc import ScenarioError
+
     from .run import Runner
-    from .scenarios import get
-    from .text_poke_loc import ScenarioError
 
     out_dir = _out_dir(args)
     try:
@@ -130,9 +132,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _decode(args: argparse.Namespace) -> int:
     from emu.verdict import VerdictKind
-
-    from . import verify
-    from .saved_run import load
+    from harness.trace import verify
+    from harness.trace.saved_run import load
 
     run = load(Path(args.dir))
     report = verify.check(run.streams, run.flows, run.text_start, run.text_end, run.records,
@@ -154,8 +155,8 @@ def _decode(args: argparse.Namespace) -> int:
 
 
 def _dump(args: argparse.Namespace) -> int:
-    from .pt.decoder import dump_lines
-    from .pt.packets import PacketError
+    from harness.trace.pt.decoder import dump_lines
+    from harness.trace.pt.packets import PacketError
 
     try:
         stream = Path(args.file).read_bytes()
@@ -172,8 +173,8 @@ def _dump(args: argparse.Namespace) -> int:
 
 
 def _explore(args: argparse.Namespace) -> int:
-    from .explore import Plan, explore, progress_bar
-    from .text_poke_loc import ScenarioError
+    from harness.explore.explore import Plan, explore, progress_bar
+    from harness.scenario.text_poke_loc import ScenarioError
 
     if args.resume and not args.db:
         return _bad_input("--resume needs --db: the file the exploration to continue is in")
@@ -243,10 +244,9 @@ def _explore(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from emu.decisions import ReplayError
-
-    from .explore import replay
-    from .text_poke_loc import ScenarioError
-    from .token import TokenError
+    from harness.explore.explore import replay
+    from harness.explore.token import TokenError
+    from harness.scenario.text_poke_loc import ScenarioError
 
     out_dir = _out_dir(args)
     try:
@@ -371,10 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _bad_input_types() -> tuple[type[Exception], ...]:
     """Every error that means "the user's input cannot be used", besides BadInput."""
     from emu.decisions import ReplayError
-
-    from .exhaustive import SearchError
-    from .text_poke_loc import ScenarioError
-    from .token import TokenError
+    from harness.explore.exhaustive import SearchError
+    from harness.explore.token import TokenError
+    from harness.scenario.text_poke_loc import ScenarioError
 
     return (BadInput, ScenarioError, TokenError, ReplayError, SearchError)
 

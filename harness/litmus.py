@@ -15,8 +15,7 @@ from emu import hypercall, layout, x86
 from emu.asm import assemble
 from emu.machine import CpuBoot, GuestImage, Machine, MachineConfig
 from emu.path import Cost
-
-from .exhaustive import explore_exhaustive
+from harness.explore.exhaustive import explore_exhaustive
 
 OUTCOMES = {1: "old", 2: "new", 3: "int3", 4: "torn"}
 V = layout.DATA_BASE + layout.GUEST_DATA_OFFSET  # result, flag, ack, done

@@ -6,7 +6,7 @@
 
     @pytest.mark.textpoke(strategy="exhaustive", preemptions=1, delays=1)
     def test_my_sequence_exhaustively(textpoke):
-        textpoke.check(my_scenario)   # every schedule of the bounded space (harness/exhaustive)
+        textpoke.check(my_scenario)   # every schedule of the bounded space (explore/exhaustive.py)
         assert textpoke.exhausted
 
 Options: --textpoke-seed N (first seed), --textpoke-replay TOKEN (run just that schedule).
@@ -19,11 +19,18 @@ import pytest
 from emu.decisions import SimplestSource
 from emu.path import Kind
 from emu.verdict import VerdictKind
+from harness.explore.explore import (
+    STRATEGIES,
+    Plan,
+    ScheduleResult,
+    exhaustive_search,
+    replay,
+    run_one,
+)
+from harness.explore.token import Token
+from harness.scenario.scenario import Scenario
 
-from .explore import STRATEGIES, Plan, ScheduleResult, exhaustive_search, replay, run_one
 from .run import Runner
-from .scenario import Scenario
-from .token import Token
 
 
 class TextpokeFailure(AssertionError):

@@ -10,12 +10,13 @@ from emu import layout
 from emu.decisions import DecisionSource, RandomSource, ReplayError
 from emu.machine import Machine, RunResult
 from emu.verdict import Verdict
+from harness.scenario import guest
+from harness.scenario.scenario import Built, Scenario, build, machine_for
+from harness.trace import kcore, sideband, verify
+from harness.trace.pt.encoder import TraceConfig
+from harness.trace.pt.flow import FlowItem, async_events, cpu_flow
 
-from . import guest, kcore, sideband, verify
 from .oracles import torn_execution
-from .pt.encoder import TraceConfig
-from .pt.flow import FlowItem, async_events, cpu_flow
-from .scenario import Built, Scenario, build, machine_for
 
 
 @dataclass

@@ -6,9 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from emu.verdict import VerdictKind
-
-from .explore import Plan, explore, run_schedule
-from .scenarios import SCENARIOS
+from harness.explore.explore import Plan, explore, run_schedule
+from harness.scenario.shipped import SCENARIOS
 
 
 @dataclass

@@ -8,7 +8,7 @@ from emu import hypercall, layout
 from emu.asm import assemble
 from emu.machine import CpuBoot, GuestImage, Machine, MachineConfig
 from emu.path import Choice, Kind
-from harness.shrink import ShrinkSource
+from harness.explore.shrink import ShrinkSource
 
 VAR = layout.DATA_BASE + layout.GUEST_DATA_OFFSET
 

@@ -19,11 +19,12 @@ import pytest
 
 from emu.text_poke_record import TextPokeRecord
 from emu.verdict import VerdictKind
-from harness import cli, explore, zoo
+from harness import cli, zoo
 from harness.cli import main
-from harness.pt.packets import Pad, TscPacket, iter_packets
-from harness.sideband import decode as decode_sideband
-from harness.sideband import encode as encode_record
+from harness.explore import explore
+from harness.trace.pt.packets import Pad, TscPacket, iter_packets
+from harness.trace.sideband import decode as decode_sideband
+from harness.trace.sideband import encode as encode_record
 
 
 def _poke(addr: int, old: bytes, new: bytes, tick: int, cpu: int) -> TextPokeRecord:
@@ -68,7 +69,7 @@ def copy_run(src: Path, dst: Path) -> Path:
 def test_an_internal_error_exits_3_with_its_traceback(monkeypatch, saved):
     def boom(*a, **k):
         raise RuntimeError("a harness bug")
-    monkeypatch.setattr("harness.verify.check", boom)
+    monkeypatch.setattr("harness.trace.verify.check", boom)
     rc, _out, err = run_cli("decode", saved)
     assert rc == 3 and "Traceback" in err and "RuntimeError: a harness bug" in err
     assert "internal error: this is a bug in textpoke" in err
@@ -102,7 +103,7 @@ def test_db_that_cannot_be_used_is_bad_input(tmp_path):
 
 def test_db_of_an_older_textpoke_is_ours(tmp_path):
     """A results file from before the frontiers table is still ours: the table is added."""
-    from harness.results_db import SCHEMA
+    from harness.explore.results_db import SCHEMA
 
     db = tmp_path / "old.db"
     con = sqlite3.connect(db)
@@ -287,7 +288,7 @@ def test_dump_streams_its_lines(tmp_path, monkeypatch):
         for item in iter_packets(stream):
             parsed.append(item)
             yield item
-    monkeypatch.setattr("harness.pt.decoder.iter_packets", counting)
+    monkeypatch.setattr("harness.trace.pt.decoder.iter_packets", counting)
 
     class ClosedPipe(io.StringIO):
         def write(self, s):
@@ -369,8 +370,8 @@ def test_a_live_runs_record_outside_the_text_is_a_decode_error_not_a_crash(saved
     """A guest may emit any record: the live check (both directions) reports it as a decode
     error; it does not check the records against the snapshots (its verdict is the place
     where a misleading record makes the decoded flow leave the executed one)."""
-    from harness import verify
-    from harness.saved_run import load
+    from harness.trace import verify
+    from harness.trace.saved_run import load
 
     run = load(saved)
     outside = _poke(0x1000, b"\x90", b"\xcc", 100, 0)

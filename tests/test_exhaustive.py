@@ -12,7 +12,7 @@ from emu.decisions import DecisionSource
 from emu.footprint import Footprint, data_words, describe, irq, text_grains
 from emu.path import Cost, CpuContext, Kind, Request, simplest
 from harness import litmus
-from harness.exhaustive import (
+from harness.explore.exhaustive import (
     ExhaustiveSource,
     Node,
     Search,
@@ -21,7 +21,7 @@ from harness.exhaustive import (
     explore_exhaustive,
     races,
 )
-from harness.explore import Plan, explore, replay
+from harness.explore.explore import Plan, explore, replay
 
 
 def _search(bound: Cost, *nodes: tuple[Kind, int, int, int]) -> Search:
@@ -130,7 +130,7 @@ def test_text_and_interrupt_locations():
 def test_machine_records_footprints_in_event_mode():
     """A text store, a sideband record and an IPI are writes; fetches and handshakes reads."""
     from harness.run import Runner
-    from harness.scenarios import get
+    from harness.scenario.shipped import get
 
     src = ExhaustiveSource([], footprints=True)
     runner = Runner(get("z4_bytewise"), "fixed", 3, decode=False, event_mode=True)
@@ -170,7 +170,7 @@ def test_independent_adjacent_steps_commute():
     are independent changes nothing the oracles see (each CPU's instructions, the final text,
     the verdict). A location the footprints missed would show up here as a difference."""
     from harness.run import Runner
-    from harness.scenarios import get
+    from harness.scenario.shipped import get
 
     runner = Runner(get("z4_bytewise"), "fixed", 3, decode=False, event_mode=True)
 
@@ -194,7 +194,7 @@ def test_independent_adjacent_steps_commute():
 
 def test_dpor_explores_fewer_paths_of_the_same_space():
     from harness.run import Runner
-    from harness.scenarios import get
+    from harness.scenario.shipped import get
 
     runner = Runner(get("z4_bytewise"), "fixed", 3, decode=False, event_mode=True)
     paths: dict[bool, set[tuple[int, ...]]] = {}

@@ -13,11 +13,11 @@ import pytest
 
 from emu.decisions import ReplayError, ReplaySource
 from emu.path import Choice, Kind, decode_path, encode_path
-from harness.explore import Plan, explore, replay, run_schedule
+from harness.explore.explore import Plan, explore, replay, run_schedule
+from harness.explore.strategies import PctSource
+from harness.explore.token import Token, TokenError
 from harness.run import Runner
-from harness.scenarios import SCENARIOS
-from harness.strategies import PctSource
-from harness.token import Token, TokenError
+from harness.scenario.shipped import SCENARIOS
 from tests.conftest import one_changed
 
 

@@ -19,11 +19,21 @@ from pathlib import Path
 import pytest
 
 from emu.text_poke_record import TextPokeRecord
-from harness import kcore
 from harness.cli import main
-from harness.pt.packets import Fup, Psb, PsbEnd, Tip, TipPgd, TipPge, Tnt, TscPacket, iter_packets
-from harness.sideband import decode as decode_sideband
-from harness.sideband import encode as encode_record
+from harness.trace import kcore
+from harness.trace.pt.packets import (
+    Fup,
+    Psb,
+    PsbEnd,
+    Tip,
+    TipPgd,
+    TipPge,
+    Tnt,
+    TscPacket,
+    iter_packets,
+)
+from harness.trace.sideband import decode as decode_sideband
+from harness.trace.sideband import encode as encode_record
 
 RUN_DIRS = 2000
 STREAMS = 2000
@@ -362,9 +372,9 @@ def test_fuzz_mutated_pt_streams(saved, tmp_path):
 
 def test_the_fuzz_oracle_catches_an_accepted_truncation(saved, tmp_path, monkeypatch):
     """The oracle itself can fail: a decoder that accepted every stream would be reported."""
-    from harness.verify import DecodeReport
+    from harness.trace.verify import DecodeReport
 
-    monkeypatch.setattr("harness.verify.check", lambda *a, **k: DecodeReport("forward"))
+    monkeypatch.setattr("harness.trace.verify.check", lambda *a, **k: DecodeReport("forward"))
     cut = packets(saved["cpu0.pt"])[10][0]
     with pytest.raises(AssertionError, match="accepted as exact"):
         fuzz(Workdir(tmp_path / "run", saved), 3, 2, lambda rng, w: (
@@ -374,6 +384,6 @@ def test_the_fuzz_oracle_catches_an_accepted_truncation(saved, tmp_path, monkeyp
 def test_the_fuzz_oracle_catches_a_crash(saved, tmp_path, monkeypatch):
     def crash(*a, **k):
         raise IndexError("a harness bug")
-    monkeypatch.setattr("harness.verify.check", crash)
+    monkeypatch.setattr("harness.trace.verify.check", crash)
     with pytest.raises(AssertionError, match="exit 3"):
         fuzz(Workdir(tmp_path / "run", saved), 3, 2, lambda rng, w: Damage("none"))

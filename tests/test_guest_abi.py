@@ -1,4 +1,4 @@
-"""Issue 14 section 5: the guest ABI is declared once (harness/guest_abi.py), the assembly and
+"""Issue 14 section 5: the guest ABI is declared once (scenario/guest_abi.py), the assembly and
 the harness's packers both come from it, and tables are sized from the scenario."""
 
 import re
@@ -11,13 +11,13 @@ import pytest
 from emu import layout
 from emu.decisions import RandomSource
 from emu.machine import Machine
-from harness import guest
-from harness import guest_abi as abi
 from harness.oracles import torn_execution
 from harness.run import Runner
-from harness.scenario import JumpLabel, KprobeSite, Scenario, StaticKey, build
-from harness.scenarios import SCENARIOS
-from harness.text_poke_loc import ScenarioError
+from harness.scenario import guest
+from harness.scenario import guest_abi as abi
+from harness.scenario.scenario import JumpLabel, KprobeSite, Scenario, StaticKey, build
+from harness.scenario.shipped import SCENARIOS
+from harness.scenario.text_poke_loc import ScenarioError
 
 GUEST_CODE = Path(__file__).resolve().parent.parent / "guest_code"
 KERNEL_SOURCES = ("alternative.S", "users.S", "int3_selftest.S")  # selftest.S: the machine's

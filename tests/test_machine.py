@@ -469,7 +469,7 @@ def test_a_flushed_translation_buffer_changes_nothing(monkeypatch):
     and end with the same verdicts."""
     from emu import cpu
     from harness.run import Runner
-    from harness.scenarios import SCENARIOS
+    from harness.scenario.shipped import SCENARIOS
 
     def runs():
         machine = Runner(SCENARIOS["static_key"], decode=False).machine

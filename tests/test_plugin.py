@@ -37,7 +37,7 @@ def test_damaged_replay_token_is_an_error(pytester):
 def test_marker_and_seed_option_are_honoured(pytester):
     pytester.makepyfile(test_count="""
         import pytest
-        from harness.scenarios import SCENARIOS
+        from harness.scenario.shipped import SCENARIOS
 
         @pytest.mark.textpoke(strategy="random", schedules=2, seed=5)
         def test_it(textpoke):
@@ -71,7 +71,7 @@ def test_unknown_strategy_in_the_marker_is_an_error(pytester):
 
 def test_each_check_runs_its_own_budget():
     from harness.pytest_plugin import Textpoke
-    from harness.scenarios import SCENARIOS
+    from harness.scenario.shipped import SCENARIOS
 
     for strategy in ("exhaustive", "random"):
         t = Textpoke(strategy, 3, 0, 3, None, preemptions=1, delays=0)

@@ -14,13 +14,15 @@ from emu.asm import assemble
 from emu.machine import CpuBoot, GuestImage, Machine, MachineConfig
 from emu.selftest import Scripted
 from emu.text_poke_record import TextPokeRecord
-from harness import kcore, sideband, verify
-from harness.pt import last_ip as L
-from harness.pt.decoder import Ambiguous, DecodeError, decode, dump, items
-from harness.pt.encoder import TraceConfig, encode_cpu
-from harness.pt.flow import async_events, cpu_flow
-from harness.pt.image import Image
-from harness.pt.packets import (
+from harness.run import Runner
+from harness.scenario.shipped import SCENARIOS
+from harness.trace import kcore, sideband, verify
+from harness.trace.pt import last_ip as L
+from harness.trace.pt.decoder import Ambiguous, DecodeError, decode, dump, items
+from harness.trace.pt.encoder import TraceConfig, encode_cpu
+from harness.trace.pt.flow import async_events, cpu_flow
+from harness.trace.pt.image import Image
+from harness.trace.pt.packets import (
     Cbr,
     Fup,
     ModeExec,
@@ -36,8 +38,6 @@ from harness.pt.packets import (
     decode_packet,
     iter_packets,
 )
-from harness.run import Runner
-from harness.scenarios import SCENARIOS
 
 KERNEL = st.integers(0xFFFF800000000000, 2**64 - 1)
 USER = st.integers(0, 0x00007FFFFFFFFFFF)
@@ -263,7 +263,7 @@ def test_decoder_fast_paths_change_nothing(monkeypatch, name, variant, tsc_perio
     jumps and same-window TNT bits give exactly the steps and the error of decoding every
     instruction through the full fetch (timing exact, torn, and too coarse to place the
     pokes)."""
-    from harness.pt.decoder import _Walker
+    from harness.trace.pt.decoder import _Walker
     out = Runner(SCENARIOS[name], variant, trace=TraceConfig(tsc_period=tsc_period)).run_seed(0)
     recs = out.result.sideband
 
@@ -283,7 +283,7 @@ def test_decoder_fast_paths_change_nothing(monkeypatch, name, variant, tsc_perio
 def test_instruction_cache_drops_only_what_a_write_touches():
     """After a record is applied, the walker keeps the instructions whose bytes (the
     INSN_MAX read at their IP) it did not touch, and only those."""
-    from harness.pt.decoder import _Walker
+    from harness.trace.pt.decoder import _Walker
     image = Image(0x1000, bytes(64), [TextPokeRecord(5, 0, 0x1020, b"\x00", b"\xcc")])
     walker = _Walker([], image, 10, [])
     walker._insns_version = image.version

@@ -12,11 +12,11 @@ from emu.events import TextStore
 from emu.path import decode_path, encode_path
 from emu.selftest import Scripted
 from emu.verdict import VerdictKind
-from harness import int3_selftest
-from harness.guest import Cfg
-from harness.guest_abi import KPROBE
 from harness.run import Runner, outcome_counts
-from harness.scenario import (
+from harness.scenario import int3_selftest
+from harness.scenario.guest import Cfg
+from harness.scenario.guest_abi import KPROBE
+from harness.scenario.scenario import (
     CallSite,
     JumpLabel,
     Scenario,
@@ -25,8 +25,8 @@ from harness.scenario import (
     Variant,
     build,
 )
-from harness.scenarios import SCENARIOS
-from harness.text_poke_loc import ScenarioError, text_poke_loc_init
+from harness.scenario.shipped import SCENARIOS
+from harness.scenario.text_poke_loc import ScenarioError, text_poke_loc_init
 from tests.conftest import one_changed
 
 REPROS = json.loads((Path(__file__).parent / "data" / "repros.json").read_text())
@@ -160,8 +160,8 @@ def test_call_promotion_reaches_every_target():
 
 
 def test_int3_selftest_analogue():
-    from harness.guest import kernel_data
-    from harness.guest_abi import INT3_SELFTEST
+    from harness.scenario.guest import kernel_data
+    from harness.scenario.guest_abi import INT3_SELFTEST
 
     verdict, m = int3_selftest.run()
     assert verdict.ok, verdict
@@ -217,7 +217,7 @@ def test_a_poke_text_poke_loc_init_rejects_is_refused():
     scn = Scenario("bad", "x", sites=[CallSite("c", key="s", funcs=("f1", "f2"), offset=0)],
                    ops=[StaticCallUpdate("s", "f2")], cpus=2)
     build(scn)  # a CALL is fine
-    from harness import scenario as sc
+    from harness.scenario import scenario as sc
     orig = sc.CallSite.instructions
     try:
         sc.CallSite.instructions = lambda self, prog, state: [(0, bytes.fromhex("b801000000"))]
@@ -228,7 +228,7 @@ def test_a_poke_text_poke_loc_init_rejects_is_refused():
 
 
 def test_poke_steps_refuse_an_unknown_step_or_site():
-    from harness.scenario import PokeSteps
+    from harness.scenario.scenario import PokeSteps
     for op, why in [(PokeSteps("j", ["int3", "synk"]), "unknown step 'synk'"),
                     (PokeSteps("x", ["int3"]), "no jump label named 'x'")]:
         with pytest.raises(ScenarioError, match=why):
@@ -237,7 +237,7 @@ def test_poke_steps_refuse_an_unknown_step_or_site():
 
 def test_guest_text_poke_loc_init_bugs_on_a_bad_entry():
     """The guest's own text_poke_loc_init() BUG()s (guest_assert) on what it cannot emulate."""
-    from harness.scenario import Raw
+    from harness.scenario.scenario import Raw
     scn = Scenario("bad_guest", "x", sites=[JumpLabel("j", key="k")], cpus=2,
                    ops=[Raw("    lea rdi, [rip + site_j]\n    lea rsi, [rip + bad_insn]\n"
                             "    mov edx, 5\n    xor ecx, ecx\n    call text_poke_bp\n")],

@@ -19,9 +19,9 @@ from emu.asm import Program
 from emu.machine import Machine
 from emu.path import Cost, Kind
 from harness import litmus
-from harness.exhaustive import explore_exhaustive
+from harness.explore.exhaustive import explore_exhaustive
 from harness.run import Runner
-from harness.scenario import Raw, Scenario, Site
+from harness.scenario.scenario import Raw, Scenario, Site
 
 # A slot deep in CPU 0's stack (the patcher's), far below anything its calls push.
 SLOT = layout.STACK_BASE + 0x4000 - 0x800
@@ -115,7 +115,7 @@ def test_dpor_finds_the_litmus_outcomes_the_naive_search_finds(lit):
 @pytest.mark.parametrize("name,variant", [("z4_bytewise", "buggy"), ("z4_bytewise", "fixed"),
                                           ("z6_unsorted_batch", "buggy")])
 def test_dpor_finds_the_verdicts_the_naive_search_finds(name, variant):
-    from harness.scenarios import get
+    from harness.scenario.shipped import get
 
     runner = Runner(get(name), variant, 2, decode=False, event_mode=True)
     bound = Cost(preemptions=1, delays=0, interrupts=0)
@@ -127,7 +127,7 @@ def test_dpor_finds_the_verdicts_the_naive_search_finds(name, variant):
 def test_the_exhaustive_search_raises_nmis_within_its_interrupt_bound():
     """Event mode offers a spontaneous NMI before instructions of a CPU that has some left;
     with I=0 none is raised, with I=1 some path raises exactly one."""
-    from harness.scenarios import get
+    from harness.scenario.shipped import get
 
     runner = Runner(get("z1_optprobe_shadow"), "fixed", 3, decode=False, event_mode=True)
     raised: list[int] = []

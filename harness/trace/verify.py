@@ -9,11 +9,10 @@ from dataclasses import dataclass, field
 from emu import layout
 from emu.text_poke_record import TextPokeRecord
 from emu.verdict import Verdict, VerdictKind
-
-from .pt.decoder import Ambiguous, DecodeResult, decode, items_until_error
-from .pt.encoder import TraceConfig, encode_cpu
-from .pt.flow import FlowItem
-from .pt.image import Image, ImageError, check_records
+from harness.trace.pt.decoder import Ambiguous, DecodeResult, decode, items_until_error
+from harness.trace.pt.encoder import TraceConfig, encode_cpu
+from harness.trace.pt.flow import FlowItem
+from harness.trace.pt.image import Image, ImageError, check_records
 
 __all__ = ["check", "compare", "encode_all"]
 
@@ -92,7 +91,7 @@ def check_both(streams: list[bytes], flows: list[list[FlowItem]], text_start: by
 def records_error(text_start: bytes, text_end: bytes,
                   records: list[TextPokeRecord]) -> Verdict | None:
     """A decode error if the text-poke records do not take the start snapshot to the end one
-    (harness/pt/image.py: check_records): decoding over them would be decoding over a lie."""
+    (harness/trace/pt/image.py: check_records): decoding over them would be decoding over a lie."""
     try:
         check_records(layout.TEXT_BASE, text_start, text_end, records)
     except ImageError as e:

@@ -4,7 +4,7 @@ Guest code (guest_code/*.S) and the harness that builds its initial data must ag
 offset and size; an offset written twice drifts (the kprobe walk once stepped 32 bytes through
 64-byte entries, so a second kprobe was never found). So each structure is declared here as a
 typed list of fields with C's layout rules, and both sides are generated from the declaration:
-the assembly equates (`TPL_LEN`, `KPROBE_SIZE`, ...) that harness/guest.py passes to the
+the assembly equates (`TPL_LEN`, `KPROBE_SIZE`, ...) that harness/scenario/guest.py passes to the
 assembler, and the `struct` format the harness packs initial data with.
 
 Where the kernel has the structure, the declaration follows Linux 5.15 and says where the
@@ -180,7 +180,7 @@ TEXT_POKE_INSN = Struct("text_poke_insn", "TPI", (
     Field("opcode", Scalar.U8), Field("disp", Scalar.S32)), packed=True)
 
 # struct bp_patching_desc: the batch the INT3 handler consults. Its references are not in it:
-# since 2025 they are per CPU (DEFINE_PER_CPU(atomic_t, bp_refs), V_BP_REFS in harness/guest.py).
+# since 2025 they are per CPU (DEFINE_PER_CPU(atomic_t, bp_refs), V_BP_REFS in scenario/guest.py).
 BP_PATCHING_DESC = Struct("bp_patching_desc", "BPD", u64s("vec", "nr_entries"))
 
 # The one-site building blocks of guest_code/users.S: a text_poke_loc and the site's old bytes

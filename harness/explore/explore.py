@@ -27,14 +27,14 @@ from emu.decisions import RandomSource, ReplaySource, SimplestSource
 from emu.held_sigint import HeldSigint
 from emu.path import Cost, Kind, deviations
 from emu.verdict import VerdictKind
+from harness.errors import BadInput
+from harness.run import Outcome, Runner
+from harness.scenario.scenario import Scenario
+from harness.scenario.shipped import get
+from harness.trace.pt.encoder import TraceConfig
 
-from .errors import BadInput
 from .exhaustive import Search
-from .pt.encoder import TraceConfig
 from .results_db import ResultsDb, ResultsDbError
-from .run import Outcome, Runner
-from .scenario import Scenario
-from .scenarios import get
 from .shrink import shrink
 from .strategies import PctSource
 from .token import Token, TokenError, fingerprint
@@ -57,7 +57,7 @@ class Plan:
     shrink_budget: int = 80
     preemptions: int = 2  # exhaustive: P
     delays: int = 2  # exhaustive: V
-    dpor: bool = False  # exhaustive: partial-order reduction (harness/exhaustive.py)
+    dpor: bool = False  # exhaustive: partial-order reduction (harness/explore/exhaustive.py)
     interrupts: int = 1  # exhaustive: I (NMIs raised, interrupts left pending)
 
     @property
@@ -336,7 +336,7 @@ def exhaustive_search(plan: Plan, runner: Runner, more: Callable[[int], bool],
                       saved: str | None = None, started: Callable[[int], None] = lambda i: None,
                       jobs: int = 1, persist: bool = False) -> bool:
     """Every path within P preemptions and V delayed view updates, or with `plan.dpor` one per
-    order of dependent steps (harness/exhaustive.py), on `runner` (event mode), depth-first
+    order of dependent steps (harness/explore/exhaustive.py), on `runner` (event mode), depth-first
     from the `saved` frontier when resuming. Schedule i is recorded in path order, with the
     frontier after it when `persist`; `more(i)` says whether to go on. True when exhausted.
 

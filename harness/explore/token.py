@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from emu import layout
 from emu.machine import EVENT_MODEL
 from emu.path import Choice, decode_path, encode_path
-
-from .pt.encoder import TraceConfig
-from .scenario import Built
+from harness.scenario.scenario import Built
+from harness.trace.pt.encoder import TraceConfig
 
 VERSION = "tp2"
 _NAME_MAX = 200

@@ -12,11 +12,11 @@ from pathlib import Path
 from emu import events as machine_events
 from emu import layout
 from emu.text_poke_record import TextPokeRecord
+from harness.errors import BadInput
+from harness.trace.pt.decoder import items_until_error
+from harness.trace.pt.flow import FlowItem, async_events, cpu_flow
 
 from . import kcore, sideband
-from .errors import BadInput
-from .pt.decoder import items_until_error
-from .pt.flow import FlowItem, async_events, cpu_flow
 
 # What `write_artifacts` (harness/run.py) writes: per CPU, and once per run.
 PER_CPU = re.compile(r"cpu(0|[1-9][0-9]*)\.(pt|truth\.jsonl)")

@@ -34,7 +34,7 @@ tried and left out: under the bound they lost far more, because a sleeping CPU's
 own preemption budget.
 
 `Search` is the whole state of the depth-first search, so an exploration can stop after any
-schedule and continue later from its saved state (harness/explore.py keeps it in --db).
+schedule and continue later from its saved state (harness/explore/explore.py keeps it in --db).
 """
 
 from __future__ import annotations

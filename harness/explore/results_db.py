@@ -1,7 +1,7 @@
 """Exploration results in SQLite, written as they happen: a schedule's row (with its seed) is
 committed before it runs and completed after, so a killed exploration resumes without losing a
 failure or repeating a finished schedule. An exhaustive search also commits, with each
-finished schedule, its frontier (harness/exhaustive.Search): where the next one starts."""
+finished schedule, its frontier (exhaustive.py: Search): where the next one starts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from .errors import BadInput
+from harness.errors import BadInput
 
 SQLITE_INT = range(-(1 << 63), 1 << 63)  # what an INTEGER column holds
 

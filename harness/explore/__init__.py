@@ -1,0 +1,1 @@
+"""Exploring schedules: strategies over the one decision stream, exhaustive search, shrinking."""

@@ -1,0 +1,1 @@
+"""Scenarios: the sites, the ops, the guest image they build to, and the shipped catalogue."""
