@@ -28,8 +28,8 @@ import pytest
 from emu.decisions import RandomSource, ReplaySource, SimplestSource
 from emu.path import simplest
 from harness.cli import main
-from harness.explore import Plan, explore, make_token, run_schedule, runner_for
-from harness.token import Token, TokenError
+from harness.explore.explore import Plan, explore, make_token, run_schedule, runner_for
+from harness.explore.token import Token, TokenError
 
 TOKENS = 2000
 FIELDS = ("s", "v", "c", "g", "seed", "t", "e", "p")
@@ -480,7 +480,7 @@ def test_the_fuzz_oracle_catches_an_accepted_truncation(seeds, monkeypatch):
             pass
 
     assert not fuzz(seeds, 6, 3, _cut_or_grown)["refused (truncated)"].keys() - {2}
-    monkeypatch.setattr("harness.explore.ReplaySource", Lenient)
+    monkeypatch.setattr("harness.explore.explore.ReplaySource", Lenient)
     with pytest.raises(AssertionError, match=r"(?s)6 of 6 cases:.*accepted a truncated"):
         fuzz(seeds, 6, 3, _cut_or_grown)
 
@@ -499,7 +499,7 @@ def test_the_fuzz_oracle_catches_a_refusal_at_the_wrong_decision(seeds, monkeypa
     cut = classify_path(seeds[0], text, "the last decision cut")
     cut.token = _with(seeds[0], p=text)
     assert fuzz(seeds, 1, 3, lambda rng, seeds: (seeds[0], cut))["refused (truncated)"] == {2: 1}
-    monkeypatch.setattr("harness.explore.ReplaySource", OffByOne)
+    monkeypatch.setattr("harness.explore.explore.ReplaySource", OffByOne)
     with pytest.raises(AssertionError, match="refused without naming decision"):
         fuzz(seeds, 1, 3, lambda rng, seeds: (seeds[0], cut))
 
@@ -516,7 +516,7 @@ def test_the_fuzz_oracle_catches_a_crash(seeds, monkeypatch):
     def crash(*a, **k):
         raise IndexError("a harness bug")
 
-    monkeypatch.setattr("harness.explore.replay", crash)
+    monkeypatch.setattr("harness.explore.explore.replay", crash)
     with pytest.raises(AssertionError, match=r"(?s)exit 3: .*IndexError: a harness bug"):
         fuzz(seeds, 3, 3, _cut_or_grown)
 
