@@ -16,7 +16,8 @@ import time
 from emu import hypercall, layout
 from emu.asm import assemble
 from emu.decisions import RandomSource
-from emu.machine import CpuBoot, GuestImage, Machine, MachineConfig
+from emu.loader import CpuBoot, GuestImage
+from emu.machine import Machine, MachineConfig
 
 LOOP = """
 entry:

@@ -12,7 +12,8 @@ from .asm import Program, assemble, load_source
 from .decisions import DecisionSource, RandomSource, ReplaySource
 from .events import ExceptionEvent, InterruptEvent, Serialize, TextStore
 from .fetch_view import Grain
-from .machine import CpuBoot, GuestImage, Machine, MachineConfig, RunResult
+from .loader import CpuBoot, GuestImage
+from .machine import Machine, MachineConfig, RunResult
 from .path import Choice, Kind, Request, simplest
 from .verdict import VerdictKind
 

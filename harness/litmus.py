@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from emu import hypercall, layout, x86
 from emu.asm import assemble
-from emu.machine import CpuBoot, GuestImage, Machine, MachineConfig
+from emu.loader import CpuBoot, GuestImage
+from emu.machine import Machine, MachineConfig
 from emu.path import Cost
 from harness.explore.exhaustive import explore_exhaustive
 

@@ -6,7 +6,8 @@ import pytest
 
 from emu import hypercall, layout
 from emu.asm import assemble
-from emu.machine import CpuBoot, GuestImage, Machine, MachineConfig
+from emu.loader import CpuBoot, GuestImage
+from emu.machine import Machine, MachineConfig
 from emu.path import Choice, Kind
 from harness.explore.shrink import ShrinkSource
 

@@ -339,7 +339,8 @@ site:
 """
     from emu import hypercall
     from emu.asm import assemble
-    from emu.machine import CpuBoot, GuestImage, Machine
+    from emu.loader import CpuBoot, GuestImage
+    from emu.machine import Machine
 
     prog = assemble(src, layout.TEXT_BASE, hypercall.EQUATES | {
         "V": VAR, "POKE_DELTA": layout.POKE_BASE - layout.TEXT_BASE})
@@ -367,7 +368,8 @@ def test_grain_names():
 
 
 def test_image_entry_outside_text_is_rejected(build):
-    from emu.machine import CpuBoot, GuestImage, Machine
+    from emu.loader import CpuBoot, GuestImage
+    from emu.machine import Machine
     with pytest.raises(MachineConfigError, match="entry"):
         Machine(MachineConfig(ncpus=1), GuestImage(programs=[], boot=[CpuBoot(layout.DATA_BASE)]))
 

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from emu import hypercall, layout
 from emu.asm import assemble
-from emu.machine import CpuBoot, GuestImage, Machine, MachineConfig
+from emu.loader import CpuBoot, GuestImage
+from emu.machine import Machine, MachineConfig
 from emu.selftest import Scripted
 from emu.text_poke_record import TextPokeRecord
 from harness.run import Runner

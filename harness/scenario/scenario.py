@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 from emu import layout
 from emu.asm import KERNEL_NOPS, Program
-from emu.machine import CpuBoot, GuestImage, Machine, MachineConfig
+from emu.loader import CpuBoot, GuestImage
+from emu.machine import Machine, MachineConfig
 from emu.verdict import MachineConfigError, VerdictKind
 
 from . import guest
