@@ -12,15 +12,14 @@ from emu.decisions import DecisionSource
 from emu.footprint import Footprint, data_words, describe, irq, text_grains
 from emu.path import Cost, CpuContext, Kind, Request, simplest
 from harness import litmus
+from harness.explore.dpor import Step, races
 from harness.explore.exhaustive import (
     ExhaustiveSource,
     Node,
     Search,
     SearchError,
-    Step,
     advance,
     explore_exhaustive,
-    races,
 )
 from harness.explore.explore import Plan, explore, replay
 
