@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from . import layout, x86
+from .config import MachineConfig
 from .cpu import Cpu, Stop
 from .decisions import Decisions
 from .events import Delivery, ExceptionEvent, Faulted, InterruptEvent, NmiRaised
@@ -22,9 +22,6 @@ from .memory import GuestMemoryError, SharedMemory
 from .path import Kind, Request
 from .truth import GroundTruth
 from .verdict import Verdict, VerdictKind
-
-if TYPE_CHECKING:
-    from .machine import MachineConfig
 
 
 def fault_verdict(cpu: Cpu, rip: int, detail: str, event: str) -> Verdict:

@@ -9,9 +9,9 @@ stops the run there.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from . import layout, x86
+from .config import MachineConfig
 from .cpu import Cpu, HypercallRequest
 from .delivery import fault_verdict
 from .events import HypercallEvent
@@ -21,9 +21,6 @@ from .layout import Layout
 from .memory import GuestMemoryError, SharedMemory
 from .text_poke_record import TextPokeRecord
 from .verdict import Verdict, VerdictKind
-
-if TYPE_CHECKING:
-    from .machine import MachineConfig
 
 
 class HypercallService:

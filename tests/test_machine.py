@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from emu import events, layout, x86
+from emu.config import MachineConfig
 from emu.decisions import RandomSource, ReplayError, ReplaySource
 from emu.events import (
     EventKind,
@@ -22,7 +23,6 @@ from emu.events import (
 )
 from emu.fetch_view import Grain
 from emu.hypercall import Hypercall
-from emu.machine import MachineConfig
 from emu.path import Kind
 from emu.selftest import Scripted
 from emu.verdict import MachineConfigError

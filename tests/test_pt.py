@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from emu import hypercall, layout
 from emu.asm import assemble
+from emu.config import MachineConfig
 from emu.loader import CpuBoot, GuestImage
-from emu.machine import Machine, MachineConfig
+from emu.machine import Machine
 from emu.selftest import Scripted
 from emu.text_poke_record import TextPokeRecord
 from harness.run import Runner

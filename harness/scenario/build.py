@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 from emu import layout
 from emu.asm import Program
+from emu.config import MachineConfig
 from emu.loader import CpuBoot, GuestImage
-from emu.machine import Machine, MachineConfig
+from emu.machine import Machine
 from emu.verdict import MachineConfigError
 
 from . import guest
