@@ -15,8 +15,10 @@ import time
 
 from emu import hypercall, layout
 from emu.asm import assemble
+from emu.config import MachineConfig
 from emu.decisions import RandomSource
-from emu.machine import CpuBoot, GuestImage, Machine, MachineConfig
+from emu.loader import CpuBoot, GuestImage
+from emu.machine import Machine
 
 LOOP = """
 entry:

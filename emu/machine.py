@@ -8,40 +8,35 @@ exhaustive explorer) a CPU instead runs to its next visible event, and a pending
 when a fetch reads it (`MachineConfig.event_mode`). Everything else is deterministic, so the
 recorded choices (`RunResult.path`) reproduce the run exactly.
 
-Between runs of a CPU (never inside one) the machine changes its view, delivers exceptions and
-interrupts through the guest IDT with the hardware frame, and serves hypercalls.
+Between runs of a CPU (never inside one) the machine changes its view and delivers exceptions
+and interrupts through the guest IDT with the hardware frame (emu/delivery.py); a hypercall is
+served where the guest makes it (emu/hypercall_service.py). The image is loaded once
+(emu/loader.py) and every run starts again from the state it left.
 """
 
 from __future__ import annotations
 
 import ctypes
-import struct
 from dataclasses import dataclass, field
 
 import capstone
-from unicorn import UcError
 
 from . import layout, x86
-from .asm import Program
-from .cpu import Clock, Cpu, CpuState, HypercallRequest, Stop, StopKind
+from .config import MachineConfig
+from .cpu import Clock, Cpu, CpuState, Stop, StopKind
 from .decisions import Decisions, DecisionSource
+from .delivery import InterruptDelivery, fault_verdict
 from .events import (
-    Delivery,
     Event,
-    ExceptionEvent,
-    Faulted,
-    HypercallEvent,
-    InterruptEvent,
-    NmiRaised,
     Serialize,
     ViewUpdate,
 )
-from .fetch_view import FetchView, Grain
+from .fetch_view import FetchView
 from .footprint import Footprint, irq, stack, text_grains
 from .held_sigint import HeldSigint
-from .hypercall import Hypercall
-from .layout import Layout
-from .memory import GuestMemoryError, SharedMemory
+from .hypercall_service import HypercallService
+from .loader import GuestImage, load
+from .memory import SharedMemory
 from .path import Choice, CpuContext, Kind, Request
 from .text_poke_record import TextPokeRecord
 from .truth import GroundTruth
@@ -51,75 +46,6 @@ from .verdict import MachineConfigError, Verdict, VerdictKind
 # of another model does not mean the same run. 1: every pending unit flushed at each step
 # unless a FLUSH choice kept it; 2: a pending unit decided when a fetch reads it.
 EVENT_MODEL = 2
-
-
-@dataclass(frozen=True)
-class MachineConfig:
-    ncpus: int = 2
-    grain: Grain = Grain.BYTE
-    max_quantum: int = 32
-    insn_budget: int = 200_000  # per CPU; exceeding it ends the run with `hang`
-    truth: bool = True
-    text_size: int = 0x10000
-    data_size: int = 0x20000
-    stack_size: int = 0x4000
-    spontaneous_nmis: tuple[int, ...] = ()  # per CPU: NMIs the decision stream may raise
-    nmi_rarity: int = 2  # a random source raises a spontaneous NMI one time in nmi_rarity
-    serializing_vectors: frozenset[int] = frozenset({x86.CALL_FUNCTION_VECTOR})
-    # Event mode (exhaustive exploration): a CPU runs until its next visible event -- a text
-    # store, a fetch of bytes with a pending store, an access to `watch` (shared protocol
-    # data), an exception or interrupt, an IRET -- or a spin-wait / quiescent point, instead of
-    # for a chosen quantum; a pending view unit is decided when an instruction fetches it: its
-    # latest content, or (a FLUSH choice, one delayed update) a stale one; a spontaneous NMI
-    # may arrive before any instruction of a CPU that has some left. Footprints, when a
-    # source wants them, cover every location another CPU can observe (emu/footprint.py).
-    event_mode: bool = False
-    watch: tuple[tuple[int, int], ...] = ()  # [start, end) data virtual addresses
-
-    def __post_init__(self) -> None:
-        if isinstance(self.grain, str | int) and not isinstance(self.grain, Grain):
-            object.__setattr__(self, "grain", Grain.parse(self.grain))
-        if not isinstance(self.ncpus, int) or not 1 <= self.ncpus <= layout.MAX_CPUS:
-            raise MachineConfigError(f"ncpus must be 1..{layout.MAX_CPUS}, got {self.ncpus!r}")
-        if self.max_quantum < 1:
-            raise MachineConfigError(f"max_quantum must be >= 1, got {self.max_quantum}")
-        if self.nmi_rarity < 2:
-            raise MachineConfigError(f"nmi_rarity must be >= 2, got {self.nmi_rarity}")
-        if self.insn_budget < 1:
-            raise MachineConfigError(f"insn_budget must be >= 1, got {self.insn_budget}")
-        if len(self.spontaneous_nmis) > self.ncpus or any(n < 0 for n in self.spontaneous_nmis):
-            raise MachineConfigError("spontaneous_nmis: one non-negative count per CPU at most")
-        try:
-            self.layout()
-        except ValueError as e:
-            raise MachineConfigError(str(e)) from None
-
-    def layout(self) -> Layout:
-        return Layout(self.ncpus, self.text_size, self.data_size, self.stack_size)
-
-
-@dataclass
-class CpuBoot:
-    entry: int
-    regs: dict[str, int] = field(default_factory=dict)
-    interrupts: bool = True  # RFLAGS.IF at boot
-
-
-@dataclass
-class GuestImage:
-    """What is in memory and where each CPU starts."""
-
-    programs: list[Program]
-    boot: list[CpuBoot]
-    idt: dict[int, int] = field(default_factory=dict)  # vector -> handler (interrupt gate)
-    data: list[tuple[int, bytes]] = field(default_factory=list)  # initial bytes at data VAs
-
-    @property
-    def symbols(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for p in self.programs:
-            out.update(p.symbols)
-        return out
 
 
 @dataclass
@@ -161,7 +87,7 @@ def _subtract(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]
     return out
 
 
-class Machine:
+class Machine(InterruptDelivery, HypercallService):
     def __init__(self, config: MachineConfig, image: GuestImage) -> None:
         self.config = config
         self.layout = lay = config.layout()
@@ -191,52 +117,15 @@ class Machine:
         self._tracking = False
         self._decisions: Decisions | None = None
         self._written: set[int] = set()
-        self._load(image)
+        load(image, lay, self.mem, self.views, self.cpus)
+        for cpu in self.cpus:
+            cpu.state = self._fresh_state(cpu.index)
         self._initial_mem = self.mem.snapshot()
         self._initial_ctx = [c.uc.context_save() for c in self.cpus]
         self._dirty = False
         self._last: int | None = None
         self._escalation: dict[int, str] = {}
         self._md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-
-    # ------------------------------------------------------------ building
-    def _load(self, image: GuestImage) -> None:
-        lay = self.layout
-        for prog in image.programs:
-            off = prog.base - layout.TEXT_BASE
-            if off < 0 or off + len(prog.code) > lay.text_size:
-                raise MachineConfigError(f"{prog.name}: [{prog.base:#x}, {prog.end:#x}) is "
-                                         "not inside the text")
-            ctypes.memmove(ctypes.addressof(self.mem.text) + off, prog.code, len(prog.code))
-        for view in self.views:
-            view.reset(bytes(self.mem.text))
-        for i, entry in enumerate(layout.GDT_ENTRIES):
-            self.mem.write(layout.GDT_ADDR + 8 * i, struct.pack("<Q", entry))
-        for vector, handler in image.idt.items():
-            if not 0 <= vector < 256 or lay.region_of(handler) is None:
-                raise MachineConfigError(f"IDT vector {vector}: bad handler {handler:#x}")
-            gate = x86.Gate(handler, layout.KERNEL_CS, 0, x86.GATE_INTERRUPT, 0, True)
-            self.mem.write(layout.IDT_ADDR + 16 * vector, gate.encode())
-        for va, raw in image.data:
-            try:
-                self.mem.write(va, raw)
-            except GuestMemoryError as e:
-                raise MachineConfigError(f"initial data at {va:#x}: {e}") from None
-        for cpu, boot in zip(self.cpus, image.boot, strict=True):
-            if lay.region_of(boot.entry) is None or \
-                    lay.translate(boot.entry, layout.Access.FETCH) is None:
-                raise MachineConfigError(f"cpu{cpu.index}: entry {boot.entry:#x} is not text")
-            self.mem.write(lay.percpu(cpu.index), struct.pack("<QQ", cpu.index,
-                                                               lay.stack_top(cpu.index)))
-            cpu.set_reg("rsp", lay.stack_top(cpu.index))
-            cpu.set_reg("rflags", 0x202 if boot.interrupts else 0x2)
-            for name, value in boot.regs.items():
-                try:
-                    cpu.set_reg(name, value)
-                except (AttributeError, UcError):
-                    raise MachineConfigError(f"cpu{cpu.index}: bad register {name!r}") from None
-            cpu.set_reg("rip", boot.entry)
-            cpu.state = self._fresh_state(cpu.index)
 
     def _physical(self, ranges: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
         out = []
@@ -327,12 +216,6 @@ class Machine:
                          final_rips=[c.reg("rip") for c in self.cpus],
                          text_start=self._initial_mem[0], text_end=bytes(self.mem.text))
 
-    def _deliverable(self, cpu: Cpu) -> bool:
-        st = cpu.state
-        if st.pending_nmi and not st.nmi_blocked:
-            return True
-        return bool(st.pending_ipis) and not st.shadow and bool(cpu.reg("rflags") & x86.RFLAGS_IF)
-
     def _step(self, dec: Decisions) -> Verdict | None:
         runnable = [c for c in self.cpus if not c.state.finished
                     and (not c.state.halted or self._deliverable(c))]
@@ -381,29 +264,6 @@ class Machine:
                 self._refresh(cpu, pick - 1)
         quantum = dec.choose(Request(Kind.QUANTUM, self.config.max_quantum, cpu.index)) + 1
         return self._after_run(cpu, cpu.run(quantum))
-
-    def _nmi_arrives(self, cpu: Cpu, dec: Decisions, rip: int | None = None) -> bool:
-        """Whether a spontaneous NMI becomes pending on `cpu` now (an NMI_RAISE choice while
-        it has some left and none pending). Asked at the start of each step and, in event
-        mode, before every instruction of a run too (Cpu.nmi_point): an external interrupt
-        may arrive between any two instructions, so its timing is the search's to choose."""
-        st = cpu.state
-        if not st.nmis_left or st.pending_nmi:
-            return False
-        weight = 1 / self.config.nmi_rarity
-        if not dec.choose(Request(Kind.NMI_RAISE, 2, cpu.index, weight=weight, rip=rip)):
-            return False
-        st.pending_nmi = True
-        st.nmis_left -= 1
-        if cpu.footprint is not None:
-            cpu.footprint.writes.add(irq(cpu.index, nmi=True))
-        self._event(cpu, NmiRaised)
-        return True
-
-    def _nmi_point(self, cpu: Cpu, rip: int) -> bool:
-        """Event mode, before the instruction at `rip` inside a run: True stops the run there,
-        with an NMI pending that the CPU's next step takes."""
-        return self._nmi_arrives(cpu, self._decisions, rip)
 
     def _observe_pending(self, cpu: Cpu, dec: Decisions) -> None:
         """Event mode: the instruction this step starts with is fetched now. Its pending units
@@ -459,23 +319,6 @@ class Machine:
         cpu.invalidate(s, e)
         self._event(cpu, ViewUpdate, start=layout.TEXT_BASE + s, size=e - s)
 
-    def _maybe_interrupt(self, cpu: Cpu, dec: Decisions) -> Verdict | None:
-        st = cpu.state
-        if st.pending_nmi and not st.nmi_blocked:
-            if st.halted or dec.choose(Request(Kind.NMI, 2, cpu.index)):
-                st.pending_nmi = False
-                st.nmi_blocked = True  # until the next IRET (SDM 6.7.1)
-                return self._deliver(cpu, x86.NMI, cpu.reg("rip"), None, InterruptEvent)
-        elif st.pending_ipis and not st.shadow and cpu.reg("rflags") & x86.RFLAGS_IF:
-            if st.halted or dec.choose(Request(Kind.IPI, 2, cpu.index)):
-                vector = max(st.pending_ipis)
-                st.pending_ipis.discard(vector)
-                verdict = self._deliver(cpu, vector, cpu.reg("rip"), None, InterruptEvent)
-                if verdict is None and vector in self.config.serializing_vectors:
-                    self._serialize(cpu, ipi=vector)
-                return verdict
-        return None
-
     def _after_run(self, cpu: Cpu, stop: Stop) -> Verdict | None:
         st = cpu.state
         if st.own_dirty:
@@ -488,7 +331,7 @@ class Machine:
             self._serialize(cpu)
         verdict: Verdict | None = None
         if stop.kind is StopKind.ERROR:
-            verdict = self._fault_verdict(cpu, stop.rip, stop.message, "emulation error")
+            verdict = fault_verdict(cpu, stop.rip, stop.message, "emulation error")
         elif stop.kind is StopKind.EXCEPTION:
             verdict = self._exception(cpu, stop)
         if st.verdict is not None:
@@ -510,147 +353,6 @@ class Machine:
         for s, e in _merge(done):
             cpu.invalidate(s, e)
         self._event(cpu, Serialize, units=len(done), ipi=ipi)
-
-    # ------------------------------------------------------------ exceptions
-    def _exception(self, cpu: Cpu, stop: Stop) -> Verdict | None:
-        vector = stop.vector
-        trap = vector == x86.BP or (x86.is_trap_instruction(cpu.state.last_code)
-                                    and stop.rip == cpu.state.last_ip + len(cpu.state.last_code))
-        if not trap:
-            retired = self.truth.retired[cpu.index] if self.config.truth else None
-            if retired and retired[-1][1] == stop.rip:
-                _tick, ip, code = retired.pop()  # a fault: the instruction did not retire
-                self._event(cpu, Faulted, ip=ip, code=code)
-        if stop.cr2 is not None:
-            cpu.set_reg("cr2", stop.cr2)
-        source = cpu.state.last_ip if trap else stop.rip
-        return self._deliver(cpu, vector, stop.rip, stop.error_code, ExceptionEvent,
-                             fault_rip=source, source=source)
-
-    def _deliver(self, cpu: Cpu, vector: int, return_rip: int, error_code: int | None,
-                 kind: type[Delivery], fault_rip: int | None = None, source: int | None = None
-                 ) -> Verdict | None:
-        """Deliver through the guest IDT; a failure escalates to #DF, then a triple fault."""
-        chain: list[str] = []
-        v, err = vector, error_code
-        while True:
-            problem = self._push_frame(cpu, v, return_rip, err)
-            if problem is None:
-                # `source`: the IP a trace reports for the event (Intel SDM vol. 3C, FUP IP:
-                # the INT3 / faulting instruction itself, the next IP for external events)
-                self._event(cpu, kind, vector=v, rip=return_rip, handler=cpu.reg("rip"),
-                            source=return_rip if source is None else source, error_code=err)
-                if chain:
-                    self._escalation[cpu.index] = "; ".join(chain)
-                return None
-            chain.append(f"delivering {x86.vector_name(v)}: {problem}")
-            if v == x86.DF:
-                rip = fault_rip if fault_rip is not None else return_rip
-                return self._fault_verdict(cpu, rip, "triple fault (" + "; ".join(chain) + ")",
-                                           "triple_fault")
-            v, err = x86.DF, 0
-
-    def _push_frame(self, cpu: Cpu, vector: int, rip: int, err: int | None) -> str | None:
-        _sel, base, limit, _flags = cpu.reg("idtr")
-        if 16 * vector + 15 > limit:
-            return f"vector {vector} is beyond the IDT limit"
-        try:
-            gate = x86.Gate.decode(self.mem.read(base + 16 * vector, 16))
-        except GuestMemoryError as e:
-            return f"IDT unreadable ({e})"
-        if not gate.present:
-            return "no usable handler (gate not present)"
-        if gate.type not in (x86.GATE_INTERRUPT, x86.GATE_TRAP) or gate.selector != \
-                layout.KERNEL_CS:
-            return f"unusable gate (type {gate.type:#x}, selector {gate.selector:#x})"
-        rsp, rflags = cpu.reg("rsp"), cpu.reg("rflags")
-        frame = struct.pack("<5Q", rip, cpu.reg("cs"), rflags, rsp, cpu.reg("ss"))
-        if err is not None:
-            frame = struct.pack("<Q", err) + frame
-        new_rsp = (rsp & ~0xF) - len(frame)
-        try:
-            self.mem.write(new_rsp, frame)
-        except GuestMemoryError as e:
-            return f"stack push faults ({e})"
-        flags = rflags & ~(x86.RFLAGS_TF | x86.RFLAGS_NT | x86.RFLAGS_RF | x86.RFLAGS_VM)
-        if gate.type == x86.GATE_INTERRUPT:
-            flags &= ~x86.RFLAGS_IF
-        cpu.set_reg("rsp", new_rsp)
-        cpu.set_reg("rflags", flags)
-        cpu.set_reg("rip", gate.offset)
-        cpu.state.halted = False
-        return None
-
-    def _fault_verdict(self, cpu: Cpu, rip: int, detail: str, event: str) -> Verdict:
-        return Verdict(VerdictKind.GUEST_FAULT, f"cpu{cpu.index}: {detail}", cpu=cpu.index, rip=rip,
-                       fetched=cpu.fetched(rip), event=event)
-
-    # ------------------------------------------------------------ hypercalls
-    def _hypercall(self, cpu: Cpu, hc: HypercallRequest) -> Verdict | None:
-        a0, a1, a2, a3 = hc.args
-        try:
-            number = Hypercall(hc.number)
-        except ValueError:
-            return self._fault_verdict(cpu, hc.rip - 2, f"unknown hypercall {hc.number}",
-                                       "hypercall")
-        self._event(cpu, HypercallEvent, number=number, args=(a0, a1))
-        try:
-            return self._serve(cpu, number, hc, a0, a1, a2, a3)
-        except GuestMemoryError as e:
-            return self._fault_verdict(cpu, hc.rip - 2, f"hypercall {number.name}: {e}",
-                                       "hypercall")
-
-    def _serve(self, cpu: Cpu, number: Hypercall, hc: HypercallRequest, a0: int, a1: int,
-               a2: int, a3: int) -> Verdict | None:
-        if number is Hypercall.FINISH:
-            cpu.state.finished = True
-        elif number is Hypercall.SEND_IPI:
-            if a1 != x86.NMI and not 32 <= a1 <= 255:
-                return self._fault_verdict(cpu, hc.rip - 2, f"IPI with vector {a1}",
-                                           "hypercall")
-            for target in self.cpus:
-                if a0 >> target.index & 1:
-                    if cpu.footprint is not None:
-                        cpu.footprint.writes.add(irq(target.index, nmi=a1 == x86.NMI))
-                    if a1 == x86.NMI:
-                        target.state.pending_nmi = True
-                    else:
-                        target.state.pending_ipis.add(a1)
-        elif number is Hypercall.SIDEBAND:
-            if not 1 <= a3 <= 64:
-                return self._fault_verdict(cpu, hc.rip - 2, f"sideband record of {a3} bytes",
-                                           "hypercall")
-            self.sideband.append(TextPokeRecord(hc.tick, cpu.index, a0, self.mem.read(a1, a3),
-                                                self.mem.read(a2, a3)))
-            if cpu.footprint is not None and 0 <= a0 - layout.TEXT_BASE < self.layout.text_size:
-                # the decoder's image of those bytes changes here (emu/footprint.py)
-                cpu.footprint.writes.update(text_grains(a0 - layout.TEXT_BASE, a3))
-        elif number is Hypercall.ASSERT:
-            message = self.mem.read_cstring(a1) if a1 else ""
-            return Verdict(VerdictKind.GUEST_ASSERT,
-                           f"cpu{cpu.index}: guest assertion {a0}: {message}", cpu=cpu.index,
-                           rip=hc.rip - 2, fetched=cpu.fetched(hc.rip - 2),
-                           event="assert", extra={"code": a0})
-        elif number is Hypercall.TRAP:
-            return Verdict(VerdictKind.UNEXPECTED_TRAP,
-                           f"cpu{cpu.index}: INT3 at {a0:#x} claimed by no handler",
-                           cpu=cpu.index, rip=a0, fetched=cpu.fetched(a0), event="int3")
-        elif number is Hypercall.SEMANTICS:
-            return Verdict(VerdictKind.SEMANTICS, f"cpu{cpu.index}: patch site {a0} behaved as "
-                           f"outcome {a1}, which no state it could be in has", cpu=cpu.index,
-                           rip=hc.rip - 2, event="semantics", extra={"site": a0, "outcome": a1})
-        elif number is Hypercall.FAULT:
-            frame_rip = self.mem.read_u64(a1) if a1 else 0
-            detail = f"fatal {x86.vector_name(a0)} reported by the guest handler"
-            if cpu.index in self._escalation:
-                detail += f" ({self._escalation[cpu.index]})"
-            return self._fault_verdict(cpu, frame_rip, detail,
-                                       "double_fault" if a0 == x86.DF else "fatal_exception")
-        elif number is Hypercall.QUIESCENT:
-            cpu.state.yielded = True  # a voluntary schedule point: schedulers may switch
-            if self.config.event_mode:
-                cpu.request_stop()
-        return None  # MARK is recorded as an event only
 
     def _event(self, cpu: Cpu, kind: type[Event], **fields: object) -> None:
         self.truth.events.append(kind(self.clock.tick, cpu.index, **fields))

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 
 from . import hypercall, layout, x86
 from .asm import Program, assemble, load_source
+from .config import MachineConfig
 from .decisions import DecisionSource, RandomSource, ReplaySource
 from .events import ExceptionEvent, InterruptEvent, Serialize, TextStore
 from .fetch_view import Grain
-from .machine import CpuBoot, GuestImage, Machine, MachineConfig, RunResult
+from .loader import CpuBoot, GuestImage
+from .machine import Machine, RunResult
 from .path import Choice, Kind, Request, simplest
 from .verdict import VerdictKind
 

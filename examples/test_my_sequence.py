@@ -1,6 +1,8 @@
 import pytest
 
-from harness.scenario.scenario import JumpLabel, PokeSteps, Scenario
+from harness.scenario.op import PokeSteps
+from harness.scenario.scenario import Scenario
+from harness.scenario.site import JumpLabel
 
 # My own order of steps for turning a jump label's NOP5 into a JMP32 on a live SMP machine:
 # INT3 on the first byte, sync; the tail under the INT3 and the trace record, sync;

@@ -155,7 +155,7 @@ def _decode(args: argparse.Namespace) -> int:
 
 
 def _dump(args: argparse.Namespace) -> int:
-    from harness.trace.pt.decoder import dump_lines
+    from harness.trace.pt.dump import dump_lines
     from harness.trace.pt.packets import PacketError
 
     try:

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from emu import hypercall, layout, x86
 from emu.asm import assemble
-from emu.machine import CpuBoot, GuestImage, Machine, MachineConfig
+from emu.config import MachineConfig
+from emu.loader import CpuBoot, GuestImage
+from emu.machine import Machine
 from emu.path import Cost
 from harness.explore.exhaustive import explore_exhaustive
 

@@ -11,7 +11,8 @@ from emu.decisions import DecisionSource, RandomSource, ReplayError
 from emu.machine import Machine, RunResult
 from emu.verdict import Verdict
 from harness.scenario import guest
-from harness.scenario.scenario import Built, Scenario, build, machine_for
+from harness.scenario.build import Built, build, machine_for
+from harness.scenario.scenario import Scenario
 from harness.trace import kcore, sideband, verify
 from harness.trace.pt.encoder import TraceConfig
 from harness.trace.pt.flow import FlowItem, async_events, cpu_flow

@@ -6,7 +6,9 @@ import pytest
 
 from emu import hypercall, layout
 from emu.asm import assemble
-from emu.machine import CpuBoot, GuestImage, Machine, MachineConfig
+from emu.config import MachineConfig
+from emu.loader import CpuBoot, GuestImage
+from emu.machine import Machine
 from emu.path import Choice, Kind
 from harness.explore.shrink import ShrinkSource
 

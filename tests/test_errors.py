@@ -288,7 +288,7 @@ def test_dump_streams_its_lines(tmp_path, monkeypatch):
         for item in iter_packets(stream):
             parsed.append(item)
             yield item
-    monkeypatch.setattr("harness.trace.pt.decoder.iter_packets", counting)
+    monkeypatch.setattr("harness.trace.pt.dump.iter_packets", counting)
 
     class ClosedPipe(io.StringIO):
         def write(self, s):

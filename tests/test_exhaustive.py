@@ -12,14 +12,13 @@ from emu.decisions import DecisionSource
 from emu.footprint import Footprint, data_words, describe, irq, text_grains
 from emu.path import Cost, CpuContext, Kind, Request, simplest
 from harness import litmus
+from harness.explore.dpor import Step, races
 from harness.explore.exhaustive import (
     ExhaustiveSource,
     Node,
     Search,
     SearchError,
-    Step,
     explore_exhaustive,
-    races,
 )
 from harness.explore.explore import Plan, explore, replay
 

@@ -15,8 +15,11 @@ from harness.oracles import torn_execution
 from harness.run import Runner
 from harness.scenario import guest
 from harness.scenario import guest_abi as abi
-from harness.scenario.scenario import JumpLabel, KprobeSite, Scenario, StaticKey, build
+from harness.scenario.build import build
+from harness.scenario.op import StaticKey
+from harness.scenario.scenario import Scenario
 from harness.scenario.shipped import SCENARIOS
+from harness.scenario.site import JumpLabel, KprobeSite
 from harness.scenario.text_poke_loc import ScenarioError
 
 GUEST_CODE = Path(__file__).resolve().parent.parent / "guest_code"

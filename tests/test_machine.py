@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from emu import events, layout, x86
+from emu.config import MachineConfig
 from emu.decisions import RandomSource, ReplayError, ReplaySource, SimplestSource
 from emu.events import (
     EventKind,
@@ -22,7 +23,6 @@ from emu.events import (
 )
 from emu.fetch_view import Grain
 from emu.hypercall import Hypercall
-from emu.machine import MachineConfig
 from emu.path import Kind
 from emu.selftest import Scripted
 from emu.verdict import MachineConfigError
@@ -373,7 +373,8 @@ site:
 """
     from emu import hypercall
     from emu.asm import assemble
-    from emu.machine import CpuBoot, GuestImage, Machine
+    from emu.loader import CpuBoot, GuestImage
+    from emu.machine import Machine
 
     prog = assemble(src, layout.TEXT_BASE, hypercall.EQUATES | {
         "V": VAR, "POKE_DELTA": layout.POKE_BASE - layout.TEXT_BASE})
@@ -401,7 +402,8 @@ def test_grain_names():
 
 
 def test_image_entry_outside_text_is_rejected(build):
-    from emu.machine import CpuBoot, GuestImage, Machine
+    from emu.loader import CpuBoot, GuestImage
+    from emu.machine import Machine
     with pytest.raises(MachineConfigError, match="entry"):
         Machine(MachineConfig(ncpus=1), GuestImage(programs=[], boot=[CpuBoot(layout.DATA_BASE)]))
 

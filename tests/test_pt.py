@@ -11,14 +11,17 @@ from hypothesis import strategies as st
 
 from emu import hypercall, layout
 from emu.asm import assemble
-from emu.machine import CpuBoot, GuestImage, Machine, MachineConfig
+from emu.config import MachineConfig
+from emu.loader import CpuBoot, GuestImage
+from emu.machine import Machine
 from emu.selftest import Scripted
 from emu.text_poke_record import TextPokeRecord
 from harness.run import Runner
 from harness.scenario.shipped import SCENARIOS
 from harness.trace import kcore, sideband, verify
 from harness.trace.pt import last_ip as L
-from harness.trace.pt.decoder import Ambiguous, DecodeError, decode, dump, items
+from harness.trace.pt.decoder import Ambiguous, decode
+from harness.trace.pt.dump import dump
 from harness.trace.pt.encoder import TraceConfig, encode_cpu
 from harness.trace.pt.flow import async_events, cpu_flow
 from harness.trace.pt.image import Image
@@ -38,6 +41,7 @@ from harness.trace.pt.packets import (
     decode_packet,
     iter_packets,
 )
+from harness.trace.pt.query import DecodeError, items
 
 KERNEL = st.integers(0xFFFF800000000000, 2**64 - 1)
 USER = st.integers(0, 0x00007FFFFFFFFFFF)
@@ -281,17 +285,17 @@ def test_decoder_fast_paths_change_nothing(monkeypatch, name, variant, tsc_perio
 
 
 def test_instruction_cache_drops_only_what_a_write_touches():
-    """After a record is applied, the walker keeps the instructions whose bytes (the
+    """After a record is applied, the walker's cache keeps the instructions whose bytes (the
     INSN_MAX read at their IP) it did not touch, and only those."""
-    from harness.trace.pt.decoder import _Walker
+    from harness.trace.pt.insn_cache import InsnCache
     image = Image(0x1000, bytes(64), [TextPokeRecord(5, 0, 0x1020, b"\x00", b"\xcc")])
-    walker = _Walker([], image, 10, [])
-    walker._insns_version = image.version
-    walker._insns = {ip: (b"", None) for ip in (0x1000, 0x1011, 0x1012, 0x1020, 0x1021)}
+    cache = InsnCache()
+    cache.version = image.version
+    cache.by_ip = {ip: (b"", None) for ip in (0x1000, 0x1011, 0x1012, 0x1020, 0x1021)}
     image.advance(6)
-    walker._sync_insns()
-    assert sorted(walker._insns) == [0x1000, 0x1011, 0x1021]
-    assert walker._insns_version == image.version == 1
+    cache.sync(image)
+    assert sorted(cache.by_ip) == [0x1000, 0x1011, 0x1021]
+    assert cache.version == image.version == 1
 
 
 def test_image_forward_and_backward_agree():

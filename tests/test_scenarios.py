@@ -14,18 +14,13 @@ from emu.selftest import Scripted
 from emu.verdict import VerdictKind
 from harness.run import Runner, outcome_counts
 from harness.scenario import int3_selftest
+from harness.scenario.build import build
 from harness.scenario.guest import Cfg
 from harness.scenario.guest_abi import KPROBE
-from harness.scenario.scenario import (
-    CallSite,
-    JumpLabel,
-    Scenario,
-    StaticCallUpdate,
-    StaticKey,
-    Variant,
-    build,
-)
+from harness.scenario.op import StaticCallUpdate, StaticKey
+from harness.scenario.scenario import Scenario, Variant
 from harness.scenario.shipped import SCENARIOS
+from harness.scenario.site import CallSite, JumpLabel
 from harness.scenario.text_poke_loc import ScenarioError, text_poke_loc_init
 from tests.conftest import one_changed
 
@@ -217,7 +212,7 @@ def test_a_poke_text_poke_loc_init_rejects_is_refused():
     scn = Scenario("bad", "x", sites=[CallSite("c", key="s", funcs=("f1", "f2"), offset=0)],
                    ops=[StaticCallUpdate("s", "f2")], cpus=2)
     build(scn)  # a CALL is fine
-    from harness.scenario import scenario as sc
+    from harness.scenario import site as sc
     orig = sc.CallSite.instructions
     try:
         sc.CallSite.instructions = lambda self, prog, state: [(0, bytes.fromhex("b801000000"))]
@@ -228,7 +223,7 @@ def test_a_poke_text_poke_loc_init_rejects_is_refused():
 
 
 def test_poke_steps_refuse_an_unknown_step_or_site():
-    from harness.scenario.scenario import PokeSteps
+    from harness.scenario.op import PokeSteps
     for op, why in [(PokeSteps("j", ["int3", "synk"]), "unknown step 'synk'"),
                     (PokeSteps("x", ["int3"]), "no jump label named 'x'")]:
         with pytest.raises(ScenarioError, match=why):
@@ -237,7 +232,7 @@ def test_poke_steps_refuse_an_unknown_step_or_site():
 
 def test_guest_text_poke_loc_init_bugs_on_a_bad_entry():
     """The guest's own text_poke_loc_init() BUG()s (guest_assert) on what it cannot emulate."""
-    from harness.scenario.scenario import Raw
+    from harness.scenario.op import Raw
     scn = Scenario("bad_guest", "x", sites=[JumpLabel("j", key="k")], cpus=2,
                    ops=[Raw("    lea rdi, [rip + site_j]\n    lea rsi, [rip + bad_insn]\n"
                             "    mov edx, 5\n    xor ecx, ecx\n    call text_poke_bp\n")],

@@ -21,7 +21,9 @@ from emu.path import Cost, Kind
 from harness import litmus
 from harness.explore.exhaustive import explore_exhaustive
 from harness.run import Runner
-from harness.scenario.scenario import Raw, Scenario, Site
+from harness.scenario.op import Raw
+from harness.scenario.scenario import Scenario
+from harness.scenario.site import Site
 
 # A slot deep in CPU 0's stack (the patcher's), far below anything its calls push.
 SLOT = layout.STACK_BASE + 0x4000 - 0x800

@@ -17,7 +17,7 @@ in its `todo` set within the bounds; when none is left, the bounded space is exh
 Which values go into `todo`:
 - interrupt, NMI and FLUSH choices: every value;
 - CPU choices, by default: every runnable CPU. This is the bounded space itself;
-- CPU choices with `reduce` (`--dpor`): the value taken, plus what races ask for. This is
+- CPU choices with `reduce` (`--dpor`): the value taken, plus what races ask for (dpor.py):
   dynamic partial-order reduction (Flanagan and Godefroid, POPL 2005) with source-DPOR's choice
   of CPUs (Abdulla et al., POPL 2014): for every pair of dependent steps i < j of different
   CPUs (emu/footprint.py) that nothing else orders, the CPUs that can start the reversal are
@@ -47,6 +47,8 @@ from emu.decisions import DecisionSource
 from emu.footprint import Footprint, text_grains
 from emu.path import FREE, Cost, Kind, Request, deviation, simplest
 
+from .dpor import Step, backtrack_points
+
 
 @dataclass
 class Node:
@@ -67,19 +69,6 @@ class Node:
     def cost(self, value: int) -> Cost:
         """What taking `value` here spends of the bounds (emu/path.cost)."""
         return FREE if value == self.simplest else deviation(self.kind)
-
-
-@dataclass
-class Step:
-    """One scheduling step of a run: its CPU choice (a path index, None when only one CPU
-    could run) and its footprint."""
-
-    node: int | None
-    footprint: Footprint
-
-    @property
-    def cpu(self) -> int:
-        return self.footprint.cpu
 
 
 class ExhaustiveSource(DecisionSource):
@@ -115,82 +104,14 @@ class ExhaustiveSource(DecisionSource):
         self.text_written = text_written
 
 
-def races(steps: list[Step]) -> list[tuple[int, int, list[int]]]:
-    """(i, j, cpus): step i and the later step j of another CPU are dependent and i does not
-    happen-before j through other steps. `cpus` are the CPUs that can start the reversal, the
-    initials of v = (the steps after i that do not depend on i, then j), as source-DPOR
-    (Abdulla et al., POPL 2014) takes them: j's CPU first when it is one, then those that lead
-    to j. Happens-before is tracked with vector clocks over step indices."""
-    ncpus = 1 + max((s.cpu for s in steps), default=0)
-    clock = [[-1] * ncpus for _ in range(ncpus)]  # per CPU: the last step of each it knows
-    clocks: list[list[int]] = []
-    last_write: dict[int, int] = {}
-    reads: dict[int, dict[int, int]] = {}  # location -> CPU -> its last read since the write
-    out: list[tuple[int, int, list[int]]] = []
-    for j, step in enumerate(steps):
-        c, fp = step.cpu, step.footprint
-        before = clock[c]
-        preds: set[int] = set()
-        for loc in fp.reads | fp.writes:
-            w = last_write.get(loc)
-            if w is not None and steps[w].cpu != c:
-                preds.add(w)
-            if loc in fp.writes:
-                preds.update(r for cpu, r in reads.get(loc, {}).items() if cpu != c)
-        vc = list(before)
-        for i in preds:
-            vc = [max(a, b) for a, b in zip(vc, clocks[i], strict=True)]
-        vc[c] = j
-        clocks.append(vc)
-        for i in sorted(preds):
-            if i > before[steps[i].cpu]:  # not ordered before j by anything else
-                out.append((i, j, _initials(steps, clocks, i, j)))
-        clock[c] = vc
-        for loc in fp.writes:
-            last_write[loc] = j
-            reads.pop(loc, None)
-        for loc in fp.reads - fp.writes:
-            reads.setdefault(loc, {})[c] = j
-    return out
-
-
-def _initials(steps: list[Step], clocks: list[list[int]], i: int, j: int) -> list[int]:
-    ci = steps[i].cpu
-    first: dict[int, int] = {}  # CPU -> its first step in v
-    for k in range(i + 1, j + 1):
-        if k == j or clocks[k][ci] < i:  # k does not depend on i
-            first.setdefault(steps[k].cpu, k)
-    initial = [c for c, k in first.items()
-               if not any(d != c and f <= clocks[k][d] for d, f in first.items())]
-    vj = clocks[j]
-    return sorted(initial, key=lambda c: (c != steps[j].cpu, first[c] > vj[c], c))
-
-
-def _block_start(steps: list[Step], i: int) -> int:
-    while i > 0 and steps[i - 1].cpu == steps[i].cpu:
-        i -= 1
-    return i
-
-
-def _add_backtrack(path: list[Node], steps: list[Step], t: int, lead: list[int]) -> None:
-    """Try a CPU of `lead` at the choice before step t (the nearest one at or before it)."""
-    while t >= 0 and steps[t].node is None:
-        t -= 1
-    if t < 0:
-        return
-    node = path[steps[t].node]
-    node = node.origin or node  # a deviation's copy: what is tried is kept by its original
-    can = [node.runnable.index(c) for c in lead if c in node.runnable]
-    node.todo.update(can or range(node.arity))
-
-
 def backtrack(path: list[Node], steps: list[Step]) -> None:
-    """Add to the path's CPU choices what the races of this run ask for (see the module)."""
-    for i, _j, lead in races(steps):
-        _add_backtrack(path, steps, i, lead)
-        start = _block_start(steps, i)
-        if start != i:
-            _add_backtrack(path, steps, start, lead)
+    """Add to the path's CPU choices what the races of this run ask for (dpor.py); every CPU
+    where none of the lead could run."""
+    for index, lead in backtrack_points(steps):
+        node = path[index]
+        node = node.origin or node  # a deviation's copy: what is tried is kept by its original
+        can = [node.runnable.index(c) for c in lead if c in node.runnable]
+        node.todo.update(can or range(node.arity))
 
 
 def _spent(path: list[Node]) -> list[Cost]:

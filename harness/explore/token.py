@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from emu import layout
 from emu.machine import EVENT_MODEL
 from emu.path import Choice, decode_path, encode_path
-from harness.scenario.scenario import Built
+from harness.scenario.build import Built
 from harness.trace.pt.encoder import TraceConfig
 
 VERSION = "tp2"

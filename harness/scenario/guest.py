@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from emu import hypercall, layout, x86
 from emu.asm import Program, assemble, load_source
-from emu.machine import MachineConfig
+from emu.config import MachineConfig
 
 from . import guest_abi as abi
 from .text_poke_loc import ScenarioError

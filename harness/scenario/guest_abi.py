@@ -211,7 +211,7 @@ KPROBE = Struct("kprobe", "KPROBE", (
     Field("copied", Scalar.U8, 4)), size_to=64)
 
 # ------------------------------------------------------------------ CPUs and exceptions
-# The per-CPU area GS_BASE points at (emu/layout.py PERCPU_*; Machine._load fills it): the
+# The per-CPU area GS_BASE points at (emu/layout.py PERCPU_*; emu/loader.py: load fills it): the
 # CPU's number (smp_processor_id()) and its stack top.
 PERCPU = Struct("percpu", "PERCPU", u64s("cpu", "stack_top"), size_to=layout.PERCPU_SIZE)
 

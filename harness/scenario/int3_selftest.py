@@ -4,7 +4,9 @@ the frame intact (guest_code/int3_selftest.S)."""
 from __future__ import annotations
 
 from emu.asm import load_source
-from emu.machine import CpuBoot, GuestImage, Machine, MachineConfig
+from emu.config import MachineConfig
+from emu.loader import CpuBoot, GuestImage
+from emu.machine import Machine
 from emu.selftest import Scripted
 from emu.verdict import Verdict
 

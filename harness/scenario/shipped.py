@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 from .guest import Cfg
-from .scenario import (
-    CallSite,
-    JumpLabel,
-    Kprobe,
-    KprobeSite,
-    Raw,
-    Scenario,
-    StaticCallUpdate,
-    StaticKey,
-    Variant,
-)
+from .op import Kprobe, Raw, StaticCallUpdate, StaticKey
+from .scenario import Scenario, Variant
+from .site import CallSite, JumpLabel, KprobeSite
 from .text_poke_loc import ScenarioError
 
 FUNCS = ("fn_a", "fn_b", "fn_c")

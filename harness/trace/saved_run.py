@@ -13,8 +13,8 @@ from emu import events as machine_events
 from emu import layout
 from emu.text_poke_record import TextPokeRecord
 from harness.errors import BadInput
-from harness.trace.pt.decoder import items_until_error
 from harness.trace.pt.flow import FlowItem, async_events, cpu_flow
+from harness.trace.pt.query import items_until_error
 
 from . import kcore, sideband
 
@@ -35,7 +35,7 @@ class SavedRun:
     text_start: bytes
     text_end: bytes
     records: list[TextPokeRecord]
-    items: list = field(default_factory=list)  # per stream, decoder.items_until_error's
+    items: list = field(default_factory=list)  # per stream, query.items_until_error's
 
 
 def _text(path: Path) -> bytes:

@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from emu import layout
 from emu.text_poke_record import TextPokeRecord
 from emu.verdict import Verdict, VerdictKind
-from harness.trace.pt.decoder import Ambiguous, DecodeResult, decode, items_until_error
+from harness.trace.pt.decoder import Ambiguous, DecodeResult, decode
 from harness.trace.pt.encoder import TraceConfig, encode_cpu
 from harness.trace.pt.flow import FlowItem
 from harness.trace.pt.image import Image, ImageError, check_records
+from harness.trace.pt.query import items_until_error
 
 __all__ = ["check", "compare", "encode_all"]
 

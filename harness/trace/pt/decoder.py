@@ -1,11 +1,7 @@
-"""The PT decoder: packets -> branch items (the query layer) -> instruction flow over the image.
+"""The PT decoder: branch items (query.py) -> instruction flow over the image.
 
-Like libipt's query decoder, the first layer turns the packet stream into what the flow needs,
-in order: TNT bits, TIP targets, FUP sources, TIP.PGE/PGD, PSB+ status, each stamped with the
-time of the last TSC before it and of the first TSC after it. IP decompression is sequential
-over packets, so it is done here once.
-
-The flow layer walks the image from TIP.PGE. Before each instruction it checks for a FUP at the
+Like libipt's instruction flow decoder, it walks the image from TIP.PGE, consuming the items
+the query layer made of the packets. Before each instruction it checks for a FUP at the
 current IP: that is an asynchronous branch, taken *before* anything at that IP is decoded, so the
 INT3 byte of a poke never needs to be in the image. Text-poke records are applied when the
 decoder's time passes theirs; an instruction whose bytes a record changes, but whose time the
@@ -18,8 +14,6 @@ not, and a record in [lo, hi] that changes what the instruction decodes to is am
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -27,52 +21,8 @@ from emu.text_poke_record import TextPokeRecord
 
 from .image import INSN_MAX, Image, ImageError
 from .insn import Cls, classify
-from .last_ip import LastIp
-from .packets import (
-    Cbr,
-    Fup,
-    ModeExec,
-    Ovf,
-    PacketError,
-    Pad,
-    Psb,
-    PsbEnd,
-    Tip,
-    TipPgd,
-    TipPge,
-    Tnt,
-    TscPacket,
-    iter_packets,
-)
-
-INFINITY = 1 << 64
-
-
-class ItemKind(enum.Enum):
-    BIT = "tnt"
-    TIP = "tip"
-    FUP = "fup"
-    PGE = "tip.pge"
-    PGD = "tip.pgd"
-    PSB = "psb"  # a PSB+: last-IP reset (done here) and return-compression restart
-    STATUS_FUP = "psb.fup"  # the FUP inside PSB+: where the flow is, not a branch
-
-
-@dataclass
-class Item:
-    kind: ItemKind
-    offset: int
-    ip: int | None = None
-    bit: bool = False
-    time: int = 0  # last TSC before this item
-    next_tsc: int = INFINITY  # first TSC after it
-
-
-class DecodeError(Exception):
-    def __init__(self, offset: int, message: str, ip: int | None = None) -> None:
-        where = f"offset {offset:#x}" + ("" if ip is None else f", ip {ip:#x}")
-        super().__init__(f"{where}: {message}")
-        self.offset, self.message, self.ip = offset, message, ip
+from .insn_cache import InsnCache
+from .query import INFINITY, DecodeError, Item, ItemKind, items_until_error
 
 
 class Ambiguous(Exception):
@@ -82,77 +32,6 @@ class Ambiguous(Exception):
                          f"in [{lo}, {upper}] and the text-poke record at {record.addr:#x} "
                          f"(time {record.tick}) inside that interval changes it")
         self.offset, self.ip, self.record = offset, ip, record
-
-
-def items(stream: bytes) -> list[Item]:
-    """The query layer. Malformed packets raise PacketError; misplaced ones DecodeError."""
-    out, error = items_until_error(stream)
-    if error is not None:
-        raise error
-    return out
-
-
-def items_until_error(stream: bytes) -> tuple[list[Item], Exception | None]:
-    """The items before the first malformed or misplaced packet, and that error if any."""
-    out: list[Item] = []
-    try:
-        _items(stream, out)
-    except (PacketError, DecodeError) as e:
-        return out, e
-    return out, None
-
-
-def _items(stream: bytes, out: list[Item]) -> None:
-    last_ip = LastIp()
-    time = 0
-    in_psb = False
-    waiting: list[Item] = []  # items whose next TSC is not known yet
-    for off, pkt in iter_packets(stream):
-        if isinstance(pkt, TscPacket):
-            if pkt.tsc < time:  # the TSC never runs backwards on one CPU
-                raise DecodeError(off, f"TSC {pkt.tsc} runs backwards (the last TSC was {time})")
-            time = pkt.tsc
-            for it in waiting:
-                it.next_tsc = time
-            waiting = []
-            continue
-        if isinstance(pkt, Pad | Cbr | ModeExec):
-            continue
-        if isinstance(pkt, Psb):
-            if in_psb:
-                raise DecodeError(off, "PSB inside PSB+")
-            in_psb = True
-            last_ip.reset()
-            new = [Item(ItemKind.PSB, off, time=time)]
-        elif isinstance(pkt, PsbEnd):
-            if not in_psb:
-                raise DecodeError(off, "PSBEND without PSB")
-            in_psb = False
-            continue
-        elif isinstance(pkt, Ovf):
-            raise DecodeError(off, "internal buffer overflow (OVF) in the trace")
-        elif isinstance(pkt, Tnt):
-            if in_psb:
-                raise DecodeError(off, "TNT inside PSB+")
-            new = [Item(ItemKind.BIT, off, bit=b, time=time) for b in pkt.bits]
-        else:
-            try:
-                ip = last_ip.decompress(pkt.ipbytes, pkt.payload)
-            except ValueError as e:
-                raise DecodeError(off, str(e)) from None
-            if isinstance(pkt, Fup):
-                kind = ItemKind.STATUS_FUP if in_psb else ItemKind.FUP
-            elif in_psb:
-                raise DecodeError(off, f"{type(pkt).__name__} inside PSB+")
-            else:
-                kind = {Tip: ItemKind.TIP, TipPge: ItemKind.PGE, TipPgd: ItemKind.PGD}[type(pkt)]
-            if ip is None and kind is not ItemKind.PGD:
-                raise DecodeError(off, f"{kind.value} with a suppressed IP")
-            new = [Item(kind, off, ip=ip, time=time)]
-        out += new
-        waiting += new
-    if in_psb:
-        raise DecodeError(len(stream), "trace ends inside PSB+")
 
 
 class Step(NamedTuple):
@@ -209,8 +88,7 @@ class _Walker:
         self.ip: int | None = None
         self.lo, self.hi = 0, INFINITY
         self.stack: list[int] = []
-        self._insns: dict[int, tuple[bytes, object]] = {}  # ip -> fetch, at _insns_version
-        self._insns_version = -1
+        self.cache = InsnCache()
 
     def clone(self) -> _Walker:
         w = _Walker(self.its, self.image.copy(), self.max_steps, list(self.steps), True)
@@ -321,7 +199,7 @@ class _Walker:
         lookahead counts `step` calls."""
         if not self._settle(self.lo, self.hi):  # as the next `fetch` would; only forward
             return
-        insns, steps, limit, its = self._insns, self.steps, self.max_steps, self.its
+        insns, steps, limit, its = self.cache.by_ip, self.steps, self.max_steps, self.its
         n = len(its)
         k, ip, lo, hi = self.k, self.ip, self.lo, self.hi
         other, cond, jmp = Cls.OTHER, Cls.COND, Cls.JMP
@@ -360,21 +238,9 @@ class _Walker:
         image.advance(lo)
         if not image.settled(hi):
             return False
-        if image.version != self._insns_version:
-            self._sync_insns()
+        if image.version != self.cache.version:
+            self.cache.sync(image)
         return True
-
-    def _sync_insns(self) -> None:
-        """Bring the instruction cache to the image's version: drop what a write since then
-        touched (the bytes `fetch` read at the instruction's IP); the rest reads the same."""
-        image, insns, since = self.image, self._insns, self._insns_version
-        if since < 0:
-            insns.clear()
-        else:
-            for addr, end in image.writes[since:]:
-                for ip in [ip for ip in insns if ip < end and addr < ip + INSN_MAX]:
-                    del insns[ip]
-        self._insns_version = image.version
 
     def fetch(self, ip: int, offset: int):
         """The instruction at `ip` as of the decoder's time. Records in [lo, hi] touching it
@@ -386,14 +252,14 @@ class _Walker:
         image = self.image
         settled = self._settle(self.lo, self.hi)
         if settled:  # the common case: the same bytes decode the same way until a write
-            hit = self._insns.get(ip)
+            hit = self.cache.by_ip.get(ip)
             if hit is not None:
                 return hit
         code = image.read(ip)
         if not code:
             raise DecodeError(offset, "the flow left the image", ip)
         if settled:
-            self._insns[ip] = hit = (code, classify(code))
+            self.cache.by_ip[ip] = hit = (code, classify(code))
             return hit
         doubt = image.uncertain(self.lo, self.hi, ip)
         if not doubt:
@@ -424,36 +290,3 @@ class _Walker:
         return True
 
 
-def dump(stream: bytes) -> list[str]:
-    """One line per packet: offset, name, fields (IPs decompressed)."""
-    return list(dump_lines(stream))
-
-
-def dump_lines(stream: bytes) -> Iterator[str]:
-    """`dump`'s lines as each packet is parsed, so that a reader sees the packets before a
-    malformed one (PacketError) and a long stream is never held as text."""
-    last_ip = LastIp()
-    names = {"TscPacket": "TSC", "TipPge": "TIP.PGE", "TipPgd": "TIP.PGD", "ModeExec": "MODE.Exec",
-             "PsbEnd": "PSBEND"}
-    for off, pkt in iter_packets(stream):
-        name = names.get(type(pkt).__name__, type(pkt).__name__.upper())
-        if isinstance(pkt, Tnt):
-            body = "".join("T" if b else "N" for b in pkt.bits)
-        elif isinstance(pkt, TscPacket):
-            body = f"{pkt.tsc}"
-        elif isinstance(pkt, Cbr):
-            body = f"{pkt.ratio}"
-        elif isinstance(pkt, ModeExec):
-            body = "64" if pkt.csl else ("32" if pkt.csd else "16")
-        elif isinstance(pkt, Psb):
-            last_ip.reset()
-            body = ""
-        elif hasattr(pkt, "ipbytes"):
-            try:
-                ip = last_ip.decompress(pkt.ipbytes, pkt.payload)
-            except ValueError as e:  # as the query layer reports it
-                raise PacketError(off, str(e)) from None
-            body = "suppressed" if ip is None else f"{ip:#x} (ipbytes {pkt.ipbytes:03b})"
-        else:
-            body = ""
-        yield f"{off:#010x}  {name:9} {body}".rstrip()

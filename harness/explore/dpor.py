@@ -1,0 +1,105 @@
+"""Dynamic partial-order reduction over one run's steps: which pairs of steps race, which CPUs
+can start each reversal, and at which CPU choices of the path to try them.
+
+Flanagan and Godefroid (POPL 2005) with source-DPOR's choice of CPUs (Abdulla et al., POPL
+2014): for every pair of dependent steps i < j of different CPUs (their footprints,
+emu/footprint.py) that nothing else orders, the CPUs that can start the reversal are tried at
+the choice before i, and, as bounded POR does (Coons, Musuvathi, McKinley, OOPSLA 2013), at the
+start of the block of steps i belongs to. The search that tries them is exhaustive.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from emu.footprint import Footprint
+
+
+@dataclass
+class Step:
+    """One scheduling step of a run: its CPU choice (a path index, None when only one CPU
+    could run) and its footprint."""
+
+    node: int | None
+    footprint: Footprint
+
+    @property
+    def cpu(self) -> int:
+        return self.footprint.cpu
+
+
+def races(steps: list[Step]) -> list[tuple[int, int, list[int]]]:
+    """(i, j, cpus): step i and the later step j of another CPU are dependent and i does not
+    happen-before j through other steps. `cpus` are the CPUs that can start the reversal, the
+    initials of v = (the steps after i that do not depend on i, then j), as source-DPOR
+    (Abdulla et al., POPL 2014) takes them: j's CPU first when it is one, then those that lead
+    to j. Happens-before is tracked with vector clocks over step indices."""
+    ncpus = 1 + max((s.cpu for s in steps), default=0)
+    clock = [[-1] * ncpus for _ in range(ncpus)]  # per CPU: the last step of each it knows
+    clocks: list[list[int]] = []
+    last_write: dict[int, int] = {}
+    reads: dict[int, dict[int, int]] = {}  # location -> CPU -> its last read since the write
+    out: list[tuple[int, int, list[int]]] = []
+    for j, step in enumerate(steps):
+        c, fp = step.cpu, step.footprint
+        before = clock[c]
+        preds: set[int] = set()
+        for loc in fp.reads | fp.writes:
+            w = last_write.get(loc)
+            if w is not None and steps[w].cpu != c:
+                preds.add(w)
+            if loc in fp.writes:
+                preds.update(r for cpu, r in reads.get(loc, {}).items() if cpu != c)
+        vc = list(before)
+        for i in preds:
+            vc = [max(a, b) for a, b in zip(vc, clocks[i], strict=True)]
+        vc[c] = j
+        clocks.append(vc)
+        for i in sorted(preds):
+            if i > before[steps[i].cpu]:  # not ordered before j by anything else
+                out.append((i, j, _initials(steps, clocks, i, j)))
+        clock[c] = vc
+        for loc in fp.writes:
+            last_write[loc] = j
+            reads.pop(loc, None)
+        for loc in fp.reads - fp.writes:
+            reads.setdefault(loc, {})[c] = j
+    return out
+
+
+def _initials(steps: list[Step], clocks: list[list[int]], i: int, j: int) -> list[int]:
+    ci = steps[i].cpu
+    first: dict[int, int] = {}  # CPU -> its first step in v
+    for k in range(i + 1, j + 1):
+        if k == j or clocks[k][ci] < i:  # k does not depend on i
+            first.setdefault(steps[k].cpu, k)
+    initial = [c for c, k in first.items()
+               if not any(d != c and f <= clocks[k][d] for d, f in first.items())]
+    vj = clocks[j]
+    return sorted(initial, key=lambda c: (c != steps[j].cpu, first[c] > vj[c], c))
+
+
+def _block_start(steps: list[Step], i: int) -> int:
+    while i > 0 and steps[i - 1].cpu == steps[i].cpu:
+        i -= 1
+    return i
+
+
+def _choice_before(steps: list[Step], t: int) -> int | None:
+    """The path index of the CPU choice before step t (the nearest one at or before it)."""
+    while t >= 0 and steps[t].node is None:
+        t -= 1
+    return None if t < 0 else steps[t].node
+
+
+def backtrack_points(steps: list[Step]) -> list[tuple[int, list[int]]]:
+    """What the races of this run ask for: (path index of a CPU choice, lead), a CPU of `lead`
+    to try there; at the choice before the race's first step, and at the start of its block."""
+    out: list[tuple[int, list[int]]] = []
+    for i, _j, lead in races(steps):
+        start = _block_start(steps, i)
+        for t in (i, start) if start != i else (i,):
+            node = _choice_before(steps, t)
+            if node is not None:
+                out.append((node, lead))
+    return out

@@ -1,0 +1,152 @@
+"""Building a scenario for one variant and CPU count: the guest program assembled, the data
+tables packed (guest_abi.py), the image and machine configuration, and each site's allowed
+instructions for the torn-execution oracle. Every poke is checked against
+text_poke_loc_init()'s rules here, before the guest could BUG() on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from emu import layout
+from emu.asm import Program
+from emu.config import MachineConfig
+from emu.loader import CpuBoot, GuestImage
+from emu.machine import Machine
+from emu.verdict import MachineConfigError
+
+from . import guest
+from . import guest_abi as abi
+from .guest import DataLayout
+from .scenario import Scenario
+from .site import KPROBE_REGION, CallSite, JumpLabel, KprobeSite
+from .text_poke_loc import ScenarioError, check_boundary, text_poke_loc_init
+
+
+@dataclass
+class Built:
+    """A scenario made concrete for one variant and CPU count: program, image, site table."""
+
+    scenario: Scenario
+    variant: str
+    cpus: int
+    program: Program
+    image: GuestImage
+    sites: list[tuple[str, int, int, frozenset[tuple[int, bytes]]]]  # name, addr, len, allowed
+    config: MachineConfig
+    data: DataLayout
+
+
+def build(scn: Scenario, variant: str | None = None, cpus: int | None = None,
+          event_mode: bool = False) -> Built:
+    variant = variant or scn.default_variant
+    var = scn.variant(variant)
+    ncpus = scn.cpus if cpus is None else cpus
+    if not isinstance(ncpus, int) or not scn.min_cpus <= ncpus <= layout.MAX_CPUS:
+        raise ScenarioError(f"scenario {scn.name}: needs {scn.min_cpus}..{layout.MAX_CPUS} "
+                            f"CPUs, got {ncpus}")
+    keys = scn.keys()
+    kprobes = [s for s in scn.sites if isinstance(s, KprobeSite)]
+    gens = scn.generations()
+    what = f"scenario {scn.name}"
+    data = guest.kernel_data(ncpus, len(scn.sites), len(kprobes),
+                             sum(isinstance(s, JumpLabel) for s in scn.sites),
+                             sum(isinstance(s, CallSite) for s in scn.sites),
+                             ngen=len(gens), nkeys=len(keys))
+    guest.region_sizes(what, 0, data)  # the data fits, before anything is assembled
+    extra = {f"KEY_{k}": data["V_KEYS"] + abi.KEY_SLOT * i for i, k in enumerate(keys)}
+    extra |= {f"KPROBE_{s.name}": data["V_KPROBES"] + abi.KPROBE.size * i
+              for i, s in enumerate(kprobes)}
+    clash = sorted(set(extra) & set(guest.equates(ncpus, data)))
+    if clash:
+        raise ScenarioError(f"{what}: {clash[0]} names a key or kprobe and a guest equate; "
+                            "rename it")
+    data.vars.update(extra)
+    for op in scn.ops:
+        problem = op.validate(scn.sites)
+        if problem:
+            raise ScenarioError(f"{what}: {problem}")
+    try:
+        prog = guest.kernel_program(scn.source(), ncpus, data, what)
+    except Exception as e:
+        msg = str(e)
+        raise ScenarioError(msg if msg.startswith(what) else f"{what}: {msg}") from None
+    text_size, data_size = guest.region_sizes(what, prog.end - layout.TEXT_BASE, data)
+
+    sites = []
+    for i, s in enumerate(scn.sites):
+        addr = prog.sym(s.label) + getattr(s, "offset", 0)
+        check_boundary(prog, addr, s.name)
+        allowed = {(0, b"\xcc")}
+        for states in gens:
+            allowed |= set(s.instructions(prog, states[i]))
+        length = max(off + len(b) for off, b in allowed)
+        sites.append((s.name, addr, length, frozenset(allowed)))
+    _check_pokes(scn, prog, gens)
+
+    init: list[tuple[int, bytes]] = [
+        (data["V_CFG"], guest.u64s(int(var.cfg))),
+        (data["V_ONLINE"], guest.u64s((1 << ncpus) - 1)),
+        (data["V_STATE_OUT"],  # u64 [site][NGEN]: what the site reports in each generation
+         guest.u64s(*(s.outcome(states[i]) for i, s in enumerate(scn.sites)
+                      for states in gens))),
+    ]
+    jumps = [abi.JUMP_ENTRY.pack(code=prog.sym(s.label), target=prog.sym(f"{s.name}_yes"),
+                                 key=extra[f"KEY_{s.key}"])
+             for s in sorted((s for s in scn.sites if isinstance(s, JumpLabel)),
+                             key=lambda s: (extra[f"KEY_{s.key}"], prog.sym(s.label)),
+                             reverse=scn.jump_order == "descending")]
+    init += [(data["V_JUMP_NR"], guest.u64s(len(jumps))),
+             (data["V_JUMP_TABLE"], b"".join(jumps))]
+    calls = [abi.STATIC_CALL_SITE.pack(addr=prog.sym(s.label), key=extra[f"KEY_{s.key}"])
+             for s in scn.sites if isinstance(s, CallSite)]
+    init += [(data["V_SC_NR"], guest.u64s(len(calls))), (data["V_SC_SITES"], b"".join(calls))]
+    for s in scn.sites:
+        if isinstance(s, CallSite):
+            init.append((extra[f"KEY_{s.key}"],
+                         abi.STATIC_CALL_KEY.pack(func=prog.sym(s.funcs[0]))))
+    kp = [abi.KPROBE.pack(addr=prog.sym(s.label), slot=prog.sym(f"{s.name}_slot"),
+                          detour=prog.sym(f"{s.name}_detour"), opcode=KPROBE_REGION[0][0],
+                          copied=b"".join(KPROBE_REGION)[1:])
+          for s in kprobes]
+    init += [(data["V_KPROBES_NR"], guest.u64s(len(kprobes))), (data["V_KPROBES"], b"".join(kp))]
+    init = [(va, raw) for va, raw in init if raw]
+
+    nmis = (0,) + (scn.observer_nmis,) * (ncpus - 1)
+    # In event mode the visible shared data is the patching protocol's own state: the
+    # descriptor the INT3 handler reads and its per-CPU refs, the call-function flags of
+    # text_poke_sync, the kprobes.
+    watch = ((data["V_BP_VEC"], data["V_BP_NR"] + 8),
+             (data["V_CSD"], data["V_CSD"] + 8 * ncpus),
+             (data["V_BP_REFS"], data["V_BP_REFS"] + 8 * ncpus))
+    if kprobes:
+        watch += ((data["V_KPROBES"], data["V_KPROBES"] + abi.KPROBE.size * len(kprobes)),)
+    config = MachineConfig(ncpus=ncpus, grain=scn.grain, text_size=text_size, data_size=data_size,
+                           max_quantum=5000 if event_mode else scn.max_quantum,
+                           insn_budget=scn.insn_budget,
+                           spontaneous_nmis=nmis if scn.observer_nmis else (),
+                           nmi_rarity=scn.nmi_rarity, event_mode=event_mode,
+                           watch=watch if event_mode else ())
+    image = GuestImage(programs=[prog], idt=guest.kernel_idt(prog, scn.nmi_handler),
+                       boot=[CpuBoot(prog.sym("patcher"))]
+                       + [CpuBoot(prog.sym("observer")) for _ in range(ncpus - 1)],
+                       data=init)
+    return Built(scn, variant, ncpus, prog, image, sites, config, data)
+
+
+def _check_pokes(scn: Scenario, prog: Program, gens: list[list[object]]) -> None:
+    """Every poke the ops will make must pass text_poke_loc_init()'s rules: a clear error now,
+    rather than a BUG() in the guest."""
+    for g in range(1, len(gens)):
+        for i, s in enumerate(scn.sites):
+            if gens[g][i] == gens[g - 1][i] or isinstance(s, KprobeSite):
+                continue
+            new = b"".join(b for _, b in sorted(s.instructions(prog, gens[g][i])))
+            text_poke_loc_init(prog.sym(s.label), new, name=f"{scn.name}/{s.name}")
+
+
+def machine_for(built: Built) -> Machine:
+    try:
+        return Machine(built.config, built.image)
+    except MachineConfigError as e:
+        raise ScenarioError(f"scenario {built.scenario.name}: {e}") from None
