@@ -201,45 +201,11 @@ irq:
         assert m.mem.read_u64(VAR) == 5 and m.mem.read_u64(VAR + 8) == 1
 
 
-def test_no_ipi_in_the_sti_shadow(build):
-    src = """
+# cpu0 waits with IF clear until cpu1 has sent it an IPI, then sets IF; the IRQ handler
+# records where the interrupted flow continues.
+STI_SHADOW = """
 cpu0:
-    cmp qword ptr [V + 16], 1     # wait until cpu1 has sent the IPI
-    jne cpu0
-    sti
-shadowed:
-    nop
-after:
-    nop
-    mov eax, HC_FINISH
-    out HC_PORT, eax
-cpu1:
-    mov edi, 1
-    mov esi, 0x40
-    mov eax, HC_SEND_IPI
-    out HC_PORT, eax
-    mov qword ptr [V + 16], 1
-    mov eax, HC_FINISH
-    out HC_PORT, eax
-irq:
-    mov rax, qword ptr [rsp]
-    mov qword ptr [V], rax
-    iretq
-"""
-    m = build(src, ["cpu0", "cpu1"], {0x40: "irq"}, interrupts=False)
-    res = m.run(Scripted(quantum=1))  # a chance to deliver at every boundary
-    assert res.verdict.ok
-    # not at the boundary right after STI: the first one it can take is after `nop`
-    assert m.mem.read_u64(VAR) == m.symbol("after")
-
-
-def test_event_mode_takes_a_pending_ipi_where_the_sti_shadow_ends(build):
-    """In event mode a CPU runs to its next visible event; the end of an STI shadow is one, so
-    an IPI left pending while IF was clear is taken there (it used to run on to FINISH with the
-    IPI never delivered)."""
-    src = """
-cpu0:
-    pause                         # a yield: cpu1 sends the IPI meanwhile
+    pause                         # a spin-wait: cpu1 sends the IPI meanwhile
     cmp qword ptr [V + 16], 1
     jne cpu0
     sti
@@ -262,7 +228,21 @@ irq:
     mov qword ptr [V], rax
     iretq
 """
-    m = build(src, ["cpu0", "cpu1"], {0x40: "irq"}, interrupts=False, event_mode=True)
+
+
+def test_no_ipi_in_the_sti_shadow(build):
+    m = build(STI_SHADOW, ["cpu0", "cpu1"], {0x40: "irq"}, interrupts=False)
+    res = m.run(Scripted(quantum=1))  # a chance to deliver at every boundary
+    assert res.verdict.ok
+    # not at the boundary right after STI: the first one it can take is after `nop`
+    assert m.mem.read_u64(VAR) == m.symbol("after")
+
+
+def test_event_mode_takes_a_pending_ipi_where_the_sti_shadow_ends(build):
+    """In event mode a CPU runs to its next visible event; the end of an STI shadow is one, so
+    an IPI left pending while IF was clear is taken there (it used to run on to FINISH with the
+    IPI never delivered)."""
+    m = build(STI_SHADOW, ["cpu0", "cpu1"], {0x40: "irq"}, interrupts=False, event_mode=True)
     res = m.run(SimplestSource())
     assert res.verdict.ok and m.mem.read_u64(VAR) == m.symbol("after")
 
