@@ -1,18 +1,18 @@
 """Exhaustive exploration with bounded deviations (CHESS's preemption bounding, delayed
-fetch-view updates and interrupts), depth-first over the run's Path as loom does
-(src/rt/path.rs), optionally with a dynamic partial-order reduction over the CPU choices.
+fetch-view updates and interrupts) over the run's Path (loom's src/rt/path.rs), shallowest
+deviation first, optionally with a dynamic partial-order reduction over the CPU choices.
 
 The machine runs in event mode: a CPU runs until its next visible event (text store, fetch of
 bytes with a pending store, shared protocol data access, exception/interrupt, IRET) or until it
 spins or passes a quiescent point; a spontaneous NMI may arrive before any instruction of a CPU
-that has some (emu/machine.py). Every choice has its simplest value (emu/path.simplest); a
+that has some (emu/delivery.py), and is tried where `_interrupt_point` says. Every choice has its simplest value (emu/path.simplest); a
 path may deviate from it in at most P CPU choices (preemptions), V FLUSH choices (fetches that
 see a stale unit: delayed view updates) and I interrupt choices (an NMI raised, an interrupt
 left pending when it could be taken), as emu/path.cost counts them.
 
 Each run records its choices as `Node`s and, per step, the footprint the machine measured
-(emu/footprint.py). The next path changes the deepest choice that still has an untried value
-in its `todo` set within the bounds; when none is left, the bounded space is exhausted.
+(emu/footprint.py). The next path takes an untried value of a choice's `todo` set within the
+bounds, in the order `Search` describes; when none is left, the bounded space is exhausted.
 
 Which values go into `todo`:
 - interrupt, NMI and FLUSH choices: every value;
@@ -29,11 +29,11 @@ Without bounds DPOR is complete for the footprints' dependence: every order of d
 is explored. Under preemption bounds it is not quite: the reversal of a race may need a
 preemption that a path of the naive space spends elsewhere, so `exhausted` with `reduce` means
 "every order of dependent steps that the search reached", not the whole bounded space
-(tests/test_exhaustive.py compares the verdicts both find on small programs). Sleep sets were
+(tests/test_soundness.py compares the verdicts both find on small programs). Sleep sets were
 tried and left out: under the bound they lost far more, because a sleeping CPU's branch had its
 own preemption budget.
 
-`Search` is the whole state of the depth-first search, so an exploration can stop after any
+`Search` is the whole state of the search, so an exploration can stop after any
 schedule and continue later from its saved state (harness/explore/explore.py keeps it in --db).
 """
 
