@@ -5,10 +5,11 @@ deviation first, optionally with a dynamic partial-order reduction over the CPU 
 The machine runs in event mode: a CPU runs until its next visible event (text store, fetch of
 bytes with a pending store, shared protocol data access, exception/interrupt, IRET) or until it
 spins or passes a quiescent point; a spontaneous NMI may arrive before any instruction of a CPU
-that has some (emu/delivery.py), and is tried where `_interrupt_point` says. Every choice has its simplest value (emu/path.simplest); a
-path may deviate from it in at most P CPU choices (preemptions), V FLUSH choices (fetches that
-see a stale unit: delayed view updates) and I interrupt choices (an NMI raised, an interrupt
-left pending when it could be taken), as emu/path.cost counts them.
+that has some (emu/delivery.py), and is tried where `_interrupt_point` says. Every choice has
+its simplest value (emu/path.simplest); a path may deviate from it in at most P CPU choices
+(preemptions), V FLUSH choices (fetches that see a stale unit: delayed view updates) and I
+interrupt choices (an NMI raised, an interrupt left pending when it could be taken), as
+emu/path.cost counts them.
 
 Each run records its choices as `Node`s and, per step, the footprint the machine measured
 (emu/footprint.py). The next path takes an untried value of a choice's `todo` set within the
