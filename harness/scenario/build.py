@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from emu import layout
-from emu.asm import Program
+from emu.asm import AsmError, Program
 from emu.config import MachineConfig
 from emu.loader import CpuBoot, GuestImage
 from emu.machine import Machine
@@ -18,7 +18,7 @@ from emu.verdict import MachineConfigError
 from . import guest
 from . import guest_abi as abi
 from .guest import DataLayout
-from .scenario import Scenario
+from .scenario import FIRST_OWN_FLAG, HANDLER_VECTORS, Scenario
 from .site import KPROBE_REGION, CallSite, JumpLabel, KprobeSite
 from .text_poke_loc import ScenarioError, check_boundary, text_poke_loc_init
 
@@ -57,10 +57,12 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None,
     extra = {f"KEY_{k}": data["V_KEYS"] + abi.KEY_SLOT * i for i, k in enumerate(keys)}
     extra |= {f"KPROBE_{s.name}": data["V_KPROBES"] + abi.KPROBE.size * i
               for i, s in enumerate(kprobes)}
-    clash = sorted(set(extra) & set(guest.equates(ncpus, data)))
+    taken = set(guest.equates(ncpus, data))  # before the scenario's own names are allocated
+    extra |= _own_names(scn, data, what)
+    clash = sorted(set(extra) & taken)
     if clash:
-        raise ScenarioError(f"{what}: {clash[0]} names a key or kprobe and a guest equate; "
-                            "rename it")
+        raise ScenarioError(f"{what}: {clash[0]} names a key, kprobe, flag or variable and a "
+                            "guest equate; rename it")
     data.vars.update(extra)
     for op in scn.ops:
         problem = op.validate(scn.sites)
@@ -85,7 +87,7 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None,
     _check_pokes(scn, prog, gens)
 
     init: list[tuple[int, bytes]] = [
-        (data["V_CFG"], guest.u64s(int(var.cfg))),
+        (data["V_CFG"], guest.u64s(scn.cfg_value(var))),
         (data["V_ONLINE"], guest.u64s((1 << ncpus) - 1)),
         (data["V_STATE_OUT"],  # u64 [site][NGEN]: what the site reports in each generation
          guest.u64s(*(s.outcome(states[i]) for i, s in enumerate(scn.sites)
@@ -110,6 +112,8 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None,
                           copied=b"".join(KPROBE_REGION)[1:])
           for s in kprobes]
     init += [(data["V_KPROBES_NR"], guest.u64s(len(kprobes))), (data["V_KPROBES"], b"".join(kp))]
+    init += [(extra[name], value) for name, value in scn.variables.items()
+             if isinstance(value, bytes)]
     init = [(va, raw) for va, raw in init if raw]
 
     nmis = (0,) + (scn.observer_nmis,) * (ncpus - 1)
@@ -121,17 +125,52 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None,
              (data["V_BP_REFS"], data["V_BP_REFS"] + 8 * ncpus))
     if kprobes:
         watch += ((data["V_KPROBES"], data["V_KPROBES"] + abi.KPROBE.size * len(kprobes)),)
+    # ... and the scenario's own shared variables (a user's protocol state)
+    watch += tuple((extra[name], extra[name] + _size(value))
+                   for name, value in scn.variables.items())
     config = MachineConfig(ncpus=ncpus, grain=scn.grain, text_size=text_size, data_size=data_size,
                            max_quantum=5000 if event_mode else scn.max_quantum,
                            insn_budget=scn.insn_budget,
                            spontaneous_nmis=nmis if scn.observer_nmis else (),
                            nmi_rarity=scn.nmi_rarity, event_mode=event_mode,
                            watch=watch if event_mode else ())
-    image = GuestImage(programs=[prog], idt=guest.kernel_idt(prog, scn.nmi_handler),
+    try:
+        idt = guest.kernel_idt(prog, {HANDLER_VECTORS[k]: label
+                                      for k, label in scn.handlers.items()})
+    except AsmError as e:
+        raise ScenarioError(f"{what}: handlers: {e}") from None
+    image = GuestImage(programs=[prog], idt=idt,
                        boot=[CpuBoot(prog.sym("patcher"))]
                        + [CpuBoot(prog.sym("observer")) for _ in range(ncpus - 1)],
                        data=init)
     return Built(scn, variant, ncpus, prog, image, sites, config, data)
+
+
+def _size(value: int | bytes) -> int:
+    return len(value) if isinstance(value, bytes) else value
+
+
+def _own_names(scn: Scenario, data: DataLayout, what: str) -> dict[str, int]:
+    """The scenario's own flags (CFG_<name>: its bit) and shared variables (name: its address,
+    allocated in the guest data), checked by name."""
+    out: dict[str, int] = {}
+    if len(scn.flags) > 64 - FIRST_OWN_FLAG or len(set(scn.flags)) != len(scn.flags):
+        raise ScenarioError(f"{what}: flags: at most {64 - FIRST_OWN_FLAG} distinct names")
+    for name in scn.flags:
+        if not name.isidentifier():
+            raise ScenarioError(f"{what}: flag {name!r} is not a name")
+        out[f"CFG_{name}"] = scn.flag_bit(name)
+    for name, value in scn.variables.items():
+        size = _size(value)
+        if not name.isidentifier() or not isinstance(size, int) or not 1 <= size <= 1 << 20:
+            raise ScenarioError(f"{what}: variable {name!r}: a name and 1..1 MiB of data, got "
+                                f"{value!r:.40}")
+        out[name] = data.alloc(name, size, 64)  # a line of its own: no false sharing
+    unknown = sorted(set(scn.handlers) - set(HANDLER_VECTORS))
+    if unknown:
+        raise ScenarioError(f"{what}: handlers: unknown vector {unknown[0]!r}; known: "
+                            f"{', '.join(HANDLER_VECTORS)}")
+    return out
 
 
 def _check_pokes(scn: Scenario, prog: Program, gens: list[list[object]]) -> None:

@@ -129,13 +129,12 @@ def kernel_program(scenario_text: str, ncpus: int, data: DataLayout,
     return assemble(source, layout.TEXT_BASE, equates(ncpus, data), name)
 
 
-def kernel_idt(prog: Program, nmi_handler: str | None = None) -> dict[int, int]:
-    idt = {x86.BP: prog.sym("int3_entry"), x86.CALL_FUNCTION_VECTOR: prog.sym("sync_core_ipi"),
-           x86.DF: prog.sym("fatal_df"), x86.GP: prog.sym("fatal_gp"),
-           x86.PF: prog.sym("fatal_pf"), x86.UD: prog.sym("fatal_ud")}
-    if nmi_handler:
-        idt[x86.NMI] = prog.sym(nmi_handler)
-    return idt
+def kernel_idt(prog: Program, own: dict[int, str] | None = None) -> dict[int, int]:
+    """The kernel's gates (int3_entry for #BP, sync_core_ipi for the call-function IPI, fatal
+    handlers for #DF, #GP, #PF, #UD), with a scenario's `own` vector -> label on top."""
+    idt = {x86.BP: "int3_entry", x86.CALL_FUNCTION_VECTOR: "sync_core_ipi", x86.DF: "fatal_df",
+           x86.GP: "fatal_gp", x86.PF: "fatal_pf", x86.UD: "fatal_ud"} | (own or {})
+    return {vector: prog.sym(label) for vector, label in idt.items()}
 
 
 def u64s(*values: int) -> bytes:

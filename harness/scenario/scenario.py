@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from emu import x86
 from emu.verdict import VerdictKind
 
 from .guest import Cfg
@@ -41,10 +42,22 @@ GENERIC_VARIANTS: dict[str, Cfg] = {
 }
 
 
+# The vectors a scenario may give its own handler (`Scenario.handlers`), by name.
+HANDLER_VECTORS: dict[str, int] = {"bp": x86.BP, "ud": x86.UD, "nmi": x86.NMI,
+                                   "sync_ipi": x86.CALL_FUNCTION_VECTOR, "gp": x86.GP,
+                                   "pf": x86.PF, "df": x86.DF}
+FIRST_OWN_FLAG = 16  # a scenario's own flags take V_CFG bits from here up (Cfg uses the low ones)
+
+
 @dataclass(frozen=True)
 class Variant:
-    cfg: Cfg
+    """One patching sequence of a scenario: the kernel's variant bits (`cfg`), the scenario's
+    own flags by name (`flags`, declared in `Scenario.flags`), and the failure kinds a buggy
+    variant must show."""
+
+    cfg: Cfg = Cfg(0)
     expect: str | None = None  # failure kinds a buggy variant shows ("a|b"); None: must pass
+    flags: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         self.expected  # noqa: B018 - a misspelt kind is a ValueError here, not a lost failure
@@ -74,7 +87,14 @@ class Scenario:
     insn_budget: int = 400_000
     observer_nmis: int = 0  # spontaneous NMIs each observer may take (preemption, Z1)
     nmi_rarity: int = 2
-    nmi_handler: str | None = None
+    # own exception/interrupt handlers, by HANDLER_VECTORS name -> guest label (the INT3 entry
+    # template is guest_code/alternative.S: int3_entry)
+    handlers: Mapping[str, str] = field(default_factory=dict)
+    # own variant flags, by name: CFG_<name> in assembly, a bit of V_CFG (Variant.flags)
+    flags: Sequence[str] = ()
+    # own shared variables: name -> size in bytes (zeroed) or initial bytes; the name is the
+    # address in assembly; every access is a scheduling point of the exhaustive search
+    variables: Mapping[str, int | bytes] = field(default_factory=dict)
     passes_after: int = 2
     initial_wait: int = 1  # observer passes the patcher waits for before its first op
     min_cpus: int = 2
@@ -87,6 +107,17 @@ class Scenario:
             return Variant(GENERIC_VARIANTS[name])
         raise ScenarioError(f"scenario {self.name}: unknown variant {name!r}; known: "
                             f"{', '.join(self.variant_names())}")
+
+    def cfg_value(self, var: Variant) -> int:
+        """V_CFG for a variant: its kernel bits and its own flags' bits."""
+        unknown = [f for f in var.flags if f not in self.flags]
+        if unknown:
+            raise ScenarioError(f"scenario {self.name}: variant flag {unknown[0]!r} is not "
+                                f"one of the scenario's flags ({', '.join(self.flags) or 'none'})")
+        return int(var.cfg) | sum(self.flag_bit(f) for f in var.flags)
+
+    def flag_bit(self, name: str) -> int:
+        return 1 << (FIRST_OWN_FLAG + list(self.flags).index(name))
 
     def variant_names(self) -> list[str]:
         return list(self.variants) + [v for v in GENERIC_VARIANTS if v not in self.variants]
