@@ -251,5 +251,5 @@ def test_region_sizes_grow_by_pages_and_refuse_the_text_beyond_its_region():
 
 
 def test_a_kprobe_named_like_a_guest_equate_is_refused():
-    with pytest.raises(ScenarioError, match="KPROBE_SIZE names a key or kprobe"):
+    with pytest.raises(ScenarioError, match="KPROBE_SIZE names a key, kprobe"):
         build(Scenario("clash", "x", sites=[KprobeSite("SIZE")], ops=[]))
