@@ -419,13 +419,14 @@ def replay(token_text: str, scenario: Scenario | None = None) -> tuple[Token, Ou
     nothing else (a ReplayError names the position where the run and the path part)."""
     tok = Token.decode(token_text)
     trace = tok.trace
+    if scenario is None and tok.origin is not None:  # loaded afresh: the file may have changed
+        scenario = resolve(ScenarioRef(tok.scenario, tok.origin))
     if scenario is not None:
         if scenario.name != tok.scenario:
             raise TokenError(f"token is for scenario {tok.scenario!r}, not {scenario.name!r}")
         runner = Runner(scenario, tok.variant, tok.cpus, trace, event_mode=tok.event_mode)
     else:
-        runner = runner_for(tok.scenario, tok.variant, tok.cpus, trace, tok.event_mode,
-                            tok.origin)
+        runner = runner_for(tok.scenario, tok.variant, tok.cpus, trace, tok.event_mode)
     build = fingerprint(runner.built, trace)
     if build != tok.fingerprint:
         raise TokenError(f"token recorded against another build ({tok.fingerprint}: guest "
