@@ -21,6 +21,8 @@ from . import __version__
 from .errors import BadInput
 
 if TYPE_CHECKING:
+    from harness.scenario.load import Origin, ScenarioRef
+
     from .run import Outcome
 
 NO_FAILURE, FAILURE, BAD_INPUT, INTERNAL_ERROR = 0, 1, 2, 3
@@ -100,11 +102,36 @@ def _write_out(out: Outcome, seed: int | None, directory: Path) -> None:
     write_artifacts(out, seed, prepare_out(directory))
 
 
+def _extra(args: argparse.Namespace) -> list[Origin]:
+    """The files and modules --scenarios names, loaded once here so that a broken one is bad
+    input before any work (exit 2 naming the file and the error)."""
+    from harness.scenario.load import origin_of_text, scenarios
+
+    origins = [origin_of_text(text) for text in args.scenarios or ()]
+    for origin in origins:
+        scenarios(origin)
+    return origins
+
+
+def _ref(args: argparse.Namespace) -> ScenarioRef:
+    """The scenario argument: NAME (shipped or from --scenarios), FILE.py::NAME or
+    MODULE::NAME; checked (loaded) here."""
+    from harness.scenario.load import parse, resolve
+
+    ref = parse(args.scenario, _extra(args))
+    resolve(ref)
+    return ref
+
+
 def _scenarios(args: argparse.Namespace) -> int:
+    from harness.scenario.load import scenarios
     from harness.scenario.shipped import SCENARIOS
 
-    width = max(map(len, SCENARIOS))
-    for name, scn in SCENARIOS.items():
+    known = dict(SCENARIOS)
+    for origin in _extra(args):
+        known.update(scenarios(origin))
+    width = max(map(len, known))
+    for name, scn in known.items():
         print(f"{name:{width}}  {scn.description}")
         if args.verbose:
             print(f"{'':{width}}  variants: {', '.join(scn.variant_names())}")
@@ -112,14 +139,14 @@ def _scenarios(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from harness.scenario.shipped import get
+    from harness.scenario.load import resolve
     from harness.scenario.text_poke_loc import ScenarioError
 
     from .run import Runner
 
     out_dir = _out_dir(args)
     try:
-        runner = Runner(get(args.scenario), args.variant, args.cpus)
+        runner = Runner(resolve(_ref(args)), args.variant, args.cpus)
     except ScenarioError as e:
         return _bad_input(str(e))
     out = runner.run_seed(args.seed)
@@ -180,9 +207,13 @@ def _explore(args: argparse.Namespace) -> int:
         return _bad_input("--resume needs --db: the file the exploration to continue is in")
     if args.schedules is None and args.time is None and args.strategy != "exhaustive":
         args.schedules = 100  # exhaustive: until the bounded space is exhausted
-    plan = Plan(args.scenario, args.variant, args.cpus, args.strategy, args.seed, args.depth,
+    try:
+        ref = _ref(args)
+    except ScenarioError as e:
+        return _bad_input(str(e))
+    plan = Plan(ref.name, args.variant, args.cpus, args.strategy, args.seed, args.depth,
                 shrink=not args.no_shrink, preemptions=args.preemptions, delays=args.delays,
-                dpor=args.dpor, interrupts=args.interrupts)
+                dpor=args.dpor, interrupts=args.interrupts, origin=ref.origin)
     if args.log:
         log = sys.stderr if args.json else sys.stdout  # --json: only JSON on stdout
 
@@ -245,12 +276,19 @@ def _explore(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from emu.decisions import ReplayError
     from harness.explore.explore import replay
-    from harness.explore.token import TokenError
+    from harness.explore.token import Token, TokenError
+    from harness.scenario.load import ScenarioRef, parse, resolve
     from harness.scenario.text_poke_loc import ScenarioError
 
     out_dir = _out_dir(args)
     try:
-        tok, out = replay(args.token)
+        scenario = None
+        if args.scenarios:  # a token without an origin, for a scenario of these files
+            tok = Token.decode(args.token)
+            ref = ScenarioRef(tok.scenario, tok.origin) if tok.origin else \
+                parse(tok.scenario, _extra(args))
+            scenario = resolve(ref)
+        tok, out = replay(args.token, scenario)
     except (TokenError, ScenarioError, ReplayError) as e:
         return _bad_input(f"cannot replay: {e}")
     if out_dir:
@@ -260,9 +298,13 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _zoo(args: argparse.Namespace) -> int:
+    from harness.scenario.load import ScenarioRef, scenarios
+
     from .zoo import table, zoo
 
-    rows = zoo(args.strategy, args.buggy_budget, args.fixed_budget, args.jobs)
+    extra = [ScenarioRef(name, origin) for origin in _extra(args)
+             for name in scenarios(origin)]
+    rows = zoo(args.strategy, args.buggy_budget, args.fixed_budget, args.jobs, extra=extra)
     if args.json:
         from dataclasses import asdict
 
@@ -294,6 +336,12 @@ def _litmus(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def _scenarios_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenarios", action="append", metavar="FILE.py|MODULE",
+                   help="add the scenarios a Python file or module defines (repeatable); a "
+                        "scenario can also be named as FILE.py::NAME or MODULE::NAME")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="textpoke", description=__doc__)
     p.add_argument("--version", action="version", version=f"textpoke {__version__}")
@@ -303,13 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=_selftest)
     sc = sub.add_parser("scenarios", help="list the shipped scenarios")
     sc.add_argument("-v", "--verbose", action="store_true", help="also list their variants")
+    _scenarios_option(sc)
     sc.set_defaults(func=_scenarios)
     run = sub.add_parser("run", help="run one schedule of a scenario")
-    run.add_argument("scenario")
+    run.add_argument("scenario", help="NAME, FILE.py::NAME or MODULE::NAME")
     run.add_argument("--variant", help="the patching sequence variant (default: the correct one)")
     run.add_argument("--cpus", type=int, help="CPUs (1 patcher + observers)")
     run.add_argument("--seed", type=int, default=0, help="seed of the decision stream")
     run.add_argument("--out", help="directory for verdict.json and the ground truth")
+    _scenarios_option(run)
     run.set_defaults(func=_run)
     dec = sub.add_parser("decode", help="re-decode and re-verify a saved run directory")
     dec.add_argument("dir")
@@ -321,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     dmp.add_argument("file")
     dmp.set_defaults(func=_dump)
     ex = sub.add_parser("explore", help="explore many schedules of a scenario")
-    ex.add_argument("scenario")
+    ex.add_argument("scenario", help="NAME, FILE.py::NAME or MODULE::NAME")
     ex.add_argument("--variant")
     ex.add_argument("--cpus", type=int)  # the scenario names its range
     ex.add_argument("--strategy", choices=["random", "pct", "exhaustive"], default="random")
@@ -347,10 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-shrink", action="store_true")
     ex.add_argument("--log", action="store_true", help="a line per finished schedule")
     ex.add_argument("--json", action="store_true")
+    _scenarios_option(ex)
     ex.set_defaults(func=_explore)
     rp = sub.add_parser("replay", help="reproduce a schedule from its replay token")
     rp.add_argument("token")
     rp.add_argument("--out", help="directory for the artifacts, as `run --out` writes them")
+    _scenarios_option(rp)
     rp.set_defaults(func=_replay)
     zo = sub.add_parser("zoo", help="every race-zoo card: buggy found? fixed passes?")
     zo.add_argument("--strategy", choices=["random", "pct"], default="random")
@@ -358,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     zo.add_argument("--fixed-budget", type=positive_int, default=40)
     zo.add_argument("--jobs", type=positive_int, default=1)
     zo.add_argument("--json", action="store_true")
+    _scenarios_option(zo)
     zo.set_defaults(func=_zoo)
     li = sub.add_parser("litmus", help="cross-modifying-code litmus tests, explored exhaustively")
     li.add_argument("--preemptions", type=count, default=2)

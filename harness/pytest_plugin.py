@@ -9,10 +9,16 @@
         textpoke.check(my_scenario)   # every schedule of the bounded space (explore/exhaustive.py)
         assert textpoke.exhausted
 
-Options: --textpoke-seed N (first seed), --textpoke-replay TOKEN (run just that schedule).
+A variant with an expected verdict (`Variant(cfg, expect="torn_execution")`, a buggy one)
+passes when that failure is found within the budget. Options: --textpoke-seed N (first seed),
+--textpoke-replay TOKEN (in the test whose check names the token's scenario and variant, run
+just that schedule; every other test is skipped).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
 
 import pytest
 
@@ -28,23 +34,42 @@ from harness.explore.explore import (
     run_one,
 )
 from harness.explore.token import Token
+from harness.scenario.load import Origin, origin_of
 from harness.scenario.scenario import Scenario
 
 from .run import Runner
 
 
 class TextpokeFailure(AssertionError):
-    """A schedule of the scenario failed; the message carries what a user needs to act."""
+    """A schedule of the scenario failed, or an expected failure was not found; the message
+    carries what a user needs to act, and its first line (pytest's short summary) is the
+    verdict."""
 
-    def __init__(self, scenario: str, verdict: VerdictKind, detail: str, token: str,
-                 shrunk: str | None) -> None:
+    def __init__(self, scenario: str, verdict: VerdictKind | None, detail: str,
+                 token: str | None, shrunk: str | None, headline: str | None = None) -> None:
         self.verdict, self.detail, self.token, self.shrunk = verdict, detail, token, shrunk
-        lines = [f"textpoke: scenario {scenario} failed: {verdict}", f"  {detail}",
-                 f"  replay: textpoke replay {token}"]
+        lines = [headline or f"{verdict}: scenario {scenario} failed", f"  {detail}"]
+        if token:
+            lines.append(f"  replay: textpoke replay {token}")
         if shrunk:
             lines.append(f"  shrunk: textpoke replay {shrunk}")
-        lines.append("  or: pytest --textpoke-replay <token>")
+        if token:
+            lines.append("  or: pytest --textpoke-replay <token>")
         super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class _Check:
+    """One check(): the scenario, its variant (resolved) and what it is expected to show."""
+
+    scenario: Scenario
+    variant: str
+    expected: frozenset[VerdictKind]  # empty: every schedule must pass
+    origin: Origin | None  # where a user's scenario is defined, for its replay tokens
+
+    @property
+    def label(self) -> str:
+        return f"{self.scenario.name} [{self.variant}]"
 
 
 class Textpoke:
@@ -52,7 +77,8 @@ class Textpoke:
 
     def __init__(self, strategy: str, schedules: int | None, seed: int, depth: int,
                  replay: str | None, preemptions: int = 2, delays: int = 2,
-                 dpor: bool = False, interrupts: int = 1) -> None:
+                 dpor: bool = False, interrupts: int = 1,
+                 module: ModuleType | None = None) -> None:
         if strategy not in STRATEGIES:
             raise pytest.UsageError(f"textpoke marker: unknown strategy {strategy!r}; use "
                                     f"{'|'.join(STRATEGIES)}")
@@ -60,54 +86,110 @@ class Textpoke:
         self.preemptions, self.delays, self.dpor = preemptions, delays, dpor
         self.interrupts = interrupts
         self.replay_token = replay
+        self.module = module  # the test's module: where its scenarios are looked for first
         self.ran = 0
+        self.replayed = 0  # checks the --textpoke-replay token named
+        self.not_replayed: list[str] = []  # checks it did not name (scenario [variant])
         self.exhausted: bool | None = None  # exhaustive: was the bounded space exhausted
 
     def check(self, scenario: Scenario, variant: str | None = None,
               cpus: int | None = None) -> int:
-        """Explore `scenario`; raise TextpokeFailure at the first failing schedule. Returns how
-        many schedules passed."""
+        """Explore `scenario`'s `variant` (default: the scenario's own). A variant that must
+        pass: raise TextpokeFailure at the first failing schedule. A variant with an expected
+        verdict (`Variant.expect`): return once a schedule shows it, raise TextpokeFailure if
+        another failure shows or none within the budget. Returns how many schedules ran.
+        Under --textpoke-replay, only the check the token names runs (the token's schedule);
+        another returns 0 without running (the test is reported skipped if none ran)."""
+        name = variant or scenario.default_variant
+        chk = _Check(scenario, name, scenario.variant(name).expected,
+                     origin_of(scenario, self.module))
         if self.replay_token:
-            _tok, out = replay(self.replay_token, scenario)
-            self.ran = 1
-            if not out.ok:
-                raise TextpokeFailure(scenario.name, out.verdict.kind, str(out.verdict),
-                                      self.replay_token, None)
-            return 1
+            return self._replay(chk, cpus)
         if self.strategy == "exhaustive":
-            return self._exhaustive(scenario, variant, cpus)
-        runner = Runner(scenario, variant, cpus)
+            return self._exhaustive(chk, cpus)
+        runner = Runner(scenario, name, cpus)
         steps = 0
         if self.strategy == "pct":  # PCT's k, as explore.estimate_steps counts it
             path = runner.run(SimplestSource()).result.path
             steps = sum(c.kind is Kind.CPU for c in path)
-        plan = Plan(scenario.name, variant, cpus, self.strategy, self.seed, self.depth, steps)
+        plan = Plan(scenario.name, name, cpus, self.strategy, self.seed, self.depth, steps,
+                    shrink=not chk.expected, origin=chk.origin)
         n = 20 if self.schedules is None else self.schedules
         for i in range(n):
-            self._verdict(scenario, run_one(runner, plan, i))
+            if self._verdict(chk, run_one(runner, plan, i)):
+                return i + 1
+        self._not_found(chk, f"in {n} {self.strategy} schedules")
         return n
 
-    def _exhaustive(self, scenario: Scenario, variant: str | None, cpus: int | None) -> int:
-        """Depth-first over the bounded space until it is exhausted (or `schedules` ran)."""
-        runner = Runner(scenario, variant, cpus, event_mode=True)
-        plan = Plan(scenario.name, variant, cpus, "exhaustive", preemptions=self.preemptions,
-                    delays=self.delays, dpor=self.dpor, interrupts=self.interrupts)
-        ran = 0
+    def _replay(self, chk: _Check, cpus: int | None) -> int:
+        tok = Token.decode(str(self.replay_token))
+        if (tok.scenario, tok.variant) != (chk.scenario.name, chk.variant):
+            self.not_replayed.append(chk.label)
+            return 0
+        _tok, out = replay(str(self.replay_token), chk.scenario)
+        self.ran += 1
+        self.replayed += 1
+        kind = out.verdict.kind
+        if chk.expected and kind in chk.expected:
+            return 1
+        if not out.ok:
+            raise TextpokeFailure(chk.scenario.name, kind, str(out.verdict), self.replay_token,
+                                  None, _headline(chk, kind))
+        if chk.expected:
+            raise TextpokeFailure(chk.scenario.name, None, f"the token's schedule passed; "
+                                  f"expected {_kinds(chk.expected)}", None, None,
+                                  f"expected {_kinds(chk.expected)} not shown: {chk.label}")
+        return 1
+
+    def _exhaustive(self, chk: _Check, cpus: int | None) -> int:
+        """Depth-first over the bounded space until it is exhausted (or `schedules` ran, or
+        the expected failure showed)."""
+        runner = Runner(chk.scenario, chk.variant, cpus, event_mode=True)
+        plan = Plan(chk.scenario.name, chk.variant, cpus, "exhaustive",
+                    preemptions=self.preemptions, delays=self.delays, dpor=self.dpor,
+                    interrupts=self.interrupts, shrink=not chk.expected, origin=chk.origin)
+        ran, found = 0, False
 
         def record(res: ScheduleResult, _frontier: str | None) -> None:
-            nonlocal ran
+            nonlocal ran, found
             ran += 1
-            self._verdict(scenario, res)
+            found = self._verdict(chk, res) or found
 
         self.exhausted = exhaustive_search(
-            plan, runner, lambda i: self.schedules is None or i < self.schedules, record)
+            plan, runner,
+            lambda i: not found and (self.schedules is None or i < self.schedules), record)
+        if not found and chk.expected:
+            self._not_found(chk, f"in {ran} exhaustive schedules ({plan.bound}; space "
+                                 f"{'exhausted' if self.exhausted else 'NOT exhausted'})")
         return ran
 
-    def _verdict(self, scenario: Scenario, res: ScheduleResult) -> None:
+    def _verdict(self, chk: _Check, res: ScheduleResult) -> bool:
+        """True if `res` is the expected failure; raise TextpokeFailure on any other."""
         self.ran += 1  # over every check() of the test
-        if res.failed:
-            raise TextpokeFailure(scenario.name, VerdictKind(res.verdict), res.detail,
-                                  res.token or "", res.shrunk)
+        if not res.failed:
+            return False
+        kind = VerdictKind(res.verdict)
+        if kind in chk.expected:
+            return True
+        raise TextpokeFailure(chk.scenario.name, kind, res.detail, res.token, res.shrunk,
+                              _headline(chk, kind))
+
+    def _not_found(self, chk: _Check, budget: str) -> None:
+        if chk.expected:
+            raise TextpokeFailure(chk.scenario.name, None, f"every schedule passed {budget}",
+                                  None, None, f"expected {_kinds(chk.expected)} not found: "
+                                              f"{chk.label} {budget}")
+
+
+def _kinds(kinds: frozenset[VerdictKind]) -> str:
+    return "|".join(sorted(kinds))
+
+
+def _headline(chk: _Check, kind: VerdictKind) -> str:
+    """The failure's first line: the verdict first (what pytest's short summary shows)."""
+    if chk.expected:
+        return f"{kind}: scenario {chk.label} failed, expected {_kinds(chk.expected)}"
+    return f"{kind}: scenario {chk.label} failed"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -137,7 +219,7 @@ def textpoke(request: pytest.FixtureRequest) -> Textpoke:
                     request.config.getoption("--textpoke-seed") + int(kw.get("seed", 0)),
                     int(kw.get("depth", 3)), replay, int(kw.get("preemptions", 2)),
                     int(kw.get("delays", 2)), bool(kw.get("dpor", False)),
-                    int(kw.get("interrupts", 1)))
+                    int(kw.get("interrupts", 1)), getattr(request, "module", None))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -146,6 +228,16 @@ def pytest_runtest_makereport(item, call):
     rep = outcome.get_result()
     if call.excinfo is not None and isinstance(call.excinfo.value, TextpokeFailure):
         e = call.excinfo.value
-        rep.sections.append(("textpoke", f"verdict: {e.verdict}\nwhere: {e.detail}\n"
-                                         f"replay token: {e.token}\n"
+        rep.sections.append(("textpoke", f"verdict: {e.verdict or '-'}\nwhere: {e.detail}\n"
+                                         f"replay token: {e.token or '-'}\n"
                                          f"shrunk token: {e.shrunk or '-'}"))
+        crash = getattr(rep.longrepr, "reprcrash", None)
+        if crash is not None:  # the short summary: the verdict, not the exception's class
+            crash.message = str(e).splitlines()[0]
+    if call.when == "call" and rep.passed:
+        tp = getattr(item, "funcargs", {}).get("textpoke")
+        if isinstance(tp, Textpoke) and tp.replay_token and not tp.replayed:
+            why = (f"--textpoke-replay names another scenario or variant than this test's "
+                   f"checks ({', '.join(tp.not_replayed) or 'none'})")
+            rep.outcome = "skipped"
+            rep.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {why}")

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from emu.verdict import VerdictKind
 from harness.explore.explore import Plan, explore, run_schedule
+from harness.scenario.load import ScenarioRef, resolve
 from harness.scenario.shipped import SCENARIOS
 
 
@@ -29,23 +31,29 @@ class ZooRow:
 
 
 def zoo(strategy: str = "random", buggy_budget: int = 300, fixed_budget: int = 40,
-        jobs: int = 1, seed: int = 0) -> list[ZooRow]:
+        jobs: int = 1, seed: int = 0, extra: Sequence[ScenarioRef] = ()) -> list[ZooRow]:
+    """The shipped cards, then the `extra` (a user's) scenarios that have an expected verdict."""
     rows = []
-    for scn in sorted((s for s in SCENARIOS.values() if s.card), key=lambda s: s.card):
+    cards = sorted((s for s in SCENARIOS.values() if s.card), key=lambda s: s.card)
+    for origin, scn in [(None, s) for s in cards] + [(r.origin, resolve(r)) for r in extra]:
+        fixed_name = "fixed" if "fixed" in scn.variants else scn.default_variant
         for vname, var in scn.variants.items():
             if var.expect is None:
                 continue
             # Time to the first failure is time to find it: shrinking comes after, apart
             # (schedule i is a pure function of the plan and i, so it is the same schedule).
-            bug = explore(Plan(scn.name, vname, strategy=strategy, seed=seed, shrink=False),
+            bug = explore(Plan(scn.name, vname, strategy=strategy, seed=seed, shrink=False,
+                               origin=origin),
                           schedules=buggy_budget, jobs=jobs, stop_at_first=True)
             first = bug.failures[0] if bug.failures else None
             if first is not None:
                 first = run_schedule(replace(bug.plan, shrink=True), first.idx)
-            fixed = explore(Plan(scn.name, "fixed", strategy=strategy, seed=seed, shrink=False),
+            fixed = explore(Plan(scn.name, fixed_name, strategy=strategy, seed=seed,
+                                 shrink=False, origin=origin),
                             schedules=fixed_budget, jobs=jobs)
             rows.append(ZooRow(
-                card=scn.card + ("" if vname == "buggy" else f" ({vname})"), scenario=scn.name,
+                card=(scn.card or scn.name) + ("" if vname == "buggy" else f" ({vname})"),
+                scenario=scn.name,
                 found=first is not None and var.accepts(first.verdict),
                 kind=VerdictKind(first.verdict) if first else None, expected=var.expect,
                 schedules_to_first=first.idx + 1 if first else None,

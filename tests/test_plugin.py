@@ -77,3 +77,79 @@ def test_each_check_runs_its_own_budget():
         t = Textpoke(strategy, 3, 0, 3, None, preemptions=1, delays=0)
         scn = SCENARIOS["z4_bytewise"]
         assert t.check(scn, "fixed") == 3 and t.check(scn, "fixed") == 3 and t.ran == 6
+
+
+EXPECTING = """
+    from dataclasses import replace
+
+    import pytest
+    from harness.scenario.guest import Cfg
+    from harness.scenario.scenario import Variant
+    from harness.scenario.shipped import SCENARIOS
+
+    z4 = SCENARIOS["z4_bytewise"]
+    # a variant that claims a race it does not have, and one expecting the wrong verdict
+    claims = replace(z4, name="z4_claims", variants={**z4.variants,
+                     "phantom": Variant(Cfg(0), "torn_execution"),
+                     "wrong": Variant(z4.variants["buggy"].cfg, "hang")})
+
+    @pytest.mark.textpoke(strategy="random", schedules=3)
+    def test_buggy_is_found(textpoke):
+        assert textpoke.check(z4, "buggy") == 1  # z4's race shows in its first schedule
+
+    @pytest.mark.textpoke(strategy="random", schedules=3)
+    def test_phantom_is_not_found(textpoke):
+        textpoke.check(claims, "phantom")
+
+    @pytest.mark.textpoke(strategy="random", schedules=3)
+    def test_wrong_verdict(textpoke):
+        textpoke.check(claims, "wrong")
+
+    @pytest.mark.textpoke(strategy="exhaustive", preemptions=0, delays=0, interrupts=0)
+    def test_phantom_exhaustively(textpoke):
+        textpoke.check(claims, "phantom")
+
+    @pytest.mark.textpoke(strategy="random", schedules=2)
+    def test_fixed(textpoke):
+        textpoke.check(z4, "fixed")
+"""
+
+
+def test_expected_verdicts_pass_when_found_and_fail_saying_so(pytester, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # the short summary whole
+    pytester.makepyfile(test_expect=EXPECTING)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rA")
+    result.assert_outcomes(passed=2, failed=3)
+    out = result.stdout.str()
+    assert re.search(r"FAILED test_expect.py::test_phantom_is_not_found - expected "
+                     r"torn_execution not found: z4_claims \[phantom\] in 3 random", out)
+    assert re.search(r"FAILED test_expect.py::test_wrong_verdict - torn_execution: scenario "
+                     r"z4_claims \[wrong\] failed, expected hang", out)
+    assert re.search(r"FAILED test_expect.py::test_phantom_exhaustively - expected "
+                     r"torn_execution not found: .* space exhausted", out)
+
+
+def test_replay_token_applies_only_to_the_test_it_names(pytester):
+    from harness.explore.explore import Plan, run_schedule
+
+    token = run_schedule(Plan("z4_bytewise", "buggy", shrink=False), 0).token
+    assert token
+    pytester.makepyfile(test_expect=EXPECTING)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rA", f"--textpoke-replay={token}")
+    # the buggy test replays the token and sees its expected failure; every other is skipped
+    result.assert_outcomes(passed=1, skipped=4)
+    out = result.stdout.str()
+    assert re.search(r"PASSED test_expect.py::test_buggy_is_found", out)
+    assert re.search(r"SKIPPED \[1\] test_expect.py:\d+: --textpoke-replay names another "
+                     r"scenario or variant than this test's checks \(z4_bytewise \[fixed\]\)",
+                     out)
+
+
+def test_short_summary_shows_the_verdict(pytester, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")
+    pytester.makepyfile(test_mine=EXAMPLE.replace('"record", ', "")
+                        .replace("schedules=10", "schedules=1"))
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rf")
+    result.assert_outcomes(failed=1)
+    assert re.search(r"FAILED test_mine.py::test_my_sequence_is_safe - decode_divergence: "
+                     r"scenario my_jump_flip \[correct\] failed", result.stdout.str())

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from emu.decisions import RandomSource, ReplaySource, SimplestSource
@@ -29,8 +29,8 @@ from emu.path import Cost, Kind, deviations
 from emu.verdict import VerdictKind
 from harness.errors import BadInput
 from harness.run import Outcome, Runner
+from harness.scenario.load import Origin, ScenarioRef, resolve
 from harness.scenario.scenario import Scenario
-from harness.scenario.shipped import get
 from harness.trace.pt.encoder import TraceConfig
 
 from .exhaustive import Search
@@ -59,6 +59,7 @@ class Plan:
     delays: int = 2  # exhaustive: V
     dpor: bool = False  # exhaustive: partial-order reduction (harness/explore/exhaustive.py)
     interrupts: int = 1  # exhaustive: I (NMIs raised, interrupts left pending)
+    origin: Origin | None = None  # a user's scenario: its file or module (None: shipped)
 
     @property
     def bound(self) -> Cost:
@@ -140,30 +141,39 @@ _RUNNERS: dict[tuple, Runner] = {}
 
 
 def runner_for(scenario: str, variant: str | None, cpus: int | None,
-               trace: TraceConfig | None = None, event_mode: bool = False) -> Runner:
-    """One Runner (machine) per process and configuration, reset between schedules."""
-    key = (scenario, variant, cpus, trace, event_mode)
+               trace: TraceConfig | None = None, event_mode: bool = False,
+               origin: Origin | None = None) -> Runner:
+    """One Runner (machine) per process and configuration, reset between schedules; a user's
+    scenario is loaded from its `origin` (so a --jobs worker loads the same one)."""
+    key = (scenario, variant, cpus, trace, event_mode, origin)
     if key not in _RUNNERS:
-        _RUNNERS[key] = Runner(get(scenario), variant, cpus, trace, event_mode=event_mode)
+        _RUNNERS[key] = Runner(resolve(ScenarioRef(scenario, origin)), variant, cpus, trace,
+                               event_mode=event_mode)
     return _RUNNERS[key]
+
+
+def plan_runner(plan: Plan, event_mode: bool = False) -> Runner:
+    """This process's runner for `plan`'s scenario, variant and CPUs."""
+    return runner_for(plan.scenario, plan.variant, plan.cpus, event_mode=event_mode,
+                      origin=plan.origin)
 
 
 def estimate_steps(plan: Plan) -> int:
     """PCT's k: the CPU choices of the simplest run (as shuttle estimates it from a run)."""
-    out = runner_for(plan.scenario, plan.variant, plan.cpus).run(SimplestSource())
+    out = plan_runner(plan).run(SimplestSource())
     return sum(c.kind is Kind.CPU for c in out.result.path)
 
 
-def make_token(runner: Runner, path, seed: int | None) -> str:
+def make_token(runner: Runner, path, seed: int | None, origin: Origin | None = None) -> str:
     b = runner.built
     return Token(b.scenario.name, b.variant, b.cpus, tuple(path),
                  fingerprint(b, runner.trace), seed, runner.trace.tsc_period,
                  runner.trace.psb_period, runner.trace.ret_compression,
-                 b.config.event_mode).encode()
+                 b.config.event_mode, origin).encode()
 
 
 def run_schedule(plan: Plan, idx: int) -> ScheduleResult:
-    return run_one(runner_for(plan.scenario, plan.variant, plan.cpus), plan, idx)
+    return run_one(plan_runner(plan), plan, idx)
 
 
 def run_one(runner: Runner, plan: Plan, idx: int) -> ScheduleResult:
@@ -182,7 +192,7 @@ def judge(runner: Runner, plan: Plan, idx: int, seed: int | None, out: Outcome) 
     res = ScheduleResult(idx, seed or 0, out.verdict.kind, str(out.verdict),
                          len(out.result.path))
     if not out.verdict.ok:
-        res.token = make_token(runner, out.result.path, seed)
+        res.token = make_token(runner, out.result.path, seed, plan.origin)
         res.deviations = deviations(out.result.path)
         if plan.shrink:
             def attempt(src):
@@ -192,7 +202,7 @@ def judge(runner: Runner, plan: Plan, idx: int, seed: int | None, out: Outcome) 
             bound = plan.bound if runner.built.config.event_mode else None
             small = shrink(attempt, list(out.result.path), out.verdict.kind,
                            plan.shrink_budget, bound)
-            res.shrunk = make_token(runner, small.path, seed)
+            res.shrunk = make_token(runner, small.path, seed, plan.origin)
             res.shrunk_deviations = deviations(small.path)
     return res
 
@@ -219,7 +229,7 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
     if results_db:
         results_db.check_seeds(plan.seed, schedules)
     if plan.strategy == "pct" and plan.steps == 0:
-        plan = Plan(**{**asdict(plan), "steps": estimate_steps(plan)})
+        plan = replace(plan, steps=estimate_steps(plan))
     exp_id, done = None, {}
     if results_db:
         exp_id, _resumed = results_db.exploration(asdict(plan), resume)
@@ -228,8 +238,7 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
             _check_frontier(results_db.frontier(exp_id), plan)
     summary = Summary(plan, exp_id, skipped=len(done))
     if plan.strategy == "pct":
-        summary.bound = PctSource.bound(runner_for(plan.scenario, plan.variant,
-                                                   plan.cpus).built.cpus, plan.steps, plan.depth)
+        summary.bound = PctSource.bound(plan_runner(plan).built.cpus, plan.steps, plan.depth)
     for idx, row in sorted(done.items()):
         summary.results.append(ScheduleResult(idx, row[0], row[1], row[2], row[3], row[4],
                                               row[5], row[6]))
@@ -263,7 +272,7 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
     try:
         if plan.strategy == "exhaustive":
             summary.exhausted = exhaustive_search(
-                plan, runner_for(plan.scenario, plan.variant, plan.cpus, event_mode=True), more,
+                plan, plan_runner(plan, event_mode=True), more,
                 record, first=len(done), saved=results_db.frontier(exp_id) if results_db else None,
                 started=lambda i: started(i, 0), jobs=jobs, persist=results_db is not None)
         elif jobs <= 1:
@@ -304,8 +313,7 @@ def _check_frontier(saved: str | None, plan: Plan) -> None:
     """Refuse (ResultsDbError, before any work) a saved frontier `exhaustive_search` could not
     continue from."""
     if saved is not None:
-        _resumed_search(saved, plan, runner_for(plan.scenario, plan.variant, plan.cpus,
-                                                event_mode=True))
+        _resumed_search(saved, plan, plan_runner(plan, event_mode=True))
 
 
 def _resumed_search(saved: str, plan: Plan, runner: Runner) -> Search:
@@ -344,7 +352,7 @@ def exhaustive_search(plan: Plan, runner: Runner, more: Callable[[int], bool],
     verification, so with `jobs` > 1 this process runs each path and the workers verify the
     runs: the same paths in the same order for any N. A run is pickled before the machine
     runs again, so what a worker gets cannot change under it. The workers build their runner
-    from the plan, so that needs a shipped scenario."""
+    from the plan: a shipped scenario, or a user's from the plan's origin."""
     build = fingerprint(runner.built, runner.trace)
     search = _resumed_search(saved, plan, runner) if saved else Search(plan.bound, plan.dpor)
 
@@ -401,16 +409,18 @@ def check_run(plan: Plan, idx: int, run: bytes) -> ScheduleResult:
     """Exhaustive schedule `idx`: the search's run of it (pickled), verified in a worker
     process. Verifying the search's own run, not a replay of its path, is what a serial
     search does, and spares the worker a second machine run."""
-    runner = runner_for(plan.scenario, plan.variant, plan.cpus, event_mode=True)
+    runner = plan_runner(plan, event_mode=True)
     return judge(runner, plan, idx, None, runner.check(pickle.loads(run)))
 
 
 def replay(token_text: str, scenario: Scenario | None = None) -> tuple[Token, Outcome]:
-    """Run a token's schedule again, exactly (on `scenario` if given, else the shipped one
-    of the token's name): its whole path and nothing else (a ReplayError names the position
-    where the run and the path part)."""
+    """Run a token's schedule again, exactly (on `scenario` if given, else the one the token
+    names: shipped, or loaded from the file or module it records): its whole path and
+    nothing else (a ReplayError names the position where the run and the path part)."""
     tok = Token.decode(token_text)
     trace = tok.trace
+    if scenario is None and tok.origin is not None:  # loaded afresh: the file may have changed
+        scenario = resolve(ScenarioRef(tok.scenario, tok.origin))
     if scenario is not None:
         if scenario.name != tok.scenario:
             raise TokenError(f"token is for scenario {tok.scenario!r}, not {scenario.name!r}")

@@ -7,6 +7,8 @@ whole decision path (emu/path.py codec: a shrunk path too keeps its simplest cho
 fingerprint of everything else that determines the run (`fingerprint`). Replay consumes exactly
 that path (emu/decisions.ReplaySource). A token of another version, a damaged one, one with a
 field out of range, or one whose fingerprint is not this build's is refused with a TokenError.
+A user's scenario's token also says where the scenario is defined ("o": file:PATH or
+module:NAME, harness/scenario/load.py); a changed file hashes otherwise and is refused too.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from emu import layout
 from emu.machine import EVENT_MODEL
 from emu.path import Choice, decode_path, encode_path
 from harness.scenario.build import Built
+from harness.scenario.load import Origin
 from harness.trace.pt.encoder import TraceConfig
 
 VERSION = "tp2"
 _NAME_MAX = 200
+_ORIGIN_MAX = 4096  # PATH_MAX
 _JSON_MAX = 1 << 24  # bytes: a path of some 800,000 decisions
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")  # as `encode` writes it: no padding
 
@@ -77,6 +81,7 @@ class Token:
     psb_period: int = 4096
     ret_compression: bool = True
     event_mode: bool = False  # recorded by the exhaustive explorer (event-driven machine)
+    origin: Origin | None = None  # a user's scenario: where it is defined (scenario/load.py)
 
     @property
     def trace(self) -> TraceConfig:
@@ -88,6 +93,8 @@ class Token:
                "seed": self.seed, "t": [self.tsc_period, self.psb_period,
                                         int(self.ret_compression)],
                "e": int(self.event_mode), "p": encode_path(self.path)}
+        if self.origin is not None:  # a shipped scenario's token has no "o"
+            doc["o"] = self.origin.encode()
         raw = zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 9)
         body = base64.urlsafe_b64encode(raw).decode().rstrip("=")
         return f"{VERSION}.{body}.{zlib.crc32(raw):08x}"
@@ -122,8 +129,17 @@ class Token:
         if not isinstance(doc, dict):
             raise TokenError("token field: the data is not an object")
         need = {"s", "v", "c", "g", "seed", "t", "e", "p"}
-        if set(doc) != need:
-            raise TokenError(f"token fields: expected {sorted(need)}, got {sorted(doc)[:12]}")
+        if set(doc) - {"o"} != need:
+            raise TokenError(f"token fields: expected {sorted(need)} (and \"o\" for a user's "
+                             f"scenario), got {sorted(doc)[:12]}")
+        o = None
+        if "o" in doc:
+            try:
+                if not isinstance(doc["o"], str) or len(doc["o"]) > _ORIGIN_MAX:
+                    raise ValueError(f"expected file:PATH or module:NAME, got {_show(doc['o'])}")
+                o = Origin.decode(doc["o"])
+            except ValueError as err:
+                raise TokenError(f"token field origin: {err}") from None
         s, v, c, g, seed, t, e, p = (doc[k] for k in ("s", "v", "c", "g", "seed", "t", "e", "p"))
         for name, val in (("scenario", s), ("variant", v), ("fingerprint", g)):
             if not isinstance(val, str) or not val or len(val) > _NAME_MAX:
@@ -144,7 +160,7 @@ class Token:
             path = tuple(decode_path(p))
         except ValueError as err:
             raise TokenError(f"token field path: {err}") from None
-        return cls(s, v, c, path, g, seed, t[0], t[1], bool(t[2]), bool(e))
+        return cls(s, v, c, path, g, seed, t[0], t[1], bool(t[2]), bool(e), o)
 
 
 def _inflate(raw: bytes) -> bytes:
