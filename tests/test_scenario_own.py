@@ -70,3 +70,21 @@ def test_own_variables_are_scheduling_points_of_the_exhaustive_search():
 def test_a_bad_own_declaration_is_a_scenario_error_naming_it(changes, message):
     with pytest.raises(ScenarioError, match=message):
         build(scenario(**changes), "plain")
+
+
+def test_the_readme_race_is_found_from_its_file_and_replayed_from_its_token(capsys):
+    """examples/my_race.py (an own #BP handler, a named flag, an own variable): explored from
+    the command line by file, and replayed from the token it printed."""
+    import json
+    from pathlib import Path
+
+    from harness.cli import main
+
+    race = f"{Path(__file__).parent.parent / 'examples' / 'my_race.py'}::my_race"
+    assert main(["explore", race, "--schedules", "4", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["explore", race, "--variant", "buggy", "--schedules", "2", "--no-shrink",
+                 "--json"]) == 1
+    failed = json.loads(capsys.readouterr().out)["failed"]
+    assert failed and main(["replay", failed[0]["token"]]) == 1
+    assert failed[0]["verdict"] in capsys.readouterr().out
