@@ -13,6 +13,7 @@ label appended, which adds data after the code without moving any of it.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import importlib.resources
 import re
@@ -68,6 +69,25 @@ class Program:
     @property
     def end(self) -> int:
         return self.base + len(self.code)
+
+    @functools.cached_property
+    def _by_address(self) -> tuple[list[int], list[str]]:
+        pairs = sorted((a, n) for n, a in self.symbols.items())
+        return [a for a, _ in pairs], [n for _, n in pairs]
+
+    def symbolize(self, address: int) -> str:
+        """`name+0xoff` for the nearest symbol at or below `address` inside this program (the
+        first label, alphabetically, where several share an address), or "" outside it: reports
+        name guest code, not raw addresses."""
+        if not self.base <= address < self.end:
+            return ""
+        addrs, names = self._by_address
+        i = bisect.bisect_right(addrs, address) - 1
+        if i < 0:
+            return ""
+        first = bisect.bisect_left(addrs, addrs[i])
+        off = address - addrs[i]
+        return names[first] + (f"+{off:#x}" if off else "")
 
 
 @dataclass(frozen=True)
