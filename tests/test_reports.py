@@ -89,20 +89,23 @@ def test_verdict_names_symbol_and_site(tmp_path):
     assert (where["symbol"], where["site"]) == ("site_jl2", "jl2")
 
 
-def test_nested_exception_is_reported_with_its_chain():
-    """A #PF inside the NMI handler: the report shows NMI -> #PF, not only the #PF."""
+@pytest.mark.parametrize(("handler", "vector", "at"), [
+    ("    mov rax, qword ptr [0x10]\n    iretq\n", 14, "my_nmi"),
+    # the IRETQ itself faults (a bad CS in the frame): the handler has not returned
+    ("    mov qword ptr [rsp + 8], 0x33\n    iretq\n", 13, "my_nmi+0x9"),
+])
+def test_nested_exception_is_reported_with_its_chain(handler, vector, at):
+    """A fault inside the NMI handler: the report shows NMI -> the fault, not only the fault."""
     send_nmi = ("    mov edi, 1\n    mov esi, 2\n    mov eax, HC_SEND_IPI\n    out HC_PORT, eax\n"
                 "    nop\n")
-    scn = _mine(Raw(send_nmi), nmi_handler="my_nmi",
-                extra_asm="my_nmi:\n    mov rax, qword ptr [0x10]\n    iretq\n")
-    out = Runner(scn).run(SimplestSource())
-    v = out.verdict
-    assert v.kind == "guest_fault" and v.symbol == "my_nmi", str(v)
-    assert [(f.vector, f.symbol) for f in v.nested][1:] == [(14, "my_nmi")]
+    scn = _mine(Raw(send_nmi), nmi_handler="my_nmi", extra_asm="my_nmi:\n" + handler)
+    v = Runner(scn).run(SimplestSource()).verdict
+    assert v.kind == "guest_fault" and v.symbol == at, str(v)
+    assert [(f.vector, f.symbol) for f in v.nested][1:] == [(vector, at)], str(v)
     assert v.nested[0].vector == 2 and v.nested[0].symbol, v.nested
     assert "; nested exception, depth 2: NMI at 0x" in str(v), str(v)
-    assert "-> #PF at 0x" in str(v) and "(my_nmi)" in str(v), str(v)
-    assert v.to_json()["nested"][1]["symbol"] == "my_nmi"
+    assert f" at 0x{v.rip:x} ({at})" in str(v), str(v)
+    assert v.to_json()["nested"][1]["symbol"] == at
 
 
 def test_stack_overflow_is_a_fault_naming_the_cpu():
