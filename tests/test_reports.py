@@ -115,6 +115,14 @@ def test_stack_overflow_is_a_fault_naming_the_cpu():
     assert "stack overflow on cpu0" in str(out.verdict)
 
 
+def test_overflow_while_delivering_is_named_too():
+    """An INT3 with 16 bytes of stack left: pushing its frame reaches the guard page."""
+    low = layout.STACK_BASE + layout.STACK_GUARD  # CPU 0's lowest stack byte
+    out = Runner(_mine(Raw(f"    mov rsp, {low + 16:#x}\n    int3\n"))).run(SimplestSource())
+    assert out.verdict.event == "stack_overflow", str(out.verdict)
+    assert "stack overflow on cpu0 (pushing the frame of #BP at" in str(out.verdict)
+
+
 def test_stacks_have_guard_pages():
     """Below each CPU's stack an unmapped page: CPU 1 overflowing does not write CPU 0's."""
     lay = Layout(ncpus=3)
