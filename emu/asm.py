@@ -13,6 +13,7 @@ label appended, which adds data after the code without moving any of it.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import importlib.resources
 import re
@@ -48,7 +49,15 @@ _ASM_BASE = 0x4000_0000_0000
 
 
 class AsmError(Exception):
-    """Guest source that does not assemble, or assembles to something else than it says."""
+    """Guest source that does not assemble, or assembles to something else than it says.
+    `line` (1-based, in the source given) and `reason` (the message without the location)
+    are set when the failing statement is known, so a caller that combined several pieces of
+    source can say which piece and which of its lines (harness/scenario/build.py)."""
+
+    def __init__(self, message: str, line: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.line = line
+        self.reason = reason or message
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,25 @@ class Program:
     @property
     def end(self) -> int:
         return self.base + len(self.code)
+
+    @functools.cached_property
+    def _by_address(self) -> tuple[list[int], list[str]]:
+        pairs = sorted((a, n) for n, a in self.symbols.items())
+        return [a for a, _ in pairs], [n for _, n in pairs]
+
+    def symbolize(self, address: int) -> str:
+        """`name+0xoff` for the nearest symbol at or below `address` inside this program (the
+        first label, alphabetically, where several share an address), or "" outside it: reports
+        name guest code, not raw addresses."""
+        if not self.base <= address < self.end:
+            return ""
+        addrs, names = self._by_address
+        i = bisect.bisect_right(addrs, address) - 1
+        if i < 0:
+            return ""
+        first = bisect.bisect_left(addrs, addrs[i])
+        off = address - addrs[i]
+        return names[first] + (f"+{off:#x}" if off else "")
 
 
 @dataclass(frozen=True)
@@ -162,63 +190,107 @@ def _check(program: bytes, base: int, lines: list[_Line], name: str,
     pos = 0
     starts: set[int] = set()
     for line in lines:
-        word = line.text.split(None, 1)[0].lower()
-        where = f"{name}:{line.number} ({line.text!r}) at {base + pos:#x}"
-        if word in _DATA_SIZES:
-            items = [x for x in line.text.split(None, 1)[1].split(",") if x.strip()]
-            size = _DATA_SIZES[word] * len(items)
-            if word == ".byte":
-                starts.add(base + pos)
-                want = bytes(int(x, 0) & 0xFF for x in items)
-                if program[pos:pos + size] != want:
-                    raise AsmError(f"{where}: bytes {program[pos:pos + size].hex()} "
-                                   f"!= {want.hex()}")
-            pos += size
-            continue
-        if word in (".zero", ".skip", ".space"):
-            pos += int(line.text.split(None, 1)[1].split(",")[0], 0)
-            continue
-        if word in (".align", ".balign", ".p2align"):
-            n = int(line.text.split(None, 1)[1].split(",")[0], 0)
-            align = 1 << n if word == ".p2align" else n
-            pos += (-(base + pos)) % align
-            continue
-        if word.startswith("."):
-            if word in (".equ", ".set"):
-                continue
-            raise AsmError(f"{where}: directive {word} is not supported by the checker")
-        insn = next(md.disasm(program[pos:pos + 15], base + pos, 1), None)
-        if insn is None:
-            raise AsmError(f"{where}: capstone cannot decode {program[pos:pos + 15].hex()}")
-        got = _norm(insn.mnemonic)
-        want = _source_mnemonic(line.text)
-        encoded = bytes(insn.bytes)
-        said = f"assembled to {insn.mnemonic} {insn.op_str} [{encoded.hex()}]"
-        if got != want:
-            raise AsmError(f"{where}: {said}, not {want}")
-        if got == "nop" and encoded not in KERNEL_NOPS.values():
-            raise AsmError(f"{where}: {said}: not a kernel NOP; write multi-byte NOPs as KNOP n")
-        operands = line.text.split(None, 1)[1] if " " in line.text else ""
-        if operands.count("[") != operands.count("]") or \
-                ("[" in operands) != ("[" in insn.op_str):
-            raise AsmError(f"{where}: {said}: memory operand differs from the source")
-        if "rip" in _registers(insn.op_str) and "rip" not in _registers(operands):
-            # keystone makes a near absolute address RIP-relative: check where it points
-            want_ea, got_ea = _absolute(operands), _rip_target(insn)
-            if want_ea is None or got_ea != want_ea & (2**64 - 1):
-                raise AsmError(f"{where}: {said}: RIP-relative operand points elsewhere "
-                               f"than the source's {operands}")
-        if not got.startswith(("j", "call", "loop")) and "rip" not in _registers(operands) \
-                and set(re.findall(r"[A-Za-z_][\w.]*", operands)) & labels:
-            raise AsmError(f"{where}: a label used as an absolute address; write "
-                           "[rip + label] (code is assembled position-independent)")
-        if not _registers(operands) <= _registers(insn.op_str):
-            raise AsmError(f"{where}: {said}: operands differ from the source")
-        starts.add(base + pos)
-        pos += insn.size
+        try:
+            pos = _check_line(md, program, base, pos, line, name, labels, starts)
+        except AsmError as e:
+            where = f"{name}:{line.number} ({line.text!r}) at {base + pos:#x}"
+            raise AsmError(f"{where}: {e}", line.number, str(e)) from None
     if pos != len(program):
         raise AsmError(f"{name}: checker consumed {pos} of {len(program)} bytes")
     return frozenset(starts)
+
+
+def _check_line(md: capstone.Cs, program: bytes, base: int, pos: int, line: _Line, name: str,
+                labels: set[str], starts: set[int]) -> int:
+    """Check one statement at `pos`; returns the position after it. Raises AsmError with the
+    reason alone (the caller adds where)."""
+    word = line.text.split(None, 1)[0].lower()
+    if word in _DATA_SIZES:
+        items = [x for x in line.text.split(None, 1)[1].split(",") if x.strip()]
+        size = _DATA_SIZES[word] * len(items)
+        if word == ".byte":
+            starts.add(base + pos)
+            want = bytes(int(x, 0) & 0xFF for x in items)
+            if program[pos:pos + size] != want:
+                raise AsmError(f"bytes {program[pos:pos + size].hex()} "
+                               f"!= {want.hex()}")
+        return pos + size
+    if word in (".zero", ".skip", ".space"):
+        return pos + int(line.text.split(None, 1)[1].split(",")[0], 0)
+    if word in (".align", ".balign", ".p2align"):
+        n = int(line.text.split(None, 1)[1].split(",")[0], 0)
+        align = 1 << n if word == ".p2align" else n
+        return pos + (-(base + pos)) % align
+    if word.startswith("."):
+        if word in (".equ", ".set"):
+            return pos
+        raise AsmError(f"directive {word} is not supported by the checker")
+    insn = next(md.disasm(program[pos:pos + 15], base + pos, 1), None)
+    if insn is None:
+        raise AsmError(f"capstone cannot decode {program[pos:pos + 15].hex()}")
+    got = _norm(insn.mnemonic)
+    want = _source_mnemonic(line.text)
+    encoded = bytes(insn.bytes)
+    said = f"assembled to {insn.mnemonic} {insn.op_str} [{encoded.hex()}]"
+    if got != want:
+        raise AsmError(f"{said}, not {want}")
+    if got == "nop" and encoded not in KERNEL_NOPS.values():
+        raise AsmError(f"{said}: not a kernel NOP; write multi-byte NOPs as KNOP n")
+    operands = line.text.split(None, 1)[1] if " " in line.text else ""
+    if operands.count("[") != operands.count("]") or \
+            ("[" in operands) != ("[" in insn.op_str):
+        raise AsmError(f"{said}: memory operand differs from the source")
+    if "rip" in _registers(insn.op_str) and "rip" not in _registers(operands):
+        # keystone makes a near absolute address RIP-relative: check where it points
+        want_ea, got_ea = _absolute(operands), _rip_target(insn)
+        if want_ea is None or got_ea != want_ea & (2**64 - 1):
+            raise AsmError(f"{said}: RIP-relative operand points elsewhere "
+                           f"than the source's {operands}")
+    if not got.startswith(("j", "call", "loop")) and "rip" not in _registers(operands) \
+            and set(re.findall(r"[A-Za-z_][\w.]*", operands)) & labels:
+        raise AsmError("a label used as an absolute address; write "
+                       "[rip + label] (code is assembled position-independent)")
+    if not _registers(operands) <= _registers(insn.op_str):
+        raise AsmError(f"{said}: operands differ from the source")
+    starts.add(base + pos)
+    return pos + insn.size
+
+
+_KS_REASON = re.compile(r"\(KS_ERR_\w+\)")
+_SIZE_WORDS = {"byte", "word", "dword", "qword", "tbyte", "xmmword", "ptr", "offset"}
+
+
+def _failing_line(cleaned: list[str], labels: set[str]) -> tuple[int, str] | None:
+    """(line number, keystone's reason) of the first statement that does not assemble on its
+    own, the program's labels resolved, or None: keystone reports no line of its own."""
+    ks = keystone.Ks(keystone.KS_ARCH_X86, keystone.KS_MODE_64)
+
+    def resolve(symbol: bytes | str, value) -> bool:
+        name = symbol.decode() if isinstance(symbol, bytes) else symbol
+        if name not in labels:
+            return False
+        value[0] = _ASM_BASE
+        return True
+
+    ks.sym_resolver = resolve
+    for number, text in enumerate(cleaned, 1):
+        statement = _LABEL.sub(lambda m: m.group(2), text).strip()
+        while (m := _LABEL.match(statement)):
+            statement = m.group(2).strip()
+        if not statement:
+            continue
+        try:
+            ks.asm(statement, _ASM_BASE)
+        except keystone.KsError as e:
+            if e.errno == keystone.KS_ERR_ASM_SYMBOL_MISSING:
+                words = set(re.findall(r"[A-Za-z_][\w.]*", statement.split(None, 1)[-1]))
+                unknown = sorted(words - labels - _registers(statement) - _SIZE_WORDS)
+                if unknown:
+                    return number, f"no symbol {unknown[0]!r}"
+            code = _KS_REASON.search(str(e))
+            plain = _KS_REASON.sub("", str(e)).strip().lower()
+            return number, plain + (f" {code.group(0)}" if code else "")
+    return None
 
 
 @functools.lru_cache(maxsize=256)
@@ -246,7 +318,12 @@ def _assemble(source: str, base: int, equates: tuple[tuple[str, int], ...], name
         # capstone check below runs at the real base.
         encoding, _ = ks.asm(text, _ASM_BASE)
     except keystone.KsError as e:
-        raise AsmError(f"{name}: keystone: {e}") from None
+        line = _failing_line(cleaned, set(labels))
+        if line is None:
+            raise AsmError(f"{name}: keystone: {e}") from None
+        number, reason = line
+        raise AsmError(f"{name}:{number} ({cleaned[number - 1].strip()!r}): keystone: {reason}",
+                       number, reason) from None
     if encoding is None:
         raise AsmError(f"{name}: keystone produced nothing")
     raw = bytes(encoding)

@@ -47,6 +47,7 @@ from .fetch_view import FetchView
 from .footprint import TEXT, TEXT_SHIFT, Footprint, data_words, stack, text_grains
 from .layout import Access, Layout
 from .memory import SharedMemory
+from .verdict import HandlerFrame
 
 _CODE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32,
                             ctypes.c_void_p)
@@ -119,6 +120,20 @@ class CpuState:
     verdict: object = None  # set by a hypercall that ends the run
     last_ip: int = 0
     last_code: bytes = b""
+    # the exceptions and interrupts being delivered or handled, outermost first (delivery.py)
+    handling: list[HandlerFrame] = field(default_factory=list)
+    left: list[HandlerFrame] = field(default_factory=list)  # what the last IRET left
+
+
+def _leave_handler(handling: list[HandlerFrame]) -> list[HandlerFrame]:
+    """An IRET: the innermost delivered handler returns (with the failed deliveries that
+    escalated to it). Returns what it left, for an IRET that faults after all (delivery.py)."""
+    left: list[HandlerFrame] = []
+    while handling:
+        left.insert(0, handling.pop())
+        if left[0].delivered:
+            break
+    return left
 
 
 class Cpu:
@@ -266,6 +281,7 @@ class Cpu:
                 if eff in (x86.Effect.SERIALIZE, x86.Effect.IRET):
                     if eff is x86.Effect.IRET:
                         st.nmi_blocked = False  # IRET ends NMI blocking (SDM 6.7.1)
+                        st.left = _leave_handler(st.handling)
                     st.need_serialize = True
                     self._want_stop = True
                 elif eff is x86.Effect.SHADOW:

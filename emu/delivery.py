@@ -21,13 +21,28 @@ from .footprint import irq
 from .memory import GuestMemoryError, SharedMemory
 from .path import Kind, Request
 from .truth import GroundTruth
-from .verdict import Verdict, VerdictKind
+from .verdict import HandlerFrame, Verdict, VerdictKind
 
 
-def fault_verdict(cpu: Cpu, rip: int, detail: str, event: str) -> Verdict:
-    """The run ends here: the guest did something no handler could take (guest_fault)."""
+def fault_verdict(cpu: Cpu, rip: int, detail: str, event: str,
+                  chain: tuple[HandlerFrame, ...] = ()) -> Verdict:
+    """The run ends here: the guest did something no handler could take (guest_fault). With
+    two or more links, `chain` (outermost first) is a nested exception and is reported so."""
     return Verdict(VerdictKind.GUEST_FAULT, f"cpu{cpu.index}: {detail}", cpu=cpu.index, rip=rip,
-                   fetched=cpu.fetched(rip), event=event)
+                   fetched=cpu.fetched(rip), event=event,
+                   nested=chain if len(chain) > 1 else ())
+
+
+def _overflow(cpu: Cpu, lay: layout.Layout, va: int, what: str, rip: int,
+              chain: tuple[HandlerFrame, ...]) -> Verdict | None:
+    """A fault on a guard page is that CPU's stack overflowing: say so, rather than the
+    triple fault that delivering anything on that stack would end in."""
+    owner = lay.guard_owner(va)
+    if owner is None:
+        return None
+    return fault_verdict(cpu, rip, f"stack overflow on cpu{owner} ({what} {va:#x}, in the guard "
+                         f"page below its stack, rsp {cpu.reg('rsp'):#x})", "stack_overflow",
+                         chain)
 
 
 class InterruptDelivery:
@@ -36,6 +51,7 @@ class InterruptDelivery:
     CPU stopped with."""
 
     config: MachineConfig
+    layout: layout.Layout
     mem: SharedMemory
     truth: GroundTruth
     _decisions: Decisions | None
@@ -99,9 +115,17 @@ class InterruptDelivery:
             if retired and retired[-1][1] == stop.rip:
                 _tick, ip, code = retired.pop()  # a fault: the instruction did not retire
                 self._event(cpu, Faulted, ip=ip, code=code)
+        source = cpu.state.last_ip if trap else stop.rip
+        st = cpu.state
+        if not trap and stop.rip == st.last_ip and x86.is_iret(st.last_code) and st.left:
+            st.handling += st.left  # the IRET faulted: its handler has not returned
+            st.left = []
         if stop.cr2 is not None:
             cpu.set_reg("cr2", stop.cr2)
-        source = cpu.state.last_ip if trap else stop.rip
+            chain = (*cpu.state.handling, HandlerFrame(vector, source))
+            overflow = _overflow(cpu, self.layout, stop.cr2, "access to", source, chain)
+            if overflow is not None:
+                return overflow
         return self._deliver(cpu, vector, stop.rip, stop.error_code, ExceptionEvent,
                              fault_rip=source, source=source)
 
@@ -111,9 +135,19 @@ class InterruptDelivery:
         """Deliver through the guest IDT; a failure escalates to #DF, then a triple fault."""
         chain: list[str] = []
         v, err = vector, error_code
+        raised = fault_rip if fault_rip is not None else return_rip
+        handling = cpu.state.handling
         while True:
             problem = self._push_frame(cpu, v, return_rip, err)
+            if isinstance(problem, int):  # the frame's address: a guard page?
+                links = (*handling, HandlerFrame(v, raised, delivered=False))
+                overflow = _overflow(cpu, self.layout, problem, "pushing the frame of "
+                                     f"{x86.vector_name(v)} at", raised, links)
+                if overflow is not None:
+                    return overflow
+                problem = f"stack push faults at {problem:#x}"
             if problem is None:
+                handling.append(HandlerFrame(v, raised))
                 # `source`: the IP a trace reports for the event (Intel SDM vol. 3C, FUP IP:
                 # the INT3 / faulting instruction itself, the next IP for external events)
                 self._event(cpu, kind, vector=v, rip=return_rip, handler=cpu.reg("rip"),
@@ -123,12 +157,15 @@ class InterruptDelivery:
                 return None
             chain.append(f"delivering {x86.vector_name(v)}: {problem}")
             if v == x86.DF:
-                rip = fault_rip if fault_rip is not None else return_rip
-                return fault_verdict(cpu, rip, "triple fault (" + "; ".join(chain) + ")",
-                                           "triple_fault")
+                return fault_verdict(cpu, raised, "triple fault (" + "; ".join(chain) + ")",
+                                     "triple_fault", tuple(handling))
+            handling.append(HandlerFrame(v, raised, delivered=False))
             v, err = x86.DF, 0
 
-    def _push_frame(self, cpu: Cpu, vector: int, rip: int, err: int | None) -> str | None:
+    def _push_frame(self, cpu: Cpu, vector: int, rip: int, err: int | None
+                    ) -> str | int | None:
+        """None when delivered; else why not, or (an int) the stack address the push
+        faulted at."""
         _sel, base, limit, _flags = cpu.reg("idtr")
         if 16 * vector + 15 > limit:
             return f"vector {vector} is beyond the IDT limit"
@@ -146,6 +183,9 @@ class InterruptDelivery:
         if err is not None:
             frame = struct.pack("<Q", err) + frame
         new_rsp = (rsp & ~0xF) - len(frame)
+        if not all(self.layout.present(a) for a in (new_rsp, new_rsp + len(frame) - 1)):
+            return new_rsp if self.layout.present(new_rsp + len(frame) - 1) else \
+                new_rsp + len(frame) - 1
         try:
             self.mem.write(new_rsp, frame)
         except GuestMemoryError as e:

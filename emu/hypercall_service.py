@@ -94,7 +94,8 @@ class HypercallService:
             if cpu.index in self._escalation:
                 detail += f" ({self._escalation[cpu.index]})"
             return fault_verdict(cpu, frame_rip, detail,
-                                       "double_fault" if a0 == x86.DF else "fatal_exception")
+                                 "double_fault" if a0 == x86.DF else "fatal_exception",
+                                 tuple(cpu.state.handling))
         elif number is Hypercall.QUIESCENT:
             cpu.state.yielded = True  # a voluntary schedule point: schedulers may switch
             if self.config.event_mode:

@@ -11,7 +11,9 @@ addresses fit a sign-extended disp32 as in the kernel code model):
     TEXT_BASE   0xffffffff81000000  kernel text: fetch -> per-CPU view (X), read -> memory (R),
                                     write -> #PF (the executable mapping is read-only, as in Linux)
     DATA_BASE   0xffffffff82000000  shared data: GDT, IDT, per-CPU areas, guest variables (RW, NX)
-    STACK_BASE  0xffffffff83000000  per-CPU stacks (RW, NX)
+    STACK_BASE  0xffffffff83000000  per-CPU stacks (RW, NX), each above an unmapped guard page,
+                                    so an overflow faults (naming its CPU) instead of silently
+                                    overwriting the next CPU's stack
     POKE_BASE   0xffffffff84000000  writable alias of the text pages (RW, NX); text_poke() writes
                                     here, as Linux writes through its poking mapping
 """
@@ -53,6 +55,8 @@ KERNEL_CS = 0x08
 KERNEL_DS = 0x10
 # 64-bit code (L=1, P=1, DPL=0, type execute/read) and flat data descriptors.
 GDT_ENTRIES = (0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF)
+
+STACK_GUARD = PAGE  # unmapped, below each CPU's stack
 
 MAX_CPUS = 64  # IPI destinations are a 64-bit mask
 
@@ -100,11 +104,29 @@ class Layout:
             raise ValueError("too many CPUs for the per-CPU area")
 
     @property
+    def stack_slot(self) -> int:
+        """One CPU's part of the stack region: its guard page, then its stack."""
+        return STACK_GUARD + self.stack_size
+
+    @property
     def stacks_size(self) -> int:
-        return self.ncpus * self.stack_size
+        return self.ncpus * self.stack_slot
 
     def stack_top(self, cpu: int) -> int:
-        return STACK_BASE + (cpu + 1) * self.stack_size
+        return STACK_BASE + (cpu + 1) * self.stack_slot
+
+    def stack_range(self, cpu: int) -> tuple[int, int]:
+        """[lowest, top) of a CPU's mapped stack, virtual."""
+        top = self.stack_top(cpu)
+        return top - self.stack_size, top
+
+    def guard_owner(self, va: int) -> int | None:
+        """The CPU whose guard page (the unmapped page below its stack) holds `va`, if any:
+        an access there is that CPU's stack overflowing."""
+        off = va - STACK_BASE
+        if not 0 <= off < self.stacks_size or off % self.stack_slot >= STACK_GUARD:
+            return None
+        return off // self.stack_slot
 
     def percpu(self, cpu: int) -> int:
         return DATA_BASE + PERCPU_OFFSET + cpu * PERCPU_SIZE
@@ -116,6 +138,8 @@ class Layout:
         if DATA_BASE <= va < DATA_BASE + self.data_size:
             return Region.DATA, va - DATA_BASE
         if STACK_BASE <= va < STACK_BASE + self.stacks_size:
+            if (va - STACK_BASE) % self.stack_slot < STACK_GUARD:
+                return None  # a guard page
             return Region.STACK, va - STACK_BASE
         if POKE_BASE <= va < POKE_BASE + self.text_size:
             return Region.POKE, va - POKE_BASE

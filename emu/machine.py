@@ -151,8 +151,8 @@ class Machine(InterruptDelivery, HypercallService):
             cpu.track_data(shared)
             cpu.track_text_reads()
             cpu.track_foreign_stacks([
-                (layout.PHYS_STACKS + other * lay.stack_size,
-                 layout.PHYS_STACKS + (other + 1) * lay.stack_size, other)
+                (layout.PHYS_STACKS + lay.stack_range(other)[0] - layout.STACK_BASE,
+                 layout.PHYS_STACKS + lay.stack_range(other)[1] - layout.STACK_BASE, other)
                 for other in range(self.config.ncpus) if other != cpu.index])
 
     def _fresh_state(self, index: int) -> CpuState:

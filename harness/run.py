@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from emu import layout
@@ -66,10 +67,41 @@ class Runner:
             failed = next((r.verdict for r in out.decode if r.verdict is not None), None)
             if failed is not None and out.verdict.ok:
                 out.verdict = failed
+        out.verdict = symbolized(out.verdict, self.built)
         return out
 
     def run_seed(self, seed: int) -> Outcome:
         return self.run(RandomSource(seed))
+
+
+_TEXT_ADDRESS = re.compile(r"0x[0-9a-f]{9,16}")
+
+
+def where(built: Built, address: int) -> tuple[str, str]:
+    """(`symbol+off`, site name) of a guest address; "" for what is outside the program or
+    outside every site."""
+    site = next((name for name, addr, length, _ in built.sites
+                 if addr <= address < addr + length), "")
+    return built.program.symbolize(address), site
+
+
+def symbolized(verdict: Verdict, built: Built) -> Verdict:
+    """The verdict with its addresses named: rip as `symbol+off` and its site, each link of
+    a nested exception, and every text address in the detail followed by `(symbol+off)`.
+    The machine and the oracles know addresses only; the program has the symbols."""
+    if verdict.ok:
+        return verdict
+    symbol, site = where(built, verdict.rip) if verdict.rip is not None else ("", "")
+
+    def name(m: re.Match[str]) -> str:
+        sym, at = where(built, int(m.group(0), 16))
+        if not sym or f"{m.group(0)} ({sym}" in verdict.detail:
+            return m.group(0)
+        return f"{m.group(0)} ({sym}{', site ' + at if at else ''})"
+
+    detail = _TEXT_ADDRESS.sub(name, verdict.detail)
+    nested = tuple(replace(f, symbol=where(built, f.rip)[0]) for f in verdict.nested)
+    return replace(verdict, symbol=symbol, site=site, detail=detail, nested=nested)
 
 
 def outcome_counts(runner: Runner) -> dict[str, dict[int, int]]:

@@ -55,7 +55,8 @@ def fingerprint(built: Built, trace: TraceConfig) -> str:
                     for f in dataclasses.fields(config)},
         "model": EVENT_MODEL if config.event_mode else 0,
         "trace": dataclasses.asdict(trace),
-        "layout": [layout.TEXT_BASE, layout.DATA_BASE, layout.STACK_BASE, layout.POKE_BASE],
+        "layout": [layout.TEXT_BASE, layout.DATA_BASE, layout.STACK_BASE, layout.POKE_BASE,
+                   layout.STACK_GUARD],
     }
     raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(raw).hexdigest()[:16]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from emu import layout
-from emu.asm import AsmError, Program
+from emu.asm import AsmError, Program, load_source
 from emu.config import MachineConfig
 from emu.loader import CpuBoot, GuestImage
 from emu.machine import Machine
@@ -68,8 +68,11 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None,
         problem = op.validate(scn.sites)
         if problem:
             raise ScenarioError(f"{what}: {problem}")
+    text = scn.source()
     try:
-        prog = guest.kernel_program(scn.source(), ncpus, data, what)
+        prog = guest.kernel_program(text, ncpus, data, what)
+    except AsmError as e:
+        raise ScenarioError(_locate(scn, text, e)) from None
     except Exception as e:
         msg = str(e)
         raise ScenarioError(msg if msg.startswith(what) else f"{what}: {msg}") from None
@@ -171,6 +174,45 @@ def _own_names(scn: Scenario, data: DataLayout, what: str) -> dict[str, int]:
         raise ScenarioError(f"{what}: handlers: unknown vector {unknown[0]!r}; known: "
                             f"{', '.join(HANDLER_VECTORS)}")
     return out
+
+
+def _pieces(scn: Scenario, text: str) -> list[tuple[int, int, str]]:
+    """(first line, last line, what) of each piece of the scenario's own source in `text`
+    (scn.source(): the ops, then the sites' observer code, their support code, extra_asm)."""
+    pieces = [(op.asm(i), f"op {i} ({type(op).__name__})") for i, op in enumerate(scn.ops)]
+    pieces += [(s.observer_asm(), f"site {s.name!r}") for s in scn.sites]
+    pieces += [(s.support_asm(), f"site {s.name!r} (support code)") for s in scn.sites]
+    pieces.append((scn.extra_asm, "extra_asm"))
+    out, cursor = [], 0
+    for code, what in pieces:
+        code = code.strip("\n")
+        at = text.find(code, cursor) if code else -1
+        if at < 0:
+            continue
+        first = text.count("\n", 0, at) + 1
+        out.append((first, first + code.count("\n"), what))
+        cursor = at + len(code)
+    return out
+
+
+def _locate(scn: Scenario, text: str, err: AsmError) -> str:
+    """The assembler's error, said where the user wrote the line: the op or site, and the line
+    within it (the program is alternative.S + users.S + the scenario's source)."""
+    what = f"scenario {scn.name}"
+    if err.line is None:
+        return f"{what}: {err}"
+    shipped = [(name, load_source(name).count("\n") + 1) for name in ("alternative.S",
+                                                                      "users.S")]
+    line = err.line
+    for name, count in shipped:
+        if line <= count:
+            return f"{what}: guest_code/{name}:{line}: {err.reason}"
+        line -= count
+    statement = text.splitlines()[line - 1].strip() if line <= text.count("\n") + 1 else ""
+    for first, last, piece in _pieces(scn, text):
+        if first <= line <= last:
+            return f"{what}, {piece}, line {line - first + 1}: `{statement}`: {err.reason}"
+    return f"{what}, its generated code, line {line}: `{statement}`: {err.reason}"
 
 
 def _check_pokes(scn: Scenario, prog: Program, gens: list[list[object]]) -> None:

@@ -91,6 +91,34 @@ class Raw(Op):
     def apply(self, site: Site, state: object) -> object:
         return self.effect.get(site.name, state)
 
+    def validate(self, sites: Sequence[Site]) -> str | None:
+        """A typo in `effect` would silently leave the oracle expecting the old state."""
+        by_name = {s.name: s for s in sites}
+        for name, state in self.effect.items():
+            site = by_name.get(name)
+            if site is None:
+                return (f"Raw: effect names no site {name!r}; sites: "
+                        f"{', '.join(map(repr, by_name)) or 'none'}")
+            allowed = site_states(site)
+            if allowed is not None and not any(type(state) is type(a) and state == a
+                                               for a in allowed):
+                return (f"Raw: effect puts site {name!r} in state {state!r}, which a "
+                        f"{type(site).__name__} cannot be in; its states: "
+                        f"{', '.join(map(repr, allowed))}")
+        return None
+
+
+def site_states(site: Site) -> tuple[object, ...] | None:
+    """Every state a shipped site can be in (None: a user's own Site, whose states only its
+    own code knows): a JumpLabel's key off or on, a CallSite's target index, a kprobe's."""
+    if isinstance(site, JumpLabel):
+        return (False, True)
+    if isinstance(site, CallSite):
+        return tuple(range(len(site.funcs)))
+    if isinstance(site, KprobeSite):
+        return ("plain", "armed", "optimized")
+    return None
+
 
 # The one-site building blocks of guest_code/users.S, by step name; True: takes the poke (tp).
 POKE_STEPS: dict[str, tuple[str, bool]] = {
