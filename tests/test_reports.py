@@ -98,7 +98,7 @@ def test_nested_exception_is_reported_with_its_chain(handler, vector, at):
     """A fault inside the NMI handler: the report shows NMI -> the fault, not only the fault."""
     send_nmi = ("    mov edi, 1\n    mov esi, 2\n    mov eax, HC_SEND_IPI\n    out HC_PORT, eax\n"
                 "    nop\n")
-    scn = _mine(Raw(send_nmi), nmi_handler="my_nmi", extra_asm="my_nmi:\n" + handler)
+    scn = _mine(Raw(send_nmi), handlers={"nmi": "my_nmi"}, extra_asm="my_nmi:\n" + handler)
     v = Runner(scn).run(SimplestSource()).verdict
     assert v.kind == "guest_fault" and v.symbol == at, str(v)
     assert [(f.vector, f.symbol) for f in v.nested][1:] == [(vector, at)], str(v)
