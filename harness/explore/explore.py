@@ -23,9 +23,10 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from emu.decisions import RandomSource, ReplaySource, SimplestSource
+from emu.config import RunBudget
+from emu.decisions import DecisionSource, RandomSource, ReplaySource, SimplestSource
 from emu.held_sigint import HeldSigint
-from emu.path import Cost, Kind, deviations
+from emu.path import Choice, Cost, Kind, deviations
 from emu.verdict import VerdictKind
 from harness.errors import BadInput
 from harness.run import Outcome, Runner
@@ -35,7 +36,7 @@ from harness.trace.pt.encoder import TraceConfig
 
 from .exhaustive import Search
 from .results_db import ResultsDb, ResultsDbError
-from .shrink import shrink
+from .shrink import run_budget, shrink
 from .strategies import PctSource
 from .token import Token, TokenError, fingerprint
 
@@ -185,9 +186,10 @@ def judge(runner: Runner, plan: Plan, idx: int, seed: int | None, out: Outcome) 
         res.token = make_token(runner, out.result.path, seed)
         res.deviations = deviations(out.result.path)
         if plan.shrink:
-            def attempt(src):
-                o = runner.run(src)
-                return o.verdict.kind, o.result.path
+            limit = run_budget(out.result.ticks)
+
+            def attempt(src: DecisionSource) -> tuple[str | None, list[Choice]]:
+                return shrink_attempt(runner, src, limit)
             # an exhaustive witness stays within the bounds it was found under
             bound = plan.bound if runner.built.config.event_mode else None
             small = shrink(attempt, list(out.result.path), out.verdict.kind,
@@ -195,6 +197,16 @@ def judge(runner: Runner, plan: Plan, idx: int, seed: int | None, out: Outcome) 
             res.shrunk = make_token(runner, small.path, seed)
             res.shrunk_deviations = deviations(small.path)
     return res
+
+
+def shrink_attempt(runner: Runner, source: DecisionSource,
+                   limit: RunBudget) -> tuple[str | None, list[Choice]]:
+    """One shrink candidate: its verdict kind and path, or None for the kind when it ran past
+    `limit` (not verified: a cut run reproduces nothing, and is not a hang)."""
+    result = runner.machine.run(source, limit)
+    if result.cut:
+        return None, result.path
+    return runner.check(result).verdict.kind, result.path
 
 
 def explore(plan: Plan, schedules: int | None = None, seconds: float | None = None,

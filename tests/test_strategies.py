@@ -1,0 +1,117 @@
+"""Issue 17, items 8 and 9: shrinking is bounded by the failure's own length (a candidate
+that hangs is cut, and is no hang), `--stop-at-first`, PCT as the literature has it, and the
+`portfolio` strategy that cannot do worse than random."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from emu.asm import Program
+from emu.config import RunBudget
+from emu.decisions import DecisionSource, RandomSource
+from emu.path import Kind, Request, simplest
+from harness.explore import explore as ex
+from harness.explore.shrink import run_budget
+from harness.run import Runner
+from harness.scenario.op import Raw
+from harness.scenario.scenario import Scenario
+from harness.scenario.site import Site
+
+# The patcher opens a one-instruction window (the flag set, then cleared), asks the observer
+# for an acknowledgement and waits for it in a loop WITHOUT a PAUSE: no yield, so the simplest
+# schedule keeps running the patcher, which spins to the machine's whole instruction budget.
+# Random schedules switch CPUs and finish; a few preempt the patcher inside the window.
+SPIN_PATCH = """    mov qword ptr [V_SCRATCH], 1
+    mov qword ptr [V_SCRATCH], 0
+    mov qword ptr [V_SCRATCH + 8], 1
+spin_ack:
+    cmp qword ptr [V_SCRATCH + 16], 1
+    jne spin_ack
+"""
+LOOK = """    cmp qword ptr [V_SCRATCH], 1
+    jne look_ok
+    mov edi, 0x51
+    xor esi, esi
+    mov eax, HC_ASSERT
+    out HC_PORT, eax
+look_ok:
+    cmp qword ptr [V_SCRATCH + 8], 1
+    jne look_done
+    mov qword ptr [V_SCRATCH + 16], 1
+look_done:
+    mov ebx, 1
+"""
+
+
+@dataclass
+class Look(Site):
+    """An observer that must never see the patcher's flag set, and acknowledges its request."""
+
+    name: str = "look"
+
+    def observer_asm(self) -> str:
+        return f"{self.label}:\n{LOOK}"
+
+    def instructions(self, prog: Program, state: object) -> list[tuple[int, bytes]]:
+        addr = prog.sym(self.label)  # never patched
+        end = min(a for a in prog.starts if a > addr)
+        return [(0, prog.code[addr - prog.base:end - prog.base])]
+
+    def outcome(self, state: object) -> int:
+        return 1
+
+    def initial(self) -> object:
+        return 0
+
+
+SPIN_ACK = Scenario("spin_ack", "a race whose shrink candidates spin without a yield",
+                    sites=[Look()], ops=[Raw(SPIN_PATCH)], cpus=2)
+FAILING_SEED = 19  # RandomSource(19) preempts the patcher inside the window: guest_assert
+
+
+class PickLast(DecisionSource):
+    """Always the highest-numbered runnable CPU: the observer, never the patcher it waits on."""
+
+    def pick(self, request: Request, position: int) -> int:
+        return request.arity - 1 if request.kind is Kind.CPU else simplest(request)
+
+
+def test_a_run_budget_cuts_a_run_and_says_so():
+    runner = Runner(SPIN_ACK, cpus=2, decode=False)
+    res = runner.machine.run(PickLast(), RunBudget(3000))
+    assert res.cut and 3000 < res.ticks <= 3000 + runner.built.config.max_quantum
+    assert res.verdict.event == "run_budget"
+    whole = runner.machine.run(PickLast())  # the same run without one: the machine's budget
+    assert not whole.cut and whole.verdict.event == "budget"
+
+
+def test_a_cut_shrink_candidate_is_no_verdict_not_a_hang():
+    kind, path = ex.shrink_attempt(Runner(SPIN_ACK, cpus=2), PickLast(), RunBudget(3000))
+    assert kind is None and path
+
+
+def test_shrinking_is_bounded_by_the_failures_own_length():
+    """Most candidates of this failure hang (the simplest schedule spins): each is cut at
+    twice the failure's length, and the shrunk path still fails. Before, each ran the
+    machine's 400k instructions a CPU and was verified (about 30 s a candidate)."""
+    runner = Runner(SPIN_ACK, cpus=2)
+    out = runner.run(RandomSource(FAILING_SEED))
+    assert out.verdict.kind == "guest_assert"
+    assert run_budget(out.result.ticks).ticks < 10 * out.result.ticks + 5000
+    seen: list[tuple[int, bool]] = []
+    run = runner.machine.run
+
+    def spy(source, budget=None):
+        res = run(source, budget)
+        seen.append((res.ticks, res.cut))
+        return res
+
+    runner.machine.run = spy  # type: ignore[method-assign]
+    res = ex.judge(runner, ex.Plan("spin_ack", cpus=2), 0, FAILING_SEED, out)
+    runner.machine.run = run  # type: ignore[method-assign]
+    assert sum(cut for _t, cut in seen) >= 5  # the premise: candidates did hang
+    assert max(t for t, _c in seen) < 10 * out.result.ticks + 5000  # not 400k a CPU
+    assert res.shrunk and res.shrunk_deviations is not None
+    assert res.shrunk_deviations < res.deviations
+    tok, again = ex.replay(res.shrunk, SPIN_ACK)
+    assert again.verdict.kind == "guest_assert"
