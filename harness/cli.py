@@ -194,7 +194,8 @@ def _explore(args: argparse.Namespace) -> int:
         progress = progress_bar() if sys.stderr.isatty() else None
     try:
         summary = explore(plan, args.schedules, args.time, args.jobs, args.db, args.resume,
-                          progress=progress, interruptible=True)
+                          stop_at_first=args.stop_at_first, progress=progress,
+                          interruptible=True)
     except ScenarioError as e:
         return _bad_input(str(e))
     if sys.stderr.isatty() and not args.log:
@@ -345,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--db", help="SQLite file the results are written to as they are found")
     ex.add_argument("--resume", action="store_true", help="continue the exploration in --db")
     ex.add_argument("--no-shrink", action="store_true")
+    ex.add_argument("--stop-at-first", action="store_true",
+                    help="stop at the first failure and shrink only it (with --jobs, the "
+                         "lowest-numbered failure of the schedules already running)")
     ex.add_argument("--log", action="store_true", help="a line per finished schedule")
     ex.add_argument("--json", action="store_true")
     ex.set_defaults(func=_explore)

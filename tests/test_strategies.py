@@ -115,3 +115,28 @@ def test_shrinking_is_bounded_by_the_failures_own_length():
     assert res.shrunk_deviations < res.deviations
     tok, again = ex.replay(res.shrunk, SPIN_ACK)
     assert again.verdict.kind == "guest_assert"
+
+
+def test_stop_at_first_with_jobs_shrinks_only_the_first_failure():
+    """z3's buggy variant fails on most schedules: with two workers, several run at once.
+    Only the lowest-numbered failure is shrunk (the one a single process stops at); nothing
+    is started after it."""
+    plan = ex.Plan("z3_call_emulation", "buggy", seed=0, shrink_budget=12)
+    one = ex.explore(plan, schedules=40, jobs=1, stop_at_first=True)
+    two = ex.explore(plan, schedules=40, jobs=2, stop_at_first=True)
+    assert [r.idx for r in one.results] == [0] and one.results[0].shrunk
+    assert two.failures[0].idx == 0 and two.failures[0].shrunk == one.results[0].shrunk
+    assert [r.idx for r in two.results if r.shrunk] == [0]
+    assert len(two.results) <= 5  # what ran when it was found, never the 40
+
+
+def test_stop_at_first_on_the_command_line():
+    import json
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "harness", "explore", "z3_call_emulation",
+                          "--variant", "buggy", "--schedules", "30", "--stop-at-first",
+                          "--json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["schedules"] == 1 and doc["failed"][0]["shrunk_token"]

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from emu.config import RunBudget
@@ -285,20 +285,43 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
                 started(i, plan.seed + i)
                 record(run_schedule(plan, i))
         else:
+            # --stop-at-first: the workers do not shrink; at the first failure nothing more
+            # is started, what is queued is dropped, and of the failures the schedules
+            # already running find, this process shrinks only the lowest index -- every lower
+            # index ran, so it is the failure a single process stops at, for any --jobs.
+            held: list[ScheduleResult] = []
+            hold = stop_at_first and plan.shrink
+            work = replace(plan, shrink=False) if hold else plan
+
+            def take(f: Future) -> None:
+                r = f.result()
+                if hold and r.failed:
+                    held.append(r)
+                else:
+                    record(r)
+
             with workers(jobs) as pool:
-                pending = {}
+                pending: dict[Future, int] = {}
                 for i in indices:
                     while len(pending) >= 2 * jobs:
                         finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                         for f in finished:
                             pending.pop(f)
-                            record(f.result())
-                    if not more(i):
+                            take(f)
+                    if held or not more(i):
                         break
                     started(i, plan.seed + i)
-                    pending[pool.submit(run_schedule, plan, i)] = i
+                    pending[pool.submit(run_schedule, work, i)] = i
                 for f in pending:
-                    record(f.result())
+                    if held or (stop_at_first and summary.failures):
+                        f.cancel()  # not started yet: dropped (--db: started, not finished)
+                for f in pending:
+                    if not f.cancelled():
+                        take(f)
+            if held:
+                first = min(held, key=lambda r: r.idx)
+                for r in sorted(held, key=lambda r: r.idx):
+                    record(run_schedule(plan, r.idx) if r is first else r)
     except KeyboardInterrupt:  # what was recorded stands; --resume goes on from there
         if results_db:
             results_db.rollback()  # a write cut in two by a caller's own SIGINT handler
