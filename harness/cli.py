@@ -231,7 +231,8 @@ def _explore(args: argparse.Namespace) -> int:
             print(f"interrupted after {len(summary.results)} schedules"
                   + (" (continue it with --resume)" if args.db else ""))
         if summary.bound is not None:
-            print(f"PCT depth {plan.depth}: each schedule finds a depth-{plan.depth} bug with "
+            which = "each odd (PCT) schedule" if plan.strategy == "portfolio" else "each schedule"
+            print(f"PCT depth {plan.depth}: {which} finds a depth-{plan.depth} bug with "
                   f"probability >= 1/(n*k^(d-1)) = {summary.bound:.3g}")
         for f in fails[:10]:
             print(f"  schedule {f.idx}{'' if exhaustive else f' (seed {f.seed})'}: {f.detail}")
@@ -325,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("scenario")
     ex.add_argument("--variant")
     ex.add_argument("--cpus", type=int)  # the scenario names its range
-    ex.add_argument("--strategy", choices=["random", "pct", "exhaustive"], default="random")
+    ex.add_argument("--strategy", choices=["portfolio", "random", "pct", "exhaustive"],
+                    default="portfolio", help="portfolio (default): even schedules random, "
+                    "odd ones PCT")
     ex.add_argument("--preemptions", type=count, default=2,
                     help="exhaustive: at most P non-simplest CPU choices")
     ex.add_argument("--delays", type=count, default=2,
@@ -357,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="directory for the artifacts, as `run --out` writes them")
     rp.set_defaults(func=_replay)
     zo = sub.add_parser("zoo", help="every race-zoo card: buggy found? fixed passes?")
-    zo.add_argument("--strategy", choices=["random", "pct"], default="random")
+    zo.add_argument("--strategy", choices=["portfolio", "random", "pct"], default="portfolio")
     zo.add_argument("--buggy-budget", type=positive_int, default=300)
     zo.add_argument("--fixed-budget", type=positive_int, default=40)
     zo.add_argument("--jobs", type=positive_int, default=1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from emu.verdict import VerdictKind
-from harness.explore.explore import Plan, explore, run_schedule
+from harness.explore.explore import DEFAULT_STRATEGY, Plan, explore, run_schedule
 from harness.scenario.shipped import SCENARIOS
 
 
@@ -28,7 +28,7 @@ class ZooRow:
     fixed_schedules: int
 
 
-def zoo(strategy: str = "random", buggy_budget: int = 300, fixed_budget: int = 40,
+def zoo(strategy: str = DEFAULT_STRATEGY, buggy_budget: int = 300, fixed_budget: int = 40,
         jobs: int = 1, seed: int = 0) -> list[ZooRow]:
     rows = []
     for scn in sorted((s for s in SCENARIOS.values() if s.card), key=lambda s: s.card):

@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from emu.config import RunBudget
-from emu.decisions import DecisionSource, RandomSource, ReplaySource, SimplestSource
+from emu.decisions import DecisionSource, ReplaySource
 from emu.held_sigint import HeldSigint
-from emu.path import Choice, Cost, Kind, deviations
+from emu.path import Choice, Cost, deviations
 from emu.verdict import VerdictKind
 from harness.errors import BadInput
 from harness.run import Outcome, Runner
@@ -37,10 +37,8 @@ from harness.trace.pt.encoder import TraceConfig
 from .exhaustive import Search
 from .results_db import ResultsDb, ResultsDbError
 from .shrink import run_budget, shrink
-from .strategies import PctSource
+from .strategies import DEFAULT_STRATEGY, STRATEGIES, PctSource, is_decision, source_for
 from .token import Token, TokenError, fingerprint
-
-STRATEGIES = ("random", "pct", "exhaustive")
 
 
 @dataclass(frozen=True)
@@ -50,10 +48,10 @@ class Plan:
     scenario: str
     variant: str | None = None
     cpus: int | None = None
-    strategy: str = "random"
+    strategy: str = DEFAULT_STRATEGY
     seed: int = 0
     depth: int = 3  # PCT bug depth d
-    steps: int = 0  # PCT: scheduling steps k, estimated from a first run (0: estimate)
+    steps: int = 0  # PCT: real scheduling decisions k, estimated from PCT runs (0: estimate)
     shrink: bool = True
     shrink_budget: int = 80
     preemptions: int = 2  # exhaustive: P
@@ -149,10 +147,25 @@ def runner_for(scenario: str, variant: str | None, cpus: int | None,
     return _RUNNERS[key]
 
 
+PCT_ESTIMATE_RUNS = 3
+
+
+def pct_steps(runner: Runner, seed: int) -> int:
+    """PCT's k on `runner`: the most real decisions (`is_decision`) of a few PCT runs without
+    change points, seeds `seed`, `seed + 1`, ... Shuttle estimates k from a first run and
+    raises it when a later one is longer; a fixed k, from the plan alone, keeps every
+    schedule a function of its index. The simplest run (what this counted before) takes
+    the longest quantum at every step and counted the choices with one CPU runnable: about
+    half a PCT run's real decisions, so change points fell only in its first half."""
+    ncpus = runner.built.cpus
+    return max(sum(is_decision(c.request) for c in runner.machine.run(
+        PctSource(seed + i, ncpus, 1, 1)).path if c.request is not None)
+        for i in range(PCT_ESTIMATE_RUNS))
+
+
 def estimate_steps(plan: Plan) -> int:
-    """PCT's k: the CPU choices of the simplest run (as shuttle estimates it from a run)."""
-    out = runner_for(plan.scenario, plan.variant, plan.cpus).run(SimplestSource())
-    return sum(c.kind is Kind.CPU for c in out.result.path)
+    """PCT's k for `plan` (`pct_steps`)."""
+    return pct_steps(runner_for(plan.scenario, plan.variant, plan.cpus), plan.seed)
 
 
 def make_token(runner: Runner, path, seed: int | None) -> str:
@@ -170,10 +183,7 @@ def run_schedule(plan: Plan, idx: int) -> ScheduleResult:
 def run_one(runner: Runner, plan: Plan, idx: int) -> ScheduleResult:
     """Schedule `idx` of `plan` on `runner`: verified, and if it fails tokenized and shrunk."""
     seed = plan.seed + idx
-    if plan.strategy == "pct":
-        source = PctSource(seed, runner.built.cpus, plan.depth, plan.steps)
-    else:
-        source = RandomSource(seed)
+    source = source_for(plan.strategy, seed, idx, runner.built.cpus, plan.depth, plan.steps)
     return judge(runner, plan, idx, seed, runner.run(source))
 
 
@@ -230,7 +240,7 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
     results_db = ResultsDb(db) if db else None  # a bad file is refused before any work
     if results_db:
         results_db.check_seeds(plan.seed, schedules)
-    if plan.strategy == "pct" and plan.steps == 0:
+    if plan.strategy in ("pct", "portfolio") and plan.steps == 0:
         plan = Plan(**{**asdict(plan), "steps": estimate_steps(plan)})
     exp_id, done = None, {}
     if results_db:
@@ -239,7 +249,7 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
         if plan.strategy == "exhaustive":
             _check_frontier(results_db.frontier(exp_id), plan)
     summary = Summary(plan, exp_id, skipped=len(done))
-    if plan.strategy == "pct":
+    if plan.strategy in ("pct", "portfolio"):  # portfolio: its PCT (odd) schedules'
         summary.bound = PctSource.bound(runner_for(plan.scenario, plan.variant,
                                                    plan.cpus).built.cpus, plan.steps, plan.depth)
     for idx, row in sorted(done.items()):
