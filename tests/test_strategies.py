@@ -4,7 +4,7 @@ that hangs is cut, and is no hang), `--stop-at-first`, PCT as the literature has
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from emu.asm import Program
 from emu.config import RunBudget
@@ -140,3 +140,55 @@ def test_stop_at_first_on_the_command_line():
     assert out.returncode == 1, out.stderr
     doc = json.loads(out.stdout)
     assert doc["schedules"] == 1 and doc["failed"][0]["shrunk_token"]
+
+
+def test_pct_k_is_the_real_decisions_of_a_pct_run():
+    """k is what a PCT run decides: the simplest run (the old estimate) takes the longest
+    quantum every step and has about half as many, so every change point fell in the first
+    half of a run."""
+    import statistics
+
+    from harness.explore.strategies import PctSource, is_decision
+    runner = ex.runner_for("z4_bytewise", "buggy", None)
+    real = [sum(is_decision(c.request) for c in runner.machine.run(
+        PctSource(seed, runner.built.cpus, 3, 300)).path if c.request is not None)
+        for seed in range(10, 16)]
+    assert ex.estimate_steps(ex.Plan("z4_bytewise", "buggy", strategy="pct")) >= \
+        statistics.median(real)
+
+
+def test_pct_change_points_fall_between_real_decisions():
+    """Change points in [1, k-1] (a change after the last decision changes nothing), and a
+    CPU choice with one runnable CPU is no decision: not counted, no change there."""
+    from emu.path import CpuContext
+    from harness.explore.strategies import PctSource
+    for seed in range(200):
+        src = PctSource(seed, 2, 3, 4)
+        assert len(src.changes) == 2 and set(src.changes) <= {1, 2, 3}
+    src = PctSource(0, 2, 2, 10)
+    only = Request(Kind.CPU, 1, context=CpuContext((1,), 0, frozenset()))
+    both = Request(Kind.CPU, 2, context=CpuContext((0, 1), 0, frozenset()))
+    for _ in range(20):
+        src.pick(only, 0)
+    assert src.decisions == 0
+    src.pick(both, 0)
+    assert src.decisions == 1
+
+
+def test_portfolio_finds_a_race_pct_alone_misses_on_a_small_budget():
+    """z5's buggy_late: random finds it in most schedules, PCT (depth 3, k estimated) in few;
+    the portfolio's schedule 0 is random's schedule 0 and finds it."""
+    plan = ex.Plan("z5_record_placement", "buggy_late", strategy="pct", shrink=False)
+    assert not ex.explore(plan, schedules=6).failures
+    portfolio = ex.explore(replace(plan, strategy="portfolio"), schedules=2)
+    assert [r.idx for r in portfolio.failures] == [0]
+    assert portfolio.bound is not None  # its PCT half's bound is stated
+
+
+def test_portfolio_runs_randoms_schedules_at_even_indices():
+    plan = ex.Plan("z4_bytewise", "buggy", strategy="random", shrink=False)
+    rnd = ex.explore(plan, schedules=3)
+    mix = ex.explore(replace(plan, strategy="portfolio"), schedules=6, jobs=2)
+    assert [(r.seed, r.token) for r in rnd.results] == \
+        [(r.seed, r.token) for r in mix.results if r.idx % 2 == 0]
+    assert ex.Plan("x").strategy == "portfolio"  # the default

@@ -1,7 +1,8 @@
 """The explorer: many schedules of one scenario, each fully verified, failures turned into
 replay tokens and shrunk, everything persisted as it happens.
 
-Random and PCT: schedule i of an exploration uses seed `seed + i`; a schedule is a pure
+Random and PCT: schedule i of an exploration uses seed `seed + i` (portfolio: random and PCT
+alternate, the pair 2j, 2j+1 with seed `seed + j`, strategies.source_for); a schedule is a pure
 function of its plan and index, so the verdicts do not depend on how many processes run them
 (--jobs). Exhaustive: schedule i is the i-th path of the depth-first search (workers only
 verify); its frontier is saved with each result, so --resume continues it in the same order."""
@@ -37,7 +38,14 @@ from harness.trace.pt.encoder import TraceConfig
 from .exhaustive import Search
 from .results_db import ResultsDb, ResultsDbError
 from .shrink import run_budget, shrink
-from .strategies import DEFAULT_STRATEGY, STRATEGIES, PctSource, is_decision, source_for
+from .strategies import (
+    DEFAULT_STRATEGY,
+    STRATEGIES,
+    PctSource,
+    is_decision,
+    schedule_seed,
+    source_for,
+)
 from .token import Token, TokenError, fingerprint
 
 
@@ -182,7 +190,7 @@ def run_schedule(plan: Plan, idx: int) -> ScheduleResult:
 
 def run_one(runner: Runner, plan: Plan, idx: int) -> ScheduleResult:
     """Schedule `idx` of `plan` on `runner`: verified, and if it fails tokenized and shrunk."""
-    seed = plan.seed + idx
+    seed = schedule_seed(plan.strategy, plan.seed, idx)
     source = source_for(plan.strategy, seed, idx, runner.built.cpus, plan.depth, plan.steps)
     return judge(runner, plan, idx, seed, runner.run(source))
 
@@ -292,7 +300,7 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
             for i in indices:
                 if not more(i):
                     break
-                started(i, plan.seed + i)
+                started(i, schedule_seed(plan.strategy, plan.seed, i))
                 record(run_schedule(plan, i))
         else:
             # --stop-at-first: the workers do not shrink; at the first failure nothing more
@@ -320,7 +328,7 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
                             take(f)
                     if held or not more(i):
                         break
-                    started(i, plan.seed + i)
+                    started(i, schedule_seed(plan.strategy, plan.seed, i))
                     pending[pool.submit(run_schedule, work, i)] = i
                 for f in pending:
                     if held or (stop_at_first and summary.failures):

@@ -62,17 +62,25 @@ class PctSource(DecisionSource):
         return 1.0 / (ncpus * max(steps, 1) ** (depth - 1))
 
 
+def schedule_seed(strategy: str, first: int, idx: int) -> int:
+    """Schedule `idx`'s seed: `first + idx`; for `portfolio`, `first + idx // 2` (the
+    random schedule and the PCT schedule of a pair share it)."""
+    return first + idx // 2 if strategy == "portfolio" else first + idx
+
+
 def source_for(strategy: str, seed: int, idx: int, ncpus: int, depth: int,
                steps: int) -> DecisionSource:
-    """Schedule `idx`'s source, from its index alone (so --jobs changes nothing).
+    """Schedule `idx`'s source (`seed` is its `schedule_seed`), from its index alone, so
+    --jobs changes nothing.
 
-    `portfolio` alternates: even schedules are random, odd ones PCT, each with its own seed
-    (the exploration's first seed plus `idx`, as every strategy has it). Its even schedules
-    are the very schedules a random exploration runs at those indices, so within 2N
-    schedules it runs N of random's: if a random schedule finds a bug with probability p and
-    a PCT one with q (>= 1/(n*k^(d-1)) for a depth-d bug), N portfolio schedules miss it
-    with probability at most (1-p)^ceil(N/2) * (1-q)^floor(N/2) -- never worse than random
-    with half the schedules, nor than PCT with half."""
+    `portfolio` alternates: schedule 2j is random schedule j (RandomSource(first + j), what
+    a random exploration runs as its schedule j), schedule 2j+1 is PCT's schedule j. So 2N
+    portfolio schedules run random's first N, and find whatever those find -- never worse
+    than random with half the schedules, nor than PCT with half. If a random schedule finds
+    a bug with probability p and a PCT one with q (>= 1/(n*k^(d-1)) for a depth-d bug), N
+    portfolio schedules miss it with probability at most (1-p)^ceil(N/2) * (1-q)^floor(N/2).
+    (Z1's random failures in its first 60 seeds are all odd seeds: interleaving seeds
+    `first + idx` would have left the portfolio's random half none of them.)"""
     if strategy == "pct" or (strategy == "portfolio" and idx % 2 == 1):
         return PctSource(seed, ncpus, depth, steps)
     return RandomSource(seed)
