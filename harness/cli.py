@@ -297,6 +297,8 @@ def _litmus(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from harness.explore.strategies import DEFAULT_STRATEGY, STRATEGIES
+
     p = _Parser(prog="textpoke", description=__doc__)
     p.add_argument("--version", action="version", version=f"textpoke {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -326,9 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("scenario")
     ex.add_argument("--variant")
     ex.add_argument("--cpus", type=int)  # the scenario names its range
-    ex.add_argument("--strategy", choices=["portfolio", "random", "pct", "exhaustive"],
-                    default="portfolio", help="portfolio (default): even schedules random, "
-                    "odd ones PCT")
+    ex.add_argument("--strategy", choices=list(STRATEGIES), default=DEFAULT_STRATEGY,
+                    help="portfolio (default): even schedules random, odd ones PCT")
     ex.add_argument("--preemptions", type=count, default=2,
                     help="exhaustive: at most P non-simplest CPU choices")
     ex.add_argument("--delays", type=count, default=2,
@@ -360,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="directory for the artifacts, as `run --out` writes them")
     rp.set_defaults(func=_replay)
     zo = sub.add_parser("zoo", help="every race-zoo card: buggy found? fixed passes?")
-    zo.add_argument("--strategy", choices=["portfolio", "random", "pct"], default="portfolio")
+    zo.add_argument("--strategy", choices=[s for s in STRATEGIES if s != "exhaustive"],
+                    default=DEFAULT_STRATEGY)
     zo.add_argument("--buggy-budget", type=positive_int, default=300)
     zo.add_argument("--fixed-budget", type=positive_int, default=40)
     zo.add_argument("--jobs", type=positive_int, default=1)

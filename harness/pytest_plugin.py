@@ -18,7 +18,6 @@ import pytest
 
 from emu.verdict import VerdictKind
 from harness.explore.explore import (
-    DEFAULT_STRATEGY,
     STRATEGIES,
     Plan,
     ScheduleResult,
@@ -27,6 +26,7 @@ from harness.explore.explore import (
     replay,
     run_one,
 )
+from harness.explore.strategies import DEFAULT_STRATEGY
 from harness.explore.token import Token
 from harness.scenario.scenario import Scenario
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from emu.verdict import VerdictKind
-from harness.explore.explore import DEFAULT_STRATEGY, Plan, explore, run_schedule
+from harness.explore.explore import Plan, explore, run_schedule
+from harness.explore.strategies import DEFAULT_STRATEGY
 from harness.scenario.shipped import SCENARIOS
 
 

@@ -191,4 +191,29 @@ def test_portfolio_runs_randoms_schedules_at_even_indices():
     mix = ex.explore(replace(plan, strategy="portfolio"), schedules=6, jobs=2)
     assert [(r.seed, r.token) for r in rnd.results] == \
         [(r.seed, r.token) for r in mix.results if r.idx % 2 == 0]
-    assert ex.Plan("x").strategy == "portfolio"  # the default
+
+
+
+def test_portfolio_is_the_default_of_explore_zoo_and_the_plugin():
+    import inspect
+
+    from harness import cli, pytest_plugin, zoo
+    args = cli.build_parser().parse_args(["explore", "static_key"])
+    assert args.strategy == "portfolio"
+    assert cli.build_parser().parse_args(["zoo"]).strategy == "portfolio"
+    assert inspect.signature(zoo.zoo).parameters["strategy"].default == "portfolio"
+    fixture = pytest_plugin.textpoke.__wrapped__  # the fixture's own function
+
+    class Config:
+        def getoption(self, name):
+            return 0 if name == "--textpoke-seed" else None
+
+    class Request:
+        config = Config()
+
+        class node:
+            @staticmethod
+            def get_closest_marker(name):
+                return None
+
+    assert fixture(Request()).strategy == "portfolio"

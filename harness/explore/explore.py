@@ -39,7 +39,6 @@ from .exhaustive import Search
 from .results_db import ResultsDb, ResultsDbError
 from .shrink import run_budget, shrink
 from .strategies import (
-    DEFAULT_STRATEGY,
     STRATEGIES,
     PctSource,
     is_decision,
@@ -56,7 +55,7 @@ class Plan:
     scenario: str
     variant: str | None = None
     cpus: int | None = None
-    strategy: str = DEFAULT_STRATEGY
+    strategy: str = "random"  # the front-ends' default is DEFAULT_STRATEGY (portfolio)
     seed: int = 0
     depth: int = 3  # PCT bug depth d
     steps: int = 0  # PCT: real scheduling decisions k, estimated from PCT runs (0: estimate)
