@@ -55,3 +55,18 @@ class MachineConfig:
 
     def layout(self) -> Layout:
         return Layout(self.ncpus, self.text_size, self.data_size, self.stack_size)
+
+
+@dataclass(frozen=True)
+class RunBudget:
+    """A bound on one run, below the configuration's `insn_budget`: the run is cut once more
+    than `ticks` instructions retired (on all CPUs). A shrinker gives each candidate one from
+    the failing run's own length, so a candidate that wanders into a spin-wait costs about as
+    much as the failure did, not the whole instruction budget; a cut run is no verdict
+    (`RunResult.cut`), never a hang."""
+
+    ticks: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.ticks, int) or self.ticks < 1:
+            raise MachineConfigError(f"RunBudget.ticks must be >= 1, got {self.ticks!r}")

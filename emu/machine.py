@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import capstone
 
 from . import layout, x86
-from .config import MachineConfig
+from .config import MachineConfig, RunBudget
 from .cpu import Clock, Cpu, CpuState, Stop, StopKind
 from .decisions import Decisions, DecisionSource
 from .delivery import InterruptDelivery, fault_verdict
@@ -61,6 +61,7 @@ class RunResult:
     final_rips: list[int] = field(default_factory=list)  # where each CPU would continue
     text_start: bytes = b""  # text memory at the start and at the end of the run
     text_end: bytes = b""
+    cut: bool = False  # stopped by the caller's RunBudget: how it would have ended is unknown
 
 
 def _has(counts: tuple[int, ...], index: int) -> bool:
@@ -193,8 +194,9 @@ class Machine(InterruptDelivery, HypercallService):
             raise MachineConfigError(f"no guest symbol {name!r}") from None
 
     # ------------------------------------------------------------ running
-    def run(self, source: DecisionSource) -> RunResult:
-        """One schedule, fully determined by the choices `source` makes."""
+    def run(self, source: DecisionSource, budget: RunBudget | None = None) -> RunResult:
+        """One schedule, fully determined by the choices `source` makes; cut (`RunResult.cut`,
+        a `hang` verdict with event `run_budget`) once it retires more than `budget.ticks`."""
         if self._dirty:
             self.reset()
         self._dirty = True
@@ -204,17 +206,24 @@ class Machine(InterruptDelivery, HypercallService):
         self._decisions = decisions
         self._written = set()  # text grains stored to in this run
         steps = 0
+        cut = False
         verdict: Verdict | None = None
         with HeldSigint() as ctrl_c:  # Ctrl-C inside Unicorn would be lost (held_sigint.py)
             while verdict is None:
                 verdict = self._step(decisions)
                 steps += 1
+                if verdict is None and budget is not None and self.clock.tick > budget.ticks:
+                    cut = True
+                    verdict = Verdict(VerdictKind.HANG, f"cut after {self.clock.tick} "
+                                      f"instructions: over the run's budget of {budget.ticks}",
+                                      event="run_budget")
                 ctrl_c.check()
         decisions.close(frozenset(self._written))
         return RunResult(verdict=verdict, path=decisions.path, truth=self.truth,
                          sideband=self.sideband, ticks=self.clock.tick, steps=steps,
                          final_rips=[c.reg("rip") for c in self.cpus],
-                         text_start=self._initial_mem[0], text_end=bytes(self.mem.text))
+                         text_start=self._initial_mem[0], text_end=bytes(self.mem.text),
+                         cut=cut)
 
     def _step(self, dec: Decisions) -> Verdict | None:
         runnable = [c for c in self.cpus if not c.state.finished

@@ -225,7 +225,8 @@ def _explore(args: argparse.Namespace) -> int:
         progress = progress_bar() if sys.stderr.isatty() else None
     try:
         summary = explore(plan, args.schedules, args.time, args.jobs, args.db, args.resume,
-                          progress=progress, interruptible=True)
+                          stop_at_first=args.stop_at_first, progress=progress,
+                          interruptible=True)
     except ScenarioError as e:
         return _bad_input(str(e))
     if sys.stderr.isatty() and not args.log:
@@ -261,7 +262,8 @@ def _explore(args: argparse.Namespace) -> int:
             print(f"interrupted after {len(summary.results)} schedules"
                   + (" (continue it with --resume)" if args.db else ""))
         if summary.bound is not None:
-            print(f"PCT depth {plan.depth}: each schedule finds a depth-{plan.depth} bug with "
+            which = "each odd (PCT) schedule" if plan.strategy == "portfolio" else "each schedule"
+            print(f"PCT depth {plan.depth}: {which} finds a depth-{plan.depth} bug with "
                   f"probability >= 1/(n*k^(d-1)) = {summary.bound:.3g}")
         for f in fails[:10]:
             print(f"  schedule {f.idx}{'' if exhaustive else f' (seed {f.seed})'}: {f.detail}")
@@ -343,6 +345,8 @@ def _scenarios_option(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from harness.explore.strategies import DEFAULT_STRATEGY, STRATEGIES
+
     p = _Parser(prog="textpoke", description=__doc__)
     p.add_argument("--version", action="version", version=f"textpoke {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -374,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("scenario", help="NAME, FILE.py::NAME or MODULE::NAME")
     ex.add_argument("--variant")
     ex.add_argument("--cpus", type=int)  # the scenario names its range
-    ex.add_argument("--strategy", choices=["random", "pct", "exhaustive"], default="random")
+    ex.add_argument("--strategy", choices=list(STRATEGIES), default=DEFAULT_STRATEGY,
+                    help="portfolio (default): even schedules random, odd ones PCT")
     ex.add_argument("--preemptions", type=count, default=2,
                     help="exhaustive: at most P non-simplest CPU choices")
     ex.add_argument("--delays", type=count, default=2,
@@ -395,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--db", help="SQLite file the results are written to as they are found")
     ex.add_argument("--resume", action="store_true", help="continue the exploration in --db")
     ex.add_argument("--no-shrink", action="store_true")
+    ex.add_argument("--stop-at-first", action="store_true",
+                    help="stop at the first failure and shrink only it (with --jobs, the "
+                         "lowest-numbered failure of the schedules already running)")
     ex.add_argument("--log", action="store_true", help="a line per finished schedule")
     ex.add_argument("--json", action="store_true")
     _scenarios_option(ex)
@@ -405,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     _scenarios_option(rp)
     rp.set_defaults(func=_replay)
     zo = sub.add_parser("zoo", help="every race-zoo card: buggy found? fixed passes?")
-    zo.add_argument("--strategy", choices=["random", "pct"], default="random")
+    zo.add_argument("--strategy", choices=[s for s in STRATEGIES if s != "exhaustive"],
+                    default=DEFAULT_STRATEGY)
     zo.add_argument("--buggy-budget", type=positive_int, default=300)
     zo.add_argument("--fixed-budget", type=positive_int, default=40)
     zo.add_argument("--jobs", type=positive_int, default=1)

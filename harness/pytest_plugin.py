@@ -22,17 +22,17 @@ from types import ModuleType
 
 import pytest
 
-from emu.decisions import SimplestSource
-from emu.path import Kind
 from emu.verdict import VerdictKind
 from harness.explore.explore import (
     STRATEGIES,
     Plan,
     ScheduleResult,
     exhaustive_search,
+    pct_steps,
     replay,
     run_one,
 )
+from harness.explore.strategies import DEFAULT_STRATEGY
 from harness.explore.token import Token
 from harness.scenario.load import Origin, origin_of
 from harness.scenario.scenario import Scenario
@@ -109,9 +109,8 @@ class Textpoke:
             return self._exhaustive(chk, cpus)
         runner = Runner(scenario, name, cpus)
         steps = 0
-        if self.strategy == "pct":  # PCT's k, as explore.estimate_steps counts it
-            path = runner.run(SimplestSource()).result.path
-            steps = sum(c.kind is Kind.CPU for c in path)
+        if self.strategy in ("pct", "portfolio"):  # PCT's k, as explore.estimate_steps has it
+            steps = pct_steps(runner, self.seed)
         plan = Plan(scenario.name, name, cpus, self.strategy, self.seed, self.depth, steps,
                     shrink=not chk.expected, origin=chk.origin)
         n = 20 if self.schedules is None else self.schedules
@@ -200,9 +199,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "textpoke(strategy='random', schedules=20, depth=3, "
-                                       "preemptions=2, delays=2, interrupts=1, dpor=False): "
-                                       "how the "
+    config.addinivalue_line("markers", f"textpoke(strategy='{DEFAULT_STRATEGY}', schedules=20, "
+                                       "depth=3, preemptions=2, delays=2, interrupts=1, "
+                                       "dpor=False): how the "
                                        "textpoke fixture explores (exhaustive: until the "
                                        "bounded space is exhausted unless schedules is given)")
 
@@ -215,7 +214,8 @@ def textpoke(request: pytest.FixtureRequest) -> Textpoke:
     if replay:
         Token.decode(replay)  # a damaged token is a usage error, before the test runs
     schedules = kw.get("schedules")
-    return Textpoke(kw.get("strategy", "random"), None if schedules is None else int(schedules),
+    return Textpoke(kw.get("strategy", DEFAULT_STRATEGY),
+                    None if schedules is None else int(schedules),
                     request.config.getoption("--textpoke-seed") + int(kw.get("seed", 0)),
                     int(kw.get("depth", 3)), replay, int(kw.get("preemptions", 2)),
                     int(kw.get("delays", 2)), bool(kw.get("dpor", False)),

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 from emu.verdict import VerdictKind
 from harness.explore.explore import Plan, explore, run_schedule
+from harness.explore.strategies import DEFAULT_STRATEGY
 from harness.scenario.load import ScenarioRef, resolve
 from harness.scenario.shipped import SCENARIOS
 
@@ -30,7 +31,7 @@ class ZooRow:
     fixed_schedules: int
 
 
-def zoo(strategy: str = "random", buggy_budget: int = 300, fixed_budget: int = 40,
+def zoo(strategy: str = DEFAULT_STRATEGY, buggy_budget: int = 300, fixed_budget: int = 40,
         jobs: int = 1, seed: int = 0, extra: Sequence[ScenarioRef] = ()) -> list[ZooRow]:
     """The shipped cards, then the `extra` (a user's) scenarios that have an expected verdict."""
     rows = []

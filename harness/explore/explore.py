@@ -1,7 +1,8 @@
 """The explorer: many schedules of one scenario, each fully verified, failures turned into
 replay tokens and shrunk, everything persisted as it happens.
 
-Random and PCT: schedule i of an exploration uses seed `seed + i`; a schedule is a pure
+Random and PCT: schedule i of an exploration uses seed `seed + i` (portfolio: random and PCT
+alternate, the pair 2j, 2j+1 with seed `seed + j`, strategies.source_for); a schedule is a pure
 function of its plan and index, so the verdicts do not depend on how many processes run them
 (--jobs). Exhaustive: schedule i is the i-th path of the depth-first search (workers only
 verify); its frontier is saved with each result, so --resume continues it in the same order."""
@@ -23,9 +24,10 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from emu.decisions import RandomSource, ReplaySource, SimplestSource
+from emu.config import RunBudget
+from emu.decisions import DecisionSource, ReplaySource
 from emu.held_sigint import HeldSigint
-from emu.path import Cost, Kind, deviations
+from emu.path import Choice, Cost, deviations
 from emu.verdict import VerdictKind
 from harness.errors import BadInput
 from harness.run import Outcome, Runner
@@ -35,11 +37,15 @@ from harness.trace.pt.encoder import TraceConfig
 
 from .exhaustive import Search
 from .results_db import ResultsDb, ResultsDbError
-from .shrink import shrink
-from .strategies import PctSource
+from .shrink import run_budget, shrink
+from .strategies import (
+    STRATEGIES,
+    PctSource,
+    is_decision,
+    schedule_seed,
+    source_for,
+)
 from .token import Token, TokenError, fingerprint
-
-STRATEGIES = ("random", "pct", "exhaustive")
 
 
 @dataclass(frozen=True)
@@ -49,10 +55,10 @@ class Plan:
     scenario: str
     variant: str | None = None
     cpus: int | None = None
-    strategy: str = "random"
+    strategy: str = "random"  # the front-ends' default is DEFAULT_STRATEGY (portfolio)
     seed: int = 0
     depth: int = 3  # PCT bug depth d
-    steps: int = 0  # PCT: scheduling steps k, estimated from a first run (0: estimate)
+    steps: int = 0  # PCT: real scheduling decisions k, estimated from PCT runs (0: estimate)
     shrink: bool = True
     shrink_budget: int = 80
     preemptions: int = 2  # exhaustive: P
@@ -158,10 +164,25 @@ def plan_runner(plan: Plan, event_mode: bool = False) -> Runner:
                       origin=plan.origin)
 
 
+PCT_ESTIMATE_RUNS = 3
+
+
+def pct_steps(runner: Runner, seed: int) -> int:
+    """PCT's k on `runner`: the most real decisions (`is_decision`) of a few PCT runs without
+    change points, seeds `seed`, `seed + 1`, ... Shuttle estimates k from a first run and
+    raises it when a later one is longer; a fixed k, from the plan alone, keeps every
+    schedule a function of its index. The simplest run (what this counted before) takes
+    the longest quantum at every step and counted the choices with one CPU runnable: about
+    half a PCT run's real decisions, so change points fell only in its first half."""
+    ncpus = runner.built.cpus
+    return max(sum(is_decision(c.request) for c in runner.machine.run(
+        PctSource(seed + i, ncpus, 1, 1)).path if c.request is not None)
+        for i in range(PCT_ESTIMATE_RUNS))
+
+
 def estimate_steps(plan: Plan) -> int:
-    """PCT's k: the CPU choices of the simplest run (as shuttle estimates it from a run)."""
-    out = plan_runner(plan).run(SimplestSource())
-    return sum(c.kind is Kind.CPU for c in out.result.path)
+    """PCT's k for `plan` (`pct_steps`)."""
+    return pct_steps(plan_runner(plan), plan.seed)
 
 
 def make_token(runner: Runner, path, seed: int | None, origin: Origin | None = None) -> str:
@@ -178,11 +199,8 @@ def run_schedule(plan: Plan, idx: int) -> ScheduleResult:
 
 def run_one(runner: Runner, plan: Plan, idx: int) -> ScheduleResult:
     """Schedule `idx` of `plan` on `runner`: verified, and if it fails tokenized and shrunk."""
-    seed = plan.seed + idx
-    if plan.strategy == "pct":
-        source = PctSource(seed, runner.built.cpus, plan.depth, plan.steps)
-    else:
-        source = RandomSource(seed)
+    seed = schedule_seed(plan.strategy, plan.seed, idx)
+    source = source_for(plan.strategy, seed, idx, runner.built.cpus, plan.depth, plan.steps)
     return judge(runner, plan, idx, seed, runner.run(source))
 
 
@@ -195,9 +213,10 @@ def judge(runner: Runner, plan: Plan, idx: int, seed: int | None, out: Outcome) 
         res.token = make_token(runner, out.result.path, seed, plan.origin)
         res.deviations = deviations(out.result.path)
         if plan.shrink:
-            def attempt(src):
-                o = runner.run(src)
-                return o.verdict.kind, o.result.path
+            limit = run_budget(out.result.ticks)
+
+            def attempt(src: DecisionSource) -> tuple[str | None, list[Choice]]:
+                return shrink_attempt(runner, src, limit)
             # an exhaustive witness stays within the bounds it was found under
             bound = plan.bound if runner.built.config.event_mode else None
             small = shrink(attempt, list(out.result.path), out.verdict.kind,
@@ -205,6 +224,16 @@ def judge(runner: Runner, plan: Plan, idx: int, seed: int | None, out: Outcome) 
             res.shrunk = make_token(runner, small.path, seed, plan.origin)
             res.shrunk_deviations = deviations(small.path)
     return res
+
+
+def shrink_attempt(runner: Runner, source: DecisionSource,
+                   limit: RunBudget) -> tuple[str | None, list[Choice]]:
+    """One shrink candidate: its verdict kind and path, or None for the kind when it ran past
+    `limit` (not verified: a cut run reproduces nothing, and is not a hang)."""
+    result = runner.machine.run(source, limit)
+    if result.cut:
+        return None, result.path
+    return runner.check(result).verdict.kind, result.path
 
 
 def explore(plan: Plan, schedules: int | None = None, seconds: float | None = None,
@@ -228,7 +257,7 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
     results_db = ResultsDb(db) if db else None  # a bad file is refused before any work
     if results_db:
         results_db.check_seeds(plan.seed, schedules)
-    if plan.strategy == "pct" and plan.steps == 0:
+    if plan.strategy in ("pct", "portfolio") and plan.steps == 0:
         plan = replace(plan, steps=estimate_steps(plan))
     exp_id, done = None, {}
     if results_db:
@@ -237,7 +266,7 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
         if plan.strategy == "exhaustive":
             _check_frontier(results_db.frontier(exp_id), plan)
     summary = Summary(plan, exp_id, skipped=len(done))
-    if plan.strategy == "pct":
+    if plan.strategy in ("pct", "portfolio"):  # portfolio: its PCT (odd) schedules'
         summary.bound = PctSource.bound(plan_runner(plan).built.cpus, plan.steps, plan.depth)
     for idx, row in sorted(done.items()):
         summary.results.append(ScheduleResult(idx, row[0], row[1], row[2], row[3], row[4],
@@ -279,23 +308,46 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
             for i in indices:
                 if not more(i):
                     break
-                started(i, plan.seed + i)
+                started(i, schedule_seed(plan.strategy, plan.seed, i))
                 record(run_schedule(plan, i))
         else:
+            # --stop-at-first: the workers do not shrink; at the first failure nothing more
+            # is started, what is queued is dropped, and of the failures the schedules
+            # already running find, this process shrinks only the lowest index -- every lower
+            # index ran, so it is the failure a single process stops at, for any --jobs.
+            held: list[ScheduleResult] = []
+            hold = stop_at_first and plan.shrink
+            work = replace(plan, shrink=False) if hold else plan
+
+            def take(f: Future) -> None:
+                r = f.result()
+                if hold and r.failed:
+                    held.append(r)
+                else:
+                    record(r)
+
             with workers(jobs) as pool:
-                pending = {}
+                pending: dict[Future, int] = {}
                 for i in indices:
                     while len(pending) >= 2 * jobs:
                         finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                         for f in finished:
                             pending.pop(f)
-                            record(f.result())
-                    if not more(i):
+                            take(f)
+                    if held or not more(i):
                         break
-                    started(i, plan.seed + i)
-                    pending[pool.submit(run_schedule, plan, i)] = i
+                    started(i, schedule_seed(plan.strategy, plan.seed, i))
+                    pending[pool.submit(run_schedule, work, i)] = i
                 for f in pending:
-                    record(f.result())
+                    if held or (stop_at_first and summary.failures):
+                        f.cancel()  # not started yet: dropped (--db: started, not finished)
+                for f in pending:
+                    if not f.cancelled():
+                        take(f)
+            if held:
+                first = min(held, key=lambda r: r.idx)
+                for r in sorted(held, key=lambda r: r.idx):
+                    record(run_schedule(plan, r.idx) if r is first else r)
     except KeyboardInterrupt:  # what was recorded stands; --resume goes on from there
         if results_db:
             results_db.rollback()  # a write cut in two by a caller's own SIGINT handler

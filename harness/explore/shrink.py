@@ -9,6 +9,11 @@ the whole path, the simplest choices included -- becomes the best, so the result
 exactly. "Better" is fewer deviations from the simplest (emu/path.deviations), then a shorter
 path. Passes: the shortest failing prefix, deleting blocks of choices, lowering each choice
 to its simplest. The result is never worse than the input.
+
+Each candidate runs under a `RunBudget` from the failing run's own length (`run_budget`): a
+candidate that leaves the failure for a spin-wait is cut after about twice the failure's
+instructions instead of running the machine's whole budget (400k a CPU, tens of seconds),
+and a cut candidate does not reproduce -- it is never taken for a hang.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from emu.config import RunBudget
 from emu.decisions import DecisionSource
 from emu.path import Choice, Cost, Kind, Request, deviations, path_cost, simplest
 
@@ -51,14 +57,24 @@ class ShrinkSource(DecisionSource):
         return want.value if want.value < request.arity else simplest(request)
 
 
+SHRINK_FACTOR = 2  # a candidate may run this many times the failing run's instructions ...
+SHRINK_MARGIN = 2_000  # ... plus this many (a short failure still gets room to differ)
+
+
+def run_budget(failing_ticks: int) -> RunBudget:
+    """The budget of each shrink candidate of a failure that retired `failing_ticks`."""
+    return RunBudget(SHRINK_FACTOR * failing_ticks + SHRINK_MARGIN)
+
+
 def _key(path: Sequence[Choice]) -> tuple[int, int]:
     return deviations(path), len(path)
 
 
-def shrink(run: Callable[[DecisionSource], tuple[str, list[Choice]]], path: list[Choice],
-           kind: str, budget: int = 80, bound: Cost | None = None) -> Shrunk:
-    """`run(source)` -> (verdict kind, recorded path). `path` is the failing run's recorded
-    path; `bound`, when the failure was found under bounds, is what a shrunk path may spend."""
+def shrink(run: Callable[[DecisionSource], tuple[str | None, list[Choice]]],
+           path: list[Choice], kind: str, budget: int = 80, bound: Cost | None = None) -> Shrunk:
+    """`run(source)` -> (verdict kind, or None for a run cut by its `run_budget`; recorded
+    path). `path` is the failing run's recorded path; `bound`, when the failure was found
+    under bounds, is what a shrunk path may spend; `budget` counts candidate runs."""
     best = list(path)
     runs = 0
 
