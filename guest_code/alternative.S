@@ -266,7 +266,9 @@ bp_p2_done:
 bp_sync2:
     test ebp, ebp
     jz bp_p3
-    call text_poke_sync                  # step 4
+    test qword ptr [V_CFG], CFG_NO_SYNC2
+    jnz bp_p3                            # variant: no sync after the tail ("very likely not
+    call text_poke_sync                  # necessary" on Intel, says Linux): step 4
 bp_p3:
     xor ebp, ebp                         # step 5
     xor r14, r14

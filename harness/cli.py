@@ -299,6 +299,25 @@ def _replay(args: argparse.Namespace) -> int:
     return 0 if out.ok else 1
 
 
+def _ablate(args: argparse.Namespace) -> int:
+    """Exit 1 only if the sequence as written fails: a mutant failing is the finding sought."""
+    from dataclasses import asdict
+
+    from emu.path import Cost
+    from harness.scenario.load import resolve
+
+    from .ablate import ablate, table
+
+    scn = resolve(_ref(args))
+    rows = ablate(scn, args.variant, args.schedules,
+                  Cost(args.preemptions, args.delays, args.interrupts), args.limit, args.cpus)
+    if args.json:
+        print(json.dumps([asdict(r) for r in rows], indent=2))
+    else:
+        print(table(rows))
+    return FAILURE if rows[0].verdict is not None else NO_FAILURE
+
+
 def _zoo(args: argparse.Namespace) -> int:
     from harness.scenario.load import ScenarioRef, scenarios
 
@@ -421,6 +440,21 @@ def build_parser() -> argparse.ArgumentParser:
     zo.add_argument("--json", action="store_true")
     _scenarios_option(zo)
     zo.set_defaults(func=_zoo)
+    ab = sub.add_parser("ablate", help="drop and swap the steps of a poking sequence and "
+                                       "explore every mutant")
+    ab.add_argument("scenario")
+    ab.add_argument("--variant")
+    ab.add_argument("--cpus", type=positive_int)
+    ab.add_argument("--schedules", type=positive_int, default=40,
+                    help=f"{DEFAULT_STRATEGY} schedules per mutant before the exhaustive search")
+    ab.add_argument("--preemptions", type=count, default=1)
+    ab.add_argument("--delays", type=count, default=1)
+    ab.add_argument("--interrupts", type=count, default=0)
+    ab.add_argument("--limit", type=positive_int, default=300,
+                    help="exhaustive schedules per mutant at most")
+    ab.add_argument("--json", action="store_true")
+    _scenarios_option(ab)
+    ab.set_defaults(func=_ablate)
     li = sub.add_parser("litmus", help="cross-modifying-code litmus tests, explored exhaustively")
     li.add_argument("--preemptions", type=count, default=2)
     li.add_argument("--delays", type=count, default=4)

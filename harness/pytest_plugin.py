@@ -92,6 +92,19 @@ class Textpoke:
         self.not_replayed: list[str] = []  # checks it did not name (scenario [variant])
         self.exhausted: bool | None = None  # exhaustive: was the bounded space exhausted
 
+    def ablate(self, scenario: Scenario, variant: str | None = None, cpus: int | None = None,
+               limit: int = 300) -> list:
+        """harness/ablate.py: every drop and adjacent swap of the sequence's steps, explored
+        with `schedules` (default 40) schedules of the default strategy, then exhaustively
+        within the marker's preemptions, delays and interrupts (at most `limit` schedules).
+        Returns the rows; asserting on them is the test's."""
+        from emu.path import Cost
+
+        from .ablate import ablate
+
+        return ablate(scenario, variant, self.schedules or 40,
+                      Cost(self.preemptions, self.delays, self.interrupts), limit, cpus)
+
     def check(self, scenario: Scenario, variant: str | None = None,
               cpus: int | None = None) -> int:
         """Explore `scenario`'s `variant` (default: the scenario's own). A variant that must

@@ -34,6 +34,7 @@ class Cfg(enum.IntFlag):
     CALL_AS_NOP = 1 << 8  # the INT3 handler skips a CALL instead of emulating it
     NO_SYNC3 = 1 << 9  # no text_poke_sync() after the first byte
     FREE_EARLY = 1 << 10  # a trampoline is freed without waiting for its users (Z7)
+    NO_SYNC2 = 1 << 11  # no text_poke_sync() after the tail
 
 
 ASSERT_LOC_INIT = 0x100

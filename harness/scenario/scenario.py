@@ -38,6 +38,7 @@ GENERIC_VARIANTS: dict[str, Cfg] = {
     "no_gap": Cfg.NO_GAP,
     "unsorted": Cfg.UNSORTED,
     "call_as_nop": Cfg.CALL_AS_NOP,
+    "no_sync2": Cfg.NO_SYNC2,
     "no_sync3": Cfg.NO_SYNC3,
 }
 

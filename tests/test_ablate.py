@@ -1,0 +1,52 @@
+"""Issue 17: `textpoke ablate` drops and swaps the steps of a poking sequence and explores
+every mutant."""
+
+from __future__ import annotations
+
+from emu.path import Cost
+from harness.ablate import KERNEL_STEPS, ablate, mutants, table
+from harness.cli import main
+from harness.scenario.op import PokeSteps
+from harness.scenario.scenario import Scenario
+from harness.scenario.shipped import get
+from harness.scenario.site import JumpLabel
+
+MINE = ["int3", "sync", "tail", "record", "sync", "first", "sync", "retire"]
+FLIP = Scenario("my_jump_flip", "my INT3 sequence", cpus=3,
+                sites=[JumpLabel("j0", key="k")], ops=[PokeSteps("j0", MINE)])
+
+
+def test_the_kernel_sequence_has_a_row_per_step_each_its_generic_variant():
+    found = list(mutants(get("static_key")))
+    assert found[0].variant == "correct" and len(found) == 1 + len(KERNEL_STEPS)
+    assert [m.variant for m in found[1:]] == ["no_int3", "no_sync1", "no_sync2",
+                                                "record_early", "record_late", "no_sync3",
+                                                "no_refwait"]
+
+
+def test_a_step_sequence_has_a_row_per_drop_and_per_swap():
+    found = list(mutants(FLIP))
+    drops = [m for m in found if m.mutation.startswith("drop")]
+    swaps = [m for m in found if m.mutation.startswith("swap")]
+    assert len(drops) == len(MINE) and len(swaps) == len(MINE) - 1
+    (drop_int3,) = [m for m in drops if "'int3'" in m.mutation]
+    assert drop_int3.scenario.ops[0].steps == MINE[1:]
+    assert FLIP.ops[0].steps == MINE  # the scenario itself is left as it was
+
+
+def test_dropping_the_int3_guard_fails_and_the_sequence_as_written_does_not():
+    rows = ablate(FLIP, schedules=6, bound=Cost(0, 0, 0), limit=5)
+    assert rows[0].verdict is None and "no failure" in rows[0].finding
+    (no_int3,) = [r for r in rows if r.mutation.startswith("drop 'int3'")]
+    assert no_int3.verdict is not None and no_int3.token
+    assert "| drop 'int3' (step 0) |" in table(rows)
+
+
+def test_the_cli_prints_the_table_and_exits_by_the_unmutated_sequence(capsys):
+    args = ["ablate", "z4_bytewise", "--variant", "fixed", "--cpus", "3", "--schedules", "3",
+            "--limit", "3", "--preemptions", "0", "--delays", "0"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "drop the sync after the tail" in out and "| none (the sequence as written) |" in out
+    assert main(["ablate", "z4_bytewise", "--variant", "buggy", "--cpus", "3", "--schedules",
+                 "3", "--limit", "3", "--preemptions", "0", "--delays", "0"]) == 1
