@@ -4,9 +4,8 @@ that hangs is cut, and is no hang), `--stop-at-first`, PCT as the literature has
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from emu.asm import Program
 from emu.config import RunBudget
 from emu.decisions import DecisionSource, RandomSource
 from emu.path import Kind, Request, simplest
@@ -15,7 +14,7 @@ from harness.explore.shrink import run_budget
 from harness.run import Runner
 from harness.scenario.op import Raw
 from harness.scenario.scenario import Scenario
-from harness.scenario.site import Site
+from harness.scenario.site import ObserverCode
 
 # The patcher opens a one-instruction window (the flag set, then cleared), asks the observer
 # for an acknowledgement and waits for it in a loop WITHOUT a PAUSE: no yield, so the simplest
@@ -39,33 +38,11 @@ look_ok:
     jne look_done
     mov qword ptr [V_SCRATCH + 16], 1
 look_done:
-    mov ebx, 1
 """
 
 
-@dataclass
-class Look(Site):
-    """An observer that must never see the patcher's flag set, and acknowledges its request."""
-
-    name: str = "look"
-
-    def observer_asm(self) -> str:
-        return f"{self.label}:\n{LOOK}"
-
-    def instructions(self, prog: Program, state: object) -> list[tuple[int, bytes]]:
-        addr = prog.sym(self.label)  # never patched
-        end = min(a for a in prog.starts if a > addr)
-        return [(0, prog.code[addr - prog.base:end - prog.base])]
-
-    def outcome(self, state: object) -> int:
-        return 1
-
-    def initial(self) -> object:
-        return 0
-
-
 SPIN_ACK = Scenario("spin_ack", "a race whose shrink candidates spin without a yield",
-                    sites=[Look()], ops=[Raw(SPIN_PATCH)], cpus=2)
+                    sites=[ObserverCode("look", LOOK)], ops=[Raw(SPIN_PATCH)], cpus=2)
 FAILING_SEED = 19  # RandomSource(19) preempts the patcher inside the window: guest_assert
 
 

@@ -144,3 +144,28 @@ class KprobeSite(Site):
 
     def initial(self) -> object:
         return "plain"
+
+
+@dataclass
+class ObserverCode(Site):
+    """Observer code that no op patches: a user's own check in the observers' loop (it reads
+    shared state and reports through a hypercall, e.g. ASSERT). Its first instruction is all
+    the torn-execution oracle looks at, and it always reports outcome 1."""
+
+    name: str
+    code: str
+
+    def observer_asm(self) -> str:
+        return f"{self.label}:\n{self.code.rstrip()}\n    mov ebx, 1\n"
+
+    def instructions(self, prog: Program, state: object) -> list[tuple[int, bytes]]:
+        addr = prog.sym(self.label)
+        end = min(a for a in prog.starts if a > addr)
+        return [(0, prog.code[addr - prog.base:end - prog.base])]
+
+    def outcome(self, state: object) -> int:
+        return 1
+
+    def initial(self) -> object:
+        return 0
+
