@@ -163,7 +163,7 @@ class Cpu:
         self._read_stop_in = 0
         self._mem_hooked: int | None = None  # an instruction a memory hook saw (_on_code)
         self._last_store: tuple[int, int, bytes] | None = None
-        self._restarted: bool | None = None  # the current instruction was restarted
+        self._restarted = False  # the current instruction was restarted
         # event mode, when asked for: what the current step touches (emu/footprint.py)
         self.footprint: Footprint | None = None
         # event mode: asked before each instruction of a run but its first, whether a
@@ -220,14 +220,16 @@ class Cpu:
 
     def _on_code(self, _handle, address: int, size: int, _ud) -> None:
         try:
-            if self._mem_hooked == address:
-                # The instruction whose memory access a hook just saw is executed again from
-                # its start: QEMU restarts an instruction that reaches a hooked page in the
-                # middle of a block (cpu_io_recompile). It retired once; let it complete.
-                self._mem_hooked = None
-                self._restarted = True
-                return
-            self._mem_hooked = self._restarted = None
+            if self._mem_hooked is not None:  # only after a memory hook: off the common path
+                hooked, self._mem_hooked = self._mem_hooked, None
+                if hooked == address:
+                    # The instruction whose access a hook just saw is executed again from its
+                    # start: QEMU restarts an instruction that reaches a hooked page in the
+                    # middle of a block (cpu_io_recompile). It retired once; let it complete.
+                    self._restarted = True
+                    return
+            if self._restarted:
+                self._restarted = False
             if self._want_stop or self._left == 0:
                 self.uc.emu_stop()
                 return
@@ -418,7 +420,7 @@ class Cpu:
         self._read_stop_in = 0
         self._left = quantum
         self._want_stop = False
-        self._mem_hooked = self._restarted = None
+        self._mem_hooked, self._restarted = None, False
         self._fill_fault = None
         self._exception = None
         self._emulate = None
