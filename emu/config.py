@@ -23,6 +23,10 @@ class MachineConfig:
     data_size: int = 0x20000
     stack_size: int = 0x4000
     spontaneous_nmis: tuple[int, ...] = ()  # per CPU: NMIs the decision stream may raise
+    # Event mode: inside a run, a spontaneous NMI may arrive before every instruction (None),
+    # or only before instructions whose 15 bytes reach into these text ranges [start, end)
+    # (offsets), for a scenario that declares arrival elsewhere equivalent to the step's start
+    nmi_text: tuple[tuple[int, int], ...] | None = None
     nmi_rarity: int = 2  # a random source raises a spontaneous NMI one time in nmi_rarity
     serializing_vectors: frozenset[int] = frozenset({x86.CALL_FUNCTION_VECTOR})
     # Event mode (exhaustive exploration): a CPU runs until its next visible event -- a text

@@ -168,7 +168,8 @@ class Cpu:
         self.footprint: Footprint | None = None
         # event mode: asked before each instruction of a run but its first, whether a
         # spontaneous NMI arrives there (Machine._nmi_point); True stops the run
-        self.nmi_point: Callable[[int], bool] | None = None
+        self.nmi_point: Callable[[], bool] | None = None
+        self.nmi_offsets: frozenset[int] | None = None  # where it is asked (None: everywhere)
         # event mode: the text range [start, end) whose pending units the machine decided for
         # the instruction a step starts with (Machine._observe_pending); None if none pending
         self.fetch_decided: tuple[int, int] | None = None
@@ -260,7 +261,9 @@ class Cpu:
                 elif self.view.has_pending() and self.view.is_pending(off, size):
                     self.uc.emu_stop()  # a fetch of bytes with a pending store: visible
                     return
-                elif self.nmi_point is not None and self.nmi_point(address):
+                elif self.nmi_point is not None and (self.nmi_offsets is None
+                                                     or off in self.nmi_offsets) \
+                        and self.nmi_point():
                     self.uc.emu_stop()  # an NMI arrived before this instruction
                     return
             code = self.view.buf[off:off + size]

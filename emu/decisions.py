@@ -33,9 +33,8 @@ class DecisionSource(abc.ABC):
     def step_done(self, footprint: Footprint) -> None:  # noqa: B027 - optional
         """Event mode, if `wants_footprints`: what the scheduling step just run touched."""
 
-    def close(self, length: int, text_written: frozenset[int]) -> None:  # noqa: B027
-        """The run ended after `length` choices (a replay checks nothing is left over),
-        having stored to these text grains (emu/footprint.text_grains locations)."""
+    def close(self, length: int) -> None:  # noqa: B027 - optional
+        """The run ended after `length` choices (a replay checks nothing is left over)."""
 
 
 class SimplestSource(DecisionSource):
@@ -77,7 +76,7 @@ class ReplaySource(DecisionSource):
                                         f"asks {request.kind.value}/{request.arity}")
         return want.value
 
-    def close(self, length: int, text_written: frozenset[int]) -> None:
+    def close(self, length: int) -> None:
         if length < len(self.path):
             raise ReplayError(length, f"the run ended after {length} choices; the path has "
                                       f"{len(self.path) - length} more")
@@ -114,8 +113,8 @@ class Decisions:
         self.path.append(Choice(request.kind, arity, value, request))
         return value
 
-    def close(self, text_written: frozenset[int]) -> None:
-        self.source.close(len(self.path), text_written)
+    def close(self) -> None:
+        self.source.close(len(self.path))
 
     def __len__(self) -> int:
         return len(self.path)

@@ -66,16 +66,17 @@ class InterruptDelivery:
             return True
         return bool(st.pending_ipis) and not st.shadow and bool(cpu.reg("rflags") & x86.RFLAGS_IF)
 
-    def _nmi_arrives(self, cpu: Cpu, dec: Decisions, rip: int | None = None) -> bool:
+    def _nmi_arrives(self, cpu: Cpu, dec: Decisions) -> bool:
         """Whether a spontaneous NMI becomes pending on `cpu` now (an NMI_RAISE choice while
         it has some left and none pending). Asked at the start of each step and, in event
-        mode, before every instruction of a run too (Cpu.nmi_point): an external interrupt
-        may arrive between any two instructions, so its timing is the search's to choose."""
+        mode, before instructions of a run too (Cpu.nmi_point; every one unless
+        MachineConfig.nmi_text narrows them): an external interrupt may arrive between any
+        two instructions, so its timing is the search's to choose."""
         st = cpu.state
         if not st.nmis_left or st.pending_nmi:
             return False
         weight = 1 / self.config.nmi_rarity
-        if not dec.choose(Request(Kind.NMI_RAISE, 2, cpu.index, weight=weight, rip=rip)):
+        if not dec.choose(Request(Kind.NMI_RAISE, 2, cpu.index, weight=weight)):
             return False
         st.pending_nmi = True
         st.nmis_left -= 1
@@ -84,10 +85,10 @@ class InterruptDelivery:
         self._event(cpu, NmiRaised)
         return True
 
-    def _nmi_point(self, cpu: Cpu, rip: int) -> bool:
-        """Event mode, before the instruction at `rip` inside a run: True stops the run there,
-        with an NMI pending that the CPU's next step takes."""
-        return self._nmi_arrives(cpu, self._decisions, rip)
+    def _nmi_point(self, cpu: Cpu) -> bool:
+        """Event mode, before an instruction inside a run: True stops the run there, with an
+        NMI pending that the CPU's next step takes."""
+        return self._nmi_arrives(cpu, self._decisions)
 
     def _maybe_interrupt(self, cpu: Cpu, dec: Decisions) -> Verdict | None:
         st = cpu.state

@@ -88,6 +88,15 @@ def _subtract(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]
     return out
 
 
+def _nmi_offsets(ranges: tuple[tuple[int, int], ...] | None) -> frozenset[int] | None:
+    """The text offsets of instructions before which an NMI may arrive inside a run: those
+    whose 15 bytes reach into `ranges` (MachineConfig.nmi_text); None: every instruction."""
+    if ranges is None:
+        return None
+    return frozenset(o for s, e in ranges
+                     for o in range(max(0, s - x86.MAX_INSN_LENGTH + 1), e))
+
+
 class Machine(InterruptDelivery, HypercallService):
     def __init__(self, config: MachineConfig, image: GuestImage) -> None:
         self.config = config
@@ -113,11 +122,11 @@ class Machine(InterruptDelivery, HypercallService):
             if config.event_mode:
                 cpu.watch_data(self._physical(config.watch))
             if config.event_mode and _has(config.spontaneous_nmis, cpu.index):
-                cpu.nmi_point = lambda rip, c=cpu: self._nmi_point(c, rip)
+                cpu.nmi_point = lambda c=cpu: self._nmi_point(c)
+                cpu.nmi_offsets = _nmi_offsets(config.nmi_text)
         # footprints get their (costly) hooks when a source first asks for them
         self._tracking = False
         self._decisions: Decisions | None = None
-        self._written: set[int] = set()
         load(image, lay, self.mem, self.views, self.cpus)
         for cpu in self.cpus:
             cpu.state = self._fresh_state(cpu.index)
@@ -204,7 +213,6 @@ class Machine(InterruptDelivery, HypercallService):
         if source.wants_footprints and self.config.event_mode and not self._tracking:
             self._track_footprints()
         self._decisions = decisions
-        self._written = set()  # text grains stored to in this run
         steps = 0
         cut = False
         verdict: Verdict | None = None
@@ -218,7 +226,7 @@ class Machine(InterruptDelivery, HypercallService):
                                       f"instructions: over the run's budget of {budget.ticks}",
                                       event="run_budget")
                 ctrl_c.check()
-        decisions.close(frozenset(self._written))
+        decisions.close()
         return RunResult(verdict=verdict, path=decisions.path, truth=self.truth,
                          sideband=self.sideband, ticks=self.clock.tick, steps=steps,
                          final_rips=[c.reg("rip") for c in self.cpus],
@@ -333,7 +341,6 @@ class Machine(InterruptDelivery, HypercallService):
         if st.own_dirty:
             for s, e in _merge(st.own_dirty):
                 cpu.invalidate(s, e)
-                self._written.update(text_grains(s, e - s))
             st.own_dirty.clear()
         if st.need_serialize:
             st.need_serialize = False

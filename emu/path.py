@@ -55,7 +55,6 @@ class Request:
     cpu: int | None = None
     context: CpuContext | None = None
     weight: float = 0.5
-    rip: int | None = None  # NMI_RAISE inside a run: the instruction the NMI would precede
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ def test_recorded_path_replays_exactly(asks, seed):
     rep = Decisions(ReplaySource(rec.path))
     assert [_ask(rep, k, n) for k, n in asks] == first
     assert rep.path == rec.path
-    rep.close(frozenset())  # everything consumed
+    rep.close()  # everything consumed
     assert all(c.arity > 1 for c in rec.path)  # arity-1 choices are not choices
 
 
@@ -67,7 +67,7 @@ def test_replay_refuses_a_path_that_ends_early_or_has_choices_left():
     left = Decisions(ReplaySource([Choice(Kind.CPU, 2, 1), Choice(Kind.CPU, 2, 0)]))
     _ask(left, Kind.CPU, 2)
     with pytest.raises(ReplayError) as err:
-        left.close(frozenset())
+        left.close()
     assert err.value.position == 1
 
 

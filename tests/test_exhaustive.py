@@ -78,7 +78,7 @@ def test_exhaustive_enumerates_each_bounded_path_once():
         for req in [Request(Kind.CPU, 2, context=ctx), Request(Kind.CPU, 3),
                     Request(Kind.FLUSH, 2)]:
             src.pick(req, len(src.record))
-        src.close(len(src.record), frozenset())
+        src.close(len(src.record))
         seen.append(tuple(n.value for n in src.record))
         return Out()
 

@@ -476,7 +476,7 @@ def test_the_fuzz_oracle_catches_an_accepted_truncation(seeds, monkeypatch):
                 return simplest(request)
             return super().pick(request, position)
 
-        def close(self, length, text_written):
+        def close(self, length):
             pass
 
     assert not fuzz(seeds, 6, 3, _cut_or_grown)["refused (truncated)"].keys() - {2}

@@ -5,7 +5,7 @@ deviation first, optionally with a dynamic partial-order reduction over the CPU 
 The machine runs in event mode: a CPU runs until its next visible event (text store, fetch of
 bytes with a pending store, shared protocol data access, exception/interrupt, IRET) or until it
 spins or passes a quiescent point; a spontaneous NMI may arrive before any instruction of a CPU
-that has some (emu/delivery.py), and is tried where `_interrupt_point` says. Every choice has
+that has some (emu/delivery.py, where MachineConfig.nmi_text allows). Every choice has
 its simplest value (emu/path.simplest); a path may deviate from it in at most P CPU choices
 (preemptions), V FLUSH choices (fetches that see a stale unit: delayed view updates) and I
 interrupt choices (an NMI raised, an interrupt left pending when it could be taken), as
@@ -43,9 +43,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from emu import layout, x86
 from emu.decisions import DecisionSource
-from emu.footprint import Footprint, text_grains
+from emu.footprint import Footprint
 from emu.path import FREE, Cost, Kind, Request, deviation, simplest
 
 from .dpor import Step, backtrack_points
@@ -62,7 +61,6 @@ class Node:
     runnable: tuple[int, ...] = ()  # CPU choices: the CPU each value stands for
     todo: set[int] = field(default_factory=set)
     done: set[int] = field(default_factory=set)
-    rip: int | None = None  # NMI_RAISE inside a run: the instruction the NMI would precede
     # a deviation's own node in the run it starts: a copy of the choice in the run it deviates
     # from, which keeps what is tried there (`origin`)
     origin: Node | None = field(default=None, repr=False, compare=False)
@@ -81,7 +79,6 @@ class ExhaustiveSource(DecisionSource):
         self.wants_footprints = footprints
         self.record: list[Node] = []
         self.steps: list[Step] = []
-        self.text_written: frozenset[int] = frozenset()
         self._cpu_node: int | None = None
 
     def step_done(self, footprint: Footprint) -> None:
@@ -97,12 +94,8 @@ class ExhaustiveSource(DecisionSource):
         if request.kind is Kind.CPU and request.context is not None:
             runnable = request.context.runnable
             self._cpu_node = position
-        self.record.append(Node(request.kind, request.arity, value, first, runnable,
-                                rip=request.rip))
+        self.record.append(Node(request.kind, request.arity, value, first, runnable))
         return value
-
-    def close(self, length: int, text_written: frozenset[int]) -> None:
-        self.text_written = text_written
 
 
 def backtrack(path: list[Node], steps: list[Step]) -> None:
@@ -131,18 +124,6 @@ class Level:
 
     base: int
     path: list[Node]
-
-
-def _interrupt_point(node: Node, text_written: frozenset[int]) -> bool:
-    """Whether a spontaneous NMI is tried at this choice: at the start of every step, and
-    inside a run before an instruction whose bytes the run patches (a task preempted inside
-    a patch site, Z1). Between other instructions of a step, arrival differs from arrival at
-    the step's start only in the registers and in shared data the step touched without a
-    scheduling point, which no shipped handler reads: those boundaries are not tried."""
-    if node.kind is not Kind.NMI_RAISE or node.rip is None:
-        return True
-    off = node.rip - layout.TEXT_BASE
-    return any(g in text_written for g in text_grains(off, x86.MAX_INSN_LENGTH))
 
 
 def check_bound(bound: Cost) -> None:
@@ -194,8 +175,7 @@ class Search:
                                   "ran on")
         path = list(prefix)
         for node in src.record[len(prefix):]:
-            full = (not self.reduce or node.kind is not Kind.CPU) \
-                and _interrupt_point(node, src.text_written)
+            full = not self.reduce or node.kind is not Kind.CPU
             node.todo = set(range(node.arity)) if full else {node.value}
             node.done = {node.value}
             path.append(node)
@@ -271,18 +251,18 @@ class Search:
 def _deviation(node: Node, value: int) -> Node:
     """The copy of `node` a deviating run starts with: `value` taken, nothing else to try."""
     return Node(node.kind, node.arity, value, node.simplest, node.runnable, set(), {value},
-                node.rip, origin=node)
+                origin=node)
 
 
 def _node_state(n: Node) -> list:
     return [n.kind.value, n.arity, n.value, n.simplest, list(n.runnable), sorted(n.todo),
-            sorted(n.done), n.rip]
+            sorted(n.done)]
 
 
 def _node_from_state(x: list) -> Node:
-    k, a, v, first, run, todo, done, rip = x
+    k, a, v, first, run, todo, done = x
     return Node(Kind(k), int(a), int(v), int(first), tuple(map(int, run)), set(map(int, todo)),
-                set(map(int, done)), None if rip is None else int(rip))
+                set(map(int, done)))
 
 
 class SearchError(ValueError):

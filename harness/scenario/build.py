@@ -135,6 +135,7 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None,
                            max_quantum=5000 if event_mode else scn.max_quantum,
                            insn_budget=scn.insn_budget,
                            spontaneous_nmis=nmis if scn.observer_nmis else (),
+                           nmi_text=_nmi_text(scn, sites),
                            nmi_rarity=scn.nmi_rarity, event_mode=event_mode,
                            watch=watch if event_mode else ())
     try:
@@ -147,6 +148,18 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None,
                        + [CpuBoot(prog.sym("observer")) for _ in range(ncpus - 1)],
                        data=init)
     return Built(scn, variant, ncpus, prog, image, sites, config, data)
+
+
+def _nmi_text(scn: Scenario, sites: list[tuple[str, int, int, frozenset]]
+              ) -> tuple[tuple[int, int], ...] | None:
+    """MachineConfig.nmi_text for `Scenario.nmi_points`."""
+    if scn.nmi_points == "every":
+        return None
+    if scn.nmi_points != "sites":
+        raise ScenarioError(f"scenario {scn.name}: nmi_points must be 'every' or 'sites', got "
+                            f"{scn.nmi_points!r}")
+    return tuple((addr - layout.TEXT_BASE, addr - layout.TEXT_BASE + length)
+                 for _name, addr, length, _allowed in sites)
 
 
 def _size(value: int | bytes) -> int:

@@ -88,6 +88,11 @@ class Scenario:
     insn_budget: int = 400_000
     observer_nmis: int = 0  # spontaneous NMIs each observer may take (preemption, Z1)
     nmi_rarity: int = 2
+    # where the exhaustive search lets a spontaneous NMI arrive inside a run: "every"
+    # instruction (sound for any handler), or only before instructions in the scenario's
+    # "sites" (and at step starts): enough when the NMI handler reads nothing but its own frame
+    # and per-CPU state, so arrival elsewhere in a step is as arrival at the step's start
+    nmi_points: str = "every"
     # own exception/interrupt handlers, by HANDLER_VECTORS name -> guest label (the INT3 entry
     # template is guest_code/alternative.S: int3_entry)
     handlers: Mapping[str, str] = field(default_factory=dict)

@@ -147,7 +147,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
         "region it covers; buggy = no rcu-tasks wait", card="Z1",
         sites=[KprobeSite("kp0")], ops=[Kprobe("kp0", "arm"), Kprobe("kp0", "optimize")],
         variants=_zoo(Cfg.NO_QS_WAIT, "torn_execution"), default_variant="fixed",
-        observer_nmis=12, nmi_rarity=24, handlers={"nmi": "preempt_nmi"}, cpus=3),
+        observer_nmis=12, nmi_rarity=24, handlers={"nmi": "preempt_nmi"}, cpus=3,
+        nmi_points="sites"),  # preempt_nmi reads its own frame and task slot only
     Scenario(
         "z2_handler_vs_teardown", "Z2: poke_int3_handler reads the descriptor while the batch "
         "is torn down; buggy = no refcount wait (an INT3-only poke skips the final sync)",
