@@ -129,10 +129,12 @@ def _leave_handler(handling: list[HandlerFrame]) -> list[HandlerFrame]:
     """An IRET: the innermost delivered handler returns (with the failed deliveries that
     escalated to it). Returns what it left, for an IRET that faults after all (delivery.py)."""
     left: list[HandlerFrame] = []
-    while handling:
+    while handling:  # the delivered handler, innermost ...
         left.insert(0, handling.pop())
         if left[0].delivered:
             break
+    while handling and not handling[-1].delivered:  # ... and the deliveries that failed into it
+        left.insert(0, handling.pop())
     return left
 
 

@@ -132,3 +132,14 @@ def test_stacks_have_guard_pages():
         assert lay.translate(low - 8, Access.WRITE) is None
         assert lay.guard_owner(low - 8) == cpu and lay.guard_owner(low) is None
         assert top - low == lay.stack_size
+
+
+def test_an_iret_leaves_the_deliveries_that_failed_into_its_handler_too():
+    """A #PF that could not be delivered escalated to #DF; the #DF handler's IRET returns from
+    both, so neither stays in a later verdict's nested chain."""
+    from emu.cpu import HandlerFrame, _leave_handler
+
+    outer = HandlerFrame(3, 0x10)
+    handling = [outer, HandlerFrame(14, 0x20, delivered=False), HandlerFrame(8, 0x20)]
+    left = _leave_handler(handling)
+    assert handling == [outer] and [f.vector for f in left] == [14, 8]
