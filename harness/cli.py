@@ -380,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("scenario", help="NAME, FILE.py::NAME or MODULE::NAME")
     run.add_argument("--variant", help="the patching sequence variant (default: the correct one)")
     run.add_argument("--cpus", type=int, help="CPUs (1 patcher + observers)")
-    run.add_argument("--seed", type=int, default=0, help="seed of the decision stream")
+    run.add_argument("--seed", type=count, default=0, help="seed of the decision stream")
     run.add_argument("--out", help="directory for verdict.json and the ground truth")
     _scenarios_option(run)
     run.set_defaults(func=_run)
@@ -414,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--time", type=positive_seconds, help="seconds to explore for")
     ex.add_argument("--jobs", type=positive_int, default=1,
                     help="processes (exhaustive: one searches, N verify the paths)")
-    ex.add_argument("--seed", type=int, default=0, help="schedule i uses seed SEED+i")
+    ex.add_argument("--seed", type=count, default=0, help="schedule i uses seed SEED+i")
     ex.add_argument("--depth", type=positive_int, default=3, help="PCT bug depth d (>= 1)")
     ex.add_argument("--db", help="SQLite file the results are written to as they are found")
     ex.add_argument("--resume", action="store_true", help="continue the exploration in --db")

@@ -147,7 +147,8 @@ def test_resume_of_another_exploration_is_refused_naming_the_differences(tmp_pat
 @pytest.mark.parametrize("option,value", [
     ("--schedules", "0"), ("--schedules", "-3"), ("--time", "0"), ("--time", "-1"),
     ("--time", "nan"), ("--time", "inf"), ("--jobs", "0"),
-    ("--preemptions", "-1"), ("--delays", "-2"), ("--schedules", "many")])
+    ("--preemptions", "-1"), ("--delays", "-2"), ("--schedules", "many"),
+        ("--seed", "-1")])
 def test_numeric_options_that_mean_no_work_are_bad_input(option, value):
     rc, _out, err = run_cli("explore", "z4_bytewise", option, value)
     bad_input(rc, err, f"argument {option}", repr(value))

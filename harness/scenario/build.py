@@ -128,7 +128,9 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None,
              (data["V_BP_REFS"], data["V_BP_REFS"] + 8 * ncpus))
     if kprobes:
         watch += ((data["V_KPROBES"], data["V_KPROBES"] + abi.KPROBE.size * len(kprobes)),)
-    # ... and the scenario's own shared variables (a user's protocol state)
+    # ... the shipped scenarios' scratch state (Z7's trampoline users, sleeper, wake flag) and
+    # the scenario's own shared variables (a user's protocol state)
+    watch += ((data["V_SCRATCH"], data["V_SCRATCH"] + guest.SCRATCH_SIZE),)
     watch += tuple((extra[name], extra[name] + _size(value))
                    for name, value in scn.variables.items())
     config = MachineConfig(ncpus=ncpus, grain=scn.grain, text_size=text_size, data_size=data_size,

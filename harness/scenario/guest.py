@@ -60,6 +60,9 @@ class DataLayout:
         return self.vars[name]
 
 
+SCRATCH_SIZE = 256  # V_SCRATCH: shipped scenarios' own shared words (Z7)
+
+
 def kernel_data(ncpus: int, nsites: int = 0, nkprobes: int = 0, njumps: int = 0,
                 nsc: int = 0, *, ngen: int = 1, nkeys: int = 0) -> DataLayout:
     """The guest's variables and tables, each table sized from the scenario: `nsites` sites
@@ -86,7 +89,7 @@ def kernel_data(ncpus: int, nsites: int = 0, nkprobes: int = 0, njumps: int = 0,
     d.alloc("V_SC_SITES", abi.STATIC_CALL_SITE.size * max(nsc, 1))
     d.alloc("V_KPROBES", abi.KPROBE.size * max(nkprobes, 1), 64)
     d.alloc("V_TASK", abi.TASK_SLOT.size * ncpus, 64)
-    d.alloc("V_SCRATCH", 256, 64)
+    d.alloc("V_SCRATCH", SCRATCH_SIZE, 64)
     d.alloc("V_IDLE_STACKS", IDLE_STACK_SIZE * (ncpus + 1), IDLE_STACK_SIZE)
     return d
 
