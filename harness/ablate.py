@@ -16,12 +16,14 @@ from dataclasses import dataclass
 
 from emu.path import Cost
 
+from .explore.exhaustive import check_bound
 from .explore.explore import Plan, ScheduleResult, exhaustive_search, pct_steps, run_one
 from .explore.strategies import DEFAULT_STRATEGY
 from .run import Runner
 from .scenario.guest import Cfg
-from .scenario.op import PokeSteps
+from .scenario.op import Kprobe, PokeSteps, StaticCallUpdate, StaticKey
 from .scenario.scenario import GENERIC_VARIANTS, Scenario, Variant
+from .scenario.text_poke_loc import ScenarioError
 
 # The kernel's sequence, one row per step: what the mutant does, and the bit that does it.
 KERNEL_STEPS: tuple[tuple[str, Cfg], ...] = (
@@ -55,13 +57,19 @@ class AblationRow:
 def mutants(scn: Scenario, variant: str | None = None) -> Iterator[Mutant]:
     """The unmutated sequence first, then each drop and each adjacent swap."""
     base = variant or scn.default_variant
-    yield Mutant("none (the sequence as written)", scn, base)
     steps_at = [i for i, op in enumerate(scn.ops) if isinstance(op, PokeSteps)]
+    if not steps_at and not any(isinstance(op, StaticKey | StaticCallUpdate | Kprobe)
+                                for op in scn.ops):
+        raise ScenarioError(f"ablate: scenario {scn.name} has no PokeSteps op and no op that "
+                            "runs the kernel's sequence (StaticKey, StaticCallUpdate, Kprobe): "
+                            "nothing to mutate")
+    yield Mutant("none (the sequence as written)", scn, base)
     if not steps_at:
         cfg = scn.variant(base)
         generic = {bit: name for name, bit in GENERIC_VARIANTS.items()}
         for what, bit in KERNEL_STEPS:
-            if not cfg.cfg and not cfg.flags:  # a generic variant: its tokens replay as is
+            if not cfg.cfg and not cfg.flags and generic[bit] not in scn.variants:
+                # a generic variant: its tokens replay as is
                 yield Mutant(what, scn, generic[bit])
                 continue
             name = f"ablate_{bit.name.lower()}"
@@ -91,6 +99,7 @@ def ablate(scn: Scenario, variant: str | None = None, schedules: int = 40,
            ) -> list[AblationRow]:
     """Every mutant explored with the default strategy (`schedules`) until its first failure,
     then, if none, with the exhaustive search within `bound` (at most `limit` schedules)."""
+    check_bound(bound)
     rows = []
     for m in mutants(scn, variant):
         rows.append(_explore(m, schedules, bound, limit, cpus))

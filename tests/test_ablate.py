@@ -50,3 +50,17 @@ def test_the_cli_prints_the_table_and_exits_by_the_unmutated_sequence(capsys):
     assert "drop the sync after the tail" in out and "| none (the sequence as written) |" in out
     assert main(["ablate", "z4_bytewise", "--variant", "buggy", "--cpus", "3", "--schedules",
                  "3", "--limit", "3", "--preemptions", "0", "--delays", "0"]) == 1
+
+
+def test_a_sequence_with_nothing_to_mutate_is_refused_before_any_run():
+    import pytest
+
+    from harness.scenario.op import Raw
+    from harness.scenario.text_poke_loc import ScenarioError
+
+    bare = Scenario("bare", "raw code only", sites=[JumpLabel("j0", key="k")],
+                    ops=[Raw("    nop\n")], cpus=2)
+    with pytest.raises(ScenarioError, match="nothing to mutate"):
+        next(mutants(bare))
+    with pytest.raises(Exception, match="--preemptions"):
+        ablate(FLIP, bound=Cost(-1, 0, 0))
