@@ -103,6 +103,12 @@ def test_simplest_source_answers_every_request_with_its_simplest():
             Request(Kind.QUANTUM, 8, 1), Request(Kind.NMI_RAISE, 2, 1), Request(Kind.IPI, 2, 1)]
     assert [d.choose(r) for r in reqs] == [1, 7, 0, 1]
     assert deviations(d.path) == 0 and path_cost(d.path) == Cost()
+    # the same requests answered otherwise: each non-simplest value counts, by its bound
+    other = Decisions(PolicySource(lambda r: 0 if r.kind is not Kind.NMI_RAISE else 1))
+    for r in reqs:
+        other.choose(r)
+    assert deviations(other.path) == 4
+    assert path_cost(other.path) == Cost(preemptions=2, delays=0, interrupts=2)
 
 
 def test_random_source_raises_nmis_by_weight_not_arity():

@@ -166,8 +166,9 @@ def test_portfolio_runs_randoms_schedules_at_even_indices():
     plan = ex.Plan("z4_bytewise", "buggy", strategy="random", shrink=False)
     rnd = ex.explore(plan, schedules=3)
     mix = ex.explore(replace(plan, strategy="portfolio"), schedules=6, jobs=2)
-    assert [(r.seed, r.token) for r in rnd.results] == \
-        [(r.seed, r.token) for r in mix.results if r.idx % 2 == 0]
+    assert [(r.seed, r.verdict, r.detail, r.decisions, r.token) for r in rnd.results] == \
+        [(r.seed, r.verdict, r.detail, r.decisions, r.token) for r in mix.results
+         if r.idx % 2 == 0]
 
 
 
