@@ -71,11 +71,8 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None,
     text = scn.source()
     try:
         prog = guest.kernel_program(text, ncpus, data, what)
-    except AsmError as e:
+    except AsmError as e:  # the user's mistake; anything else is a harness bug (exit 3)
         raise ScenarioError(_locate(scn, text, e)) from None
-    except Exception as e:
-        msg = str(e)
-        raise ScenarioError(msg if msg.startswith(what) else f"{what}: {msg}") from None
     text_size, data_size = guest.region_sizes(what, prog.end - layout.TEXT_BASE, data)
 
     sites = []
