@@ -236,8 +236,11 @@ class Cpu:
             if self._want_stop or self._left == 0:
                 self.uc.emu_stop()
                 return
-            if size >= _INVALID_INSN_SIZE:
-                return  # Unicorn will report UC_ERR_INSN_INVALID for it: a #UD, not retired
+            if size >= _INVALID_INSN_SIZE:  # Unicorn will report UC_ERR_INSN_INVALID: a #UD
+                if self._event and address != self._skip_fetch and self._nmi_before(
+                        address - layout.TEXT_BASE):
+                    self.uc.emu_stop()  # an NMI arrived before it: taken, not the #UD
+                return
             off = address - layout.TEXT_BASE
             if self._event:
                 if self.footprint is not None:  # every grain it spans; mostly one or two
@@ -263,9 +266,7 @@ class Cpu:
                 elif self.view.has_pending() and self.view.is_pending(off, size):
                     self.uc.emu_stop()  # a fetch of bytes with a pending store: visible
                     return
-                elif self.nmi_point is not None and (self.nmi_offsets is None
-                                                     or off in self.nmi_offsets) \
-                        and self.nmi_point():
+                elif self._nmi_before(off):
                     self.uc.emu_stop()  # an NMI arrived before this instruction
                     return
             code = self.view.buf[off:off + size]
@@ -305,6 +306,12 @@ class Cpu:
         except BaseException as e:  # a harness bug must surface, not vanish in ctypes
             self._error = e
             self.uc.emu_stop()
+
+    def _nmi_before(self, off: int) -> bool:
+        """Event mode, inside a run: whether a spontaneous NMI arrives before the instruction
+        at text offset `off` (asked where MachineConfig.nmi_text allows)."""
+        return self.nmi_point is not None and (
+            self.nmi_offsets is None or off in self.nmi_offsets) and self.nmi_point()
 
     def _on_rdtsc(self, _handle, _ud) -> int:
         tsc = self.clock.tick

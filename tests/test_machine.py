@@ -537,3 +537,37 @@ def test_a_runs_events_round_trip(build):
     parsed = [events.from_json(json.loads(line))
               for line in res.truth.events_jsonl().splitlines()]
     assert parsed == res.truth.events and len(parsed) > 3
+
+
+def test_an_nmi_may_arrive_before_an_undefined_instruction(build):
+    """Event mode asks for a spontaneous NMI before every instruction of a run, an invalid one
+    included (it used to skip it: the #UD came first, always)."""
+    from emu.decisions import PolicySource
+    from emu.events import ExceptionEvent, InterruptEvent
+
+    src = """
+cpu0:
+    nop
+    ud2
+nmi:
+    mov qword ptr [V], 1
+    mov eax, HC_FINISH
+    out HC_PORT, eax
+ud:
+    mov qword ptr [V], 2
+    mov eax, HC_FINISH
+    out HC_PORT, eax
+"""
+    asked = []
+
+    def policy(request):
+        if request.kind is Kind.NMI_RAISE:
+            asked.append(request)
+            return int(len(asked) == 2)  # not at the step's start: before `ud2`
+        return 1 if request.kind in (Kind.NMI, Kind.IPI) else 0
+
+    m = build(src, ["cpu0"], {x86.NMI: "nmi", x86.UD: "ud"}, event_mode=True,
+              spontaneous_nmis=(1,))
+    res = m.run(PolicySource(policy))
+    kinds = [type(e) for e in res.truth.events if isinstance(e, InterruptEvent | ExceptionEvent)]
+    assert kinds[:1] == [InterruptEvent] and m.mem.read_u64(VAR) == 1
