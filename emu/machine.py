@@ -26,6 +26,7 @@ from .config import MachineConfig, RunBudget
 from .cpu import Clock, Cpu, CpuState, Stop, StopKind
 from .decisions import Decisions, DecisionSource
 from .delivery import InterruptDelivery, fault_verdict
+from .engine import Engine
 from .events import (
     Event,
     Serialize,
@@ -98,8 +99,10 @@ def _nmi_offsets(ranges: tuple[tuple[int, int], ...] | None) -> frozenset[int] |
 
 
 class Machine(InterruptDelivery, HypercallService):
-    def __init__(self, config: MachineConfig, image: GuestImage) -> None:
+    def __init__(self, config: MachineConfig, image: GuestImage,
+                 engine: Engine = Engine.REFERENCE) -> None:
         self.config = config
+        self.engine = engine  # the reference engine is this module's Python hooks
         self.layout = lay = config.layout()
         self.image = image
         self.symbols = image.symbols

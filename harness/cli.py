@@ -68,12 +68,16 @@ class _Parser(argparse.ArgumentParser):
 
 def _selftest(args: argparse.Namespace) -> int:
     from emu import selftest
+    from emu.engine import native_status, resolve
 
     checks = selftest.run_all()
+    engine = resolve(_engine(args))
     if args.json:
-        print(json.dumps({"checks": [{"name": c.name, "ok": c.ok, "detail": c.detail}
+        print(json.dumps({"engine": engine.value, "native": native_status().describe(),
+                          "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail}
                                      for c in checks]}, indent=2))
     else:
+        print(f"engine: {engine.value}; {native_status().describe()}")
         for c in checks:
             print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
         failed = sum(not c.ok for c in checks)
@@ -146,7 +150,7 @@ def _run(args: argparse.Namespace) -> int:
 
     out_dir = _out_dir(args)
     try:
-        runner = Runner(resolve(_ref(args)), args.variant, args.cpus)
+        runner = Runner(resolve(_ref(args)), args.variant, args.cpus, engine=_engine(args))
     except ScenarioError as e:
         return _bad_input(str(e))
     out = runner.run_seed(args.seed)
@@ -213,7 +217,8 @@ def _explore(args: argparse.Namespace) -> int:
         return _bad_input(str(e))
     plan = Plan(ref.name, args.variant, args.cpus, args.strategy, args.seed, args.depth,
                 shrink=not args.no_shrink, preemptions=args.preemptions, delays=args.delays,
-                dpor=args.dpor, interrupts=args.interrupts, origin=ref.origin)
+                dpor=args.dpor, interrupts=args.interrupts, origin=ref.origin,
+                engine=_engine(args))
     if args.log:
         log = sys.stderr if args.json else sys.stdout  # --json: only JSON on stdout
 
@@ -290,7 +295,7 @@ def _replay(args: argparse.Namespace) -> int:
             ref = ScenarioRef(tok.scenario, tok.origin) if tok.origin else \
                 parse(tok.scenario, _extra(args))
             scenario = resolve(ref)
-        tok, out = replay(args.token, scenario)
+        tok, out = replay(args.token, scenario, _engine(args))
     except (TokenError, ScenarioError, ReplayError) as e:
         return _bad_input(f"cannot replay: {e}")
     if out_dir:
@@ -357,6 +362,20 @@ def _litmus(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def _engine_option(p: argparse.ArgumentParser) -> None:
+    from emu.engine import Engine
+
+    p.add_argument("--engine", choices=[e.value for e in Engine], default=None,
+                   help="fast (the default, native code) or reference (the pure-Python "
+                        "implementation the fast one is checked against)")
+
+
+def _engine(args: argparse.Namespace):
+    from emu.engine import Engine
+
+    return Engine(args.engine) if getattr(args, "engine", None) else None
+
+
 def _scenarios_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenarios", action="append", metavar="FILE.py|MODULE",
                    help="add the scenarios a Python file or module defines (repeatable); a "
@@ -370,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"textpoke {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     st = sub.add_parser("selftest", help="run the emulated machine's self-checks")
+    _engine_option(st)
     st.add_argument("--json", action="store_true", help="print the checks as JSON")
     st.set_defaults(func=_selftest)
     sc = sub.add_parser("scenarios", help="list the shipped scenarios")
@@ -377,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     _scenarios_option(sc)
     sc.set_defaults(func=_scenarios)
     run = sub.add_parser("run", help="run one schedule of a scenario")
+    _engine_option(run)
     run.add_argument("scenario", help="NAME, FILE.py::NAME or MODULE::NAME")
     run.add_argument("--variant", help="the patching sequence variant (default: the correct one)")
     run.add_argument("--cpus", type=int, help="CPUs (1 patcher + observers)")
@@ -394,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     dmp.add_argument("file")
     dmp.set_defaults(func=_dump)
     ex = sub.add_parser("explore", help="explore many schedules of a scenario")
+    _engine_option(ex)
     ex.add_argument("scenario", help="NAME, FILE.py::NAME or MODULE::NAME")
     ex.add_argument("--variant")
     ex.add_argument("--cpus", type=int)  # the scenario names its range
@@ -427,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     _scenarios_option(ex)
     ex.set_defaults(func=_explore)
     rp = sub.add_parser("replay", help="reproduce a schedule from its replay token")
+    _engine_option(rp)
     rp.add_argument("token")
     rp.add_argument("--out", help="directory for the artifacts, as `run --out` writes them")
     _scenarios_option(rp)

@@ -22,6 +22,7 @@ from types import ModuleType
 
 import pytest
 
+from emu.engine import Engine
 from emu.verdict import VerdictKind
 from harness.explore.explore import (
     STRATEGIES,
@@ -78,7 +79,7 @@ class Textpoke:
     def __init__(self, strategy: str, schedules: int | None, seed: int, depth: int,
                  replay: str | None, preemptions: int = 2, delays: int = 2,
                  dpor: bool = False, interrupts: int = 1,
-                 module: ModuleType | None = None) -> None:
+                 module: ModuleType | None = None, engine: Engine | None = None) -> None:
         if strategy not in STRATEGIES:
             raise pytest.UsageError(f"textpoke marker: unknown strategy {strategy!r}; use "
                                     f"{'|'.join(STRATEGIES)}")
@@ -87,6 +88,7 @@ class Textpoke:
         self.interrupts = interrupts
         self.replay_token = replay
         self.module = module  # the test's module: where its scenarios are looked for first
+        self.engine = engine  # None: the fast engine where its native code is installed
         self.ran = 0
         self.replayed = 0  # checks the --textpoke-replay token named
         self.not_replayed: list[str] = []  # checks it did not name (scenario [variant])
@@ -120,12 +122,12 @@ class Textpoke:
             return self._replay(chk, cpus)
         if self.strategy == "exhaustive":
             return self._exhaustive(chk, cpus)
-        runner = Runner(scenario, name, cpus)
+        runner = Runner(scenario, name, cpus, engine=self.engine)
         steps = 0
         if self.strategy in ("pct", "portfolio"):  # PCT's k, as explore.estimate_steps has it
             steps = pct_steps(runner, self.seed)
         plan = Plan(scenario.name, name, cpus, self.strategy, self.seed, self.depth, steps,
-                    shrink=not chk.expected, origin=chk.origin)
+                    shrink=not chk.expected, origin=chk.origin, engine=self.engine)
         n = 20 if self.schedules is None else self.schedules
         for i in range(n):
             if self._verdict(chk, run_one(runner, plan, i)):
@@ -138,7 +140,7 @@ class Textpoke:
         if (tok.scenario, tok.variant) != (chk.scenario.name, chk.variant):
             self.not_replayed.append(chk.label)
             return 0
-        _tok, out = replay(str(self.replay_token), chk.scenario)
+        _tok, out = replay(str(self.replay_token), chk.scenario, self.engine)
         self.ran += 1
         self.replayed += 1
         kind = out.verdict.kind
@@ -156,7 +158,7 @@ class Textpoke:
     def _exhaustive(self, chk: _Check, cpus: int | None) -> int:
         """Depth-first over the bounded space until it is exhausted (or `schedules` ran, or
         the expected failure showed)."""
-        runner = Runner(chk.scenario, chk.variant, cpus, event_mode=True)
+        runner = Runner(chk.scenario, chk.variant, cpus, event_mode=True, engine=self.engine)
         plan = Plan(chk.scenario.name, chk.variant, cpus, "exhaustive",
                     preemptions=self.preemptions, delays=self.delays, dpor=self.dpor,
                     interrupts=self.interrupts, shrink=not chk.expected, origin=chk.origin)
@@ -209,6 +211,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--textpoke-seed", type=int, default=0, help="first seed of explorations")
     group.addoption("--textpoke-replay", default=None, metavar="TOKEN",
                     help="run only the schedule of this replay token")
+    group.addoption("--textpoke-engine", choices=[e.value for e in Engine], default=None,
+                    help="fast (default: native code) or reference (pure Python)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -232,7 +236,12 @@ def textpoke(request: pytest.FixtureRequest) -> Textpoke:
                     request.config.getoption("--textpoke-seed") + int(kw.get("seed", 0)),
                     int(kw.get("depth", 3)), replay, int(kw.get("preemptions", 2)),
                     int(kw.get("delays", 2)), bool(kw.get("dpor", False)),
-                    int(kw.get("interrupts", 1)), getattr(request, "module", None))
+                    int(kw.get("interrupts", 1)), getattr(request, "module", None),
+                    _engine(request.config.getoption("--textpoke-engine")))
+
+
+def _engine(value: str | None) -> Engine | None:
+    return Engine(value) if value else None
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from emu import layout
 from emu.decisions import DecisionSource, RandomSource, ReplayError
+from emu.engine import Engine
+from emu.engine import resolve as resolve_engine
 from emu.machine import Machine, RunResult
 from emu.verdict import Verdict
 from harness.scenario import guest
@@ -40,9 +42,10 @@ class Runner:
 
     def __init__(self, scn: Scenario, variant: str | None = None, cpus: int | None = None,
                  trace: TraceConfig | None = None, decode: bool = True,
-                 event_mode: bool = False):
+                 event_mode: bool = False, engine: Engine | None = None):
+        self.engine = resolve_engine(engine)
         self.built = build(scn, variant, cpus, event_mode)
-        self.machine: Machine = machine_for(self.built)
+        self.machine: Machine = machine_for(self.built, self.engine)
         self.trace = trace or TraceConfig()
         self.decode = decode
 
@@ -60,10 +63,10 @@ class Runner:
             out.verdict = torn
         out.flows = [cpu_flow(result.truth.retired[c], async_events(result.truth.events, c),
                               result.final_rips[c]) for c in range(self.built.cpus)]
-        out.streams = verify.encode_all(out.flows, result.final_rips, self.trace)
+        out.streams = verify.encode_all(out.flows, result.final_rips, self.trace, self.engine)
         if self.decode:
             out.decode = verify.check_both(out.streams, out.flows, result.text_start,
-                                           result.text_end, result.sideband)
+                                           result.text_end, result.sideband, self.engine)
             failed = next((r.verdict for r in out.decode if r.verdict is not None), None)
             if failed is not None and out.verdict.ok:
                 out.verdict = failed

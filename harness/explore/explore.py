@@ -26,6 +26,7 @@ from pathlib import Path
 
 from emu.config import RunBudget
 from emu.decisions import DecisionSource, ReplaySource
+from emu.engine import Engine
 from emu.held_sigint import HeldSigint
 from emu.path import Choice, Cost, deviations
 from emu.verdict import VerdictKind
@@ -66,6 +67,7 @@ class Plan:
     dpor: bool = False  # exhaustive: partial-order reduction (harness/explore/exhaustive.py)
     interrupts: int = 1  # exhaustive: I (NMIs raised, interrupts left pending)
     origin: Origin | None = None  # a user's scenario: its file or module (None: shipped)
+    engine: Engine | None = None  # None: the fast engine where its native code is installed
 
     @property
     def bound(self) -> Cost:
@@ -148,20 +150,20 @@ _RUNNERS: dict[tuple, Runner] = {}
 
 def runner_for(scenario: str, variant: str | None, cpus: int | None,
                trace: TraceConfig | None = None, event_mode: bool = False,
-               origin: Origin | None = None) -> Runner:
+               origin: Origin | None = None, engine: Engine | None = None) -> Runner:
     """One Runner (machine) per process and configuration, reset between schedules; a user's
     scenario is loaded from its `origin` (so a --jobs worker loads the same one)."""
-    key = (scenario, variant, cpus, trace, event_mode, origin)
+    key = (scenario, variant, cpus, trace, event_mode, origin, engine)
     if key not in _RUNNERS:
         _RUNNERS[key] = Runner(resolve(ScenarioRef(scenario, origin)), variant, cpus, trace,
-                               event_mode=event_mode)
+                               event_mode=event_mode, engine=engine)
     return _RUNNERS[key]
 
 
 def plan_runner(plan: Plan, event_mode: bool = False) -> Runner:
     """This process's runner for `plan`'s scenario, variant and CPUs."""
     return runner_for(plan.scenario, plan.variant, plan.cpus, event_mode=event_mode,
-                      origin=plan.origin)
+                      origin=plan.origin, engine=plan.engine)
 
 
 PCT_ESTIMATE_RUNS = 3
@@ -465,7 +467,8 @@ def check_run(plan: Plan, idx: int, run: bytes) -> ScheduleResult:
     return judge(runner, plan, idx, None, runner.check(pickle.loads(run)))
 
 
-def replay(token_text: str, scenario: Scenario | None = None) -> tuple[Token, Outcome]:
+def replay(token_text: str, scenario: Scenario | None = None,
+           engine: Engine | None = None) -> tuple[Token, Outcome]:
     """Run a token's schedule again, exactly (on `scenario` if given, else the one the token
     names: shipped, or loaded from the file or module it records): its whole path and
     nothing else (a ReplayError names the position where the run and the path part)."""
@@ -476,9 +479,11 @@ def replay(token_text: str, scenario: Scenario | None = None) -> tuple[Token, Ou
     if scenario is not None:
         if scenario.name != tok.scenario:
             raise TokenError(f"token is for scenario {tok.scenario!r}, not {scenario.name!r}")
-        runner = Runner(scenario, tok.variant, tok.cpus, trace, event_mode=tok.event_mode)
+        runner = Runner(scenario, tok.variant, tok.cpus, trace, event_mode=tok.event_mode,
+                        engine=engine)
     else:
-        runner = runner_for(tok.scenario, tok.variant, tok.cpus, trace, tok.event_mode)
+        runner = runner_for(tok.scenario, tok.variant, tok.cpus, trace, tok.event_mode,
+                            engine=engine)
     build = fingerprint(runner.built, trace)
     if build != tok.fingerprint:
         raise TokenError(f"token recorded against another build ({tok.fingerprint}: guest "

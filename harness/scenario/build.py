@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from emu import layout
 from emu.asm import AsmError, Program, load_source
 from emu.config import MachineConfig
+from emu.engine import Engine
 from emu.loader import CpuBoot, GuestImage
 from emu.machine import Machine
 from emu.verdict import MachineConfigError
@@ -238,8 +239,8 @@ def _check_pokes(scn: Scenario, prog: Program, gens: list[list[object]]) -> None
             text_poke_loc_init(prog.sym(s.label), new, name=f"{scn.name}/{s.name}")
 
 
-def machine_for(built: Built) -> Machine:
+def machine_for(built: Built, engine: Engine = Engine.REFERENCE) -> Machine:
     try:
-        return Machine(built.config, built.image)
+        return Machine(built.config, built.image, engine)
     except MachineConfigError as e:
         raise ScenarioError(f"scenario {built.scenario.name}: {e}") from None

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from emu import layout
+from emu.engine import Engine
 from emu.text_poke_record import TextPokeRecord
 from emu.verdict import Verdict, VerdictKind
 from harness.trace.pt.decoder import Ambiguous, DecodeResult, decode
@@ -74,12 +75,13 @@ def compare(cpu: int, flow: list[FlowItem], res: DecodeResult) -> Verdict | None
 
 
 def encode_all(flows: list[list[FlowItem]], final_rips: list[int],
-               config: TraceConfig) -> list[bytes]:
+               config: TraceConfig, engine: Engine = Engine.REFERENCE) -> list[bytes]:
     return [encode_cpu(f, rip, config) for f, rip in zip(flows, final_rips, strict=True)]
 
 
 def check_both(streams: list[bytes], flows: list[list[FlowItem]], text_start: bytes,
-               text_end: bytes, records: list[TextPokeRecord]) -> list[DecodeReport]:
+               text_end: bytes, records: list[TextPokeRecord],
+               engine: Engine = Engine.REFERENCE) -> list[DecodeReport]:
     """`check` forward, then backward, each stream's packets parsed once for both. This is a
     live run's check: its records are what the guest emitted, so a record that misleads the
     decoder is a verdict where the decoded flow leaves the executed one (a divergence with its
