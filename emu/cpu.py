@@ -47,6 +47,7 @@ from .fetch_view import FetchView
 from .footprint import TEXT, TEXT_SHIFT, Footprint, data_words, stack, text_grains
 from .layout import Access, Layout
 from .memory import SharedMemory
+from .retired import Retired
 from .verdict import HandlerFrame
 
 _CODE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32,
@@ -140,7 +141,7 @@ def _leave_handler(handling: list[HandlerFrame]) -> list[HandlerFrame]:
 
 class Cpu:
     def __init__(self, index: int, lay: Layout, mem: SharedMemory, view: FetchView,
-                 clock: Clock, truth: list[tuple[int, int, bytes]] | None,
+                 clock: Clock, truth: Retired | None,
                  others: list[FetchView], events: list) -> None:
         self.index = index
         self.layout = lay
@@ -279,7 +280,7 @@ class Cpu:
             clock.tick += 1
             self.retired += 1
             if self.truth is not None:
-                self.truth.append((clock.tick, address, code))
+                self.truth.append(clock.tick, address, code)
             st = self.state
             st.last_ip = address
             st.last_code = code
@@ -474,7 +475,7 @@ class Cpu:
         self.clock.tick += 1
         self.retired += 1
         if self.truth is not None:
-            self.truth.append((self.clock.tick, address, code))
+            self.truth.append(self.clock.tick, address, code)
         self.state.last_ip, self.state.last_code, self.state.shadow = address, code, False
         u = self.uc
         u.reg_write(X.UC_X86_REG_RAX, self.clock.tick & 0xFFFFFFFF)

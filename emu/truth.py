@@ -6,20 +6,21 @@ import json
 from dataclasses import dataclass, field
 
 from .events import Event
+from .retired import Retired
 
 
 @dataclass
 class GroundTruth:
-    """Per CPU, retired instructions as (tick, ip, bytes fetched); plus all events (typed
-    records, emu/events.py)."""
+    """Per CPU, retired instructions as (tick, ip, bytes fetched), packed (emu/retired.py);
+    plus all events (typed records, emu/events.py)."""
 
     ncpus: int
-    retired: list[list[tuple[int, int, bytes]]] = field(default_factory=list)
+    retired: list[Retired] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.retired:
-            self.retired = [[] for _ in range(self.ncpus)]
+            self.retired = [Retired() for _ in range(self.ncpus)]
 
     def ips(self, cpu: int) -> list[int]:
         return [ip for _, ip, _ in self.retired[cpu]]

@@ -23,7 +23,7 @@ def torn_execution(truth: GroundTruth, sites: SiteTable) -> Verdict | None:
         if isinstance(e, Faulted):
             faulted[e.cpu].append((e.tick, e.ip, e.code))
     for cpu, retired in enumerate(truth.retired):
-        for tick, ip, code in sorted(retired + faulted[cpu]) if faulted[cpu] else retired:
+        for tick, ip, code in sorted([*retired, *faulted[cpu]]) if faulted[cpu] else retired:
             hit = inside.get(ip)
             if hit is None:
                 continue
