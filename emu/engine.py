@@ -3,8 +3,8 @@ reference. Both must give the same path, ground truth, events, PT streams, decod
 and verdicts for the same decisions (tests/test_engines.py runs both on every scenario); the
 reference is kept as the simple implementation the fast one is checked against.
 
-The native parts are C extensions compiled when the package is installed (setup.py); a machine
-where that was impossible runs the reference engine, and says so once."""
+The native parts are C extensions compiled when the package is installed (setup.py); where
+that was impossible, that part runs its reference code, and says so once."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import importlib
 import sys
 from dataclasses import dataclass
 from enum import StrEnum
+from types import ModuleType
 
 
 class Engine(StrEnum):
@@ -37,35 +38,41 @@ class NativeStatus:
     def describe(self) -> str:
         if self.complete:
             return "fast (native: " + ", ".join(NATIVE_MODULES.values()) + ")"
-        return "reference (native code unavailable: " + "; ".join(
+        return "partly reference (native code unavailable: " + "; ".join(
             f"{part}: {why}" for part, why in self.missing) + ")"
 
 
 @functools.cache
+def _import(part: str) -> tuple[ModuleType | None, str]:
+    module = NATIVE_MODULES[part]
+    try:
+        return importlib.import_module(module), ""
+    except ImportError as e:
+        return None, f"{module}: {e}"
+
+
+def native_module(part: str) -> ModuleType | None:
+    """The native module of `part` ("machine" or "trace"), imported once per process; None
+    where it is not installed (that part then runs its reference code)."""
+    return _import(part)[0]
+
+
 def native_status() -> NativeStatus:
-    """Import each native module once per process."""
-    missing = []
-    for part, module in NATIVE_MODULES.items():
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            missing.append((part, f"{module}: {e}"))
-    return NativeStatus(tuple(missing))
+    return NativeStatus(tuple((part, _import(part)[1]) for part in NATIVE_MODULES
+                              if native_module(part) is None))
 
 
 @functools.cache
 def _said_once() -> None:
-    print(f"textpoke: running the reference engine: {native_status().describe()}",
-          file=sys.stderr)
+    print(f"textpoke: engine: {native_status().describe()}", file=sys.stderr)
 
 
 def resolve(requested: Engine | None) -> Engine:
-    """The engine to run: the requested one, or the fast one when its native code is
-    installed. Asking for the fast engine where it is missing runs the reference (and says
-    so once): the results are the same, only slower."""
+    """The engine to run: the requested one, the fast one by default. Under the fast engine
+    each part (machine, trace) runs its native module where it is installed and its reference
+    code where not (said once per process): the results are the same, only slower."""
     if requested is Engine.REFERENCE:
         return Engine.REFERENCE
-    if native_status().complete:
-        return Engine.FAST
-    _said_once()
-    return Engine.REFERENCE
+    if not native_status().complete:
+        _said_once()
+    return Engine.FAST
