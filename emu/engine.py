@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import sys
 from dataclasses import dataclass
 from enum import StrEnum
 from types import ModuleType
@@ -62,17 +61,16 @@ def native_status() -> NativeStatus:
                               if native_module(part) is None))
 
 
-@functools.cache
-def _said_once() -> None:
-    print(f"textpoke: engine: {native_status().describe()}", file=sys.stderr)
-
-
 def resolve(requested: Engine | None) -> Engine:
     """The engine to run: the requested one, the fast one by default. Under the fast engine
     each part (machine, trace) runs its native module where it is installed and its reference
-    code where not (said once per process): the results are the same, only slower."""
-    if requested is Engine.REFERENCE:
-        return Engine.REFERENCE
-    if not native_status().complete:
-        _said_once()
-    return Engine.FAST
+    code where not (the front-ends say so once: `fallback_notice`): the results are the same,
+    only slower."""
+    return Engine.REFERENCE if requested is Engine.REFERENCE else Engine.FAST
+
+
+def fallback_notice(requested: Engine | None) -> str | None:
+    """What a front-end says once when the fast engine runs partly as the reference."""
+    if resolve(requested) is Engine.FAST and not native_status().complete:
+        return f"engine: {native_status().describe()}"
+    return None

@@ -522,6 +522,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return BAD_INPUT
     try:
+        if hasattr(args, "engine"):  # said once, by the front-end (not by every worker)
+            from emu.engine import fallback_notice
+
+            notice = fallback_notice(_engine(args))
+            if notice:
+                print(f"textpoke: {notice}", file=sys.stderr)
         return args.func(args)
     except KeyboardInterrupt:  # `explore` handles it itself and reports what it found
         print(f"textpoke {args.command}: interrupted", file=sys.stderr)

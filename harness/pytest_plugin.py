@@ -215,6 +215,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="fast (default: native code) or reference (pure Python)")
 
 
+def pytest_report_header(config: pytest.Config) -> str | None:
+    from emu.engine import fallback_notice
+
+    notice = fallback_notice(_engine(config.getoption("--textpoke-engine")))
+    return f"textpoke: {notice}" if notice else None
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"textpoke(strategy='{DEFAULT_STRATEGY}', schedules=20, "
                                        "depth=3, preemptions=2, delays=2, interrupts=1, "

@@ -19,7 +19,7 @@ from emu.verdict import MachineConfigError
 from . import guest
 from . import guest_abi as abi
 from .guest import DataLayout
-from .scenario import FIRST_OWN_FLAG, HANDLER_VECTORS, Scenario
+from .scenario import FIRST_OWN_FLAG, HANDLER_VECTORS, Scenario, patcher_label
 from .site import KPROBE_REGION, CallSite, JumpLabel, KprobeSite
 from .text_poke_loc import ScenarioError, check_boundary, text_poke_loc_init
 
@@ -43,8 +43,10 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None,
     variant = variant or scn.default_variant
     var = scn.variant(variant)
     ncpus = scn.cpus if cpus is None else cpus
-    if not isinstance(ncpus, int) or not scn.min_cpus <= ncpus <= layout.MAX_CPUS:
-        raise ScenarioError(f"scenario {scn.name}: needs {scn.min_cpus}..{layout.MAX_CPUS} "
+    npatchers = len(scn.patcher_ops())
+    least = max(scn.min_cpus, npatchers + 1)  # at least one observer
+    if not isinstance(ncpus, int) or not least <= ncpus <= layout.MAX_CPUS:
+        raise ScenarioError(f"scenario {scn.name}: needs {least}..{layout.MAX_CPUS} "
                             f"CPUs, got {ncpus}")
     keys = scn.keys()
     kprobes = [s for s in scn.sites if isinstance(s, KprobeSite)]
@@ -54,6 +56,11 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None,
                              sum(isinstance(s, JumpLabel) for s in scn.sites),
                              sum(isinstance(s, CallSite) for s in scn.sites),
                              ngen=len(gens), nkeys=len(keys))
+    if npatchers > 1:  # guest_code/patchers.S's state
+        data.dims["NPATCHERS"] = npatchers
+        data.alloc("V_TEXT_MUTEX", 8, 64)
+        data.alloc("V_PATCHERS_DONE", 8)
+        data.alloc("V_SITE_GEN", 16 * max(len(scn.sites), 1))  # {stride, radix} per site
     guest.region_sizes(what, 0, data)  # the data fits, before anything is assembled
     extra = {f"KEY_{k}": data["V_KEYS"] + abi.KEY_SLOT * i for i, k in enumerate(keys)}
     extra |= {f"KPROBE_{s.name}": data["V_KPROBES"] + abi.KPROBE.size * i
@@ -65,13 +72,14 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None,
         raise ScenarioError(f"{what}: {clash[0]} names a key, kprobe, flag or variable and a "
                             "guest equate; rename it")
     data.vars.update(extra)
-    for op in scn.ops:
+    for op in scn.all_ops():
         problem = op.validate(scn.sites)
         if problem:
             raise ScenarioError(f"{what}: {problem}")
     text = scn.source()
     try:
-        prog = guest.kernel_program(text, ncpus, data, what)
+        prog = guest.kernel_program(text, ncpus, data, what,
+                                    ("patchers.S",) if npatchers > 1 else ())
     except AsmError as e:  # the user's mistake; anything else is a harness bug (exit 3)
         raise ScenarioError(_locate(scn, text, e)) from None
     text_size, data_size = guest.region_sizes(what, prog.end - layout.TEXT_BASE, data)
@@ -94,6 +102,10 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None,
          guest.u64s(*(s.outcome(states[i]) for i, s in enumerate(scn.sites)
                       for states in gens))),
     ]
+    if npatchers > 1:
+        strides = scn.gen_strides()
+        init.append((data["V_SITE_GEN"], guest.u64s(*(v for p in scn.site_patchers()
+                                                       for v in strides[p]))))
     jumps = [abi.JUMP_ENTRY.pack(code=prog.sym(s.label), target=prog.sym(f"{s.name}_yes"),
                                  key=extra[f"KEY_{s.key}"])
              for s in sorted((s for s in scn.sites if isinstance(s, JumpLabel)),
@@ -117,7 +129,7 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None,
              if isinstance(value, bytes)]
     init = [(va, raw) for va, raw in init if raw]
 
-    nmis = (0,) + (scn.observer_nmis,) * (ncpus - 1)
+    nmis = (0,) * npatchers + (scn.observer_nmis,) * (ncpus - npatchers)
     # In event mode the visible shared data is the patching protocol's own state: the
     # descriptor the INT3 handler reads and its per-CPU refs, the call-function flags of
     # text_poke_sync, the kprobes.
@@ -129,6 +141,8 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None,
     # ... the shipped scenarios' scratch state (Z7's trampoline users, sleeper, wake flag) and
     # the scenario's own shared variables (a user's protocol state)
     watch += ((data["V_SCRATCH"], data["V_SCRATCH"] + guest.SCRATCH_SIZE),)
+    if npatchers > 1:
+        watch += ((data["V_TEXT_MUTEX"], data["V_TEXT_MUTEX"] + 8),)
     watch += tuple((extra[name], extra[name] + _size(value))
                    for name, value in scn.variables.items())
     config = MachineConfig(ncpus=ncpus, grain=scn.grain, text_size=text_size, data_size=data_size,
@@ -144,8 +158,8 @@ def build(scn: Scenario, variant: str | None = None, cpus: int | None = None,
     except AsmError as e:
         raise ScenarioError(f"{what}: handlers: {e}") from None
     image = GuestImage(programs=[prog], idt=idt,
-                       boot=[CpuBoot(prog.sym("patcher"))]
-                       + [CpuBoot(prog.sym("observer")) for _ in range(ncpus - 1)],
+                       boot=[CpuBoot(prog.sym(patcher_label(p))) for p in range(npatchers)]
+                       + [CpuBoot(prog.sym("observer")) for _ in range(ncpus - npatchers)],
                        data=init)
     return Built(scn, variant, ncpus, prog, image, sites, config, data)
 
@@ -192,7 +206,8 @@ def _own_names(scn: Scenario, data: DataLayout, what: str) -> dict[str, int]:
 def _pieces(scn: Scenario, text: str) -> list[tuple[int, int, str]]:
     """(first line, last line, what) of each piece of the scenario's own source in `text`
     (scn.source(): the ops, then the sites' observer code, their support code, extra_asm)."""
-    pieces = [(op.asm(i), f"op {i} ({type(op).__name__})") for i, op in enumerate(scn.ops)]
+    pieces = [(op.asm(i), f"op {i} ({type(op).__name__})")
+              for i, op in enumerate(scn.all_ops())]
     pieces += [(s.observer_asm(), f"site {s.name!r}") for s in scn.sites]
     pieces += [(s.support_asm(), f"site {s.name!r} (support code)") for s in scn.sites]
     pieces.append((scn.extra_asm, "extra_asm"))

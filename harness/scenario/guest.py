@@ -35,6 +35,7 @@ class Cfg(enum.IntFlag):
     NO_SYNC3 = 1 << 9  # no text_poke_sync() after the first byte
     FREE_EARLY = 1 << 10  # a trampoline is freed without waiting for its users (Z7)
     NO_SYNC2 = 1 << 11  # no text_poke_sync() after the tail
+    NO_TEXT_MUTEX = 1 << 12  # several patchers: the ops run without text_mutex
 
 
 ASSERT_LOC_INIT = 0x100
@@ -127,9 +128,11 @@ def equates(ncpus: int, data: DataLayout) -> dict[str, int]:
 
 
 def kernel_program(scenario_text: str, ncpus: int, data: DataLayout,
-                   name: str = "scenario") -> Program:
-    """alternative.S + users.S + the scenario's code, one program at the text base."""
-    source = "\n".join((load_source("alternative.S"), load_source("users.S"), scenario_text))
+                   name: str = "scenario", extra: tuple[str, ...] = ()) -> Program:
+    """alternative.S + users.S (+ the `extra` guest sources, e.g. patchers.S) + the
+    scenario's code, one program at the text base."""
+    source = "\n".join((load_source("alternative.S"), load_source("users.S"),
+                        *map(load_source, extra), scenario_text))
     return assemble(source, layout.TEXT_BASE, equates(ncpus, data), name)
 
 

@@ -23,7 +23,7 @@ from emu import x86
 from emu.verdict import VerdictKind
 
 from .guest import Cfg
-from .op import Op
+from .op import Op, site_states
 from .site import Site
 from .text_poke_loc import ScenarioError
 
@@ -41,6 +41,8 @@ GENERIC_VARIANTS: dict[str, Cfg] = {
     "no_sync2": Cfg.NO_SYNC2,
     "no_sync3": Cfg.NO_SYNC3,
 }
+# ... and those of a scenario with several patchers (Scenario.patchers)
+SEVERAL_PATCHERS_VARIANTS: dict[str, Cfg] = {"no_text_mutex": Cfg.NO_TEXT_MUTEX}
 
 
 # The vectors a scenario may give its own handler (`Scenario.handlers`), by name.
@@ -72,12 +74,20 @@ class Variant:
         return kind in self.expected
 
 
+def patcher_label(p: int) -> str:
+    """The guest label patcher CPU `p` starts at."""
+    return "patcher" if p == 0 else f"patcher_{p}"
+
+
 @dataclass
 class Scenario:
     name: str
     description: str
     sites: Sequence[Site]
-    ops: Sequence[Op]
+    ops: Sequence[Op] = ()  # the patcher's (CPU 0's) ops
+    # several patcher CPUs, each with its own ops (CPU 0, 1, ...; `ops` empty): each op runs
+    # under text_mutex; a site is changed by one patcher's ops only (guest_code/patchers.S)
+    patchers: Sequence[Sequence[Op]] = ()
     cpus: int = 4
     variants: Mapping[str, Variant] = field(default_factory=dict)
     default_variant: str = "correct"
@@ -106,11 +116,50 @@ class Scenario:
     min_cpus: int = 2
     card: str | None = None  # race-zoo card, e.g. "Z6"
 
+    def patcher_ops(self) -> list[list[Op]]:
+        """Each patcher CPU's ops, CPU 0 first."""
+        if self.patchers and self.ops:
+            raise ScenarioError(f"scenario {self.name}: give `ops` (one patcher) or `patchers` "
+                                "(each patcher's ops), not both")
+        return [list(ops) for ops in self.patchers] if self.patchers else [list(self.ops)]
+
+    def all_ops(self) -> list[Op]:
+        """Every op, numbered as in the guest (op_done_<i>): patcher 0's, then patcher 1's..."""
+        return [op for ops in self.patcher_ops() for op in ops]
+
+    def site_patchers(self) -> list[int]:
+        """Per site, the patcher whose ops change it (0 for a site no op changes). Two
+        patchers' ops that may change one site have no order the outcome check could follow
+        (the kernel's callers would race on it under text_mutex): a ScenarioError."""
+        owners = []
+        for site in self.sites:
+            changing = set()
+            for p, ops in enumerate(self.patcher_ops()):
+                state = site.initial()
+                for op in ops:  # any state the site can be in, or the ones this patcher makes
+                    states = site_states(site) or (state,)
+                    if any(op.apply(site, st) != st for st in states):
+                        changing.add(p)
+                    state = op.apply(site, state)
+            if len(changing) > 1:
+                raise ScenarioError(f"scenario {self.name}: site {site.name!r} is changed by "
+                                    f"patchers {sorted(changing)}; give each site to one")
+            owners.append(min(changing, default=0))
+        return owners
+
+    def gen_strides(self) -> list[tuple[int, int]]:
+        """Per patcher, (stride, radix) of its digit in V_DONE_GEN (guest_code/patchers.S)."""
+        out, stride = [], 1
+        for ops in self.patcher_ops():
+            out.append((stride, len(ops) + 1))
+            stride *= len(ops) + 1
+        return out
+
     def variant(self, name: str) -> Variant:
         if name in self.variants:
             return self.variants[name]
-        if name in GENERIC_VARIANTS:
-            return Variant(GENERIC_VARIANTS[name])
+        if name in self.generic_variants():
+            return Variant(self.generic_variants()[name])
         raise ScenarioError(f"scenario {self.name}: unknown variant {name!r}; known: "
                             f"{', '.join(self.variant_names())}")
 
@@ -125,8 +174,13 @@ class Scenario:
     def flag_bit(self, name: str) -> int:
         return 1 << (FIRST_OWN_FLAG + list(self.flags).index(name))
 
+    def generic_variants(self) -> dict[str, Cfg]:
+        several = len(self.patcher_ops()) > 1
+        return GENERIC_VARIANTS | (SEVERAL_PATCHERS_VARIANTS if several else {})
+
     def variant_names(self) -> list[str]:
-        return list(self.variants) + [v for v in GENERIC_VARIANTS if v not in self.variants]
+        return list(self.variants) + [v for v in self.generic_variants()
+                                      if v not in self.variants]
 
     def keys(self) -> list[str]:
         keys: list[str] = []
@@ -137,25 +191,46 @@ class Scenario:
         return keys
 
     def generations(self) -> list[list[object]]:
-        """Per generation (before any op, after op 1, ...), the state of every site."""
-        states = [s.initial() for s in self.sites]
-        gens = [list(states)]
-        for op in self.ops:
-            states = [op.apply(s, st) for s, st in zip(self.sites, states, strict=True)]
-            gens.append(list(states))
-        return gens
+        """Per generation (before any op, after op 1, ...), the state of every site. With
+        several patchers, generation k of a site is its own patcher's first k ops (the site
+        stays in its last state past them)."""
+        per = self.patcher_ops()
+        owners = self.site_patchers() if len(per) > 1 else [0] * len(self.sites)
+        rows = [[s.initial() for s in self.sites]]
+        for k in range(max(len(ops) for ops in per)):
+            prev = rows[-1]
+            rows.append([per[p][k].apply(s, st) if k < len(per[p]) else st
+                         for s, st, p in zip(self.sites, prev, owners, strict=True)])
+        return rows
 
     def source(self) -> str:
-        lines = ["# ---- scenario " + self.name, "patcher:",
-                 f"    mov edi, {self.initial_wait}", "    call wait_observer_passes"]
-        for i, op in enumerate(self.ops):
-            lines.append(op.asm(i).rstrip("\n"))
-            lines.append(f"op_done_{i}:")
-            lines.append("    lock inc qword ptr [V_DONE_GEN]")
-        lines += [f"    mov edi, {self.passes_after}", "    call wait_observer_passes",
-                  "    mov qword ptr [V_STOP], 1", "    mov eax, HC_FINISH",
-                  "    out HC_PORT, eax",
-                  "observer:", "    and rsp, -16", "obs_top:",
+        per = self.patcher_ops()
+        lines = ["# ---- scenario " + self.name]
+        if len(per) == 1:
+            lines += ["patcher:", f"    mov edi, {self.initial_wait}",
+                      "    call wait_observer_passes"]
+            for i, op in enumerate(per[0]):
+                lines.append(op.asm(i).rstrip("\n"))
+                lines.append(f"op_done_{i}:")
+                lines.append("    lock inc qword ptr [V_DONE_GEN]")
+            lines += [f"    mov edi, {self.passes_after}", "    call wait_observer_passes",
+                      "    mov qword ptr [V_STOP], 1", "    mov eax, HC_FINISH",
+                      "    out HC_PORT, eax"]
+        else:  # guest_code/patchers.S
+            i = 0
+            for p, ops in enumerate(per):
+                stride = self.gen_strides()[p][0]
+                lines += [patcher_label(p) + ":", f"    mov edi, {self.initial_wait}",
+                          "    call patcher_wait_passes"]
+                for op in ops:
+                    lines += ["    call text_mutex_lock", op.asm(i).rstrip("\n"),
+                              "    call text_mutex_unlock", f"op_done_{i}:",
+                              f"    lock add qword ptr [V_DONE_GEN], {stride}"]
+                    i += 1
+                lines += [f"    mov edi, {self.passes_after}", "    call patcher_wait_passes",
+                          "    jmp patcher_finish"]
+        check = "check_outcome" if len(per) == 1 else "check_outcome_gens"
+        lines += ["observer:", "    and rsp, -16", "obs_top:",
                   "    mov rax, qword ptr gs:[PERCPU_CPU]",
                   "    lock inc qword ptr [V_QS + rax*8]   # voluntary quiescent point",
                   "    mov eax, HC_QUIESCENT", "    out HC_PORT, eax",
@@ -163,7 +238,7 @@ class Scenario:
         for i, s in enumerate(self.sites):
             lines += ["    xor ebx, ebx", s.observer_asm().rstrip("\n"),
                       f"    mov edi, {i}", "    mov esi, ebx", "    mov rdx, r12",
-                      "    call check_outcome"]
+                      f"    call {check}"]
         lines += ["    mov rax, qword ptr gs:[PERCPU_CPU]",
                   "    lock inc qword ptr [V_PASSES + rax*8]",
                   "    cmp qword ptr [V_STOP], 0", "    je obs_top", "    mov eax, HC_FINISH",
