@@ -10,7 +10,6 @@ place, the sync after the first byte, and the wait for the INT3 handlers' refere
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,8 +20,10 @@ from .explore.explore import Plan, ScheduleResult, exhaustive_search, pct_steps,
 from .explore.strategies import DEFAULT_STRATEGY
 from .run import Runner
 from .scenario.guest import Cfg
+from .scenario.load import Origin
+from .scenario.mutation import kernel_variant, mutate, step_edits
 from .scenario.op import Kprobe, PokeSteps, StaticCallUpdate, StaticKey
-from .scenario.scenario import GENERIC_VARIANTS, Scenario, Variant
+from .scenario.scenario import GENERIC_VARIANTS, Scenario
 from .scenario.text_poke_loc import ScenarioError
 
 # The kernel's sequence, one row per step: what the mutant does, and the bit that does it.
@@ -55,11 +56,14 @@ class AblationRow:
 
 
 def mutants(scn: Scenario, variant: str | None = None) -> Iterator[Mutant]:
-    """The unmutated sequence first, then each drop and each adjacent swap."""
+    """The unmutated sequence first, then each drop and each adjacent swap. A mutant is a
+    scenario named `NAME~ID` (harness/scenario/mutation.py), so its tokens replay as is."""
     base = variant or scn.default_variant
-    steps_at = [i for i, op in enumerate(scn.ops) if isinstance(op, PokeSteps)]
+    ops = scn.patcher_ops()
+    steps_at = [(p, j) for p, pops in enumerate(ops) for j, op in enumerate(pops)
+                if isinstance(op, PokeSteps)]
     if not steps_at and not any(isinstance(op, StaticKey | StaticCallUpdate | Kprobe)
-                                for op in scn.ops):
+                                for op in scn.all_ops()):
         raise ScenarioError(f"ablate: scenario {scn.name} has no PokeSteps op and no op that "
                             "runs the kernel's sequence (StaticKey, StaticCallUpdate, Kprobe): "
                             "nothing to mutate")
@@ -69,55 +73,45 @@ def mutants(scn: Scenario, variant: str | None = None) -> Iterator[Mutant]:
         generic = {bit: name for name, bit in GENERIC_VARIANTS.items()}
         for what, bit in KERNEL_STEPS:
             if not cfg.cfg and not cfg.flags and generic[bit] not in scn.variants:
-                # a generic variant: its tokens replay as is
-                yield Mutant(what, scn, generic[bit])
-                continue
-            name = f"ablate_{bit.name.lower()}"
-            changed = Variant(cfg.cfg | bit, None, tuple(cfg.flags))
-            yield Mutant(what, dataclasses.replace(
-                scn, variants={**scn.variants, name: changed}), name)
+                yield Mutant(what, scn, generic[bit])  # a generic variant of the scenario
+            else:
+                yield Mutant(what, mutate(scn, f"k.{bit.name.lower()}.{base}"),
+                             kernel_variant(bit))
         return
-    for at in steps_at:
-        op: PokeSteps = scn.ops[at]  # type: ignore[assignment]
-        steps = list(op.steps)
-        edits = [(f"drop {steps[i]!r} (step {i})", steps[:i] + steps[i + 1:])
-                 for i in range(len(steps))]
-        edits += [(f"swap {steps[i]!r} and {steps[i + 1]!r} (steps {i}, {i + 1})",
-                   steps[:i] + [steps[i + 1], steps[i]] + steps[i + 2:])
-                  for i in range(len(steps) - 1) if steps[i] != steps[i + 1]]
-        for what, new in edits:
-            ops = list(scn.ops)
-            ops[at] = PokeSteps(op.site, new)
-            yield Mutant(what, dataclasses.replace(scn, ops=ops), base)
+    for p, j in steps_at:
+        op: PokeSteps = ops[p][j]  # type: ignore[assignment]
+        for suffix, what, _steps in step_edits(list(op.steps)):
+            yield Mutant(what, mutate(scn, f"p{p}.op{j}.{suffix}"), base)
 
 
 DEFAULT_BOUND = Cost(preemptions=1, delays=1, interrupts=0)
 
 
 def ablate(scn: Scenario, variant: str | None = None, schedules: int = 40,
-           bound: Cost = DEFAULT_BOUND, limit: int = 300, cpus: int | None = None
-           ) -> list[AblationRow]:
+           bound: Cost = DEFAULT_BOUND, limit: int = 300, cpus: int | None = None,
+           origin: Origin | None = None) -> list[AblationRow]:
     """Every mutant explored with the default strategy (`schedules`) until its first failure,
-    then, if none, with the exhaustive search within `bound` (at most `limit` schedules)."""
+    then, if none, with the exhaustive search within `bound` (at most `limit` schedules).
+    `origin`: where a user's scenario was loaded from, recorded in the tokens."""
     check_bound(bound)
     rows = []
     for m in mutants(scn, variant):
-        rows.append(_explore(m, schedules, bound, limit, cpus))
+        rows.append(_explore(m, schedules, bound, limit, cpus, origin))
     return rows
 
 
-def _explore(m: Mutant, schedules: int, bound: Cost, limit: int, cpus: int | None
-             ) -> AblationRow:
+def _explore(m: Mutant, schedules: int, bound: Cost, limit: int, cpus: int | None,
+             origin: Origin | None) -> AblationRow:
     runner = Runner(m.scenario, m.variant, cpus)
     plan = Plan(m.scenario.name, m.variant, cpus, DEFAULT_STRATEGY,
-                steps=pct_steps(runner, 0), shrink_budget=40)
+                steps=pct_steps(runner, 0), shrink_budget=40, origin=origin)
     for i in range(schedules):
         res = run_one(runner, plan, i)
         if res.failed:
             return _found(m, res, f"{DEFAULT_STRATEGY} schedule {i}")
     search = Plan(m.scenario.name, m.variant, cpus, "exhaustive",
                   preemptions=bound.preemptions, delays=bound.delays,
-                  interrupts=bound.interrupts, shrink_budget=40)
+                  interrupts=bound.interrupts, shrink_budget=40, origin=origin)
     found: list[ScheduleResult] = []
     ran = 0
 

@@ -313,9 +313,10 @@ def _ablate(args: argparse.Namespace) -> int:
 
     from .ablate import ablate, table
 
-    scn = resolve(_ref(args))
-    rows = ablate(scn, args.variant, args.schedules,
-                  Cost(args.preemptions, args.delays, args.interrupts), args.limit, args.cpus)
+    ref = _ref(args)
+    rows = ablate(resolve(ref), args.variant, args.schedules,
+                  Cost(args.preemptions, args.delays, args.interrupts), args.limit, args.cpus,
+                  ref.origin)
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
     else:

@@ -105,7 +105,8 @@ class Textpoke:
         from .ablate import ablate
 
         return ablate(scenario, variant, self.schedules or 40,
-                      Cost(self.preemptions, self.delays, self.interrupts), limit, cpus)
+                      Cost(self.preemptions, self.delays, self.interrupts), limit, cpus,
+                      origin_of(scenario, self.module))
 
     def check(self, scenario: Scenario, variant: str | None = None,
               cpus: int | None = None) -> int:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from . import mutation
 from .scenario import Scenario
 from .shipped import SCENARIOS, get
 from .text_poke_loc import ScenarioError
@@ -96,7 +97,11 @@ def parse(text: str, extra: Iterable[Origin] = ()) -> ScenarioRef:
 
 
 def resolve(ref: ScenarioRef) -> Scenario:
-    """The scenario `ref` names; ScenarioError (bad input) naming the file and why not."""
+    """The scenario `ref` names; ScenarioError (bad input) naming the file and why not.
+    `NAME~ID` is a mutant of scenario NAME (harness/scenario/mutation.py)."""
+    if mutation.SEP in ref.name:
+        base, mid = ref.name.split(mutation.SEP, 1)
+        return mutation.mutate(resolve(ScenarioRef(base, ref.origin)), mid)
     if ref.origin is None:
         return get(ref.name)
     found = scenarios(ref.origin)
