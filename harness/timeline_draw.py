@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .timeline import ExecKind, PhaseKind, Timeline, TimelineError
+
+if TYPE_CHECKING:
+    from .run import Outcome
 
 SUFFIXES = (".svg", ".png")
 
@@ -176,3 +180,21 @@ def draw(tl: Timeline, out: Path) -> Path:
         except OSError as e:
             raise TimelineError(f"--out {out}: {e.strerror or e}") from None
     return out
+
+
+PICTURE = "timeline.svg"  # the picture a failing run's --out directory gets
+
+
+def write_run(out: Outcome, seed: int | None, directory: Path) -> Path | None:
+    """A run's artifacts in `directory` (in place of an earlier run's); for a failing run also
+    its timeline, `directory/timeline.svg`, whose path is returned (None for a passing run:
+    the picture costs a second or so, which explorations and test suites need not pay)."""
+    from harness.trace.saved_run import prepare_out
+
+    from .run import write_artifacts
+    from .timeline import from_run_dir
+
+    write_artifacts(out, seed, prepare_out(directory))
+    if out.ok:
+        return None
+    return draw(from_run_dir(directory), directory / PICTURE)
