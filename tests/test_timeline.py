@@ -193,3 +193,18 @@ def test_failing_replay_and_explore_name_the_picture(tmp_path, capsys):
     assert cli.main(["run", "z4_bytewise", "--out", str(tmp_path / "ok")]) == 0
     assert "timeline" not in capsys.readouterr().out
     assert not (tmp_path / "ok" / "timeline.svg").exists()
+
+
+def test_pytest_report_names_the_picture(pytester, tmp_path):
+    """--textpoke-out: a failing check's report names its picture, which shows the failure."""
+    example = (Path(__file__).parent.parent / "examples" / "test_my_sequence.py").read_text()
+    broken = example.replace('"record", ', "").replace("schedules=10", "schedules=3")
+    assert broken != example  # no record: the trace decoder must notice
+    pytester.makepyfile(test_mine=broken)
+    out = tmp_path / "art"
+    result = pytester.runpytest("-p", "no:cacheprovider", f"--textpoke-out={out}")
+    result.assert_outcomes(failed=1)
+    picture = out / "test_my_sequence_is_safe" / "timeline.svg"
+    assert f"timeline: {picture}" in result.stdout.str()
+    assert "divergence" in _ids(picture)
+    assert "record-0" not in _ids(picture)  # the sequence emitted none
