@@ -186,9 +186,9 @@ def _read(directory: Path) -> _Run:
 
 
 def _program_and_sites(run: _Run) -> tuple[Program | None, list[Site]]:
-    """The scenario rebuilt from verdict.json for its symbols and site table, if it is one
-    this process knows and its text is the run's start snapshot; else no symbols, and a site
-    per record address (its length the record's)."""
+    """The scenario rebuilt from verdict.json for its symbols and site table, if it is a
+    shipped one and its text is the run's start snapshot; else no symbols, and the sites
+    verdict.json lists, or (an older run directory) a site per record address."""
     from harness.scenario.build import build
     from harness.scenario.shipped import get
     from harness.scenario.text_poke_loc import ScenarioError
@@ -205,11 +205,30 @@ def _program_and_sites(run: _Run) -> tuple[Program | None, list[Site]]:
         off = prog.base - layout.TEXT_BASE
         if 0 <= off and run.text_start[off:off + len(prog.code)] == prog.code:
             return prog, [Site(n, a, ln, allowed) for n, a, ln, allowed in built.sites]
+    listed = _listed_sites(run.verdict)
+    if listed is not None:
+        return None, listed
     sites: dict[int, Site] = {}
     for r in run.records:
         if r.addr not in sites:
             sites[r.addr] = Site(f"{r.addr:#x}", r.addr, len(r.new))
     return None, sorted(sites.values(), key=lambda s: s.addr)
+
+
+def _listed_sites(verdict: dict) -> list[Site] | None:
+    """The site table verdict.json lists (harness/run.write_artifacts): each site's name,
+    address, length and the instructions it may hold, the torn-execution oracle's table."""
+    listed = verdict.get("sites")
+    if not isinstance(listed, list):
+        return None
+    out = []
+    for s in listed:
+        try:
+            allowed = frozenset((int(o), bytes.fromhex(b)) for o, b in s["allowed"])
+            out.append(Site(str(s["name"]), int(s["addr"], 16), int(s["length"]), allowed))
+        except (KeyError, TypeError, ValueError):
+            return None
+    return sorted(out, key=lambda s: s.addr)
 
 
 def _site_of(sites: list[Site], address: int) -> Site | None:
@@ -349,20 +368,28 @@ def _classify(site: Site, st: _SiteStates, tick: int, ip: int, code: bytes) -> E
 
 def _executions(run: _Run, sites: list[Site], states: dict[str, _SiteStates]
                 ) -> list[Execution]:
-    """Every instruction a CPU retired, or fetched and faulted on, inside a site."""
+    """Every instruction a CPU retired, or fetched and faulted on, inside a site; an
+    undecodable fetch there (#UD) is torn."""
     if not sites:
         return []
     lo, hi = min(s.addr for s in sites), max(s.addr + s.length for s in sites)
     faulted: list[list[tuple[int, int, bytes]]] = [[] for _ in range(run.ncpus)]
+    undecoded: list[list[tuple[int, int, bytes]]] = [[] for _ in range(run.ncpus)]
     for e in run.events:
         if isinstance(e, ev.Faulted):
             faulted[e.cpu].append((e.tick, e.ip, e.code))
+        elif isinstance(e, ev.ExceptionEvent) and e.vector == x86.UD:
+            undecoded[e.cpu].append((e.tick, e.source, b""))
     out = []
     for cpu in range(run.ncpus):
-        for tick, ip, code in sorted(run.truth[cpu] + faulted[cpu]):
+        seen = {(t, ip) for t, ip, _ in faulted[cpu]}
+        # a #UD with no Faulted event: bytes the CPU could not even decode
+        rows = faulted[cpu] + [u for u in undecoded[cpu] if u[:2] not in seen]
+        for tick, ip, code in sorted(run.truth[cpu] + rows):
             if lo <= ip < hi and (site := _site_of(sites, ip)) is not None:
-                out.append(Execution(cpu, tick, ip, code, site.name,
-                                     _classify(site, states[site.name], tick, ip, code)))
+                kind = ExecKind.TORN if not code else \
+                    _classify(site, states[site.name], tick, ip, code)
+                out.append(Execution(cpu, tick, ip, code, site.name, kind))
     return out
 
 

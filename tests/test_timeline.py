@@ -208,3 +208,20 @@ def test_pytest_report_names_the_picture(pytester, tmp_path):
     assert f"timeline: {picture}" in result.stdout.str()
     assert "divergence" in _ids(picture)
     assert "record-0" not in _ids(picture)  # the sequence emitted none
+
+
+def test_a_users_scenario_gets_its_sites_and_an_undecodable_fetch_is_torn(tmp_path):
+    """examples/my_race.py (not shipped: no symbols here) runs from the middle of its jump
+    label, where the bytes do not decode (#UD, no instruction retired): torn, at j0+1."""
+    from harness.scenario.load import parse, resolve
+
+    scn = resolve(parse(str(Path(__file__).parent.parent / "examples" / "my_race.py")
+                        + "::my_race"))
+    out = Runner(scn, "buggy").run_seed(0)
+    write_artifacts(out, 0, tmp_path)
+    assert out.verdict.site == "j0"
+    tl = from_run_dir(tmp_path)
+    assert [s.name for s in tl.sites] == ["j0"] and "no symbols" in tl.title
+    torn = [e for e in tl.executions if e.kind is ExecKind.TORN]
+    assert [(e.cpu, e.ip) for e in torn] == [(out.verdict.cpu, out.verdict.rip)]
+    assert any(e.kind is ExecKind.INT3 for e in tl.executions)
