@@ -87,6 +87,11 @@ class Phase:
     start: int  # ticks
     end: int
     sites: tuple[str, ...] = ()  # the sites its stores or records touched
+    note: str = ""  # what the run says of it beyond its kind (a refs wait that did not wait)
+
+    @property
+    def label(self) -> str:
+        return self.note or self.kind.label
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,18 @@ class Execution:
     code: bytes
     site: str
     kind: ExecKind
+    until: int | None = None  # INT3: when its #BP handler returned (IRET), or the run ended
+
+
+@dataclass(frozen=True)
+class Handler:
+    """A #BP taken on a site's INT3: from its delivery until the IRET that returns from it
+    (the run's end if none did). poke_int3_handler runs inside it."""
+
+    cpu: int
+    start: int
+    end: int
+    site: str
 
 
 @dataclass(frozen=True)
@@ -143,6 +160,7 @@ class Timeline:
     executions: list[Execution] = field(default_factory=list)
     marks: list[Mark] = field(default_factory=list)
     divergence: Divergence | None = None
+    handlers: list[Handler] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------- the run directory
@@ -261,27 +279,56 @@ def _sync_end(run: _Run, start: int, mask: int) -> int:
     return end
 
 
-def _refs_waits(run: _Run, prog: Program | None, cpu: int) -> list[tuple[int, int]]:
-    """(entry, return) ticks of each bp_refs_put the CPU ran: dropping its references and
-    waiting for the INT3 handlers' (text_poke_bp_batch's last step)."""
-    if prog is None or "bp_refs_put" not in prog.symbols or "brp_done" not in prog.symbols:
+def _refs_waits(run: _Run, prog: Program | None, cpu: int) -> list[tuple[int, int, bool]]:
+    """(entry, return, waited) of each bp_refs_put the CPU ran: dropping its references and
+    spinning (brp_wait) until no INT3 handler holds one (text_poke_bp_batch's last step)."""
+    names = ("bp_refs_put", "brp_done", "brp_wait")
+    if prog is None or any(n not in prog.symbols for n in names):
         return []
-    entry, done = prog.sym("bp_refs_put"), prog.sym("brp_done")
-    out: list[tuple[int, int]] = []
-    start = None
+    entry, done, wait = (prog.sym(n) for n in names)
+    out: list[tuple[int, int, bool]] = []
+    start, waited = None, False
     for t, ip, _ in run.truth[cpu]:
         if ip == entry:
-            start = t
+            start, waited = t, False
+        elif ip == wait:
+            waited = True
         elif ip == done and start is not None:
-            out.append((start, t))
+            out.append((start, t, waited))
             start = None
     if start is not None:  # the run ended while it waited
-        out.append((start, _ticks(run)))
+        out.append((start, _ticks(run), waited))
     return out
 
 
-def _phases(run: _Run, prog: Program | None, sites: list[Site],
-            stores: list[Store]) -> list[Phase]:
+def _handlers(run: _Run, sites: list[Site]) -> list[Handler]:
+    """Every #BP a CPU took on a site's first byte, until the IRETQ that returned from it:
+    deliveries and IRETQs nest, so the handler ends when its own frame is popped."""
+    iretq = bytes.fromhex("48cf")
+    out = []
+    for cpu in range(run.ncpus):
+        steps = [(t, 0, None) for t, _, code in run.truth[cpu] if code == iretq]
+        # an event at tick t comes after the instruction retired at tick t
+        steps += [(e.tick, 1, e) for e in run.events
+                  if e.cpu == cpu and isinstance(e, ev.Delivery)]
+        stack: list[tuple[int, Site | None]] = []
+        for t, _, e in sorted(steps, key=lambda s: s[:2]):
+            if e is None:
+                if stack:
+                    start, site = stack.pop()
+                    if site is not None:
+                        out.append(Handler(cpu, start, t, site.name))
+                continue
+            site = _site_of(sites, e.source) if isinstance(e, ev.ExceptionEvent) and \
+                e.vector == x86.BP else None
+            stack.append((t, site if site is not None and e.source == site.addr else None))
+        out += [Handler(cpu, start, _ticks(run), site.name) for start, site in stack
+                if site is not None]
+    return sorted(out, key=lambda h: (h.start, h.cpu))
+
+
+def _phases(run: _Run, prog: Program | None, sites: list[Site], stores: list[Store],
+            handlers: list[Handler]) -> list[Phase]:
     """Each patching CPU's steps in time order; consecutive steps of one kind (the INT3s of a
     batch's sites, the tail bytes) are one phase."""
     patchers = sorted({s.cpu for s in stores} | {r.cpu for r in run.records})
@@ -295,9 +342,15 @@ def _phases(run: _Run, prog: Program | None, sites: list[Site],
                 e.number is Hypercall.SEND_IPI and e.args[1] == x86.CALL_FUNCTION_VECTOR:
             by_cpu[e.cpu].append((e.tick, _sync_end(run, e.tick, e.args[0]), PhaseKind.SYNC,
                                   ""))
+    notes: dict[tuple[int, int], str] = {}
     for c in patchers:
-        for start, end in _refs_waits(run, prog, c):
+        for start, end, waited in _refs_waits(run, prog, c):
             by_cpu[c].append((start, end, PhaseKind.REFS, ""))
+            inside = sorted({h.cpu for h in handlers if h.start <= start < h.end})
+            if inside and not waited:  # the step the kernel needs, skipped (Z2)
+                notes[c, start] = ("refs put, not waited for: "
+                                   + ", ".join(f"cpu{i}" for i in inside)
+                                   + " in the INT3 handler")
     out: list[Phase] = []
     for c in patchers:
         cur: list | None = None
@@ -309,10 +362,12 @@ def _phases(run: _Run, prog: Program | None, sites: list[Site],
                     cur[3].append(site)
                 continue
             if cur is not None:
-                out.append(Phase(cur[2], c, cur[0], cur[1], tuple(cur[3])))
+                out.append(Phase(cur[2], c, cur[0], cur[1], tuple(cur[3]),
+                                 notes.get((c, cur[0]), "")))
             cur = [start, end, kind, [site] if site else []]
         if cur is not None:
-            out.append(Phase(cur[2], c, cur[0], cur[1], tuple(cur[3])))
+            out.append(Phase(cur[2], c, cur[0], cur[1], tuple(cur[3]),
+                             notes.get((c, cur[0]), "")))
     return sorted(out, key=lambda p: (p.start, p.cpu))
 
 
@@ -366,8 +421,8 @@ def _classify(site: Site, st: _SiteStates, tick: int, ip: int, code: bytes) -> E
     return ExecKind.TORN
 
 
-def _executions(run: _Run, sites: list[Site], states: dict[str, _SiteStates]
-                ) -> list[Execution]:
+def _executions(run: _Run, sites: list[Site], states: dict[str, _SiteStates],
+                handlers: list[Handler]) -> list[Execution]:
     """Every instruction a CPU retired, or fetched and faulted on, inside a site; an
     undecodable fetch there (#UD) is torn."""
     if not sites:
@@ -389,7 +444,11 @@ def _executions(run: _Run, sites: list[Site], states: dict[str, _SiteStates]
             if lo <= ip < hi and (site := _site_of(sites, ip)) is not None:
                 kind = ExecKind.TORN if not code else \
                     _classify(site, states[site.name], tick, ip, code)
-                out.append(Execution(cpu, tick, ip, code, site.name, kind))
+                until = None
+                if kind is ExecKind.INT3:  # the #BP it raised: delivered at or after it
+                    until = next((h.end for h in handlers if h.cpu == cpu and h.start >= tick
+                                  and h.site == site.name), None)
+                out.append(Execution(cpu, tick, ip, code, site.name, kind, until))
     return out
 
 
@@ -477,12 +536,14 @@ def from_run_dir(directory: Path) -> Timeline:
             stores.append(Store(e.cpu, e.tick, e.addr, e.data, site.name if site else "",
                                 _store_kind(site, e)))
     states = _states(run, sites, stores)
+    handlers = _handlers(run, sites)
     v = run.verdict
     title = (f"{v.get('scenario', '?')} [{v.get('variant', '?')}]"
              + (f" seed {v['seed']}" if v.get("seed") is not None else "")
              + f": {v.get('verdict', '?')}" + ("" if prog else " (no symbols: scenario unknown "
                                                 "to this build)"))
-    return Timeline(title, run.ncpus, _ticks(run), sites, _phases(run, prog, sites, stores),
-                    stores, sorted(run.records, key=lambda r: r.tick),
-                    _executions(run, sites, states), _marks(run),
-                    _divergence(run, prog, sites))
+    return Timeline(title, run.ncpus, _ticks(run), sites,
+                    _phases(run, prog, sites, stores, handlers), stores,
+                    sorted(run.records, key=lambda r: r.tick),
+                    _executions(run, sites, states, handlers), _marks(run),
+                    _divergence(run, prog, sites), handlers)

@@ -107,8 +107,10 @@ def draw(tl: Timeline, out: Path) -> Path:
                           edgecolor="none", alpha=0.85)
             r.set_gid(f"phase-{n}-{p.kind}")
             ax.add_patch(r)
-            t = ax.text(p.start, y + PHASE_ROW[1] + (0.01 if n % 2 == 0 else 0.08),
-                        p.kind.label, fontsize=6, va="bottom", ha="left",
+            right = p.start > span * 0.75  # a label near the right edge ends at its phase
+            t = ax.text(p.end if right else p.start,
+                        y + PHASE_ROW[1] + (0.01 if n % 2 == 0 else 0.08),
+                        p.label, fontsize=6, va="bottom", ha="right" if right else "left",
                         color=PHASE_COLOURS[p.kind])
             t.set_gid(f"phase-{n}-{p.kind}-label")
 
@@ -128,6 +130,15 @@ def draw(tl: Timeline, out: Path) -> Path:
             m.set_gid(f"record-{n}")
 
         site_row = {s.name: i for i, s in enumerate(tl.sites)}
+        per_cpu = Counter()
+        for h in tl.handlers:  # INT3 -> handler: the #BP until its IRET, under the executions
+            n = per_cpu[h.cpu]
+            per_cpu[h.cpu] += 1
+            y = base(h.cpu) + EXEC_ROWS[0] + row_h * site_row[h.site]
+            r = Rectangle((h.start, y + row_h * 0.3), max(h.end - h.start, width), row_h * 0.4,
+                          facecolor=EXEC_COLOURS[ExecKind.INT3], edgecolor="none", alpha=0.35)
+            r.set_gid(f"handler-{h.cpu}-{n}")
+            ax.add_patch(r)
         per_site: Counter[tuple[int, str]] = Counter()
         for e in tl.executions:
             n = per_site[e.cpu, e.site]
@@ -164,13 +175,15 @@ def draw(tl: Timeline, out: Path) -> Path:
         handles = [Patch(facecolor=PHASE_COLOURS[k], label=k.label) for k in PhaseKind]
         handles += [Patch(facecolor=EXEC_COLOURS[k], label=f"site executed: {EXEC_LABELS[k]}")
                     for k in ExecKind]
+        handles += [Patch(facecolor=EXEC_COLOURS[ExecKind.INT3], alpha=0.35,
+                          label="in the INT3 handler (#BP until IRET)")]
         handles += [Line2D([], [], marker="D", color=PHASE_COLOURS[PhaseKind.RECORD],
                            linestyle="none", label="text-poke record")]
         handles += [Line2D([], [], marker=MARKS[w][1], color=MARKS[w][2], linestyle="none",
                            label=MARK_NAMES[w]) for w in MARKS]
         if d is not None:
             handles.append(Line2D([], [], color="#cb181d", label="first failure"))
-        leg = fig.legend(handles=handles, loc="lower center", ncol=9, fontsize=6.5,
+        leg = fig.legend(handles=handles, loc="lower center", ncol=8, fontsize=6.5,
                          frameon=False, bbox_to_anchor=(0.5, 0.35 / height))
         leg.set_gid("legend")
         metadata = {"Date": None, "Creator": "textpoke timeline"} if fmt == "svg" else \

@@ -225,3 +225,16 @@ def test_a_users_scenario_gets_its_sites_and_an_undecodable_fetch_is_torn(tmp_pa
     torn = [e for e in tl.executions if e.kind is ExecKind.TORN]
     assert [(e.cpu, e.ip) for e in torn] == [(out.verdict.cpu, out.verdict.rip)]
     assert any(e.kind is ExecKind.INT3 for e in tl.executions)
+
+
+def test_the_refs_step_says_whether_it_waited_for_the_handlers(z2, static_key):
+    """Z2's buggy variant drops its references while two CPUs are inside the INT3 handler
+    and does not wait (no brp_wait retired): the picture says so; a correct run drains."""
+    _, _, svg = z2
+    refs = [i for i in _ids(svg) if re.fullmatch(r"phase-\d+-refs-label", i)]
+    assert len(refs) == 1
+    assert _text_of(svg, refs[0]) == "refs put, not waited for: cpu1, cpu2 in the INT3 handler"
+    assert {i for i in _ids(svg) if i.startswith("handler-")} == {"handler-1-0", "handler-2-0"}
+    ok = static_key[2]
+    assert [_text_of(ok, i) for i in _ids(ok) if re.fullmatch(r"phase-\d+-refs-label", i)] == \
+        ["refs drained"] * 2
