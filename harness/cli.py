@@ -258,7 +258,10 @@ def _explore(args: argparse.Namespace) -> int:
         from harness.scenario.load import resolve
 
         tok, again = replay(fails[0].shrunk or fails[0].token, resolve(ref), plan.engine)
-        picture = _write_out(again, tok.seed, out_dir)
+        try:
+            picture = _write_out(again, tok.seed, out_dir)
+        except BadInput as e:  # the directory went away meanwhile: report what was found
+            print(f"textpoke: error: {e}", file=sys.stderr)
     doc = {"scenario": args.scenario, "variant": args.variant, "strategy": args.strategy,
            "schedules": len(summary.results), "resumed": summary.skipped,
            "failures": len(fails), "seconds": round(summary.seconds, 2),

@@ -20,6 +20,7 @@ report names the picture).
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -42,6 +43,7 @@ from harness.explore.token import Token
 from harness.scenario.load import Origin, origin_of
 from harness.scenario.scenario import Scenario
 
+from .errors import BadInput
 from .run import Runner
 
 
@@ -208,8 +210,12 @@ class Textpoke:
         from .timeline_draw import write_run
 
         tok, out = replay(token, chk.scenario, self.engine)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        return write_run(out, tok.seed, self.out)
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            return write_run(out, tok.seed, self.out)
+        except (OSError, BadInput) as e:  # the failure is reported all the same
+            warnings.warn(f"--textpoke-out: {e}", stacklevel=2)
+            return None
 
     def _not_found(self, chk: _Check, budget: str) -> None:
         if chk.expected:

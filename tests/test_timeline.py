@@ -189,6 +189,17 @@ def test_failing_replay_and_explore_name_the_picture(tmp_path, capsys):
     assert f"timeline: {tmp_path / 'rp' / 'timeline.svg'}" in capsys.readouterr().out
     assert (tmp_path / "rp" / "timeline.svg").read_bytes() == \
         (out_dir / "timeline.svg").read_bytes()  # the same schedule, the same picture
+    # the pytest plugin's --textpoke-out in a place it cannot write: the failure is still
+    # reported (a warning says why there is no picture), never replaced by that error
+    from harness.pytest_plugin import Textpoke, _Check
+
+    (tmp_path / "file").write_text("")
+    tp = Textpoke("random", 1, 0, 3, None, out=tmp_path / "file" / "test_x")
+    chk = _Check(SCENARIOS["z4_bytewise"], "buggy", frozenset(), None)
+    with pytest.warns(UserWarning, match="--textpoke-out"):
+        assert tp._picture(chk, token) is None
+    tp.out = tmp_path / "arts" / "test_x"
+    assert "divergence" in _ids(tp._picture(chk, token))
     # a passing run's --out gets no picture (it costs a second; explorations need not pay)
     assert cli.main(["run", "z4_bytewise", "--out", str(tmp_path / "ok")]) == 0
     assert "timeline" not in capsys.readouterr().out
