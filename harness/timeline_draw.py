@@ -114,22 +114,30 @@ def draw(tl: Timeline, out: Path) -> Path:
                         color=PHASE_COLOURS[p.kind])
             t.set_gid(f"phase-{n}-{p.kind}-label")
 
+        site_row = {s.name: i for i, s in enumerate(tl.sites)}
+
+        def row(cpu: int, site: str) -> tuple[float, float]:
+            """(bottom, height): the site's row in the CPU's lane, or the store row."""
+            if site in site_row:
+                return base(cpu) + EXEC_ROWS[0] + row_h * site_row[site], row_h
+            return base(cpu) + STORE_ROW[0], STORE_ROW[1] - STORE_ROW[0]
+
         per_cpu: Counter[int] = Counter()
-        for s in tl.stores:
+        for s in tl.stores:  # text stores per site, in the storing CPU's row of the site
             n = per_cpu[s.cpu]
             per_cpu[s.cpu] += 1
-            r = Rectangle((s.tick, base(s.cpu) + STORE_ROW[0]), width,
-                          STORE_ROW[1] - STORE_ROW[0], facecolor=PHASE_COLOURS[s.kind],
-                          edgecolor="none")
+            y, h = row(s.cpu, s.site)
+            r = Rectangle((s.tick, y + h * 0.1), width, h * 0.8,
+                          facecolor=PHASE_COLOURS[s.kind], edgecolor="none")
             r.set_gid(f"store-{s.cpu}-{n}")
             ax.add_patch(r)
         for n, rec in enumerate(tl.records):
-            (m,) = ax.plot([rec.tick], [base(rec.cpu) + sum(STORE_ROW) / 2], marker="D",
-                           markersize=5, color=PHASE_COLOURS[PhaseKind.RECORD],
+            y, h = row(rec.cpu, next((s.name for s in tl.sites if rec.addr in s), ""))
+            (m,) = ax.plot([rec.tick], [y + h / 2], marker="D",
+                           markersize=4, color=PHASE_COLOURS[PhaseKind.RECORD],
                            markeredgecolor="black", markeredgewidth=0.4, linestyle="none")
             m.set_gid(f"record-{n}")
 
-        site_row = {s.name: i for i, s in enumerate(tl.sites)}
         per_cpu = Counter()
         for h in tl.handlers:  # INT3 -> handler: the #BP until its IRET, under the executions
             n = per_cpu[h.cpu]
