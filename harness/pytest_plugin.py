@@ -270,14 +270,16 @@ def textpoke(request: pytest.FixtureRequest) -> Textpoke:
                     int(kw.get("delays", 2)), bool(kw.get("dpor", False)),
                     int(kw.get("interrupts", 1)), getattr(request, "module", None),
                     _engine(request.config.getoption("--textpoke-engine")),
-                    _out(request.config.getoption("--textpoke-out"), request.node.name))
+                    _out(request))
 
 
-def _out(directory: str | None, test: str) -> Path | None:
-    """DIR/<test name>, the name made a file name (a parametrized id may hold anything)."""
+def _out(request: pytest.FixtureRequest) -> Path | None:
+    """--textpoke-out DIR: DIR/<test name>, the name made a file name (a parametrized id may
+    hold anything); None without the option."""
+    directory = request.config.getoption("--textpoke-out")
     if not directory:
         return None
-    return Path(directory) / re.sub(r"[^A-Za-z0-9_.-]+", "_", test)
+    return Path(directory) / re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
 
 
 def _engine(value: str | None) -> Engine | None:
