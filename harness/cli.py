@@ -97,13 +97,16 @@ def _out_dir(args: argparse.Namespace) -> Path | None:
     return check_out(Path(args.out)) if args.out else None
 
 
-def _write_out(out: Outcome, seed: int | None, directory: Path) -> None:
-    """The artifacts, in place of an earlier run's (never beside them)."""
-    from harness.trace.saved_run import prepare_out
+def _write_out(out: Outcome, seed: int | None, directory: Path) -> Path | None:
+    """The artifacts, in place of an earlier run's (never beside them); for a failing run also
+    its timeline picture, whose path is returned."""
+    from .timeline_draw import write_run
 
-    from .run import write_artifacts
+    return write_run(out, seed, directory)
 
-    write_artifacts(out, seed, prepare_out(directory))
+
+def _timeline_line(picture: Path | None) -> str:
+    return "" if picture is None else f"\n  timeline: {picture}"
 
 
 def _extra(args: argparse.Namespace) -> list[Origin]:
@@ -154,10 +157,10 @@ def _run(args: argparse.Namespace) -> int:
     except ScenarioError as e:
         return _bad_input(str(e))
     out = runner.run_seed(args.seed)
-    if out_dir:
-        _write_out(out, args.seed, out_dir)
+    picture = _write_out(out, args.seed, out_dir) if out_dir else None
     print(f"{args.scenario} [{runner.built.variant}] seed {args.seed}: {out.verdict} "
-          f"({len(out.result.path)} decisions, {out.result.ticks} instructions)")
+          f"({len(out.result.path)} decisions, {out.result.ticks} instructions)"
+          + _timeline_line(picture))
     return 0 if out.ok else 1
 
 
@@ -183,6 +186,16 @@ def _decode(args: argparse.Namespace) -> int:
     if bad.kind is VerdictKind.DECODE_ERROR:  # the trace itself is malformed
         return _bad_input(f"{args.dir}: {bad.detail}")
     return FAILURE
+
+
+def _timeline(args: argparse.Namespace) -> int:
+    """Draw a saved run; exit 0 once drawn, whatever the run's verdict (the picture shows it)."""
+    from .timeline import from_run_dir
+    from .timeline_draw import check_out, draw
+
+    out = check_out(Path(args.out))  # a bad --out costs nothing
+    print(draw(from_run_dir(Path(args.dir)), out))
+    return NO_FAILURE
 
 
 def _dump(args: argparse.Namespace) -> int:
@@ -211,6 +224,7 @@ def _explore(args: argparse.Namespace) -> int:
         return _bad_input("--resume needs --db: the file the exploration to continue is in")
     if args.schedules is None and args.time is None and args.strategy != "exhaustive":
         args.schedules = 100  # exhaustive: until the bounded space is exhausted
+    out_dir = _out_dir(args)
     try:
         ref = _ref(args)
     except ScenarioError as e:
@@ -238,6 +252,16 @@ def _explore(args: argparse.Namespace) -> int:
         sys.stderr.write("\n")
     fails = summary.failures
     exhaustive = plan.strategy == "exhaustive"
+    picture = None
+    if out_dir and fails:  # the first failure again, shrunk if it was, with its picture
+        from harness.explore.explore import replay
+        from harness.scenario.load import resolve
+
+        tok, again = replay(fails[0].shrunk or fails[0].token, resolve(ref), plan.engine)
+        try:
+            picture = _write_out(again, tok.seed, out_dir)
+        except BadInput as e:  # the directory went away meanwhile: report what was found
+            print(f"textpoke: error: {e}", file=sys.stderr)
     doc = {"scenario": args.scenario, "variant": args.variant, "strategy": args.strategy,
            "schedules": len(summary.results), "resumed": summary.skipped,
            "failures": len(fails), "seconds": round(summary.seconds, 2),
@@ -245,6 +269,8 @@ def _explore(args: argparse.Namespace) -> int:
            round(summary.first_failure_seconds, 2),
            "pct_bound": summary.bound, "exhausted": summary.exhausted, "dpor": plan.dpor,
            "interrupted": summary.interrupted,
+           "out": str(out_dir) if picture else None,
+           "timeline": str(picture) if picture else None,
            "failed": [{"schedule": f.idx, "seed": None if exhaustive else f.seed,
                        "verdict": f.verdict,
                        "detail": f.detail, "decisions": f.decisions,
@@ -277,6 +303,8 @@ def _explore(args: argparse.Namespace) -> int:
                 print(f"    shrunk (deviations from the simplest run: {f.deviations} -> "
                       f"{f.shrunk_deviations}): "
                       f"textpoke replay {f.shrunk}")
+        if picture is not None:
+            print(f"  schedule {fails[0].idx}'s artifacts: {out_dir}; timeline: {picture}")
     return FAILURE if fails else INTERRUPTED if summary.interrupted else NO_FAILURE
 
 
@@ -298,9 +326,9 @@ def _replay(args: argparse.Namespace) -> int:
         tok, out = replay(args.token, scenario, _engine(args))
     except (TokenError, ScenarioError, ReplayError) as e:
         return _bad_input(f"cannot replay: {e}")
-    if out_dir:
-        _write_out(out, tok.seed, out_dir)
-    print(f"{tok.scenario} [{tok.variant}]: {out.verdict} ({len(out.result.path)} decisions)")
+    picture = _write_out(out, tok.seed, out_dir) if out_dir else None
+    print(f"{tok.scenario} [{tok.variant}]: {out.verdict} ({len(out.result.path)} decisions)"
+          + _timeline_line(picture))
     return 0 if out.ok else 1
 
 
@@ -412,6 +440,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="decode from the end snapshot, undoing the text-poke records")
     dec.add_argument("--json", action="store_true")
     dec.set_defaults(func=_decode)
+    tl = sub.add_parser("timeline", help="draw a saved run directory: one lane per CPU over "
+                                          "virtual time (SVG or PNG)")
+    tl.add_argument("dir", help="a run directory (run/replay --out)")
+    tl.add_argument("--out", required=True, metavar="FILE.svg|FILE.png")
+    tl.set_defaults(func=_timeline)
     dmp = sub.add_parser("dump", help="print the packets of a PT stream with their offsets")
     dmp.add_argument("file")
     dmp.set_defaults(func=_dump)
@@ -446,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop at the first failure and shrink only it (with --jobs, the "
                          "lowest-numbered failure of the schedules already running)")
     ex.add_argument("--log", action="store_true", help="a line per finished schedule")
+    ex.add_argument("--out", help="directory for the first failure's artifacts (shrunk, as "
+                                  "`replay --out` writes them) and its timeline.svg")
     ex.add_argument("--json", action="store_true")
     _scenarios_option(ex)
     ex.set_defaults(func=_explore)

@@ -12,12 +12,17 @@
 A variant with an expected verdict (`Variant(cfg, expect="torn_execution")`, a buggy one)
 passes when that failure is found within the budget. Options: --textpoke-seed N (first seed),
 --textpoke-replay TOKEN (in the test whose check names the token's scenario and variant, run
-just that schedule; every other test is skipped).
+just that schedule; every other test is skipped), --textpoke-out DIR (a failing check writes its
+schedule's artifacts, shrunk if it was, and their timeline.svg to DIR/<test name>/, and the
+report names the picture).
 """
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -38,6 +43,7 @@ from harness.explore.token import Token
 from harness.scenario.load import Origin, origin_of
 from harness.scenario.scenario import Scenario
 
+from .errors import BadInput
 from .run import Runner
 
 
@@ -47,8 +53,10 @@ class TextpokeFailure(AssertionError):
     verdict."""
 
     def __init__(self, scenario: str, verdict: VerdictKind | None, detail: str,
-                 token: str | None, shrunk: str | None, headline: str | None = None) -> None:
+                 token: str | None, shrunk: str | None, headline: str | None = None,
+                 picture: Path | None = None) -> None:
         self.verdict, self.detail, self.token, self.shrunk = verdict, detail, token, shrunk
+        self.picture = picture
         lines = [headline or f"{verdict}: scenario {scenario} failed", f"  {detail}"]
         if token:
             lines.append(f"  replay: textpoke replay {token}")
@@ -56,6 +64,8 @@ class TextpokeFailure(AssertionError):
             lines.append(f"  shrunk: textpoke replay {shrunk}")
         if token:
             lines.append("  or: pytest --textpoke-replay <token>")
+        if picture:
+            lines.append(f"  timeline: {picture}")
         super().__init__("\n".join(lines))
 
 
@@ -79,7 +89,8 @@ class Textpoke:
     def __init__(self, strategy: str, schedules: int | None, seed: int, depth: int,
                  replay: str | None, preemptions: int = 2, delays: int = 2,
                  dpor: bool = False, interrupts: int = 1,
-                 module: ModuleType | None = None, engine: Engine | None = None) -> None:
+                 module: ModuleType | None = None, engine: Engine | None = None,
+                 out: Path | None = None) -> None:
         if strategy not in STRATEGIES:
             raise pytest.UsageError(f"textpoke marker: unknown strategy {strategy!r}; use "
                                     f"{'|'.join(STRATEGIES)}")
@@ -89,6 +100,7 @@ class Textpoke:
         self.replay_token = replay
         self.module = module  # the test's module: where its scenarios are looked for first
         self.engine = engine  # None: the fast engine where its native code is installed
+        self.out = out  # --textpoke-out: where a failing check's artifacts and picture go
         self.ran = 0
         self.replayed = 0  # checks the --textpoke-replay token named
         self.not_replayed: list[str] = []  # checks it did not name (scenario [variant])
@@ -148,8 +160,9 @@ class Textpoke:
         if chk.expected and kind in chk.expected:
             return 1
         if not out.ok:
+            picture = self._picture(chk, str(self.replay_token))
             raise TextpokeFailure(chk.scenario.name, kind, str(out.verdict), self.replay_token,
-                                  None, _headline(chk, kind))
+                                  None, _headline(chk, kind), picture)
         if chk.expected:
             raise TextpokeFailure(chk.scenario.name, None, f"the token's schedule passed; "
                                   f"expected {_kinds(chk.expected)}", None, None,
@@ -186,8 +199,24 @@ class Textpoke:
         kind = VerdictKind(res.verdict)
         if kind in chk.expected:
             return True
+        picture = self._picture(chk, res.shrunk or res.token)
         raise TextpokeFailure(chk.scenario.name, kind, res.detail, res.token, res.shrunk,
-                              _headline(chk, kind))
+                              _headline(chk, kind), picture)
+
+    def _picture(self, chk: _Check, token: str | None) -> Path | None:
+        """With --textpoke-out, the failing schedule run again from its token, its artifacts
+        and timeline written to the test's directory; the picture's path."""
+        if self.out is None or not token:
+            return None
+        from .timeline_draw import write_run
+
+        tok, out = replay(token, chk.scenario, self.engine)
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            return write_run(out, tok.seed, self.out)
+        except (OSError, BadInput) as e:  # the failure is reported all the same
+            warnings.warn(f"--textpoke-out: {e}", stacklevel=2)
+            return None
 
     def _not_found(self, chk: _Check, budget: str) -> None:
         if chk.expected:
@@ -212,6 +241,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--textpoke-seed", type=int, default=0, help="first seed of explorations")
     group.addoption("--textpoke-replay", default=None, metavar="TOKEN",
                     help="run only the schedule of this replay token")
+    group.addoption("--textpoke-out", default=None, metavar="DIR",
+                    help="a failing check writes its schedule's artifacts and timeline.svg to "
+                         "DIR/<test name>/")
     group.addoption("--textpoke-engine", choices=[e.value for e in Engine], default=None,
                     help="fast (default: native code) or reference (pure Python)")
 
@@ -245,7 +277,17 @@ def textpoke(request: pytest.FixtureRequest) -> Textpoke:
                     int(kw.get("depth", 3)), replay, int(kw.get("preemptions", 2)),
                     int(kw.get("delays", 2)), bool(kw.get("dpor", False)),
                     int(kw.get("interrupts", 1)), getattr(request, "module", None),
-                    _engine(request.config.getoption("--textpoke-engine")))
+                    _engine(request.config.getoption("--textpoke-engine")),
+                    _out(request))
+
+
+def _out(request: pytest.FixtureRequest) -> Path | None:
+    """--textpoke-out DIR: DIR/<test name>, the name made a file name (a parametrized id may
+    hold anything); None without the option."""
+    directory = request.config.getoption("--textpoke-out")
+    if not directory:
+        return None
+    return Path(directory) / re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
 
 
 def _engine(value: str | None) -> Engine | None:
@@ -260,7 +302,8 @@ def pytest_runtest_makereport(item, call):
         e = call.excinfo.value
         rep.sections.append(("textpoke", f"verdict: {e.verdict or '-'}\nwhere: {e.detail}\n"
                                          f"replay token: {e.token or '-'}\n"
-                                         f"shrunk token: {e.shrunk or '-'}"))
+                                         f"shrunk token: {e.shrunk or '-'}\n"
+                                         f"timeline: {e.picture or '-'}"))
         crash = getattr(rep.longrepr, "reprcrash", None)
         if crash is not None:  # the short summary: the verdict, not the exception's class
             crash.message = str(e).splitlines()[0]

@@ -140,6 +140,9 @@ def write_artifacts(out: Outcome, seed: int | None, directory: Path) -> None:
            "verdict": out.verdict.kind, "detail": str(out.verdict),
            "decisions": len(out.result.path), "cpus": out.built.cpus,
            "ticks": out.result.ticks, "where": out.verdict.to_json(),
+           "sites": [{"name": n, "addr": f"{a:#x}", "length": ln,
+                      "allowed": sorted([o, b.hex()] for o, b in allowed)}
+                     for n, a, ln, allowed in out.built.sites],
            "decode": [r.to_json() for r in out.decode]}
     (directory / "verdict.json").write_text(json.dumps(doc, indent=2) + "\n")
 

@@ -427,12 +427,16 @@ def fuzz(seeds: list[Seed], cases: int, seed: int,
         if save and out_dir.exists():
             shutil.rmtree(out_dir)
         rc, out, err = run_cli("replay", case.token, *save)
+        # a failing replay's --out also gets its timeline, and the report names it
+        out, pictured = re.subn(r"\n  timeline: \S+timeline\.svg", "", out) if save else (out, 0)
         tally = codes.setdefault(case.expect.value + (" (truncated)" if case.truncated else ""),
                                  {})
         tally[rc] = tally.get(rc, 0) + 1
         wrong = check(s, case, rc, out, err)
         if save and not wrong and rc != 2 and not (out_dir / "cpu0.pt").is_file():
             wrong = f"replayed with --out, but {out_dir} has no trace"
+        if save and not wrong and pictured != (rc == 1):
+            wrong = f"replayed with --out, exit {rc}, but {pictured} timeline pictures named"
         if wrong:
             bad.append(f"case {n} ({s.name}: {case.what}): {wrong}")
     assert not bad, f"{len(bad)} of {cases} cases:\n" + "\n".join(bad[:10])

@@ -21,7 +21,7 @@ from . import kcore, sideband
 # What `write_artifacts` (harness/run.py) writes: per CPU, and once per run.
 PER_CPU = re.compile(r"cpu(0|[1-9][0-9]*)\.(pt|truth\.jsonl)")
 PER_RUN = ("events.jsonl", "sideband.bin", "text-start.elf", "text-end.elf", "final-rips.json",
-           "verdict.json")
+           "verdict.json", "timeline.svg")
 
 
 class RunDirError(BadInput):
@@ -218,3 +218,7 @@ def load(directory: Path) -> SavedRun:
     flows = [cpu_flow(_truth(directory / f"cpu{c}.truth.jsonl"), async_events(events, c),
                       rips[c]) for c in range(ncpus)]
     return SavedRun(streams, flows, text_start, text_end, records, items)
+
+
+# The pieces of `load`, for readers of a run directory that need no trace (harness/timeline.py).
+cpu_count, events, text, truth = _cpu_count, _events, _text, _truth
