@@ -185,6 +185,19 @@ def _decode(args: argparse.Namespace) -> int:
     return FAILURE
 
 
+def _crosscheck(args: argparse.Namespace) -> int:
+    """Exit 0 if every decoder agrees with the ground truth on every CPU, 1 if one does not;
+    no decoder to check with (neither libipt nor perf) is bad input (2)."""
+    from .crosscheck import crosscheck
+
+    report = crosscheck(Path(args.dir))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print("\n".join(report.lines()))
+    return NO_FAILURE if report.agree else FAILURE
+
+
 def _dump(args: argparse.Namespace) -> int:
     from harness.trace.pt.dump import dump_lines
     from harness.trace.pt.packets import PacketError
@@ -411,6 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="decode from the end snapshot, undoing the text-poke records")
     dec.add_argument("--json", action="store_true")
     dec.set_defaults(func=_decode)
+    cc = sub.add_parser("crosscheck", help="decode a saved run with libipt and perf script too, "
+                        "and compare each with the ground truth")
+    cc.add_argument("dir")
+    cc.add_argument("--json", action="store_true")
+    cc.set_defaults(func=_crosscheck)
     dmp = sub.add_parser("dump", help="print the packets of a PT stream with their offsets")
     dmp.add_argument("file")
     dmp.set_defaults(func=_dump)

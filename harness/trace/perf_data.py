@@ -173,14 +173,13 @@ def _auxtrace(cpu: int, stream: bytes, reference: int) -> bytes:
     return HEADER.pack(Record.AUXTRACE, 0, HEADER.size + AUXTRACE.size) + head + data
 
 
-def write(trace: Trace, ret_compression: bool = True) -> bytes:
-    """The perf.data file of one run."""
+def write(trace: Trace) -> bytes:
+    """The perf.data file of one run. The config leaves NORETCOMP clear: return compression
+    allowed, which perf decodes whether or not the stream uses it."""
     ncpus = len(trace.streams)
     attr_flags = (AttrFlag.DISABLED | AttrFlag.EXCLUDE_USER | AttrFlag.SAMPLE_ID_ALL
                   | AttrFlag.TEXT_POKE)
     config = PtConfig.PT | PtConfig.TSC | PtConfig.BRANCH
-    if not ret_compression:
-        config |= PtConfig.NORETCOMP
     sample_type = (SampleType.IP | SampleType.TID | SampleType.TIME | SampleType.ADDR
                    | SampleType.CPU | SampleType.IDENTIFIER)
     attr = ATTR.pack(PMU_TYPE, ATTR.size, config, 0, sample_type, 0, attr_flags,
