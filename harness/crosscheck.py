@@ -12,8 +12,9 @@ start snapshot (harness/trace/perf_data.py), so every decoder reads the same inp
 
 from __future__ import annotations
 
+import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -39,6 +40,7 @@ class Outcome(StrEnum):
 
 
 EXTERNAL = (Decoder.LIBIPT_INSN, Decoder.LIBIPT_BLK, Decoder.PERF)
+MORE_STEPS = 16  # steps past the real flow's length before a runaway decoding is stopped
 
 Step = tuple[int, bytes, int | None]  # ip, bytes (b"": an asynchronous branch), packet offset
 
@@ -63,6 +65,7 @@ class Decoding:
     divergence: Divergence | None = None  # from the ground truth
     error: str | None = None  # what the decoder reported
     vs_ours: int | None = None  # the first step where it differs from our decoder's
+    cut: bool = False  # still decoding past the real flow's length: stopped by us
 
 
 @dataclass
@@ -97,6 +100,8 @@ class Report:
                      f"{_code(v.decoded)} at {self.where(v.decoded_ip)}")
         if d.error is not None:
             text += ("; then " if v is not None else ": ") + d.error
+        if d.cut:
+            text += f"; still decoding after {d.steps} steps, stopped there"
         if d.decoder is not Decoder.OURS and d.vs_ours is not None:
             text += f" [differs from textpoke's decoding at step {d.vs_ours}]"
         return text
@@ -130,7 +135,8 @@ class Report:
                 "cpus": [{"cpu": c.cpu, "steps": c.steps,
                           "decoders": [{"decoder": d.decoder.value, "result": d.outcome.value,
                                         "steps": d.steps, "divergence": div(d.divergence),
-                                        "error": d.error, "vs_ours": d.vs_ours}
+                                        "error": d.error, "vs_ours": d.vs_ours,
+                                        "cut": d.cut}
                                        for d in c.decodings]} for c in self.cpus]}
 
 
@@ -144,6 +150,16 @@ def named(symbols: Program, ip: int | None) -> str:
         return "the end"
     sym = symbols.symbolize(ip)
     return f"{ip:#x}" + (f" ({sym})" if sym else "")
+
+
+_TEXT_ADDRESS = re.compile(r"0x[0-9a-f]{9,16}(?! \()")
+
+
+def named_text(symbols: Program, text: str) -> str:
+    """A decoder's message with each text address followed by its symbol, as verdicts have
+    them (harness/run.py: symbolized)."""
+    return _TEXT_ADDRESS.sub(lambda m: named(symbols, int(m.group(0), 16))
+                             if symbols.symbolize(int(m.group(0), 16)) else m.group(0), text)
 
 
 def _code(code: bytes | None) -> str:
@@ -167,15 +183,22 @@ def first_divergence(want: list[Step], got: list[Step]) -> Divergence | None:
 
 
 def _first_difference(a: list[Step], b: list[Step]) -> int | None:
-    d = first_divergence(a, b)
-    return None if d is None else d.index
+    """The first step both decoded differently (one that stopped earlier is no difference:
+    its error or end is reported as such)."""
+    return next((k for k, (x, y) in enumerate(zip(a, b, strict=False))
+                 if x[0] != y[0] or x[1] != y[1]), None)
 
 
 def judge(decoder: Decoder, want: list[Step], got: list[Step], error: str | None,
-          ours: list[Step] | None) -> Decoding:
+          ours: list[Step] | None, steps: list[int] | None = None) -> Decoding:
     """A decoding against the real flow: agree, error, or silently wrong. With an error, the
-    divergence is kept only if the flow had already left the real one before it."""
+    divergence is kept only if the flow had already left the real one before it. `steps`:
+    for a decoder that lists instructions only (perf), the flow step of each of `want`'s,
+    so that every decoder's disagreement is numbered in the same steps."""
     div = first_divergence(want, got)
+    if steps is not None and div is not None:
+        div = replace(div, index=steps[div.index] if div.index < len(steps) else
+                      (steps[-1] + 1 if steps else 0))
     if error is not None:
         if div is not None and div.decoded is None:  # a prefix of the real flow, then the error
             div = None
@@ -183,6 +206,8 @@ def judge(decoder: Decoder, want: list[Step], got: list[Step], error: str | None
     else:
         outcome = Outcome.AGREE if div is None else Outcome.SILENTLY_WRONG
     vs = None if ours is None else _first_difference(ours, got)
+    if steps is not None and vs is not None:
+        vs = steps[vs] if vs < len(steps) else (steps[-1] + 1 if steps else 0)
     return Decoding(decoder, outcome, len(got), div, error, vs)
 
 
@@ -192,7 +217,7 @@ def _ours(run: SavedRun, cpu: int) -> tuple[list[Step], str | None]:
         image = Image(layout.TEXT_BASE, run.text_start, run.records)
     except ImageError as e:
         return [], str(e)
-    res = our_decode(run.streams[cpu], image, len(flow) + 16,
+    res = our_decode(run.streams[cpu], image, len(flow) + MORE_STEPS,
                      run.items[cpu] if run.items else None)
     return [(s.ip, s.code, s.offset) for s in res.steps], \
         None if res.error is None else f"{type(res.error).__name__}: {res.error}"
@@ -240,20 +265,23 @@ def crosscheck(directory: Path) -> Report:
     for cpu, flow in enumerate(run.flows):
         want: list[Step] = [(i.ip, i.code, None) for i in flow]
         ours, our_error = _ours(run, cpu)
+        if our_error is not None:
+            our_error = named_text(program, our_error)
         rep = CpuReport(cpu, len(want))
         if not isinstance(ipt, libipt.LibiptMissing):
             for decoder, flavour in ((Decoder.LIBIPT_INSN, libipt.Flavour.INSN),
                                      (Decoder.LIBIPT_BLK, libipt.Flavour.BLOCK)):
                 res = libipt.decode(ipt, run.streams[cpu], layout.TEXT_BASE, run.text_start,
-                                    run.records, len(want) + 16, flavour)
-                rep.decodings.append(judge(decoder, want, list(res.steps),
-                                           None if res.error is None else str(res.error),
-                                           ours))
+                                    run.records, len(want) + MORE_STEPS, flavour)
+                error = None if res.error is None else named_text(program, str(res.error))
+                rep.decodings.append(judge(decoder, want, list(res.steps), error, ours))
+                rep.decodings[-1].cut = error is None and len(res.steps) >= len(want) + MORE_STEPS
         if perf is not None:
-            insns = [w for w in want if w[1]]  # perf lists instructions, not async branches
+            steps = [k for k, w in enumerate(want) if w[1]]  # perf lists instructions only
+            insns = [want[k] for k in steps]
             our_insns = [s for s in ours if s[1]]
             if isinstance(perf, str):
-                rep.decodings.append(judge(Decoder.PERF, insns, [], perf, our_insns))
+                rep.decodings.append(judge(Decoder.PERF, insns, [], perf, our_insns, steps))
             else:
                 got = [(ip, code, None) for ip, code in perf[cpu].insns]
                 err = None
@@ -263,7 +291,7 @@ def crosscheck(directory: Path) -> Report:
                            f"after {n} instructions" + (f" ({len(perf[cpu].errors)} errors)"
                                                         if len(perf[cpu].errors) > 1 else ""))
                     got = got[:n]
-                rep.decodings.append(judge(Decoder.PERF, insns, got, err, our_insns))
+                rep.decodings.append(judge(Decoder.PERF, insns, got, err, our_insns, steps))
         rep.decodings.append(judge(Decoder.OURS, want, ours, our_error, None))
         cpus.append(rep)
     return Report(directory, unavailable, cpus, program)

@@ -102,7 +102,8 @@ def test_perf_without_the_records_is_silently_wrong(tmp_path):
         run.streams, [], len(run.text_start), 100_000)))
     truth = _truth_insns(tmp_path)
     got = _perf_insns(tmp_path, len(truth))
-    assert any([(ip, c) for _, ip, c in have] != want for want, have in zip(truth, got))
+    assert any([(ip, c) for _, ip, c in have] != want
+               for want, have in zip(truth, got, strict=True))
 
 
 def test_perf_shows_text_pokes_and_branches_with_symbols(tmp_path):
@@ -117,8 +118,7 @@ def test_perf_shows_text_pokes_and_branches_with_symbols(tmp_path):
     assert [(int(s) * 10**9 + int(ns), int(a, 16), bytes.fromhex(o), bytes.fromhex(n))
             for s, ns, a, _sym, o, n in pokes] == [(r.tick, r.addr, r.old, r.new)
                                                    for r in records]
-    assert all(sym.startswith("site_") for *_, sym, _o, _n in
-               [(p[0], p[1], p[2], p[3], p[4], p[5]) for p in pokes])
+    assert all(p[3].startswith("site_") for p in pokes)  # each named by its site's symbol
     branches = _perf(tmp_path, "--itrace=be", "-F", "cpu,ip,sym,addr,flags")
     # the INT3 -> handler -> IRET flow, named
     assert re.search(r"hw int\s+ffffffff81[0-9a-f]+ site_jl\d => ffffffff81[0-9a-f]+ "

@@ -40,7 +40,6 @@ INSN_SIZE = 40
 BLOCK_SIZE = 48
 EVENT_SIZE = 64
 MAX_INSN = 15
-MAX_STEPS_SLACK = 16  # steps past the expected count before a runaway decode is cut
 
 
 class Pte(IntEnum):
