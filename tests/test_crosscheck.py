@@ -168,6 +168,12 @@ def test_snapshots_carry_the_guest_symbols(tmp_path):
         dis = subprocess.run(["objdump", "-d", str(tmp_path / "text-start.elf")],
                              capture_output=True, text=True).stdout
         assert f"{symbols['int3_entry']:016x} <int3_entry>:" in dis
+    if shutil.which("gdb"):
+        out = subprocess.run(["gdb", "-batch", "-nx", "-ex",
+                              f"info symbol {symbols['site_jl0'] + 1:#x}",
+                              str(tmp_path / "text-start.elf")],
+                             capture_output=True, text=True, timeout=60).stdout
+        assert "site_jl0 + 1 in section .text" in out
 
 
 # ---------------------------------------------------------------- libipt

@@ -247,16 +247,18 @@ def _walk(ipt: Libipt, fn: dict, dec: int, memory: _Memory, out: Decoded, max_st
 
     def fail(status: int, ip: int | None) -> None:
         fn["get_offset"](dec, ctypes.byref(offset))
-        out.error = LibiptError(Pte(-status) if -status in Pte._value2member_map_ else
-                                Pte.INTERNAL, ipt.errstr(-status), offset.value, ip)
+        try:
+            code = Pte(-status)
+        except ValueError:  # a code newer than 2.0.5's
+            code = Pte.INTERNAL
+        out.error = LibiptError(code, ipt.errstr(-status), offset.value, ip)
 
     status = fn["sync_forward"](dec)
     last_ip: int | None = None
     while len(out.steps) < max_steps:
         if status < 0:
-            if status == -Pte.EOS:  # the stream ran out where trace was needed
-                return
-            fail(status, last_ip)
+            if status != -Pte.EOS or not out.ended:  # eos before tracing was disabled: cut
+                fail(status, last_ip)
             return
         while status & Pts.EVENT_PENDING:
             status = fn["event"](dec, event, EVENT_SIZE)
