@@ -223,7 +223,7 @@ def _ours(run: SavedRun, cpu: int) -> tuple[list[Step], str | None]:
         None if res.error is None else f"{type(res.error).__name__}: {res.error}"
 
 
-def _perf(directory: Path, run: SavedRun, unavailable: dict[str, str]
+def _perf(run: SavedRun, symbols: dict[str, int], unavailable: dict[str, str]
           ) -> list[perf_script.PerfCpu] | str | None:
     """perf's decoding per CPU; a string if perf failed as a whole (a crash); None if there is
     no perf (said in `unavailable`)."""
@@ -235,7 +235,9 @@ def _perf(directory: Path, run: SavedRun, unavailable: dict[str, str]
     with tempfile.TemporaryDirectory(prefix="textpoke-perf-") as tmp:
         data, vmlinux = Path(tmp) / "perf.data", Path(tmp) / "vmlinux"
         data.write_bytes(perf_data.write(trace))
-        vmlinux.write_bytes((directory / "text-start.elf").read_bytes())
+        # written, not copied: a directory saved before snapshots had sections and symbols
+        # still gets the `.text` and `_text` perf needs
+        vmlinux.write_bytes(kcore.write([(layout.TEXT_BASE, run.text_start)], symbols))
         try:
             return perf_script.decode(data, vmlinux, len(run.streams))
         except perf_script.PerfMissing as e:
@@ -257,7 +259,7 @@ def crosscheck(directory: Path) -> Report:
     ipt = libipt.load()
     if isinstance(ipt, libipt.LibiptMissing):
         unavailable["libipt"] = str(ipt)
-    perf = _perf(directory, run, unavailable)
+    perf = _perf(run, symbols, unavailable)
     if len(unavailable) == 2:
         raise NothingToCheckWith(f"crosscheck {directory}: nothing to check with: "
                                  + "; ".join(unavailable.values()))

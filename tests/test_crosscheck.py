@@ -12,6 +12,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,6 +36,17 @@ def _need(tool: str, present: bool) -> None:
     if REQUIRE:
         pytest.fail(f"{tool} is missing and TEXTPOKE_REQUIRE_TOOLS=1")
     pytest.skip(f"{tool} is not installed")
+
+
+def test_a_missing_tool_skips_or_fails(monkeypatch):
+    """The switch CI sets: without it a missing tool skips, with it the test fails."""
+    monkeypatch.setattr(sys.modules[__name__], "REQUIRE", False)
+    with pytest.raises(pytest.skip.Exception):
+        _need("nothing", False)
+    monkeypatch.setattr(sys.modules[__name__], "REQUIRE", True)
+    with pytest.raises(pytest.fail.Exception, match="TEXTPOKE_REQUIRE_TOOLS=1"):
+        _need("nothing", False)
+    _need("something", True)
 
 
 def need_perf() -> None:

@@ -25,6 +25,15 @@ class PerfMissing(Exception):
     """perf is not installed (or not runnable): nothing to decode with."""
 
 
+class PerfFailed(Exception):
+    """perf ran and failed (a crash, or a file it refused): an external decoder's error."""
+
+    def __init__(self, returncode: int, last: list[str]) -> None:
+        what = f"killed by signal {-returncode}" if returncode < 0 else f"exit {returncode}"
+        super().__init__(f"perf script: {what}" + (f": {last[0]}" if last else ""))
+        self.returncode = returncode
+
+
 @dataclass(frozen=True)
 class PerfError:
     """A trace error perf reported: where it was and what it said."""
@@ -83,12 +92,3 @@ def decode(perf_data: Path, vmlinux: Path, ncpus: int) -> list[PerfCpu]:
     if done.returncode != 0:
         raise PerfFailed(done.returncode, done.stderr.strip().splitlines()[-1:])
     return parse(done.stdout, ncpus)
-
-
-class PerfFailed(Exception):
-    """perf ran and failed (a crash, or a file it refused): an external decoder's error."""
-
-    def __init__(self, returncode: int, last: list[str]) -> None:
-        what = f"killed by signal {-returncode}" if returncode < 0 else f"exit {returncode}"
-        super().__init__(f"perf script: {what}" + (f": {last[0]}" if last else ""))
-        self.returncode = returncode
