@@ -15,10 +15,49 @@ from harness.scenario.shipped import SCENARIOS
 from harness.trace import verify
 
 
+def libipt_rates(flavour) -> dict[str, float] | str:
+    """libipt's decoded instructions per second (harness/trace/libipt.py, pt_insn or pt_blk)
+    over every shipped scenario's seed-0 run, forward; a string saying why if it is missing."""
+    from emu import layout
+    from harness.trace import libipt
+
+    ipt = libipt.load()
+    if isinstance(ipt, libipt.LibiptMissing):
+        return str(ipt)
+    steps, seconds = 0, 0.0
+    for scn in SCENARIOS.values():
+        runner = Runner(scn, decode=False)
+        out = runner.run_seed(0)
+        for flow, stream in zip(out.flows, out.streams, strict=True):
+            t = time.perf_counter()
+            res = libipt.decode(ipt, stream, layout.TEXT_BASE, out.result.text_start,
+                                out.result.sideband, len(flow) + 16, flavour)
+            seconds += time.perf_counter() - t
+            assert res.error is None and len(res.steps) == len(flow), res.error
+            steps += len(res.steps)
+    return {"instructions": steps, "insn_per_s": round(steps / seconds)}
+
+
+def libipt_main(as_json: bool) -> None:
+    from harness.trace.libipt import Flavour
+
+    rates = {f"libipt_{f.name.lower()}": libipt_rates(f) for f in Flavour}
+    if as_json:
+        print(json.dumps(rates, indent=2))
+        return
+    for name, r in rates.items():
+        print(f"{name}: " + (r if isinstance(r, str) else
+                             f"{r['insn_per_s']} decoded/s over {r['instructions']} insns"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--libipt", action="store_true", help="libipt's pt_insn and pt_blk instead")
     args = ap.parse_args()
+    if args.libipt:
+        libipt_main(args.json)
+        return
     rows = []
     for name, scn in SCENARIOS.items():
         runner = Runner(scn, decode=False)

@@ -198,6 +198,19 @@ def _timeline(args: argparse.Namespace) -> int:
     return NO_FAILURE
 
 
+def _crosscheck(args: argparse.Namespace) -> int:
+    """Exit 0 if every decoder agrees with the ground truth on every CPU, 1 if one does not;
+    no decoder to check with (neither libipt nor perf) is bad input (2)."""
+    from .crosscheck import crosscheck
+
+    report = crosscheck(Path(args.dir))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print("\n".join(report.lines()))
+    return NO_FAILURE if report.agree else FAILURE
+
+
 def _dump(args: argparse.Namespace) -> int:
     from harness.trace.pt.dump import dump_lines
     from harness.trace.pt.packets import PacketError
@@ -445,6 +458,13 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("dir", help="a run directory (run/replay --out)")
     tl.add_argument("--out", required=True, metavar="FILE.svg|FILE.png")
     tl.set_defaults(func=_timeline)
+
+
+    cc = sub.add_parser("crosscheck", help="decode a saved run with libipt and perf script too, "
+                        "and compare each with the ground truth")
+    cc.add_argument("dir")
+    cc.add_argument("--json", action="store_true")
+    cc.set_defaults(func=_crosscheck)
     dmp = sub.add_parser("dump", help="print the packets of a PT stream with their offsets")
     dmp.add_argument("file")
     dmp.set_defaults(func=_dump)

@@ -16,7 +16,7 @@ from emu.verdict import Verdict
 from harness.scenario import guest
 from harness.scenario.build import Built, build, machine_for
 from harness.scenario.scenario import Scenario
-from harness.trace import kcore, sideband, verify
+from harness.trace import kcore, perf_data, sideband, verify
 from harness.trace.pt.encoder import TraceConfig
 from harness.trace.pt.flow import FlowItem, async_events, cpu_flow
 
@@ -121,7 +121,8 @@ def outcome_counts(runner: Runner) -> dict[str, dict[int, int]]:
 
 def write_artifacts(out: Outcome, seed: int | None, directory: Path) -> None:
     """verdict.json; per CPU the PT stream cpu<N>.pt and the ground truth cpu<N>.truth.jsonl;
-    events.jsonl; sideband.bin (PERF_RECORD_TEXT_POKE records); text-start.elf, text-end.elf."""
+    events.jsonl; sideband.bin (PERF_RECORD_TEXT_POKE records); text-start.elf, text-end.elf
+    (with the program's symbols); vmlinux and perf.data, for `perf script`."""
     directory.mkdir(parents=True, exist_ok=True)
     truth = out.result.truth
     for cpu in range(truth.ncpus):
@@ -130,10 +131,14 @@ def write_artifacts(out: Outcome, seed: int | None, directory: Path) -> None:
     (directory / "events.jsonl").write_text(truth.events_jsonl())
     (directory / "sideband.bin").write_bytes(b"".join(map(sideband.encode,
                                                               out.result.sideband)))
-    (directory / "text-start.elf").write_bytes(
-        kcore.write([(layout.TEXT_BASE, out.result.text_start)]))
+    symbols = out.built.program.symbols
+    start = kcore.write([(layout.TEXT_BASE, out.result.text_start)], symbols)
+    (directory / "text-start.elf").write_bytes(start)
     (directory / "text-end.elf").write_bytes(
-        kcore.write([(layout.TEXT_BASE, out.result.text_end)]))
+        kcore.write([(layout.TEXT_BASE, out.result.text_end)], symbols))
+    (directory / "vmlinux").write_bytes(start)  # perf applies the records forward from it
+    (directory / "perf.data").write_bytes(perf_data.write(perf_data.Trace(
+        out.streams, out.result.sideband, len(out.result.text_start), out.result.ticks)))
     (directory / "final-rips.json").write_text(json.dumps([f"{r:#x}" for r in
                                                            out.result.final_rips]) + "\n")
     doc = {"scenario": out.built.scenario.name, "variant": out.built.variant, "seed": seed,

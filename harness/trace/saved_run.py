@@ -21,7 +21,7 @@ from . import kcore, sideband
 # What `write_artifacts` (harness/run.py) writes: per CPU, and once per run.
 PER_CPU = re.compile(r"cpu(0|[1-9][0-9]*)\.(pt|truth\.jsonl)")
 PER_RUN = ("events.jsonl", "sideband.bin", "text-start.elf", "text-end.elf", "final-rips.json",
-           "verdict.json", "timeline.svg")
+           "verdict.json", "vmlinux", "perf.data", "timeline.svg")
 
 
 class RunDirError(BadInput):

@@ -24,12 +24,16 @@ class SidebandError(Exception):
         self.offset = offset
 
 
-def encode(rec: TextPokeRecord) -> bytes:
-    """One record; pid and tid are 0, the kernel's idle task, since the guest has no tasks."""
+def encode(rec: TextPokeRecord, identifier: int | None = None) -> bytes:
+    """One record; pid and tid are 0, the kernel's idle task, since the guest has no tasks.
+    With `identifier` (sample_type with PERF_SAMPLE_IDENTIFIER, as perf.data has it) the
+    sample_id ends with that event id."""
     body = struct.pack("<QHH", rec.addr, len(rec.old), len(rec.new)) + rec.old + rec.new
     tot = 4 + len(rec.old) + len(rec.new)
     body += b"\0" * ((-tot) % 8)
     sample = SAMPLE_ID.pack(0, 0, rec.tick, rec.cpu, 0)
+    if identifier is not None:
+        sample += struct.pack("<Q", identifier)
     size = HEADER.size + len(body) + len(sample)
     return HEADER.pack(PERF_RECORD_TEXT_POKE, PERF_RECORD_MISC_KERNEL, size) + body + sample
 
