@@ -27,7 +27,7 @@ from emu.asm import Program
 from emu.hypercall import Hypercall
 from emu.text_poke_record import TextPokeRecord
 from harness.errors import BadInput
-from harness.trace import saved_run, sideband
+from harness.trace import kcore, saved_run, sideband
 
 INT3 = 0xCC
 
@@ -174,6 +174,7 @@ class _Run:
     records: list[TextPokeRecord]
     text_start: bytes
     truth: list[list[tuple[int, int, bytes]]]
+    symbols: dict[str, int]  # the start snapshot's symbol table (empty in an older run dir)
 
 
 def _read(directory: Path) -> _Run:
@@ -198,15 +199,21 @@ def _read(directory: Path) -> _Run:
         raise TimelineError(f"{directory}/sideband.bin: {e.strerror or e}") from None
     except sideband.SidebandError as e:
         raise TimelineError(f"{directory}/sideband.bin: {e}") from None
+    try:
+        symbols = kcore.read_symbols((directory / "text-start.elf").read_bytes())
+    except (OSError, kcore.ElfError):
+        symbols = {}  # saved_run.text() below says what is wrong with the file
     return _Run(verdict, ncpus, saved_run.events(directory / "events.jsonl"), records,
                 saved_run.text(directory / "text-start.elf"),
-                [saved_run.truth(directory / f"cpu{c}.truth.jsonl") for c in range(ncpus)])
+                [saved_run.truth(directory / f"cpu{c}.truth.jsonl") for c in range(ncpus)],
+                symbols)
 
 
 def _program_and_sites(run: _Run) -> tuple[Program | None, list[Site]]:
     """The scenario rebuilt from verdict.json for its symbols and site table, if it is a
-    shipped one and its text is the run's start snapshot; else no symbols, and the sites
-    verdict.json lists, or (an older run directory) a site per record address."""
+    shipped one and its text is the run's start snapshot; else the snapshot's own symbol
+    table (a user's scenario), and the sites verdict.json lists, or (an older run directory)
+    a site per record address."""
     from harness.scenario.build import build
     from harness.scenario.shipped import get
     from harness.scenario.text_poke_loc import ScenarioError
@@ -223,14 +230,16 @@ def _program_and_sites(run: _Run) -> tuple[Program | None, list[Site]]:
         off = prog.base - layout.TEXT_BASE
         if 0 <= off and run.text_start[off:off + len(prog.code)] == prog.code:
             return prog, [Site(n, a, ln, allowed) for n, a, ln, allowed in built.sites]
+    prog = (Program(layout.TEXT_BASE, run.text_start, run.symbols, "text-start.elf")
+            if run.symbols else None)
     listed = _listed_sites(run.verdict)
     if listed is not None:
-        return None, listed
+        return prog, listed
     sites: dict[int, Site] = {}
     for r in run.records:
         if r.addr not in sites:
             sites[r.addr] = Site(f"{r.addr:#x}", r.addr, len(r.new))
-    return None, sorted(sites.values(), key=lambda s: s.addr)
+    return prog, sorted(sites.values(), key=lambda s: s.addr)
 
 
 def _listed_sites(verdict: dict) -> list[Site] | None:

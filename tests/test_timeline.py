@@ -222,8 +222,9 @@ def test_pytest_report_names_the_picture(pytester, tmp_path):
 
 
 def test_a_users_scenario_gets_its_sites_and_an_undecodable_fetch_is_torn(tmp_path):
-    """examples/my_race.py (not shipped: no symbols here) runs from the middle of its jump
-    label, where the bytes do not decode (#UD, no instruction retired): torn, at j0+1."""
+    """examples/my_race.py (not shipped: its symbols come from the run's own snapshot) runs
+    from the middle of its jump label, where the bytes do not decode (#UD, no instruction
+    retired): torn, at j0+1."""
     from harness.scenario.load import parse, resolve
 
     scn = resolve(parse(str(Path(__file__).parent.parent / "examples" / "my_race.py")
@@ -232,7 +233,7 @@ def test_a_users_scenario_gets_its_sites_and_an_undecodable_fetch_is_torn(tmp_pa
     write_artifacts(out, 0, tmp_path)
     assert out.verdict.site == "j0"
     tl = from_run_dir(tmp_path)
-    assert [s.name for s in tl.sites] == ["j0"] and "no symbols" in tl.title
+    assert [s.name for s in tl.sites] == ["j0"] and "no symbols" not in tl.title
     torn = [e for e in tl.executions if e.kind is ExecKind.TORN]
     assert [(e.cpu, e.ip) for e in torn] == [(out.verdict.cpu, out.verdict.rip)]
     assert any(e.kind is ExecKind.INT3 for e in tl.executions)
