@@ -192,3 +192,47 @@ def test_the_comparison_sees_a_difference():
     _, ref_d = decodes(ref.streams[1], result.text_start, result.sideband, False,
                        len(ref.flows[1]) + 16)
     assert same_decode(fast_d, ref_d) != []
+
+
+def test_a_record_inside_a_decoded_instruction_drops_it():
+    """The native walker keeps what it decoded per IP (insn_cache.py); a record that writes
+    into the middle of an instruction must drop that instruction, not only those starting at
+    the bytes written: a NOP5 whose last three bytes become those of a NOP4 and a NOP, with no
+    INT3 guard (the CPU runs elsewhere meanwhile), is decoded as what ran, both ways."""
+    from emu.text_poke_record import TextPokeRecord
+    from harness.trace.pt.encoder import TraceConfig, encode_cpu
+    from harness.trace.pt.flow import FlowItem
+
+    base = layout.TEXT_BASE
+    nop5, nop4 = bytes.fromhex("0f1f440000"), bytes.fromhex("0f1f4000")
+    old = nop5 + bytes.fromhex("75f9" "90" "75fd" "ebf4")  # loop1: nop5; jnz loop1
+    text = old + b"\xcc" * 52                             # loop2: nop; jnz loop2; jmp loop1
+    new = bytearray(text)
+    new[2:5] = b"\x40\x00\x90"
+    code_at = {base + 5: old[5:7], base + 7: old[7:8], base + 8: old[8:10],
+               base + 10: old[10:12]}
+    run: list[tuple[int, bytes, int]] = []  # (ip, bytes, next ip)
+
+    def loop1(times: int, patched: bool) -> None:
+        for k in range(times):
+            if patched:
+                run.extend([(base, nop4, base + 4), (base + 4, b"\x90", base + 5)])
+            else:
+                run.append((base, nop5, base + 5))
+            run.append((base + 5, code_at[base + 5], base if k + 1 < times else base + 7))
+
+    loop1(3, False)
+    for k in range(4):
+        run += [(base + 7, code_at[base + 7], base + 8),
+                (base + 8, code_at[base + 8], base + 7 if k < 3 else base + 10)]
+    poke_tick = len(run) - 3  # in loop2: no instruction at the site is near it in time
+    run.append((base + 10, code_at[base + 10], base))
+    loop1(2, True)
+    flow = [FlowItem(t, ip, code, cont) for t, (ip, code, cont) in enumerate(run, 1)]
+    record = TextPokeRecord(poke_tick, 0, base + 2, old[2:5], bytes(new[2:5]))
+    stream = encode_cpu(flow, base + 7, TraceConfig())
+    for backward in (False, True):
+        fast, ref = decodes(stream, bytes(new) if backward else text, [record], backward,
+                            len(flow) + 16)
+        assert same_decode(fast, ref) == [] and ref.ended
+        assert verify.compare(0, flow, ref) is None  # decoded as it ran
