@@ -18,7 +18,7 @@ from harness.scenario.build import Built, build, machine_for
 from harness.scenario.scenario import Scenario
 from harness.trace import kcore, sideband, verify
 from harness.trace.pt.encoder import TraceConfig
-from harness.trace.pt.flow import FlowItem
+from harness.trace.pt.packed_flow import Flow
 
 from .oracles import torn_execution
 
@@ -28,7 +28,7 @@ class Outcome:
     verdict: Verdict
     result: RunResult
     built: Built
-    flows: list[list[FlowItem]] = field(default_factory=list)
+    flows: list[Flow] = field(default_factory=list)  # packed under the fast engine
     streams: list[bytes] = field(default_factory=list)
     decode: list[verify.DecodeReport] = field(default_factory=list)
 

@@ -16,7 +16,7 @@ from harness.trace.pt.decoder import Ambiguous, DecodeResult, Step, decode
 from harness.trace.pt.encoder import TraceConfig, encode_cpu
 from harness.trace.pt.flow import FlowItem, async_events, cpu_flow
 from harness.trace.pt.image import Image, ImageError, check_records
-from harness.trace.pt.packed_flow import PackedFlow
+from harness.trace.pt.packed_flow import Flow, PackedFlow
 from harness.trace.pt.query import items_until_error
 
 __all__ = ["check", "check_both", "compare", "encode_all", "flows"]
@@ -51,7 +51,7 @@ class DecodeReport:
                          for c in self.cpus]}
 
 
-def compare(cpu: int, flow: list[FlowItem], res: DecodeResult) -> Verdict | None:
+def compare(cpu: int, flow: Flow, res: DecodeResult) -> Verdict | None:
     """The first place where the decoded flow and the real one part."""
     for item, step in zip(flow, res.steps, strict=False):
         if item.ip != step.ip or item.code != step.code:
@@ -70,7 +70,7 @@ def _diverged(cpu: int, item: FlowItem, step: Step) -> Verdict:
                           "decoded_ip": step.ip, "decoded": step.code.hex()})
 
 
-def _ending(cpu: int, flow: list[FlowItem], steps: int, error: Exception | None,
+def _ending(cpu: int, flow: Flow, steps: int, error: Exception | None,
             ended: bool) -> Verdict | None:
     """After the steps that agree: the decoder's error, or steps missing or left over."""
     if error is not None:
@@ -88,7 +88,7 @@ def _ending(cpu: int, flow: list[FlowItem], steps: int, error: Exception | None,
 
 
 def flows(truth: GroundTruth, final_rips: list[int],
-          engine: Engine = Engine.REFERENCE) -> list[list[FlowItem]]:
+          engine: Engine = Engine.REFERENCE) -> list[Flow]:
     """Each CPU's flow (flow.py); packed (packed_flow.py) where the native pipeline runs."""
     if native.available(engine):
         return [native.cpu_flow(truth.retired[c], async_events(truth.events, c), rip)
@@ -97,7 +97,7 @@ def flows(truth: GroundTruth, final_rips: list[int],
             for c, rip in enumerate(final_rips)]
 
 
-def encode_all(flows: list[list[FlowItem]], final_rips: list[int],
+def encode_all(flows: list[Flow], final_rips: list[int],
                config: TraceConfig, engine: Engine = Engine.REFERENCE) -> list[bytes]:
     if native.available(engine):
         return [native.encode_cpu(_packed(f), rip, config)
@@ -105,11 +105,11 @@ def encode_all(flows: list[list[FlowItem]], final_rips: list[int],
     return [encode_cpu(f, rip, config) for f, rip in zip(flows, final_rips, strict=True)]
 
 
-def _packed(flow: list[FlowItem]) -> PackedFlow:
+def _packed(flow: Flow) -> PackedFlow:
     return flow if isinstance(flow, PackedFlow) else PackedFlow.from_items(flow)
 
 
-def check_both(streams: list[bytes], flows: list[list[FlowItem]], text_start: bytes,
+def check_both(streams: list[bytes], flows: list[Flow], text_start: bytes,
                text_end: bytes, records: list[TextPokeRecord],
                engine: Engine = Engine.REFERENCE) -> list[DecodeReport]:
     """`check` forward, then backward, each stream's packets parsed once for both. This is a
@@ -136,7 +136,7 @@ def records_error(text_start: bytes, text_end: bytes,
     return None
 
 
-def check(streams: list[bytes], flows: list[list[FlowItem]], text_start: bytes,
+def check(streams: list[bytes], flows: list[Flow], text_start: bytes,
           text_end: bytes, records: list[TextPokeRecord], backward: bool = False,
           parsed: list | None = None, check_records: bool = True,
           engine: Engine = Engine.REFERENCE) -> DecodeReport:
@@ -167,7 +167,7 @@ def check(streams: list[bytes], flows: list[list[FlowItem]], text_start: bytes,
     return report
 
 
-def _check_native(cpu: int, stream: bytes, flow: list[FlowItem], text: bytes,
+def _check_native(cpu: int, stream: bytes, flow: Flow, text: bytes,
                   records: list[TextPokeRecord], backward: bool) -> CpuCheck:
     """One CPU of `check`'s loop, decoded and compared in C: the same CpuCheck."""
     packed = _packed(flow)

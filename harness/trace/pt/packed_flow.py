@@ -82,3 +82,6 @@ class PackedFlow:
 
     def __repr__(self) -> str:
         return f"PackedFlow({len(self)} items)"
+
+
+Flow = list[FlowItem] | PackedFlow  # a CPU's flow under either engine
