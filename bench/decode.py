@@ -55,6 +55,31 @@ def encode_rate(runner: Runner, out: Outcome, engine: Engine) -> tuple[bytes, fl
     return b"".join(streams), best
 
 
+def stream_rates(stream: bytes, text: bytes, records: list, max_steps: int) -> dict[str, float]:
+    """Our decoder alone (no comparison) on one stream, forward over `text` with `records`:
+    instructions/s per engine, for columns beside other decoders on the same bytes."""
+    from emu import layout
+    from harness.trace.pt import native
+    from harness.trace.pt.decoder import decode
+    from harness.trace.pt.image import Image
+
+    out: dict[str, float] = {}
+    t = time.perf_counter()
+    ref = decode(stream, Image(layout.TEXT_BASE, text, records), max_steps)
+    out["reference"] = len(ref.steps) / (time.perf_counter() - t)
+    out["instructions"] = len(ref.steps)
+    if native_module("trace"):
+        best = float("inf")
+        for _ in range(10 * FAST_REPEAT):  # about 0.1 ms a round: the best of many
+            t = time.perf_counter()
+            fast = native.decode(stream, layout.TEXT_BASE, text, records, False, max_steps,
+                                 None)
+            best = min(best, time.perf_counter() - t)
+        assert fast.steps == len(ref.steps)
+        out["fast"] = fast.steps / best
+    return out
+
+
 def our_rows(names: list[str]) -> list[dict]:
     engines = [Engine.FAST, Engine.REFERENCE] if native_module("trace") else [Engine.REFERENCE]
     rows = []
@@ -107,6 +132,11 @@ def main() -> None:
         print(json.dumps(rows, indent=2))
         return
     print_our_rows(rows)
+    runner, out = schedule("static_key")  # performance.md's stream: cpu1, static image
+    rates = stream_rates(out.streams[1], out.result.text_start, [], len(out.flows[1]) + 16)
+    print("static_key cpu1 stream, image without records, decode only: " + ", ".join(
+        f"{what} {rate / 1e6:.2f} M/s" for what, rate in rates.items() if what != "instructions")
+        + f" ({rates['instructions']} instructions)")
 
 
 if __name__ == "__main__":
