@@ -5,8 +5,8 @@ from setuptools import Extension, setup
 
 NATIVE: list[Extension] = [
     # Extension("emu._native", ["emu/_native.c"], optional=True, extra_compile_args=["-O2"]),
-    # Extension("harness.trace.pt._native", ["harness/trace/pt/_native.c"], optional=True,
-    #           extra_compile_args=["-O2"]),
+    Extension("harness.trace.pt._native", ["harness/trace/pt/_native.c"], optional=True,
+              extra_compile_args=["-O2"]),
 ]
 
 setup(ext_modules=NATIVE)

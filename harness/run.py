@@ -18,7 +18,7 @@ from harness.scenario.build import Built, build, machine_for
 from harness.scenario.scenario import Scenario
 from harness.trace import kcore, perf_data, sideband, verify
 from harness.trace.pt.encoder import TraceConfig
-from harness.trace.pt.flow import FlowItem, async_events, cpu_flow
+from harness.trace.pt.packed_flow import Flow
 
 from .oracles import torn_execution
 
@@ -28,7 +28,7 @@ class Outcome:
     verdict: Verdict
     result: RunResult
     built: Built
-    flows: list[list[FlowItem]] = field(default_factory=list)
+    flows: list[Flow] = field(default_factory=list)  # packed under the fast engine
     streams: list[bytes] = field(default_factory=list)
     decode: list[verify.DecodeReport] = field(default_factory=list)
 
@@ -58,11 +58,10 @@ class Runner:
         ground-truth oracles, then the trace: encoded per CPU and decoded forward and
         backward. The first failure is the verdict."""
         out = Outcome(result.verdict, result, self.built)
-        torn = torn_execution(result.truth, self.built.sites)
+        torn = torn_execution(result.truth, self.built.sites, self.engine)
         if torn is not None:  # the root cause of whatever followed
             out.verdict = torn
-        out.flows = [cpu_flow(result.truth.retired[c], async_events(result.truth.events, c),
-                              result.final_rips[c]) for c in range(self.built.cpus)]
+        out.flows = verify.flows(result.truth, result.final_rips, self.engine)
         out.streams = verify.encode_all(out.flows, result.final_rips, self.trace, self.engine)
         if self.decode:
             out.decode = verify.check_both(out.streams, out.flows, result.text_start,

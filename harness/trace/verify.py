@@ -9,14 +9,17 @@ from dataclasses import dataclass, field
 from emu import layout
 from emu.engine import Engine
 from emu.text_poke_record import TextPokeRecord
+from emu.truth import GroundTruth
 from emu.verdict import Verdict, VerdictKind
-from harness.trace.pt.decoder import Ambiguous, DecodeResult, decode
+from harness.trace.pt import native
+from harness.trace.pt.decoder import Ambiguous, DecodeResult, Step, decode
 from harness.trace.pt.encoder import TraceConfig, encode_cpu
-from harness.trace.pt.flow import FlowItem
+from harness.trace.pt.flow import FlowItem, async_events, cpu_flow
 from harness.trace.pt.image import Image, ImageError, check_records
+from harness.trace.pt.packed_flow import Flow, PackedFlow
 from harness.trace.pt.query import items_until_error
 
-__all__ = ["check", "compare", "encode_all"]
+__all__ = ["check", "check_both", "compare", "encode_all", "flows"]
 
 
 @dataclass
@@ -48,44 +51,74 @@ class DecodeReport:
                          for c in self.cpus]}
 
 
-def compare(cpu: int, flow: list[FlowItem], res: DecodeResult) -> Verdict | None:
+def compare(cpu: int, flow: Flow, res: DecodeResult) -> Verdict | None:
     """The first place where the decoded flow and the real one part."""
     for item, step in zip(flow, res.steps, strict=False):
         if item.ip != step.ip or item.code != step.code:
-            want = "async branch" if not item.code else item.code.hex(" ")
-            got = "async branch" if not step.code else step.code.hex(" ")
-            return Verdict(VerdictKind.DECODE_DIVERGENCE,
-                           f"cpu{cpu} tick {item.tick}, packet offset {step.offset:#x}: executed "
-                           f"{want} at {item.ip:#x}, decoded {got} at {step.ip:#x}",
-                           cpu=cpu, rip=item.ip, fetched=item.code, event="decode",
-                           extra={"tick": item.tick, "offset": step.offset,
-                                  "decoded_ip": step.ip, "decoded": step.code.hex()})
-    if res.error is not None:
-        kind = VerdictKind.AMBIGUOUS if isinstance(res.error, Ambiguous) else \
+            return _diverged(cpu, item, step)
+    return _ending(cpu, flow, len(res.steps), res.error, res.ended)
+
+
+def _diverged(cpu: int, item: FlowItem, step: Step) -> Verdict:
+    want = "async branch" if not item.code else item.code.hex(" ")
+    got = "async branch" if not step.code else step.code.hex(" ")
+    return Verdict(VerdictKind.DECODE_DIVERGENCE,
+                   f"cpu{cpu} tick {item.tick}, packet offset {step.offset:#x}: executed "
+                   f"{want} at {item.ip:#x}, decoded {got} at {step.ip:#x}",
+                   cpu=cpu, rip=item.ip, fetched=item.code, event="decode",
+                   extra={"tick": item.tick, "offset": step.offset,
+                          "decoded_ip": step.ip, "decoded": step.code.hex()})
+
+
+def _ending(cpu: int, flow: Flow, steps: int, error: Exception | None,
+            ended: bool) -> Verdict | None:
+    """After the steps that agree: the decoder's error, or steps missing or left over."""
+    if error is not None:
+        kind = VerdictKind.AMBIGUOUS if isinstance(error, Ambiguous) else \
             VerdictKind.DECODE_ERROR
-        return Verdict(kind, f"cpu{cpu}: {res.error}", cpu=cpu,
-                       rip=getattr(res.error, "ip", None), event="decode",
-                       extra={"offset": getattr(res.error, "offset", None)})
-    if len(res.steps) != len(flow) or not res.ended:
-        tick = flow[len(res.steps)].tick if len(res.steps) < len(flow) else None
-        return Verdict(VerdictKind.DECODE_DIVERGENCE, f"cpu{cpu}: decoded {len(res.steps)} "
+        return Verdict(kind, f"cpu{cpu}: {error}", cpu=cpu,
+                       rip=getattr(error, "ip", None), event="decode",
+                       extra={"offset": getattr(error, "offset", None)})
+    if steps != len(flow) or not ended:
+        tick = flow[steps].tick if steps < len(flow) else None
+        return Verdict(VerdictKind.DECODE_DIVERGENCE, f"cpu{cpu}: decoded {steps} "
                        f"steps, the CPU executed {len(flow)} (first missing at tick {tick})",
                        cpu=cpu, event="decode")
     return None
 
 
-def encode_all(flows: list[list[FlowItem]], final_rips: list[int],
+def flows(truth: GroundTruth, final_rips: list[int],
+          engine: Engine = Engine.REFERENCE) -> list[Flow]:
+    """Each CPU's flow (flow.py); packed (packed_flow.py) where the native pipeline runs."""
+    if native.available(engine):
+        return [native.cpu_flow(truth.retired[c], async_events(truth.events, c), rip)
+                for c, rip in enumerate(final_rips)]
+    return [cpu_flow(truth.retired[c], async_events(truth.events, c), rip)
+            for c, rip in enumerate(final_rips)]
+
+
+def encode_all(flows: list[Flow], final_rips: list[int],
                config: TraceConfig, engine: Engine = Engine.REFERENCE) -> list[bytes]:
+    if native.available(engine):
+        return [native.encode_cpu(_packed(f), rip, config)
+                for f, rip in zip(flows, final_rips, strict=True)]
     return [encode_cpu(f, rip, config) for f, rip in zip(flows, final_rips, strict=True)]
 
 
-def check_both(streams: list[bytes], flows: list[list[FlowItem]], text_start: bytes,
+def _packed(flow: Flow) -> PackedFlow:
+    return flow if isinstance(flow, PackedFlow) else PackedFlow.from_items(flow)
+
+
+def check_both(streams: list[bytes], flows: list[Flow], text_start: bytes,
                text_end: bytes, records: list[TextPokeRecord],
                engine: Engine = Engine.REFERENCE) -> list[DecodeReport]:
     """`check` forward, then backward, each stream's packets parsed once for both. This is a
     live run's check: its records are what the guest emitted, so a record that misleads the
     decoder is a verdict where the decoded flow leaves the executed one (a divergence with its
     packet offset), not a malformed input (see `check`'s `check_records`)."""
+    if native.available(engine):  # parsing in C costs less than keeping the items
+        return [check(streams, flows, text_start, text_end, records, backward, None, False,
+                      engine) for backward in (False, True)]
     parsed = [items_until_error(s) for s in streams]
     return [check(streams, flows, text_start, text_end, records, backward, parsed, False)
             for backward in (False, True)]
@@ -103,20 +136,25 @@ def records_error(text_start: bytes, text_end: bytes,
     return None
 
 
-def check(streams: list[bytes], flows: list[list[FlowItem]], text_start: bytes,
+def check(streams: list[bytes], flows: list[Flow], text_start: bytes,
           text_end: bytes, records: list[TextPokeRecord], backward: bool = False,
-          parsed: list | None = None, check_records: bool = True) -> DecodeReport:
+          parsed: list | None = None, check_records: bool = True,
+          engine: Engine = Engine.REFERENCE) -> DecodeReport:
     """Decode every CPU's stream over the image, forward from the start snapshot or backward
     from the end one, and compare with the flow it ran. With `check_records` (a saved run:
     the trace is input) first check that the records take the one snapshot to the other, and
     decode nothing over records that do not. `parsed`: each stream's items, when the caller
-    decodes both ways."""
+    decodes both ways. Under the fast engine the native pipeline decodes and compares."""
     report = DecodeReport("backward" if backward else "forward")
     if check_records:
         report.trace = records_error(text_start, text_end, records)
         if report.trace is not None:
             return report
     for cpu, (stream, flow) in enumerate(zip(streams, flows, strict=True)):
+        if native.available(engine):
+            report.cpus.append(_check_native(cpu, stream, flow, text_end if backward else
+                                             text_start, records, backward))
+            continue
         try:
             image = Image(layout.TEXT_BASE, text_end if backward else text_start, records,
                           backward)
@@ -127,3 +165,19 @@ def check(streams: list[bytes], flows: list[list[FlowItem]], text_start: bytes,
         res = decode(stream, image, len(flow) + 16, parsed[cpu] if parsed else None)
         report.cpus.append(CpuCheck(cpu, len(res.steps), compare(cpu, flow, res)))
     return report
+
+
+def _check_native(cpu: int, stream: bytes, flow: Flow, text: bytes,
+                  records: list[TextPokeRecord], backward: bool) -> CpuCheck:
+    """One CPU of `check`'s loop, decoded and compared in C: the same CpuCheck."""
+    packed = _packed(flow)
+    try:
+        res = native.decode(stream, layout.TEXT_BASE, text, records, backward,
+                            len(packed) + 16, packed)
+    except ImageError as e:  # undoing a record outside the text
+        return CpuCheck(cpu, 0, Verdict(VerdictKind.DECODE_ERROR, f"cpu{cpu}: {e}", cpu=cpu,
+                                        event="decode"))
+    if res.divergence is not None:
+        index, step = res.divergence
+        return CpuCheck(cpu, res.steps, _diverged(cpu, packed[index], step))
+    return CpuCheck(cpu, res.steps, _ending(cpu, packed, res.steps, res.error, res.ended))
