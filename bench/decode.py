@@ -156,6 +156,39 @@ def libipt_main(as_json: bool) -> None:
                              f"{r['insn_per_s']} decoded/s over {r['instructions']} insns"))
 
 
+def libipt_native_rates(stream: bytes, text: bytes, base: int, rounds: int = 20
+                        ) -> dict[str, tuple[int, float]] | str:
+    """libipt's own speed in C (bench/libipt_rate.c, built here with gcc against
+    libipt.so.2) on `stream` over a static image of `text`: per decoder, (instructions
+    decoded, instructions/s of the fastest round); a string saying why not."""
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from harness.trace import libipt
+
+    if not shutil.which("gcc") or isinstance(libipt.load(), libipt.LibiptMissing):
+        return "needs gcc and libipt.so.2 (apt-get install libipt2)"
+    src = Path(__file__).with_name("libipt_rate.c")
+    with tempfile.TemporaryDirectory() as tmp:
+        exe, sfile, tfile = Path(tmp) / "rate", Path(tmp) / "stream.pt", Path(tmp) / "text"
+        done = subprocess.run(["gcc", "-O2", "-o", str(exe), str(src), "-l:libipt.so.2"],
+                              capture_output=True, text=True)
+        if done.returncode:
+            return f"could not build {src.name}: {done.stderr.strip()[:200]}"
+        sfile.write_bytes(stream)
+        tfile.write_bytes(text)
+        out = {}
+        for flavour in ("insn", "blk"):
+            line = subprocess.run([str(exe), flavour, str(sfile), str(tfile), str(len(text)),
+                                   str(base), str(rounds)], capture_output=True, text=True,
+                                  check=True).stdout.split()
+            count, seconds = int(line[0]), float(line[1])
+            out[f"libipt pt_{flavour}"] = (count, count / seconds)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", action="store_true")
@@ -176,6 +209,16 @@ def main() -> None:
     print("static_key cpu1 stream, image without records, decode only: " + ", ".join(
         f"{what} {rate / 1e6:.2f} M/s" for what, rate in rates.items() if what != "instructions")
         + f" ({rates['instructions']} instructions)")
+    from emu import layout
+
+    theirs = libipt_native_rates(out.streams[1], out.result.text_start, layout.TEXT_BASE)
+    if isinstance(theirs, str):
+        print(f"libipt: {theirs}")
+        return
+    ours = rates.get("fast", rates["reference"])
+    for what, (count, rate) in theirs.items():
+        print(f"  {what} (C, same bytes and image): {rate / 1e6:.2f} M/s ({count} "
+              f"instructions); ours / theirs = {ours / rate:.2f}")
 
 
 if __name__ == "__main__":
