@@ -13,12 +13,11 @@ import os
 import signal
 import sys
 import traceback
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .errors import BadInput
+from .errors import BadInput, WorkerDied
 
 if TYPE_CHECKING:
     from harness.scenario.load import Origin, ScenarioRef
@@ -229,9 +228,14 @@ def _explore(args: argparse.Namespace) -> int:
     else:
         progress = progress_bar() if sys.stderr.isatty() else None
     try:
+        tls = None
+        if args.tls_cert or args.tls_key or args.tls_ca_file:
+            from harness.explore.cluster import Tls
+
+            tls = Tls(args.tls_ca_file or "", args.tls_cert or "", args.tls_key or "")
         summary = explore(plan, args.schedules, args.time, args.jobs, args.db, args.resume,
                           stop_at_first=args.stop_at_first, progress=progress,
-                          interruptible=True)
+                          interruptible=True, cluster=args.cluster, tls=tls)
     except ScenarioError as e:
         return _bad_input(str(e))
     if sys.stderr.isatty() and not args.log:
@@ -435,15 +439,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how many (default 100; exhaustive: until the space is exhausted)")
     ex.add_argument("--time", type=positive_seconds, help="seconds to explore for")
     ex.add_argument("--jobs", type=positive_int, default=1,
-                    help="processes (exhaustive: one searches, N verify the paths)")
+                    help="worker processes of a local Dask cluster on 127.0.0.1 (1: this "
+                         "process alone)")
+    ex.add_argument("--cluster", metavar="tcp://HOST:PORT",
+                    help="run on this Dask scheduler (default $TEXTPOKE_CLUSTER); a scheduler "
+                         "runs whatever its clients send: never on an untrusted network")
+    ex.add_argument("--tls-ca-file", help="tls:// cluster: the CA certificate (Dask Security)")
+    ex.add_argument("--tls-cert", help="tls:// cluster: this client's certificate")
+    ex.add_argument("--tls-key", help="tls:// cluster: this client's private key")
     ex.add_argument("--seed", type=count, default=0, help="schedule i uses seed SEED+i")
     ex.add_argument("--depth", type=positive_int, default=3, help="PCT bug depth d (>= 1)")
     ex.add_argument("--db", help="SQLite file the results are written to as they are found")
     ex.add_argument("--resume", action="store_true", help="continue the exploration in --db")
     ex.add_argument("--no-shrink", action="store_true")
     ex.add_argument("--stop-at-first", action="store_true",
-                    help="stop at the first failure and shrink only it (with --jobs, the "
-                         "lowest-numbered failure of the schedules already running)")
+                    help="stop at the first failure and shrink only it (on a cluster, every "
+                         "worker stops; random/PCT: the lowest-numbered failure)")
     ex.add_argument("--log", action="store_true", help="a line per finished schedule")
     ex.add_argument("--json", action="store_true")
     _scenarios_option(ex)
@@ -526,10 +537,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # `explore` handles it itself and reports what it found
         print(f"textpoke {args.command}: interrupted", file=sys.stderr)
         return INTERRUPTED
-    except BrokenProcessPool as e:  # killed, or out of memory: nothing to retry here
-        print(f"textpoke {args.command}: error: a --jobs worker process died ({e}); the "
-              "schedules finished before it are kept in --db (continue with --resume)",
-              file=sys.stderr)
+    except WorkerDied as e:  # Dask gave up: the task's workers kept dying (out of memory)
+        print(f"textpoke {args.command}: error: a cluster worker process died under the same "
+              f"task too often ({e}); the schedules finished before are kept in --db "
+              "(continue with --resume)", file=sys.stderr)
         return WORKER_DIED
     except BrokenPipeError:
         _stdout_gone()

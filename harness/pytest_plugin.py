@@ -12,11 +12,14 @@
 A variant with an expected verdict (`Variant(cfg, expect="torn_execution")`, a buggy one)
 passes when that failure is found within the budget. Options: --textpoke-seed N (first seed),
 --textpoke-replay TOKEN (in the test whose check names the token's scenario and variant, run
-just that schedule; every other test is skipped).
+just that schedule; every other test is skipped), --textpoke-cluster tcp://HOST:PORT (or
+TEXTPOKE_CLUSTER: explore on that Dask cluster, harness/explore/cluster.py; the scenario must
+be importable there: a shipped one, or a test module's by its file).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -29,6 +32,7 @@ from harness.explore.explore import (
     Plan,
     ScheduleResult,
     exhaustive_search,
+    explore,
     pct_steps,
     replay,
     run_one,
@@ -79,7 +83,8 @@ class Textpoke:
     def __init__(self, strategy: str, schedules: int | None, seed: int, depth: int,
                  replay: str | None, preemptions: int = 2, delays: int = 2,
                  dpor: bool = False, interrupts: int = 1,
-                 module: ModuleType | None = None, engine: Engine | None = None) -> None:
+                 module: ModuleType | None = None, engine: Engine | None = None,
+                 cluster: str | None = None) -> None:
         if strategy not in STRATEGIES:
             raise pytest.UsageError(f"textpoke marker: unknown strategy {strategy!r}; use "
                                     f"{'|'.join(STRATEGIES)}")
@@ -89,6 +94,7 @@ class Textpoke:
         self.replay_token = replay
         self.module = module  # the test's module: where its scenarios are looked for first
         self.engine = engine  # None: the fast engine where its native code is installed
+        self.cluster = cluster  # a Dask scheduler's address (None: this process)
         self.ran = 0
         self.replayed = 0  # checks the --textpoke-replay token named
         self.not_replayed: list[str] = []  # checks it did not name (scenario [variant])
@@ -120,6 +126,8 @@ class Textpoke:
                      origin_of(scenario, self.module))
         if self.replay_token:
             return self._replay(chk, cpus)
+        if self.cluster:
+            return self._on_cluster(chk, cpus)
         if self.strategy == "exhaustive":
             return self._exhaustive(chk, cpus)
         runner = Runner(scenario, name, cpus, engine=self.engine)
@@ -134,6 +142,25 @@ class Textpoke:
                 return i + 1
         self._not_found(chk, f"in {n} {self.strategy} schedules")
         return n
+
+    def _on_cluster(self, chk: _Check, cpus: int | None) -> int:
+        """The same check on the --textpoke-cluster (cluster.py): the exploration stops at
+        the first failure; its results are judged in order as a local check judges them."""
+        exhaustive = self.strategy == "exhaustive"
+        plan = Plan(chk.scenario.name, chk.variant, cpus, self.strategy, self.seed, self.depth,
+                    shrink=not chk.expected, preemptions=self.preemptions, delays=self.delays,
+                    dpor=self.dpor, interrupts=self.interrupts, origin=chk.origin,
+                    engine=self.engine)
+        n = self.schedules if self.schedules is not None or exhaustive else 20
+        summary = explore(plan, n, stop_at_first=True, cluster=self.cluster)
+        if exhaustive:
+            self.exhausted = summary.exhausted
+        for res in summary.results:
+            if self._verdict(chk, res):
+                return len(summary.results)
+        self._not_found(chk, f"in {len(summary.results)} {self.strategy} schedules on "
+                             f"{self.cluster}")
+        return len(summary.results)
 
     def _replay(self, chk: _Check, cpus: int | None) -> int:
         tok = Token.decode(str(self.replay_token))
@@ -213,6 +240,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run only the schedule of this replay token")
     group.addoption("--textpoke-engine", choices=[e.value for e in Engine], default=None,
                     help="fast (default: native code) or reference (pure Python)")
+    group.addoption("--textpoke-cluster", default=None, metavar="tcp://HOST:PORT",
+                    help="explore on this Dask scheduler (default $TEXTPOKE_CLUSTER)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -237,7 +266,9 @@ def textpoke(request: pytest.FixtureRequest) -> Textpoke:
                     int(kw.get("depth", 3)), replay, int(kw.get("preemptions", 2)),
                     int(kw.get("delays", 2)), bool(kw.get("dpor", False)),
                     int(kw.get("interrupts", 1)), getattr(request, "module", None),
-                    _engine(request.config.getoption("--textpoke-engine")))
+                    _engine(request.config.getoption("--textpoke-engine")),
+                    request.config.getoption("--textpoke-cluster")
+                    or os.environ.get("TEXTPOKE_CLUSTER") or None)
 
 
 def _engine(value: str | None) -> Engine | None:

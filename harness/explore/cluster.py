@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from harness.errors import BadInput
+from harness.errors import BadInput, WorkerDied
 
 from .explore import Plan, ScheduleResult
 from .partition import Partition, Region
@@ -44,11 +44,6 @@ class ClusterError(BadInput):
     """The cluster cannot be used for this exploration: unreachable, no workers, a worker
     of another textpoke or build, one that cannot load the scenario, a result that does not
     match its task. Names the address and what differs."""
-
-
-class WorkerDied(RuntimeError):
-    """Dask gave up on a task whose workers kept dying (`distributed.scheduler.allowed-
-    failures`): a harness or machine problem (out of memory), not the user's input."""
 
 
 @dataclass(frozen=True)
@@ -93,9 +88,12 @@ class Cluster:
 
     client: object  # distributed.Client
     address: str
+    parallel: int | None = None  # tasks in flight (None: one per worker)
 
     @property
     def workers(self) -> int:
+        if self.parallel is not None:
+            return self.parallel
         return max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
 
     def check(self, plan: Plan, build: str) -> None:
@@ -134,11 +132,13 @@ class Cluster:
 @contextmanager
 def connect(spec: ClusterSpec, client: object | None = None) -> Iterator[Cluster]:
     """The cluster `spec` names (a LocalCluster on 127.0.0.1, or a running scheduler), or
-    `client`'s (a test's shared cluster), closed after unless it was given."""
+    `client`'s (a test's shared cluster, with `spec.jobs` > 1 tasks in flight), closed after
+    unless it was given."""
     from distributed import Client, LocalCluster
 
     if client is not None:
-        yield Cluster(client, str(client.scheduler.address))
+        yield Cluster(client, str(client.scheduler.address),
+                      spec.jobs if spec.jobs > 1 else None)
         return
     logging.getLogger("distributed").setLevel(logging.ERROR)
     if spec.address is None:

@@ -157,6 +157,7 @@ class Search:
         # the bottom level's own choices end at `limit` (None: its last): a part of the
         # frontier split off for another worker (partition.py) owns only its range
         self.limit = limit
+        self.last: Level | None = None
 
     def source(self) -> ExhaustiveSource:
         """The decision source of the next schedule: its prefix, then the simplest values."""
@@ -183,7 +184,8 @@ class Search:
             node.todo = set(range(node.arity)) if full else {node.value}
             node.done = {node.value}
             path.append(node)
-        self.levels.append(Level(len(prefix) - 1, path))
+        self.last = Level(len(prefix) - 1, path)  # the run just taken in, as a level
+        self.levels.append(self.last)
         if self.reduce:
             backtrack(path, src.steps)
         self.exhausted = not self._advance()

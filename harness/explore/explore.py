@@ -279,7 +279,7 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
         if spec is not None or client is not None:
             from .cluster import ClusterSpec, connect
 
-            with connect(spec or ClusterSpec(), client) as cl:
+            with connect(spec or ClusterSpec(jobs), client) as cl:
                 summary.exhausted = _on_cluster(cl, plan, summary, indices, more, started,
                                                 record_all, stop_at_first, schedules,
                                                 results_db.frontier(exp_id) if results_db

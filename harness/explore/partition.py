@@ -64,7 +64,7 @@ class RegionRun:
             self.limit = None if state["limit"] is None else int(state["limit"])
             self.owners = [(int(lo), int(hi), int(lv)) for lo, hi, lv in state["owners"]]
             nodes = [_node_from_state(x) for x in state["nodes"]]
-            if not nodes:  # the search's first run is still to be made
+            if state.get("fresh"):  # the search's first run is still to be made
                 self.root: Level | None = None
                 self.search = Search(bound, reduce)
                 self._before: dict[int, frozenset[int]] = {}
@@ -117,8 +117,8 @@ class RegionRun:
 
     def finish(self, src: ExhaustiveSource) -> None:
         self.search.finish(src)
-        if self.root is None:
-            self.root = self.search.levels[0]
+        if self.root is None:  # the first run: the root level (done already, if it is all)
+            self.root = self.search.last
 
     def prefix(self) -> list[int]:
         """The choices every run of this region starts with (up to its range)."""
@@ -152,7 +152,8 @@ class RegionRun:
         return _state_of(self.search, self.level, self.limit, self.owners, self.root)
 
 
-FRESH = {"level": 0, "base": -1, "limit": None, "owners": [], "nodes": [], "upper": []}
+FRESH = {"level": 0, "base": -1, "limit": None, "owners": [], "nodes": [], "upper": [],
+         "fresh": True}
 
 
 def _state_of(search: Search, level: int, limit: int | None,

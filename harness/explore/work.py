@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from importlib.metadata import PackageNotFoundError, version
 
+from harness import __version__
 from harness.errors import BadInput
 from harness.scenario.text_poke_loc import ScenarioError
 
@@ -20,14 +20,10 @@ from .explore import Plan, judge, plan_runner, run_one
 from .partition import RegionRun
 from .token import fingerprint
 
-PACKAGE = "textpoke-harness"
-
 
 def textpoke_version() -> str:
-    try:
-        return version(PACKAGE)
-    except PackageNotFoundError:  # run from a checkout that is not installed
-        return "unknown"
+    """This process's textpoke (`textpoke --version`)."""
+    return __version__
 
 
 def _here() -> str:
@@ -40,11 +36,17 @@ def _here() -> str:
         return "this process"
 
 
+_BUILDS: dict[Plan, str] = {}
+
+
 def build_of(plan: Plan) -> str:
     """The fingerprint of the build `plan` runs (guest code, data, machine, trace): what a
-    worker must share with the client for their results to mean the same."""
-    runner = plan_runner(plan, event_mode=plan.strategy == "exhaustive")
-    return fingerprint(runner.built, runner.trace)
+    worker must share with the client for their results to mean the same. Computed once
+    per process and plan, as its runner is built once (explore.runner_for)."""
+    if plan not in _BUILDS:
+        runner = plan_runner(plan, event_mode=plan.strategy == "exhaustive")
+        _BUILDS[plan] = fingerprint(runner.built, runner.trace)
+    return _BUILDS[plan]
 
 
 def identity(plan: Plan) -> dict:
