@@ -153,13 +153,15 @@ class Textpoke:
                     engine=self.engine)
         n = self.schedules if self.schedules is not None or exhaustive else 20
         summary = explore(plan, n, stop_at_first=True, cluster=self.cluster)
+        budget = f"in {len(summary.results)} {self.strategy} schedules on {self.cluster}"
         if exhaustive:
             self.exhausted = summary.exhausted
+            budget += (f" ({plan.bound}; space "
+                       f"{'exhausted' if self.exhausted else 'NOT exhausted'})")
         for res in summary.results:
             if self._verdict(chk, res):
-                return len(summary.results)
-        self._not_found(chk, f"in {len(summary.results)} {self.strategy} schedules on "
-                             f"{self.cluster}")
+                return res.idx + 1
+        self._not_found(chk, budget)
         return len(summary.results)
 
     def _replay(self, chk: _Check, cpus: int | None) -> int:

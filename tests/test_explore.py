@@ -196,19 +196,23 @@ def terminal_sigint() -> None:
 
 
 @pytest.mark.parametrize("strategy", ["random", "exhaustive"])
-def test_ctrl_c_reports_what_was_found_and_resume_goes_on(tmp_path, strategy):
-    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it (workers too): a
-    summary of the recorded schedules, no traceback, exit 130; --resume finishes the rest."""
+def test_ctrl_c_reports_what_was_found_and_resume_goes_on(tmp_path, strategy, request):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it (the --jobs
+    LocalCluster's workers too; exhaustive: on the tests' shared cluster): a summary of the
+    recorded schedules, no traceback, exit 130; --resume finishes the rest."""
     db = tmp_path / "x.db"
+    where = ["--jobs", "2"] if strategy == "random" else \
+        ["--cluster", request.getfixturevalue("dask_client").scheduler.address]
     cmd = [sys.executable, "-m", "harness", "explore", "z4_bytewise", "--variant", "fixed",
-           "--strategy", strategy, "--jobs", "2", "--db", str(db), "--json",
+           "--strategy", strategy, *where, "--db", str(db), "--json",
            *(["--preemptions", "1", "--delays", "0", "--interrupts", "0"]
              if strategy == "exhaustive" else ["--schedules", "40"])]
     proc = subprocess.Popen([*cmd, "--log"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True, preexec_fn=terminal_sigint)
     lines = []
     for line in proc.stderr:  # wait for results, not for time (--json: the log is on stderr)
-        lines.append(line)
+        if line.startswith("schedule "):  # not a worker's own message
+            lines.append(line)
         if len(lines) == 4:
             os.killpg(proc.pid, signal.SIGINT)
             break

@@ -38,6 +38,7 @@ CONNECT_TIMEOUT = 10.0  # seconds to reach a scheduler
 WORKER_TIMEOUT = 60.0  # seconds for a scheduler's first worker (or the local ones) to come
 BATCH_SECONDS = 1.0  # the work a random/PCT task carries (Dask: a task should run >= ~1 s)
 SLICE_SECONDS = 1.0  # an exhaustive task's time slice before it returns what is left
+WORKER_SETUP = "harness.explore.work"  # its dask_setup: Ctrl-C to the client, die with it
 
 
 class ClusterError(BadInput):
@@ -144,7 +145,7 @@ def connect(spec: ClusterSpec, client: object | None = None) -> Iterator[Cluster
     if spec.address is None:
         local = LocalCluster(n_workers=spec.jobs, threads_per_worker=1, processes=True,
                              host="127.0.0.1", dashboard_address=None,
-                             silence_logs=logging.ERROR)
+                             silence_logs=logging.ERROR, preload=[WORKER_SETUP])
         client = Client(local)
         try:
             client.wait_for_workers(spec.jobs, timeout=WORKER_TIMEOUT)

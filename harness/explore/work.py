@@ -9,6 +9,9 @@ it cannot load) comes back as data naming it, not as an exception to unpickle.""
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 import time
 from dataclasses import asdict
 
@@ -19,6 +22,24 @@ from harness.scenario.text_poke_loc import ScenarioError
 from .explore import Plan, judge, plan_runner, run_one
 from .partition import RegionRun
 from .token import fingerprint
+
+PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
+
+
+def dask_setup(worker) -> None:
+    """Preload of the LocalCluster's worker processes (cluster.connect): a worker leaves
+    Ctrl-C to the client (a terminal sends SIGINT to the whole process group) and dies with
+    it, however the client ends (SIGKILL included): prctl(PR_SET_PDEATHSIG, SIGKILL)
+    (kernel/sys.c), then getppid() to close the race of a parent already gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+        if os.getppid() == 1:  # the client is already gone: nothing to work for
+            os._exit(1)
 
 
 def textpoke_version() -> str:
