@@ -229,13 +229,13 @@ def run_batches(cl: Cluster, plan: Plan, variant: str, build: str,
                 indices: Iterator[int], more: Callable[[int], bool],
                 started: Callable[[list[tuple[int, int]]], None],
                 record: Callable[[list[ScheduleResult]], None],
-                stop_at_first: bool) -> list[ScheduleResult]:
+                stop_at_first: bool) -> tuple[list[ScheduleResult], int]:
     """Random/PCT on the cluster: batches of schedules (the first of one schedule each, then
     sized to BATCH_SECONDS from what came back), their rows committed (`started`) before
     each is submitted, their results recorded as each batch comes back. With
     `stop_at_first`, a batch ends at its first failure and the others at a schedule past the
     lowest failure known; failures are returned unshrunk ("held") for the caller to shrink
-    the lowest. Returns the held failures."""
+    the lowest. Returns the held failures and how many tasks ran."""
     from distributed import as_completed
 
     flag = cl.flag() if stop_at_first else None
@@ -247,6 +247,7 @@ def run_batches(cl: Cluster, plan: Plan, variant: str, build: str,
     first_fail: int | None = None
     source = iter(indices)
     lookahead: list[int] = []
+    tasks: list[int] = []
 
     def submit() -> bool:
         size = 1 if per_schedule is None else max(1, math.ceil(BATCH_SECONDS / per_schedule))
@@ -261,6 +262,7 @@ def run_batches(cl: Cluster, plan: Plan, variant: str, build: str,
         started([(i, schedule_seed(plan.strategy, plan.seed, i)) for i in batch])
         fut = cl.client.submit(run_batch, work, batch, flag, pure=False)
         inflight[fut] = batch
+        tasks.append(len(batch))
         pending.add(fut)
         return True
 
@@ -295,7 +297,7 @@ def run_batches(cl: Cluster, plan: Plan, variant: str, build: str,
         record(out)
         if not (stop_at_first and first_fail is not None):
             submit()
-    return held
+    return held, len(tasks)
 
 
 def _no_shrink(plan: Plan) -> Plan:
@@ -307,11 +309,12 @@ def _no_shrink(plan: Plan) -> Plan:
 def run_regions(cl: Cluster, plan: Plan, variant: str, build: str, part: Partition,
                 more: Callable[[int], bool], budget: Callable[[], int | None],
                 record: Callable[[list[ScheduleResult]], None],
-                stop_at_first: bool, first: int) -> bool:
+                stop_at_first: bool, first: int) -> tuple[bool, int]:
     """Exhaustive on the cluster: waiting regions handed to workers for a slice each; a
     returned region goes back into the partition with its reports, and when workers would
     be idle, waiting regions are split (partition.py). Each slice's results are recorded
-    with the frontier after it (`record`). True when the search is exhausted."""
+    with the frontier after it (`record`). Returns whether the search is exhausted, and how
+    many tasks ran."""
     from distributed import as_completed
 
     flag = cl.flag() if stop_at_first else None
@@ -320,6 +323,7 @@ def run_regions(cl: Cluster, plan: Plan, variant: str, build: str, part: Partiti
     next_idx = first
     stopping = False
     slice_budget: dict[object, int | None] = {}
+    tasks: list[int] = []
 
     def fill() -> None:
         want = cl.workers
@@ -338,6 +342,7 @@ def run_regions(cl: Cluster, plan: Plan, variant: str, build: str, part: Partiti
                                    flag, pure=False)
             inflight[fut] = region
             slice_budget[fut] = spare
+            tasks.append(region.id)
             pending.add(fut)
 
     fill()
@@ -362,4 +367,4 @@ def run_regions(cl: Cluster, plan: Plan, variant: str, build: str, part: Partiti
         if not more(next_idx):
             stopping = True
         fill()
-    return part.exhausted
+    return part.exhausted, len(tasks)

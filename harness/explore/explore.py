@@ -98,6 +98,7 @@ class Summary:
     exhausted: bool | None = None  # exhaustive: was the bounded space exhausted
     interrupted: bool = False  # stopped by Ctrl-C (SIGINT): what was recorded stands
     first_failure_seconds: float | None = None  # when this session recorded its 1st failure
+    tasks: int = 0  # on a cluster: the tasks this session ran there (batches, slices)
 
     @property
     def failures(self) -> list[ScheduleResult]:
@@ -328,8 +329,8 @@ def _on_cluster(cl, plan: Plan, summary: Summary, indices, more, started, record
     cl.check(plan, build)
     variant = runner.built.variant
     if not exhaustive:
-        held = run_batches(cl, plan, variant, build, indices, more, started,
-                           record_all, stop_at_first)
+        held, summary.tasks = run_batches(cl, plan, variant, build, indices, more, started,
+                                          record_all, stop_at_first)
         if held:  # --stop-at-first: shrink only the lowest failure, as one process does
             first = min(held, key=lambda r: r.idx)
             for r in sorted(held, key=lambda r: r.idx):
@@ -347,9 +348,10 @@ def _on_cluster(cl, plan: Plan, summary: Summary, indices, more, started, record
         return None if schedules is None else schedules - len(summary.results)
 
     # --stop-at-first: a slice ends at its failure, which its worker shrinks
-    return run_regions(cl, plan, variant, build, part, more, budget,
-                       lambda rs: record_all(rs, frontier()), stop_at_first,
-                       len(summary.results))
+    exhausted, summary.tasks = run_regions(cl, plan, variant, build, part, more, budget,
+                                           lambda rs: record_all(rs, frontier()),
+                                           stop_at_first, len(summary.results))
+    return exhausted
 
 
 def _frontier_json(build: str, part, live) -> str:
