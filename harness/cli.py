@@ -218,6 +218,13 @@ def _explore(args: argparse.Namespace) -> int:
                 shrink=not args.no_shrink, preemptions=args.preemptions, delays=args.delays,
                 dpor=args.dpor, interrupts=args.interrupts, origin=ref.origin,
                 engine=_engine(args))
+    tls = None
+    if args.tls_cert or args.tls_key or args.tls_ca_file:
+        from harness.explore.cluster import Tls
+
+        tls = Tls(args.tls_ca_file or "", args.tls_cert or "", args.tls_key or "")
+    if args.strategy == "side-by-side":
+        return _side_by_side(args, plan, tls)
     if args.log:
         log = sys.stderr if args.json else sys.stdout  # --json: only JSON on stdout
 
@@ -228,11 +235,6 @@ def _explore(args: argparse.Namespace) -> int:
     else:
         progress = progress_bar() if sys.stderr.isatty() else None
     try:
-        tls = None
-        if args.tls_cert or args.tls_key or args.tls_ca_file:
-            from harness.explore.cluster import Tls
-
-            tls = Tls(args.tls_ca_file or "", args.tls_cert or "", args.tls_key or "")
         summary = explore(plan, args.schedules, args.time, args.jobs, args.db, args.resume,
                           stop_at_first=args.stop_at_first, progress=progress,
                           interruptible=True, cluster=args.cluster, tls=tls)
@@ -282,6 +284,36 @@ def _explore(args: argparse.Namespace) -> int:
                       f"{f.shrunk_deviations}): "
                       f"textpoke replay {f.shrunk}")
     return FAILURE if fails else INTERRUPTED if summary.interrupted else NO_FAILURE
+
+
+def _side_by_side(args: argparse.Namespace, plan, tls) -> int:
+    """Random, PCT and exhaustive at once on a cluster; which found what first."""
+    from harness.explore.side_by_side import side_by_side
+
+    if args.db:
+        return _bad_input("--strategy side-by-side keeps no --db: explore each strategy "
+                          "with --db instead")
+    entries = side_by_side(plan, args.schedules, args.time, args.jobs, args.cluster, tls,
+                           args.stop_at_first)
+    doc = [{"strategy": e.strategy, "schedules": len(e.summary.results),
+            "failures": len(e.summary.failures),
+            "first_failure_seconds": None if e.first_failure_seconds is None else
+            round(e.first_failure_seconds, 2),
+            "first_failure": None if not e.summary.failures else
+            {"schedule": e.summary.failures[0].idx, "verdict": e.summary.failures[0].verdict,
+             "token": e.summary.failures[0].token, "shrunk_token": e.summary.failures[0].shrunk},
+            "exhausted": e.summary.exhausted} for e in entries]
+    if args.json:
+        print(json.dumps({"scenario": args.scenario, "variant": args.variant,
+                          "side_by_side": doc}, indent=2))
+    else:
+        for d in doc:
+            f = d["first_failure"]
+            print(f"{d['strategy']:10} {d['schedules']} schedules, {d['failures']} failing"
+                  + ("" if f is None else f"; first: schedule {f['schedule']} {f['verdict']} "
+                     f"after {d['first_failure_seconds']} s: textpoke replay "
+                     f"{f['shrunk_token'] or f['token']}"))
+    return FAILURE if any(d["failures"] for d in doc) else NO_FAILURE
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -423,8 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("scenario", help="NAME, FILE.py::NAME or MODULE::NAME")
     ex.add_argument("--variant")
     ex.add_argument("--cpus", type=int)  # the scenario names its range
-    ex.add_argument("--strategy", choices=list(STRATEGIES), default=DEFAULT_STRATEGY,
-                    help="portfolio (default): even schedules random, odd ones PCT")
+    ex.add_argument("--strategy", choices=[*STRATEGIES, "side-by-side"],
+                    default=DEFAULT_STRATEGY,
+                    help="portfolio (default): even schedules random, odd ones PCT; "
+                         "side-by-side: random, PCT and exhaustive at once on a cluster")
     ex.add_argument("--preemptions", type=count, default=2,
                     help="exhaustive: at most P non-simplest CPU choices")
     ex.add_argument("--delays", type=count, default=2,

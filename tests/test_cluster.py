@@ -22,7 +22,7 @@ import pytest
 from emu.path import Cost
 from harness import litmus
 from harness.cli import main
-from harness.errors import WorkerDied
+from harness.errors import BadInput, WorkerDied
 from harness.explore import cluster as C
 from harness.explore import partition as P
 from harness.explore.exhaustive import explore_exhaustive
@@ -341,3 +341,24 @@ def test_a_real_dask_scheduler_and_two_workers(tmp_path):
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def test_side_by_side_reports_which_strategy_found_what_first(dask_client):
+    """Random, PCT and exhaustive at once on the cluster; with --stop-at-first each stops
+    once any has a failure. z4's buggy race shows at random's first
+    schedule; on the fixed variant none finds anything."""
+    from harness.explore.side_by_side import side_by_side
+
+    plan = Plan("z4_bytewise", "buggy", preemptions=1, delays=0, interrupts=0, shrink=False)
+    entries = side_by_side(plan, schedules=60, stop_at_first=True, client=dask_client)
+    assert sorted(e.strategy for e in entries) == ["exhaustive", "pct", "random"]
+    first = entries[0]
+    assert first.first_failure_seconds is not None and first.summary.failures
+    # the others stopped too: none ran its whole budget (unstopped, all three do: exhaustive
+    # finds its first failure after a dozen schedules, and the random ones fail on most)
+    assert all(len(e.summary.results) < 60 for e in entries), \
+        [(e.strategy, len(e.summary.results)) for e in entries]
+    fixed = side_by_side(replace(plan, variant="fixed"), schedules=2, client=dask_client)
+    assert all(e.first_failure_seconds is None and not e.summary.failures for e in fixed)
+    with pytest.raises(BadInput, match="needs a cluster"):
+        side_by_side(plan, schedules=2)

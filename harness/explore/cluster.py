@@ -229,16 +229,18 @@ def run_batches(cl: Cluster, plan: Plan, variant: str, build: str,
                 indices: Iterator[int], more: Callable[[int], bool],
                 started: Callable[[list[tuple[int, int]]], None],
                 record: Callable[[list[ScheduleResult]], None],
-                stop_at_first: bool) -> tuple[list[ScheduleResult], int]:
+                stop_at_first: bool,
+                shared: str | None = None) -> tuple[list[ScheduleResult], int]:
     """Random/PCT on the cluster: batches of schedules (the first of one schedule each, then
     sized to BATCH_SECONDS from what came back), their rows committed (`started`) before
     each is submitted, their results recorded as each batch comes back. With
     `stop_at_first`, a batch ends at its first failure and the others at a schedule past the
     lowest failure known; failures are returned unshrunk ("held") for the caller to shrink
-    the lowest. Returns the held failures and how many tasks ran."""
+    the lowest. `shared`: a flag other explorations raise too (side_by_side.py). Returns
+    the held failures and how many tasks ran."""
     from distributed import as_completed
 
-    flag = cl.flag() if stop_at_first else None
+    flag = (shared or cl.flag()) if stop_at_first else None
     work = plan if not stop_at_first else _no_shrink(plan)
     pending = as_completed()
     inflight: dict[object, list[int]] = {}
@@ -300,6 +302,17 @@ def run_batches(cl: Cluster, plan: Plan, variant: str, build: str,
     return held, len(tasks)
 
 
+def shrunk_on(cl: Cluster, plan: Plan, variant: str, build: str, idx: int) -> ScheduleResult:
+    """Schedule `idx` again on the cluster, shrunk (--stop-at-first's lowest failure): this
+    process runs no machine."""
+    got = _checked(cl, plan, variant, build, _result(
+        cl.client.submit(run_batch, plan, [idx], None, pure=False)))
+    if got.get("indices") != [idx] or len(got["results"]) != 1:
+        raise ClusterError(f"cluster {cl.address}: worker {got.get('worker')} returned "
+                           f"schedules {got.get('indices')}, not [{idx}]: refused")
+    return schedule_result(got["results"][0], idx)
+
+
 def _no_shrink(plan: Plan) -> Plan:
     from dataclasses import replace
 
@@ -309,7 +322,8 @@ def _no_shrink(plan: Plan) -> Plan:
 def run_regions(cl: Cluster, plan: Plan, variant: str, build: str, part: Partition,
                 more: Callable[[int], bool], budget: Callable[[], int | None],
                 record: Callable[[list[ScheduleResult]], None],
-                stop_at_first: bool, first: int) -> tuple[bool, int]:
+                stop_at_first: bool, first: int,
+                shared: str | None = None) -> tuple[bool, int]:
     """Exhaustive on the cluster: waiting regions handed to workers for a slice each; a
     returned region goes back into the partition with its reports, and when workers would
     be idle, waiting regions are split (partition.py). Each slice's results are recorded
@@ -317,7 +331,7 @@ def run_regions(cl: Cluster, plan: Plan, variant: str, build: str, part: Partiti
     many tasks ran."""
     from distributed import as_completed
 
-    flag = cl.flag() if stop_at_first else None
+    flag = (shared or cl.flag()) if stop_at_first else None
     pending = as_completed()
     inflight: dict[object, Region] = {}
     next_idx = first

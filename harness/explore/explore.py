@@ -203,12 +203,15 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
             stop_at_first: bool = False,
             progress: Callable[[Summary], None] | None = None,
             interruptible: bool = False, cluster: str | None = None,
-            tls: object | None = None, client: object | None = None) -> Summary:
+            tls: object | None = None, client: object | None = None,
+            stop: Callable[[], bool] | None = None, flag: str | None = None) -> Summary:
     """Run and record the schedules of `plan`: in this process (`jobs` 1, no cluster), on a
     LocalCluster of `jobs` processes, on the Dask scheduler at `cluster` (TEXTPOKE_CLUSTER;
     `tls`: cluster.Tls), or on a connected `client`'s cluster (cluster.py). With
     `interruptible` (the command line), Ctrl-C ends the exploration with what was recorded
-    (`Summary.interrupted`); otherwise it propagates, as a caller such as pytest expects."""
+    (`Summary.interrupted`); otherwise it propagates, as a caller such as pytest expects.
+    `stop()` true ends it as a budget does, and on a cluster the Dask Variable `flag` set to
+    0 stops its running tasks (side_by_side.py: another strategy found a failure)."""
     if plan.strategy not in STRATEGIES:
         raise BadInput(f"unknown strategy {plan.strategy!r}: use {'|'.join(STRATEGIES)}")
     if schedules is None and seconds is None and plan.strategy != "exhaustive":
@@ -248,6 +251,8 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
             return False
         if seconds is not None and time.perf_counter() - start >= seconds:
             return False
+        if stop is not None and stop():
+            return False
         return not (stop_at_first and summary.failures)
 
     def record_all(rs: list[ScheduleResult], frontier: str | None = None) -> None:
@@ -284,7 +289,7 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
                 summary.exhausted = _on_cluster(cl, plan, summary, indices, more, started,
                                                 record_all, stop_at_first, schedules,
                                                 results_db.frontier(exp_id) if results_db
-                                                else None, results_db is not None)
+                                                else None, results_db is not None, flag)
         elif plan.strategy == "exhaustive":
             summary.exhausted = exhaustive_search(
                 plan, plan_runner(plan, event_mode=True), more,
@@ -317,10 +322,10 @@ def _env_cluster() -> str | None:
 
 def _on_cluster(cl, plan: Plan, summary: Summary, indices, more, started, record_all,
                 stop_at_first: bool, schedules: int | None, saved: str | None,
-                persist: bool) -> bool | None:
+                persist: bool, flag: str | None = None) -> bool | None:
     """The exploration on a connected cluster (cluster.py): after the handshake, random/PCT
     batches or exhaustive regions. Returns whether an exhaustive search was exhausted."""
-    from .cluster import run_batches, run_regions
+    from .cluster import run_batches, run_regions, shrunk_on
     from .partition import Partition
 
     exhaustive = plan.strategy == "exhaustive"
@@ -330,11 +335,12 @@ def _on_cluster(cl, plan: Plan, summary: Summary, indices, more, started, record
     variant = runner.built.variant
     if not exhaustive:
         held, summary.tasks = run_batches(cl, plan, variant, build, indices, more, started,
-                                          record_all, stop_at_first)
+                                          record_all, stop_at_first, flag)
         if held:  # --stop-at-first: shrink only the lowest failure, as one process does
             first = min(held, key=lambda r: r.idx)
             for r in sorted(held, key=lambda r: r.idx):
-                record_all([run_schedule(plan, r.idx) if r is first and plan.shrink else r])
+                record_all([shrunk_on(cl, plan, variant, build, r.idx)
+                            if r is first and plan.shrink else r])
         return None
     part = _resumed_partition(saved, plan, runner) if saved else \
         Partition.of(Search(plan.bound, plan.dpor))
@@ -350,7 +356,7 @@ def _on_cluster(cl, plan: Plan, summary: Summary, indices, more, started, record
     # --stop-at-first: a slice ends at its failure, which its worker shrinks
     exhausted, summary.tasks = run_regions(cl, plan, variant, build, part, more, budget,
                                            lambda rs: record_all(rs, frontier()),
-                                           stop_at_first, len(summary.results))
+                                           stop_at_first, len(summary.results), flag)
     return exhausted
 
 
