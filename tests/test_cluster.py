@@ -362,3 +362,35 @@ def test_side_by_side_reports_which_strategy_found_what_first(dask_client):
     assert all(e.first_failure_seconds is None and not e.summary.failures for e in fixed)
     with pytest.raises(BadInput, match="needs a cluster"):
         side_by_side(plan, schedules=2)
+
+
+def test_an_exhaustive_client_killed_on_the_cluster_resumes_on_one_process(dask_client,
+                                                                         tmp_path):
+    """kill -9 of the client of a distributed exhaustive search (regions out on workers);
+    --resume in one process: every path once, the failures those of one uninterrupted
+    search (their tokens hold their paths)."""
+    whole = explore(replace(Z4, dpor=True))
+    db = tmp_path / "e.db"
+    cmd = [sys.executable, "-m", "harness", "explore", "z4_bytewise", "--variant", "buggy",
+           "--strategy", "exhaustive", "--preemptions", "1", "--delays", "0", "--interrupts",
+           "0", "--dpor", "--no-shrink", "--db", str(db)]
+    proc = subprocess.Popen([*cmd, "--cluster", dask_client.scheduler.address, "--log"],
+                            stdout=subprocess.PIPE, text=True,
+                            env=os.environ | {"TEXTPOKE_SLICE_SECONDS": "0.1"})
+    for n, _line in enumerate(proc.stdout, 1):  # wait for results, not for time
+        if n == 20:  # past the first slices: regions are out on both workers
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    con = sqlite3.connect(db)
+    before = con.execute("SELECT COUNT(*) FROM schedules WHERE status = 'done'").fetchone()[0]
+    assert 20 <= before < len(whole.results)
+    out = subprocess.run([*cmd, "--resume", "--json"], capture_output=True, text=True,
+                         timeout=600)
+    doc = json.loads(out.stdout)
+    assert out.returncode == 1 and doc["exhausted"] is True and doc["resumed"] == before
+    rows = con.execute("SELECT idx, verdict, token FROM schedules WHERE status = 'done'"
+                       ).fetchall()
+    assert sorted(i for i, _v, _t in rows) == list(range(len(whole.results)))
+    assert sorted(t for _i, v, t in rows if v != "pass") == \
+        sorted(r.token for r in whole.failures)

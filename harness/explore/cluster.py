@@ -37,7 +37,9 @@ ENV = "TEXTPOKE_CLUSTER"
 CONNECT_TIMEOUT = 10.0  # seconds to reach a scheduler
 WORKER_TIMEOUT = 60.0  # seconds for a scheduler's first worker (or the local ones) to come
 BATCH_SECONDS = 1.0  # the work a random/PCT task carries (Dask: a task should run >= ~1 s)
-SLICE_SECONDS = 1.0  # an exhaustive task's time slice before it returns what is left
+# an exhaustive task's time slice before it returns what is left (the environment may set it:
+# shorter slices balance a small search better, at more per-task overhead)
+SLICE_SECONDS = float(os.environ.get("TEXTPOKE_SLICE_SECONDS", "1.0"))
 WORKER_SETUP = "harness.explore.work"  # its dask_setup: Ctrl-C to the client, die with it
 
 
