@@ -24,7 +24,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from harness.errors import BadInput, WorkerDied
 
@@ -316,8 +316,6 @@ def shrunk_on(cl: Cluster, plan: Plan, variant: str, build: str, idx: int) -> Sc
 
 
 def _no_shrink(plan: Plan) -> Plan:
-    from dataclasses import replace
-
     return replace(plan, shrink=False)
 
 

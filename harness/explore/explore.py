@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -315,8 +316,6 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
 
 
 def _env_cluster() -> str | None:
-    import os
-
     return os.environ.get("TEXTPOKE_CLUSTER") or None
 
 
