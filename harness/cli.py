@@ -13,12 +13,11 @@ import os
 import signal
 import sys
 import traceback
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .errors import BadInput
+from .errors import BadInput, WorkerDied
 
 if TYPE_CHECKING:
     from harness.scenario.load import Origin, ScenarioRef
@@ -246,6 +245,13 @@ def _explore(args: argparse.Namespace) -> int:
                 shrink=not args.no_shrink, preemptions=args.preemptions, delays=args.delays,
                 dpor=args.dpor, interrupts=args.interrupts, origin=ref.origin,
                 engine=_engine(args))
+    tls = None
+    if args.tls_cert or args.tls_key or args.tls_ca_file:
+        from harness.explore.cluster import Tls
+
+        tls = Tls(args.tls_ca_file or "", args.tls_cert or "", args.tls_key or "")
+    if args.strategy == "side-by-side":
+        return _side_by_side(args, plan, tls)
     if args.log:
         log = sys.stderr if args.json else sys.stdout  # --json: only JSON on stdout
 
@@ -258,7 +264,7 @@ def _explore(args: argparse.Namespace) -> int:
     try:
         summary = explore(plan, args.schedules, args.time, args.jobs, args.db, args.resume,
                           stop_at_first=args.stop_at_first, progress=progress,
-                          interruptible=True)
+                          interruptible=True, cluster=args.cluster, tls=tls)
     except ScenarioError as e:
         return _bad_input(str(e))
     if sys.stderr.isatty() and not args.log:
@@ -319,6 +325,36 @@ def _explore(args: argparse.Namespace) -> int:
         if picture is not None:
             print(f"  schedule {fails[0].idx}'s artifacts: {out_dir}; timeline: {picture}")
     return FAILURE if fails else INTERRUPTED if summary.interrupted else NO_FAILURE
+
+
+def _side_by_side(args: argparse.Namespace, plan, tls) -> int:
+    """Random, PCT and exhaustive at once on a cluster; which found what first."""
+    from harness.explore.side_by_side import side_by_side
+
+    if args.db:
+        return _bad_input("--strategy side-by-side keeps no --db: explore each strategy "
+                          "with --db instead")
+    entries = side_by_side(plan, args.schedules, args.time, args.jobs, args.cluster, tls,
+                           args.stop_at_first)
+    doc = [{"strategy": e.strategy, "schedules": len(e.summary.results),
+            "failures": len(e.summary.failures),
+            "first_failure_seconds": None if e.first_failure_seconds is None else
+            round(e.first_failure_seconds, 2),
+            "first_failure": None if not e.summary.failures else
+            {"schedule": e.summary.failures[0].idx, "verdict": e.summary.failures[0].verdict,
+             "token": e.summary.failures[0].token, "shrunk_token": e.summary.failures[0].shrunk},
+            "exhausted": e.summary.exhausted} for e in entries]
+    if args.json:
+        print(json.dumps({"scenario": args.scenario, "variant": args.variant,
+                          "side_by_side": doc}, indent=2))
+    else:
+        for d in doc:
+            f = d["first_failure"]
+            print(f"{d['strategy']:10} {d['schedules']} schedules, {d['failures']} failing"
+                  + ("" if f is None else f"; first: schedule {f['schedule']} {f['verdict']} "
+                     f"after {d['first_failure_seconds']} s: textpoke replay "
+                     f"{f['shrunk_token'] or f['token']}"))
+    return FAILURE if any(d["failures"] for d in doc) else NO_FAILURE
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -473,8 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("scenario", help="NAME, FILE.py::NAME or MODULE::NAME")
     ex.add_argument("--variant")
     ex.add_argument("--cpus", type=int)  # the scenario names its range
-    ex.add_argument("--strategy", choices=list(STRATEGIES), default=DEFAULT_STRATEGY,
-                    help="portfolio (default): even schedules random, odd ones PCT")
+    ex.add_argument("--strategy", choices=[*STRATEGIES, "side-by-side"],
+                    default=DEFAULT_STRATEGY,
+                    help="portfolio (default): even schedules random, odd ones PCT; "
+                         "side-by-side: random, PCT and exhaustive at once on a cluster")
     ex.add_argument("--preemptions", type=count, default=2,
                     help="exhaustive: at most P non-simplest CPU choices")
     ex.add_argument("--delays", type=count, default=2,
@@ -489,15 +527,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how many (default 100; exhaustive: until the space is exhausted)")
     ex.add_argument("--time", type=positive_seconds, help="seconds to explore for")
     ex.add_argument("--jobs", type=positive_int, default=1,
-                    help="processes (exhaustive: one searches, N verify the paths)")
+                    help="worker processes of a local Dask cluster on 127.0.0.1 (1: this "
+                         "process alone)")
+    ex.add_argument("--cluster", metavar="tcp://HOST:PORT",
+                    help="run on this Dask scheduler (default $TEXTPOKE_CLUSTER); a scheduler "
+                         "runs whatever its clients send: never on an untrusted network")
+    ex.add_argument("--tls-ca-file", help="tls:// cluster: the CA certificate (Dask Security)")
+    ex.add_argument("--tls-cert", help="tls:// cluster: this client's certificate")
+    ex.add_argument("--tls-key", help="tls:// cluster: this client's private key")
     ex.add_argument("--seed", type=count, default=0, help="schedule i uses seed SEED+i")
     ex.add_argument("--depth", type=positive_int, default=3, help="PCT bug depth d (>= 1)")
     ex.add_argument("--db", help="SQLite file the results are written to as they are found")
     ex.add_argument("--resume", action="store_true", help="continue the exploration in --db")
     ex.add_argument("--no-shrink", action="store_true")
     ex.add_argument("--stop-at-first", action="store_true",
-                    help="stop at the first failure and shrink only it (with --jobs, the "
-                         "lowest-numbered failure of the schedules already running)")
+                    help="stop at the first failure and shrink only it (on a cluster, every "
+                         "worker stops; random/PCT: the lowest-numbered failure)")
     ex.add_argument("--log", action="store_true", help="a line per finished schedule")
     ex.add_argument("--out", help="directory for the first failure's artifacts (shrunk, as "
                                   "`replay --out` writes them) and its timeline.svg")
@@ -588,10 +633,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # `explore` handles it itself and reports what it found
         print(f"textpoke {args.command}: interrupted", file=sys.stderr)
         return INTERRUPTED
-    except BrokenProcessPool as e:  # killed, or out of memory: nothing to retry here
-        print(f"textpoke {args.command}: error: a --jobs worker process died ({e}); the "
-              "schedules finished before it are kept in --db (continue with --resume)",
-              file=sys.stderr)
+    except WorkerDied as e:  # Dask gave up: the task's workers kept dying (out of memory)
+        print(f"textpoke {args.command}: error: a cluster worker process died under the same "
+              f"task too often ({e}); the schedules finished before are kept in --db "
+              "(continue with --resume)", file=sys.stderr)
         return WORKER_DIED
     except BrokenPipeError:
         _stdout_gone()

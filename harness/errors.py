@@ -8,3 +8,9 @@ from __future__ import annotations
 class BadInput(Exception):
     """Input the user can fix (a file, an option, a saved exploration); the message says which
     and where."""
+
+
+class WorkerDied(RuntimeError):
+    """A cluster gave up on a task whose workers kept dying under it (Dask's
+    `distributed.scheduler.allowed-failures`): out of memory, or killed; not the user's input
+    and not a failure found (exit 3), what was recorded before it stays."""

@@ -14,11 +14,14 @@ passes when that failure is found within the budget. Options: --textpoke-seed N 
 --textpoke-replay TOKEN (in the test whose check names the token's scenario and variant, run
 just that schedule; every other test is skipped), --textpoke-out DIR (a failing check writes its
 schedule's artifacts, shrunk if it was, and their timeline.svg to DIR/<test name>/, and the
-report names the picture).
+report names the picture), --textpoke-cluster tcp://HOST:PORT (or TEXTPOKE_CLUSTER: explore
+on that Dask cluster, harness/explore/cluster.py; the scenario must be importable there: a
+shipped one, or a test module's by its file).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ from harness.explore.explore import (
     Plan,
     ScheduleResult,
     exhaustive_search,
+    explore,
     pct_steps,
     replay,
     run_one,
@@ -90,7 +94,7 @@ class Textpoke:
                  replay: str | None, preemptions: int = 2, delays: int = 2,
                  dpor: bool = False, interrupts: int = 1,
                  module: ModuleType | None = None, engine: Engine | None = None,
-                 out: Path | None = None) -> None:
+                 out: Path | None = None, cluster: str | None = None) -> None:
         if strategy not in STRATEGIES:
             raise pytest.UsageError(f"textpoke marker: unknown strategy {strategy!r}; use "
                                     f"{'|'.join(STRATEGIES)}")
@@ -101,6 +105,7 @@ class Textpoke:
         self.module = module  # the test's module: where its scenarios are looked for first
         self.engine = engine  # None: the fast engine where its native code is installed
         self.out = out  # --textpoke-out: where a failing check's artifacts and picture go
+        self.cluster = cluster  # a Dask scheduler's address (None: this process)
         self.ran = 0
         self.replayed = 0  # checks the --textpoke-replay token named
         self.not_replayed: list[str] = []  # checks it did not name (scenario [variant])
@@ -133,6 +138,8 @@ class Textpoke:
                      origin_of(scenario, self.module))
         if self.replay_token:
             return self._replay(chk, cpus)
+        if self.cluster:
+            return self._on_cluster(chk, cpus)
         if self.strategy == "exhaustive":
             return self._exhaustive(chk, cpus)
         runner = Runner(scenario, name, cpus, engine=self.engine)
@@ -147,6 +154,27 @@ class Textpoke:
                 return i + 1
         self._not_found(chk, f"in {n} {self.strategy} schedules")
         return n
+
+    def _on_cluster(self, chk: _Check, cpus: int | None) -> int:
+        """The same check on the --textpoke-cluster (cluster.py): the exploration stops at
+        the first failure; its results are judged in order as a local check judges them."""
+        exhaustive = self.strategy == "exhaustive"
+        plan = Plan(chk.scenario.name, chk.variant, cpus, self.strategy, self.seed, self.depth,
+                    shrink=not chk.expected, preemptions=self.preemptions, delays=self.delays,
+                    dpor=self.dpor, interrupts=self.interrupts, origin=chk.origin,
+                    engine=self.engine)
+        n = self.schedules if self.schedules is not None or exhaustive else 20
+        summary = explore(plan, n, stop_at_first=True, cluster=self.cluster)
+        budget = f"in {len(summary.results)} {self.strategy} schedules on {self.cluster}"
+        if exhaustive:
+            self.exhausted = summary.exhausted
+            budget += (f" ({plan.bound}; space "
+                       f"{'exhausted' if self.exhausted else 'NOT exhausted'})")
+        for res in summary.results:
+            if self._verdict(chk, res):
+                return res.idx + 1
+        self._not_found(chk, budget)
+        return len(summary.results)
 
     def _replay(self, chk: _Check, cpus: int | None) -> int:
         tok = Token.decode(str(self.replay_token))
@@ -246,6 +274,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "DIR/<test name>/")
     group.addoption("--textpoke-engine", choices=[e.value for e in Engine], default=None,
                     help="fast (default: native code) or reference (pure Python)")
+    group.addoption("--textpoke-cluster", default=None, metavar="tcp://HOST:PORT",
+                    help="explore on this Dask scheduler (default $TEXTPOKE_CLUSTER)")
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -278,7 +308,9 @@ def textpoke(request: pytest.FixtureRequest) -> Textpoke:
                     int(kw.get("delays", 2)), bool(kw.get("dpor", False)),
                     int(kw.get("interrupts", 1)), getattr(request, "module", None),
                     _engine(request.config.getoption("--textpoke-engine")),
-                    _out(request))
+                    _out(request),
+                    request.config.getoption("--textpoke-cluster")
+                    or os.environ.get("TEXTPOKE_CLUSTER") or None)
 
 
 def _out(request: pytest.FixtureRequest) -> Path | None:

@@ -33,7 +33,19 @@ class ZooRow:
 
 def zoo(strategy: str = DEFAULT_STRATEGY, buggy_budget: int = 300, fixed_budget: int = 40,
         jobs: int = 1, seed: int = 0, extra: Sequence[ScenarioRef] = ()) -> list[ZooRow]:
-    """The shipped cards, then the `extra` (a user's) scenarios that have an expected verdict."""
+    """The shipped cards, then the `extra` (a user's) scenarios that have an expected verdict.
+    With `jobs` > 1, one LocalCluster of `jobs` processes serves every card
+    (harness/explore/cluster.py)."""
+    if jobs > 1:
+        from harness.explore.cluster import ClusterSpec, connect
+
+        with connect(ClusterSpec(jobs)) as cl:
+            return _zoo(strategy, buggy_budget, fixed_budget, seed, extra, cl.client)
+    return _zoo(strategy, buggy_budget, fixed_budget, seed, extra, None)
+
+
+def _zoo(strategy: str, buggy_budget: int, fixed_budget: int, seed: int,
+         extra: Sequence[ScenarioRef], client: object | None) -> list[ZooRow]:
     rows = []
     cards = sorted((s for s in SCENARIOS.values() if s.card), key=lambda s: s.card)
     for origin, scn in [(None, s) for s in cards] + [(r.origin, resolve(r)) for r in extra]:
@@ -45,13 +57,13 @@ def zoo(strategy: str = DEFAULT_STRATEGY, buggy_budget: int = 300, fixed_budget:
             # (schedule i is a pure function of the plan and i, so it is the same schedule).
             bug = explore(Plan(scn.name, vname, strategy=strategy, seed=seed, shrink=False,
                                origin=origin),
-                          schedules=buggy_budget, jobs=jobs, stop_at_first=True)
+                          schedules=buggy_budget, client=client, stop_at_first=True)
             first = bug.failures[0] if bug.failures else None
             if first is not None:
                 first = run_schedule(replace(bug.plan, shrink=True), first.idx)
             fixed = explore(Plan(scn.name, fixed_name, strategy=strategy, seed=seed,
                                  shrink=False, origin=origin),
-                            schedules=fixed_budget, jobs=jobs)
+                            schedules=fixed_budget, client=client)
             rows.append(ZooRow(
                 card=(scn.card or scn.name) + ("" if vname == "buggy" else f" ({vname})"),
                 scenario=scn.name,

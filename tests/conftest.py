@@ -39,3 +39,20 @@ def one_changed(path: list[Choice], kind: Kind = Kind.CPU) -> ShrinkSource:
     old = path[i]
     changed = Choice(kind, old.arity, (old.value + 1) % old.arity, old.request)
     return ShrinkSource(path[:i] + [changed] + path[i + 1:])
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """One LocalCluster of 2 worker processes on 127.0.0.1 for the whole session (started
+    only if a test asks for it: about 3 s), shared by the cluster tests."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address=None, silence_logs=logging.ERROR)
+    client = Client(cluster)
+    client.wait_for_workers(2, timeout=60)
+    yield client
+    client.close()
+    cluster.close()

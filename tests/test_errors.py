@@ -311,11 +311,16 @@ def test_dump_into_head_prints_no_traceback(tmp_path):
 # --- workers die with their parent --------------------------------------------------------------
 
 def _children(pid: int) -> list[int]:
+    """The children of every thread of `pid` (Dask's LocalCluster starts its workers from
+    its event loop's thread, not the main one)."""
+    out = []
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(c) for c in f.read().split()]
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(c) for c in f.read().split()]
     except FileNotFoundError:
-        return []
+        pass
+    return out
 
 
 def _alive(pid: int) -> bool:

@@ -1,4 +1,5 @@
-"""Issue 5: tokens, shrinking, strategies, persistence and resumption, --jobs invariance."""
+"""Issue 5: tokens, shrinking, strategies, persistence and resumption (--jobs and --cluster
+invariance: tests/test_cluster.py)."""
 
 import base64
 import json
@@ -124,30 +125,6 @@ def test_shrunk_path_is_exact_not_lenient():
     assert c.result.truth.digest() != a.result.truth.digest()
 
 
-def test_jobs_do_not_change_verdicts():
-    plan = Plan("z5_record_placement", "buggy_late", shrink=False)
-    one = explore(plan, schedules=6, jobs=1)
-    two = explore(plan, schedules=6, jobs=2)
-    assert [(r.idx, r.verdict, r.detail, r.token) for r in one.results] == \
-        [(r.idx, r.verdict, r.detail, r.token) for r in two.results]
-    assert {r.verdict for r in one.results} >= {"pass"} and one.failures
-
-
-@pytest.mark.parametrize("dpor", [False, True])
-def test_jobs_do_not_change_an_exhaustive_search(dpor):
-    """With workers the search runs each path and they verify its run."""
-    plan = Plan("z4_bytewise", "buggy", strategy="exhaustive", preemptions=1, delays=0,
-                interrupts=0, dpor=dpor, shrink=False)
-    one, two = explore(plan, jobs=1), explore(plan, jobs=2)
-    assert one.exhausted and two.exhausted and one.failures
-    assert [(r.idx, r.verdict, r.detail, r.token) for r in one.results] == \
-        [(r.idx, r.verdict, r.detail, r.token) for r in two.results]
-    # stopping at the first failure: the workers' extra paths are dropped, not recorded
-    one, two = (explore(plan, jobs=j, stop_at_first=True) for j in (1, 2))
-    assert not one.exhausted and not two.exhausted and one.results[-1].failed
-    assert [(r.idx, r.token) for r in one.results] == [(r.idx, r.token) for r in two.results]
-
-
 def test_pct_priorities_and_bound():
     src = PctSource(seed=3, ncpus=4, depth=3, steps=100)
     assert sorted(src.prio.values()) == [3, 4, 5, 6] and len(src.changes) == 2
@@ -219,19 +196,23 @@ def terminal_sigint() -> None:
 
 
 @pytest.mark.parametrize("strategy", ["random", "exhaustive"])
-def test_ctrl_c_reports_what_was_found_and_resume_goes_on(tmp_path, strategy):
-    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it (workers too): a
-    summary of the recorded schedules, no traceback, exit 130; --resume finishes the rest."""
+def test_ctrl_c_reports_what_was_found_and_resume_goes_on(tmp_path, strategy, request):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it (the --jobs
+    LocalCluster's workers too; exhaustive: on the tests' shared cluster): a summary of the
+    recorded schedules, no traceback, exit 130; --resume finishes the rest."""
     db = tmp_path / "x.db"
+    where = ["--jobs", "2"] if strategy == "random" else \
+        ["--cluster", request.getfixturevalue("dask_client").scheduler.address]
     cmd = [sys.executable, "-m", "harness", "explore", "z4_bytewise", "--variant", "fixed",
-           "--strategy", strategy, "--jobs", "2", "--db", str(db), "--json",
+           "--strategy", strategy, *where, "--db", str(db), "--json",
            *(["--preemptions", "1", "--delays", "0", "--interrupts", "0"]
              if strategy == "exhaustive" else ["--schedules", "40"])]
     proc = subprocess.Popen([*cmd, "--log"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True, preexec_fn=terminal_sigint)
     lines = []
     for line in proc.stderr:  # wait for results, not for time (--json: the log is on stderr)
-        lines += [line] if line.startswith("schedule ") else []
+        if line.startswith("schedule "):  # not a worker's own message
+            lines.append(line)
         if len(lines) == 4:
             os.killpg(proc.pid, signal.SIGINT)
             break
@@ -249,26 +230,6 @@ def test_ctrl_c_reports_what_was_found_and_resume_goes_on(tmp_path, strategy):
     assert again["exhausted"] if strategy == "exhaustive" else again["schedules"] == 40
     assert con.execute("SELECT COUNT(*), MAX(idx) FROM schedules WHERE status = 'done'"
                        ).fetchone() == (again["schedules"], again["schedules"] - 1)
-
-
-def test_a_dead_worker_is_a_clear_error_and_keeps_the_results(tmp_path):
-    """--jobs workers killed under the exploration (the OOM killer, an admin): exit 3 with a
-    message saying so, no traceback, and what finished before it is in --db."""
-    db = tmp_path / "x.db"
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "explore", "z4_bytewise",
-                             "--variant", "fixed", "--schedules", "400", "--jobs", "2", "--db",
-                             str(db), "--log"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    for n, _line in enumerate(proc.stdout, 1):  # wait for results, not for time
-        if n == 3:
-            with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
-                for child in f.read().split():
-                    os.kill(int(child), signal.SIGKILL)
-            break
-    _out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 3 and "worker process died" in err and "Traceback" not in err
-    con = sqlite3.connect(db)
-    assert con.execute("SELECT COUNT(*) FROM schedules WHERE status = 'done'").fetchone()[0] >= 3
 
 
 def test_ctrl_c_propagates_from_the_library_unless_asked():

@@ -153,3 +153,19 @@ def test_short_summary_shows_the_verdict(pytester, monkeypatch):
     result.assert_outcomes(failed=1)
     assert re.search(r"FAILED test_mine.py::test_my_sequence_is_safe - decode_divergence: "
                      r"scenario my_jump_flip \[correct\] failed", result.stdout.str())
+
+
+def test_the_same_checks_on_a_cluster(pytester, monkeypatch, dask_client):
+    """--textpoke-cluster: the checks explore on the cluster (the test module's own scenario
+    loaded there from its file) and pass and fail as they do in this process."""
+    monkeypatch.setenv("COLUMNS", "400")
+    pytester.makepyfile(test_expect=EXPECTING)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rA",
+                                f"--textpoke-cluster={dask_client.scheduler.address}")
+    result.assert_outcomes(passed=2, failed=3)
+    out = result.stdout.str()
+    assert re.search(r"FAILED test_expect.py::test_phantom_is_not_found - expected "
+                     r"torn_execution not found: z4_claims \[phantom\] in 3 random schedules "
+                     r"on tcp://", out)
+    assert re.search(r"FAILED test_expect.py::test_phantom_exhaustively - expected "
+                     r"torn_execution not found: .* on tcp://.* space exhausted", out)

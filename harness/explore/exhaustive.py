@@ -147,12 +147,17 @@ class Search:
     are still being tried; `next` the prefix of the next run."""
 
     def __init__(self, bound: Cost, reduce: bool = False, levels: list[Level] | None = None,
-                 next_prefix: list[Node] | None = None, exhausted: bool = False) -> None:
+                 next_prefix: list[Node] | None = None, exhausted: bool = False,
+                 limit: int | None = None) -> None:
         check_bound(bound)
         self.bound, self.reduce = bound, reduce
         self.levels: list[Level] = levels or []
         self.next: list[Node] = next_prefix or []
         self.exhausted = exhausted
+        # the bottom level's own choices end at `limit` (None: its last): a part of the
+        # frontier split off for another worker (partition.py) owns only its range
+        self.limit = limit
+        self.last: Level | None = None
 
     def source(self) -> ExhaustiveSource:
         """The decision source of the next schedule: its prefix, then the simplest values."""
@@ -179,7 +184,8 @@ class Search:
             node.todo = set(range(node.arity)) if full else {node.value}
             node.done = {node.value}
             path.append(node)
-        self.levels.append(Level(len(prefix) - 1, path))
+        self.last = Level(len(prefix) - 1, path)  # the run just taken in, as a level
+        self.levels.append(self.last)
         if self.reduce:
             backtrack(path, src.steps)
         self.exhausted = not self._advance()
@@ -190,7 +196,10 @@ class Search:
         while self.levels:
             top = self.levels[-1]
             spent = _spent(top.path)
-            for i in range(top.base + 1, len(top.path)):
+            end = len(top.path)
+            if self.limit is not None and top is self.levels[0]:
+                end = min(end, self.limit + 1)
+            for i in range(top.base + 1, end):
                 node = top.path[i]
                 for v in sorted(node.todo - node.done, key=lambda v: (v != node.simplest, v)):
                     if (spent[i] + node.cost(v)).within(self.bound):

@@ -4,23 +4,19 @@ replay tokens and shrunk, everything persisted as it happens.
 Random and PCT: schedule i of an exploration uses seed `seed + i` (portfolio: random and PCT
 alternate, the pair 2j, 2j+1 with seed `seed + j`, strategies.source_for); a schedule is a pure
 function of its plan and index, so the verdicts do not depend on how many processes run them
-(--jobs). Exhaustive: schedule i is the i-th path of the depth-first search (workers only
-verify); its frontier is saved with each result, so --resume continues it in the same order."""
+(--jobs, --cluster: cluster.py). Exhaustive: in one process, schedule i is the i-th path of
+the search's order; on a cluster, workers explore regions of it (partition.py) and the set
+of paths does not depend on how many; the frontier is saved with each result, so --resume
+continues it, on one process or many."""
 
 from __future__ import annotations
 
 import itertools
 import json
-import multiprocessing
 import os
-import pickle
-import signal
 import sys
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -85,6 +81,7 @@ class ScheduleResult:
     shrunk: str | None = None
     shrunk_deviations: int | None = None  # the shrunk path's deviations from the simplest
     deviations: int | None = None  # the failing path's (emu/path.deviations)
+    path: str | None = None  # exhaustive: a digest of the run's path (not saved in --db)
 
     @property
     def failed(self) -> bool:
@@ -102,47 +99,11 @@ class Summary:
     exhausted: bool | None = None  # exhaustive: was the bounded space exhausted
     interrupted: bool = False  # stopped by Ctrl-C (SIGINT): what was recorded stands
     first_failure_seconds: float | None = None  # when this session recorded its 1st failure
+    tasks: int = 0  # on a cluster: the tasks this session ran there (batches, slices)
 
     @property
     def failures(self) -> list[ScheduleResult]:
         return sorted((r for r in self.results if r.failed), key=lambda r: r.idx)
-
-
-PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
-
-
-def _worker_init(parent: int) -> None:
-    """A worker leaves Ctrl-C to its parent (a terminal sends SIGINT to the whole process
-    group) and dies with it: however the parent ends (SIGKILL included), no worker is left
-    running. Linux: prctl(PR_SET_PDEATHSIG, SIGKILL) (kernel/sys.c), then getppid() to close
-    the race of a parent that died before the prctl took effect."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
-    if os.getppid() != parent:  # the parent is already gone: nothing to work for
-        os._exit(1)
-
-
-@contextmanager
-def workers(jobs: int) -> Iterator[ProcessPoolExecutor]:
-    """Worker processes that leave Ctrl-C to this one and die with it (`_worker_init`): on
-    Ctrl-C, work not started is dropped and only what runs is waited for."""
-    # fork: a worker is this process's child (what PR_SET_PDEATHSIG and getppid refer to),
-    # not a fork server's, whatever the platform's default start method
-    context = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
-    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
-                               initargs=(os.getpid(),))
-    try:
-        yield pool
-    except KeyboardInterrupt:
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    finally:
-        pool.shutdown(wait=True)
 
 
 _RUNNERS: dict[tuple, Runner] = {}
@@ -242,10 +203,16 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
             jobs: int = 1, db: Path | str | None = None, resume: bool = False,
             stop_at_first: bool = False,
             progress: Callable[[Summary], None] | None = None,
-            interruptible: bool = False) -> Summary:
-    """Run and record the schedules of `plan`. With `interruptible` (the command line),
-    Ctrl-C ends the exploration with what was recorded (`Summary.interrupted`); otherwise it
-    propagates, as a caller such as pytest expects."""
+            interruptible: bool = False, cluster: str | None = None,
+            tls: object | None = None, client: object | None = None,
+            stop: Callable[[], bool] | None = None, flag: str | None = None) -> Summary:
+    """Run and record the schedules of `plan`: in this process (`jobs` 1, no cluster), on a
+    LocalCluster of `jobs` processes, on the Dask scheduler at `cluster` (TEXTPOKE_CLUSTER;
+    `tls`: cluster.Tls), or on a connected `client`'s cluster (cluster.py). With
+    `interruptible` (the command line), Ctrl-C ends the exploration with what was recorded
+    (`Summary.interrupted`); otherwise it propagates, as a caller such as pytest expects.
+    `stop()` true ends it as a budget does, and on a cluster the Dask Variable `flag` set to
+    0 stops its running tasks (side_by_side.py: another strategy found a failure)."""
     if plan.strategy not in STRATEGIES:
         raise BadInput(f"unknown strategy {plan.strategy!r}: use {'|'.join(STRATEGIES)}")
     if schedules is None and seconds is None and plan.strategy != "exhaustive":
@@ -256,6 +223,11 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
         raise BadInput(f"--jobs {jobs}: at least one process runs the schedules")
     if resume and not db:
         raise BadInput("--resume needs --db: the file the exploration to continue is in")
+    spec = None
+    if client is None and (jobs > 1 or cluster or _env_cluster()):
+        from .cluster import spec_from
+
+        spec = spec_from(jobs, cluster, tls)  # a bad address is refused before any work
     results_db = ResultsDb(db) if db else None  # a bad file is refused before any work
     if results_db:
         results_db.check_seeds(plan.seed, schedules)
@@ -280,76 +252,56 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
             return False
         if seconds is not None and time.perf_counter() - start >= seconds:
             return False
+        if stop is not None and stop():
+            return False
         return not (stop_at_first and summary.failures)
 
-    def record(r: ScheduleResult, frontier: str | None = None) -> None:
-        with HeldSigint():  # in the summary and in --db, or in neither
-            if r.failed and summary.first_failure_seconds is None:
-                summary.first_failure_seconds = time.perf_counter() - start
-            summary.results.append(r)
-            if results_db:
-                results_db.finished(exp_id, r.idx, r.verdict, r.detail, r.decisions, r.token,
-                                    r.shrunk, r.shrunk_deviations, frontier)
+    def record_all(rs: list[ScheduleResult], frontier: str | None = None) -> None:
+        """Results in the summary and in --db (with the search's frontier after them), all
+        or none of them."""
+        with HeldSigint():
+            for r in rs:
+                if r.failed and summary.first_failure_seconds is None:
+                    summary.first_failure_seconds = time.perf_counter() - start
+            summary.results.extend(rs)
+            if results_db and (rs or frontier is not None):
+                results_db.finished_many(exp_id, [(r.idx, r.seed, r.verdict, r.detail,
+                                                   r.decisions, r.token, r.shrunk,
+                                                   r.shrunk_deviations) for r in rs], frontier)
             summary.seconds = time.perf_counter() - start
         if progress:
-            progress(summary)
+            for _ in rs:
+                progress(summary)
 
-    def started(i: int, seed: int) -> None:
+    def record(r: ScheduleResult, frontier: str | None = None) -> None:
+        record_all([r], frontier)
+
+    def started(rows: list[tuple[int, int]]) -> None:
         if results_db:
             with HeldSigint():
-                results_db.started(exp_id, i, seed)
+                results_db.started_many(exp_id, rows)
 
     indices = (i for i in itertools.count() if i not in done)
     try:
-        if plan.strategy == "exhaustive":
+        if spec is not None or client is not None:
+            from .cluster import ClusterSpec, connect
+
+            with connect(spec or ClusterSpec(jobs), client) as cl:
+                summary.exhausted = _on_cluster(cl, plan, summary, indices, more, started,
+                                                record_all, stop_at_first, schedules,
+                                                results_db.frontier(exp_id) if results_db
+                                                else None, results_db is not None, flag)
+        elif plan.strategy == "exhaustive":
             summary.exhausted = exhaustive_search(
                 plan, plan_runner(plan, event_mode=True), more,
                 record, first=len(done), saved=results_db.frontier(exp_id) if results_db else None,
-                started=lambda i: started(i, 0), jobs=jobs, persist=results_db is not None)
-        elif jobs <= 1:
+                started=lambda i: started([(i, 0)]), persist=results_db is not None)
+        else:
             for i in indices:
                 if not more(i):
                     break
-                started(i, schedule_seed(plan.strategy, plan.seed, i))
+                started([(i, schedule_seed(plan.strategy, plan.seed, i))])
                 record(run_schedule(plan, i))
-        else:
-            # --stop-at-first: the workers do not shrink; at the first failure nothing more
-            # is started, what is queued is dropped, and of the failures the schedules
-            # already running find, this process shrinks only the lowest index -- every lower
-            # index ran, so it is the failure a single process stops at, for any --jobs.
-            held: list[ScheduleResult] = []
-            hold = stop_at_first and plan.shrink
-            work = replace(plan, shrink=False) if hold else plan
-
-            def take(f: Future) -> None:
-                r = f.result()
-                if hold and r.failed:
-                    held.append(r)
-                else:
-                    record(r)
-
-            with workers(jobs) as pool:
-                pending: dict[Future, int] = {}
-                for i in indices:
-                    while len(pending) >= 2 * jobs:
-                        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                        for f in finished:
-                            pending.pop(f)
-                            take(f)
-                    if held or not more(i):
-                        break
-                    started(i, schedule_seed(plan.strategy, plan.seed, i))
-                    pending[pool.submit(run_schedule, work, i)] = i
-                for f in pending:
-                    if held or (stop_at_first and summary.failures):
-                        f.cancel()  # not started yet: dropped (--db: started, not finished)
-                for f in pending:
-                    if not f.cancelled():
-                        take(f)
-            if held:
-                first = min(held, key=lambda r: r.idx)
-                for r in sorted(held, key=lambda r: r.idx):
-                    record(run_schedule(plan, r.idx) if r is first else r)
     except KeyboardInterrupt:  # what was recorded stands; --resume goes on from there
         if results_db:
             results_db.rollback()  # a write cut in two by a caller's own SIGINT handler
@@ -363,22 +315,88 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
     return summary
 
 
+def _env_cluster() -> str | None:
+    return os.environ.get("TEXTPOKE_CLUSTER") or None
+
+
+def _on_cluster(cl, plan: Plan, summary: Summary, indices, more, started, record_all,
+                stop_at_first: bool, schedules: int | None, saved: str | None,
+                persist: bool, flag: str | None = None) -> bool | None:
+    """The exploration on a connected cluster (cluster.py): after the handshake, random/PCT
+    batches or exhaustive regions. Returns whether an exhaustive search was exhausted."""
+    from .cluster import run_batches, run_regions, shrunk_on
+    from .partition import Partition
+
+    exhaustive = plan.strategy == "exhaustive"
+    runner = plan_runner(plan, event_mode=exhaustive)
+    build = fingerprint(runner.built, runner.trace)
+    cl.check(plan, build)
+    variant = runner.built.variant
+    if not exhaustive:
+        held, summary.tasks = run_batches(cl, plan, variant, build, indices, more, started,
+                                          record_all, stop_at_first, flag)
+        if held:  # --stop-at-first: shrink only the lowest failure, as one process does
+            first = min(held, key=lambda r: r.idx)
+            for r in sorted(held, key=lambda r: r.idx):
+                record_all([shrunk_on(cl, plan, variant, build, r.idx)
+                            if r is first and plan.shrink else r])
+        return None
+    part = _resumed_partition(saved, plan, runner) if saved else \
+        Partition.of(Search(plan.bound, plan.dpor))
+
+    def frontier() -> str | None:
+        if not persist:
+            return None
+        return _frontier_json(build, part, None)
+
+    def budget() -> int | None:
+        return None if schedules is None else schedules - len(summary.results)
+
+    # --stop-at-first: a slice ends at its failure, which its worker shrinks
+    exhausted, summary.tasks = run_regions(cl, plan, variant, build, part, more, budget,
+                                           lambda rs: record_all(rs, frontier()),
+                                           stop_at_first, len(summary.results), flag)
+    return exhausted
+
+
+def _frontier_json(build: str, part, live) -> str:
+    """The frontier saved with a result: one undivided search as one process saves it
+    (`search`), a divided one as its regions (`partition`). `live`: the region running in
+    this process, whose progress the partition does not hold yet."""
+    single = part.single()
+    if single is not None and live is not None and (single is live[0]):
+        return json.dumps({"build": build, "search": live[1].search.state()},
+                          separators=(",", ":"))
+    doc = part.to_json()
+    if live is not None:
+        region, run = live
+        doc["regions"] = [[i, st, run.state() if i == region.id else state]
+                          for i, st, state in doc["regions"]]
+    return json.dumps({"build": build, "partition": doc}, separators=(",", ":"))
+
+
 def _check_frontier(saved: str | None, plan: Plan) -> None:
     """Refuse (ResultsDbError, before any work) a saved frontier `exhaustive_search` could not
     continue from."""
     if saved is not None:
-        _resumed_search(saved, plan, plan_runner(plan, event_mode=True))
+        _resumed_partition(saved, plan, plan_runner(plan, event_mode=True))
 
 
-def _resumed_search(saved: str, plan: Plan, runner: Runner) -> Search:
-    """The search a saved frontier holds; ResultsDbError if it is damaged, was saved by
-    another build (guest code, data, machine, fetch model or trace settings: `fingerprint`)
-    or under other bounds."""
+def _resumed_partition(saved: str, plan: Plan, runner: Runner):
+    """The search a saved frontier holds (partition.py: one region, or many); ResultsDbError
+    if it is damaged, was saved by another build (guest code, data, machine, fetch model or
+    trace settings: `fingerprint`) or under other bounds."""
+    from .partition import Partition
+
     build = fingerprint(runner.built, runner.trace)
     try:
         state = json.loads(saved)
         ran_on = state["build"]
-        search = Search.from_state(state["search"])
+        if "partition" in state:
+            part = Partition.from_json(state["partition"])
+        else:
+            search = Search.from_state(state["search"])
+            part = Partition.of(search)
     except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:
         raise ResultsDbError(f"--resume: the saved frontier in --db is damaged ({e!r}); start "
                              "afresh without --resume") from None
@@ -386,85 +404,52 @@ def _resumed_search(saved: str, plan: Plan, runner: Runner) -> Search:
         raise ResultsDbError(f"--resume: the saved exploration ran another build ({ran_on}: "
                              "guest code, data, machine, fetch model or trace settings); this "
                              f"one is {build}: start afresh without --resume")
-    if (search.bound, search.reduce) != (plan.bound, plan.dpor):
-        raise ResultsDbError(f"--resume: the saved exploration has bounds {search.bound}"
-                             f"{' with DPOR' if search.reduce else ''}, not {plan.bound}"
+    if (part.bound, part.reduce) != (plan.bound, plan.dpor):
+        raise ResultsDbError(f"--resume: the saved exploration has bounds {part.bound}"
+                             f"{' with DPOR' if part.reduce else ''}, not {plan.bound}"
                              f"{' with DPOR' if plan.dpor else ''}")
-    return search
+    return part
 
 
 def exhaustive_search(plan: Plan, runner: Runner, more: Callable[[int], bool],
                       record: Callable[[ScheduleResult, str | None], None], *, first: int = 0,
                       saved: str | None = None, started: Callable[[int], None] = lambda i: None,
-                      jobs: int = 1, persist: bool = False) -> bool:
+                      persist: bool = False) -> bool:
     """Every path within P preemptions and V delayed view updates, or with `plan.dpor` one per
-    order of dependent steps (harness/explore/exhaustive.py), on `runner` (event mode), depth-first
-    from the `saved` frontier when resuming. Schedule i is recorded in path order, with the
-    frontier after it when `persist`; `more(i)` says whether to go on. True when exhausted.
+    order of dependent steps (harness/explore/exhaustive.py), on `runner` (event mode), in
+    this process, from the `saved` frontier when resuming (one search, or the regions a
+    cluster left: partition.py, explored one after the other). Schedule i is recorded in
+    path order, with the frontier after it when `persist`; `more(i)` says whether to go on.
+    True when exhausted."""
+    from .partition import Partition, RegionRun
+    from .work import step
 
-    The search needs only the machine's run of each path (its choices and steps), never the
-    verification, so with `jobs` > 1 this process runs each path and the workers verify the
-    runs: the same paths in the same order for any N. A run is pickled before the machine
-    runs again, so what a worker gets cannot change under it. The workers build their runner
-    from the plan: a shipped scenario, or a user's from the plan's origin."""
     build = fingerprint(runner.built, runner.trace)
-    search = _resumed_search(saved, plan, runner) if saved else Search(plan.bound, plan.dpor)
-
-    def frontier() -> str | None:
-        if not persist:
-            return None
-        return json.dumps({"build": build, "search": search.state()}, separators=(",", ":"))
-
+    part = _resumed_partition(saved, plan, runner) if saved else \
+        Partition.of(Search(plan.bound, plan.dpor))
     i = first
-    if jobs <= 1:
-        while not search.exhausted and more(i):
-            src = search.source()
+    while not part.exhausted and more(i):
+        region = part.take()
+        run = RegionRun(region.state, plan.bound, plan.dpor)
+        while not run.exhausted and more(i):
             started(i)
-            result = judge(runner, plan, i, None, runner.run(src))
-            search.finish(src)
-            record(result, frontier())
+            d = step(run, runner, plan)
+            res = ScheduleResult(i, 0, d["verdict"], d["detail"], d["decisions"], d["token"],
+                                 d["shrunk"], d["shrunk_deviations"], d["deviations"],
+                                 _digest(d["path"]))
+            if persist:  # what this run added to other regions' choices, saved with it
+                for level, position, values in run.reports():
+                    part.report(level, position, values)
+            record(res, _frontier_json(build, part, (region, run)) if persist else None)
             i += 1
-        return search.exhausted
-    # In path order: each path's worker, the frontier after it, and whether that exhausted it.
-    # The search runs ahead of what is recorded; whatever is left unrecorded when `more` says
-    # stop is dropped, as a serial search would not have run it.
-    window: deque[tuple[int, Future, str | None, bool]] = deque()
-    recorded_exhausted = False
-
-    def drain(everything: bool) -> bool:
-        nonlocal recorded_exhausted
-        while window and (everything or window[0][1].done() or len(window) >= 2 * jobs):
-            idx, fut, state, exhausted = window.popleft()
-            record(fut.result(), state)
-            recorded_exhausted = exhausted
-            if not more(idx + 1):
-                for _i, rest, _s, _e in window:
-                    rest.cancel()
-                window.clear()
-                return False
-        return True
-
-    with workers(jobs) as pool:
-        while not search.exhausted and more(i):
-            src = search.source()
-            started(i)
-            run = pickle.dumps(runner.machine.run(src), pickle.HIGHEST_PROTOCOL)
-            search.finish(src)
-            window.append((i, pool.submit(check_run, plan, i, run), frontier(),
-                           search.exhausted))
-            i += 1
-            if not drain(False):
-                break
-        drain(True)
-    return recorded_exhausted
+        part.returned(region, run.state(), run.reports())
+    return part.exhausted
 
 
-def check_run(plan: Plan, idx: int, run: bytes) -> ScheduleResult:
-    """Exhaustive schedule `idx`: the search's run of it (pickled), verified in a worker
-    process. Verifying the search's own run, not a replay of its path, is what a serial
-    search does, and spares the worker a second machine run."""
-    runner = plan_runner(plan, event_mode=True)
-    return judge(runner, plan, idx, None, runner.check(pickle.loads(run)))
+def _digest(values: list[int]) -> str:
+    from .cluster import path_digest
+
+    return path_digest(values)
 
 
 def replay(token_text: str, scenario: Scenario | None = None,

@@ -113,6 +113,27 @@ class ResultsDb:
                         "VALUES (?, ?, ?, 'started')", (exploration, idx, seed))
         self.db.commit()
 
+    def started_many(self, exploration: int, rows: list[tuple[int, int]]) -> None:
+        """(idx, seed) rows committed together: a batch handed to a worker."""
+        self.db.executemany("INSERT OR REPLACE INTO schedules (exploration, idx, seed, status) "
+                            "VALUES (?, ?, ?, 'started')",
+                            [(exploration, i, seed) for i, seed in rows])
+        self.db.commit()
+
+    def finished_many(self, exploration: int, rows: list[tuple],
+                      frontier: str | None = None) -> None:
+        """Rows (idx, seed, verdict, detail, decisions, token, shrunk, shrunk_deviations)
+        done, with `frontier` in the same transaction: a batch or a search's slice is
+        recorded whole or not at all."""
+        if frontier is not None:
+            self.db.execute("INSERT OR REPLACE INTO frontiers (exploration, state) VALUES (?, ?)",
+                            (exploration, frontier))
+        self.db.executemany("INSERT OR REPLACE INTO schedules (exploration, idx, seed, status, "
+                            "verdict, detail, decisions, token, shrunk, shrunk_deviations) "
+                            "VALUES (?, ?, ?, 'done', ?, ?, ?, ?, ?, ?)",
+                            [(exploration, *r) for r in rows])
+        self.db.commit()
+
     def finished(self, exploration: int, idx: int, verdict: str, detail: str, decisions: int,
                  token: str | None, shrunk: str | None, shrunk_deviations: int | None,
                  frontier: str | None = None) -> None:

@@ -1,0 +1,155 @@
+"""What a worker runs: a batch of random/PCT schedules, or a time slice of a region of an
+exhaustive search (partition.py). A task carries the plan (the scenario by name, or by the
+file or module it is defined in: `Plan.origin`) and the path prefix of its region, never a
+machine: each worker builds and caches its own runners (explore.runner_for).
+
+Results go back as plain data (dicts, lists, str, int), which the client checks against the
+task before it records anything (cluster.py); a worker's error that is the user's (a scenario
+it cannot load) comes back as data naming it, not as an exception to unpickle."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict
+
+from harness import __version__
+from harness.errors import BadInput
+from harness.scenario.text_poke_loc import ScenarioError
+
+from .explore import Plan, judge, plan_runner, run_one
+from .partition import RegionRun
+from .token import fingerprint
+
+PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
+
+
+def dask_setup(worker) -> None:
+    """Preload of the LocalCluster's worker processes (cluster.connect): a worker leaves
+    Ctrl-C to the client (a terminal sends SIGINT to the whole process group) and dies with
+    it, however the client ends (SIGKILL included): prctl(PR_SET_PDEATHSIG, SIGKILL)
+    (kernel/sys.c), then getppid() to close the race of a parent already gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+        if os.getppid() == 1:  # the client is already gone: nothing to work for
+            os._exit(1)
+
+
+def textpoke_version() -> str:
+    """This process's textpoke (`textpoke --version`)."""
+    return __version__
+
+
+def _here() -> str:
+    """This worker's address (this process's, when run without a cluster)."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except ValueError:
+        return "this process"
+
+
+_BUILDS: dict[Plan, str] = {}
+
+
+def build_of(plan: Plan) -> str:
+    """The fingerprint of the build `plan` runs (guest code, data, machine, trace): what a
+    worker must share with the client for their results to mean the same. Computed once
+    per process and plan, as its runner is built once (explore.runner_for)."""
+    if plan not in _BUILDS:
+        runner = plan_runner(plan, event_mode=plan.strategy == "exhaustive")
+        _BUILDS[plan] = fingerprint(runner.built, runner.trace)
+    return _BUILDS[plan]
+
+
+def identity(plan: Plan) -> dict:
+    """The handshake: this worker's textpoke version and the build of `plan` here, or why it
+    cannot load the scenario."""
+    out = {"version": textpoke_version(), "build": None, "error": None}
+    try:
+        out["build"] = build_of(plan)
+    except (ScenarioError, BadInput, ImportError, OSError) as e:
+        out["error"] = f"{type(e).__name__}: {e}"
+    return out
+
+
+def _header(plan: Plan, **rest) -> dict:
+    try:
+        build = build_of(plan)
+    except (ScenarioError, BadInput, ImportError, OSError) as e:
+        return {"worker": _here(), "error": f"{type(e).__name__}: {e}"}
+    return {"worker": _here(), "error": None, "scenario": plan.scenario,
+            "variant": plan_runner(plan, plan.strategy == "exhaustive").built.variant,
+            "build": build, **rest}
+
+
+def stopped(flag: str | None, idx: int | None = None) -> bool:
+    """--stop-at-first: the client has set `flag` to the lowest failing schedule it knows
+    (-1: none yet); schedule `idx` is not needed past it (exhaustive: any failure stops)."""
+    if flag is None:
+        return False
+    from distributed import Variable
+
+    first = Variable(flag).get()
+    return first >= 0 and (idx is None or idx > first)
+
+
+def run_batch(plan: Plan, indices: list[int], flag: str | None = None) -> dict:
+    """Schedules `indices` of a random, PCT or portfolio plan, each a function of its index
+    alone; with a stop flag the batch ends at its first failure, or at a schedule after
+    the lowest failure the client knows."""
+    out = _header(plan, indices=list(indices))
+    if out["error"]:
+        return out
+    runner = plan_runner(plan)
+    start = time.perf_counter()
+    results = []
+    for i in indices:
+        if stopped(flag, i):
+            break
+        r = run_one(runner, plan, i)
+        results.append(asdict(r))
+        if flag is not None and r.failed:
+            break
+    out.update(results=results, seconds=time.perf_counter() - start)
+    return out
+
+
+def explore_region(plan: Plan, state: dict, budget: int | None, seconds: float,
+                   flag: str | None = None) -> dict:
+    """A slice of an exhaustive region: its runs, verified, until the region is exhausted,
+    `budget` runs were made or `seconds` passed; then what is left of it and what its runs
+    added to other regions' choices. With a stop flag it ends at a failure."""
+    out = _header(plan, prefix=None)
+    if out["error"]:
+        return out
+    runner = plan_runner(plan, event_mode=True)
+    region = RegionRun(state, plan.bound, plan.dpor)
+    start = time.perf_counter()
+    results = []
+    while not region.exhausted and (budget is None or len(results) < budget):
+        results.append(step(region, runner, plan))
+        if flag is not None and (results[-1]["verdict"] != "pass" or stopped(flag)):
+            break
+        if time.perf_counter() - start >= seconds:
+            break
+    out.update(prefix=region.prefix(), results=results, state=region.state(),
+               reports=region.reports(), seconds=time.perf_counter() - start)
+    return out
+
+
+def step(region: RegionRun, runner, plan: Plan) -> dict:
+    """One run of the region's search, verified: its result with its path's choices."""
+    src = region.source()
+    outcome = runner.run(src)
+    region.finish(src)
+    res = judge(runner, plan, 0, None, outcome)
+    return asdict(res) | {"path": [c.value for c in outcome.result.path]}
