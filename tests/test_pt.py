@@ -408,3 +408,23 @@ def test_random_bytes_to_dump_cli_level_function(blob):
         dump(blob)
     except PacketError as e:
         assert e.offset <= len(blob)
+
+
+def test_a_candidate_the_packets_allow_stays_and_one_they_contradict_goes():
+    """_consistent, which prunes the candidates of an instruction in doubt: decoding on from
+    the instruction that really ran (mid-stream, past the sync) is consistent; a candidate
+    that jumps out of the image is not. (It once re-ran the start-of-trace sync on its clone,
+    met the next TNT there and called every candidate contradicted.)"""
+    from harness.trace.pt.decoder import _Walker
+    from harness.trace.pt.insn import classify
+    from harness.trace.pt.query import items_until_error
+
+    out = Runner(SCENARIOS["static_key"]).run_seed(0)
+    res = out.result
+    its, _ = items_until_error(out.streams[1])
+    walker = _Walker(its, Image(layout.TEXT_BASE, res.text_start, res.sideband), 10**6, [])
+    walker.run(200)
+    real = walker.image.read(walker.ip)
+    assert walker._consistent((real, classify(real)))
+    away = b"\xe9" + (-0x100000).to_bytes(4, "little", signed=True)  # jmp out of the text
+    assert not walker._consistent((away, classify(away)))

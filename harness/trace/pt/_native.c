@@ -903,27 +903,16 @@ static int consistent(Walker *w, const Fetched *cand) {
     memcpy(c.forced_buf, cand->code, cand->n);
     forced.code = c.forced_buf;
     int r = step(&c, &forced);
-    if (r == 1) { /* w.run(LOOKAHEAD) */
-        const Items *its = c.its;
-        while (c.k < its->n && its->v[c.k].kind != K_PGE) {
-            int kd = its->v[c.k].kind;
-            if (kd == K_BIT || kd == K_TIP || kd == K_FUP) {
-                r = err_set(c.err, E_DECODE, its->v[c.k].offset, 0, 0, "%s before TIP.PGE",
-                            KIND_NAME[kd]);
-                break;
-            }
-            c.k++;
-        }
-        if (r == 1) {
-            int done = 0;
-            while ((r = step(&c, NULL)) == 1)
-                if (++done >= LOOKAHEAD) break;
-        }
+    if (r == 1) { /* w.run(LOOKAHEAD): the clone has an IP, so no sync */
+        int done = 0;
+        while ((r = step(&c, NULL)) == 1)
+            if (++done >= LOOKAHEAD) break;
     }
     PyMem_Free(c.im.mem);
     if (r >= 0) return 1;
     if (r == -2) return -2;
-    if (cerr.kind == E_DECODE || cerr.kind == E_AMBIGUOUS) return 0;
+    if (cerr.kind == E_DECODE) return 0;
+    if (cerr.kind == E_AMBIGUOUS) return 1; /* a later doubt is no contradiction */
     *w->err = cerr; /* an ImageError: it reaches decode() */
     return -1;
 }
@@ -1182,14 +1171,14 @@ static int straight_on(Walker *w) {
 /* Walker.run with no limit: 0 at TIP.PGD, <0 on error */
 static int run(Walker *w) {
     const Items *its = w->its;
-    while (w->k < its->n && its->v[w->k].kind != K_PGE) {
-        int kd = its->v[w->k].kind;
-        if (kd == K_BIT || kd == K_TIP || kd == K_FUP)
-            return err_set(w->err, E_DECODE, its->v[w->k].offset, 0, 0, "%s before TIP.PGE",
-                           KIND_NAME[kd]);
-        w->k++;
-    }
-    if (!w->has_ip) {
+    if (!w->has_ip) { /* sync */
+        while (w->k < its->n && its->v[w->k].kind != K_PGE) {
+            int kd = its->v[w->k].kind;
+            if (kd == K_BIT || kd == K_TIP || kd == K_FUP)
+                return err_set(w->err, E_DECODE, its->v[w->k].offset, 0, 0,
+                               "%s before TIP.PGE", KIND_NAME[kd]);
+            w->k++;
+        }
         if (w->k == its->n)
             return err_set(w->err, E_DECODE, 0, 0, 0, "no TIP.PGE: tracing never starts");
         const Item *it;

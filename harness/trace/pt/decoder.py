@@ -110,11 +110,12 @@ class _Walker:
 
     def run(self, limit: int | None = None) -> None:
         its = self.its
-        while self.k < len(its) and its[self.k].kind is not ItemKind.PGE:  # sync
-            if its[self.k].kind in (ItemKind.BIT, ItemKind.TIP, ItemKind.FUP):
-                raise DecodeError(its[self.k].offset, f"{its[self.k].kind.value} before TIP.PGE")
-            self.k += 1
-        if self.ip is None:
+        if self.ip is None:  # sync (a walker cloned mid-stream is past it: _consistent)
+            while self.k < len(its) and its[self.k].kind is not ItemKind.PGE:
+                if its[self.k].kind in (ItemKind.BIT, ItemKind.TIP, ItemKind.FUP):
+                    raise DecodeError(its[self.k].offset,
+                                      f"{its[self.k].kind.value} before TIP.PGE")
+                self.k += 1
             if self.k == len(its):
                 raise DecodeError(0, "no TIP.PGE: tracing never starts")
             self.ip = self.take(ItemKind.PGE, "start").ip
@@ -281,12 +282,17 @@ class _Walker:
         return cands[0][1]
 
     def _consistent(self, forced) -> bool:
+        """Whether the packets that follow allow `forced` as this instruction's decoding: a
+        clone decodes on from it for LOOKAHEAD steps. Only a decode error contradicts it; a
+        later instruction that is itself in doubt (Ambiguous) does not."""
         w = self.clone()
         try:
             if w.step(forced):
                 w.run(LOOKAHEAD)
-        except (DecodeError, Ambiguous):
+        except DecodeError:
             return False
+        except Ambiguous:
+            return True
         return True
 
 
