@@ -26,7 +26,7 @@ from .config import MachineConfig, RunBudget
 from .cpu import Clock, Cpu, CpuState, Stop, StopKind
 from .decisions import Decisions, DecisionSource
 from .delivery import InterruptDelivery, fault_verdict
-from .engine import Engine
+from .engine import Engine, native_module
 from .events import (
     Event,
     Serialize,
@@ -38,6 +38,7 @@ from .held_sigint import HeldSigint
 from .hypercall_service import HypercallService
 from .loader import GuestImage, load
 from .memory import SharedMemory
+from .native_cpu import NativeCpu
 from .path import Choice, CpuContext, Kind, Request
 from .text_poke_record import TextPokeRecord
 from .truth import GroundTruth
@@ -102,7 +103,7 @@ class Machine(InterruptDelivery, HypercallService):
     def __init__(self, config: MachineConfig, image: GuestImage,
                  engine: Engine = Engine.REFERENCE) -> None:
         self.config = config
-        self.engine = engine  # the reference engine is this module's Python hooks
+        self.engine = engine  # the reference engine: emu/cpu.py's Python hooks
         self.layout = lay = config.layout()
         self.image = image
         self.symbols = image.symbols
@@ -110,16 +111,21 @@ class Machine(InterruptDelivery, HypercallService):
             raise MachineConfigError(f"image boots {len(image.boot)} CPUs, machine has "
                                      f"{config.ncpus}")
         self.mem = SharedMemory(lay)
-        self.clock = Clock()
+        # the fast engine's CPUs have their per-instruction hooks in C (emu/native_cpu.py),
+        # where the native module is installed
+        native = native_module("machine") if engine is Engine.FAST else None
+        self.clock = native.Clock() if native is not None else Clock()
         self.truth = GroundTruth(config.ncpus)  # this run's; a fresh one at every reset
         self.sideband: list[TextPokeRecord] = []
         self.views = [FetchView(ctypes.create_string_buffer(lay.text_size), config.grain)
                       for _ in range(config.ncpus)]
-        self.cpus = [
-            Cpu(i, lay, self.mem, self.views[i], self.clock,
-                self.truth.retired[i] if config.truth else None,
-                [v for j, v in enumerate(self.views) if j != i], self.truth.events)
-            for i in range(config.ncpus)]
+        def make_cpu(i: int) -> Cpu:
+            args = (i, lay, self.mem, self.views[i], self.clock,
+                    self.truth.retired[i] if config.truth else None,
+                    [v for j, v in enumerate(self.views) if j != i], self.truth.events)
+            return Cpu(*args) if native is None else NativeCpu(native, *args)
+
+        self.cpus = [make_cpu(i) for i in range(config.ncpus)]
         for cpu in self.cpus:
             cpu.on_hypercall = self._hypercall
             if config.event_mode:
