@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 
 import capstone
 
+from . import engine as engines
 from . import layout, x86
 from .config import MachineConfig, RunBudget
 from .cpu import Clock, Cpu, CpuState, Stop, StopKind
 from .decisions import Decisions, DecisionSource
 from .delivery import InterruptDelivery, fault_verdict
-from .engine import Engine, native_module
+from .engine import Engine
 from .events import (
     Event,
     Serialize,
@@ -113,7 +114,7 @@ class Machine(InterruptDelivery, HypercallService):
         self.mem = SharedMemory(lay)
         # the fast engine's CPUs have their per-instruction hooks in C (emu/native_cpu.py),
         # where the native module is installed
-        native = native_module("machine") if engine is Engine.FAST else None
+        native = engines.native_module("machine") if engine is Engine.FAST else None
         self.clock = native.Clock() if native is not None else Clock()
         self.truth = GroundTruth(config.ncpus)  # this run's; a fresh one at every reset
         self.sideband: list[TextPokeRecord] = []
