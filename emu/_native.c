@@ -20,10 +20,13 @@
 #include <structmember.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 typedef int (*uc_hook_add_t)(void *uc, size_t *hh, int type, void *callback, void *user_data,
                              uint64_t begin, uint64_t end, ...);
 typedef int (*uc_emu_stop_t)(void *uc);
+typedef int (*uc_emu_start_t)(void *uc, uint64_t begin, uint64_t until, uint64_t timeout,
+                              size_t count);
 typedef int (*uc_reg_t)(void *uc, int regid, void *value);
 
 #define INVALID_INSN_SIZE 16 /* Unicorn reports an undecodable instruction with 0xf1f1f1f1 */
@@ -88,9 +91,10 @@ typedef struct {
     PyObject_HEAD
     /* bound once (bind) */
     void *uc;
+    uc_emu_start_t emu_start;
     uc_emu_stop_t emu_stop;
-    uc_reg_t reg_write;
-    int reg_rax, reg_rdx;
+    uc_reg_t reg_read, reg_write;
+    int reg_rax, reg_rdx, reg_rip;
     ClockObject *clock;
     const uint8_t *view; /* this CPU's fetch view (FetchView.buf) */
     uint64_t view_size, text_base;
@@ -109,6 +113,9 @@ typedef struct {
     int last_len, shadow;
     int halted, yielded, serialize, iret, emulate;
     uint64_t emulate_addr, retired_run;
+    uint64_t rip; /* where the CPU stopped */
+    int timing;           /* for benchmarks: add the CPU time inside uc_emu_start up */
+    uint64_t unicorn_ns;  /* (hooks included, Python ones too) */
     uint64_t last_grain; /* the last fetched text grain added to `grains` */
     Buf ticks, ips, ends, code, grains;
     PyObject *err_type, *err_value, *err_tb; /* a harness error inside a hook */
@@ -357,14 +364,18 @@ static int cpu_init(CpuObject *self, PyObject *args, PyObject *kw) {
 }
 
 static PyObject *cpu_bind(CpuObject *self, PyObject *args) {
-    unsigned long long uc, hook_add, emu_stop, reg_write, view, view_size, text_base;
+    unsigned long long uc, hook_add, emu_start, emu_stop, reg_read, reg_write, view, view_size,
+        text_base;
     int hook_code, hook_insn, ins_rdtsc;
-    if (!PyArg_ParseTuple(args, "KKKKKKKiiiii", &uc, &hook_add, &emu_stop, &reg_write, &view,
-                          &view_size, &text_base, &hook_code, &hook_insn, &ins_rdtsc,
-                          &self->reg_rax, &self->reg_rdx))
+    if (!PyArg_ParseTuple(args, "KKKKKKKKKiiiiii", &uc, &hook_add, &emu_start, &emu_stop,
+                          &reg_read, &reg_write, &view, &view_size, &text_base, &hook_code,
+                          &hook_insn, &ins_rdtsc, &self->reg_rax, &self->reg_rdx,
+                          &self->reg_rip))
         return NULL;
     self->uc = (void *)(uintptr_t)uc;
+    self->emu_start = (uc_emu_start_t)(uintptr_t)emu_start;
     self->emu_stop = (uc_emu_stop_t)(uintptr_t)emu_stop;
+    self->reg_read = (uc_reg_t)(uintptr_t)reg_read;
     self->reg_write = (uc_reg_t)(uintptr_t)reg_write;
     self->view = (const uint8_t *)(uintptr_t)view;
     self->view_size = view_size;
@@ -409,27 +420,13 @@ static PyObject *cpu_set_nmi(CpuObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* begin(quantum, event, skip_fetch|None, last_ip, last_code, shadow, pending, decided_end,
-         nmi_armed, track_fp, truth): the state of one run, as Cpu.run sets it */
-static PyObject *cpu_begin(CpuObject *self, PyObject *args) {
-    long long quantum, decided_end;
-    int event, shadow, nmi_armed, track_fp, truth;
-    PyObject *skip, *pending;
-    unsigned long long last_ip;
-    const char *last_code;
-    Py_ssize_t last_len;
-    if (!PyArg_ParseTuple(args, "LpOKy#pOLppp", &quantum, &event, &skip, &last_ip, &last_code,
-                          &last_len, &shadow, &pending, &decided_end, &nmi_armed, &track_fp,
-                          &truth))
-        return NULL;
+/* The state of one run, as Cpu.run sets it; 0, or -1 with an exception set. */
+static int setup(CpuObject *self, long long quantum, int event, unsigned long long last_ip,
+                 const char *last_code, Py_ssize_t last_len, int shadow, PyObject *pending,
+                 long long decided_end, int nmi_armed, int track_fp, int truth) {
     self->left = quantum;
     self->event = event;
-    self->skip_valid = skip != Py_None;
-    if (self->skip_valid) {
-        self->skip_fetch = PyLong_AsUnsignedLongLong(skip);
-        if (PyErr_Occurred())
-            return NULL;
-    }
+    self->skip_valid = event; /* the instruction a step starts with was decided already */
     self->last_ip = last_ip;
     self->last_len = last_len < INVALID_INSN_SIZE ? (int)last_len : INVALID_INSN_SIZE;
     memcpy(self->last_code, last_code, self->last_len);
@@ -438,19 +435,20 @@ static PyObject *cpu_begin(CpuObject *self, PyObject *args) {
     if (pending != Py_None) {
         PyObject *seq = PySequence_Fast(pending, "pending: a sequence of (start, end)");
         if (!seq)
-            return NULL;
+            return -1;
         Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
         int64_t *p = realloc(self->pending, (n ? n : 1) * 2 * sizeof(int64_t));
         if (!p) {
             Py_DECREF(seq);
-            return PyErr_NoMemory();
+            PyErr_NoMemory();
+            return -1;
         }
         self->pending = p;
         for (Py_ssize_t i = 0; i < n; i++) {
             long long a, b;
             if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "LL", &a, &b)) {
                 Py_DECREF(seq);
-                return NULL;
+                return -1;
             }
             p[2 * i] = a;
             p[2 * i + 1] = b;
@@ -467,7 +465,7 @@ static PyObject *cpu_begin(CpuObject *self, PyObject *args) {
     self->retired_run = 0;
     self->last_grain = (uint64_t)-1;
     self->ticks.len = self->ips.len = self->ends.len = self->code.len = self->grains.len = 0;
-    Py_RETURN_NONE;
+    return 0;
 }
 
 /* Append this run's records to a Retired (emu/retired.py): its arrays take the packed bytes
@@ -512,12 +510,39 @@ static int flush_truth(CpuObject *self, PyObject *retired) {
     return 0;
 }
 
-/* end(retired|None, footprint_reads|None): after emu_start returned. Flushes the run's
-   records and fetched grains; raises an error a hook kept. */
-static PyObject *cpu_end(CpuObject *self, PyObject *args) {
-    PyObject *retired, *reads;
-    if (!PyArg_ParseTuple(args, "OO", &retired, &reads))
+/* run(quantum, event, last_ip, last_code, shadow, pending|None, decided_end, nmi_armed,
+       track_fp, retired|None, footprint_reads|None) -> uc_err: one run from the current RIP
+   (Cpu.run): emu_start with until=0 and count=0, then the run's records appended to `retired`
+   and its fetched text grains added to `footprint_reads`. Raises an error a hook kept; the
+   caller raises one a Python hook left in the binding. */
+static PyObject *cpu_run(CpuObject *self, PyObject *args) {
+    long long quantum, decided_end;
+    int event, shadow, nmi_armed, track_fp;
+    PyObject *pending, *retired, *reads;
+    unsigned long long last_ip;
+    const char *last_code;
+    Py_ssize_t last_len;
+    if (!PyArg_ParseTuple(args, "LpKy#pOLppOO", &quantum, &event, &last_ip, &last_code,
+                          &last_len, &shadow, &pending, &decided_end, &nmi_armed, &track_fp,
+                          &retired, &reads))
         return NULL;
+    if (setup(self, quantum, event, last_ip, last_code, last_len, shadow, pending, decided_end,
+              nmi_armed, track_fp, retired != Py_None))
+        return NULL;
+    uint64_t rip = 0;
+    int err = self->reg_read(self->uc, self->reg_rip, &rip);
+    if (err)
+        return PyErr_Format(PyExc_RuntimeError, "uc_reg_read(RIP) failed: error %d", err);
+    self->skip_fetch = rip;
+    struct timespec t0, t1;
+    if (self->timing)
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t0);
+    err = self->emu_start(self->uc, rip, 0, 0, 0); /* Python hooks take the GIL we hold */
+    if (self->timing) {
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t1);
+        self->unicorn_ns += (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000000LL +
+                                       (t1.tv_nsec - t0.tv_nsec));
+    }
     if (self->err_type != NULL) {
         PyErr_Restore(self->err_type, self->err_value, self->err_tb);
         self->err_type = self->err_value = self->err_tb = NULL;
@@ -537,7 +562,10 @@ static PyObject *cpu_end(CpuObject *self, PyObject *args) {
             Py_DECREF(v);
         }
     }
-    Py_RETURN_NONE;
+    self->rip = 0;
+    if (self->reg_read(self->uc, self->reg_rip, &self->rip))
+        return PyErr_Format(PyExc_RuntimeError, "uc_reg_read(RIP) failed");
+    return PyLong_FromLong(err);
 }
 
 /* A memory hook saw an access of the current instruction (Cpu._note_mem_hook). */
@@ -556,8 +584,7 @@ static PyObject *cpu_get_last_code(CpuObject *self, void *closure) {
 static PyMethodDef cpu_methods[] = {
     {"bind", (PyCFunction)cpu_bind, METH_VARARGS, "register the hooks on a Unicorn engine"},
     {"set_nmi", (PyCFunction)cpu_set_nmi, METH_VARARGS, "the NMI point and where it is asked"},
-    {"begin", (PyCFunction)cpu_begin, METH_VARARGS, "the state of one run"},
-    {"end", (PyCFunction)cpu_end, METH_VARARGS, "flush one run's records"},
+    {"run", (PyCFunction)cpu_run, METH_VARARGS, "one run from the current RIP"},
     {"mem_hook", (PyCFunction)cpu_mem_hook, METH_NOARGS, "a memory hook saw this instruction"},
     {NULL}};
 
@@ -575,6 +602,9 @@ static PyMemberDef cpu_members[] = {
     M("emulate", T_INT, emulate, READONLY),
     M("emulate_addr", T_ULONGLONG, emulate_addr, READONLY),
     M("retired_run", T_ULONGLONG, retired_run, READONLY),
+    M("rip", T_ULONGLONG, rip, READONLY),
+    M("timing", T_INT, timing, 0),
+    M("unicorn_ns", T_ULONGLONG, unicorn_ns, 0),
     M("left", T_LONGLONG, left, 0),
     {NULL}};
 

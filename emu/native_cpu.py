@@ -21,7 +21,7 @@ from unicorn.unicorn_const import UC_HOOK_CODE, UC_HOOK_INSN
 from unicorn.unicorn_py3.unicorn import uclib
 
 from . import layout
-from .cpu import _RDTSCP, Cpu, Stop, _leave_handler
+from .cpu import _RDTSCP, Cpu, Stop, StopKind, _leave_handler
 from .fetch_view import FetchView
 from .layout import Layout
 from .memory import SharedMemory
@@ -52,10 +52,11 @@ class NativeCpu(Cpu):
         super().__init__(index, lay, mem, view, clock, truth, others, events)
 
     def _hook_instructions(self) -> None:
-        self._nat.bind(self.uc._uch.value, _fn("uc_hook_add"), _fn("uc_emu_stop"),
-                       _fn("uc_reg_write"), ctypes.addressof(self.view.buf),
-                       len(self.view.buf), layout.TEXT_BASE, UC_HOOK_CODE, UC_HOOK_INSN,
-                       X.UC_X86_INS_RDTSC, X.UC_X86_REG_RAX, X.UC_X86_REG_RDX)
+        self._nat.bind(self.uc._uch.value, _fn("uc_hook_add"), _fn("uc_emu_start"),
+                       _fn("uc_emu_stop"), _fn("uc_reg_read"), _fn("uc_reg_write"),
+                       ctypes.addressof(self.view.buf), len(self.view.buf), layout.TEXT_BASE,
+                       UC_HOOK_CODE, UC_HOOK_INSN, X.UC_X86_INS_RDTSC, X.UC_X86_REG_RAX,
+                       X.UC_X86_REG_RDX, X.UC_X86_REG_RIP)
 
     # the flags the rare Python hooks share with the C code hook
     @property
@@ -92,40 +93,42 @@ class NativeCpu(Cpu):
         if self.nmi_point is not self._nmi_sent:
             nat.set_nmi(self.nmi_point, _nmi_map(self.nmi_offsets, len(self.view.buf)))
             self._nmi_sent = self.nmi_point
-        rip = self._read64(X.UC_X86_REG_RIP)
-        fp = self.footprint if event else None
-        if event:
-            view = self.view
-            decided = self.fetch_decided
-            # the NMI point asks only while the CPU has spontaneous NMIs left and none pending
-            # (Machine._nmi_arrives answers False without a choice otherwise); within a run
-            # neither comes back
-            nat.begin(quantum, True, rip, st.last_ip, st.last_code, st.shadow,
-                      view.pending if view.has_pending() else None,
-                      decided[1] if decided else -1,
-                      st.nmis_left > 0 and not st.pending_nmi, fp is not None,
-                      self.truth is not None)
-        else:
-            nat.begin(quantum, False, None, st.last_ip, st.last_code, st.shadow, None, -1,
-                      False, False, self.truth is not None)
         self._fill_fault = None
         self._exception = None
         st.yielded = False
-        try:
-            self.uc.emu_start(rip, 0, 0, 0)
-        except UcError as e:
-            self._end(fp)
-            return self._failed(e)
-        self._end(fp)
+        u = self.uc
+        u._hook_exception = None  # what the binding's emu_start does around the C call
+        if event:
+            view = self.view
+            decided = self.fetch_decided
+            fp = self.footprint
+            # the NMI point asks only while the CPU has spontaneous NMIs left and none pending
+            # (Machine._nmi_arrives answers False without a choice otherwise); within a run
+            # neither comes back
+            err = nat.run(quantum, True, st.last_ip, st.last_code, st.shadow,
+                          view.pending if view.has_pending() else None,
+                          decided[1] if decided else -1,
+                          st.nmis_left > 0 and not st.pending_nmi, fp is not None,
+                          self.truth, fp.reads if fp is not None else None)
+        else:
+            err = nat.run(quantum, False, st.last_ip, st.last_code, st.shadow, None, -1, False,
+                          False, self.truth, None)
+        self._end()
+        if err:
+            return self._failed(UcError(err))
+        if u._hook_exception is not None:
+            raise u._hook_exception
         if nat.emulate:
             self._emulate_rdtscp(nat.emulate_addr, _RDTSCP)
-        return self._stopped()
+            return self._stopped()
+        if self._exception is not None:
+            return self._stopped()
+        return Stop(StopKind.QUANTUM, rip=nat.rip)
 
-    def _end(self, fp) -> None:
-        """The run's records into the ground truth and footprint, its effects into the state
-        (what Cpu._on_code sets per instruction, set once)."""
+    def _end(self) -> None:
+        """The run's effects into the state (what Cpu._on_code sets per instruction, set
+        once)."""
         nat = self._nat
-        nat.end(self.truth, fp.reads if fp is not None else None)
         st = self.state
         if nat.retired_run:
             self.retired += nat.retired_run

@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 
 from emu import engine as engines
-from emu import x86
+from emu import selftest, x86
 from emu.cpu import Clock, Cpu
 from emu.decisions import RandomSource
 from emu.engine import Engine, native_module
@@ -169,3 +169,11 @@ def test_the_native_effect_table_is_the_reference_one():
     assert wrong == []
     kinds = {x86.effect(s) for s in samples}
     assert kinds == set(x86.Effect)  # every class was exercised
+
+
+@pytest.mark.parametrize("check", selftest.CHECKS, ids=[f.__name__ for f in selftest.CHECKS])
+def test_every_machine_self_check_passes_on_the_fast_engine(check):
+    """The self-checks drive what no scenario does (RDTSC, RDTSCP, HLT, #UD, #PF, nested NMIs)
+    and check its architectural result, here on the native hooks."""
+    result = check(engine=Engine.FAST)
+    assert result.ok, result.detail
