@@ -146,6 +146,9 @@ class Machine(InterruptDelivery, HypercallService):
         self._last: int | None = None
         self._escalation: dict[int, str] = {}
         self._md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        self._cpu_requests: dict[tuple, Request] = {}
+        self._quantum_requests = [Request(Kind.QUANTUM, config.max_quantum, i)
+                                  for i in range(config.ncpus)]
 
     def _physical(self, ranges: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
         out = []
@@ -253,9 +256,13 @@ class Machine(InterruptDelivery, HypercallService):
             c = self.cpus[stuck[0]]
             return Verdict(VerdictKind.HANG, f"CPUs {stuck} are halted with nothing to wake them",
                            cpu=c.index, rip=c.reg("rip"), event="deadlock")
-        ctx = CpuContext(tuple(c.index for c in runnable), self._last,
-                         frozenset(c.index for c in runnable if c.state.yielded))
-        cpu = runnable[dec.choose(Request(Kind.CPU, len(runnable), context=ctx))]
+        key = (tuple(c.index for c in runnable), self._last,
+               frozenset(c.index for c in runnable if c.state.yielded))
+        request = self._cpu_requests.get(key)
+        if request is None:  # requests are immutable: one per context, made once
+            request = self._cpu_requests[key] = Request(Kind.CPU, len(runnable),
+                                                        context=CpuContext(*key))
+        cpu = runnable[dec.choose(request)]
         self._last = cpu.index
         if not (self.config.event_mode and dec.source.wants_footprints):
             return self._cpu_step(cpu, dec)
@@ -289,7 +296,7 @@ class Machine(InterruptDelivery, HypercallService):
             pick = dec.choose(Request(Kind.VIEW, len(cpu.view.pending) + 1, cpu.index))
             if pick:
                 self._refresh(cpu, pick - 1)
-        quantum = dec.choose(Request(Kind.QUANTUM, self.config.max_quantum, cpu.index)) + 1
+        quantum = dec.choose(self._quantum_requests[cpu.index]) + 1
         return self._after_run(cpu, cpu.run(quantum))
 
     def _observe_pending(self, cpu: Cpu, dec: Decisions) -> None:
