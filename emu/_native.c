@@ -118,6 +118,7 @@ typedef struct {
     uint64_t unicorn_ns;  /* (hooks included, Python ones too) */
     uint64_t last_grain; /* the last fetched text grain added to `grains` */
     Buf ticks, ips, ends, code, grains;
+    size_t room; /* records ticks, ips and ends all have room for */
     PyObject *err_type, *err_value, *err_tb; /* a harness error inside a hook */
 } CpuObject;
 
@@ -302,12 +303,30 @@ static void on_code(void *uc, uint64_t address, uint32_t size, void *user_data) 
     uint64_t tick = ++s->clock->tick;
     s->retired_run++;
     if (s->truth) {
-        uint32_t end = (uint32_t)(s->code.len + size);
-        if (buf_put(&s->ticks, &tick, 8) || buf_put(&s->ips, &address, 8) ||
-            buf_put(&s->code, code, size) || buf_put(&s->ends, &end, 4)) {
-            fail(s, PyExc_MemoryError, "native machine: ground truth");
-            return;
+        size_t i = s->ends.len / 4; /* record i */
+        if (i >= s->room || s->code.len + size > s->code.cap) {
+            size_t n = i + 1024;
+            if (buf_reserve(&s->ticks, 8 * n - s->ticks.len) ||
+                buf_reserve(&s->ips, 8 * n - s->ips.len) ||
+                buf_reserve(&s->ends, 4 * n - s->ends.len) ||
+                buf_reserve(&s->code, INVALID_INSN_SIZE * 1024)) {
+                fail(s, PyExc_MemoryError, "native machine: ground truth");
+                return;
+            }
+            s->room = s->ticks.cap / 8;
+            if (s->ips.cap / 8 < s->room)
+                s->room = s->ips.cap / 8;
+            if (s->ends.cap / 4 < s->room)
+                s->room = s->ends.cap / 4;
         }
+        ((uint64_t *)s->ticks.data)[i] = tick;
+        ((uint64_t *)s->ips.data)[i] = address;
+        memcpy(s->code.data + s->code.len, code, size);
+        s->code.len += size;
+        ((uint32_t *)s->ends.data)[i] = (uint32_t)s->code.len;
+        s->ticks.len += 8;
+        s->ips.len += 8;
+        s->ends.len += 4;
     }
     s->last_ip = address;
     memcpy(s->last_code, code, size);
@@ -500,8 +519,10 @@ static int flush_truth(CpuObject *self, PyObject *retired) {
         PyObject *arr = PyObject_GetAttrString(retired, fields[k]);
         if (!arr)
             return -1;
-        PyObject *r = PyObject_CallMethod(arr, "frombytes", "y#", bufs[k]->data,
-                                          (Py_ssize_t)bufs[k]->len);
+        PyObject *view = PyMemoryView_FromMemory(bufs[k]->data, (Py_ssize_t)bufs[k]->len,
+                                                 PyBUF_READ);
+        PyObject *r = view ? PyObject_CallMethod(arr, "frombytes", "O", view) : NULL;
+        Py_XDECREF(view);
         Py_DECREF(arr);
         if (!r)
             return -1;
