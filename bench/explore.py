@@ -12,7 +12,11 @@
 - with --z1: the exhaustive search's first failure on z1_optprobe_shadow buggy at P=1 V=0 I=1
   (an early preemption and an NMI inside the probed region), without and with --dpor (minutes).
 
-Usage: python bench/explore.py [--json] [--schedules N] [--z1] [--engines-only]
+- with --growth (issue 15): the fully verified time per retired instruction on the fast engine
+  (and the machine's alone on both engines) from 2 to 16 CPUs (static_key) and from 4 to 1,024
+  jump-label sites on one key (2 CPUs).
+
+Usage: python bench/explore.py [--json] [--schedules N] [--z1] [--engines-only] [--growth]
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ from emu.native_cpu import NativeCpu
 from harness.explore.exhaustive import ExhaustiveSource
 from harness.explore.explore import Plan, explore
 from harness.run import Runner
+from harness.scenario.op import StaticKey
+from harness.scenario.scenario import Scenario
 from harness.scenario.shipped import SCENARIOS
+from harness.scenario.site import JumpLabel
 
 
 def rate(runner: Runner, n: int) -> float:
@@ -119,6 +126,45 @@ def engines(schedules: int) -> dict:
     return out
 
 
+def per_instruction(runner: Runner, seeds: range, verify: bool) -> float:
+    """CPU µs per retired instruction of `runner`'s schedules (fully verified, or the machine
+    alone), after one that warms the caches."""
+    runner.run_seed(seeds.start + 1000)
+    ticks, spent = 0, 0.0
+    for seed in seeds:
+        t = time.process_time()
+        if verify:
+            out = runner.run_seed(seed)
+            assert out.ok, out.verdict
+            ticks += out.result.ticks
+        else:
+            ticks += runner.machine.run(RandomSource(seed)).ticks
+        spent += time.process_time() - t
+    return round(spent / ticks * 1e6, 3)
+
+
+def growth() -> list[dict]:
+    """µs per retired instruction against CPUs and sites (issue 15: flat within 1.3x)."""
+    scn = SCENARIOS["static_key"]
+    cases = [(f"{n} CPUs, 4 sites", scn, n) for n in (2, 4, 8, 16)]
+    cases += [(f"2 CPUs, {n} sites", Scenario(
+        f"static_key_{n}", f"one key, {n} jump-label sites, enabled then disabled",
+        sites=[JumpLabel(f"jl{i}", key="k0") for i in range(n)],
+        ops=[StaticKey("k0", True), StaticKey("k0", False)], insn_budget=4_000_000,
+        passes_after=1), 2) for n in (4, 16, 64, 256, 1024)]
+    rows = []
+    for label, s, cpus in cases:
+        seeds = range(1, 4 if s.sites and len(s.sites) <= 64 else 2)
+        row = {"case": label}
+        for e in Engine:
+            runner = Runner(s, cpus=cpus, engine=e, decode=e is Engine.FAST)
+            row[f"{e.value}_machine_us_per_insn"] = per_instruction(runner, seeds, False)
+            if e is Engine.FAST:
+                row["fast_verified_us_per_insn"] = per_instruction(runner, seeds, True)
+        rows.append(row)
+    return rows
+
+
 def print_engines(e: dict) -> None:
     fast, ref = e["fast"], e["reference"]
     print(f"engines ({e['native']}): static_key fully verified, fast {fast['schedules_per_s']} "
@@ -164,7 +210,19 @@ def main() -> None:
     ap.add_argument("--z1", action="store_true", help="also time the exhaustive search on Z1")
     ap.add_argument("--engines-only", action="store_true",
                     help="only the fast engine against the reference (issue 15)")
+    ap.add_argument("--growth", action="store_true",
+                    help="only the time per instruction against CPUs and sites (issue 15)")
     args = ap.parse_args()
+    if args.growth:
+        rows = growth()
+        if args.json:
+            print(json.dumps({"growth": rows}, indent=2))
+            return
+        for r in rows:
+            print(f"{r['case']:22} fully verified (fast) {r['fast_verified_us_per_insn']} us/insn;"
+                  f" machine fast {r['fast_machine_us_per_insn']}, reference "
+                  f"{r['reference_machine_us_per_insn']} us/insn")
+        return
     engine_rows = engines(args.schedules)
     if args.engines_only:
         if args.json:
