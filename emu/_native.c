@@ -118,6 +118,8 @@ typedef struct {
     uint64_t unicorn_ns;  /* (hooks included, Python ones too) */
     uint64_t last_grain; /* the last fetched text grain added to `grains` */
     Buf ticks, ips, ends, code, grains;
+    Buf written;           /* footprint locations written this run (grains: read) */
+    Buf watches;           /* the memory hooks' MemWatch records, owned here */
     size_t room; /* records ticks, ips and ends all have room for */
     PyObject *err_type, *err_value, *err_tb; /* a harness error inside a hook */
 } CpuObject;
@@ -135,6 +137,10 @@ static void cpu_dealloc(CpuObject *self) {
     free(self->ends.data);
     free(self->code.data);
     free(self->grains.data);
+    free(self->written.data);
+    for (size_t i = 0; i < self->watches.len / sizeof(void *); i++)
+        free(((void **)self->watches.data)[i]);
+    free(self->watches.data);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -360,6 +366,56 @@ static void on_code(void *uc, uint64_t address, uint32_t size, void *user_data) 
     }
 }
 
+/* ------------------------------------------------------------------ footprint hooks */
+
+/* emu/footprint.py's locations */
+#define DATA_TAG (2ULL << 60)
+#define IRQ_TAG (3ULL << 60)
+#define STACK_BIT (1ULL << 40)
+#define UC_MEM_WRITE 17
+
+enum watch_kind { WATCH_DATA, WATCH_TEXT, WATCH_STACK };
+
+typedef struct {
+    CpuObject *cpu;
+    enum watch_kind kind;
+    uint64_t base;  /* WATCH_TEXT: the text's physical address */
+    uint64_t owner; /* WATCH_STACK: whose stack */
+} MemWatch;
+
+static int add_location(Buf *b, uint64_t loc) { return buf_put(b, &loc, sizeof loc); }
+
+/* Cpu._on_tracked, _on_text_read and _on_foreign_stack: the access belongs to the current
+   instruction (see on_code), and in a step whose footprint is measured, its locations. */
+static void on_mem(void *uc, int type, uint64_t addr, int size, int64_t value, void *user) {
+    MemWatch *w = (MemWatch *)user;
+    CpuObject *s = w->cpu;
+    (void)uc;
+    (void)value;
+    s->mem_hooked = s->last_ip;
+    s->mem_hooked_valid = 1;
+    if (!(s->event && s->track_fp) || size < 1)
+        return;
+    Buf *into = type == UC_MEM_WRITE ? &s->written : &s->grains;
+    int err = 0;
+    switch (w->kind) {
+    case WATCH_DATA:
+        for (uint64_t k = addr >> 3; k <= (addr + size - 1) >> 3 && !err; k++)
+            err = add_location(into, DATA_TAG | k);
+        break;
+    case WATCH_TEXT: /* a data read of text: its grains are read */
+        for (uint64_t g = (addr - w->base) >> TEXT_SHIFT;
+             g <= (addr - w->base + size - 1) >> TEXT_SHIFT && !err; g++)
+            err = add_location(&s->grains, TEXT_TAG | g);
+        break;
+    case WATCH_STACK:
+        err = add_location(into, IRQ_TAG | STACK_BIT | w->owner);
+        break;
+    }
+    if (err)
+        fail(s, PyExc_MemoryError, "native machine: footprint");
+}
+
 /* Cpu._on_rdtsc: the virtual TSC; returning 1 skips Unicorn's own (host-time) RDTSC. */
 static int on_rdtsc(void *uc, void *user_data) {
     CpuObject *s = (CpuObject *)user_data;
@@ -404,6 +460,35 @@ static PyObject *cpu_bind(CpuObject *self, PyObject *args) {
     int err = add(self->uc, &h1, hook_code, (void *)on_code, self, 1, 0);
     if (!err)
         err = add(self->uc, &h2, hook_insn, (void *)on_rdtsc, self, 1, 0, ins_rdtsc);
+    if (err)
+        return PyErr_Format(PyExc_RuntimeError, "uc_hook_add failed: error %d", err);
+    Py_RETURN_NONE;
+}
+
+/* hook_mem(kind, start, end, base, owner, hook_type): a footprint hook on physical
+   [start, end) (Cpu.track_data: kind 0; track_text_reads: 1, base the text's physical
+   address; track_foreign_stacks: 2, owner the stack's CPU). Unicorn cannot remove hooks. */
+static PyObject *cpu_hook_mem(CpuObject *self, PyObject *args) {
+    int kind, type;
+    unsigned long long start, end, base, owner, hook_add;
+    if (!PyArg_ParseTuple(args, "iKKKKiK", &kind, &start, &end, &base, &owner, &type,
+                          &hook_add))
+        return NULL;
+    if (kind < WATCH_DATA || kind > WATCH_STACK || end <= start)
+        return PyErr_Format(PyExc_ValueError, "hook_mem: kind %d, [%#llx, %#llx)", kind,
+                           start, end);
+    MemWatch *w = malloc(sizeof *w);
+    if (!w || buf_put(&self->watches, &w, sizeof w)) {
+        free(w);
+        return PyErr_NoMemory();
+    }
+    w->cpu = self;
+    w->kind = (enum watch_kind)kind;
+    w->base = base;
+    w->owner = owner;
+    size_t h = 0;
+    int err = ((uc_hook_add_t)(uintptr_t)hook_add)(self->uc, &h, type, (void *)on_mem, w,
+                                                   (uint64_t)start, (uint64_t)end - 1);
     if (err)
         return PyErr_Format(PyExc_RuntimeError, "uc_hook_add failed: error %d", err);
     Py_RETURN_NONE;
@@ -484,6 +569,7 @@ static int setup(CpuObject *self, long long quantum, int event, unsigned long lo
     self->retired_run = 0;
     self->last_grain = (uint64_t)-1;
     self->ticks.len = self->ips.len = self->ends.len = self->code.len = self->grains.len = 0;
+    self->written.len = 0;
     return 0;
 }
 
@@ -531,21 +617,36 @@ static int flush_truth(CpuObject *self, PyObject *retired) {
     return 0;
 }
 
+/* Add the locations in `b` to the set `into`. */
+static int add_to_set(PyObject *into, const Buf *b) {
+    const uint64_t *g = (const uint64_t *)b->data;
+    for (size_t i = 0; i < b->len / 8; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(g[i]);
+        if (!v || PySet_Add(into, v)) {
+            Py_XDECREF(v);
+            return -1;
+        }
+        Py_DECREF(v);
+    }
+    return 0;
+}
+
 /* run(quantum, event, last_ip, last_code, shadow, pending|None, decided_end, nmi_armed,
-       track_fp, retired|None, footprint_reads|None) -> uc_err: one run from the current RIP
+       track_fp, retired|None, footprint|None) -> uc_err: one run from the current RIP
    (Cpu.run): emu_start with until=0 and count=0, then the run's records appended to `retired`
-   and its fetched text grains added to `footprint_reads`. Raises an error a hook kept; the
+   and the locations it read and wrote added to the footprint's `reads` and `writes`. Raises
+   an error a hook kept; the
    caller raises one a Python hook left in the binding. */
 static PyObject *cpu_run(CpuObject *self, PyObject *args) {
     long long quantum, decided_end;
     int event, shadow, nmi_armed, track_fp;
-    PyObject *pending, *retired, *reads;
+    PyObject *pending, *retired, *footprint;
     unsigned long long last_ip;
     const char *last_code;
     Py_ssize_t last_len;
     if (!PyArg_ParseTuple(args, "LpKy#pOLppOO", &quantum, &event, &last_ip, &last_code,
                           &last_len, &shadow, &pending, &decided_end, &nmi_armed, &track_fp,
-                          &retired, &reads))
+                          &retired, &footprint))
         return NULL;
     if (setup(self, quantum, event, last_ip, last_code, last_len, shadow, pending, decided_end,
               nmi_armed, track_fp, retired != Py_None))
@@ -571,17 +672,15 @@ static PyObject *cpu_run(CpuObject *self, PyObject *args) {
     }
     if (retired != Py_None && flush_truth(self, retired))
         return NULL;
-    if (reads != Py_None && self->grains.len) {
-        uint64_t *g = (uint64_t *)self->grains.data;
-        size_t n = self->grains.len / 8;
-        for (size_t i = 0; i < n; i++) {
-            PyObject *v = PyLong_FromUnsignedLongLong(g[i]);
-            if (!v || PySet_Add(reads, v)) {
-                Py_XDECREF(v);
-                return NULL;
-            }
-            Py_DECREF(v);
-        }
+    if (footprint != Py_None && (self->grains.len || self->written.len)) {
+        PyObject *reads = PyObject_GetAttrString(footprint, "reads");
+        PyObject *writes = reads ? PyObject_GetAttrString(footprint, "writes") : NULL;
+        int bad = !writes || add_to_set(reads, &self->grains) ||
+                  add_to_set(writes, &self->written);
+        Py_XDECREF(reads);
+        Py_XDECREF(writes);
+        if (bad)
+            return NULL;
     }
     self->rip = 0;
     if (self->reg_read(self->uc, self->reg_rip, &self->rip))
@@ -606,6 +705,7 @@ static PyMethodDef cpu_methods[] = {
     {"bind", (PyCFunction)cpu_bind, METH_VARARGS, "register the hooks on a Unicorn engine"},
     {"set_nmi", (PyCFunction)cpu_set_nmi, METH_VARARGS, "the NMI point and where it is asked"},
     {"run", (PyCFunction)cpu_run, METH_VARARGS, "one run from the current RIP"},
+    {"hook_mem", (PyCFunction)cpu_hook_mem, METH_VARARGS, "a footprint memory hook"},
     {"mem_hook", (PyCFunction)cpu_mem_hook, METH_NOARGS, "a memory hook saw this instruction"},
     {NULL}};
 

@@ -2,10 +2,11 @@
 
 emu/_native.c does, per instruction, what Cpu._on_code and Cpu._on_rdtsc do (the tick, the
 ground-truth record, the serializing / IRET / shadow / HLT / PAUSE effects, the event-mode
-stops, the fetched text grains of a footprint), registered with Unicorn as C function pointers
+stops, a footprint's fetched text grains) and what its footprint hooks do (data, text read as
+data, other CPUs' stacks), registered with Unicorn as C function pointers
 taken from the library the binding loaded. Python runs once at the start and once at the end
 of a run, and inside it only in the rare hooks Cpu keeps (text stores, hypercalls, interrupts,
-TLB fills, watched and tracked data) and for the spontaneous-NMI decision before an
+TLB fills, watched data) and for the spontaneous-NMI decision before an
 instruction. The flags those hooks share with the code hook (`_want_stop`, `_read_stop_in`,
 `_restarted`) live in the C object, so the rare hooks are Cpu's own, unchanged.
 """
@@ -17,7 +18,7 @@ from types import ModuleType
 
 from unicorn import UcError
 from unicorn import x86_const as X
-from unicorn.unicorn_const import UC_HOOK_CODE, UC_HOOK_INSN
+from unicorn.unicorn_const import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
 from unicorn.unicorn_py3.unicorn import uclib
 
 from . import layout
@@ -86,6 +87,21 @@ class NativeCpu(Cpu):
     def _note_mem_hook(self) -> None:
         self._nat.mem_hook()
 
+    # footprint hooks in C (Cpu's record the same locations from Python)
+    def track_data(self, ranges: list[tuple[int, int]]) -> None:
+        for start, end in ranges:
+            self._nat.hook_mem(0, start, end, 0, 0, UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE,
+                               _fn("uc_hook_add"))
+
+    def track_text_reads(self) -> None:
+        self._nat.hook_mem(1, layout.PHYS_TEXT_MEM, layout.PHYS_TEXT_MEM + self.layout.text_size,
+                           layout.PHYS_TEXT_MEM, 0, UC_HOOK_MEM_READ, _fn("uc_hook_add"))
+
+    def track_foreign_stacks(self, stacks: list[tuple[int, int, int]]) -> None:
+        for start, end, owner in stacks:
+            self._nat.hook_mem(2, start, end, 0, owner, UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE,
+                               _fn("uc_hook_add"))
+
     def run(self, quantum: int, event: bool = False) -> Stop:
         self._event = event
         st = self.state
@@ -109,7 +125,7 @@ class NativeCpu(Cpu):
                           view.pending if view.has_pending() else None,
                           decided[1] if decided else -1,
                           st.nmis_left > 0 and not st.pending_nmi, fp is not None,
-                          self.truth, fp.reads if fp is not None else None)
+                          self.truth, fp)
         else:
             err = nat.run(quantum, False, st.last_ip, st.last_code, st.shadow, None, -1, False,
                           False, self.truth, None)
