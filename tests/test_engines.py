@@ -26,6 +26,7 @@ from harness.oracles import torn_execution
 from harness.run import Runner
 from harness.scenario.scenario import GENERIC_VARIANTS
 from harness.scenario.shipped import SCENARIOS
+from tests.test_soundness import STACK_RACE
 
 pytestmark = pytest.mark.skipif(native_module("machine") is None,
                                 reason="emu._native was not compiled (setup.py)")
@@ -87,11 +88,18 @@ def test_both_machines_run_the_same_schedule(name: str, variant: str | None, eve
         assert differences(runners[Engine.FAST], fast, ref) == [], f"seed {seed}"
 
 
-def test_both_machines_search_the_same_space():
-    """An exhaustive search with the DPOR reduction: the footprints the C hook collects steer
-    which paths come next, so equal paths in equal order need equal footprints too."""
+@pytest.mark.parametrize(("scenario", "variant", "cpus"), [
+    ("z4_bytewise", "fixed", None),
+    (STACK_RACE, None, 2),  # a race through another CPU's stack: its footprint location
+], ids=["z4_bytewise", "stack_race"])
+def test_both_machines_search_the_same_space(scenario, variant, cpus):
+    """An exhaustive search with the DPOR reduction: the footprints the C hooks collect steer
+    which paths come next, so equal paths in equal order need equal footprints too (and each
+    step's footprint is compared)."""
+    scn = SCENARIOS[scenario] if isinstance(scenario, str) else scenario
     visited: dict[Engine, list[tuple[object, ...]]] = {}
-    for eng, runner in _runners("z4_bytewise", "fixed", True).items():
+    for eng in Engine:
+        runner = Runner(scn, variant, cpus, event_mode=True, engine=eng, decode=False)
         seen: list[tuple[object, ...]] = []
 
         class Out:
