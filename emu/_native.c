@@ -762,7 +762,7 @@ static PyMethodDef module_methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "emu._native",
                                     "The native machine of the fast engine.", -1,
-                                    module_methods};
+                                    module_methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__native(void) {
     if (PyType_Ready(&ClockType) < 0 || PyType_Ready(&CpuType) < 0)

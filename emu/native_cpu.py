@@ -45,6 +45,8 @@ def _nmi_map(offsets: frozenset[int] | None, size: int) -> bytes | None:
 
 
 class NativeCpu(Cpu):
+    """Cpu, run by emu/_native.c: the same state, hooks and Stops, no Python per instruction."""
+
     def __init__(self, native: ModuleType, index: int, lay: Layout, mem: SharedMemory,
                  view: FetchView, clock, truth: Retired | None, others: list[FetchView],
                  events: list) -> None:
@@ -82,7 +84,7 @@ class NativeCpu(Cpu):
 
     @_restarted.setter
     def _restarted(self, _value: bool) -> None:
-        pass  # the C hook keeps it; begin() clears it
+        pass  # the C hook keeps it; each run starts with it clear
 
     def _note_mem_hook(self) -> None:
         self._nat.mem_hook()
@@ -106,7 +108,7 @@ class NativeCpu(Cpu):
         self._event = event
         st = self.state
         nat = self._nat
-        if self.nmi_point is not self._nmi_sent:
+        if self.nmi_point is not self._nmi_sent:  # the machine sets both once, after __init__
             nat.set_nmi(self.nmi_point, _nmi_map(self.nmi_offsets, len(self.view.buf)))
             self._nmi_sent = self.nmi_point
         self._fill_fault = None

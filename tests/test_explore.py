@@ -231,6 +231,8 @@ def test_ctrl_c_reports_what_was_found_and_resume_goes_on(tmp_path, strategy):
                             text=True, start_new_session=True, preexec_fn=terminal_sigint)
     lines = []
     for line in proc.stderr:  # wait for results, not for time (--json: the log is on stderr)
+        if line.startswith("textpoke: engine:"):  # a process without every native part says so
+            continue
         lines.append(line)
         if len(lines) == 4:
             os.killpg(proc.pid, signal.SIGINT)
