@@ -4,7 +4,7 @@ compiled, `pip install` still succeeds and the harness runs the reference engine
 from setuptools import Extension, setup
 
 NATIVE: list[Extension] = [
-    # Extension("emu._native", ["emu/_native.c"], optional=True, extra_compile_args=["-O2"]),
+    Extension("emu._native", ["emu/_native.c"], optional=True, extra_compile_args=["-O2"]),
     Extension("harness.trace.pt._native", ["harness/trace/pt/_native.c"], optional=True,
               extra_compile_args=["-O2"]),
 ]

@@ -190,12 +190,16 @@ class Cpu:
                    layout.PHYS_TEXT_MEM + lay.text_size - 1)
         self._u64 = ctypes.c_uint64()
         self._u64_ref = ctypes.byref(self._u64)
+        self._hook_instructions()
+        self._boot_long_mode()
+
+    def _hook_instructions(self) -> None:
+        """The per-instruction hooks: code and RDTSC (emu/native_cpu.py has them in C)."""
         self._code_cb = _CODE_CB(self._on_code)
         self._rdtsc_cb = _RDTSC_CB(self._on_rdtsc)
-        add = u._Uc__do_hook_add  # the binding's raw registration (a private name)
+        add = self.uc._Uc__do_hook_add  # the binding's raw registration (a private name)
         add(UC_HOOK_CODE, self._code_cb, 1, 0)
         add(UC_HOOK_INSN, self._rdtsc_cb, 1, 0, ctypes.c_int(X.UC_X86_INS_RDTSC))
-        self._boot_long_mode()
 
     # ---------------------------------------------------------------- setup
     def _boot_long_mode(self) -> None:
@@ -344,7 +348,7 @@ class Cpu:
         """A guest store to text memory (through the poking alias), seen before it lands."""
         off = paddr - layout.PHYS_TEXT_MEM
         data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
-        self._mem_hooked = self.state.last_ip
+        self._note_mem_hook()
         if self._restarted and self._last_store == (self.clock.tick, off, data):
             return  # the same store of a restarted instruction (see _on_code)
         self._last_store = (self.clock.tick, off, data)
@@ -357,6 +361,10 @@ class Cpu:
             self.footprint.writes.update(text_grains(off, size))
         self.events.append(TextStore(self.clock.tick, self.index, layout.TEXT_BASE + off, data))
         self._want_stop = True
+
+    def _note_mem_hook(self) -> None:
+        """A memory hook saw an access of the current instruction (see _on_code)."""
+        self._mem_hooked = self.state.last_ip
 
     # ---------------------------------------------------------------- running
     def request_stop(self) -> None:
@@ -393,21 +401,21 @@ class Cpu:
 
     def _on_text_read(self, _uc: Uc, _access: int, addr: int, size: int, _value: int,
                       _ud) -> None:
-        self._mem_hooked = self.state.last_ip
+        self._note_mem_hook()
         fp = self.footprint
         if self._event and fp is not None:
             fp.reads.update(text_grains(addr - layout.PHYS_TEXT_MEM, size))
 
     def _on_foreign_stack(self, _uc: Uc, access: int, _addr: int, _size: int, _value: int,
                           owner: int) -> None:
-        self._mem_hooked = self.state.last_ip
+        self._note_mem_hook()
         fp = self.footprint
         if self._event and fp is not None:
             (fp.writes if access == Access.WRITE else fp.reads).add(stack(owner))
 
     def _on_tracked(self, _uc: Uc, access: int, addr: int, size: int, _value: int,
                     _ud) -> None:
-        self._mem_hooked = self.state.last_ip
+        self._note_mem_hook()
         fp = self.footprint
         if self._event and fp is not None:
             (fp.writes if access == Access.WRITE else fp.reads).update(data_words(addr, size))
@@ -444,24 +452,32 @@ class Cpu:
         except UcError as e:
             if self._error is not None:
                 raise self._error from None
-            rip = u.reg_read(X.UC_X86_REG_RIP)
-            if e.errno == UC_ERR_INSN_INVALID:
-                return Stop(StopKind.EXCEPTION, vector=x86.UD, rip=rip)
-            if e.errno == UC_ERR_EXCEPTION and self._fill_fault is not None:
-                va, acc = self._fill_fault
-                if not x86.is_canonical(va):  # SDM 3A 6.15: non-canonical -> #GP(0), not #PF
-                    return Stop(StopKind.EXCEPTION, vector=x86.GP, rip=rip, error_code=0)
-                code = x86.PF_PRESENT if self.layout.present(va) else 0
-                if acc is Access.WRITE:
-                    code |= x86.PF_WRITE
-                elif acc is Access.FETCH:
-                    code |= x86.PF_FETCH
-                return Stop(StopKind.EXCEPTION, vector=x86.PF, rip=rip, error_code=code, cr2=va)
-            return Stop(StopKind.ERROR, rip=rip, message=f"unicorn: {e}")
+            return self._failed(e)
         if self._error is not None:
             raise self._error
         if self._emulate is not None:
             self._emulate_rdtscp(*self._emulate)
+        return self._stopped()
+
+    def _failed(self, e: UcError) -> Stop:
+        """The Stop of a run Unicorn ended with an error: #UD, #PF / #GP of a failed fill."""
+        rip = self.uc.reg_read(X.UC_X86_REG_RIP)
+        if e.errno == UC_ERR_INSN_INVALID:
+            return Stop(StopKind.EXCEPTION, vector=x86.UD, rip=rip)
+        if e.errno == UC_ERR_EXCEPTION and self._fill_fault is not None:
+            va, acc = self._fill_fault
+            if not x86.is_canonical(va):  # SDM 3A 6.15: non-canonical -> #GP(0), not #PF
+                return Stop(StopKind.EXCEPTION, vector=x86.GP, rip=rip, error_code=0)
+            code = x86.PF_PRESENT if self.layout.present(va) else 0
+            if acc is Access.WRITE:
+                code |= x86.PF_WRITE
+            elif acc is Access.FETCH:
+                code |= x86.PF_FETCH
+            return Stop(StopKind.EXCEPTION, vector=x86.PF, rip=rip, error_code=code, cr2=va)
+        return Stop(StopKind.ERROR, rip=rip, message=f"unicorn: {e}")
+
+    def _stopped(self) -> Stop:
+        """The Stop of a run that ended normally: an exception a hook saw, or none."""
         if self._exception is not None:
             vector, rip = self._exception
             return Stop(StopKind.EXCEPTION, vector=vector, rip=rip,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import capstone
 
+from . import engine as engines
 from . import layout, x86
 from .config import MachineConfig, RunBudget
 from .cpu import Clock, Cpu, CpuState, Stop, StopKind
@@ -38,6 +39,7 @@ from .held_sigint import HeldSigint
 from .hypercall_service import HypercallService
 from .loader import GuestImage, load
 from .memory import SharedMemory
+from .native_cpu import NativeCpu
 from .path import Choice, CpuContext, Kind, Request
 from .text_poke_record import TextPokeRecord
 from .truth import GroundTruth
@@ -102,7 +104,7 @@ class Machine(InterruptDelivery, HypercallService):
     def __init__(self, config: MachineConfig, image: GuestImage,
                  engine: Engine = Engine.REFERENCE) -> None:
         self.config = config
-        self.engine = engine  # the reference engine is this module's Python hooks
+        self.engine = engine  # the reference engine: emu/cpu.py's Python hooks
         self.layout = lay = config.layout()
         self.image = image
         self.symbols = image.symbols
@@ -110,16 +112,21 @@ class Machine(InterruptDelivery, HypercallService):
             raise MachineConfigError(f"image boots {len(image.boot)} CPUs, machine has "
                                      f"{config.ncpus}")
         self.mem = SharedMemory(lay)
-        self.clock = Clock()
+        # the fast engine's CPUs have their per-instruction hooks in C (emu/native_cpu.py),
+        # where the native module is installed
+        native = engines.native_module("machine") if engine is Engine.FAST else None
+        self.clock = native.Clock() if native is not None else Clock()
         self.truth = GroundTruth(config.ncpus)  # this run's; a fresh one at every reset
         self.sideband: list[TextPokeRecord] = []
         self.views = [FetchView(ctypes.create_string_buffer(lay.text_size), config.grain)
                       for _ in range(config.ncpus)]
-        self.cpus = [
-            Cpu(i, lay, self.mem, self.views[i], self.clock,
-                self.truth.retired[i] if config.truth else None,
-                [v for j, v in enumerate(self.views) if j != i], self.truth.events)
-            for i in range(config.ncpus)]
+        def make_cpu(i: int) -> Cpu:
+            args = (i, lay, self.mem, self.views[i], self.clock,
+                    self.truth.retired[i] if config.truth else None,
+                    [v for j, v in enumerate(self.views) if j != i], self.truth.events)
+            return Cpu(*args) if native is None else NativeCpu(native, *args)
+
+        self.cpus = [make_cpu(i) for i in range(config.ncpus)]
         for cpu in self.cpus:
             cpu.on_hypercall = self._hypercall
             if config.event_mode:
@@ -139,6 +146,9 @@ class Machine(InterruptDelivery, HypercallService):
         self._last: int | None = None
         self._escalation: dict[int, str] = {}
         self._md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        self._cpu_requests: dict[tuple, Request] = {}
+        self._quantum_requests = [Request(Kind.QUANTUM, config.max_quantum, i)
+                                  for i in range(config.ncpus)]
 
     def _physical(self, ranges: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
         out = []
@@ -246,9 +256,13 @@ class Machine(InterruptDelivery, HypercallService):
             c = self.cpus[stuck[0]]
             return Verdict(VerdictKind.HANG, f"CPUs {stuck} are halted with nothing to wake them",
                            cpu=c.index, rip=c.reg("rip"), event="deadlock")
-        ctx = CpuContext(tuple(c.index for c in runnable), self._last,
-                         frozenset(c.index for c in runnable if c.state.yielded))
-        cpu = runnable[dec.choose(Request(Kind.CPU, len(runnable), context=ctx))]
+        key = (tuple(c.index for c in runnable), self._last,
+               frozenset(c.index for c in runnable if c.state.yielded))
+        request = self._cpu_requests.get(key)
+        if request is None:  # requests are immutable: one per context, made once
+            request = self._cpu_requests[key] = Request(Kind.CPU, len(runnable),
+                                                        context=CpuContext(*key))
+        cpu = runnable[dec.choose(request)]
         self._last = cpu.index
         if not (self.config.event_mode and dec.source.wants_footprints):
             return self._cpu_step(cpu, dec)
@@ -282,7 +296,7 @@ class Machine(InterruptDelivery, HypercallService):
             pick = dec.choose(Request(Kind.VIEW, len(cpu.view.pending) + 1, cpu.index))
             if pick:
                 self._refresh(cpu, pick - 1)
-        quantum = dec.choose(Request(Kind.QUANTUM, self.config.max_quantum, cpu.index)) + 1
+        quantum = dec.choose(self._quantum_requests[cpu.index]) + 1
         return self._after_run(cpu, cpu.run(quantum))
 
     def _observe_pending(self, cpu: Cpu, dec: Decisions) -> None:

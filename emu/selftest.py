@@ -11,6 +11,7 @@ from . import hypercall, layout, x86
 from .asm import Program, assemble, load_source
 from .config import MachineConfig
 from .decisions import DecisionSource, RandomSource, ReplaySource
+from .engine import Engine
 from .events import ExceptionEvent, InterruptEvent, Serialize, TextStore
 from .fetch_view import Grain
 from .loader import CpuBoot, GuestImage
@@ -36,13 +37,13 @@ def program() -> Program:
 
 
 def build(entries: list[str], idt: dict[int, str] | None = None, interrupts: bool = True,
-          **config) -> Machine:
+          engine: Engine = Engine.REFERENCE, **config) -> Machine:
     prog = program()
     idt_map = {x86.DF: prog.sym("df_handler")}
     idt_map |= {v: prog.sym(h) for v, h in (idt or {}).items()}
     image = GuestImage(programs=[prog], idt=idt_map,
                        boot=[CpuBoot(prog.sym(e), interrupts=interrupts) for e in entries])
-    return Machine(MachineConfig(ncpus=len(entries), **config), image)
+    return Machine(MachineConfig(ncpus=len(entries), **config), image, engine)
 
 
 class Scripted(DecisionSource):
@@ -94,13 +95,15 @@ def _store_tick(res: RunResult) -> int:
     return next(e.tick for e in res.truth.events if isinstance(e, TextStore))
 
 
-def _xmc(grain: Grain, view: Callable[[int], int]) -> tuple[Machine, RunResult]:
-    m = build(["xmc_cpu0", "xmc_cpu1"], {x86.CALL_FUNCTION_VECTOR: "xmc_ipi"}, grain=grain)
+def _xmc(grain: Grain, view: Callable[[int], int], engine: Engine
+         ) -> tuple[Machine, RunResult]:
+    m = build(["xmc_cpu0", "xmc_cpu1"], {x86.CALL_FUNCTION_VECTOR: "xmc_ipi"}, grain=grain,
+              engine=engine)
     return m, m.run(Scripted(view=view))
 
 
-def check_stale_fetch_until_sync() -> Check:
-    m, res = _xmc(Grain.STORE, lambda _a: 0)
+def check_stale_fetch_until_sync(engine: Engine = Engine.REFERENCE) -> Check:
+    m, res = _xmc(Grain.STORE, lambda _a: 0, engine)
     if not res.verdict.ok:
         return Check("stale_fetch_until_sync", False, str(res.verdict))
     stored, synced = _store_tick(res), _serialize_tick(res, 1, ipi=True)
@@ -126,9 +129,9 @@ def _is_torn(b: bytes) -> bool:
             and all(x in (o, n) for x, o, n in zip(b, OLD_SITE, NEW_SITE, strict=True)))
 
 
-def check_torn_fetch_byte_grain() -> Check:
+def check_torn_fetch_byte_grain(engine: Engine = Engine.REFERENCE) -> Check:
     state = [0]
-    m, res = _xmc(Grain.BYTE, lambda a: _torn_first(a, state))
+    m, res = _xmc(Grain.BYTE, lambda a: _torn_first(a, state), engine)
     torn = [(t, b) for t, b in _site_runs(m, res, 1) if _is_torn(b)]
     value = _u64(m, "OBS_LAST")
     ok = res.verdict.ok and bool(torn)
@@ -138,9 +141,9 @@ def check_torn_fetch_byte_grain() -> Check:
                  f"last value {value:#x}")
 
 
-def check_no_torn_fetch_after_sync() -> Check:
+def check_no_torn_fetch_after_sync(engine: Engine = Engine.REFERENCE) -> Check:
     state = [0]
-    m, res = _xmc(Grain.BYTE, lambda a: _torn_first(a, state))
+    m, res = _xmc(Grain.BYTE, lambda a: _torn_first(a, state), engine)
     synced = _serialize_tick(res, 1, ipi=True)
     runs = _site_runs(m, res, 1)
     before = [b for t, b in runs if synced is not None and t < synced and _is_torn(b)]
@@ -152,8 +155,8 @@ def check_no_torn_fetch_after_sync() -> Check:
                  f"fetches after it, all new={all(b == NEW_SITE for b in after)}")
 
 
-def check_own_writes_visible() -> Check:
-    m = build(["own_cpu0"])
+def check_own_writes_visible(engine: Engine = Engine.REFERENCE) -> Check:
+    m = build(["own_cpu0"], engine=engine)
     res = m.run(Scripted(view=lambda _a: 0))
     runs = _site_runs(m, res, 0)
     value = _u64(m, "OBS_LAST") & 0xFFFFFFFF
@@ -162,8 +165,8 @@ def check_own_writes_visible() -> Check:
                  f"the patching CPU ran {[b.hex() for _, b in runs]} and got {value:#x}")
 
 
-def check_int3_handler_iret() -> Check:
-    m = build(["int3_cpu0"], {x86.BP: "bp_handler"})
+def check_int3_handler_iret(engine: Engine = Engine.REFERENCE) -> Check:
+    m = build(["int3_cpu0"], {x86.BP: "bp_handler"}, engine=engine)
     res = m.run(Scripted())
     ips = res.truth.ips(0)
     int3, after, handler = m.symbol("int3_insn"), m.symbol("int3_after"), m.symbol("bp_handler")
@@ -177,8 +180,8 @@ def check_int3_handler_iret() -> Check:
                  f"(INT3 at {int3:#x}), execution resumed at {after:#x}")
 
 
-def check_ud_from_invalid_bytes() -> Check:
-    m = build(["ud_cpu0"], {x86.UD: "ud_handler"})
+def check_ud_from_invalid_bytes(engine: Engine = Engine.REFERENCE) -> Check:
+    m = build(["ud_cpu0"], {x86.UD: "ud_handler"}, engine=engine)
     res = m.run(Scripted())
     ud = m.symbol("ud_insn")
     ok = (res.verdict.ok and _u64(m, "TRAPS") == 1 and _u64(m, "FRAME_RIP") == ud
@@ -190,8 +193,8 @@ def check_ud_from_invalid_bytes() -> Check:
                  f"{_u64(m, 'FRAME_RIP'):#x} (invalid bytes at {ud:#x})")
 
 
-def check_ipi_serializes() -> Check:
-    m, res = _xmc(Grain.STORE, lambda _a: 0)
+def check_ipi_serializes(engine: Engine = Engine.REFERENCE) -> Check:
+    m, res = _xmc(Grain.STORE, lambda _a: 0, engine)
     seen = _u64(m, "IPI_SEEN") & 0xFFFFFFFF
     synced = _serialize_tick(res, 1, ipi=True)
     ok = res.verdict.ok and seen == 0x22222222 and synced is not None
@@ -200,8 +203,8 @@ def check_ipi_serializes() -> Check:
                  f"the site and got {seen:#x}")
 
 
-def check_nmi_delivery() -> Check:
-    m = build(["nmi_cpu0", "nmi_cpu1"], {x86.NMI: "nmi_handler"})
+def check_nmi_delivery(engine: Engine = Engine.REFERENCE) -> Check:
+    m = build(["nmi_cpu0", "nmi_cpu1"], {x86.NMI: "nmi_handler"}, engine=engine)
     res = m.run(Scripted())
     nmis = [e for e in res.truth.events if isinstance(e, InterruptEvent) and e.cpu == 1
             and e.vector == x86.NMI]
@@ -214,8 +217,8 @@ def check_nmi_delivery() -> Check:
                  f"{_u64(m, 'NMI_MAXDEPTH')}, second after the first IRETQ={second_after_iret}")
 
 
-def check_write_via_exec_mapping_faults() -> Check:
-    m = build(["pf_cpu0"], {x86.PF: "pf_handler"})
+def check_write_via_exec_mapping_faults(engine: Engine = Engine.REFERENCE) -> Check:
+    m = build(["pf_cpu0"], {x86.PF: "pf_handler"}, engine=engine)
     res = m.run(Scripted())
     site = m.symbol("site_insn")
     err = _u64(m, "PF_ERR")
@@ -228,8 +231,8 @@ def check_write_via_exec_mapping_faults() -> Check:
                  f"{_u64(m, 'FRAME_RIP'):#x}; text unchanged={intact}")
 
 
-def check_rdtsc_virtual() -> Check:
-    m = build(["tsc_cpu0"])
+def check_rdtsc_virtual(engine: Engine = Engine.REFERENCE) -> Check:
+    m = build(["tsc_cpu0"], engine=engine)
     res = m.run(Scripted())
     ticks = {ip: t for t, ip, _ in res.truth.retired[0]}
     t1, t2 = _u64(m, "TSC1"), _u64(m, "TSC2")
@@ -239,14 +242,14 @@ def check_rdtsc_virtual() -> Check:
                  f"RDTSC={t1}, RDTSCP={t2}: the global ticks of those instructions")
 
 
-def check_determinism(replay: Callable[[list[Choice]], DecisionSource] = ReplaySource
-                      ) -> Check:
+def check_determinism(replay: Callable[[list[Choice]], DecisionSource] = ReplaySource,
+                      engine: Engine = Engine.REFERENCE) -> Check:
     """A seeded run, its path replayed on a fresh machine (through `replay`, which a test
     perturbs to see this check fail), and the seed run again there: three runs, each result
     owning its record, with the same verdict, ground truth and sideband."""
     def machine() -> Machine:
         return build(["xmc_cpu0", "xmc_cpu1"], {x86.CALL_FUNCTION_VECTOR: "xmc_ipi"},
-                     grain="byte")
+                     grain="byte", engine=engine)
 
     a = machine().run(RandomSource(1234))
     m2 = machine()
@@ -262,8 +265,9 @@ def check_determinism(replay: Callable[[list[Choice]], DecisionSource] = ReplayS
                  f"(same={same[1]})")
 
 
-def check_reset_restores() -> Check:
-    m = build(["xmc_cpu0", "xmc_cpu1"], {x86.CALL_FUNCTION_VECTOR: "xmc_ipi"}, grain="byte")
+def check_reset_restores(engine: Engine = Engine.REFERENCE) -> Check:
+    m = build(["xmc_cpu0", "xmc_cpu1"], {x86.CALL_FUNCTION_VECTOR: "xmc_ipi"}, grain="byte",
+              engine=engine)
     initial = m.mem.snapshot()
     regs0 = [(c.reg("rip"), c.reg("rsp"), c.reg("rflags")) for c in m.cpus]
     first = m.run(RandomSource(7))
@@ -280,8 +284,8 @@ def check_reset_restores() -> Check:
                  "reset identical=" + str(again.truth.digest() == digest))
 
 
-def check_hang_budget() -> Check:
-    m = build(["hang_cpu0", "idle_cpu"], insn_budget=5000)
+def check_hang_budget(engine: Engine = Engine.REFERENCE) -> Check:
+    m = build(["hang_cpu0", "idle_cpu"], insn_budget=5000, engine=engine)
     res = m.run(RandomSource(1))
     ok = res.verdict.kind is VerdictKind.HANG and res.verdict.cpu == 0 and m.cpus[0].retired >= 5000
     return Check("hang_budget", ok, f"runaway guest ended with: {res.verdict}")
@@ -295,12 +299,13 @@ CHECKS: tuple[Callable[[], Check], ...] = (
 )
 
 
-def run_all() -> list[Check]:
+def run_all(engine: Engine = Engine.REFERENCE) -> list[Check]:
+    """Every check, on machines of `engine` (the fast one's native hooks where installed)."""
     out = []
     for fn in CHECKS:
         name = fn.__name__.removeprefix("check_")
         try:
-            out.append(fn())
+            out.append(fn(engine=engine))
         except Exception as e:  # a check that crashes is a failed check, with the reason
             out.append(Check(name, False, f"{type(e).__name__}: {e}"))
     return out

@@ -69,8 +69,8 @@ def _selftest(args: argparse.Namespace) -> int:
     from emu import selftest
     from emu.engine import native_status, resolve
 
-    checks = selftest.run_all()
     engine = resolve(_engine(args))
+    checks = selftest.run_all(engine)
     if args.json:
         print(json.dumps({"engine": engine.value, "native": native_status().describe(),
                           "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from emu import hypercall, layout
 from emu.asm import assemble
 from emu.config import MachineConfig
+from emu.engine import Engine
 from emu.loader import CpuBoot, GuestImage
 from emu.machine import Machine
 from emu.path import Choice, Kind
@@ -16,16 +19,17 @@ VAR = layout.DATA_BASE + layout.GUEST_DATA_OFFSET
 
 
 def machine(source: str, entries: list[str], idt: dict[int, str] | None = None,
-            interrupts: bool = True, **config) -> Machine:
+            interrupts: bool = True, engine: Engine = Engine.REFERENCE, **config) -> Machine:
     prog = assemble(source, layout.TEXT_BASE, hypercall.EQUATES | {"V": VAR}, "test.S")
     image = GuestImage(programs=[prog], idt={v: prog.sym(h) for v, h in (idt or {}).items()},
                        boot=[CpuBoot(prog.sym(e), interrupts=interrupts) for e in entries])
-    return Machine(MachineConfig(ncpus=len(entries), **config), image)
+    return Machine(MachineConfig(ncpus=len(entries), **config), image, engine)
 
 
-@pytest.fixture
-def build():
-    return machine
+@pytest.fixture(params=list(Engine), ids=[e.value for e in Engine])
+def build(request):
+    """`machine`, once on each engine: every behaviour test holds for the native hooks too."""
+    return functools.partial(machine, engine=request.param)
 
 
 pytest_plugins = ["pytester"]

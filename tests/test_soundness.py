@@ -74,6 +74,8 @@ def test_without_the_stack_location_dpor_misses_it(monkeypatch):
     """The premise of the test above: the old footprints (no stack location) make DPOR
     report the space exhausted with no failure."""
     monkeypatch.setattr("emu.cpu.Cpu.track_foreign_stacks", lambda self, stacks: None)
+    monkeypatch.setattr("emu.native_cpu.NativeCpu.track_foreign_stacks",  # the fast engine's
+                        lambda self, stacks: None)
     runner = Runner(STACK_RACE, cpus=2, decode=False, event_mode=True)
     reduced, done = _verdicts(runner, True, Cost(1, 0, 0))
     assert done and reduced == {"pass"}

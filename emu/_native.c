@@ -1,0 +1,779 @@
+/*
+ * emu/_native.c: the native machine of the fast engine (emu/engine.py).
+ *
+ * The per-instruction work of emu/cpu.py's Cpu._on_code and Cpu._on_rdtsc, in C, as hooks
+ * Unicorn calls directly: the global tick, the ground-truth record (tick, ip, bytes fetched),
+ * the serializing / IRET / STI-shadow / HLT / PAUSE effects, RDTSC, the event-mode stops
+ * (a fetch of a pending unit, a watched read a few instructions ago) and the fetched text
+ * grains of a footprint. Python sees a run only at its start and its end, and inside it only
+ * where something rare happens (its own memory / OUT / interrupt hooks, and the spontaneous-NMI
+ * decision before an instruction, which is a decision of the stream).
+ *
+ * Nothing is linked against libunicorn: emu/native_cpu.py hands over the function pointers of
+ * the library the Python binding loaded, and the engine handle. Unicorn is entered through
+ * ctypes, which releases the GIL; the hooks take it back only on the rare paths.
+ *
+ * emu/native_cpu.py is this file's Python side; emu/cpu.py is the reference it must equal.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+typedef int (*uc_hook_add_t)(void *uc, size_t *hh, int type, void *callback, void *user_data,
+                             uint64_t begin, uint64_t end, ...);
+typedef int (*uc_emu_stop_t)(void *uc);
+typedef int (*uc_emu_start_t)(void *uc, uint64_t begin, uint64_t until, uint64_t timeout,
+                              size_t count);
+typedef int (*uc_reg_t)(void *uc, int regid, void *value);
+
+#define INVALID_INSN_SIZE 16 /* Unicorn reports an undecodable instruction with 0xf1f1f1f1 */
+#define TEXT_TAG (1ULL << 60) /* emu/footprint.py: TEXT */
+#define TEXT_SHIFT 3
+
+/* emu/x86.py: Effect */
+enum effect { EFF_NONE, EFF_SERIALIZE, EFF_IRET, EFF_SHADOW, EFF_HALT, EFF_PAUSE };
+
+/* ------------------------------------------------------------------ the clock */
+
+typedef struct {
+    PyObject_HEAD
+    unsigned long long tick; /* one per retired instruction on any CPU; the virtual TSC */
+} ClockObject;
+
+static PyMemberDef clock_members[] = {
+    {"tick", T_ULONGLONG, offsetof(ClockObject, tick), 0, "the global tick"},
+    {NULL}};
+
+static PyTypeObject ClockType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "emu._native.Clock",
+    .tp_basicsize = sizeof(ClockObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The global tick, shared by the CPUs' native hooks (emu.cpu.Clock's twin).",
+    .tp_new = PyType_GenericNew,
+    .tp_members = clock_members,
+};
+
+/* ------------------------------------------------------------------ growable buffers */
+
+typedef struct {
+    char *data;
+    size_t len, cap; /* bytes */
+} Buf;
+
+static int buf_reserve(Buf *b, size_t more) {
+    if (b->len + more <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + more)
+        cap *= 2;
+    char *p = realloc(b->data, cap);
+    if (!p)
+        return -1;
+    b->data = p;
+    b->cap = cap;
+    return 0;
+}
+
+static int buf_put(Buf *b, const void *src, size_t n) {
+    if (buf_reserve(b, n))
+        return -1;
+    memcpy(b->data + b->len, src, n);
+    b->len += n;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ a CPU's hooks */
+
+typedef struct {
+    PyObject_HEAD
+    /* bound once (bind) */
+    void *uc;
+    uc_emu_start_t emu_start;
+    uc_emu_stop_t emu_stop;
+    uc_reg_t reg_read, reg_write;
+    int reg_rax, reg_rdx, reg_rip;
+    ClockObject *clock;
+    const uint8_t *view; /* this CPU's fetch view (FetchView.buf) */
+    uint64_t view_size, text_base;
+    PyObject *nmi_point;      /* Cpu.nmi_point, or NULL */
+    uint8_t *nmi_map;         /* per text offset: may an NMI arrive before it; NULL: anywhere */
+    /* one run (begin .. end) */
+    long long left;
+    int want_stop, event, skip_valid, read_stop_in, mem_hooked_valid, restarted;
+    uint64_t skip_fetch, mem_hooked;
+    long long decided_end; /* Cpu.fetch_decided[1], or -1 */
+    int64_t *pending;      /* the view's pending units [s, e) */
+    Py_ssize_t npending;
+    int nmi_armed, track_fp, truth;
+    uint64_t last_ip;
+    uint8_t last_code[INVALID_INSN_SIZE];
+    int last_len, shadow;
+    int halted, yielded, serialize, iret, emulate;
+    uint64_t emulate_addr, retired_run;
+    uint64_t rip; /* where the CPU stopped */
+    int timing;           /* for benchmarks: add the CPU time inside uc_emu_start up */
+    uint64_t unicorn_ns;  /* (hooks included, Python ones too) */
+    uint64_t last_grain; /* the last fetched text grain added to `grains` */
+    Buf ticks, ips, ends, code, grains;
+    Buf written;           /* footprint locations written this run (grains: read) */
+    Buf watches;           /* the memory hooks' MemWatch records, owned here */
+    size_t room; /* records ticks, ips and ends all have room for */
+    PyObject *err_type, *err_value, *err_tb; /* a harness error inside a hook */
+} CpuObject;
+
+static void cpu_dealloc(CpuObject *self) {
+    Py_XDECREF(self->clock);
+    Py_XDECREF(self->nmi_point);
+    Py_XDECREF(self->err_type);
+    Py_XDECREF(self->err_value);
+    Py_XDECREF(self->err_tb);
+    free(self->nmi_map);
+    free(self->pending);
+    free(self->ticks.data);
+    free(self->ips.data);
+    free(self->ends.data);
+    free(self->code.data);
+    free(self->grains.data);
+    free(self->written.data);
+    for (size_t i = 0; i < self->watches.len / sizeof(void *); i++)
+        free(((void **)self->watches.data)[i]);
+    free(self->watches.data);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* emu/x86.py: _strip_prefixes, is_serializing, is_iret, blocks_interrupts_after, effect */
+static enum effect effect_of(const uint8_t *code, int n) {
+    int i = 0;
+    while (i < n) {
+        uint8_t c = code[i];
+        if (c == 0x66 || c == 0x67 || c == 0xF2 || c == 0xF3 || c == 0x2E || c == 0x3E ||
+            c == 0x26 || c == 0x36 || c == 0x64 || c == 0x65 || c == 0xF0)
+            i++;
+        else
+            break;
+    }
+    if (i < n && code[i] >= 0x40 && code[i] <= 0x4F)
+        i++;
+    const uint8_t *op = code + i;
+    int m = n - i;
+    if (m >= 1) {
+        if (op[0] == 0xCF)
+            return EFF_IRET;
+        if (m >= 2 && op[0] == 0x0F && (op[1] == 0xA2 || op[1] == 0x22))
+            return EFF_SERIALIZE;
+        if (op[0] == 0xFB || op[0] == 0x17)
+            return EFF_SHADOW;
+        if (op[0] == 0x8E && m > 1 && ((op[1] >> 3) & 7) == 2)
+            return EFF_SHADOW;
+    }
+    if (n == 1 && code[0] == 0xF4)
+        return EFF_HALT;
+    if (n == 2 && code[0] == 0xF3 && code[1] == 0x90)
+        return EFF_PAUSE;
+    return EFF_NONE;
+}
+
+static int is_pending(const CpuObject *s, int64_t off, int64_t size) {
+    int64_t end = off + size;
+    for (Py_ssize_t i = 0; i < s->npending; i++)
+        if (s->pending[2 * i] < end && off < s->pending[2 * i + 1])
+            return 1;
+    return 0;
+}
+
+static void stop(CpuObject *s) { s->emu_stop(s->uc); }
+
+/* A Python error inside a hook: kept for end(), which raises it (the GIL is held). */
+static void keep_error(CpuObject *s) {
+    if (s->err_type == NULL)
+        PyErr_Fetch(&s->err_type, &s->err_value, &s->err_tb);
+    else
+        PyErr_Clear();
+}
+
+static void fail(CpuObject *s, PyObject *type, const char *message) {
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyErr_SetString(type, message);
+    keep_error(s);
+    PyGILState_Release(g);
+    stop(s);
+}
+
+/* Cpu._nmi_before: whether a spontaneous NMI arrives before the instruction at `off`. */
+static int nmi_before(CpuObject *s, uint64_t off) {
+    if (!s->nmi_armed || s->nmi_point == NULL)
+        return 0;
+    if (s->nmi_map != NULL && (off >= s->view_size || !s->nmi_map[off]))
+        return 0;
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *r = PyObject_CallNoArgs(s->nmi_point);
+    int yes = 0;
+    if (r == NULL) {
+        keep_error(s);
+        yes = 1; /* stop: end() raises it */
+    } else {
+        yes = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        if (yes < 0) {
+            keep_error(s);
+            yes = 1;
+        }
+    }
+    PyGILState_Release(g);
+    return yes;
+}
+
+static int add_grain(CpuObject *s, uint64_t g) {
+    if (g == s->last_grain)
+        return 0;
+    s->last_grain = g;
+    return buf_put(&s->grains, &g, sizeof g);
+}
+
+/* Cpu._on_code, line for line. */
+static void on_code(void *uc, uint64_t address, uint32_t size, void *user_data) {
+    CpuObject *s = (CpuObject *)user_data;
+    (void)uc;
+    if (s->mem_hooked_valid) {
+        s->mem_hooked_valid = 0;
+        if (s->mem_hooked == address) {
+            /* QEMU restarts an instruction that reaches a hooked page mid-block: it
+               retired once (emu/cpu.py) */
+            s->restarted = 1;
+            return;
+        }
+    }
+    s->restarted = 0;
+    if (s->want_stop || s->left == 0) {
+        stop(s);
+        return;
+    }
+    uint64_t off = address - s->text_base;
+    if (size >= INVALID_INSN_SIZE) { /* Unicorn will report UC_ERR_INSN_INVALID: a #UD */
+        if (s->event && !(s->skip_valid && address == s->skip_fetch) && nmi_before(s, off))
+            stop(s);
+        return;
+    }
+    if (off >= s->view_size || off + size > s->view_size) {
+        fail(s, PyExc_RuntimeError, "native machine: a fetch outside the text");
+        return;
+    }
+    if (s->event) {
+        if (s->track_fp) { /* every grain it spans */
+            uint64_t first = off >> TEXT_SHIFT, last = (off + size - 1) >> TEXT_SHIFT;
+            for (uint64_t g = first; g <= last; g++)
+                if (add_grain(s, TEXT_TAG | g)) {
+                    fail(s, PyExc_MemoryError, "native machine: footprint");
+                    return;
+                }
+        }
+        if (s->read_stop_in) {
+            s->read_stop_in--;
+            if (!s->read_stop_in) {
+                stop(s); /* the visible read, a few local instructions ago */
+                return;
+            }
+        }
+        if (s->skip_valid && address == s->skip_fetch) {
+            s->skip_valid = 0; /* the instruction we stopped before: run it now */
+            int64_t start = s->decided_end >= 0 ? s->decided_end : (int64_t)off;
+            if ((int64_t)(off + size) > start &&
+                is_pending(s, start, (int64_t)(off + size) - start)) {
+                char msg[200];
+                snprintf(msg, sizeof msg,
+                         "fetch model: the instruction at %#llx is %u bytes to Unicorn, longer "
+                         "than capstone decoded it for the fetch decision",
+                         (unsigned long long)address, size);
+                fail(s, PyExc_RuntimeError, msg);
+                return;
+            }
+        } else if (s->npending && is_pending(s, (int64_t)off, size)) {
+            stop(s); /* a fetch of bytes with a pending store: visible */
+            return;
+        } else if (nmi_before(s, off)) {
+            stop(s); /* an NMI arrived before this instruction */
+            return;
+        }
+    }
+    const uint8_t *code = s->view + off;
+    if (size == 3 && code[0] == 0x0F && code[1] == 0x01 && code[2] == 0xF9) {
+        s->emulate = 1; /* RDTSCP: Unicorn's reads host time; emulated after the run */
+        s->emulate_addr = address;
+        stop(s);
+        return;
+    }
+    s->left--;
+    uint64_t tick = ++s->clock->tick;
+    s->retired_run++;
+    if (s->truth) {
+        size_t i = s->ends.len / 4; /* record i */
+        if (i >= s->room || s->code.len + size > s->code.cap) {
+            size_t n = i + 1024;
+            if (buf_reserve(&s->ticks, 8 * n - s->ticks.len) ||
+                buf_reserve(&s->ips, 8 * n - s->ips.len) ||
+                buf_reserve(&s->ends, 4 * n - s->ends.len) ||
+                buf_reserve(&s->code, INVALID_INSN_SIZE * 1024)) {
+                fail(s, PyExc_MemoryError, "native machine: ground truth");
+                return;
+            }
+            s->room = s->ticks.cap / 8;
+            if (s->ips.cap / 8 < s->room)
+                s->room = s->ips.cap / 8;
+            if (s->ends.cap / 4 < s->room)
+                s->room = s->ends.cap / 4;
+        }
+        ((uint64_t *)s->ticks.data)[i] = tick;
+        ((uint64_t *)s->ips.data)[i] = address;
+        memcpy(s->code.data + s->code.len, code, size);
+        s->code.len += size;
+        ((uint32_t *)s->ends.data)[i] = (uint32_t)s->code.len;
+        s->ticks.len += 8;
+        s->ips.len += 8;
+        s->ends.len += 4;
+    }
+    s->last_ip = address;
+    memcpy(s->last_code, code, size);
+    s->last_len = (int)size;
+    s->shadow = 0;
+    switch (effect_of(code, (int)size)) {
+    case EFF_NONE:
+        break;
+    case EFF_IRET: /* ends NMI blocking (SDM 6.7.1): Python leaves the handler at end() */
+        s->iret = 1;
+        /* fall through */
+    case EFF_SERIALIZE:
+        s->serialize = 1;
+        s->want_stop = 1;
+        break;
+    case EFF_SHADOW:
+        s->shadow = 1;
+        if (s->event) /* IF may have just been set: the end of the shadow is where a
+                         pending interrupt is taken */
+            s->want_stop = 1;
+        break;
+    case EFF_HALT:
+        s->halted = 1;
+        s->want_stop = 1;
+        break;
+    case EFF_PAUSE:
+        s->yielded = 1;
+        if (s->event)
+            s->want_stop = 1; /* a spin-wait: let the others run */
+        break;
+    }
+}
+
+/* ------------------------------------------------------------------ footprint hooks */
+
+/* emu/footprint.py's locations */
+#define DATA_TAG (2ULL << 60)
+#define IRQ_TAG (3ULL << 60)
+#define STACK_BIT (1ULL << 40)
+#define UC_MEM_WRITE 17
+
+enum watch_kind { WATCH_DATA, WATCH_TEXT, WATCH_STACK };
+
+typedef struct {
+    CpuObject *cpu;
+    enum watch_kind kind;
+    uint64_t base;  /* WATCH_TEXT: the text's physical address */
+    uint64_t owner; /* WATCH_STACK: whose stack */
+} MemWatch;
+
+static int add_location(Buf *b, uint64_t loc) { return buf_put(b, &loc, sizeof loc); }
+
+/* Cpu._on_tracked, _on_text_read and _on_foreign_stack: the access belongs to the current
+   instruction (see on_code), and in a step whose footprint is measured, its locations. */
+static void on_mem(void *uc, int type, uint64_t addr, int size, int64_t value, void *user) {
+    MemWatch *w = (MemWatch *)user;
+    CpuObject *s = w->cpu;
+    (void)uc;
+    (void)value;
+    s->mem_hooked = s->last_ip;
+    s->mem_hooked_valid = 1;
+    if (!(s->event && s->track_fp) || size < 1)
+        return;
+    Buf *into = type == UC_MEM_WRITE ? &s->written : &s->grains;
+    int err = 0;
+    switch (w->kind) {
+    case WATCH_DATA:
+        for (uint64_t k = addr >> 3; k <= (addr + size - 1) >> 3 && !err; k++)
+            err = add_location(into, DATA_TAG | k);
+        break;
+    case WATCH_TEXT: /* a data read of text: its grains are read */
+        for (uint64_t g = (addr - w->base) >> TEXT_SHIFT;
+             g <= (addr - w->base + size - 1) >> TEXT_SHIFT && !err; g++)
+            err = add_location(&s->grains, TEXT_TAG | g);
+        break;
+    case WATCH_STACK:
+        err = add_location(into, IRQ_TAG | STACK_BIT | w->owner);
+        break;
+    }
+    if (err)
+        fail(s, PyExc_MemoryError, "native machine: footprint");
+}
+
+/* Cpu._on_rdtsc: the virtual TSC; returning 1 skips Unicorn's own (host-time) RDTSC. */
+static int on_rdtsc(void *uc, void *user_data) {
+    CpuObject *s = (CpuObject *)user_data;
+    uint64_t tsc = s->clock->tick, lo = tsc & 0xFFFFFFFFu, hi = tsc >> 32;
+    s->reg_write(uc, s->reg_rax, &lo);
+    s->reg_write(uc, s->reg_rdx, &hi);
+    return 1;
+}
+
+/* ------------------------------------------------------------------ Python methods */
+
+static int cpu_init(CpuObject *self, PyObject *args, PyObject *kw) {
+    PyObject *clock;
+    static char *names[] = {"clock", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!", names, &ClockType, &clock))
+        return -1;
+    Py_INCREF(clock);
+    Py_XSETREF(self->clock, (ClockObject *)clock);
+    self->decided_end = -1;
+    return 0;
+}
+
+static PyObject *cpu_bind(CpuObject *self, PyObject *args) {
+    unsigned long long uc, hook_add, emu_start, emu_stop, reg_read, reg_write, view, view_size,
+        text_base;
+    int hook_code, hook_insn, ins_rdtsc;
+    if (!PyArg_ParseTuple(args, "KKKKKKKKKiiiiii", &uc, &hook_add, &emu_start, &emu_stop,
+                          &reg_read, &reg_write, &view, &view_size, &text_base, &hook_code,
+                          &hook_insn, &ins_rdtsc, &self->reg_rax, &self->reg_rdx,
+                          &self->reg_rip))
+        return NULL;
+    self->uc = (void *)(uintptr_t)uc;
+    self->emu_start = (uc_emu_start_t)(uintptr_t)emu_start;
+    self->emu_stop = (uc_emu_stop_t)(uintptr_t)emu_stop;
+    self->reg_read = (uc_reg_t)(uintptr_t)reg_read;
+    self->reg_write = (uc_reg_t)(uintptr_t)reg_write;
+    self->view = (const uint8_t *)(uintptr_t)view;
+    self->view_size = view_size;
+    self->text_base = text_base;
+    uc_hook_add_t add = (uc_hook_add_t)(uintptr_t)hook_add;
+    size_t h1 = 0, h2 = 0;
+    int err = add(self->uc, &h1, hook_code, (void *)on_code, self, 1, 0);
+    if (!err)
+        err = add(self->uc, &h2, hook_insn, (void *)on_rdtsc, self, 1, 0, ins_rdtsc);
+    if (err)
+        return PyErr_Format(PyExc_RuntimeError, "uc_hook_add failed: error %d", err);
+    Py_RETURN_NONE;
+}
+
+/* hook_mem(kind, start, end, base, owner, hook_type): a footprint hook on physical
+   [start, end) (Cpu.track_data: kind 0; track_text_reads: 1, base the text's physical
+   address; track_foreign_stacks: 2, owner the stack's CPU). Unicorn cannot remove hooks. */
+static PyObject *cpu_hook_mem(CpuObject *self, PyObject *args) {
+    int kind, type;
+    unsigned long long start, end, base, owner, hook_add;
+    if (!PyArg_ParseTuple(args, "iKKKKiK", &kind, &start, &end, &base, &owner, &type,
+                          &hook_add))
+        return NULL;
+    if (kind < WATCH_DATA || kind > WATCH_STACK || end <= start)
+        return PyErr_Format(PyExc_ValueError, "hook_mem: kind %d, [%#llx, %#llx)", kind,
+                           start, end);
+    MemWatch *w = malloc(sizeof *w);
+    if (!w || buf_put(&self->watches, &w, sizeof w)) {
+        free(w);
+        return PyErr_NoMemory();
+    }
+    w->cpu = self;
+    w->kind = (enum watch_kind)kind;
+    w->base = base;
+    w->owner = owner;
+    size_t h = 0;
+    int err = ((uc_hook_add_t)(uintptr_t)hook_add)(self->uc, &h, type, (void *)on_mem, w,
+                                                   (uint64_t)start, (uint64_t)end - 1);
+    if (err)
+        return PyErr_Format(PyExc_RuntimeError, "uc_hook_add failed: error %d", err);
+    Py_RETURN_NONE;
+}
+
+static PyObject *cpu_set_nmi(CpuObject *self, PyObject *args) {
+    PyObject *point, *map;
+    if (!PyArg_ParseTuple(args, "OO", &point, &map))
+        return NULL;
+    Py_CLEAR(self->nmi_point);
+    if (point != Py_None) {
+        Py_INCREF(point);
+        self->nmi_point = point;
+    }
+    free(self->nmi_map);
+    self->nmi_map = NULL;
+    if (map != Py_None) {
+        Py_buffer b;
+        if (PyObject_GetBuffer(map, &b, PyBUF_SIMPLE))
+            return NULL;
+        if ((uint64_t)b.len != self->view_size) {
+            PyBuffer_Release(&b);
+            return PyErr_Format(PyExc_ValueError, "nmi map: %zd bytes, text is %llu", b.len,
+                                (unsigned long long)self->view_size);
+        }
+        self->nmi_map = malloc(b.len ? b.len : 1);
+        if (self->nmi_map)
+            memcpy(self->nmi_map, b.buf, b.len);
+        PyBuffer_Release(&b);
+        if (!self->nmi_map)
+            return PyErr_NoMemory();
+    }
+    Py_RETURN_NONE;
+}
+
+/* The state of one run, as Cpu.run sets it; 0, or -1 with an exception set. */
+static int setup(CpuObject *self, long long quantum, int event, unsigned long long last_ip,
+                 const char *last_code, Py_ssize_t last_len, int shadow, PyObject *pending,
+                 long long decided_end, int nmi_armed, int track_fp, int truth) {
+    self->left = quantum;
+    self->event = event;
+    self->skip_valid = event; /* the instruction a step starts with was decided already */
+    self->last_ip = last_ip;
+    self->last_len = last_len < INVALID_INSN_SIZE ? (int)last_len : INVALID_INSN_SIZE;
+    memcpy(self->last_code, last_code, self->last_len);
+    self->shadow = shadow;
+    self->npending = 0;
+    if (pending != Py_None) {
+        PyObject *seq = PySequence_Fast(pending, "pending: a sequence of (start, end)");
+        if (!seq)
+            return -1;
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+        int64_t *p = realloc(self->pending, (n ? n : 1) * 2 * sizeof(int64_t));
+        if (!p) {
+            Py_DECREF(seq);
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->pending = p;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            long long a, b;
+            if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "LL", &a, &b)) {
+                Py_DECREF(seq);
+                return -1;
+            }
+            p[2 * i] = a;
+            p[2 * i + 1] = b;
+        }
+        self->npending = n;
+        Py_DECREF(seq);
+    }
+    self->decided_end = decided_end;
+    self->nmi_armed = nmi_armed;
+    self->track_fp = track_fp;
+    self->truth = truth;
+    self->want_stop = self->read_stop_in = self->mem_hooked_valid = self->restarted = 0;
+    self->halted = self->yielded = self->serialize = self->iret = self->emulate = 0;
+    self->retired_run = 0;
+    self->last_grain = (uint64_t)-1;
+    self->ticks.len = self->ips.len = self->ends.len = self->code.len = self->grains.len = 0;
+    self->written.len = 0;
+    return 0;
+}
+
+/* Append this run's records to a Retired (emu/retired.py): its arrays take the packed bytes
+   as Retired.extend_packed does, the code offsets made absolute here rather than per record
+   in Python. */
+static int flush_truth(CpuObject *self, PyObject *retired) {
+    if (self->ticks.len == 0)
+        return 0;
+    PyObject *code = PyObject_GetAttrString(retired, "code");
+    if (!code)
+        return -1;
+    if (!PyByteArray_Check(code)) {
+        Py_DECREF(code);
+        PyErr_SetString(PyExc_TypeError, "Retired.code is not a bytearray");
+        return -1;
+    }
+    uint32_t base = (uint32_t)PyByteArray_GET_SIZE(code);
+    uint32_t *ends = (uint32_t *)self->ends.data;
+    size_t n = self->ends.len / 4;
+    for (size_t i = 0; i < n; i++)
+        ends[i] += base;
+    Py_ssize_t old = PyByteArray_GET_SIZE(code);
+    int rc = PyByteArray_Resize(code, old + (Py_ssize_t)self->code.len);
+    if (rc == 0)
+        memcpy(PyByteArray_AS_STRING(code) + old, self->code.data, self->code.len);
+    Py_DECREF(code);
+    if (rc)
+        return -1;
+    const char *fields[3] = {"ticks", "ips", "ends"};
+    Buf *bufs[3] = {&self->ticks, &self->ips, &self->ends};
+    for (int k = 0; k < 3; k++) {
+        PyObject *arr = PyObject_GetAttrString(retired, fields[k]);
+        if (!arr)
+            return -1;
+        PyObject *view = PyMemoryView_FromMemory(bufs[k]->data, (Py_ssize_t)bufs[k]->len,
+                                                 PyBUF_READ);
+        PyObject *r = view ? PyObject_CallMethod(arr, "frombytes", "O", view) : NULL;
+        Py_XDECREF(view);
+        Py_DECREF(arr);
+        if (!r)
+            return -1;
+        Py_DECREF(r);
+    }
+    return 0;
+}
+
+/* Add the locations in `b` to the set `into`. */
+static int add_to_set(PyObject *into, const Buf *b) {
+    const uint64_t *g = (const uint64_t *)b->data;
+    for (size_t i = 0; i < b->len / 8; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(g[i]);
+        if (!v || PySet_Add(into, v)) {
+            Py_XDECREF(v);
+            return -1;
+        }
+        Py_DECREF(v);
+    }
+    return 0;
+}
+
+/* run(quantum, event, last_ip, last_code, shadow, pending|None, decided_end, nmi_armed,
+       track_fp, retired|None, footprint|None) -> uc_err: one run from the current RIP
+   (Cpu.run): emu_start with until=0 and count=0, then the run's records appended to `retired`
+   and the locations it read and wrote added to the footprint's `reads` and `writes`. Raises
+   an error a hook kept; the
+   caller raises one a Python hook left in the binding. */
+static PyObject *cpu_run(CpuObject *self, PyObject *args) {
+    long long quantum, decided_end;
+    int event, shadow, nmi_armed, track_fp;
+    PyObject *pending, *retired, *footprint;
+    unsigned long long last_ip;
+    const char *last_code;
+    Py_ssize_t last_len;
+    if (!PyArg_ParseTuple(args, "LpKy#pOLppOO", &quantum, &event, &last_ip, &last_code,
+                          &last_len, &shadow, &pending, &decided_end, &nmi_armed, &track_fp,
+                          &retired, &footprint))
+        return NULL;
+    if (setup(self, quantum, event, last_ip, last_code, last_len, shadow, pending, decided_end,
+              nmi_armed, track_fp, retired != Py_None))
+        return NULL;
+    uint64_t rip = 0;
+    int err = self->reg_read(self->uc, self->reg_rip, &rip);
+    if (err)
+        return PyErr_Format(PyExc_RuntimeError, "uc_reg_read(RIP) failed: error %d", err);
+    self->skip_fetch = rip;
+    struct timespec t0, t1;
+    if (self->timing)
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t0);
+    err = self->emu_start(self->uc, rip, 0, 0, 0); /* Python hooks take the GIL we hold */
+    if (self->timing) {
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t1);
+        self->unicorn_ns += (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000000LL +
+                                       (t1.tv_nsec - t0.tv_nsec));
+    }
+    if (self->err_type != NULL) {
+        PyErr_Restore(self->err_type, self->err_value, self->err_tb);
+        self->err_type = self->err_value = self->err_tb = NULL;
+        return NULL;
+    }
+    if (retired != Py_None && flush_truth(self, retired))
+        return NULL;
+    if (footprint != Py_None && (self->grains.len || self->written.len)) {
+        PyObject *reads = PyObject_GetAttrString(footprint, "reads");
+        PyObject *writes = reads ? PyObject_GetAttrString(footprint, "writes") : NULL;
+        int bad = !writes || add_to_set(reads, &self->grains) ||
+                  add_to_set(writes, &self->written);
+        Py_XDECREF(reads);
+        Py_XDECREF(writes);
+        if (bad)
+            return NULL;
+    }
+    self->rip = 0;
+    if (self->reg_read(self->uc, self->reg_rip, &self->rip))
+        return PyErr_Format(PyExc_RuntimeError, "uc_reg_read(RIP) failed");
+    return PyLong_FromLong(err);
+}
+
+/* A memory hook saw an access of the current instruction (Cpu._note_mem_hook). */
+static PyObject *cpu_mem_hook(CpuObject *self, PyObject *unused) {
+    (void)unused;
+    self->mem_hooked = self->last_ip;
+    self->mem_hooked_valid = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *cpu_get_last_code(CpuObject *self, void *closure) {
+    (void)closure;
+    return PyBytes_FromStringAndSize((const char *)self->last_code, self->last_len);
+}
+
+static PyMethodDef cpu_methods[] = {
+    {"bind", (PyCFunction)cpu_bind, METH_VARARGS, "register the hooks on a Unicorn engine"},
+    {"set_nmi", (PyCFunction)cpu_set_nmi, METH_VARARGS, "the NMI point and where it is asked"},
+    {"run", (PyCFunction)cpu_run, METH_VARARGS, "one run from the current RIP"},
+    {"hook_mem", (PyCFunction)cpu_hook_mem, METH_VARARGS, "a footprint memory hook"},
+    {"mem_hook", (PyCFunction)cpu_mem_hook, METH_NOARGS, "a memory hook saw this instruction"},
+    {NULL}};
+
+#define M(name, type, field, flags) {name, type, offsetof(CpuObject, field), flags, NULL}
+static PyMemberDef cpu_members[] = {
+    M("want_stop", T_INT, want_stop, 0),
+    M("read_stop_in", T_INT, read_stop_in, 0),
+    M("restarted", T_INT, restarted, READONLY),
+    M("last_ip", T_ULONGLONG, last_ip, READONLY),
+    M("shadow", T_INT, shadow, READONLY),
+    M("halted", T_INT, halted, READONLY),
+    M("yielded", T_INT, yielded, READONLY),
+    M("serialize", T_INT, serialize, READONLY),
+    M("iret", T_INT, iret, READONLY),
+    M("emulate", T_INT, emulate, READONLY),
+    M("emulate_addr", T_ULONGLONG, emulate_addr, READONLY),
+    M("retired_run", T_ULONGLONG, retired_run, READONLY),
+    M("rip", T_ULONGLONG, rip, READONLY),
+    M("timing", T_INT, timing, 0),
+    M("unicorn_ns", T_ULONGLONG, unicorn_ns, 0),
+    M("left", T_LONGLONG, left, 0),
+    {NULL}};
+
+static PyGetSetDef cpu_getset[] = {
+    {"last_code", (getter)cpu_get_last_code, NULL, "the bytes of the last retired", NULL},
+    {NULL}};
+
+static PyTypeObject CpuType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "emu._native.Cpu",
+    .tp_basicsize = sizeof(CpuObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One CPU's native code and RDTSC hooks (emu/native_cpu.py).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)cpu_init,
+    .tp_dealloc = (destructor)cpu_dealloc,
+    .tp_methods = cpu_methods,
+    .tp_members = cpu_members,
+    .tp_getset = cpu_getset,
+};
+
+static PyObject *py_effect(PyObject *mod, PyObject *arg) {
+    (void)mod;
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE))
+        return NULL;
+    int e = effect_of(b.buf, (int)b.len);
+    PyBuffer_Release(&b);
+    return PyLong_FromLong(e);
+}
+
+static PyMethodDef module_methods[] = {
+    {"effect", py_effect, METH_O, "emu.x86.effect, as the hooks compute it (for tests)"},
+    {NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "emu._native",
+                                    "The native machine of the fast engine.", -1,
+                                    module_methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    if (PyType_Ready(&ClockType) < 0 || PyType_Ready(&CpuType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    Py_INCREF(&ClockType);
+    Py_INCREF(&CpuType);
+    if (PyModule_AddObject(m, "Clock", (PyObject *)&ClockType) ||
+        PyModule_AddObject(m, "Cpu", (PyObject *)&CpuType))
+        return NULL;
+    return m;
+}

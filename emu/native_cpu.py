@@ -1,0 +1,164 @@
+"""One emulated CPU of the fast engine: emu/cpu.py's Cpu with its per-instruction hooks in C.
+
+emu/_native.c does, per instruction, what Cpu._on_code and Cpu._on_rdtsc do (the tick, the
+ground-truth record, the serializing / IRET / shadow / HLT / PAUSE effects, the event-mode
+stops, a footprint's fetched text grains) and what its footprint hooks do (data, text read as
+data, other CPUs' stacks), registered with Unicorn as C function pointers
+taken from the library the binding loaded. Python runs once at the start and once at the end
+of a run, and inside it only in the rare hooks Cpu keeps (text stores, hypercalls, interrupts,
+TLB fills, watched data) and for the spontaneous-NMI decision before an
+instruction. The flags those hooks share with the code hook (`_want_stop`, `_read_stop_in`,
+`_restarted`) live in the C object, so the rare hooks are Cpu's own, unchanged.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from types import ModuleType
+
+from unicorn import UcError
+from unicorn import x86_const as X
+from unicorn.unicorn_const import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
+from unicorn.unicorn_py3.unicorn import uclib
+
+from . import layout
+from .cpu import _RDTSCP, Cpu, Stop, StopKind, _leave_handler
+from .fetch_view import FetchView
+from .layout import Layout
+from .memory import SharedMemory
+from .retired import Retired
+
+
+def _fn(name: str) -> int:
+    """The address of a libunicorn function, in the library the binding loaded."""
+    return ctypes.cast(getattr(uclib, name), ctypes.c_void_p).value
+
+
+def _nmi_map(offsets: frozenset[int] | None, size: int) -> bytes | None:
+    if offsets is None:
+        return None
+    out = bytearray(size)
+    for o in offsets:
+        if 0 <= o < size:
+            out[o] = 1
+    return bytes(out)
+
+
+class NativeCpu(Cpu):
+    """Cpu, run by emu/_native.c: the same state, hooks and Stops, no Python per instruction."""
+
+    def __init__(self, native: ModuleType, index: int, lay: Layout, mem: SharedMemory,
+                 view: FetchView, clock, truth: Retired | None, others: list[FetchView],
+                 events: list) -> None:
+        self._nat = native.Cpu(clock)  # first: Cpu.__init__ sets the flags it holds
+        self._nmi_sent: object = None
+        super().__init__(index, lay, mem, view, clock, truth, others, events)
+
+    def _hook_instructions(self) -> None:
+        self._nat.bind(self.uc._uch.value, _fn("uc_hook_add"), _fn("uc_emu_start"),
+                       _fn("uc_emu_stop"), _fn("uc_reg_read"), _fn("uc_reg_write"),
+                       ctypes.addressof(self.view.buf), len(self.view.buf), layout.TEXT_BASE,
+                       UC_HOOK_CODE, UC_HOOK_INSN, X.UC_X86_INS_RDTSC, X.UC_X86_REG_RAX,
+                       X.UC_X86_REG_RDX, X.UC_X86_REG_RIP)
+
+    # the flags the rare Python hooks share with the C code hook
+    @property
+    def _want_stop(self) -> bool:
+        return bool(self._nat.want_stop)
+
+    @_want_stop.setter
+    def _want_stop(self, value: bool) -> None:
+        self._nat.want_stop = int(value)
+
+    @property
+    def _read_stop_in(self) -> int:
+        return self._nat.read_stop_in
+
+    @_read_stop_in.setter
+    def _read_stop_in(self, value: int) -> None:
+        self._nat.read_stop_in = value
+
+    @property
+    def _restarted(self) -> bool:
+        return bool(self._nat.restarted)
+
+    @_restarted.setter
+    def _restarted(self, _value: bool) -> None:
+        pass  # the C hook keeps it; each run starts with it clear
+
+    def _note_mem_hook(self) -> None:
+        self._nat.mem_hook()
+
+    # footprint hooks in C (Cpu's record the same locations from Python)
+    def track_data(self, ranges: list[tuple[int, int]]) -> None:
+        for start, end in ranges:
+            self._nat.hook_mem(0, start, end, 0, 0, UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE,
+                               _fn("uc_hook_add"))
+
+    def track_text_reads(self) -> None:
+        self._nat.hook_mem(1, layout.PHYS_TEXT_MEM, layout.PHYS_TEXT_MEM + self.layout.text_size,
+                           layout.PHYS_TEXT_MEM, 0, UC_HOOK_MEM_READ, _fn("uc_hook_add"))
+
+    def track_foreign_stacks(self, stacks: list[tuple[int, int, int]]) -> None:
+        for start, end, owner in stacks:
+            self._nat.hook_mem(2, start, end, 0, owner, UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE,
+                               _fn("uc_hook_add"))
+
+    def run(self, quantum: int, event: bool = False) -> Stop:
+        self._event = event
+        st = self.state
+        nat = self._nat
+        if self.nmi_point is not self._nmi_sent:  # the machine sets both once, after __init__
+            nat.set_nmi(self.nmi_point, _nmi_map(self.nmi_offsets, len(self.view.buf)))
+            self._nmi_sent = self.nmi_point
+        self._fill_fault = None
+        self._exception = None
+        st.yielded = False
+        u = self.uc
+        u._hook_exception = None  # what the binding's emu_start does around the C call
+        if event:
+            view = self.view
+            decided = self.fetch_decided
+            fp = self.footprint
+            # the NMI point asks only while the CPU has spontaneous NMIs left and none pending
+            # (Machine._nmi_arrives answers False without a choice otherwise); within a run
+            # neither comes back
+            err = nat.run(quantum, True, st.last_ip, st.last_code, st.shadow,
+                          view.pending if view.has_pending() else None,
+                          decided[1] if decided else -1,
+                          st.nmis_left > 0 and not st.pending_nmi, fp is not None,
+                          self.truth, fp)
+        else:
+            err = nat.run(quantum, False, st.last_ip, st.last_code, st.shadow, None, -1, False,
+                          False, self.truth, None)
+        self._end()
+        if err:
+            return self._failed(UcError(err))
+        if u._hook_exception is not None:
+            raise u._hook_exception
+        if nat.emulate:
+            self._emulate_rdtscp(nat.emulate_addr, _RDTSCP)
+            return self._stopped()
+        if self._exception is not None:
+            return self._stopped()
+        return Stop(StopKind.QUANTUM, rip=nat.rip)
+
+    def _end(self) -> None:
+        """The run's effects into the state (what Cpu._on_code sets per instruction, set
+        once)."""
+        nat = self._nat
+        st = self.state
+        if nat.retired_run:
+            self.retired += nat.retired_run
+            st.last_ip = nat.last_ip
+            st.last_code = nat.last_code
+            st.shadow = bool(nat.shadow)
+            if nat.iret:
+                st.nmi_blocked = False  # IRET ends NMI blocking (SDM 6.7.1)
+                st.left = _leave_handler(st.handling)
+            if nat.serialize:
+                st.need_serialize = True
+            if nat.halted:
+                st.halted = True
+            if nat.yielded:
+                st.yielded = True

@@ -1,0 +1,187 @@
+"""The fast engine's machine against the reference (issue 15): the same decisions must give the
+same run. Every shipped scenario and variant, quantum and event mode, through both machines:
+identical path (choices and their requests), retired records per CPU, events, sideband records,
+final RIPs, text snapshots and verdicts; and a small exhaustive search (with DPOR footprints)
+visits the same paths in the same order. The trace side has its own comparisons."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+
+from emu import engine as engines
+from emu import selftest, x86
+from emu.cpu import Clock, Cpu
+from emu.decisions import RandomSource
+from emu.engine import Engine, native_module
+from emu.machine import RunResult
+from emu.native_cpu import NativeCpu
+from emu.path import Choice, Cost
+from emu.retired import Retired
+from emu.truth import GroundTruth
+from harness.explore.exhaustive import explore_exhaustive
+from harness.oracles import torn_execution
+from harness.run import Runner
+from harness.scenario.scenario import GENERIC_VARIANTS
+from harness.scenario.shipped import SCENARIOS
+from tests.test_soundness import STACK_RACE
+
+pytestmark = pytest.mark.skipif(native_module("machine") is None,
+                                reason="emu._native was not compiled (setup.py)")
+
+# every shipped scenario with each of its own variants, and the generic variants once
+CASES = [(name, v) for name, s in SCENARIOS.items() for v in (list(s.variants) or [None])]
+CASES += [("static_key", v) for v in GENERIC_VARIANTS if v != "correct"]
+SEEDS = range(3)
+
+
+def _record(runner: Runner, result: RunResult) -> dict[str, object]:
+    """Everything a run produced that the engines must agree on, by name."""
+    torn = torn_execution(result.truth, runner.built.sites)
+    return {
+        "path": [(c.kind, c.arity, c.value, c.request) for c in result.path],
+        **{f"retired cpu{i}": r for i, r in enumerate(result.truth.retired)},
+        "events": result.truth.events,
+        "sideband": result.sideband,
+        "final rips": result.final_rips,
+        "text start": result.text_start,
+        "text end": result.text_end,
+        "verdict": (result.verdict, torn),
+        "ticks, steps, cut": (result.ticks, result.steps, result.cut),
+    }
+
+
+def differences(runner: Runner, fast: RunResult, ref: RunResult) -> list[str]:
+    """The names of what differs between a fast and a reference run (empty: identical)."""
+    a, b = _record(runner, fast), _record(runner, ref)
+    assert a.keys() == b.keys()
+    out = []
+    for key in a:
+        if a[key] != b[key]:
+            x, y = a[key], b[key]
+            if isinstance(x, list | Retired) and isinstance(y, list | Retired):
+                first = next((i for i, (p, q) in enumerate(zip(x, y, strict=False)) if p != q),
+                             min(len(x), len(y)))
+                key += f" (first at {first}: {x[first] if first < len(x) else None} vs "
+                key += f"{y[first] if first < len(y) else None})"
+            out.append(key)
+    return out
+
+
+def _runners(name: str, variant: str | None, event: bool) -> dict[Engine, Runner]:
+    return {e: Runner(SCENARIOS[name], variant, event_mode=event, engine=e, decode=False)
+            for e in Engine}
+
+
+@pytest.mark.parametrize("event", [False, True], ids=["quantum", "event"])
+@pytest.mark.parametrize(("name", "variant"), CASES, ids=[f"{n}-{v}" for n, v in CASES])
+def test_both_machines_run_the_same_schedule(name: str, variant: str | None, event: bool):
+    runners = _runners(name, variant, event)
+    assert isinstance(runners[Engine.FAST].machine.cpus[0], NativeCpu)
+    assert type(runners[Engine.REFERENCE].machine.cpus[0]) is Cpu
+    for seed in SEEDS:
+        fast = runners[Engine.FAST].machine.run(RandomSource(seed))
+        ref = runners[Engine.REFERENCE].machine.run(RandomSource(seed))
+        assert fast.ticks > 0
+        assert differences(runners[Engine.FAST], fast, ref) == [], f"seed {seed}"
+
+
+@pytest.mark.parametrize(("scenario", "variant", "cpus"), [
+    ("z4_bytewise", "fixed", None),
+    (STACK_RACE, None, 2),  # a race through another CPU's stack: its footprint location
+], ids=["z4_bytewise", "stack_race"])
+def test_both_machines_search_the_same_space(scenario, variant, cpus):
+    """An exhaustive search with the DPOR reduction: the footprints the C hooks collect steer
+    which paths come next, so equal paths in equal order need equal footprints too (and each
+    step's footprint is compared)."""
+    scn = SCENARIOS[scenario] if isinstance(scenario, str) else scenario
+    visited: dict[Engine, list[tuple[object, ...]]] = {}
+    for eng in Engine:
+        runner = Runner(scn, variant, cpus, event_mode=True, engine=eng, decode=False)
+        seen: list[tuple[object, ...]] = []
+
+        class Out:
+            def __init__(self, result: RunResult) -> None:
+                self.ok = result.verdict.ok
+
+        def run(src, runner=runner, seen=seen):
+            steps: list[tuple[int, frozenset[int], frozenset[int]]] = []
+            done = src.step_done
+            src.step_done = lambda fp: (steps.append((fp.cpu, frozenset(fp.reads),
+                                                      frozenset(fp.writes))), done(fp))
+            result = runner.machine.run(src)
+            seen.append((tuple((c.kind, c.arity, c.value) for c in result.path), tuple(steps),
+                         result.verdict))
+            return Out(result)
+
+        res = explore_exhaustive(run, Cost(1, 0, 0), reduce=True)
+        assert res.exhausted
+        visited[eng] = seen
+    assert len(visited[Engine.FAST]) > 10
+    assert visited[Engine.FAST] == visited[Engine.REFERENCE]
+
+
+def test_the_comparison_sees_a_one_instruction_difference():
+    """The differential check is not vacuous: one retired record dropped, one choice changed,
+    one final RIP moved are each reported, by name."""
+    runners = _runners("static_key", None, False)
+    runner = runners[Engine.FAST]
+    fast = runner.machine.run(RandomSource(0))
+    ref = runners[Engine.REFERENCE].machine.run(RandomSource(0))
+    assert differences(runner, fast, ref) == []
+
+    retired = [Retired(list(r)) for r in fast.truth.retired]
+    del_at = len(retired[1]) // 2
+    retired[1] = Retired(list(retired[1])[:del_at] + list(retired[1])[del_at + 1:])
+    dropped = replace(fast, truth=GroundTruth(fast.truth.ncpus, retired, fast.truth.events))
+    assert [d.split(" ")[0:2] for d in differences(runner, dropped, ref)] == [["retired",
+                                                                              "cpu1"]]
+    path = list(fast.path)
+    k = next(i for i, c in enumerate(path) if c.arity > 2)
+    c = path[k]
+    path[k] = Choice(c.kind, c.arity, (c.value + 1) % c.arity, c.request)
+    assert [d.split(" ")[0] for d in differences(runner, replace(fast, path=path), ref)] == [
+        "path"]
+    moved = replace(fast, final_rips=[r + 1 for r in fast.final_rips])
+    assert [d.split(" (")[0] for d in differences(runner, moved, ref)] == ["final rips"]
+
+
+def test_without_the_native_module_the_fast_engine_runs_the_reference_machine(monkeypatch):
+    fast = Runner(SCENARIOS["z4_bytewise"], "fixed", engine=Engine.FAST, decode=False)
+    assert isinstance(fast.machine.cpus[0], NativeCpu)  # installed: the native hooks
+    monkeypatch.setattr(engines, "native_module", lambda part: None)
+    missing = Runner(SCENARIOS["z4_bytewise"], "fixed", engine=Engine.FAST, decode=False)
+    assert missing.engine is Engine.FAST
+    assert all(type(c) is Cpu for c in missing.machine.cpus)
+    assert type(missing.machine.clock) is Clock
+    ref = Runner(SCENARIOS["z4_bytewise"], "fixed", engine=Engine.REFERENCE, decode=False)
+    a, b = missing.machine.run(RandomSource(1)), ref.machine.run(RandomSource(1))
+    assert differences(missing, a, b) == []
+
+
+def test_the_native_effect_table_is_the_reference_one():
+    """The C hook classifies retired bytes as emu.x86.effect does: every prefix/REX/opcode
+    combination the classification looks at, and random encodings."""
+    native = native_module("machine")
+    prefixes = [b"", b"\x66", b"\xf3", b"\xf0\x2e", b"\x48", b"\x66\x41"]
+    bodies = [bytes([op]) for op in range(256)] + [
+        b"\x0f" + bytes([b]) for b in range(256)] + [
+        b"\x8e" + bytes([m]) for m in range(256)] + [b"\xf3\x90", b"\xf4", b"\x0f\x01\xf9"]
+    rng = random.Random(15)
+    samples = [p + b for p in prefixes for b in bodies]
+    samples += [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 16)))
+                for _ in range(3000)]
+    wrong = [s.hex() for s in samples if native.effect(s) != x86.effect(s)]
+    assert wrong == []
+    kinds = {x86.effect(s) for s in samples}
+    assert kinds == set(x86.Effect)  # every class was exercised
+
+
+@pytest.mark.parametrize("check", selftest.CHECKS, ids=[f.__name__ for f in selftest.CHECKS])
+def test_every_machine_self_check_passes_on_the_fast_engine(check):
+    """The self-checks drive what no scenario does (RDTSC, RDTSCP, HLT, #UD, #PF, nested NMIs)
+    and check its architectural result, here on the native hooks."""
+    result = check(engine=Engine.FAST)
+    assert result.ok, result.detail
