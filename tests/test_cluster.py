@@ -394,3 +394,22 @@ def test_an_exhaustive_client_killed_on_the_cluster_resumes_on_one_process(dask_
     assert sorted(i for i, _v, _t in rows) == list(range(len(whole.results)))
     assert sorted(t for _i, v, t in rows if v != "pass") == \
         sorted(r.token for r in whole.failures)
+
+
+def test_the_version_a_worker_reports_names_its_code_revision(tmp_path):
+    """Two revisions of one textpoke version differ in their code digest (a worker running
+    yesterday's checkout is refused, not only one that builds the scenario otherwise)."""
+    from harness import __version__
+    from harness.explore.work import code_digest, textpoke_version
+
+    for package in ("emu", "harness", "guest_code"):
+        (tmp_path / package).mkdir()
+    (tmp_path / "emu" / "machine.py").write_text("x = 1\n")
+    (tmp_path / "guest_code" / "users.S").write_text("nop\n")
+    before = code_digest(tmp_path)
+    (tmp_path / "emu" / "machine.py").write_text("x = 2\n")
+    assert code_digest(tmp_path) != before
+    (tmp_path / "emu" / "machine.py").write_text("x = 1\n")
+    (tmp_path / "emu" / "notes.txt").write_text("not code")
+    assert code_digest(tmp_path) == before
+    assert textpoke_version().startswith(f"{__version__}+")

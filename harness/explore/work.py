@@ -9,11 +9,14 @@ it cannot load) comes back as data naming it, not as an exception to unpickle.""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import signal
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 from harness import __version__
 from harness.errors import BadInput
@@ -42,9 +45,22 @@ def dask_setup(worker) -> None:
             os._exit(1)
 
 
+@functools.cache
 def textpoke_version() -> str:
-    """This process's textpoke (`textpoke --version`)."""
-    return __version__
+    """This process's textpoke: `textpoke --version` and a digest of its code, so that a
+    worker running another revision of the same version is told apart, not only one that
+    builds the scenario otherwise."""
+    return f"{__version__}+{code_digest(Path(__file__).resolve().parents[2])}"
+
+
+def code_digest(root: Path) -> str:
+    """A hash of every .py, .c and .S file of the packages under `root`, by relative path."""
+    h = hashlib.sha256()
+    for package in ("emu", "harness", "guest_code"):
+        for f in sorted((root / package).rglob("*")):
+            if f.suffix in (".py", ".c", ".S") and f.is_file():
+                h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
 
 
 def _here() -> str:
