@@ -66,8 +66,11 @@ def test_exhaustive_explores_the_same_paths_with_1_2_and_3_workers(dask_client, 
     paths = sorted(r.path for r in one.results)
     verdicts = sorted((r.path, r.verdict) for r in one.results)
     for jobs in ([3] if not dpor else [2, 3]):
-        many = explore(plan, client=dask_client, jobs=jobs)
+        shown: list[int] = []  # what --log prints: the last result at each progress call
+        many = explore(plan, client=dask_client, jobs=jobs,
+                       progress=lambda s, shown=shown: shown.append(s.results[-1].idx))
         assert many.exhausted
+        assert sorted(shown) == list(range(len(paths)))  # once each, results came in batches
         assert sorted(r.path for r in many.results) == paths  # each once, none missing
         assert sorted((r.path, r.verdict) for r in many.results) == verdicts
         assert [r.idx for r in many.results] == list(range(len(paths)))

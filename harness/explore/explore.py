@@ -263,15 +263,15 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
             for r in rs:
                 if r.failed and summary.first_failure_seconds is None:
                     summary.first_failure_seconds = time.perf_counter() - start
-            summary.results.extend(rs)
             if results_db and (rs or frontier is not None):
                 results_db.finished_many(exp_id, [(r.idx, r.seed, r.verdict, r.detail,
                                                    r.decisions, r.token, r.shrunk,
                                                    r.shrunk_deviations) for r in rs], frontier)
-            summary.seconds = time.perf_counter() - start
-        if progress:
-            for _ in rs:
-                progress(summary)
+            for r in rs:  # one progress call per result, each the last in the summary
+                summary.results.append(r)
+                summary.seconds = time.perf_counter() - start
+                if progress:
+                    progress(summary)
 
     def record(r: ScheduleResult, frontier: str | None = None) -> None:
         record_all([r], frontier)
