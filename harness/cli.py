@@ -164,13 +164,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _decode(args: argparse.Namespace) -> int:
+    from emu.engine import resolve
     from emu.verdict import VerdictKind
     from harness.trace import verify
     from harness.trace.saved_run import load
 
     run = load(Path(args.dir))
     report = verify.check(run.streams, run.flows, run.text_start, run.text_end, run.records,
-                          backward=args.backward, parsed=run.items or None)
+                          backward=args.backward, parsed=run.items or None,
+                          engine=resolve(_engine(args)))
     if args.json:  # only JSON on stdout
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -488,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--backward", action="store_true",
                      help="decode from the end snapshot, undoing the text-poke records")
     dec.add_argument("--json", action="store_true")
+    _engine_option(dec)
     dec.set_defaults(func=_decode)
     tl = sub.add_parser("timeline", help="draw a saved run directory: one lane per CPU over "
                                           "virtual time (SVG or PNG)")

@@ -389,12 +389,15 @@ def test_cli_run_decode_dump(tmp_path):
     for args in ([], ["--backward"]):
         out = _cli("decode", str(tmp_path), *args)
         assert out.returncode == 0 and out.stdout.count("exact") == 4, out.stdout
+        ref = _cli("decode", str(tmp_path), *args, "--engine", "reference")
+        assert ref.stdout == out.stdout  # the fast engine decodes a saved run as the reference
     out = _cli("dump", str(tmp_path / "cpu1.pt"))
     assert out.returncode == 0 and "PSB" in out.stdout and "TIP.PGE" in out.stdout
     stream = (tmp_path / "cpu1.pt").read_bytes()
     cut = next(off for off, p in iter_packets(stream) if off > 200 and isinstance(p, TscPacket))
     (tmp_path / "cpu1.pt").write_bytes(stream[:cut + 3])  # inside a TSC packet
-    for cmd in (["dump", str(tmp_path / "cpu1.pt")], ["decode", str(tmp_path)]):
+    for cmd in (["dump", str(tmp_path / "cpu1.pt")], ["decode", str(tmp_path)],
+                ["decode", str(tmp_path), "--engine", "reference"]):
         out = _cli(*cmd)
         assert out.returncode == 2 and "offset 0x" in out.stderr and "Traceback" not in out.stderr
     out = _cli("decode", str(tmp_path / "nope"))
