@@ -236,3 +236,29 @@ def test_a_record_inside_a_decoded_instruction_drops_it():
                             len(flow) + 16)
         assert same_decode(fast, ref) == [] and ref.ended
         assert verify.compare(0, flow, ref) is None  # decoded as it ran
+
+
+@pytest.mark.skipif(native_module("trace") is None, reason="the native trace module is missing")
+def test_more_records_in_doubt_than_the_native_decoder_takes_decode_as_the_reference():
+    """Time known only at PSBs puts every record in doubt at every poked instruction; 130
+    no-op records at one executed instruction are more than the C walker takes (128): that
+    stream is decoded by the reference, the report the same as the reference's (not exit 3)."""
+    from emu.text_poke_record import TextPokeRecord
+    from harness.trace.pt.encoder import TraceConfig
+
+    runner = Runner(SCENARIOS["static_key"], decode=False,
+                    trace=TraceConfig(tsc_period=10**9))
+    out = runner.run_seed(0)
+    res = out.result
+    tick, ip, _ = res.truth.retired[1][2]
+    at = ip - layout.TEXT_BASE
+    same = bytes(res.text_start[at:at + 4])
+    assert res.text_end[at:at + 4] == same  # not a poked site: the records change nothing
+    records = sorted(res.sideband + [TextPokeRecord(tick, 0, ip, same, same)] * 130,
+                     key=lambda r: r.tick)
+    with pytest.raises(native.TooMuchDoubt):
+        native.decode(out.streams[1], layout.TEXT_BASE, res.text_start, records, False,
+                      len(out.flows[1]) + 16, None)
+    reports = [verify.check(out.streams, out.flows, res.text_start, res.text_end, records,
+                            engine=engine) for engine in (Engine.FAST, Engine.REFERENCE)]
+    assert reports[0].to_json() == reports[1].to_json()

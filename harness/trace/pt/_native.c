@@ -20,6 +20,8 @@
 #define RET_STACK 64
 #define LOOKAHEAD 400
 #define MAX_DOUBT 128 /* uncertain records at one instruction (the reference has no limit) */
+/* raised past MAX_DOUBT: the caller decodes that stream with the reference instead */
+static PyObject *TooMuchDoubt;
 #define INF UINT64_MAX /* query.py: INFINITY (no TSC after the item) */
 
 typedef unsigned __int128 u128;
@@ -946,7 +948,7 @@ static int fetch(Walker *w, uint64_t ip, uint64_t offset, Fetched *out) {
         if (rec->tick >= w->lo && (u128)rec->addr < (u128)ip + INSN_MAX &&
             (u128)ip < (u128)rec->addr + rec->len) {
             if (nd == MAX_DOUBT) {
-                PyErr_SetString(PyExc_RuntimeError, "more uncertain text-poke records at one "
+                PyErr_SetString(TooMuchDoubt, "more uncertain text-poke records at one "
                                 "instruction than the native decoder takes");
                 return -2;
             }
@@ -1363,6 +1365,13 @@ PyMODINIT_FUNC PyInit__native(void) {
     Py_INCREF(&InsnTableType);
     if (PyModule_AddObject(m, "InsnTable", (PyObject *)&InsnTableType) < 0) {
         Py_DECREF(&InsnTableType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    TooMuchDoubt = PyErr_NewException("harness.trace.pt._native.TooMuchDoubt",
+                                      PyExc_RuntimeError, NULL);
+    if (!TooMuchDoubt || PyModule_AddObject(m, "TooMuchDoubt", Py_NewRef(TooMuchDoubt)) < 0) {
+        Py_XDECREF(TooMuchDoubt);
         Py_DECREF(m);
         return NULL;
     }

@@ -33,6 +33,16 @@ def available(engine: Engine) -> bool:
     return engine is Engine.FAST and native_module("trace") is not None
 
 
+class _NoNativeDecoder(RuntimeError):
+    """Stands for TooMuchDoubt where the native module is missing (never raised)."""
+
+
+# Raised by the native decoder past its limit of records in doubt at one instruction (the
+# reference has none): the caller decodes that stream with the reference.
+TooMuchDoubt: type[Exception] = getattr(native_module("trace"), "TooMuchDoubt",
+                                        _NoNativeDecoder)
+
+
 def _insn(code: bytes) -> tuple[int, int, int, str] | None:
     i = classify(code)
     return None if i is None else (i.size, _CLS_INDEX[i.cls], i.rel, i.text)
