@@ -416,3 +416,35 @@ def test_the_version_a_worker_reports_names_its_code_revision(tmp_path):
     (tmp_path / "emu" / "notes.txt").write_text("not code")
     assert code_digest(tmp_path) == before
     assert textpoke_version().startswith(f"{__version__}+")
+
+
+def _ownership_gaps(part: P.Partition) -> list[tuple[int, int, int]]:
+    """(region, position, level) for each choice of a region's prefix that its owners name
+    on a level no region owns it on: a DPOR report there would find no owner."""
+    out = []
+    for r in part.regions:
+        s = r.state
+        for pos in range(s["base"] + 1):
+            level = next((lv for lo, hi, lv in s["owners"] if lo <= pos <= hi), s["level"])
+            if not any(o.owns(level, pos) for o in part.regions):
+                out.append((r.id, pos, level))
+    return out
+
+
+def test_every_prefix_choice_of_every_region_has_an_owner(monkeypatch):
+    """Regions split again and again (8 workers, a slice of one run): after every split each
+    region names, for every choice of its prefix, the region that owns it. A range's second
+    half once forgot the first half's choices, and the regions split off its deeper levels
+    then named themselves for them."""
+    gaps: list = []
+    split = P.Partition.split
+
+    def checked(self, region):
+        out = split(self, region)
+        gaps.extend(_ownership_gaps(self))
+        return out
+    monkeypatch.setattr(P.Partition, "split", checked)
+    run = _litmus_runs("TAIL")
+    serial = _serial_paths(run, Cost(2, 2, 1), True)
+    assert sorted(P.explore_partitioned(run, Cost(2, 2, 1), True, 8, slice_runs=1)) == serial
+    assert gaps == []

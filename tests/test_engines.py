@@ -26,6 +26,7 @@ from harness.oracles import torn_execution
 from harness.run import Runner
 from harness.scenario.scenario import GENERIC_VARIANTS
 from harness.scenario.shipped import SCENARIOS
+from harness.trace.pt import native as trace_native
 from tests.test_soundness import STACK_RACE
 
 pytestmark = pytest.mark.skipif(native_module("machine") is None,
@@ -37,9 +38,10 @@ CASES += [("static_key", v) for v in GENERIC_VARIANTS if v != "correct"]
 SEEDS = range(3)
 
 
-def _record(runner: Runner, result: RunResult) -> dict[str, object]:
-    """Everything a run produced that the engines must agree on, by name."""
-    torn = torn_execution(result.truth, runner.built.sites)
+def _record(runner: Runner, result: RunResult, engine: Engine) -> dict[str, object]:
+    """Everything a run produced that the engines must agree on, by name (the torn oracle
+    run by `engine`: its C site filter is compared too)."""
+    torn = torn_execution(result.truth, runner.built.sites, engine)
     return {
         "path": [(c.kind, c.arity, c.value, c.request) for c in result.path],
         **{f"retired cpu{i}": r for i, r in enumerate(result.truth.retired)},
@@ -55,7 +57,7 @@ def _record(runner: Runner, result: RunResult) -> dict[str, object]:
 
 def differences(runner: Runner, fast: RunResult, ref: RunResult) -> list[str]:
     """The names of what differs between a fast and a reference run (empty: identical)."""
-    a, b = _record(runner, fast), _record(runner, ref)
+    a, b = _record(runner, fast, Engine.FAST), _record(runner, ref, Engine.REFERENCE)
     assert a.keys() == b.keys()
     out = []
     for key in a:
@@ -152,6 +154,8 @@ def test_without_the_native_module_the_fast_engine_runs_the_reference_machine(mo
     fast = Runner(SCENARIOS["z4_bytewise"], "fixed", engine=Engine.FAST, decode=False)
     assert isinstance(fast.machine.cpus[0], NativeCpu)  # installed: the native hooks
     monkeypatch.setattr(engines, "native_module", lambda part: None)
+    monkeypatch.setattr(trace_native, "native_module", lambda part: None)
+    assert not trace_native.available(Engine.FAST)  # the trace part falls back too
     missing = Runner(SCENARIOS["z4_bytewise"], "fixed", engine=Engine.FAST, decode=False)
     assert missing.engine is Engine.FAST
     assert all(type(c) is Cpu for c in missing.machine.cpus)
@@ -159,6 +163,10 @@ def test_without_the_native_module_the_fast_engine_runs_the_reference_machine(mo
     ref = Runner(SCENARIOS["z4_bytewise"], "fixed", engine=Engine.REFERENCE, decode=False)
     a, b = missing.machine.run(RandomSource(1)), ref.machine.run(RandomSource(1))
     assert differences(missing, a, b) == []
+    missing.decode = ref.decode = True
+    checked = missing.check(a), ref.check(b)
+    assert [r.to_json() for r in checked[0].decode] == [r.to_json() for r in checked[1].decode]
+    assert checked[0].streams == checked[1].streams and checked[0].decode
 
 
 def test_the_native_effect_table_is_the_reference_one():

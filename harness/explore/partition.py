@@ -265,9 +265,12 @@ class Partition:
                    and set(s["nodes"][i][5]) - set(s["nodes"][i][6])]
         if len(open_at) >= 2:  # the range in two, at the middle of its open choices
             cut = open_at[len(open_at) // 2] - 1
-            # owners name the levels of the prefix; a choice after it is on the region's own
+            # owners name the levels of the prefix, the first half's choices included (on
+            # this same level: a region split off this half's deeper levels later inherits
+            # them); a choice after it is on the region's own
             new = {"level": s["level"], "base": cut, "limit": s["limit"],
-                   "owners": s["owners"], "nodes": list(s["nodes"]), "upper": []}
+                   "owners": [*s["owners"], [s["base"] + 1, cut, s["level"]]],
+                   "nodes": list(s["nodes"]), "upper": []}
             s["limit"] = cut
             out.append(self._new(new))
         for r in out:
