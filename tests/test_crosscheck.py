@@ -196,6 +196,30 @@ def test_libipt_missing_is_a_value(monkeypatch):
     assert "apt-get install libipt2" in str(got) and "libipt-not-here" in str(got)
 
 
+def test_a_pt_blk_block_our_rebuild_does_not_end_where_libipt_says_is_an_error(monkeypatch):
+    """pt_blk gives a block's first and last IP and its count; the instructions between are
+    rebuilt from the text. A rebuild that does not end at libipt's last IP (here: every
+    instruction of 3 bytes or more taken for a byte shorter) is an error, never steps that
+    would pass for agreement."""
+    ipt = libipt.load()
+    _need("libipt", not isinstance(ipt, libipt.LibiptMissing))
+    out = Runner(SCENARIOS["static_key"]).run_seed(0)
+    res = out.result
+
+    def decoded():
+        return libipt.decode(ipt, out.streams[1], layout.TEXT_BASE, res.text_start,
+                             res.sideband, len(out.flows[1]) + 16, libipt.Flavour.BLOCK)
+    assert decoded().error is None
+    classify = libipt.classify
+
+    def shorter(code: bytes):
+        insn = classify(code)
+        return replace(insn, size=insn.size - 1) if insn and insn.size >= 3 else insn
+    monkeypatch.setattr(libipt, "classify", shorter)
+    bad = decoded()
+    assert bad.error is not None and "pt_blk's block ends at" in bad.error.message
+
+
 # ---------------------------------------------------------------- crosscheck
 def test_crosscheck_agrees_on_every_correct_variant(tmp_path):
     need_perf()

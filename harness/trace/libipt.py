@@ -288,6 +288,8 @@ def _walk(ipt: Libipt, fn: dict, dec: int, memory: _Memory, out: Decoded, max_st
         else:
             _block_steps(memory, item, offset.value, out)
             last_ip = u64(item, 8).value
+            if out.error is not None:
+                return
 
 
 def _block_steps(memory: _Memory, block, offset: int, out: Decoded) -> None:
@@ -296,11 +298,18 @@ def _block_steps(memory: _Memory, block, offset: int, out: Decoded) -> None:
     block follows), so they come from the text the block was decoded over (raw and size are
     valid only for a truncated block)."""
     ip = ctypes.c_uint64.from_buffer(block, 0).value
+    end_ip = ctypes.c_uint64.from_buffer(block, 8).value
     ninsn = ctypes.c_uint16.from_buffer(block, 28).value
+    last = None
     for _ in range(ninsn):
         at = ip - memory.base
         code = bytes(memory.text[at:at + MAX_INSN])
         insn = classify(code)
         size = insn.size if insn is not None else 1
         out.steps.append(Step(ip, code[:size], offset))
+        last = ip
         ip += size + (insn.rel if insn is not None and insn.cls in (Cls.JMP, Cls.CALL) else 0)
+    if last is not None and last != end_ip:  # the rebuild is not libipt's block: say so
+        out.error = LibiptError(Pte.INTERNAL, f"pt_blk's block ends at {end_ip:#x}, its "
+                                f"{ninsn} instructions rebuilt from the text end at "
+                                f"{last:#x}", offset, last)
