@@ -10,8 +10,8 @@
  * decision before an instruction, which is a decision of the stream).
  *
  * Nothing is linked against libunicorn: emu/native_cpu.py hands over the function pointers of
- * the library the Python binding loaded, and the engine handle. Unicorn is entered through
- * ctypes, which releases the GIL; the hooks take it back only on the rare paths.
+ * the library the Python binding loaded, and the engine handle. Unicorn is entered from C
+ * (cpu_run) with the GIL held, so the rare Python hooks inside a run need not take it.
  *
  * emu/native_cpu.py is this file's Python side; emu/cpu.py is the reference it must equal.
  */
@@ -573,9 +573,8 @@ static int setup(CpuObject *self, long long quantum, int event, unsigned long lo
     return 0;
 }
 
-/* Append this run's records to a Retired (emu/retired.py): its arrays take the packed bytes
-   as Retired.extend_packed does, the code offsets made absolute here rather than per record
-   in Python. */
+/* Append this run's records to a Retired (emu/retired.py): its arrays take the packed bytes,
+   the code offsets made absolute here rather than per record in Python. */
 static int flush_truth(CpuObject *self, PyObject *retired) {
     if (self->ticks.len == 0)
         return 0;
@@ -585,6 +584,11 @@ static int flush_truth(CpuObject *self, PyObject *retired) {
     if (!PyByteArray_Check(code)) {
         Py_DECREF(code);
         PyErr_SetString(PyExc_TypeError, "Retired.code is not a bytearray");
+        return -1;
+    }
+    if ((uint64_t)PyByteArray_GET_SIZE(code) + self->code.len > UINT32_MAX) {
+        Py_DECREF(code); /* as array('I').append would: the offsets are 32-bit */
+        PyErr_SetString(PyExc_OverflowError, "a CPU's retired code outgrew 4 GiB");
         return -1;
     }
     uint32_t base = (uint32_t)PyByteArray_GET_SIZE(code);

@@ -104,7 +104,7 @@ class Machine(InterruptDelivery, HypercallService):
     def __init__(self, config: MachineConfig, image: GuestImage,
                  engine: Engine = Engine.REFERENCE) -> None:
         self.config = config
-        self.engine = engine  # the reference engine: emu/cpu.py's Python hooks
+        self.engine = engine  # FAST: native_cpu.py where emu._native is installed; else cpu.py
         self.layout = lay = config.layout()
         self.image = image
         self.symbols = image.symbols

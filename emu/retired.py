@@ -2,9 +2,10 @@
 
 Record i is (tick, ip, bytes fetched) = (ticks[i], ips[i], code[ends[i-1]:ends[i]]). The
 reference engine appends one record at a time; the native engine (emu/engine.py) appends
-whole runs of records it collected in C (`extend_packed`), and the native trace pipeline reads
-the arrays through the buffer protocol. Iterating or indexing yields (tick, ip, bytes) tuples
-made on the fly, as the former list of tuples did, so readers need not care which engine ran.
+whole runs of records it collected in C (emu/_native.c: flush_truth), and the native trace
+pipeline reads the arrays through the buffer protocol. Iterating or indexing yields
+(tick, ip, bytes) tuples made on the fly, as the former list of tuples did, so readers need
+not care which engine ran.
 A packed log keeps the garbage collector out of a run's cost (it made verification
 superlinear in CPUs and sites while every instruction was a tuple)."""
 
@@ -31,19 +32,6 @@ class Retired:
         self.ips.append(ip)
         self.code += code
         self.ends.append(len(self.code))
-
-    def extend_packed(self, ticks: bytes, ips: bytes, ends: bytes, code: bytes) -> None:
-        """Append records given as the raw arrays (native byte order), `ends` relative to
-        the start of `code`."""
-        base = len(self.code)
-        self.ticks.frombytes(ticks)
-        self.ips.frombytes(ips)
-        rel = array("I")
-        rel.frombytes(ends)
-        if base:
-            rel = array("I", (e + base for e in rel))
-        self.ends.extend(rel)
-        self.code += code
 
     def pop(self) -> tuple[int, int, bytes]:
         """Take back the last record (an instruction that faulted did not retire)."""

@@ -247,6 +247,12 @@ static PyObject *py_flow(PyObject *mod, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "retired arrays of different lengths");
         goto done;
     }
+    for (size_t j = 0; j < n; j++) { /* code[START(j) .. ends[j]) is read below */
+        if (ends[j] > (size_t)bc.b.len || (j && ends[j] < ends[j - 1])) {
+            PyErr_SetString(PyExc_ValueError, "retired ends outside the code or going down");
+            goto done;
+        }
+    }
     Py_ssize_t ne = PySequence_Length(oevents);
     if (ne < 0) goto done;
     evs = PyMem_Calloc(ne ? ne : 1, sizeof(Ev));
