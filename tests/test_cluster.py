@@ -137,8 +137,7 @@ def test_a_frontier_saved_on_the_cluster_resumes_on_one_process_and_back(dask_cl
     rest = explore(plan, db=db, resume=True)
     assert rest.exhausted and rest.skipped == 20
     new = [r.path for r in rest.results if r.idx >= 20]
-    assert sorted(r.path for r in first.results) + sorted(new) != [] and \
-        sorted([r.path for r in first.results] + new) == paths
+    assert sorted([r.path for r in first.results] + new) == paths
     db2 = tmp_path / "b.db"
     first = explore(plan, schedules=20, db=db2)
     rest = explore(plan, db=db2, resume=True, client=dask_client, jobs=2)
@@ -448,3 +447,25 @@ def test_every_prefix_choice_of_every_region_has_an_owner(monkeypatch):
     serial = _serial_paths(run, Cost(2, 2, 1), True)
     assert sorted(P.explore_partitioned(run, Cost(2, 2, 1), True, 8, slice_runs=1)) == serial
     assert gaps == []
+
+
+@pytest.mark.parametrize(("forge", "says"), [
+    (lambda g: g["state"].update(limit=0), "another region"),
+    (lambda g: g["state"].update(level=g["state"]["level"] + 7), "another region"),
+    (lambda g: g.update(reports=[[0, "x", [1]]]), "malformed reports"),
+])
+def test_a_returned_region_state_that_is_not_the_regions_rest_is_refused(
+        dask_client, monkeypatch, forge, says):
+    """A worker's region state with another limit or level (which could make the partition
+    look exhausted with paths never run) or malformed reports: refused, not recorded."""
+    real = C.explore_region
+
+    def forged(*args):
+        got = real(*args)
+        if isinstance(got.get("state"), dict):
+            forge(got)
+        return got
+    monkeypatch.setattr(C, "explore_region", forged)
+    monkeypatch.setattr(C, "SLICE_SECONDS", 0.05)
+    with pytest.raises(C.ClusterError, match=says):
+        explore(Z4, client=dask_client, jobs=3)

@@ -373,6 +373,7 @@ def run_regions(cl: Cluster, plan: Plan, variant: str, build: str, part: Partiti
                                    f"run outside its region's path prefix: refused")
             out.append(schedule_result(d, next_idx))
             next_idx += 1
+        _check_returned(cl, got, region.state)
         part.returned(region, got["state"], got["reports"])
         if stop_at_first and any(r.failed for r in out):
             stopping = True
@@ -382,3 +383,29 @@ def run_regions(cl: Cluster, plan: Plan, variant: str, build: str, part: Partiti
             stopping = True
         fill()
     return part.exhausted, len(tasks)
+
+
+def _check_returned(cl: Cluster, got: dict, sent: dict) -> None:
+    """What a worker returned for a region is the rest of that region: the same level, range,
+    owners and prefix, and reports only for choices outside its range (others' choices), as
+    lists of integers. Anything else is refused, not recorded: a forged or confused state
+    could make the partition look exhausted with paths never run."""
+    state, reports = got.get("state"), got.get("reports")
+    who = f"cluster {cl.address}: worker {got.get('worker')}"
+    if not isinstance(state, dict) or any(state.get(k) != sent[k]
+                                          for k in ("level", "base", "limit", "owners")):
+        raise ClusterError(f"{who} returned the state of another region: refused")
+    nodes, base = state.get("nodes"), sent["base"]
+    if not isinstance(nodes, list) or len(nodes) < base + 1 or (
+            base >= 0 and [n[2] for n in nodes[:base + 1]]
+            != [n[2] for n in sent["nodes"][:base + 1]]):
+        raise ClusterError(f"{who} returned a state off its region's path prefix: refused")
+    limit = sent["limit"]
+
+    def foreign(p: object) -> bool:  # a choice of another region (RegionRun._foreign)
+        return isinstance(p, int) and 0 <= p and (p <= base or limit is not None and p > limit)
+    if not isinstance(reports, list) or not all(
+            isinstance(r, list | tuple) and len(r) == 3 and isinstance(r[0], int)
+            and foreign(r[1]) and isinstance(r[2], list)
+            and all(isinstance(v, int) for v in r[2]) for r in reports):
+        raise ClusterError(f"{who} returned malformed reports: refused")
