@@ -236,7 +236,8 @@ class Partition:
         """Values to try at the choice `position` of `level`: to its owner."""
         owner = next((r for r in self.regions if r.owns(level, position)), None)
         if owner is None:
-            raise SearchError(f"no region owns choice {position} of level {level}")
+            # the partition's own bookkeeping, not the user's input: an internal error (exit 3)
+            raise RuntimeError(f"no region owns choice {position} of level {level}")
         if owner.status is Status.RUNNING:
             owner.queued.setdefault(position, set()).update(values)
             return
