@@ -262,3 +262,26 @@ def test_more_records_in_doubt_than_the_native_decoder_takes_decode_as_the_refer
     reports = [verify.check(out.streams, out.flows, res.text_start, res.text_end, records,
                             engine=engine) for engine in (Engine.FAST, Engine.REFERENCE)]
     assert reports[0].to_json() == reports[1].to_json()
+
+
+# the encoder's other settings; long TNT matters only when TSCs do not flush every few bits
+TRACE_OPTIONS = [{"ret_compression": False}, {"long_tnt": False, "tsc_period": 1000},
+                 {"psb_period": 64}, {"tsc_period": 50}, {"cbr": 7}]
+
+
+@pytest.mark.parametrize("option", TRACE_OPTIONS,
+                         ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+@pytest.mark.parametrize("name", ["static_key", "z6_unsorted_batch"])
+def test_both_engines_encode_and_check_alike_under_every_trace_option(name, option):
+    """The encoder's other settings (a token or the CLI may carry them): the same streams,
+    flows, decode reports and verdicts from both engines."""
+    from harness.trace.pt.encoder import TraceConfig
+
+    variant = "buggy" if name.startswith("z") else None
+    runner = Runner(SCENARIOS[name], variant, trace=TraceConfig(**option))
+    result = runner.machine.run(RandomSource(1))
+    fast, ref = both(runner, result)
+    assert differences(fast, ref) == []
+    first, *rest = option  # the option itself took effect: not the streams without it
+    without = Runner(SCENARIOS[name], variant, trace=TraceConfig(**{k: option[k] for k in rest}))
+    assert fast.streams != without.check(result).streams, first
