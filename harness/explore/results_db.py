@@ -108,11 +108,6 @@ class ResultsDb:
                                "status = 'done'", (exploration,))
         return {r[0]: r[1:] for r in rows}
 
-    def started(self, exploration: int, idx: int, seed: int) -> None:
-        self.db.execute("INSERT OR REPLACE INTO schedules (exploration, idx, seed, status) "
-                        "VALUES (?, ?, ?, 'started')", (exploration, idx, seed))
-        self.db.commit()
-
     def started_many(self, exploration: int, rows: list[tuple[int, int]]) -> None:
         """(idx, seed) rows committed together: a batch handed to a worker."""
         self.db.executemany("INSERT OR REPLACE INTO schedules (exploration, idx, seed, status) "
@@ -132,21 +127,6 @@ class ResultsDb:
                             "verdict, detail, decisions, token, shrunk, shrunk_deviations) "
                             "VALUES (?, ?, ?, 'done', ?, ?, ?, ?, ?, ?)",
                             [(exploration, *r) for r in rows])
-        self.db.commit()
-
-    def finished(self, exploration: int, idx: int, verdict: str, detail: str, decisions: int,
-                 token: str | None, shrunk: str | None, shrunk_deviations: int | None,
-                 frontier: str | None = None) -> None:
-        """Complete a schedule's row, and with `frontier` replace the exploration's frontier
-        in the same transaction: a kill can never keep one without the other."""
-        if frontier is not None:
-            self.db.execute("INSERT OR REPLACE INTO frontiers (exploration, state) VALUES (?, ?)",
-                            (exploration, frontier))
-        self.db.execute("UPDATE schedules SET status = 'done', verdict = ?, detail = ?, "
-                        "decisions = ?, token = ?, shrunk = ?, shrunk_deviations = ? "
-                        "WHERE exploration = ? AND idx = ?",
-                        (verdict, detail, decisions, token, shrunk, shrunk_deviations,
-                         exploration, idx))
         self.db.commit()
 
     def rollback(self) -> None:
