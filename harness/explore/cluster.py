@@ -67,10 +67,6 @@ class ClusterSpec:
     address: str | None = None
     tls: Tls | None = None
 
-    @property
-    def in_process(self) -> bool:
-        return self.address is None and self.jobs <= 1
-
 
 def spec_from(jobs: int, address: str | None, tls: Tls | None = None) -> ClusterSpec:
     """The spec for --jobs/--cluster, TEXTPOKE_CLUSTER when no --cluster is given."""
@@ -250,14 +246,13 @@ def run_batches(cl: Cluster, plan: Plan, variant: str, build: str,
     held: list[ScheduleResult] = []
     first_fail: int | None = None
     source = iter(indices)
-    lookahead: list[int] = []
     tasks: list[int] = []
 
     def submit() -> bool:
         size = 1 if per_schedule is None else max(1, math.ceil(BATCH_SECONDS / per_schedule))
         batch: list[int] = []
         while len(batch) < size:
-            i = lookahead.pop() if lookahead else next(source, None)
+            i = next(source, None)
             if i is None or not more(i) or (first_fail is not None):
                 break
             batch.append(i)

@@ -181,10 +181,6 @@ class Region:
     status: Status = Status.WAITING
     queued: dict[int, set[int]] = field(default_factory=dict)
 
-    @property
-    def level(self) -> int:
-        return int(self.state["level"])
-
     def owns(self, level: int, position: int) -> bool:
         s = self.state
         end = len(s["nodes"]) - 1 if s["limit"] is None else s["limit"]
