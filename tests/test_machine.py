@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import threading
+import time
 
 import pytest
 
@@ -167,6 +168,30 @@ def test_ctrl_c_inside_unicorn_ends_the_run_instead_of_vanishing(build, monkeypa
     monkeypatch.setattr(x86, "effect", effect)
     again, fresh = m.run(RandomSource(9)), build(COUNTDOWN, ["start", "start"]).run(RandomSource(9))
     assert (again.path, again.ticks, again.verdict.kind) == (fresh.path, fresh.ticks, "pass")
+
+
+LONG_SPIN = COUNTDOWN.replace("20000", "1000000")  # seconds on either engine, not minutes
+
+
+def test_ctrl_c_during_a_long_run_ends_it_on_either_engine(build, python_sigint):
+    """The same, without a spy in the code hook (the native engine has no Python there):
+    SIGINT 50 ms into a run of seconds, from another thread. The native hooks run with the
+    GIL held; Python's handler runs once control is back in Python between steps, and
+    HeldSigint turns it into KeyboardInterrupt there. (With HeldSigint's check disabled the
+    run ends normally seconds later and pytest.raises fails.)"""
+    m = build(LONG_SPIN, ["start", "start"], insn_budget=10**7)
+    for _trial in range(3):
+        sender = threading.Thread(target=lambda: (time.sleep(0.05),
+                                                  os.kill(os.getpid(), signal.SIGINT)))
+        started = time.monotonic()
+        sender.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                m.run(RandomSource(1))
+        finally:
+            sender.join()
+        assert time.monotonic() - started < 5  # ended by the signal, not by the program
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_all_cpus_halted_with_interrupts_off_is_a_deadlock(build):
