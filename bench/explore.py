@@ -56,7 +56,8 @@ def rate(runner: Runner, n: int) -> float:
 # native code hook asks Python for
 PYTHON_HOOKS = [(Cpu, n) for n in ("_on_tlb_fill", "_on_intr", "_on_out", "_on_text_store",
                                    "_on_watched", "_on_tracked", "_on_text_read",
-                                   "_on_foreign_stack")] + [(Machine, "_nmi_point")]
+                                   "_on_foreign_stack")] + [(Machine, "_nmi_point")] + [
+    (NativeCpu, n) for n in ("_on_tlb_fill", "_on_intr", "_on_out", "_on_text_store")]
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ typedef int (*uc_emu_stop_t)(void *uc);
 typedef int (*uc_emu_start_t)(void *uc, uint64_t begin, uint64_t until, uint64_t timeout,
                               size_t count);
 typedef int (*uc_reg_t)(void *uc, int regid, void *value);
+typedef int (*uc_ctl_t)(void *uc, int control, ...);
 
 #define INVALID_INSN_SIZE 16 /* Unicorn reports an undecodable instruction with 0xf1f1f1f1 */
 #define TEXT_TAG (1ULL << 60) /* emu/footprint.py: TEXT */
@@ -94,6 +95,8 @@ typedef struct {
     uc_emu_start_t emu_start;
     uc_emu_stop_t emu_stop;
     uc_reg_t reg_read, reg_write;
+    uc_ctl_t ctl;
+    int ctl_remove_cache; /* uc_ctl's code for UC_CTL_TB_REMOVE_CACHE, two arguments, write */
     int reg_rax, reg_rdx, reg_rip;
     ClockObject *clock;
     const uint8_t *view; /* this CPU's fetch view (FetchView.buf) */
@@ -114,6 +117,7 @@ typedef struct {
     int halted, yielded, serialize, iret, emulate;
     uint64_t emulate_addr, retired_run;
     uint64_t rip; /* where the CPU stopped */
+    int py_hooked;        /* a Python hook of Cpu ran in this run (emu/native_cpu.py) */
     int timing;           /* for benchmarks: add the CPU time inside uc_emu_start up */
     uint64_t unicorn_ns;  /* (hooks included, Python ones too) */
     uint64_t last_grain; /* the last fetched text grain added to `grains` */
@@ -524,6 +528,16 @@ static PyObject *cpu_set_nmi(CpuObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* What every run starts with clear: its stop requests, its effects, its footprint. */
+static void clear_run(CpuObject *self) {
+    self->want_stop = self->read_stop_in = self->mem_hooked_valid = self->restarted = 0;
+    self->py_hooked = 0;
+    self->halted = self->yielded = self->serialize = self->iret = self->emulate = 0;
+    self->retired_run = 0;
+    self->last_grain = (uint64_t)-1;
+    self->grains.len = self->written.len = 0;
+}
+
 /* The state of one run, as Cpu.run sets it; 0, or -1 with an exception set. */
 static int setup(CpuObject *self, long long quantum, int event, unsigned long long last_ip,
                  const char *last_code, Py_ssize_t last_len, int shadow, PyObject *pending,
@@ -564,12 +578,8 @@ static int setup(CpuObject *self, long long quantum, int event, unsigned long lo
     self->nmi_armed = nmi_armed;
     self->track_fp = track_fp;
     self->truth = truth;
-    self->want_stop = self->read_stop_in = self->mem_hooked_valid = self->restarted = 0;
-    self->halted = self->yielded = self->serialize = self->iret = self->emulate = 0;
-    self->retired_run = 0;
-    self->last_grain = (uint64_t)-1;
-    self->ticks.len = self->ips.len = self->ends.len = self->code.len = self->grains.len = 0;
-    self->written.len = 0;
+    clear_run(self);
+    self->ticks.len = self->ips.len = self->ends.len = self->code.len = 0;
     return 0;
 }
 
@@ -635,6 +645,38 @@ static int add_to_set(PyObject *into, const Buf *b) {
     return 0;
 }
 
+/* One emu_start from the current RIP with the run set up; then where it stopped (`rip`).
+   The uc_err (0 or more), or -1 with the error a hook kept raised. */
+static int run_once(CpuObject *self) {
+    uint64_t rip = 0;
+    int err = self->reg_read(self->uc, self->reg_rip, &rip);
+    if (err) {
+        PyErr_Format(PyExc_RuntimeError, "uc_reg_read(RIP) failed: error %d", err);
+        return -1;
+    }
+    self->skip_fetch = rip;
+    struct timespec t0, t1;
+    if (self->timing)
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t0);
+    err = self->emu_start(self->uc, rip, 0, 0, 0); /* Python hooks take the GIL we hold */
+    if (self->timing) {
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t1);
+        self->unicorn_ns += (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000000LL +
+                                       (t1.tv_nsec - t0.tv_nsec));
+    }
+    if (self->err_type != NULL) {
+        PyErr_Restore(self->err_type, self->err_value, self->err_tb);
+        self->err_type = self->err_value = self->err_tb = NULL;
+        return -1;
+    }
+    self->rip = 0;
+    if (self->reg_read(self->uc, self->reg_rip, &self->rip)) {
+        PyErr_SetString(PyExc_RuntimeError, "uc_reg_read(RIP) failed");
+        return -1;
+    }
+    return err;
+}
+
 /* run(quantum, event, last_ip, last_code, shadow, pending|None, decided_end, nmi_armed,
        track_fp, retired|None, footprint|None) -> uc_err: one run from the current RIP
    (Cpu.run): emu_start with until=0 and count=0, then the run's records appended to `retired`
@@ -655,25 +697,9 @@ static PyObject *cpu_run(CpuObject *self, PyObject *args) {
     if (setup(self, quantum, event, last_ip, last_code, last_len, shadow, pending, decided_end,
               nmi_armed, track_fp, retired != Py_None))
         return NULL;
-    uint64_t rip = 0;
-    int err = self->reg_read(self->uc, self->reg_rip, &rip);
-    if (err)
-        return PyErr_Format(PyExc_RuntimeError, "uc_reg_read(RIP) failed: error %d", err);
-    self->skip_fetch = rip;
-    struct timespec t0, t1;
-    if (self->timing)
-        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t0);
-    err = self->emu_start(self->uc, rip, 0, 0, 0); /* Python hooks take the GIL we hold */
-    if (self->timing) {
-        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t1);
-        self->unicorn_ns += (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000000LL +
-                                       (t1.tv_nsec - t0.tv_nsec));
-    }
-    if (self->err_type != NULL) {
-        PyErr_Restore(self->err_type, self->err_value, self->err_tb);
-        self->err_type = self->err_value = self->err_tb = NULL;
+    int err = run_once(self);
+    if (err < 0)
         return NULL;
-    }
     if (retired != Py_None && flush_truth(self, retired))
         return NULL;
     if (footprint != Py_None && (self->grains.len || self->written.len)) {
@@ -686,10 +712,30 @@ static PyObject *cpu_run(CpuObject *self, PyObject *args) {
         if (bad)
             return NULL;
     }
-    self->rip = 0;
-    if (self->reg_read(self->uc, self->reg_rip, &self->rip))
-        return PyErr_Format(PyExc_RuntimeError, "uc_reg_read(RIP) failed");
     return PyLong_FromLong(err);
+}
+
+/* bind_ctl(uc_ctl, code): uc_ctl and its code that removes translations (remove_cache). */
+static PyObject *cpu_bind_ctl(CpuObject *self, PyObject *args) {
+    unsigned long long ctl;
+    if (!PyArg_ParseTuple(args, "Ki", &ctl, &self->ctl_remove_cache))
+        return NULL;
+    self->ctl = (uc_ctl_t)(uintptr_t)ctl;
+    Py_RETURN_NONE;
+}
+
+/* remove_cache(begin, end): Unicorn's translations of [begin, end) dropped
+   (Uc.ctl_remove_cache without the binding's argument wrapping). */
+static PyObject *cpu_remove_cache(CpuObject *self, PyObject *args) {
+    unsigned long long begin, end;
+    if (!PyArg_ParseTuple(args, "KK", &begin, &end))
+        return NULL;
+    if (!self->ctl)
+        return PyErr_Format(PyExc_RuntimeError, "remove_cache before bind_ctl");
+    int err = self->ctl(self->uc, self->ctl_remove_cache, (uint64_t)begin, (uint64_t)end);
+    if (err)
+        return PyErr_Format(PyExc_RuntimeError, "uc_ctl(TB_REMOVE_CACHE) failed: error %d", err);
+    Py_RETURN_NONE;
 }
 
 /* A memory hook saw an access of the current instruction (Cpu._note_mem_hook). */
@@ -711,6 +757,8 @@ static PyMethodDef cpu_methods[] = {
     {"run", (PyCFunction)cpu_run, METH_VARARGS, "one run from the current RIP"},
     {"hook_mem", (PyCFunction)cpu_hook_mem, METH_VARARGS, "a footprint memory hook"},
     {"mem_hook", (PyCFunction)cpu_mem_hook, METH_NOARGS, "a memory hook saw this instruction"},
+    {"bind_ctl", (PyCFunction)cpu_bind_ctl, METH_VARARGS, "uc_ctl, for remove_cache"},
+    {"remove_cache", (PyCFunction)cpu_remove_cache, METH_VARARGS, "drop translations"},
     {NULL}};
 
 #define M(name, type, field, flags) {name, type, offsetof(CpuObject, field), flags, NULL}
@@ -728,6 +776,7 @@ static PyMemberDef cpu_members[] = {
     M("emulate_addr", T_ULONGLONG, emulate_addr, READONLY),
     M("retired_run", T_ULONGLONG, retired_run, READONLY),
     M("rip", T_ULONGLONG, rip, READONLY),
+    M("py_hooked", T_INT, py_hooked, 0),
     M("timing", T_INT, timing, 0),
     M("unicorn_ns", T_ULONGLONG, unicorn_ns, 0),
     M("left", T_LONGLONG, left, 0),
@@ -750,6 +799,415 @@ static PyTypeObject CpuType = {
     .tp_getset = cpu_getset,
 };
 
+/* ------------------------------------------------------------------ the scheduling loop */
+
+/* Machine._step's common case, step after step, in C (emu/native_loop.py is its Python side;
+   Machine._step and Machine._cpu_step are the reference it must equal). A step here is: the
+   CPU choice among the runnable CPUs, the quantum choice, and a run that ends with nothing
+   for Python to do, with the IPI and view choices of Machine._cpu_step on the way when they
+   change nothing. The loop hands back to Python, with the step in progress where it stopped,
+   as soon as a step needs more:
+     LOOP_STEP    before a step: a CPU is halted, or none is runnable (Python does the step);
+     LOOP_CHOSEN  the CPU is chosen and recorded, but it has an NMI pending or spontaneous NMIs
+                  left (Machine._cpu_step);
+     LOOP_IPI     the IPI choice delivers a pending IPI now (Machine._take_ipi, then
+                  Machine._quantum_step);
+     LOOP_VIEWED  the view choice makes pending unit `value - 1` visible (Machine._refresh,
+                  then Machine._run_quantum);
+     LOOP_RAN     the CPU ran, and its run has an effect or a stop for Python (an error, a
+                  Python hook ran, RDTSCP to emulate, IRET, serialize, HLT, the CPU's budget):
+                  Python ends the run (NativeCpu.finish) and the step (Machine._after_run);
+     LOOP_BUDGET  after a step, the clock is past the run's budget (Machine.run cuts it);
+     LOOP_CAP     after `max_steps` steps (Machine.run checks for Ctrl-C, and calls again).
+   Choices are drawn from a RandomSource's own `getrandbits` exactly as Random.randrange
+   draws them, or asked of Decisions.choose for any other source, and recorded as the
+   interned Choice objects of the tables. */
+
+#define LOOP_MAX_CPUS 20
+enum loop_status {
+    LOOP_STEP, LOOP_CHOSEN, LOOP_RAN, LOOP_BUDGET, LOOP_CAP, LOOP_IPI, LOOP_VIEWED
+};
+/* per CPU, as emu/native_loop.py computes them before a batch */
+#define F_FINISHED 1
+#define F_HALTED 2
+#define F_YIELDED 4
+#define F_NMI 8  /* an NMI pending, or spontaneous NMIs left: Python's */
+#define F_IPI 16 /* an IPI pending */
+#define RFLAGS_IF 0x200
+
+/* Random._randbelow_with_getrandbits(n), n >= 2 (CPython's randrange(n)). */
+static long randbelow(PyObject *getrandbits, long n) {
+    int k = 0;
+    for (long m = n; m; m >>= 1)
+        k++;
+    PyObject *bits = PyLong_FromLong(k);
+    if (!bits)
+        return -1;
+    for (;;) {
+        PyObject *r = PyObject_CallOneArg(getrandbits, bits);
+        if (!r)
+            break;
+        long v = PyLong_AsLong(r);
+        Py_DECREF(r);
+        if (v == -1 && PyErr_Occurred())
+            break;
+        if (v < n) {
+            Py_DECREF(bits);
+            return v;
+        }
+    }
+    Py_DECREF(bits);
+    return -1;
+}
+
+/* One choice of `entry` (its request, then the Choice of each value): drawn and recorded
+   here for a RandomSource (`getrandbits`), else Decisions.choose(request). -1: an error. */
+static long decide(PyObject *entry, PyObject *getrandbits, PyObject *choose, PyObject *path) {
+    Py_ssize_t arity = PyTuple_GET_SIZE(entry) - 1;
+    if (getrandbits != Py_None) {
+        long v = randbelow(getrandbits, (long)arity);
+        if (v < 0 || PyList_Append(path, PyTuple_GET_ITEM(entry, 1 + v)))
+            return -1;
+        return v;
+    }
+    PyObject *r = PyObject_CallOneArg(choose, PyTuple_GET_ITEM(entry, 0));
+    if (!r)
+        return -1;
+    long v = PyLong_AsLong(r);
+    Py_DECREF(r);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < 0 || v >= arity) {
+        PyErr_Format(PyExc_RuntimeError, "Decisions.choose answered %ld of %zd", v, arity);
+        return -1;
+    }
+    return v;
+}
+
+/* The entry of a CPU choice's context `key` (emu/native_loop.py: cpu_key), made once. */
+static PyObject *cpu_entry(PyObject *table, PyObject *make, uint64_t key) {
+    PyObject *k = PyLong_FromUnsignedLongLong(key);
+    if (!k)
+        return NULL;
+    PyObject *entry = PyDict_GetItemWithError(table, k); /* borrowed: the table keeps it */
+    if (!entry && !PyErr_Occurred()) {
+        PyObject *made = PyObject_CallOneArg(make, k);
+        if (made && (!PyTuple_Check(made) || PyTuple_GET_SIZE(made) < 3)) {
+            PyErr_SetString(PyExc_TypeError, "a CPU choice entry is (request, choices...)");
+            Py_CLEAR(made);
+        }
+        if (made && PyDict_SetItem(table, k, made) == 0)
+            entry = made;
+        Py_XDECREF(made); /* the table holds it */
+    }
+    Py_DECREF(k);
+    return entry;
+}
+
+static int nth_bit(uint32_t mask, long n) {
+    for (int i = 0; i < LOOP_MAX_CPUS; i++)
+        if (mask >> i & 1 && n-- == 0)
+            return i;
+    return -1;
+}
+
+/* The names of the Python state the loop reads and writes (emu/cpu.py: Cpu, CpuState). */
+static PyObject *s_state, *s_view, *s_retired, *s_pending, *s_finished, *s_halted, *s_yielded,
+    *s_pending_nmi, *s_nmis_left, *s_pending_ipis, *s_last_ip, *s_last_code, *s_shadow;
+
+static int intern_names(void) {
+    struct {
+        PyObject **slot;
+        const char *name;
+    } names[] = {{&s_state, "state"},         {&s_view, "view"},
+                 {&s_retired, "retired"},     {&s_pending, "_pending"},
+                 {&s_finished, "finished"},   {&s_halted, "halted"},
+                 {&s_yielded, "yielded"},     {&s_pending_nmi, "pending_nmi"},
+                 {&s_nmis_left, "nmis_left"}, {&s_pending_ipis, "pending_ipis"},
+                 {&s_last_ip, "last_ip"},     {&s_last_code, "last_code"},
+                 {&s_shadow, "shadow"}};
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
+        if (!(*names[k].slot = PyUnicode_InternFromString(names[k].name)))
+            return -1;
+    return 0;
+}
+
+/* The truth of obj.name: 0, 1, or -1 with an error. */
+static int attr_true(PyObject *obj, PyObject *name) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (!v)
+        return -1;
+    int t = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return t;
+}
+
+/* obj.name as an unsigned 64-bit integer; (uint64_t)-1 with an error set on failure. */
+static uint64_t attr_u64(PyObject *obj, PyObject *name) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (!v)
+        return (uint64_t)-1;
+    uint64_t u = PyLong_AsUnsignedLongLong(v);
+    Py_DECREF(v);
+    return u;
+}
+
+static int set_attr(PyObject *obj, PyObject *name, PyObject *value) {
+    if (!value)
+        return -1;
+    int rc = PyObject_SetAttr(obj, name, value);
+    Py_DECREF(value);
+    return rc;
+}
+
+/* One CPU's Python state into the loop: its F_* flags, the last instruction and shadow its
+   native half starts from, its retired count and its view entry (a new reference, or NULL
+   with none pending). The state's `yielded` is cleared: a hook of the run the batch ends
+   with sets it as on the reference's run, which starts with it clear. -1: an error. */
+static int load_cpu(PyObject *cpu, PyObject *st, CpuObject *s, PyObject *view_entry, int index,
+                    int *flags, uint64_t *count, PyObject **view) {
+    int finished = attr_true(st, s_finished), halted = attr_true(st, s_halted),
+        yielded = attr_true(st, s_yielded), nmi = attr_true(st, s_pending_nmi),
+        left = attr_true(st, s_nmis_left), ipis = attr_true(st, s_pending_ipis),
+        shadow = attr_true(st, s_shadow);
+    if (finished < 0 || halted < 0 || yielded < 0 || nmi < 0 || left < 0 || ipis < 0 ||
+        shadow < 0)
+        return -1;
+    *flags = (finished ? F_FINISHED : 0) | (halted ? F_HALTED : 0) | (yielded ? F_YIELDED : 0) |
+             (nmi || left ? F_NMI : 0) | (ipis ? F_IPI : 0);
+    uint64_t ip = attr_u64(st, s_last_ip);
+    *count = attr_u64(cpu, s_retired);
+    if (PyErr_Occurred())
+        return -1;
+    PyObject *code = PyObject_GetAttr(st, s_last_code);
+    if (!code)
+        return -1;
+    char *bytes;
+    Py_ssize_t len;
+    if (PyBytes_AsStringAndSize(code, &bytes, &len)) {
+        Py_DECREF(code);
+        return -1;
+    }
+    s->last_ip = ip;
+    s->last_len = len < INVALID_INSN_SIZE ? (int)len : INVALID_INSN_SIZE;
+    memcpy(s->last_code, bytes, s->last_len);
+    Py_DECREF(code);
+    s->shadow = shadow;
+    PyObject *v = PyObject_GetAttr(cpu, s_view);
+    PyObject *pending = v ? PyObject_GetAttr(v, s_pending) : NULL;
+    Py_XDECREF(v);
+    if (!pending)
+        return -1;
+    Py_ssize_t npending = PyObject_Size(pending);
+    Py_DECREF(pending);
+    if (npending < 0)
+        return -1;
+    *view = NULL;
+    if (npending) {
+        *view = PyObject_CallFunction(view_entry, "in", index, npending);
+        if (!*view)
+            return -1;
+        if (!PyTuple_Check(*view) || PyTuple_GET_SIZE(*view) != npending + 2) {
+            PyErr_SetString(PyExc_TypeError, "a view entry is (request, choices...)");
+            Py_CLEAR(*view);
+            return -1;
+        }
+    }
+    return set_attr(st, s_yielded, Py_NewRef(Py_False));
+}
+
+/* steps(pycpus, cpus, retired, last, getrandbits|None, choose, cpu_table, make,
+         quantum_table, ipi_table, view_entry, path, limits, reg_rflags, resume, max_steps)
+     -> (steps, status, cpu, value, last)
+   pycpus: the Cpu objects (their state is read here and written back: retired, last_ip,
+   last_code, shadow, yielded); cpus: their native halves; retired: each CPU's Retired or
+   None; last: Machine._last (-1: none); cpu_table: {cpu_key: entry}, filled through
+   make(cpu_key); quantum_table: each CPU's quantum entry, or () when max_quantum is 1;
+   ipi_table: each CPU's IPI entry; view_entry(cpu, pending): the entry of a view choice;
+   path: Decisions.path; limits: (MachineConfig.insn_budget, the clock's limit); resume:
+   (cpu, stage) of a step to finish first (stage 0: none; see `stage` below). Returns the
+   steps done entirely here, why it stopped, the CPU of the step in progress (-1: none), its
+   run's uc_err (LOOP_RAN) or the view choice (LOOP_VIEWED), and the last CPU chosen. */
+static PyObject *py_steps(PyObject *mod, PyObject *args) {
+    (void)mod;
+    PyObject *pycpus, *cpus, *retireds, *getrandbits, *choose, *table, *make, *qtable, *itable,
+        *view_entry, *path;
+    long long last, max_steps;
+    unsigned long long insn_budget, tick_limit;
+    int reg_rflags, resume_cpu, resume_stage;
+    if (!PyArg_ParseTuple(args, "O!O!O!LOOO!OO!O!OO!(KK)i(ii)L", &PyTuple_Type, &pycpus,
+                          &PyTuple_Type, &cpus, &PyTuple_Type, &retireds, &last, &getrandbits,
+                          &choose, &PyDict_Type, &table, &make, &PyTuple_Type, &qtable,
+                          &PyTuple_Type, &itable, &view_entry, &PyList_Type, &path,
+                          &insn_budget, &tick_limit, &reg_rflags, &resume_cpu, &resume_stage,
+                          &max_steps))
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(cpus);
+    if (n < 1 || n > LOOP_MAX_CPUS || PyTuple_GET_SIZE(pycpus) != n ||
+        PyTuple_GET_SIZE(retireds) != n || PyTuple_GET_SIZE(itable) != n ||
+        (PyTuple_GET_SIZE(qtable) != 0 && PyTuple_GET_SIZE(qtable) != n))
+        return PyErr_Format(PyExc_ValueError, "steps: %zd CPUs, or mismatched tables", n);
+    if (resume_stage < 0 || resume_stage > 2 || (resume_stage && (resume_cpu < 0 ||
+                                                                   resume_cpu >= n)))
+        return PyErr_Format(PyExc_ValueError, "steps: no step of CPU %d to resume", resume_cpu);
+    CpuObject *c[LOOP_MAX_CPUS];
+    PyObject *st[LOOP_MAX_CPUS] = {NULL}, *vtable[LOOP_MAX_CPUS] = {NULL};
+    int fl[LOOP_MAX_CPUS];
+    uint64_t count[LOOP_MAX_CPUS], ran[LOOP_MAX_CPUS];
+    PyObject *result = NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *cpu = PyTuple_GET_ITEM(cpus, i);
+        if (!PyObject_TypeCheck(cpu, &CpuType)) {
+            PyErr_Format(PyExc_TypeError, "steps: CPU %zd is not a native Cpu", i);
+            goto done;
+        }
+        CpuObject *s = c[i] = (CpuObject *)cpu;
+        st[i] = PyObject_GetAttr(PyTuple_GET_ITEM(pycpus, i), s_state);
+        if (!st[i] || load_cpu(PyTuple_GET_ITEM(pycpus, i), st[i], s, view_entry, (int)i, &fl[i],
+                               &count[i], &vtable[i]))
+            goto done;
+        ran[i] = 0;
+        s->truth = PyTuple_GET_ITEM(retireds, i) != Py_None;
+        s->ticks.len = s->ips.len = s->ends.len = s->code.len = 0;
+        s->event = s->skip_valid = s->nmi_armed = s->track_fp = 0;
+        s->npending = 0;
+        s->decided_end = -1;
+    }
+    ClockObject *clock = c[0]->clock;
+    long long steps = 0;
+    int status = LOOP_CAP, who = -1, err = 0; /* err: uc_err, or the view choice */
+    uint32_t trivial = 0;
+    PyObject *cached = NULL; /* the last CPU choice's entry (borrowed from the table) */
+    uint64_t cached_key = 0;
+    int stage = resume_stage; /* 0: a new step; 1, 2: resume_cpu's step, at its view choice
+                                 or at its quantum (after Python delivered an IPI, or made a
+                                 unit visible) */
+    while (steps < max_steps) {
+        int i = resume_cpu;
+        if (!stage) {
+            uint32_t runnable = 0, yielded = 0;
+            int halted = 0;
+            for (Py_ssize_t j = 0; j < n; j++) {
+                if (fl[j] & F_FINISHED)
+                    continue;
+                halted |= fl[j] & F_HALTED;
+                runnable |= 1u << j;
+                if (fl[j] & F_YIELDED)
+                    yielded |= 1u << j;
+            }
+            if (halted || !runnable) {
+                status = LOOP_STEP; /* whether a halted CPU is runnable is Python's question */
+                break;
+            }
+            long value = 0;
+            if (runnable & (runnable - 1)) {
+                uint64_t key = runnable | (uint64_t)yielded << LOOP_MAX_CPUS |
+                               (uint64_t)(last + 1) << (2 * LOOP_MAX_CPUS);
+                if (!cached || key != cached_key) {
+                    cached = cpu_entry(table, make, key);
+                    cached_key = key;
+                    if (!cached)
+                        goto done;
+                }
+                value = decide(cached, getrandbits, choose, path);
+                if (value < 0)
+                    goto done;
+            }
+            i = nth_bit(runnable, value);
+            last = i;
+            if (fl[i] & F_NMI) { /* Machine._nmi_arrives, _maybe_interrupt's NMI */
+                status = LOOP_CHOSEN;
+                who = i;
+                break;
+            }
+            if (fl[i] & F_IPI && !c[i]->shadow) { /* Machine._maybe_interrupt */
+                uint64_t rflags = 0;
+                if (c[i]->reg_read(c[i]->uc, reg_rflags, &rflags)) {
+                    PyErr_SetString(PyExc_RuntimeError, "uc_reg_read(RFLAGS) failed");
+                    goto done;
+                }
+                if (rflags & RFLAGS_IF) {
+                    long v = decide(PyTuple_GET_ITEM(itable, i), getrandbits, choose, path);
+                    if (v < 0)
+                        goto done;
+                    if (v) {
+                        status = LOOP_IPI;
+                        who = i;
+                        break;
+                    }
+                }
+            }
+        }
+        CpuObject *s = c[i];
+        PyObject *view = vtable[i];
+        if (stage != 2 && view) { /* Machine._quantum_step */
+            long v = decide(view, getrandbits, choose, path);
+            if (v < 0)
+                goto done;
+            if (v) {
+                status = LOOP_VIEWED;
+                who = i;
+                err = (int)v;
+                break;
+            }
+        }
+        stage = 0;
+        long long quantum = 1;
+        if (PyTuple_GET_SIZE(qtable)) {
+            long q = decide(PyTuple_GET_ITEM(qtable, i), getrandbits, choose, path);
+            if (q < 0)
+                goto done;
+            quantum = q + 1;
+        }
+        s->left = quantum;
+        clear_run(s);
+        int e = run_once(s);
+        if (e < 0)
+            goto done;
+        if (e || s->py_hooked || s->emulate || s->iret || s->serialize || s->halted ||
+            count[i] + ran[i] + s->retired_run >= insn_budget) {
+            status = LOOP_RAN;
+            who = i;
+            err = e;
+            break;
+        }
+        ran[i] += s->retired_run;
+        trivial |= 1u << i;
+        fl[i] = s->yielded ? fl[i] | F_YIELDED : fl[i] & ~F_YIELDED;
+        steps++;
+        if (clock->tick > tick_limit) {
+            status = LOOP_BUDGET;
+            break;
+        }
+    }
+    /* back into the Python state: the truth records, then what the trivial runs changed
+       (the run in progress, LOOP_RAN's, is NativeCpu.finish's to account) */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *cpu = PyTuple_GET_ITEM(pycpus, i);
+        CpuObject *s = c[i];
+        if (PyTuple_GET_ITEM(retireds, i) != Py_None &&
+            flush_truth(s, PyTuple_GET_ITEM(retireds, i)))
+            goto done;
+        if (trivial >> i & 1 &&
+            (set_attr(cpu, s_retired, PyLong_FromUnsignedLongLong(count[i] + ran[i])) ||
+             set_attr(st[i], s_last_ip, PyLong_FromUnsignedLongLong(s->last_ip)) ||
+             set_attr(st[i], s_last_code,
+                      PyBytes_FromStringAndSize((const char *)s->last_code, s->last_len)) ||
+             set_attr(st[i], s_shadow, PyBool_FromLong(s->shadow))))
+            goto done;
+        if (!(status == LOOP_RAN && i == who) &&
+            set_attr(st[i], s_yielded, PyBool_FromLong(fl[i] & F_YIELDED)))
+            goto done;
+    }
+    result = Py_BuildValue("LiiiL", steps, status, who, err, last);
+done:
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_XDECREF(st[i]);
+        Py_XDECREF(vtable[i]);
+    }
+    return result;
+}
+
 static PyObject *py_effect(PyObject *mod, PyObject *arg) {
     (void)mod;
     Py_buffer b;
@@ -762,6 +1220,7 @@ static PyObject *py_effect(PyObject *mod, PyObject *arg) {
 
 static PyMethodDef module_methods[] = {
     {"effect", py_effect, METH_O, "emu.x86.effect, as the hooks compute it (for tests)"},
+    {"steps", py_steps, METH_VARARGS, "Machine._step's common case, step after step"},
     {NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "emu._native",
@@ -769,7 +1228,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "emu._native",
                                     module_methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__native(void) {
-    if (PyType_Ready(&ClockType) < 0 || PyType_Ready(&CpuType) < 0)
+    if (PyType_Ready(&ClockType) < 0 || PyType_Ready(&CpuType) < 0 || intern_names())
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)

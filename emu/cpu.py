@@ -39,6 +39,7 @@ from unicorn.unicorn_const import (
     UC_PROT_WRITE,
     UC_TLB_VIRTUAL,
 )
+from unicorn.unicorn_py3.arch.intel import UcRegMMR
 from unicorn.unicorn_py3.unicorn import uclib
 
 from . import hypercall, layout, x86
@@ -64,7 +65,15 @@ TCG_BUFFER = 32 << 20
 
 # Registers that uc_reg_read stores as a full 64-bit value, read through the C API: the
 # binding's reg_read picks a register class on every call and costs about four times as much.
-_RAW64 = {"rip": X.UC_X86_REG_RIP, "rflags": X.UC_X86_REG_RFLAGS, "rsp": X.UC_X86_REG_RSP}
+_RAW64 = {name: getattr(X, f"UC_X86_REG_{name.upper()}") for name in (
+    "rip", "rflags", "rsp", "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10",
+    "r11", "r12", "r13", "r14", "r15")}
+
+# Segment selectors: uc_reg_read stores 16 bits, so they are read into a cleared 64-bit value
+# (what the binding's fresh c_uint64 gives); descriptor-table registers into a uc_x86_mmr.
+_SELECTORS = {name: getattr(X, f"UC_X86_REG_{name.upper()}")
+              for name in ("cs", "ss", "ds", "es", "fs", "gs")}
+_MMR = {"idtr": X.UC_X86_REG_IDTR, "gdtr": X.UC_X86_REG_GDTR}
 
 _PERMS = {Access.FETCH: UC_PROT_EXEC, Access.READ: UC_PROT_READ,
           Access.WRITE: UC_PROT_READ | UC_PROT_WRITE}
@@ -189,6 +198,7 @@ class Cpu:
         u.hook_add(UC_HOOK_MEM_WRITE, self._on_text_store, None, layout.PHYS_TEXT_MEM,
                    layout.PHYS_TEXT_MEM + lay.text_size - 1)
         self._u64 = ctypes.c_uint64()
+        self._mmr = UcRegMMR()
         self._u64_ref = ctypes.byref(self._u64)
         self._hook_instructions()
         self._boot_long_mode()
@@ -331,7 +341,7 @@ class Cpu:
     def _on_out(self, uc: Uc, port: int, _size: int, _value: int, _ud) -> None:
         if port != hypercall.PORT:
             return
-        r = uc.reg_read
+        r = self._read64
         req = HypercallRequest(
             number=r(X.UC_X86_REG_RAX),
             args=(r(X.UC_X86_REG_RDI), r(X.UC_X86_REG_RSI), r(X.UC_X86_REG_RDX),
@@ -501,8 +511,12 @@ class Cpu:
 
     def invalidate(self, start: int, end: int) -> None:
         """Drop this CPU's translations of text [start, end) (offsets): the view changed."""
-        self.uc.ctl_remove_cache(layout.TEXT_BASE + start, layout.TEXT_BASE + end)
+        self.remove_cache(start, end)
         self.state.view_touched.append((start, end))
+
+    def remove_cache(self, start: int, end: int) -> None:
+        """Unicorn's translations of text [start, end) (offsets) dropped."""
+        self.uc.ctl_remove_cache(layout.TEXT_BASE + start, layout.TEXT_BASE + end)
 
     def fetched(self, rip: int, size: int = 15) -> bytes:
         """The bytes this CPU fetches at `rip` (its view), for verdicts."""
@@ -512,10 +526,22 @@ class Cpu:
         return self.view.read(off, min(size, self.layout.text_size - off))
 
     # ---------------------------------------------------------------- registers
-    def reg(self, name: str) -> int:
+    def reg(self, name: str):
+        """A register: an int, or for IDTR / GDTR (selector, base, limit, flags)."""
         raw = _RAW64.get(name)
         if raw is not None:
             return self._read64(raw)
+        raw = _SELECTORS.get(name)
+        if raw is not None:
+            self._u64.value = 0
+            return self._read64(raw)
+        raw = _MMR.get(name)
+        if raw is not None:
+            mmr = self._mmr
+            err = uclib.uc_reg_read(self.uc._uch, raw, ctypes.byref(mmr))
+            if err:
+                raise UcError(err)
+            return mmr.selector, mmr.base, mmr.limit, mmr.flags
         return self.uc.reg_read(getattr(X, f"UC_X86_REG_{name.upper()}"))
 
     def _read64(self, reg: int) -> int:
@@ -526,4 +552,11 @@ class Cpu:
         return self._u64.value
 
     def set_reg(self, name: str, value: int) -> None:
+        raw = _RAW64.get(name)
+        if raw is not None:  # through the C API, as _read64
+            self._u64.value = value
+            err = uclib.uc_reg_write(self.uc._uch, raw, self._u64_ref)
+            if err:
+                raise UcError(err)
+            return
         self.uc.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), value)

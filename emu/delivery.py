@@ -99,13 +99,18 @@ class InterruptDelivery:
                 return self._deliver(cpu, x86.NMI, cpu.reg("rip"), None, InterruptEvent)
         elif st.pending_ipis and not st.shadow and cpu.reg("rflags") & x86.RFLAGS_IF:
             if st.halted or dec.choose(Request(Kind.IPI, 2, cpu.index)):
-                vector = max(st.pending_ipis)
-                st.pending_ipis.discard(vector)
-                verdict = self._deliver(cpu, vector, cpu.reg("rip"), None, InterruptEvent)
-                if verdict is None and vector in self.config.serializing_vectors:
-                    self._serialize(cpu, ipi=vector)
-                return verdict
+                return self._take_ipi(cpu)
         return None
+
+    def _take_ipi(self, cpu: Cpu) -> Verdict | None:
+        """Deliver the highest pending IPI now (the IPI choice said so)."""
+        st = cpu.state
+        vector = max(st.pending_ipis)
+        st.pending_ipis.discard(vector)
+        verdict = self._deliver(cpu, vector, cpu.reg("rip"), None, InterruptEvent)
+        if verdict is None and vector in self.config.serializing_vectors:
+            self._serialize(cpu, ipi=vector)
+        return verdict
 
     def _exception(self, cpu: Cpu, stop: Stop) -> Verdict | None:
         vector = stop.vector

@@ -82,6 +82,10 @@ class FetchView:
     def pending(self) -> list[tuple[int, int]]:
         return list(self._pending)
 
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
     def has_pending(self) -> bool:
         return bool(self._pending)
 

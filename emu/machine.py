@@ -6,7 +6,9 @@ configuration allows some); whether a pending NMI / IPI is delivered now; whethe
 unit of its fetch view becomes visible; how many instructions it runs. In event mode (for the
 exhaustive explorer) a CPU instead runs to its next visible event, and a pending unit is decided
 when a fetch reads it (`MachineConfig.event_mode`). Everything else is deterministic, so the
-recorded choices (`RunResult.path`) reproduce the run exactly.
+recorded choices (`RunResult.path`) reproduce the run exactly. On the fast engine the common
+steps of quantum mode run in C (emu/native_loop.py), which hands every other step back to this
+code where it stands (`_step`, `_cpu_step`, `_quantum_step`, `_run_quantum`, `_after_run`).
 
 Between runs of a CPU (never inside one) the machine changes its view and delivers exceptions
 and interrupts through the guest IDT with the hardware frame (emu/delivery.py); a hypercall is
@@ -40,6 +42,7 @@ from .hypercall_service import HypercallService
 from .loader import GuestImage, load
 from .memory import SharedMemory
 from .native_cpu import NativeCpu
+from .native_loop import NativeLoop, usable
 from .path import Choice, CpuContext, Kind, Request
 from .text_poke_record import TextPokeRecord
 from .truth import GroundTruth
@@ -149,6 +152,8 @@ class Machine(InterruptDelivery, HypercallService):
         self._cpu_requests: dict[tuple, Request] = {}
         self._quantum_requests = [Request(Kind.QUANTUM, config.max_quantum, i)
                                   for i in range(config.ncpus)]
+        # the fast engine's scheduling loop (emu/native_loop.py), where it applies
+        self._loop = NativeLoop(native, self) if usable(self, native) else None
 
     def _physical(self, ranges: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
         out = []
@@ -189,7 +194,7 @@ class Machine(InterruptDelivery, HypercallService):
         for cpu, ctx in zip(self.cpus, self._initial_ctx, strict=True):
             cpu.view.reset(initial_text)
             for s, e in _merge(cpu.state.view_touched):
-                cpu.uc.ctl_remove_cache(layout.TEXT_BASE + s, layout.TEXT_BASE + e)
+                cpu.remove_cache(s, e)
             cpu.uc.context_restore(ctx)
             cpu.state = self._fresh_state(cpu.index)
             cpu.retired = 0
@@ -229,10 +234,17 @@ class Machine(InterruptDelivery, HypercallService):
         steps = 0
         cut = False
         verdict: Verdict | None = None
+        loop = self._loop
+        if loop is not None:
+            loop.start(decisions, budget)
         with HeldSigint() as ctrl_c:  # Ctrl-C inside Unicorn would be lost (held_sigint.py)
             while verdict is None:
-                verdict = self._step(decisions)
-                steps += 1
+                if loop is not None:  # the fast engine: the common steps in C
+                    done, verdict = loop.steps(decisions)
+                    steps += done
+                else:
+                    verdict = self._step(decisions)
+                    steps += 1
                 if verdict is None and budget is not None and self.clock.tick > budget.ticks:
                     cut = True
                     verdict = Verdict(VerdictKind.HANG, f"cut after {self.clock.tick} "
@@ -256,12 +268,8 @@ class Machine(InterruptDelivery, HypercallService):
             c = self.cpus[stuck[0]]
             return Verdict(VerdictKind.HANG, f"CPUs {stuck} are halted with nothing to wake them",
                            cpu=c.index, rip=c.reg("rip"), event="deadlock")
-        key = (tuple(c.index for c in runnable), self._last,
-               frozenset(c.index for c in runnable if c.state.yielded))
-        request = self._cpu_requests.get(key)
-        if request is None:  # requests are immutable: one per context, made once
-            request = self._cpu_requests[key] = Request(Kind.CPU, len(runnable),
-                                                        context=CpuContext(*key))
+        request = self._cpu_request(tuple(c.index for c in runnable), self._last,
+                                    frozenset(c.index for c in runnable if c.state.yielded))
         cpu = runnable[dec.choose(request)]
         self._last = cpu.index
         if not (self.config.event_mode and dec.source.wants_footprints):
@@ -280,6 +288,17 @@ class Machine(InterruptDelivery, HypercallService):
             cpu.footprint = None
             dec.source.step_done(fp)
 
+    def _cpu_request(self, runnable: tuple[int, ...], last: int | None,
+                     yielded: frozenset[int]) -> Request:
+        """The CPU choice's request in this context (requests are immutable: one per
+        context, made once, shared by both scheduling loops)."""
+        key = (runnable, last, yielded)
+        request = self._cpu_requests.get(key)
+        if request is None:
+            request = self._cpu_requests[key] = Request(Kind.CPU, len(runnable),
+                                                        context=CpuContext(*key))
+        return request
+
     def _cpu_step(self, cpu: Cpu, dec: Decisions) -> Verdict | None:
         st = cpu.state
         self._nmi_arrives(cpu, dec)
@@ -292,10 +311,18 @@ class Machine(InterruptDelivery, HypercallService):
             # be taken right after it (SDM 6.8.3), so that boundary is a scheduling point
             quantum = 1 if st.shadow else self.config.max_quantum
             return self._after_run(cpu, cpu.run(quantum, event=True))
+        return self._quantum_step(cpu, dec)
+
+    def _quantum_step(self, cpu: Cpu, dec: Decisions) -> Verdict | None:
+        """Quantum mode, after the interrupts: whether a pending unit of the CPU's view
+        becomes visible, then its run."""
         if cpu.view.has_pending():
-            pick = dec.choose(Request(Kind.VIEW, len(cpu.view.pending) + 1, cpu.index))
+            pick = dec.choose(Request(Kind.VIEW, cpu.view.pending_count + 1, cpu.index))
             if pick:
                 self._refresh(cpu, pick - 1)
+        return self._run_quantum(cpu, dec)
+
+    def _run_quantum(self, cpu: Cpu, dec: Decisions) -> Verdict | None:
         quantum = dec.choose(self._quantum_requests[cpu.index]) + 1
         return self._after_run(cpu, cpu.run(quantum))
 

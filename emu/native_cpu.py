@@ -18,7 +18,14 @@ from types import ModuleType
 
 from unicorn import UcError
 from unicorn import x86_const as X
-from unicorn.unicorn_const import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
+from unicorn.unicorn_const import (
+    UC_CTL_IO_WRITE,
+    UC_CTL_TB_REMOVE_CACHE,
+    UC_HOOK_CODE,
+    UC_HOOK_INSN,
+    UC_HOOK_MEM_READ,
+    UC_HOOK_MEM_WRITE,
+)
 from unicorn.unicorn_py3.unicorn import uclib
 
 from . import layout
@@ -60,6 +67,11 @@ class NativeCpu(Cpu):
                        ctypes.addressof(self.view.buf), len(self.view.buf), layout.TEXT_BASE,
                        UC_HOOK_CODE, UC_HOOK_INSN, X.UC_X86_INS_RDTSC, X.UC_X86_REG_RAX,
                        X.UC_X86_REG_RDX, X.UC_X86_REG_RIP)
+        # uc_ctl's code, as the binding's Uc.ctl encodes it: (op << 30) | (nargs << 26) | ctl
+        self._nat.bind_ctl(_fn("uc_ctl"), UC_CTL_IO_WRITE << 30 | 2 << 26 | UC_CTL_TB_REMOVE_CACHE)
+
+    def remove_cache(self, start: int, end: int) -> None:
+        self._nat.remove_cache(layout.TEXT_BASE + start, layout.TEXT_BASE + end)
 
     # the flags the rare Python hooks share with the C code hook
     @property
@@ -89,6 +101,25 @@ class NativeCpu(Cpu):
     def _note_mem_hook(self) -> None:
         self._nat.mem_hook()
 
+    # Cpu's Python hooks, which mark their run as one the C loop must hand back to Python
+    def _on_intr(self, *args) -> None:
+        self._nat.py_hooked = 1
+        super()._on_intr(*args)
+
+    def _on_out(self, *args) -> None:
+        self._nat.py_hooked = 1
+        super()._on_out(*args)
+
+    def _on_text_store(self, *args) -> None:
+        self._nat.py_hooked = 1
+        super()._on_text_store(*args)
+
+    def _on_tlb_fill(self, *args) -> bool:
+        ok = super()._on_tlb_fill(*args)  # (a fill that raises is an error of the run)
+        if not ok:
+            self._nat.py_hooked = 1
+        return ok
+
     # footprint hooks in C (Cpu's record the same locations from Python)
     def track_data(self, ranges: list[tuple[int, int]]) -> None:
         for start, end in ranges:
@@ -111,11 +142,8 @@ class NativeCpu(Cpu):
         if self.nmi_point is not self._nmi_sent:  # the machine sets both once, after __init__
             nat.set_nmi(self.nmi_point, _nmi_map(self.nmi_offsets, len(self.view.buf)))
             self._nmi_sent = self.nmi_point
-        self._fill_fault = None
-        self._exception = None
+        self.clear_stops()
         st.yielded = False
-        u = self.uc
-        u._hook_exception = None  # what the binding's emu_start does around the C call
         if event:
             view = self.view
             decided = self.fetch_decided
@@ -131,7 +159,28 @@ class NativeCpu(Cpu):
         else:
             err = nat.run(quantum, False, st.last_ip, st.last_code, st.shadow, None, -1, False,
                           False, self.truth, None)
+        return self.finish(err)
+
+    def clear_stops(self) -> None:
+        """What a run starts with clear on the Python side (before a batch of the C loop,
+        emu/native_loop.py, which runs many without coming back)."""
+        self._fill_fault = None
+        self._exception = None
+        self.uc._hook_exception = None  # what the binding's emu_start does around the C call
+
+    def finish(self, err: int) -> Stop:
+        """The end of a run the C code made (here, or in the C loop): its effects into the
+        state, and its Stop. What the Python hooks left for it is cleared once read, so
+        the next run, which the C loop may start without Python, starts clear."""
         self._end()
+        try:
+            return self._stop(err)
+        finally:
+            self.clear_stops()
+
+    def _stop(self, err: int) -> Stop:
+        u = self.uc
+        nat = self._nat
         if err:
             return self._failed(UcError(err))
         if u._hook_exception is not None:

@@ -1,0 +1,160 @@
+"""The fast engine's scheduling loop: Machine._step's common case, step after step, in C.
+
+Machine.run's reference loop spends about 15 µs of Python per scheduling step (two decisions,
+each a request, a `random` draw and a recorded Choice, then the run and its bookkeeping) on
+top of the few µs a run of ~8 instructions costs in Unicorn. emu/_native.c `steps` does the
+steps that need nothing else: the CPU choice, the quantum choice and a run that ends with
+nothing to handle. It hands the step it stops at back to the machine's own code
+(`Machine._step`, `Machine._cpu_step`, `Machine._after_run`), so every interrupt, fetch-view
+unit, hypercall, text store, exception and verdict goes through the one implementation.
+
+What makes the two loops equal, choice for choice (tests/test_engines.py checks it):
+- a RandomSource's choices are drawn from its own `random.Random` in C exactly as
+  `randrange` draws them (`_randbelow_with_getrandbits`); any other source is asked through
+  `Decisions.choose`, as the reference asks it;
+- choices are recorded as interned Choice objects (one per request and value; they are
+  immutable) with the same requests the reference loop makes (`Machine._cpu_request`);
+- a CPU's Python state (retired count, last instruction, shadow, yielded) is written back
+  before any Python code reads it: when the batch ends, and before the step it ends at.
+  Python hooks inside a run (text stores, hypercalls, interrupts) end the batch after that
+  run, and write only what Python then reads (see `steps`).
+"""
+
+from __future__ import annotations
+
+import random
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from unicorn import x86_const
+
+from .decisions import Decisions, RandomSource
+from .path import Choice, Kind, Request
+
+if TYPE_CHECKING:
+    from .config import RunBudget
+    from .machine import Machine
+    from .verdict import Verdict
+
+MAX_CPUS = 20  # emu/_native.c: LOOP_MAX_CPUS (a CPU choice's context fits one 64-bit key)
+BATCH = 4096  # steps between two Ctrl-C checks
+NO_LIMIT = 2**64 - 1
+_RFLAGS = x86_const.UC_X86_REG_RFLAGS
+
+# emu/_native.c: enum loop_status and the F_* flags
+STEP, CHOSEN, RAN, BUDGET, CAP, IPI, VIEWED = range(7)
+F_FINISHED, F_HALTED, F_YIELDED, F_NMI, F_IPI = 1, 2, 4, 8, 16
+
+
+def cpu_key(runnable: tuple[int, ...], last: int | None, yielded: frozenset[int]) -> int:
+    """A CPU choice's context (CpuContext) as the C loop keys it."""
+    key = sum(1 << i for i in runnable) | sum(1 << (MAX_CPUS + i) for i in yielded)
+    return key | (0 if last is None else last + 1) << (2 * MAX_CPUS)
+
+
+def entry(request: Request) -> tuple:
+    """A request and the Choice of each of its values: what the C loop records."""
+    return (request, *(Choice(request.kind, request.arity, v, request)
+                       for v in range(request.arity)))
+
+
+def usable(machine: Machine, native: ModuleType | None) -> bool:
+    """Whether the machine's runs can take the C loop: a fast engine's CPUs, quantum mode
+    (event mode's steps decide at every fetch of a pending unit, in Python) and few enough
+    CPUs for the key."""
+    return (native is not None and hasattr(native, "steps") and not machine.config.event_mode
+            and machine.config.ncpus <= MAX_CPUS)
+
+
+def _draws(source: object) -> object:
+    """A RandomSource's `getrandbits`, when randrange on its generator is what the C loop
+    reproduces (CPython's Random, with its own `_randbelow`); else None."""
+    if type(source) is not RandomSource:
+        return None
+    rng = source._rng  # the source's own generator, drawn in its own order
+    if type(rng) is not random.Random or \
+            random.Random._randbelow is not random.Random._randbelow_with_getrandbits:
+        return None
+    return rng.getrandbits
+
+
+class NativeLoop:
+    """The C loop of one machine: its CPUs, and the tables of interned choices it records."""
+
+    def __init__(self, native: ModuleType, machine: Machine) -> None:
+        self._steps = native.steps
+        self._m = machine
+        self._cpus = tuple(machine.cpus)
+        self._nats = tuple(c._nat for c in machine.cpus)
+        self._cpu_table: dict[int, tuple] = {}
+        self._quantum_table = (tuple(entry(r) for r in machine._quantum_requests)
+                               if machine.config.max_quantum > 1 else ())
+        n = machine.config.ncpus
+        self._ipi_table = tuple(entry(Request(Kind.IPI, 2, i)) for i in range(n))
+        self._view_entries: list[dict[int, tuple]] = [{} for _ in range(n)]
+        self._truths: tuple = ()  # start(): this run's records, source and tables
+        self._run: tuple = ()
+        self._limits: tuple[int, int] = (0, 0)
+
+    def _view_entry(self, cpu: int, pending: int) -> tuple:
+        made = self._view_entries[cpu].get(pending)
+        if made is None:
+            made = self._view_entries[cpu][pending] = entry(Request(Kind.VIEW, pending + 1, cpu))
+        return made
+
+    def _cpu_entry(self, key: int) -> tuple:
+        n = self._m.config.ncpus
+        runnable = tuple(i for i in range(n) if key >> i & 1)
+        yielded = frozenset(i for i in range(n) if key >> (MAX_CPUS + i) & 1)
+        last = (key >> (2 * MAX_CPUS)) - 1
+        return entry(self._m._cpu_request(runnable, None if last < 0 else last, yielded))
+
+    def start(self, dec: Decisions, budget: RunBudget | None) -> None:
+        """A run begins: what stays the same for all its batches."""
+        m = self._m
+        for c in m.cpus:
+            c.clear_stops()  # NativeCpu.finish clears them again after each run it ends
+        self._truths = tuple(c.truth for c in m.cpus)
+        self._run = (_draws(dec.source), dec.choose, self._cpu_table, self._cpu_entry,
+                     self._quantum_table, self._ipi_table, self._view_entry)
+        self._limits = (m.config.insn_budget, NO_LIMIT if budget is None else budget.ticks)
+
+    def steps(self, dec: Decisions) -> tuple[int, Verdict | None]:
+        """Steps until one ends the run, needs Python or the batch is over: how many, and the
+        verdict of the last (None: the run goes on). A step the C loop hands back for an IPI
+        to deliver or a view unit to make visible goes back to it once Python has done so."""
+        m = self._m
+        cpus = m.cpus
+        done = 0
+        resume = (-1, 0)
+        while True:
+            n, status, who, value = self._batch(dec, resume, BATCH - done)
+            done += n
+            if status == VIEWED:  # Machine._quantum_step, then its quantum in C
+                m._refresh(cpus[who], value - 1)
+                resume = (who, 2)
+            elif status == IPI:  # Machine._maybe_interrupt, then the rest of the step in C
+                verdict = m._take_ipi(cpus[who])
+                if verdict is not None:
+                    return done + 1, verdict
+                resume = (who, 1)
+            elif status == RAN:
+                cpu = cpus[who]
+                return done + 1, m._after_run(cpu, cpu.finish(value))
+            elif status == CHOSEN:
+                return done + 1, m._cpu_step(cpus[who], dec)
+            elif status == STEP:
+                return done + 1, m._step(dec)
+            else:  # BUDGET, CAP
+                return done, None
+
+    def _batch(self, dec: Decisions, resume: tuple[int, int], most: int
+               ) -> tuple[int, int, int, int]:
+        """One call of the C loop, which reads the CPUs' Python state and writes it back:
+        steps done, why it stopped, the CPU of the step in progress and the value."""
+        m = self._m
+        n, status, who, value, last = self._steps(
+            self._cpus, self._nats, self._truths, -1 if m._last is None else m._last, *self._run,
+            dec.path, self._limits, _RFLAGS, resume, max(most, 1))
+        m._last = None if last < 0 else last
+        return n, status, who, value

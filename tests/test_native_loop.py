@@ -1,0 +1,167 @@
+"""The fast engine's scheduling loop in C (emu/native_loop.py, emu/_native.c `steps`) against
+the reference loop (Machine._step): the same choices, records and verdicts, whichever source
+answers, wherever the C loop hands a step back, and whatever bound ends the run. Each check is
+shown to fail once on a perturbed loop."""
+
+from __future__ import annotations
+
+import collections
+import random
+from dataclasses import replace
+
+import pytest
+
+from emu import native_loop
+from emu.config import RunBudget
+from emu.decisions import RandomSource, ReplaySource
+from emu.engine import Engine, native_module
+from emu.path import Kind
+from harness.explore.strategies import PctSource
+from harness.run import Runner
+from harness.scenario.shipped import SCENARIOS
+from tests.test_engines import differences
+
+pytestmark = pytest.mark.skipif(native_module("machine") is None,
+                                reason="emu._native was not compiled (setup.py)")
+
+
+def _runners(name: str = "static_key", variant: str | None = None, **changes
+             ) -> dict[Engine, Runner]:
+    scn = replace(SCENARIOS[name], **changes) if changes else SCENARIOS[name]
+    return {e: Runner(scn, variant, engine=e, decode=False) for e in Engine}
+
+
+def _statuses(monkeypatch, runner: Runner) -> collections.Counter:
+    """Count how each call of the C loop ended, on `runner`'s machine."""
+    seen: collections.Counter = collections.Counter()
+    loop = runner.machine._loop
+    steps = loop._steps
+
+    def counted(*args):
+        out = steps(*args)
+        seen[out[1]] += 1
+        seen["steps in C"] += out[0]
+        return out
+
+    monkeypatch.setattr(loop, "_steps", counted)
+    return seen
+
+
+def test_the_fast_machine_takes_the_c_loop_and_every_hand_back(monkeypatch):
+    """Most steps are made in C, and each way of handing a step back to Python (a run with
+    something to handle, an IPI delivered, a view unit made visible) happens, so the
+    differential runs below cover each."""
+    runners = _runners()
+    assert runners[Engine.REFERENCE].machine._loop is None
+    seen = _statuses(monkeypatch, runners[Engine.FAST])
+    steps = 0
+    for seed in range(3):
+        fast = runners[Engine.FAST].machine.run(RandomSource(seed))
+        ref = runners[Engine.REFERENCE].machine.run(RandomSource(seed))
+        assert differences(runners[Engine.FAST], fast, ref) == [], f"seed {seed}"
+        steps += fast.steps
+    assert seen["steps in C"] > steps / 2
+    for status in (native_loop.RAN, native_loop.VIEWED, native_loop.IPI):
+        assert seen[status] > 0, status
+
+
+@pytest.mark.parametrize("source", ["pct", "replay"])
+def test_other_sources_are_asked_as_the_reference_asks_them(source: str):
+    """PCT answers CPU choices by priority and the rest from its own generator; a replay
+    answers from a recorded path: both through Decisions.choose, from the C loop too."""
+    runners = _runners("static_call")
+    for seed in range(3):
+        if source == "pct":
+            make = lambda seed=seed: PctSource(seed, 4, 3, 500)  # noqa: E731
+        else:
+            path = runners[Engine.REFERENCE].machine.run(RandomSource(seed + 10)).path
+            make = lambda path=path: ReplaySource(path)  # noqa: E731
+        fast = runners[Engine.FAST].machine.run(make())
+        ref = runners[Engine.REFERENCE].machine.run(make())
+        assert differences(runners[Engine.FAST], fast, ref) == [], f"seed {seed}"
+
+
+def test_a_replay_of_a_fast_run_on_the_reference_machine_is_that_run():
+    runners = _runners()
+    fast = runners[Engine.FAST].machine.run(RandomSource(7))
+    ref = runners[Engine.REFERENCE].machine.run(ReplaySource(fast.path))
+    assert differences(runners[Engine.FAST], fast, ref) == []
+
+
+@pytest.mark.parametrize("bound", ["run budget", "instruction budget"])
+def test_a_run_cut_or_out_of_budget_ends_on_the_same_step(bound: str):
+    """The C loop checks the run's budget after every step and a CPU's instruction budget
+    after every run, as the reference does."""
+    if bound == "run budget":
+        runners, budget = _runners(), RunBudget(ticks=3_001)
+    else:
+        runners, budget = _runners(insn_budget=2_003), None
+    for seed in range(3):
+        fast = runners[Engine.FAST].machine.run(RandomSource(seed), budget)
+        ref = runners[Engine.REFERENCE].machine.run(RandomSource(seed), budget)
+        assert differences(runners[Engine.FAST], fast, ref) == [], f"seed {seed}"
+        if bound == "run budget":
+            assert fast.cut and fast.verdict.event == "run_budget"
+        else:
+            assert fast.verdict.event == "budget"
+
+
+def test_a_loop_that_draws_from_another_generator_is_caught(monkeypatch):
+    """Perturbed: the C loop's random choices come from a generator seeded differently."""
+    monkeypatch.setattr(native_loop, "_draws",
+                        lambda source: random.Random(source.seed + 1).getrandbits)
+    runners = _runners()
+    fast = runners[Engine.FAST].machine.run(RandomSource(0))
+    ref = runners[Engine.REFERENCE].machine.run(RandomSource(0))
+    assert "path" in " ".join(differences(runners[Engine.FAST], fast, ref))
+
+
+def test_a_loop_that_makes_the_wrong_unit_visible_is_caught(monkeypatch):
+    """Perturbed: a view choice handed back makes the newest pending unit visible instead of
+    the one chosen (when there are two or more)."""
+    runners = _runners()
+    machine = runners[Engine.FAST].machine
+    refresh = machine._refresh
+
+    def wrong(cpu, index):
+        return refresh(cpu, cpu.view.pending_count - 1)
+
+    monkeypatch.setattr(machine, "_refresh", wrong)
+    found = []
+    for seed in range(6):
+        fast = machine.run(RandomSource(seed))
+        ref = runners[Engine.REFERENCE].machine.run(RandomSource(seed))
+        found += differences(runners[Engine.FAST], fast, ref)
+    assert found
+
+
+def test_a_loop_that_forgets_a_yield_is_caught(monkeypatch):
+    """Perturbed: the state the C loop writes back loses every CPU's `yielded` flag; CPU
+    choices then have other contexts (and round-robin picks other CPUs)."""
+    runners = _runners()
+    machine = runners[Engine.FAST].machine
+    loop = machine._loop
+    batch = loop._batch
+
+    def forgetful(*args):
+        out = batch(*args)
+        for cpu in machine.cpus:
+            cpu.state.yielded = False
+        return out
+
+    monkeypatch.setattr(loop, "_batch", forgetful)
+    fast = machine.run(RandomSource(1))
+    ref = runners[Engine.REFERENCE].machine.run(RandomSource(1))
+    assert "path" in " ".join(differences(runners[Engine.FAST], fast, ref))
+
+
+def test_the_loop_records_the_requests_the_reference_makes():
+    """Interned choices: one object per request and value, with the request the reference
+    loop makes for the same context (compared by value, context included)."""
+    runners = _runners()
+    fast = runners[Engine.FAST].machine.run(RandomSource(3))
+    kinds = {c.kind for c in fast.path}
+    assert {Kind.CPU, Kind.QUANTUM, Kind.VIEW, Kind.IPI} <= kinds
+    cpu_choices = [c for c in fast.path if c.kind is Kind.CPU]
+    assert all(c.request.context is not None for c in cpu_choices)
+    assert len({id(c) for c in cpu_choices}) < len(cpu_choices)  # shared, immutable
