@@ -7,6 +7,8 @@ NATIVE: list[Extension] = [
     Extension("emu._native", ["emu/_native.c"], optional=True, extra_compile_args=["-O2"]),
     Extension("harness.trace.pt._native", ["harness/trace/pt/_native.c"], optional=True,
               extra_compile_args=["-O2"]),
+    Extension("harness.explore._dpor", ["harness/explore/_dpor.c"], optional=True,
+              extra_compile_args=["-O2"]),
 ]
 
 setup(ext_modules=NATIVE)

@@ -21,7 +21,8 @@ class Engine(StrEnum):
 
 
 # the native modules, by the part of a schedule they run
-NATIVE_MODULES = {"machine": "emu._native", "trace": "harness.trace.pt._native"}
+NATIVE_MODULES = {"machine": "emu._native", "trace": "harness.trace.pt._native",
+                  "search": "harness.explore._dpor"}
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,8 @@ def _import(part: str) -> tuple[ModuleType | None, str]:
 
 
 def native_module(part: str) -> ModuleType | None:
-    """The native module of `part` ("machine" or "trace"), imported once per process; None
-    where it is not installed (that part then runs its reference code)."""
+    """The native module of `part` ("machine", "trace" or "search"), imported once per
+    process; None where it is not installed (that part then runs its reference code)."""
     return _import(part)[0]
 
 
@@ -63,9 +64,9 @@ def native_status() -> NativeStatus:
 
 def resolve(requested: Engine | None) -> Engine:
     """The engine to run: the requested one, the fast one by default. Under the fast engine
-    each part (machine, trace) runs its native module where it is installed and its reference
-    code where not (the front-ends say so once: `fallback_notice`): the results are the same,
-    only slower."""
+    each part (machine, trace, search) runs its native module where it is installed and its
+    reference code where not (the front-ends say so once: `fallback_notice`): the results are
+    the same, only slower."""
     return Engine.REFERENCE if requested is Engine.REFERENCE else Engine.FAST
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from emu.engine import Engine, native_module, resolve
 from emu.footprint import Footprint
 
 
@@ -67,6 +68,14 @@ def races(steps: list[Step]) -> list[tuple[int, int, list[int]]]:
     return out
 
 
+def find_races(steps: list[Step], engine: Engine | None = None
+               ) -> list[tuple[int, int, list[int]]]:
+    """`races`, in C (harness/explore/_dpor.c) under the fast engine where it is installed;
+    `races` itself is the reference."""
+    native = native_module("search") if resolve(engine) is Engine.FAST else None
+    return native.races(steps) if native is not None else races(steps)
+
+
 def _initials(steps: list[Step], clocks: list[list[int]], i: int, j: int) -> list[int]:
     ci = steps[i].cpu
     first: dict[int, int] = {}  # CPU -> its first step in v
@@ -92,11 +101,12 @@ def _choice_before(steps: list[Step], t: int) -> int | None:
     return None if t < 0 else steps[t].node
 
 
-def backtrack_points(steps: list[Step]) -> list[tuple[int, list[int]]]:
+def backtrack_points(steps: list[Step], engine: Engine | None = None
+                     ) -> list[tuple[int, list[int]]]:
     """What the races of this run ask for: (path index of a CPU choice, lead), a CPU of `lead`
     to try there; at the choice before the race's first step, and at the start of its block."""
     out: list[tuple[int, list[int]]] = []
-    for i, _j, lead in races(steps):
+    for i, _j, lead in find_races(steps, engine):
         start = _block_start(steps, i)
         for t in (i, start) if start != i else (i,):
             node = _choice_before(steps, t)

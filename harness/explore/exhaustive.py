@@ -44,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from emu.decisions import DecisionSource
+from emu.engine import Engine
 from emu.footprint import Footprint
 from emu.path import FREE, Cost, Kind, Request, deviation, simplest
 
@@ -98,10 +99,10 @@ class ExhaustiveSource(DecisionSource):
         return value
 
 
-def backtrack(path: list[Node], steps: list[Step]) -> None:
+def backtrack(path: list[Node], steps: list[Step], engine: Engine | None = None) -> None:
     """Add to the path's CPU choices what the races of this run ask for (dpor.py); every CPU
     where none of the lead could run."""
-    for index, lead in backtrack_points(steps):
+    for index, lead in backtrack_points(steps, engine):
         node = path[index]
         node = node.origin or node  # a deviation's copy: what is tried is kept by its original
         can = [node.runnable.index(c) for c in lead if c in node.runnable]
@@ -148,9 +149,10 @@ class Search:
 
     def __init__(self, bound: Cost, reduce: bool = False, levels: list[Level] | None = None,
                  next_prefix: list[Node] | None = None, exhausted: bool = False,
-                 limit: int | None = None) -> None:
+                 limit: int | None = None, engine: Engine | None = None) -> None:
         check_bound(bound)
         self.bound, self.reduce = bound, reduce
+        self.engine = engine  # which race finder (dpor.find_races): the same races either way
         self.levels: list[Level] = levels or []
         self.next: list[Node] = next_prefix or []
         self.exhausted = exhausted
@@ -187,7 +189,7 @@ class Search:
         self.last = Level(len(prefix) - 1, path)  # the run just taken in, as a level
         self.levels.append(self.last)
         if self.reduce:
-            backtrack(path, src.steps)
+            backtrack(path, src.steps, self.engine)
         self.exhausted = not self._advance()
 
     def _advance(self) -> bool:
@@ -289,11 +291,11 @@ class ExhaustiveResult:
 def explore_exhaustive(run: Callable[[DecisionSource], object], bound: Cost,
                        limit: int | None = None, stop_at_first: bool = False,
                        on_result: Callable[[int, object], None] | None = None,
-                       reduce: bool = False) -> ExhaustiveResult:
+                       reduce: bool = False, engine: Engine | None = None) -> ExhaustiveResult:
     """`run(source)` -> an object with `.ok` (a harness.run Outcome). Explores the bounded
     space once: every path, or with `reduce` one path per order of dependent steps."""
     res = ExhaustiveResult()
-    search = Search(bound, reduce)
+    search = Search(bound, reduce, engine=engine)
     while True:
         src = search.source()
         out = run(src)

@@ -430,7 +430,7 @@ def exhaustive_search(plan: Plan, runner: Runner, more: Callable[[int], bool],
     i = first
     while not part.exhausted and more(i):
         region = part.take()
-        run = RegionRun(region.state, plan.bound, plan.dpor)
+        run = RegionRun(region.state, plan.bound, plan.dpor, plan.engine)
         while not run.exhausted and more(i):
             started(i)
             d = step(run, runner, plan)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from emu.engine import Engine
 from emu.path import Cost
 
 from .exhaustive import (
@@ -58,7 +59,8 @@ class RegionRun:
     """A region being explored (in a worker, or in this process): the Search over it, and
     what its runs added to other regions' choices."""
 
-    def __init__(self, state: dict, bound: Cost, reduce: bool) -> None:
+    def __init__(self, state: dict, bound: Cost, reduce: bool,
+                 engine: Engine | None = None) -> None:
         try:
             self.level, self.base = int(state["level"]), int(state["base"])
             self.limit = None if state["limit"] is None else int(state["limit"])
@@ -66,7 +68,7 @@ class RegionRun:
             nodes = [_node_from_state(x) for x in state["nodes"]]
             if state.get("fresh"):  # the search's first run is still to be made
                 self.root: Level | None = None
-                self.search = Search(bound, reduce)
+                self.search = Search(bound, reduce, engine=engine)
                 self._before: dict[int, frozenset[int]] = {}
                 return
             if not -1 <= self.base < len(nodes) or \
@@ -89,7 +91,7 @@ class RegionRun:
             if n.arity < 2 or not {n.value, n.simplest} | n.todo | n.done <= set(range(n.arity)):
                 raise SearchError(f"damaged region of the search's frontier: choice {k} has "
                                   f"values outside 0..{n.arity - 1}")
-        self.search = Search(bound, reduce, levels, limit=self.limit)
+        self.search = Search(bound, reduce, levels, limit=self.limit, engine=engine)
         self.search.exhausted = not self.search._advance()
         self._before = {i: frozenset(nodes[i].todo) for i in self._foreign()}
 

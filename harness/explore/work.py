@@ -148,7 +148,7 @@ def explore_region(plan: Plan, state: dict, budget: int | None, seconds: float,
     if out["error"]:
         return out
     runner = plan_runner(plan, event_mode=True)
-    region = RegionRun(state, plan.bound, plan.dpor)
+    region = RegionRun(state, plan.bound, plan.dpor, plan.engine)
     start = time.perf_counter()
     results = []
     while not region.exhausted and (budget is None or len(results) < budget):

@@ -1,0 +1,377 @@
+/*
+ * harness/explore/_dpor.c: dpor.py's `races`, in C (issue 15: the exhaustive search's time per
+ * run went a fifth to finding the races of its steps, a Python loop over every location of
+ * every footprint).
+ *
+ * A line-by-line port of dpor.races and dpor._initials, which stay the reference:
+ * tests/test_dpor_native.py compares both on recorded runs of every shipped scenario. The
+ * locations are the ints of emu/footprint.py; a hash table keeps, per location, its last
+ * write and each CPU's last read since (dpor.py's `last_write` and `reads`).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_CPUS 64
+
+typedef struct {
+    uint64_t loc;
+    int used;
+    Py_ssize_t write;  /* the last step that wrote it, or -1 */
+    Py_ssize_t reads;  /* offset of its per-CPU last reads (-1: none) in `Table.pool` */
+} Slot;
+
+typedef struct {
+    Slot *slots;
+    size_t cap, len;
+    Py_ssize_t *pool; /* ncpus entries per location that has been read */
+    size_t pool_len, pool_cap;
+    int ncpus;
+} Table;
+
+static uint64_t mix(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    return x ^ (x >> 33);
+}
+
+static int table_grow(Table *t) {
+    size_t cap = t->cap ? 2 * t->cap : 1024;
+    Slot *slots = calloc(cap, sizeof(Slot));
+    if (!slots)
+        return -1;
+    for (size_t i = 0; i < t->cap; i++)
+        if (t->slots[i].used) {
+            size_t h = mix(t->slots[i].loc) & (cap - 1);
+            while (slots[h].used)
+                h = (h + 1) & (cap - 1);
+            slots[h] = t->slots[i];
+        }
+    free(t->slots);
+    t->slots = slots;
+    t->cap = cap;
+    return 0;
+}
+
+/* The slot of `loc`, made (no write, no reads) when new; NULL: out of memory. */
+static Slot *table_get(Table *t, uint64_t loc) {
+    if (2 * (t->len + 1) > t->cap && table_grow(t))
+        return NULL;
+    size_t h = mix(loc) & (t->cap - 1);
+    while (t->slots[h].used) {
+        if (t->slots[h].loc == loc)
+            return &t->slots[h];
+        h = (h + 1) & (t->cap - 1);
+    }
+    Slot *s = &t->slots[h];
+    s->used = 1;
+    s->loc = loc;
+    s->write = -1;
+    s->reads = -1;
+    t->len++;
+    return s;
+}
+
+/* The per-CPU reads of a slot, made (all -1) when it has none. */
+static Py_ssize_t *slot_reads(Table *t, Slot *s) {
+    if (s->reads < 0) {
+        if (t->pool_len + (size_t)t->ncpus > t->pool_cap) {
+            size_t cap = t->pool_cap ? 2 * t->pool_cap : 4096;
+            while (cap < t->pool_len + (size_t)t->ncpus)
+                cap *= 2;
+            Py_ssize_t *pool = realloc(t->pool, cap * sizeof *pool);
+            if (!pool)
+                return NULL;
+            t->pool = pool;
+            t->pool_cap = cap;
+        }
+        s->reads = (Py_ssize_t)t->pool_len;
+        for (int c = 0; c < t->ncpus; c++)
+            t->pool[t->pool_len + c] = -1;
+        t->pool_len += t->ncpus;
+    }
+    return t->pool + s->reads;
+}
+
+/* One step's footprint: its locations, each flagged read and/or written. */
+typedef struct {
+    int cpu;
+    Py_ssize_t n, start; /* its entries in the steps' `locs` and `flags` */
+} StepFp;
+
+#define F_READ 1
+#define F_WRITE 2
+
+typedef struct {
+    StepFp *steps;
+    Py_ssize_t nsteps;
+    uint64_t *locs;
+    uint8_t *flags;
+    Py_ssize_t nlocs, caplocs;
+} Steps;
+
+static int add_loc(Steps *st, uint64_t loc, uint8_t flag) {
+    if (st->nlocs == st->caplocs) {
+        Py_ssize_t cap = st->caplocs ? 2 * st->caplocs : 4096;
+        uint64_t *l = realloc(st->locs, cap * sizeof *l);
+        if (!l)
+            return -1;
+        st->locs = l;
+        uint8_t *f = realloc(st->flags, cap);
+        if (!f)
+            return -1;
+        st->flags = f;
+        st->caplocs = cap;
+    }
+    st->locs[st->nlocs] = loc;
+    st->flags[st->nlocs++] = flag;
+    return 0;
+}
+
+/* A footprint's location set into `st`, each with `flag`; a location already listed in
+   entries [lo, hi) (the step's writes, for its reads) gets the flag or-ed in instead. */
+static int add_set(Steps *st, PyObject *set, uint8_t flag, Py_ssize_t lo, Py_ssize_t hi) {
+    PyObject *it = PyObject_GetIter(set);
+    if (!it)
+        return -1;
+    PyObject *item;
+    while ((item = PyIter_Next(it))) {
+        uint64_t loc = PyLong_AsUnsignedLongLong(item);
+        Py_DECREF(item);
+        if (loc == (uint64_t)-1 && PyErr_Occurred())
+            break;
+        int found = 0;
+        for (Py_ssize_t k = lo; k < hi; k++) /* (a step writes few locations) */
+            if (st->locs[k] == loc) {
+                st->flags[k] |= F_READ;
+                found = 1;
+                break;
+            }
+        if (!found && add_loc(st, loc, flag))
+            break;
+    }
+    Py_DECREF(it);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static void steps_free(Steps *st) {
+    free(st->steps);
+    free(st->locs);
+    free(st->flags);
+}
+
+/* dpor._initials: the CPUs that can start the reversal of (i, j), in dpor.py's order. */
+static PyObject *initials(const Steps *st, Py_ssize_t *const *clocks, Py_ssize_t i,
+                          Py_ssize_t j, int ncpus) {
+    int ci = st->steps[i].cpu;
+    Py_ssize_t first[MAX_CPUS];
+    for (int c = 0; c < ncpus; c++)
+        first[c] = -1;
+    for (Py_ssize_t k = i + 1; k <= j; k++)
+        if (k == j || clocks[k][ci] < i) {
+            int c = st->steps[k].cpu;
+            if (first[c] < 0)
+                first[c] = k;
+        }
+    int initial[MAX_CPUS], n = 0;
+    for (int c = 0; c < ncpus; c++) {
+        if (first[c] < 0)
+            continue;
+        int beaten = 0;
+        for (int d = 0; d < ncpus && !beaten; d++)
+            if (d != c && first[d] >= 0 && first[d] <= clocks[first[c]][d])
+                beaten = 1;
+        if (!beaten)
+            initial[n++] = c;
+    }
+    /* sorted by (c is not j's CPU, first[c] > clocks[j][c], c) */
+    int jc = st->steps[j].cpu;
+    for (int a = 1; a < n; a++) {
+        int x = initial[a], b = a - 1;
+        int kx0 = x != jc, kx1 = first[x] > clocks[j][x];
+        while (b >= 0) {
+            int y = initial[b];
+            int ky0 = y != jc, ky1 = first[y] > clocks[j][y];
+            if (ky0 < kx0 || (ky0 == kx0 && (ky1 < kx1 || (ky1 == kx1 && y < x))))
+                break;
+            initial[b + 1] = y;
+            b--;
+        }
+        initial[b + 1] = x;
+    }
+    PyObject *out = PyList_New(n);
+    for (int a = 0; out && a < n; a++) {
+        PyObject *v = PyLong_FromLong(initial[a]);
+        if (!v) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, a, v);
+    }
+    return out;
+}
+
+static int cmp_ssize(const void *a, const void *b) {
+    Py_ssize_t x = *(const Py_ssize_t *)a, y = *(const Py_ssize_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* races(steps) -> [(i, j, cpus)]: dpor.races for a list of dpor.Step. */
+static PyObject *py_races(PyObject *mod, PyObject *arg) {
+    (void)mod;
+    PyObject *seq = PySequence_Fast(arg, "races: a list of steps");
+    if (!seq)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Steps st = {0};
+    Table t = {0};
+    Py_ssize_t **clocks = NULL, *pool = NULL, *preds = NULL, *clock_of = NULL;
+    PyObject *out = NULL;
+    st.steps = calloc(n ? n : 1, sizeof(StepFp));
+    if (!st.steps) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int ncpus = 1;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        PyObject *fp = PyObject_GetAttrString(PySequence_Fast_GET_ITEM(seq, j), "footprint");
+        if (!fp)
+            goto done;
+        PyObject *cpu = PyObject_GetAttrString(fp, "cpu");
+        PyObject *reads = PyObject_GetAttrString(fp, "reads");
+        PyObject *writes = PyObject_GetAttrString(fp, "writes");
+        Py_DECREF(fp);
+        long c = cpu ? PyLong_AsLong(cpu) : -1;
+        int bad = !cpu || !reads || !writes || PyErr_Occurred();
+        if (!bad && (c < 0 || c >= MAX_CPUS)) {
+            PyErr_Format(PyExc_ValueError, "races: step %zd of CPU %ld", j, c);
+            bad = 1;
+        }
+        if (!bad) {
+            st.steps[j].cpu = (int)c;
+            st.steps[j].start = st.nlocs;
+            bad = add_set(&st, writes, F_WRITE, 0, 0) ||
+                  add_set(&st, reads, F_READ, st.steps[j].start, st.nlocs);
+            st.steps[j].n = st.nlocs - st.steps[j].start;
+            if (c + 1 > ncpus)
+                ncpus = (int)c + 1;
+        }
+        Py_XDECREF(cpu);
+        Py_XDECREF(reads);
+        Py_XDECREF(writes);
+        if (bad)
+            goto done;
+    }
+    st.nsteps = n;
+    t.ncpus = ncpus;
+    /* clocks[j]: step j's vector clock; clock_of[c]: the index of CPU c's current one in
+       `clocks` (-1: the initial all -1 one, `pool` row n) */
+    clocks = malloc((n + 1) * sizeof *clocks);
+    pool = malloc((size_t)(n + 1) * ncpus * sizeof *pool);
+    preds = malloc((st.nlocs * ncpus + 1) * sizeof *preds);
+    clock_of = malloc(ncpus * sizeof *clock_of);
+    out = PyList_New(0);
+    if (!clocks || !pool || !preds || !clock_of || !out) {
+        if (out)
+            Py_CLEAR(out);
+        PyErr_NoMemory();
+        goto done;
+    }
+    clocks[n] = pool + (size_t)n * ncpus;
+    for (int c = 0; c < ncpus; c++) {
+        clocks[n][c] = -1;
+        clock_of[c] = n;
+    }
+    for (Py_ssize_t j = 0; j < n; j++) {
+        int c = st.steps[j].cpu;
+        const Py_ssize_t *before = clocks[clock_of[c]];
+        Py_ssize_t np = 0;
+        const uint64_t *locs = st.locs + st.steps[j].start;
+        const uint8_t *flags = st.flags + st.steps[j].start;
+        for (Py_ssize_t k = 0; k < st.steps[j].n; k++) {
+            Slot *s = table_get(&t, locs[k]);
+            if (!s) {
+                Py_CLEAR(out);
+                PyErr_NoMemory();
+                goto done;
+            }
+            if (s->write >= 0 && st.steps[s->write].cpu != c)
+                preds[np++] = s->write;
+            if (flags[k] & F_WRITE && s->reads >= 0)
+                for (int d = 0; d < ncpus; d++)
+                    if (d != c && t.pool[s->reads + d] >= 0)
+                        preds[np++] = t.pool[s->reads + d];
+        }
+        qsort(preds, np, sizeof *preds, cmp_ssize); /* as a set, in sorted order */
+        Py_ssize_t u = 0;
+        for (Py_ssize_t k = 0; k < np; k++)
+            if (!u || preds[u - 1] != preds[k])
+                preds[u++] = preds[k];
+        np = u;
+        Py_ssize_t *vc = clocks[j] = pool + (size_t)j * ncpus;
+        memcpy(vc, before, ncpus * sizeof *vc);
+        for (Py_ssize_t k = 0; k < np; k++)
+            for (int d = 0; d < ncpus; d++)
+                if (clocks[preds[k]][d] > vc[d])
+                    vc[d] = clocks[preds[k]][d];
+        vc[c] = j;
+        for (Py_ssize_t k = 0; k < np; k++) {
+            Py_ssize_t i = preds[k];
+            if (i > before[st.steps[i].cpu]) { /* not ordered before j by anything else */
+                PyObject *lead = initials(&st, clocks, i, j, ncpus);
+                PyObject *race = lead ? Py_BuildValue("nnN", i, j, lead) : NULL;
+                if (!race || PyList_Append(out, race)) {
+                    Py_XDECREF(race);
+                    Py_CLEAR(out);
+                    goto done;
+                }
+                Py_DECREF(race);
+            }
+        }
+        clock_of[c] = j;
+        for (Py_ssize_t k = 0; k < st.steps[j].n; k++) {
+            Slot *s = table_get(&t, locs[k]);
+            if (flags[k] & F_WRITE) {
+                s->write = j;
+                if (s->reads >= 0) /* reads.pop(loc) */
+                    for (int d = 0; d < ncpus; d++)
+                        t.pool[s->reads + d] = -1;
+            }
+        }
+        for (Py_ssize_t k = 0; k < st.steps[j].n; k++)
+            if (flags[k] == F_READ) { /* read, not written */
+                Slot *s = table_get(&t, locs[k]);
+                Py_ssize_t *r = slot_reads(&t, s);
+                if (!r) {
+                    Py_CLEAR(out);
+                    PyErr_NoMemory();
+                    goto done;
+                }
+                r[c] = j;
+            }
+    }
+done:
+    Py_DECREF(seq);
+    steps_free(&st);
+    free(t.slots);
+    free(t.pool);
+    free(clocks);
+    free(pool);
+    free(preds);
+    free(clock_of);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"races", py_races, METH_O, "dpor.races: the races of a run's steps"},
+    {NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "harness.explore._dpor",
+                                    "The exhaustive search's race finder in C.", -1, methods,
+                                    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__dpor(void) { return PyModule_Create(&module); }

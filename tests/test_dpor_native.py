@@ -1,0 +1,97 @@
+"""The race finder in C (harness/explore/_dpor.c) against dpor.races, its reference: the same
+races, initials and order on recorded runs of every shipped scenario, on random footprints,
+and on a perturbed run whose races differ (so the comparison is not vacuous)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from emu.engine import Engine, native_module
+from emu.footprint import Footprint, data_words, irq, stack, text_grains
+from emu.path import Cost
+from harness.explore.dpor import Step, find_races, races
+from harness.explore.exhaustive import ExhaustiveSource, explore_exhaustive
+from harness.run import Runner
+from harness.scenario.shipped import SCENARIOS
+
+native = native_module("search")
+pytestmark = pytest.mark.skipif(native is None,
+                                reason="harness.explore._dpor was not compiled (setup.py)")
+
+# a few prefixes per scenario: the simplest run, early preemptions, a delayed view update
+PREFIXES = [[], [1], [0, 1], [1, 0, 1], [2, 2, 1]]
+
+
+def _recorded(name: str, cpus: int | None) -> list[list[Step]]:
+    runner = Runner(SCENARIOS[name], None, cpus, event_mode=True, engine=Engine.FAST,
+                    decode=False)
+    out = []
+    for prefix in PREFIXES:
+        src = ExhaustiveSource(prefix, footprints=True)
+        runner.machine.run(src)
+        out.append(src.steps)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_both_race_finders_agree_on_recorded_runs(name: str):
+    for steps in _recorded(name, 3 if name == "static_key" else None):
+        want = races(steps)
+        assert native.races(steps) == want
+        assert find_races(steps, Engine.REFERENCE) == want
+
+
+def test_both_race_finders_agree_on_random_footprints():
+    """Many CPUs, shared and private locations of every kind, reads and writes overlapping."""
+    rng = random.Random(5)
+    pool = [*text_grains(0, 256), *data_words(0x1000, 64), *(irq(c) for c in range(6)),
+            *(stack(c) for c in range(6))]
+    for trial in range(40):
+        ncpus = rng.randint(1, 6)
+        steps = []
+        for k in range(rng.randint(0, 120)):
+            reads = set(rng.sample(pool, rng.randint(0, 12)))
+            writes = set(rng.sample(pool, rng.randint(0, 3)))
+            steps.append(Step(k if rng.random() < 0.7 else None,
+                              Footprint(rng.randrange(ncpus), reads, writes)))
+        assert native.races(steps) == races(steps), f"trial {trial}"
+
+
+def test_a_perturbed_footprint_changes_the_races_both_find():
+    """Perturbed: the first step of the first race touches nothing. Both finders see the
+    change alike."""
+    steps = _recorded("static_key", 3)[1]
+    want = races(steps)
+    k = want[0][0]
+    steps[k] = Step(steps[k].node, Footprint(steps[k].cpu, set(), set()))
+    changed = races(steps)
+    assert changed != want
+    assert native.races(steps) == changed
+
+
+def test_bad_steps_are_errors_not_crashes():
+    with pytest.raises(AttributeError):
+        native.races([object()])
+    with pytest.raises(TypeError):
+        native.races([Step(None, Footprint(0, {"text"}, set()))])
+    with pytest.raises(ValueError, match="CPU"):
+        native.races([Step(None, Footprint(99, set(), set()))])
+
+
+def test_the_search_visits_the_same_paths_with_either_race_finder():
+    runner = Runner(SCENARIOS["z4_bytewise"], "fixed", event_mode=True, decode=False)
+    visited = {}
+    for engine in Engine:
+        seen = []
+
+        def run(src, seen=seen):
+            result = runner.machine.run(src)
+            seen.append(tuple(c.value for c in result.path))
+            return type("Out", (), {"ok": result.verdict.ok})()
+
+        assert explore_exhaustive(run, Cost(1, 1, 0), reduce=True, engine=engine).exhausted
+        visited[engine] = seen
+    assert len(visited[Engine.FAST]) > 10
+    assert visited[Engine.FAST] == visited[Engine.REFERENCE]
