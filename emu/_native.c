@@ -378,7 +378,8 @@ static void on_code(void *uc, uint64_t address, uint32_t size, void *user_data) 
 #define STACK_BIT (1ULL << 40)
 #define UC_MEM_WRITE 17
 
-enum watch_kind { WATCH_DATA, WATCH_TEXT, WATCH_STACK };
+enum watch_kind { WATCH_DATA, WATCH_TEXT, WATCH_STACK, WATCH_WATCHED };
+#define READ_STOP_DELAY 3 /* emu/cpu.py: _READ_STOP_DELAY */
 
 typedef struct {
     CpuObject *cpu;
@@ -396,6 +397,14 @@ static void on_mem(void *uc, int type, uint64_t addr, int size, int64_t value, v
     CpuObject *s = w->cpu;
     (void)uc;
     (void)value;
+    if (w->kind == WATCH_WATCHED) { /* Cpu._on_watched: a visible access, in event mode */
+        if (!s->event)
+            return;
+        if (type == UC_MEM_WRITE)
+            s->want_stop = 1; /* after this instruction: stopping here would abandon it */
+        else if (!s->read_stop_in)
+            s->read_stop_in = READ_STOP_DELAY; /* a spin-wait's PAUSE may come first */
+    }
     s->mem_hooked = s->last_ip;
     s->mem_hooked_valid = 1;
     if (!(s->event && s->track_fp) || size < 1)
@@ -404,6 +413,7 @@ static void on_mem(void *uc, int type, uint64_t addr, int size, int64_t value, v
     int err = 0;
     switch (w->kind) {
     case WATCH_DATA:
+    case WATCH_WATCHED:
         for (uint64_t k = addr >> 3; k <= (addr + size - 1) >> 3 && !err; k++)
             err = add_location(into, DATA_TAG | k);
         break;
@@ -471,14 +481,15 @@ static PyObject *cpu_bind(CpuObject *self, PyObject *args) {
 
 /* hook_mem(kind, start, end, base, owner, hook_type): a footprint hook on physical
    [start, end) (Cpu.track_data: kind 0; track_text_reads: 1, base the text's physical
-   address; track_foreign_stacks: 2, owner the stack's CPU). Unicorn cannot remove hooks. */
+   address; track_foreign_stacks: 2, owner the stack's CPU; watch_data: 3, a footprint hook
+   whose accesses are also event-mode stops). Unicorn cannot remove hooks. */
 static PyObject *cpu_hook_mem(CpuObject *self, PyObject *args) {
     int kind, type;
     unsigned long long start, end, base, owner, hook_add;
     if (!PyArg_ParseTuple(args, "iKKKKiK", &kind, &start, &end, &base, &owner, &type,
                           &hook_add))
         return NULL;
-    if (kind < WATCH_DATA || kind > WATCH_STACK || end <= start)
+    if (kind < WATCH_DATA || kind > WATCH_WATCHED || end <= start)
         return PyErr_Format(PyExc_ValueError, "hook_mem: kind %d, [%#llx, %#llx)", kind,
                            start, end);
     MemWatch *w = malloc(sizeof *w);

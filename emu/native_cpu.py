@@ -2,11 +2,11 @@
 
 emu/_native.c does, per instruction, what Cpu._on_code and Cpu._on_rdtsc do (the tick, the
 ground-truth record, the serializing / IRET / shadow / HLT / PAUSE effects, the event-mode
-stops, a footprint's fetched text grains) and what its footprint hooks do (data, text read as
-data, other CPUs' stacks), registered with Unicorn as C function pointers
-taken from the library the binding loaded. Python runs once at the start and once at the end
-of a run, and inside it only in the rare hooks Cpu keeps (text stores, hypercalls, interrupts,
-TLB fills, watched data) and for the spontaneous-NMI decision before an
+stops, a footprint's fetched text grains) and what its memory hooks do (watched data, and
+the footprints of data, text read as data, other CPUs' stacks), registered with Unicorn as C
+function pointers taken from the library the binding loaded. Python runs once at the start and
+once at the end of a run, and inside it only in the rare hooks Cpu keeps (text stores,
+hypercalls, interrupts, TLB fills) and for the spontaneous-NMI decision before an
 instruction. The flags those hooks share with the code hook (`_want_stop`, `_read_stop_in`,
 `_restarted`) live in the C object, so the rare hooks are Cpu's own, unchanged.
 """
@@ -121,6 +121,12 @@ class NativeCpu(Cpu):
         return ok
 
     # footprint hooks in C (Cpu's record the same locations from Python)
+    def watch_data(self, ranges: list[tuple[int, int]]) -> None:
+        self._event_mode = True
+        for start, end in ranges:  # Cpu._on_watched: a footprint, and a stop
+            self._nat.hook_mem(3, start, end, 0, 0, UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE,
+                               _fn("uc_hook_add"))
+
     def track_data(self, ranges: list[tuple[int, int]]) -> None:
         for start, end in ranges:
             self._nat.hook_mem(0, start, end, 0, 0, UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE,
