@@ -975,8 +975,9 @@ static int set_attr(PyObject *obj, PyObject *name, PyObject *value) {
    native half starts from, its retired count and its view entry (a new reference, or NULL
    with none pending). The state's `yielded` is cleared: a hook of the run the batch ends
    with sets it as on the reference's run, which starts with it clear. -1: an error. */
-static int load_cpu(PyObject *cpu, PyObject *st, CpuObject *s, PyObject *view_entry, int index,
-                    int *flags, uint64_t *count, PyObject **view) {
+static int load_cpu(PyObject *cpu, PyObject *st, CpuObject *s, PyObject *view_entries,
+                    PyObject *view_entry, int index, int *flags, uint64_t *count,
+                    PyObject **view) {
     int finished = attr_true(st, s_finished), halted = attr_true(st, s_halted),
         yielded = attr_true(st, s_yielded), nmi = attr_true(st, s_pending_nmi),
         left = attr_true(st, s_nmis_left), ipis = attr_true(st, s_pending_ipis),
@@ -1015,8 +1016,15 @@ static int load_cpu(PyObject *cpu, PyObject *st, CpuObject *s, PyObject *view_en
         return -1;
     *view = NULL;
     if (npending) {
-        *view = PyObject_CallFunction(view_entry, "in", index, npending);
-        if (!*view)
+        PyObject *key = PyLong_FromSsize_t(npending);
+        if (!key)
+            return -1;
+        *view = PyDict_GetItemWithError(view_entries, key); /* made before: borrowed */
+        Py_DECREF(key);
+        if (*view)
+            Py_INCREF(*view);
+        else if (PyErr_Occurred() ||
+                 !(*view = PyObject_CallFunction(view_entry, "in", index, npending)))
             return -1;
         if (!PyTuple_Check(*view) || PyTuple_GET_SIZE(*view) != npending + 2) {
             PyErr_SetString(PyExc_TypeError, "a view entry is (request, choices...)");
@@ -1024,17 +1032,19 @@ static int load_cpu(PyObject *cpu, PyObject *st, CpuObject *s, PyObject *view_en
             return -1;
         }
     }
-    return set_attr(st, s_yielded, Py_NewRef(Py_False));
+    return yielded ? set_attr(st, s_yielded, Py_NewRef(Py_False)) : 0;
 }
 
 /* steps(pycpus, cpus, retired, last, getrandbits|None, choose, cpu_table, make,
-         quantum_table, ipi_table, view_entry, path, limits, reg_rflags, resume, max_steps)
+         quantum_table, ipi_table, view_tables, view_entry, path, limits, reg_rflags, resume,
+         max_steps)
      -> (steps, status, cpu, value, last)
    pycpus: the Cpu objects (their state is read here and written back: retired, last_ip,
    last_code, shadow, yielded); cpus: their native halves; retired: each CPU's Retired or
    None; last: Machine._last (-1: none); cpu_table: {cpu_key: entry}, filled through
    make(cpu_key); quantum_table: each CPU's quantum entry, or () when max_quantum is 1;
-   ipi_table: each CPU's IPI entry; view_entry(cpu, pending): the entry of a view choice;
+   ipi_table: each CPU's IPI entry; view_tables: per CPU, {pending: entry} of the view
+   choices made so far, and view_entry(cpu, pending) makes the others;
    path: Decisions.path; limits: (MachineConfig.insn_budget, the clock's limit); resume:
    (cpu, stage) of a step to finish first (stage 0: none; see `stage` below). Returns the
    steps done entirely here, why it stopped, the CPU of the step in progress (-1: none), its
@@ -1042,20 +1052,22 @@ static int load_cpu(PyObject *cpu, PyObject *st, CpuObject *s, PyObject *view_en
 static PyObject *py_steps(PyObject *mod, PyObject *args) {
     (void)mod;
     PyObject *pycpus, *cpus, *retireds, *getrandbits, *choose, *table, *make, *qtable, *itable,
-        *view_entry, *path;
+        *vtables, *view_entry, *path;
     long long last, max_steps;
     unsigned long long insn_budget, tick_limit;
     int reg_rflags, resume_cpu, resume_stage;
-    if (!PyArg_ParseTuple(args, "O!O!O!LOOO!OO!O!OO!(KK)i(ii)L", &PyTuple_Type, &pycpus,
+    if (!PyArg_ParseTuple(args, "O!O!O!LOOO!OO!O!O!OO!(KK)i(ii)L", &PyTuple_Type, &pycpus,
                           &PyTuple_Type, &cpus, &PyTuple_Type, &retireds, &last, &getrandbits,
                           &choose, &PyDict_Type, &table, &make, &PyTuple_Type, &qtable,
-                          &PyTuple_Type, &itable, &view_entry, &PyList_Type, &path,
+                          &PyTuple_Type, &itable, &PyTuple_Type, &vtables, &view_entry,
+                          &PyList_Type, &path,
                           &insn_budget, &tick_limit, &reg_rflags, &resume_cpu, &resume_stage,
                           &max_steps))
         return NULL;
     Py_ssize_t n = PyTuple_GET_SIZE(cpus);
     if (n < 1 || n > LOOP_MAX_CPUS || PyTuple_GET_SIZE(pycpus) != n ||
         PyTuple_GET_SIZE(retireds) != n || PyTuple_GET_SIZE(itable) != n ||
+        PyTuple_GET_SIZE(vtables) != n ||
         (PyTuple_GET_SIZE(qtable) != 0 && PyTuple_GET_SIZE(qtable) != n))
         return PyErr_Format(PyExc_ValueError, "steps: %zd CPUs, or mismatched tables", n);
     if (resume_stage < 0 || resume_stage > 2 || (resume_stage && (resume_cpu < 0 ||
@@ -1074,8 +1086,13 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
         }
         CpuObject *s = c[i] = (CpuObject *)cpu;
         st[i] = PyObject_GetAttr(PyTuple_GET_ITEM(pycpus, i), s_state);
-        if (!st[i] || load_cpu(PyTuple_GET_ITEM(pycpus, i), st[i], s, view_entry, (int)i, &fl[i],
-                               &count[i], &vtable[i]))
+        PyObject *vt = PyTuple_GET_ITEM(vtables, i);
+        if (!PyDict_Check(vt)) {
+            PyErr_SetString(PyExc_TypeError, "steps: a view table is a dict");
+            goto done;
+        }
+        if (!st[i] || load_cpu(PyTuple_GET_ITEM(pycpus, i), st[i], s, vt, view_entry, (int)i,
+                               &fl[i], &count[i], &vtable[i]))
             goto done;
         ran[i] = 0;
         s->truth = PyTuple_GET_ITEM(retireds, i) != Py_None;
@@ -1206,8 +1223,9 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
                       PyBytes_FromStringAndSize((const char *)s->last_code, s->last_len)) ||
              set_attr(st[i], s_shadow, PyBool_FromLong(s->shadow))))
             goto done;
-        if (!(status == LOOP_RAN && i == who) &&
-            set_attr(st[i], s_yielded, PyBool_FromLong(fl[i] & F_YIELDED)))
+        /* (load_cpu cleared it; a hook may set it on the run in progress only) */
+        if (!(status == LOOP_RAN && i == who) && fl[i] & F_YIELDED &&
+            set_attr(st[i], s_yielded, Py_NewRef(Py_True)))
             goto done;
     }
     result = Py_BuildValue("LiiiL", steps, status, who, err, last);

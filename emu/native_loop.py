@@ -116,7 +116,8 @@ class NativeLoop:
             c.clear_stops()  # NativeCpu.finish clears them again after each run it ends
         self._truths = tuple(c.truth for c in m.cpus)
         self._run = (_draws(dec.source), dec.choose, self._cpu_table, self._cpu_entry,
-                     self._quantum_table, self._ipi_table, self._view_entry)
+                     self._quantum_table, self._ipi_table, tuple(self._view_entries),
+                     self._view_entry)
         self._limits = (m.config.insn_budget, NO_LIMIT if budget is None else budget.ticks)
 
     def steps(self, dec: Decisions) -> tuple[int, Verdict | None]:
