@@ -109,14 +109,6 @@ def backtrack(path: list[Node], steps: list[Step], engine: Engine | None = None)
         node.todo.update(can or range(node.arity))
 
 
-def _spent(path: list[Node]) -> list[Cost]:
-    """spent[i]: what the choices before position i spend of the bounds."""
-    out = [FREE]
-    for node in path:
-        out.append(out[-1] + node.cost(node.value))
-    return out
-
-
 @dataclass
 class Level:
     """A run of the search and the deviation it was run for: `path` is its record, the
@@ -195,19 +187,24 @@ class Search:
     def _advance(self) -> bool:
         """The next run: the first untried value, within the bounds, of the top level's own
         choices; a level with none left is done. False when every level is done."""
+        bound = self.bound
         while self.levels:
             top = self.levels[-1]
-            spent = _spent(top.path)
             end = len(top.path)
             if self.limit is not None and top is self.levels[0]:
                 end = min(end, self.limit + 1)
-            for i in range(top.base + 1, end):
+            spent = FREE  # what the choices before position i spend
+            for i in range(end):
                 node = top.path[i]
-                for v in sorted(node.todo - node.done, key=lambda v: (v != node.simplest, v)):
-                    if (spent[i] + node.cost(v)).within(self.bound):
-                        node.done.add(v)
-                        self.next = top.path[:i] + [_deviation(node, v)]
-                        return True
+                if i > top.base and not node.todo <= node.done:
+                    for v in sorted(node.todo - node.done,
+                                    key=lambda v, n=node: (v != n.simplest, v)):
+                        if (spent + node.cost(v)).within(bound):
+                            node.done.add(v)
+                            self.next = top.path[:i] + [_deviation(node, v)]
+                            return True
+                if node.value != node.simplest:
+                    spent = spent + node.cost(node.value)
             self.levels.pop()
         self.next = []
         return False
