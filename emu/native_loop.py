@@ -3,10 +3,12 @@
 Machine.run's reference loop spends about 15 µs of Python per scheduling step (two decisions,
 each a request, a `random` draw and a recorded Choice, then the run and its bookkeeping) on
 top of the few µs a run of ~8 instructions costs in Unicorn. emu/_native.c `steps` does the
-steps that need nothing else: the CPU choice, the quantum choice and a run that ends with
-nothing to handle. It hands the step it stops at back to the machine's own code
-(`Machine._step`, `Machine._cpu_step`, `Machine._after_run`), so every interrupt, fetch-view
-unit, hypercall, text store, exception and verdict goes through the one implementation.
+steps that need nothing else: the CPU choice, an IPI or view choice that changes nothing, the
+quantum choice and a run that ends with nothing to handle. It hands the step it stops at back
+to the machine's own code where it stands (`Machine._step`, `_cpu_step`, `_take_ipi`,
+`_refresh`, `_after_run`), and takes an IPI's or a view unit's step back once Python has done
+that part, so every interrupt, fetch-view unit, hypercall, text store, exception and verdict
+goes through the one implementation.
 
 What makes the two loops equal, choice for choice (tests/test_engines.py checks it):
 - a RandomSource's choices are drawn from its own `random.Random` in C exactly as
@@ -14,10 +16,10 @@ What makes the two loops equal, choice for choice (tests/test_engines.py checks 
   `Decisions.choose`, as the reference asks it;
 - choices are recorded as interned Choice objects (one per request and value; they are
   immutable) with the same requests the reference loop makes (`Machine._cpu_request`);
-- a CPU's Python state (retired count, last instruction, shadow, yielded) is written back
-  before any Python code reads it: when the batch ends, and before the step it ends at.
-  Python hooks inside a run (text stores, hypercalls, interrupts) end the batch after that
-  run, and write only what Python then reads (see `steps`).
+- each batch reads the CPUs' Python state and writes back what its trivial runs changed
+  (retired count, last instruction, shadow, yielded) before any Python code runs again;
+  a Python hook inside a run (text store, hypercall, interrupt) ends the batch after that
+  run, whose end is then Python's (NativeCpu.finish).
 """
 
 from __future__ import annotations
@@ -44,12 +46,6 @@ _RFLAGS = x86_const.UC_X86_REG_RFLAGS
 # emu/_native.c: enum loop_status and the F_* flags
 STEP, CHOSEN, RAN, BUDGET, CAP, IPI, VIEWED = range(7)
 F_FINISHED, F_HALTED, F_YIELDED, F_NMI, F_IPI = 1, 2, 4, 8, 16
-
-
-def cpu_key(runnable: tuple[int, ...], last: int | None, yielded: frozenset[int]) -> int:
-    """A CPU choice's context (CpuContext) as the C loop keys it."""
-    key = sum(1 << i for i in runnable) | sum(1 << (MAX_CPUS + i) for i in yielded)
-    return key | (0 if last is None else last + 1) << (2 * MAX_CPUS)
 
 
 def entry(request: Request) -> tuple:
@@ -103,6 +99,9 @@ class NativeLoop:
         return made
 
     def _cpu_entry(self, key: int) -> tuple:
+        """The entry of a CPU choice's context (CpuContext) as the C loop keys it: a bit per
+        runnable CPU, a bit per yielded one from bit MAX_CPUS, the last CPU plus one (0:
+        none) from bit 2 * MAX_CPUS."""
         n = self._m.config.ncpus
         runnable = tuple(i for i in range(n) if key >> i & 1)
         yielded = frozenset(i for i in range(n) if key >> (MAX_CPUS + i) & 1)

@@ -599,3 +599,23 @@ ud:
     res = m.run(PolicySource(policy))
     kinds = [type(e) for e in res.truth.events if isinstance(e, InterruptEvent | ExceptionEvent)]
     assert kinds[:1] == [InterruptEvent] and m.mem.read_u64(VAR) == 1
+
+
+def test_registers_read_and_written_through_the_c_api_equal_the_bindings(build):
+    """Cpu.reg / set_reg's fast paths (general registers, selectors into a cleared value,
+    IDTR / GDTR into a uc_x86_mmr) give what the binding's reg_read gives. The scratch value
+    is dirtied first: a selector read that did not clear it would show its upper bytes."""
+    from unicorn import x86_const as X
+
+    from emu.cpu import _MMR, _RAW64, _SELECTORS
+
+    m = build(FAULTY, ["start"])
+    m.run(Scripted())
+    cpu = m.cpus[0]
+    for name in (*_RAW64, *_SELECTORS, *_MMR):
+        cpu._u64.value = 0xFFFF_FFFF_FFFF_FFFF
+        assert cpu.reg(name) == cpu.uc.reg_read(getattr(X, f"UC_X86_REG_{name.upper()}")), name
+    for name, value in (("rax", 0x1122_3344_5566_7788), ("rsp", 0xFFFF_8880_0000_1000)):
+        cpu.set_reg(name, value)
+        assert cpu.uc.reg_read(getattr(X, f"UC_X86_REG_{name.upper()}")) == value
+    assert cpu.reg("cs") == layout.KERNEL_CS

@@ -59,13 +59,21 @@ static int table_grow(Table *t) {
 
 /* The slot of `loc`, made (no write, no reads) when new; NULL: out of memory. */
 static Slot *table_get(Table *t, uint64_t loc) {
-    if (2 * (t->len + 1) > t->cap && table_grow(t))
-        return NULL;
-    size_t h = mix(loc) & (t->cap - 1);
-    while (t->slots[h].used) {
-        if (t->slots[h].loc == loc)
-            return &t->slots[h];
-        h = (h + 1) & (t->cap - 1);
+    size_t h = 0;
+    if (t->cap) {
+        h = mix(loc) & (t->cap - 1);
+        while (t->slots[h].used) {
+            if (t->slots[h].loc == loc)
+                return &t->slots[h];
+            h = (h + 1) & (t->cap - 1);
+        }
+    }
+    if (2 * (t->len + 1) > t->cap) { /* a new one: room first (at most half full) */
+        if (table_grow(t))
+            return NULL;
+        h = mix(loc) & (t->cap - 1);
+        while (t->slots[h].used)
+            h = (h + 1) & (t->cap - 1);
     }
     Slot *s = &t->slots[h];
     s->used = 1;
@@ -334,7 +342,7 @@ static PyObject *py_races(PyObject *mod, PyObject *arg) {
         }
         clock_of[c] = j;
         for (Py_ssize_t k = 0; k < st.steps[j].n; k++) {
-            Slot *s = table_get(&t, locs[k]);
+            Slot *s = table_get(&t, locs[k]); /* made above: found, never NULL */
             if (flags[k] & F_WRITE) {
                 s->write = j;
                 if (s->reads >= 0) /* reads.pop(loc) */
