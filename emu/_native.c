@@ -9,6 +9,9 @@
  * where something rare happens (its own memory / OUT / interrupt hooks, and the spontaneous-NMI
  * decision before an instruction, which is a decision of the stream).
  *
+ * In quantum mode the scheduling loop is here too (`steps`, emu/native_loop.py): the steps that
+ * need nothing of Python, one after another, the others handed back to emu/machine.py.
+ *
  * Nothing is linked against libunicorn: emu/native_cpu.py hands over the function pointers of
  * the library the Python binding loaded, and the engine handle. Unicorn is entered from C
  * (cpu_run) with the GIL held, so the rare Python hooks inside a run need not take it.
@@ -838,7 +841,7 @@ static PyTypeObject CpuType = {
 enum loop_status {
     LOOP_STEP, LOOP_CHOSEN, LOOP_RAN, LOOP_BUDGET, LOOP_CAP, LOOP_IPI, LOOP_VIEWED
 };
-/* per CPU, as emu/native_loop.py computes them before a batch */
+/* per CPU, as load_cpu reads them from its Python state at a batch's start */
 #define F_FINISHED 1
 #define F_HALTED 2
 #define F_YIELDED 4

@@ -43,9 +43,8 @@ BATCH = 4096  # steps between two Ctrl-C checks
 NO_LIMIT = 2**64 - 1
 _RFLAGS = x86_const.UC_X86_REG_RFLAGS
 
-# emu/_native.c: enum loop_status and the F_* flags
+# emu/_native.c: enum loop_status
 STEP, CHOSEN, RAN, BUDGET, CAP, IPI, VIEWED = range(7)
-F_FINISHED, F_HALTED, F_YIELDED, F_NMI, F_IPI = 1, 2, 4, 8, 16
 
 
 def entry(request: Request) -> tuple:
