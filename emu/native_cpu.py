@@ -115,8 +115,12 @@ class NativeCpu(Cpu):
         super()._on_text_store(*args)
 
     def _on_tlb_fill(self, *args) -> bool:
-        ok = super()._on_tlb_fill(*args)  # (a fill that raises is an error of the run)
-        if not ok:
+        try:
+            ok = super()._on_tlb_fill(*args)
+        except BaseException:  # the binding keeps it for finish(): Python must end the run
+            self._nat.py_hooked = 1
+            raise
+        if not ok:  # a fault: Python makes the #PF / #GP of it
             self._nat.py_hooked = 1
         return ok
 

@@ -40,7 +40,7 @@ def test_both_race_finders_agree_on_recorded_runs(name: str):
     for steps in _recorded(name, 3 if name == "static_key" else None):
         want = races(steps)
         assert native.races(steps) == want
-        assert find_races(steps, Engine.REFERENCE) == want
+        assert find_races(steps, Engine.FAST) == want  # the dispatch takes the C one
 
 
 def test_both_race_finders_agree_on_random_footprints():

@@ -160,6 +160,8 @@ def test_the_loop_records_the_requests_the_reference_makes():
     loop makes for the same context (compared by value, context included)."""
     runners = _runners()
     fast = runners[Engine.FAST].machine.run(RandomSource(3))
+    ref = runners[Engine.REFERENCE].machine.run(RandomSource(3))
+    assert [c.request for c in fast.path] == [c.request for c in ref.path]
     kinds = {c.kind for c in fast.path}
     assert {Kind.CPU, Kind.QUANTUM, Kind.VIEW, Kind.IPI} <= kinds
     cpu_choices = [c for c in fast.path if c.kind is Kind.CPU]
