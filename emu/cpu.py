@@ -462,6 +462,8 @@ class Cpu:
         except UcError as e:
             if self._error is not None:
                 raise self._error from None
+            if u._hook_exception is not None:  # our hook failed, not the guest: raise it
+                raise u._hook_exception from None
             return self._failed(e)
         if self._error is not None:
             raise self._error

@@ -191,10 +191,10 @@ class NativeCpu(Cpu):
     def _stop(self, err: int) -> Stop:
         u = self.uc
         nat = self._nat
+        if u._hook_exception is not None:  # before err: a hook that raised fails the fill
+            raise u._hook_exception
         if err:
             return self._failed(UcError(err))
-        if u._hook_exception is not None:
-            raise u._hook_exception
         if nat.emulate:
             self._emulate_rdtscp(nat.emulate_addr, _RDTSCP)
             return self._stopped()

@@ -619,3 +619,19 @@ def test_registers_read_and_written_through_the_c_api_equal_the_bindings(build):
         cpu.set_reg(name, value)
         assert cpu.uc.reg_read(getattr(X, f"UC_X86_REG_{name.upper()}")) == value
     assert cpu.reg("cs") == layout.KERNEL_CS
+
+
+def test_an_error_inside_a_python_hook_is_raised_not_a_guest_fault(build, monkeypatch):
+    """A TLB fill whose translation raises makes Unicorn fail the fill; the binding keeps the
+    exception. It is the harness's error (exit 3 at the command line), not a fault of the
+    guest's (a verdict, exit 1)."""
+    from emu.layout import Layout
+
+    m = build(FAULTY, ["start"])
+
+    def broken(self, *args):
+        raise RuntimeError("translate is broken")
+
+    monkeypatch.setattr(Layout, "translate", broken)  # a fresh machine: its first run fills
+    with pytest.raises(RuntimeError, match="translate is broken"):
+        m.run(Scripted())
