@@ -552,6 +552,37 @@ static void clear_run(CpuObject *self) {
     self->grains.len = self->written.len = 0;
 }
 
+/* The view's pending units (FetchView.pending: (start, end) pairs, or None: none) into
+   `pending`, for the event-mode stops. 0, or -1 with an exception set. */
+static int load_pending(CpuObject *self, PyObject *pending) {
+    self->npending = 0;
+    if (pending == Py_None)
+        return 0;
+    PyObject *seq = PySequence_Fast(pending, "pending: a sequence of (start, end)");
+    if (!seq)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    int64_t *p = realloc(self->pending, (n ? n : 1) * 2 * sizeof(int64_t));
+    if (!p) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->pending = p;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long long a, b;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "LL", &a, &b)) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        p[2 * i] = a;
+        p[2 * i + 1] = b;
+    }
+    self->npending = n;
+    Py_DECREF(seq);
+    return 0;
+}
+
 /* The state of one run, as Cpu.run sets it; 0, or -1 with an exception set. */
 static int setup(CpuObject *self, long long quantum, int event, unsigned long long last_ip,
                  const char *last_code, Py_ssize_t last_len, int shadow, PyObject *pending,
@@ -563,31 +594,8 @@ static int setup(CpuObject *self, long long quantum, int event, unsigned long lo
     self->last_len = last_len < INVALID_INSN_SIZE ? (int)last_len : INVALID_INSN_SIZE;
     memcpy(self->last_code, last_code, self->last_len);
     self->shadow = shadow;
-    self->npending = 0;
-    if (pending != Py_None) {
-        PyObject *seq = PySequence_Fast(pending, "pending: a sequence of (start, end)");
-        if (!seq)
-            return -1;
-        Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-        int64_t *p = realloc(self->pending, (n ? n : 1) * 2 * sizeof(int64_t));
-        if (!p) {
-            Py_DECREF(seq);
-            PyErr_NoMemory();
-            return -1;
-        }
-        self->pending = p;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            long long a, b;
-            if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "LL", &a, &b)) {
-                Py_DECREF(seq);
-                return -1;
-            }
-            p[2 * i] = a;
-            p[2 * i + 1] = b;
-        }
-        self->npending = n;
-        Py_DECREF(seq);
-    }
+    if (load_pending(self, pending))
+        return -1;
     self->decided_end = decided_end;
     self->nmi_armed = nmi_armed;
     self->track_fp = track_fp;
@@ -828,6 +836,8 @@ static PyTypeObject CpuType = {
                   Machine._quantum_step);
      LOOP_VIEWED  the view choice makes pending unit `value - 1` visible (Machine._refresh,
                   then Machine._run_quantum);
+     LOOP_FETCH   event mode: the instruction the step starts with has bytes with a pending
+                  store, whose fetch is decided (Machine._event_run);
      LOOP_RAN     the CPU ran, and its run has an effect or a stop for Python (an error, a
                   Python hook ran, RDTSCP to emulate, IRET, serialize, HLT, the CPU's budget):
                   Python ends the run (NativeCpu.finish) and the step (Machine._after_run);
@@ -835,11 +845,16 @@ static PyTypeObject CpuType = {
      LOOP_CAP     after `max_steps` steps (Machine.run checks for Ctrl-C, and calls again).
    Choices are drawn from a RandomSource's own `getrandbits` exactly as Random.randrange
    draws them, or asked of Decisions.choose for any other source, and recorded as the
-   interned Choice objects of the tables. */
+   interned Choice objects of the tables.
+   In event mode (event_step) a step is Machine._step's with footprints: the CPU choice, the
+   step's footprint (cpu.footprint, as Machine._chosen_step makes it), the IPI choice, the
+   fetch of its first instruction when none of its bytes is pending, and a run to the next
+   visible event. A step handed back after its footprint was made (LOOP_IPI, LOOP_FETCH,
+   LOOP_RAN) is Python's to finish, footprint included: the loop does not take it back. */
 
 #define LOOP_MAX_CPUS 20
 enum loop_status {
-    LOOP_STEP, LOOP_CHOSEN, LOOP_RAN, LOOP_BUDGET, LOOP_CAP, LOOP_IPI, LOOP_VIEWED
+    LOOP_STEP, LOOP_CHOSEN, LOOP_RAN, LOOP_BUDGET, LOOP_CAP, LOOP_IPI, LOOP_VIEWED, LOOP_FETCH
 };
 /* per CPU, as load_cpu reads them from its Python state at a batch's start */
 #define F_FINISHED 1
@@ -847,7 +862,9 @@ enum loop_status {
 #define F_YIELDED 4
 #define F_NMI 8  /* an NMI pending, or spontaneous NMIs left: Python's */
 #define F_IPI 16 /* an IPI pending */
+#define F_NMI_BLOCKED 32 /* an NMI would not be taken now (event mode's footprint reads it) */
 #define RFLAGS_IF 0x200
+#define MAX_INSN_LENGTH 15 /* emu/x86.py */
 
 /* Random._randbelow_with_getrandbits(n), n >= 2 (CPython's randrange(n)). */
 static long randbelow(PyObject *getrandbits, long n) {
@@ -927,7 +944,8 @@ static int nth_bit(uint32_t mask, long n) {
 
 /* The names of the Python state the loop reads and writes (emu/cpu.py: Cpu, CpuState). */
 static PyObject *s_state, *s_view, *s_retired, *s_pending, *s_finished, *s_halted, *s_yielded,
-    *s_pending_nmi, *s_nmis_left, *s_pending_ipis, *s_last_ip, *s_last_code, *s_shadow;
+    *s_pending_nmi, *s_nmis_left, *s_pending_ipis, *s_last_ip, *s_last_code, *s_shadow,
+    *s_nmi_blocked, *s_footprint;
 
 static int intern_names(void) {
     struct {
@@ -939,7 +957,8 @@ static int intern_names(void) {
                  {&s_yielded, "yielded"},     {&s_pending_nmi, "pending_nmi"},
                  {&s_nmis_left, "nmis_left"}, {&s_pending_ipis, "pending_ipis"},
                  {&s_last_ip, "last_ip"},     {&s_last_code, "last_code"},
-                 {&s_shadow, "shadow"}};
+                 {&s_shadow, "shadow"},       {&s_nmi_blocked, "nmi_blocked"},
+                 {&s_footprint, "footprint"}};
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
         if (!(*names[k].slot = PyUnicode_InternFromString(names[k].name)))
             return -1;
@@ -975,21 +994,22 @@ static int set_attr(PyObject *obj, PyObject *name, PyObject *value) {
 }
 
 /* One CPU's Python state into the loop: its F_* flags, the last instruction and shadow its
-   native half starts from, its retired count and its view entry (a new reference, or NULL
-   with none pending). The state's `yielded` is cleared: a hook of the run the batch ends
-   with sets it as on the reference's run, which starts with it clear. -1: an error. */
+   native half starts from, its retired count, and in quantum mode its view entry (a new
+   reference, or NULL with none pending), in event mode its view's pending units. The
+   state's `yielded` is cleared: a hook of the run the batch ends with sets it as on the
+   reference's run, which starts with it clear. -1: an error. */
 static int load_cpu(PyObject *cpu, PyObject *st, CpuObject *s, PyObject *view_entries,
-                    PyObject *view_entry, int index, int *flags, uint64_t *count,
+                    PyObject *view_entry, int index, int event, int *flags, uint64_t *count,
                     PyObject **view) {
     int finished = attr_true(st, s_finished), halted = attr_true(st, s_halted),
         yielded = attr_true(st, s_yielded), nmi = attr_true(st, s_pending_nmi),
         left = attr_true(st, s_nmis_left), ipis = attr_true(st, s_pending_ipis),
-        shadow = attr_true(st, s_shadow);
+        shadow = attr_true(st, s_shadow), blocked = attr_true(st, s_nmi_blocked);
     if (finished < 0 || halted < 0 || yielded < 0 || nmi < 0 || left < 0 || ipis < 0 ||
-        shadow < 0)
+        shadow < 0 || blocked < 0)
         return -1;
     *flags = (finished ? F_FINISHED : 0) | (halted ? F_HALTED : 0) | (yielded ? F_YIELDED : 0) |
-             (nmi || left ? F_NMI : 0) | (ipis ? F_IPI : 0);
+             (nmi || left ? F_NMI : 0) | (ipis ? F_IPI : 0) | (blocked ? F_NMI_BLOCKED : 0);
     uint64_t ip = attr_u64(st, s_last_ip);
     *count = attr_u64(cpu, s_retired);
     if (PyErr_Occurred())
@@ -1013,11 +1033,18 @@ static int load_cpu(PyObject *cpu, PyObject *st, CpuObject *s, PyObject *view_en
     Py_XDECREF(v);
     if (!pending)
         return -1;
+    *view = NULL;
+    if (event) { /* no view choices: a fetch of a pending unit is decided (Python's) */
+        int rc = load_pending(s, pending);
+        Py_DECREF(pending);
+        if (rc)
+            return -1;
+        return yielded ? set_attr(st, s_yielded, Py_NewRef(Py_False)) : 0;
+    }
     Py_ssize_t npending = PyObject_Size(pending);
     Py_DECREF(pending);
     if (npending < 0)
         return -1;
-    *view = NULL;
     if (npending) {
         PyObject *key = PyLong_FromSsize_t(npending);
         if (!key)
@@ -1038,9 +1065,142 @@ static int load_cpu(PyObject *cpu, PyObject *st, CpuObject *s, PyObject *view_en
     return yielded ? set_attr(st, s_yielded, Py_NewRef(Py_False)) : 0;
 }
 
+/* Event mode's arguments: MachineConfig.max_quantum, and the footprint class and the
+   source's step_done when footprints are measured (else NULL). */
+typedef struct {
+    int on;
+    long long max_quantum;
+    PyObject *fp_cls, *step_done;
+} EventArgs;
+
+static int set_add(PyObject *set, uint64_t loc) {
+    PyObject *v = PyLong_FromUnsignedLongLong(loc);
+    int rc = v ? PySet_Add(set, v) : -1;
+    Py_XDECREF(v);
+    return rc;
+}
+
+/* Machine._chosen_step's footprint: the CPU's own stack written; its IRQ line read when a
+   pending IPI would be taken now (not halted: the loop hands halted CPUs back), its NMI line
+   when an NMI would be. A new reference, or NULL with an error. */
+static PyObject *make_footprint(PyObject *cls, int cpu, int irq_open, int nmi_open) {
+    PyObject *reads = PySet_New(NULL), *writes = PySet_New(NULL), *fp = NULL;
+    if (reads && writes && !set_add(writes, IRQ_TAG | STACK_BIT | (uint64_t)cpu) &&
+        !(irq_open && set_add(reads, IRQ_TAG | (uint64_t)cpu << 1)) &&
+        !(nmi_open && set_add(reads, IRQ_TAG | (uint64_t)cpu << 1 | 1)))
+        fp = PyObject_CallFunction(cls, "iOO", cpu, reads, writes);
+    Py_XDECREF(reads);
+    Py_XDECREF(writes);
+    return fp;
+}
+
+/* The end of a step's footprint, as Machine._chosen_step's `finally` ends it: off the CPU
+   (cpu.footprint = None), then to the source's step_done. With an error in flight it is kept
+   (what goes wrong on the way is dropped for it). 0, or -1 with an error. */
+static int footprint_done(PyObject *pycpu, PyObject *fp, PyObject *step_done) {
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyObject *r = PyObject_SetAttr(pycpu, s_footprint, Py_None) ? NULL
+                                                                : PyObject_CallOneArg(step_done, fp);
+    Py_XDECREF(r);
+    if (et) {
+        PyErr_Clear();
+        PyErr_Restore(et, ev, tb);
+        return -1;
+    }
+    return r ? 0 : -1;
+}
+
+/* One event-mode step of CPU `s` (Python's `pycpu`), chosen already (Machine._chosen_step,
+   _cpu_step and _event_run, for a CPU with no NMI to consider): 0 when it ended here, else
+   the status it is handed back with (LOOP_IPI, LOOP_FETCH, or LOOP_RAN with the run's uc_err
+   in *err), -1 on an error. `before`: the CPU's instructions retired before this run. */
+static int event_step(CpuObject *s, PyObject *pycpu, int index, int flags, uint64_t before,
+                      const EventArgs *ea, PyObject *ientry, PyObject *getrandbits,
+                      PyObject *choose, PyObject *path, int reg_rflags,
+                      unsigned long long insn_budget, int *err) {
+    uint64_t rflags = 0;
+    if (!s->shadow && s->reg_read(s->uc, reg_rflags, &rflags)) {
+        PyErr_SetString(PyExc_RuntimeError, "uc_reg_read(RFLAGS) failed");
+        return -1;
+    }
+    int irq_open = !s->shadow && rflags & RFLAGS_IF, status = 0;
+    PyObject *fp = NULL;
+    if (ea->fp_cls) {
+        fp = make_footprint(ea->fp_cls, index, irq_open, !(flags & F_NMI_BLOCKED));
+        if (!fp)
+            return -1;
+        if (PyObject_SetAttr(pycpu, s_footprint, fp)) {
+            Py_DECREF(fp);
+            return -1;
+        }
+    }
+    if (flags & F_IPI && irq_open) { /* Machine._maybe_interrupt */
+        long v = decide(ientry, getrandbits, choose, path);
+        if (v < 0)
+            goto fail;
+        if (v) {
+            status = LOOP_IPI;
+            goto handed;
+        }
+    }
+    long long decided_end = -1; /* Machine._observe_pending, when nothing is pending there */
+    if (s->npending) {
+        uint64_t rip = 0;
+        if (s->reg_read(s->uc, s->reg_rip, &rip)) {
+            PyErr_SetString(PyExc_RuntimeError, "uc_reg_read(RIP) failed");
+            goto fail;
+        }
+        uint64_t off = rip - s->text_base;
+        if (off < s->view_size) {
+            if (is_pending(s, (int64_t)off, MAX_INSN_LENGTH)) {
+                status = LOOP_FETCH;
+                goto handed;
+            }
+            decided_end = (long long)off + MAX_INSN_LENGTH;
+        }
+    }
+    s->left = s->shadow ? 1 : ea->max_quantum;
+    clear_run(s);
+    s->skip_valid = 1; /* the instruction it starts with was decided */
+    s->decided_end = decided_end;
+    int e = run_once(s);
+    if (e < 0)
+        goto fail;
+    if (fp && (s->grains.len || s->written.len)) { /* as cpu_run adds them */
+        PyObject *reads = PyObject_GetAttrString(fp, "reads");
+        PyObject *writes = reads ? PyObject_GetAttrString(fp, "writes") : NULL;
+        int bad = !writes || add_to_set(reads, &s->grains) || add_to_set(writes, &s->written);
+        Py_XDECREF(reads);
+        Py_XDECREF(writes);
+        if (bad)
+            goto fail;
+    }
+    if (e || s->py_hooked || s->emulate || s->iret || s->serialize || s->halted ||
+        before + s->retired_run >= insn_budget) {
+        *err = e;
+        status = LOOP_RAN;
+        goto handed;
+    }
+    if (fp && footprint_done(pycpu, fp, ea->step_done)) {
+        Py_DECREF(fp);
+        return -1;
+    }
+    Py_XDECREF(fp);
+    return 0;
+handed: /* the footprint stays on cpu.footprint: the rest of the step is Python's */
+    Py_XDECREF(fp);
+    return status;
+fail:
+    if (fp)
+        footprint_done(pycpu, fp, ea->step_done);
+    Py_XDECREF(fp);
+    return -1;
+}
+
 /* steps(pycpus, cpus, retired, last, getrandbits|None, choose, cpu_table, make,
          quantum_table, ipi_table, view_tables, view_entry, path, limits, reg_rflags, resume,
-         max_steps)
+         max_steps, event)
      -> (steps, status, cpu, value, last)
    pycpus: the Cpu objects (their state is read here and written back: retired, last_ip,
    last_code, shadow, yielded); cpus: their native halves; retired: each CPU's Retired or
@@ -1049,7 +1209,9 @@ static int load_cpu(PyObject *cpu, PyObject *st, CpuObject *s, PyObject *view_en
    ipi_table: each CPU's IPI entry; view_tables: per CPU, {pending: entry} of the view
    choices made so far, and view_entry(cpu, pending) makes the others;
    path: Decisions.path; limits: (MachineConfig.insn_budget, the clock's limit); resume:
-   (cpu, stage) of a step to finish first (stage 0: none; see `stage` below). Returns the
+   (cpu, stage) of a step to finish first (stage 0: none; see `stage` below); event: () in
+   quantum mode, else (max_quantum, Footprint, the source's step_done), the last two None
+   when no footprints are measured. Returns the
    steps done entirely here, why it stopped, the CPU of the step in progress (-1: none), its
    run's uc_err (LOOP_RAN) or the view choice (LOOP_VIEWED), and the last CPU chosen. */
 static PyObject *py_steps(PyObject *mod, PyObject *args) {
@@ -1059,14 +1221,26 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
     long long last, max_steps;
     unsigned long long insn_budget, tick_limit;
     int reg_rflags, resume_cpu, resume_stage;
-    if (!PyArg_ParseTuple(args, "O!O!O!LOOO!OO!O!O!OO!(KK)i(ii)L", &PyTuple_Type, &pycpus,
+    PyObject *event;
+    if (!PyArg_ParseTuple(args, "O!O!O!LOOO!OO!O!O!OO!(KK)i(ii)LO!", &PyTuple_Type, &pycpus,
                           &PyTuple_Type, &cpus, &PyTuple_Type, &retireds, &last, &getrandbits,
                           &choose, &PyDict_Type, &table, &make, &PyTuple_Type, &qtable,
                           &PyTuple_Type, &itable, &PyTuple_Type, &vtables, &view_entry,
                           &PyList_Type, &path,
                           &insn_budget, &tick_limit, &reg_rflags, &resume_cpu, &resume_stage,
-                          &max_steps))
+                          &max_steps, &PyTuple_Type, &event))
         return NULL;
+    EventArgs ev = {0, 1, NULL, NULL};
+    if (PyTuple_GET_SIZE(event)) {
+        PyObject *cls, *done;
+        if (!PyArg_ParseTuple(event, "LOO", &ev.max_quantum, &cls, &done))
+            return NULL;
+        if ((cls == Py_None) != (done == Py_None) || ev.max_quantum < 1 || resume_stage)
+            return PyErr_Format(PyExc_ValueError, "steps: bad event-mode arguments");
+        ev.on = 1;
+        ev.fp_cls = cls == Py_None ? NULL : cls;
+        ev.step_done = done == Py_None ? NULL : done;
+    }
     Py_ssize_t n = PyTuple_GET_SIZE(cpus);
     if (n < 1 || n > LOOP_MAX_CPUS || PyTuple_GET_SIZE(pycpus) != n ||
         PyTuple_GET_SIZE(retireds) != n || PyTuple_GET_SIZE(itable) != n ||
@@ -1094,14 +1268,16 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
             PyErr_SetString(PyExc_TypeError, "steps: a view table is a dict");
             goto done;
         }
+        s->npending = 0;
         if (!st[i] || load_cpu(PyTuple_GET_ITEM(pycpus, i), st[i], s, vt, view_entry, (int)i,
-                               &fl[i], &count[i], &vtable[i]))
+                               ev.on, &fl[i], &count[i], &vtable[i]))
             goto done;
         ran[i] = 0;
         s->truth = PyTuple_GET_ITEM(retireds, i) != Py_None;
         s->ticks.len = s->ips.len = s->ends.len = s->code.len = 0;
-        s->event = s->skip_valid = s->nmi_armed = s->track_fp = 0;
-        s->npending = 0;
+        s->skip_valid = s->nmi_armed = 0; /* no NMI point: a CPU with NMIs is handed back */
+        s->event = ev.on;
+        s->track_fp = ev.fp_cls != NULL;
         s->decided_end = -1;
     }
     ClockObject *clock = c[0]->clock;
@@ -1150,6 +1326,29 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
                 status = LOOP_CHOSEN;
                 who = i;
                 break;
+            }
+            if (ev.on) {
+                int e = 0, r = event_step(c[i], PyTuple_GET_ITEM(pycpus, i), i, fl[i],
+                                          count[i] + ran[i], &ev, PyTuple_GET_ITEM(itable, i),
+                                          getrandbits, choose, path, reg_rflags, insn_budget,
+                                          &e);
+                if (r < 0)
+                    goto done;
+                if (r) {
+                    status = r;
+                    who = i;
+                    err = e;
+                    break;
+                }
+                ran[i] += c[i]->retired_run;
+                trivial |= 1u << i;
+                fl[i] = c[i]->yielded ? fl[i] | F_YIELDED : fl[i] & ~F_YIELDED;
+                steps++;
+                if (clock->tick > tick_limit) {
+                    status = LOOP_BUDGET;
+                    break;
+                }
+                continue;
             }
             if (fl[i] & F_IPI && !c[i]->shadow) { /* Machine._maybe_interrupt */
                 uint64_t rflags = 0;

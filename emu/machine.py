@@ -272,6 +272,11 @@ class Machine(InterruptDelivery, HypercallService):
                                     frozenset(c.index for c in runnable if c.state.yielded))
         cpu = runnable[dec.choose(request)]
         self._last = cpu.index
+        return self._chosen_step(cpu, dec)
+
+    def _chosen_step(self, cpu: Cpu, dec: Decisions) -> Verdict | None:
+        """The step of the CPU just chosen (where the C loop hands back a CPU with an NMI to
+        consider)."""
         if not (self.config.event_mode and dec.source.wants_footprints):
             return self._cpu_step(cpu, dec)
         # record what the step touches for the explorer's reduction (emu/footprint.py); its
@@ -300,18 +305,22 @@ class Machine(InterruptDelivery, HypercallService):
         return request
 
     def _cpu_step(self, cpu: Cpu, dec: Decisions) -> Verdict | None:
-        st = cpu.state
         self._nmi_arrives(cpu, dec)
         verdict = self._maybe_interrupt(cpu, dec)
         if verdict is not None:
             return verdict
         if self.config.event_mode:
-            self._observe_pending(cpu, dec)
-            # after STI / MOV SS only the shadowed instruction runs: a pending interrupt may
-            # be taken right after it (SDM 6.8.3), so that boundary is a scheduling point
-            quantum = 1 if st.shadow else self.config.max_quantum
-            return self._after_run(cpu, cpu.run(quantum, event=True))
+            return self._event_run(cpu, dec)
         return self._quantum_step(cpu, dec)
+
+    def _event_run(self, cpu: Cpu, dec: Decisions) -> Verdict | None:
+        """Event mode, after the interrupts: the fetch of the instruction the step starts
+        with, then the run to the CPU's next visible event."""
+        self._observe_pending(cpu, dec)
+        # after STI / MOV SS only the shadowed instruction runs: a pending interrupt may be
+        # taken right after it (SDM 6.8.3), so that boundary is a scheduling point
+        quantum = 1 if cpu.state.shadow else self.config.max_quantum
+        return self._after_run(cpu, cpu.run(quantum, event=True))
 
     def _quantum_step(self, cpu: Cpu, dec: Decisions) -> Verdict | None:
         """Quantum mode, after the interrupts: whether a pending unit of the CPU's view

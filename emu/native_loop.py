@@ -31,10 +31,12 @@ from typing import TYPE_CHECKING
 from unicorn import x86_const
 
 from .decisions import Decisions, RandomSource
+from .footprint import Footprint
 from .path import Choice, Kind, Request
 
 if TYPE_CHECKING:
     from .config import RunBudget
+    from .cpu import Cpu
     from .machine import Machine
     from .verdict import Verdict
 
@@ -44,7 +46,7 @@ NO_LIMIT = 2**64 - 1
 _RFLAGS = x86_const.UC_X86_REG_RFLAGS
 
 # emu/_native.c: enum loop_status
-STEP, CHOSEN, RAN, BUDGET, CAP, IPI, VIEWED = range(7)
+STEP, CHOSEN, RAN, BUDGET, CAP, IPI, VIEWED, FETCH = range(8)
 
 
 def entry(request: Request) -> tuple:
@@ -54,11 +56,9 @@ def entry(request: Request) -> tuple:
 
 
 def usable(machine: Machine, native: ModuleType | None) -> bool:
-    """Whether the machine's runs can take the C loop: a fast engine's CPUs, quantum mode
-    (event mode's steps decide at every fetch of a pending unit, in Python) and few enough
+    """Whether the machine's runs can take the C loop: a fast engine's CPUs, and few enough
     CPUs for the key."""
-    return (native is not None and hasattr(native, "steps") and not machine.config.event_mode
-            and machine.config.ncpus <= MAX_CPUS)
+    return native is not None and hasattr(native, "steps") and machine.config.ncpus <= MAX_CPUS
 
 
 def _draws(source: object) -> object:
@@ -90,6 +90,7 @@ class NativeLoop:
         self._truths: tuple = ()  # start(): this run's records, source and tables
         self._run: tuple = ()
         self._limits: tuple[int, int] = (0, 0)
+        self._event: tuple = ()  # event mode: (max_quantum, Footprint, step_done)
 
     def _view_entry(self, cpu: int, pending: int) -> tuple:
         made = self._view_entries[cpu].get(pending)
@@ -112,16 +113,23 @@ class NativeLoop:
         m = self._m
         for c in m.cpus:
             c.clear_stops()  # NativeCpu.finish clears them again after each run it ends
+            c._event = m.config.event_mode  # what NativeCpu.run sets for the Python hooks
         self._truths = tuple(c.truth for c in m.cpus)
         self._run = (_draws(dec.source), dec.choose, self._cpu_table, self._cpu_entry,
                      self._quantum_table, self._ipi_table, tuple(self._view_entries),
                      self._view_entry)
         self._limits = (m.config.insn_budget, NO_LIMIT if budget is None else budget.ticks)
+        self._event = ()
+        if m.config.event_mode:  # footprints as Machine._chosen_step measures them
+            fp = dec.source.wants_footprints
+            self._event = (m.config.max_quantum, Footprint if fp else None,
+                           dec.source.step_done if fp else None)
 
     def steps(self, dec: Decisions) -> tuple[int, Verdict | None]:
         """Steps until one ends the run, needs Python or the batch is over: how many, and the
-        verdict of the last (None: the run goes on). A step the C loop hands back for an IPI
-        to deliver or a view unit to make visible goes back to it once Python has done so."""
+        verdict of the last (None: the run goes on). In quantum mode a step the C loop hands
+        back for an IPI to deliver or a view unit to make visible goes back to it once Python
+        has done so; in event mode Python ends every step handed back."""
         m = self._m
         cpus = m.cpus
         done = 0
@@ -129,6 +137,8 @@ class NativeLoop:
         while True:
             n, status, who, value = self._batch(dec, resume, BATCH - done)
             done += n
+            if self._event and status in (IPI, FETCH, RAN):
+                return done + 1, self._event_rest(cpus[who], dec, status, value)
             if status == VIEWED:  # Machine._quantum_step, then its quantum in C
                 m._refresh(cpus[who], value - 1)
                 resume = (who, 2)
@@ -141,11 +151,31 @@ class NativeLoop:
                 cpu = cpus[who]
                 return done + 1, m._after_run(cpu, cpu.finish(value))
             elif status == CHOSEN:
-                return done + 1, m._cpu_step(cpus[who], dec)
+                return done + 1, m._chosen_step(cpus[who], dec)
             elif status == STEP:
                 return done + 1, m._step(dec)
             else:  # BUDGET, CAP
                 return done, None
+
+    def _event_rest(self, cpu: Cpu, dec: Decisions, status: int, value: int) -> Verdict | None:
+        """The rest of an event-mode step the C loop handed back after making its footprint
+        (cpu.footprint, None without footprints), which then goes to the source as
+        Machine._chosen_step hands it over: IPI, the pending IPI delivered, then the run;
+        FETCH, the run (its first instruction's fetch decided); RAN, the run's end."""
+        m = self._m
+        fp = cpu.footprint
+        try:
+            if status == RAN:
+                return m._after_run(cpu, cpu.finish(value))
+            if status == IPI:
+                verdict = m._take_ipi(cpu)
+                if verdict is not None:
+                    return verdict
+            return m._event_run(cpu, dec)
+        finally:
+            if fp is not None:
+                cpu.footprint = None
+                dec.source.step_done(fp)
 
     def _batch(self, dec: Decisions, resume: tuple[int, int], most: int
                ) -> tuple[int, int, int, int]:
@@ -154,6 +184,6 @@ class NativeLoop:
         m = self._m
         n, status, who, value, last = self._steps(
             self._cpus, self._nats, self._truths, -1 if m._last is None else m._last, *self._run,
-            dec.path, self._limits, _RFLAGS, resume, max(most, 1))
+            dec.path, self._limits, _RFLAGS, resume, max(most, 1), self._event)
         m._last = None if last < 0 else last
         return n, status, who, value

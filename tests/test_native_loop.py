@@ -15,7 +15,9 @@ from emu import native_loop
 from emu.config import RunBudget
 from emu.decisions import RandomSource, ReplaySource
 from emu.engine import Engine, native_module
+from emu.footprint import Footprint, irq
 from emu.path import Kind
+from harness.explore.exhaustive import ExhaustiveSource
 from harness.explore.strategies import PctSource
 from harness.run import Runner
 from harness.scenario.shipped import SCENARIOS
@@ -167,3 +169,88 @@ def test_the_loop_records_the_requests_the_reference_makes():
     cpu_choices = [c for c in fast.path if c.kind is Kind.CPU]
     assert all(c.request.context is not None for c in cpu_choices)
     assert len({id(c) for c in cpu_choices}) < len(cpu_choices)  # shared, immutable
+
+
+# ------------------------------------------------------------------ event mode
+
+def _event_runners(name: str = "static_key", variant: str | None = None
+                   ) -> dict[Engine, Runner]:
+    return {e: Runner(SCENARIOS[name], variant, cpus=3, engine=e, decode=False,
+                      event_mode=True) for e in Engine}
+
+
+def _event_run(runner: Runner, prefix: list[int]) -> tuple[object, list[tuple]]:
+    """An exhaustive run of `prefix` with footprints: its result and each step's footprint."""
+    src = ExhaustiveSource(prefix, footprints=True)
+    result = runner.machine.run(src)
+    return result, [(s.node, s.cpu, frozenset(s.footprint.reads),
+                     frozenset(s.footprint.writes)) for s in src.steps]
+
+
+def _prefixes(runner: Runner, n: int, seed: int = 0) -> list[list[int]]:
+    """The simplest path, and `n` paths that deviate from it at one choice each (then take
+    the simplest values): preemptions, interrupts left pending, stale fetches."""
+    path = _event_run(runner, [])[0].path
+    base = [c.value for c in path]
+    rng = random.Random(seed)
+    out = [[]]
+    for _ in range(n):
+        at = rng.randrange(len(path))
+        out.append(base[:at] + [(base[at] + 1 + rng.randrange(path[at].arity - 1))
+                                % path[at].arity])
+    return out
+
+
+def _event_differences(runners: dict[Engine, Runner], prefixes: list[list[int]]) -> list[str]:
+    found = []
+    for k, prefix in enumerate(prefixes):
+        fast, fast_steps = _event_run(runners[Engine.FAST], prefix)
+        ref, ref_steps = _event_run(runners[Engine.REFERENCE], prefix)
+        found += [f"run {k}: {d}" for d in differences(runners[Engine.FAST], fast, ref)]
+        if fast_steps != ref_steps:
+            first = next((i for i, (a, b) in enumerate(zip(fast_steps, ref_steps, strict=False))
+                          if a != b), min(len(fast_steps), len(ref_steps)))
+            found.append(f"run {k}: footprints (first at step {first})")
+    return found
+
+
+@pytest.mark.parametrize(("name", "variant"), [("static_key", None),
+                                               ("z1_optprobe_shadow", "fixed")])
+def test_the_event_mode_loop_makes_the_reference_runs_and_footprints(monkeypatch, name,
+                                                                    variant):
+    """Event mode with footprints (what the exhaustive explorer runs): runs that deviate
+    anywhere give the reference's paths, records, verdicts and every step's footprint; most
+    steps are made in C, and each way of handing a step back happens (z1: CPUs with
+    spontaneous NMIs are handed back once chosen)."""
+    runners = _event_runners(name, variant)
+    seen = _statuses(monkeypatch, runners[Engine.FAST])
+    prefixes = _prefixes(runners[Engine.REFERENCE], 12)
+    assert _event_differences(runners, prefixes) == []
+    assert seen["steps in C"] > 0
+    wanted = (native_loop.RAN, native_loop.IPI, native_loop.FETCH) if name == "static_key" \
+        else (native_loop.RAN, native_loop.CHOSEN)
+    for status in wanted:
+        assert seen[status] > 0, status
+
+
+def test_an_event_loop_whose_footprints_lose_a_location_is_caught(monkeypatch):
+    """Perturbed: the footprints the C loop makes lose their IRQ-line read; the paths stay
+    the same, the footprints (which steer DPOR) do not."""
+    class Lossy(Footprint):
+        def __init__(self, cpu, reads, writes):
+            super().__init__(cpu, {r for r in reads if r != irq(cpu)}, writes)
+
+    monkeypatch.setattr(native_loop, "Footprint", Lossy)
+    runners = _event_runners()
+    found = _event_differences(runners, _prefixes(runners[Engine.REFERENCE], 2))
+    assert found and all("footprints" in f for f in found)
+
+
+def test_an_event_loop_that_forgets_to_deliver_an_ipi_is_caught(monkeypatch):
+    """Perturbed: a step handed back to deliver an IPI runs without delivering it."""
+    runners = _event_runners()
+    loop = runners[Engine.FAST].machine._loop
+    rest = loop._event_rest
+    monkeypatch.setattr(loop, "_event_rest", lambda cpu, dec, status, value: rest(
+        cpu, dec, native_loop.FETCH if status == native_loop.IPI else status, value))
+    assert _event_differences(runners, [[]])

@@ -9,12 +9,15 @@ it cannot load) comes back as data naming it, not as an exception to unpickle.""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import hashlib
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -162,10 +165,27 @@ def explore_region(plan: Plan, state: dict, budget: int | None, seconds: float,
     return out
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: one exhaustive schedule makes thousands of
+    containers that live until its end (a Node, Step and Footprint per choice, their
+    sets), and the collections they trigger, each scanning them again, cost a fifth of
+    the schedule (BENCHMARKS.md). Nothing here makes cycles that must go before it ends;
+    the collector runs as usual between schedules."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def step(region: RegionRun, runner, plan: Plan) -> dict:
     """One run of the region's search, verified: its result with its path's choices."""
-    src = region.source()
-    outcome = runner.run(src)
-    region.finish(src)
-    res = judge(runner, plan, 0, None, outcome)
-    return asdict(res) | {"path": [c.value for c in outcome.result.path]}
+    with gc_paused():
+        src = region.source()
+        outcome = runner.run(src)
+        region.finish(src)
+        res = judge(runner, plan, 0, None, outcome)
+        return asdict(res) | {"path": [c.value for c in outcome.result.path]}
