@@ -36,6 +36,23 @@ class DecisionSource(abc.ABC):
     def close(self, length: int) -> None:  # noqa: B027 - optional
         """The run ended after `length` choices (a replay checks nothing is left over)."""
 
+    # Whether a run may start from a snapshot of an earlier run (emu/snapshot.py): the source
+    # knows its first choices before the run (`planned`) and can be put back to what it had
+    # recorded when the snapshot was taken (`mark`, `resume`).
+    resumable = False
+
+    def planned(self) -> tuple[int, ...]:
+        """The values of the first choices this source will make, known before the run."""
+        return ()
+
+    def mark(self) -> object:
+        """What this source has recorded so far, owned by the caller (a snapshot)."""
+        return None
+
+    def resume(self, mark: object) -> None:
+        """The source as it was when `mark` was taken, its planned choices unchanged."""
+        raise NotImplementedError(f"{type(self).__name__} cannot resume from a snapshot")
+
 
 class SimplestSource(DecisionSource):
     """Every choice its simplest value: the run the machine makes with no deviation."""

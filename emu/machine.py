@@ -19,6 +19,7 @@ served where the guest makes it (emu/hypercall_service.py). The image is loaded 
 from __future__ import annotations
 
 import ctypes
+import operator
 from dataclasses import dataclass, field
 
 import capstone
@@ -44,6 +45,7 @@ from .memory import SharedMemory
 from .native_cpu import NativeCpu
 from .native_loop import NativeLoop, usable
 from .path import Choice, CpuContext, Kind, Request
+from .snapshot import CpuCopy, Snapshot, SnapshotCache, ViewCopy, copy_state
 from .text_poke_record import TextPokeRecord
 from .truth import GroundTruth
 from .verdict import MachineConfigError, Verdict, VerdictKind
@@ -68,6 +70,9 @@ class RunResult:
     text_start: bytes = b""  # text memory at the start and at the end of the run
     text_end: bytes = b""
     cut: bool = False  # stopped by the caller's RunBudget: how it would have ended is unknown
+
+
+_VALUE = operator.attrgetter("value")
 
 
 def _has(counts: tuple[int, ...], index: int) -> bool:
@@ -221,26 +226,37 @@ class Machine(InterruptDelivery, HypercallService):
             raise MachineConfigError(f"no guest symbol {name!r}") from None
 
     # ------------------------------------------------------------ running
-    def run(self, source: DecisionSource, budget: RunBudget | None = None) -> RunResult:
+    def run(self, source: DecisionSource, budget: RunBudget | None = None,
+            cache: SnapshotCache | None = None) -> RunResult:
         """One schedule, fully determined by the choices `source` makes; cut (`RunResult.cut`,
-        a `hang` verdict with event `run_budget`) once it retires more than `budget.ticks`."""
-        if self._dirty:
+        a `hang` verdict with event `run_budget`) once it retires more than `budget.ticks`.
+        With a `cache` and a resumable source, the run starts from the snapshot of an earlier
+        run that made the same first choices, and leaves snapshots of its own
+        (emu/snapshot.py); the same run either way."""
+        if not (cache is not None and source.resumable):
+            cache = None
+        snap = cache.best(source.planned()) if cache is not None else None
+        decisions = Decisions(source)
+        if snap is not None:
+            self._restore(snap, decisions)
+        elif self._dirty:
             self.reset()
         self._dirty = True
-        decisions = Decisions(source)
         if source.wants_footprints and self.config.event_mode and not self._tracking:
             self._track_footprints()
         self._decisions = decisions
-        steps = 0
+        steps = 0 if snap is None else snap.steps
         cut = False
         verdict: Verdict | None = None
         loop = self._loop
         if loop is not None:
             loop.start(decisions, budget)
+        every = cache.every if cache is not None else None
+        due = steps + every if every is not None else None  # the next snapshot's step
         with HeldSigint() as ctrl_c:  # Ctrl-C inside Unicorn would be lost (held_sigint.py)
             while verdict is None:
                 if loop is not None:  # the fast engine: the common steps in C
-                    done, verdict = loop.steps(decisions)
+                    done, verdict = loop.steps(decisions, None if due is None else due - steps)
                     steps += done
                 else:
                     verdict = self._step(decisions)
@@ -250,6 +266,9 @@ class Machine(InterruptDelivery, HypercallService):
                     verdict = Verdict(VerdictKind.HANG, f"cut after {self.clock.tick} "
                                       f"instructions: over the run's budget of {budget.ticks}",
                                       event="run_budget")
+                if verdict is None and due is not None and steps >= due:
+                    cache.add(self._snapshot(decisions, steps))  # type: ignore[union-attr]
+                    due = steps + every  # type: ignore[operator]
                 ctrl_c.check()
         decisions.close()
         return RunResult(verdict=verdict, path=decisions.path, truth=self.truth,
@@ -257,6 +276,57 @@ class Machine(InterruptDelivery, HypercallService):
                          final_rips=[c.reg("rip") for c in self.cpus],
                          text_start=self._initial_mem[0], text_end=bytes(self.mem.text),
                          cut=cut)
+
+    def _snapshot(self, dec: Decisions, steps: int) -> Snapshot:
+        """The machine now, between two steps, with copies of everything (emu/snapshot.py)."""
+        cpus = []
+        for cpu in self.cpus:
+            r = cpu.truth
+            cpus.append(CpuCopy(cpu.uc.context_save(), copy_state(cpu.state), cpu.retired,
+                                None if r is None else (r.ticks.tobytes(), r.ips.tobytes(),
+                                                        r.ends.tobytes(), bytes(r.code))))
+        views = tuple(ViewCopy(bytes(v.buf), tuple(v._pending),
+                               tuple((u, tuple(c)) for u, c in v._versions.items()))
+                      for v in self.views)
+        return Snapshot(tuple(map(_VALUE, dec.path)), tuple(dec.path), steps,
+                        self.clock.tick, self._last, self.mem.snapshot(), views, tuple(cpus),
+                        tuple(self.truth.events), tuple(self.sideband),
+                        tuple(self._escalation.items()), dec.source.mark())
+
+    def _restore(self, snap: Snapshot, dec: Decisions) -> None:
+        """The machine as `snap` was taken, from whatever state it is in; fresh records
+        holding copies of the snapshot's. Unicorn's translations of every text range the
+        views changed since the last reset are dropped (the snapshot's views may hold other
+        bytes there) and of every range the snapshot's run had changed by then (this run may
+        hold translations of memory's first bytes there)."""
+        self.mem.restore(snap.mem)
+        self.truth = GroundTruth(self.config.ncpus)
+        self.truth.events.extend(snap.events)
+        self.sideband = list(snap.sideband)
+        for cpu, view, vc, cc in zip(self.cpus, self.views, snap.views, snap.cpus, strict=True):
+            for s, e in _merge(cpu.state.view_touched + cc.state.view_touched):
+                cpu.remove_cache(s, e)
+            ctypes.memmove(view.buf, vc.buf, len(vc.buf))
+            view._pending = list(vc.pending)
+            view._pending_set = set(vc.pending)
+            view._versions = {u: list(c) for u, c in vc.versions}
+            cpu.uc.context_restore(cc.context)
+            cpu.state = copy_state(cc.state)
+            cpu.retired = cc.retired_count
+            retired = self.truth.retired[cpu.index]
+            if cc.records is not None:
+                ticks, ips, ends, code = cc.records
+                retired.ticks.frombytes(ticks)
+                retired.ips.frombytes(ips)
+                retired.ends.frombytes(ends)
+                retired.code += code
+            cpu.truth = retired if self.config.truth else None
+            cpu.events = self.truth.events
+        self.clock.tick = snap.tick
+        self._escalation = dict(snap.escalation)
+        self._last = snap.last
+        dec.path.extend(snap.path)
+        dec.source.resume(snap.source)
 
     def _step(self, dec: Decisions) -> Verdict | None:
         runnable = [c for c in self.cpus if not c.state.finished

@@ -125,17 +125,18 @@ class NativeLoop:
             self._event = (m.config.max_quantum, Footprint if fp else None,
                            dec.source.step_done if fp else None)
 
-    def steps(self, dec: Decisions) -> tuple[int, Verdict | None]:
-        """Steps until one ends the run, needs Python or the batch is over: how many, and the
-        verdict of the last (None: the run goes on). In quantum mode a step the C loop hands
-        back for an IPI to deliver or a view unit to make visible goes back to it once Python
-        has done so; in event mode Python ends every step handed back."""
+    def steps(self, dec: Decisions, most: int | None = None) -> tuple[int, Verdict | None]:
+        """Steps until one ends the run, needs Python or the batch (or `most` steps) is over:
+        how many, and the verdict of the last (None: the run goes on). In quantum mode a step
+        the C loop hands back for an IPI to deliver or a view unit to make visible goes back
+        to it once Python has done so; in event mode Python ends every step handed back."""
         m = self._m
         cpus = m.cpus
         done = 0
         resume = (-1, 0)
+        most = BATCH if most is None else min(most, BATCH)
         while True:
-            n, status, who, value = self._batch(dec, resume, BATCH - done)
+            n, status, who, value = self._batch(dec, resume, most - done)
             done += n
             if self._event and status in (IPI, FETCH, RAN):
                 return done + 1, self._event_rest(cpus[who], dec, status, value)

@@ -12,6 +12,7 @@ from emu.decisions import DecisionSource, RandomSource, ReplayError
 from emu.engine import Engine
 from emu.engine import resolve as resolve_engine
 from emu.machine import Machine, RunResult
+from emu.snapshot import SnapshotCache
 from emu.verdict import Verdict
 from harness.scenario import guest
 from harness.scenario.build import Built, build, machine_for
@@ -48,10 +49,14 @@ class Runner:
         self.machine: Machine = machine_for(self.built, self.engine)
         self.trace = trace or TraceConfig()
         self.decode = decode
+        # the exhaustive explorer's runs continue from snapshots of earlier ones on the fast
+        # engine (emu/snapshot.py); the reference engine runs each from the start
+        self.snapshots = SnapshotCache() if event_mode and self.engine is Engine.FAST \
+            else None
 
     def run(self, source: DecisionSource) -> Outcome:
         """One schedule, run and verified."""
-        return self.check(self.machine.run(source))
+        return self.check(self.machine.run(source, cache=self.snapshots))
 
     def check(self, result: RunResult) -> Outcome:
         """A run of this runner's machine, verified: the machine's verdict, then the

@@ -12,7 +12,7 @@ from emu.decisions import DecisionSource
 from emu.footprint import Footprint, data_words, describe, irq, text_grains
 from emu.path import Cost, CpuContext, Kind, Request, simplest
 from harness import litmus
-from harness.explore.dpor import Step, races
+from harness.explore.dpor import Step, backtrack_points, races
 from harness.explore.exhaustive import (
     ExhaustiveSource,
     Node,
@@ -115,6 +115,46 @@ def test_races_name_the_initials_that_lead_to_j():
     found = races(_steps((0, set(), {x}), (2, set(), {y}), (1, {y}, set()), (1, {x}, set())))
     lead = next(c for i, j, c in found if (i, j) == (0, 3))
     assert lead == [2]
+
+
+def _walked_backtrack_points(steps: list[Step]) -> list[tuple[int, list[int]]]:
+    """backtrack_points by its definition, walking back from each race's first step."""
+    def choice_before(t: int) -> int | None:
+        while t >= 0 and steps[t].node is None:
+            t -= 1
+        return None if t < 0 else steps[t].node
+
+    out = []
+    for i, _j, lead in races(steps):
+        start = i
+        while start > 0 and steps[start - 1].cpu == steps[i].cpu:
+            start -= 1
+        for t in (i, start) if start != i else (i,):
+            if choice_before(t) is not None:
+                out.append((choice_before(t), lead))
+    return out
+
+
+def test_backtrack_points_are_the_choices_before_each_race_and_its_block():
+    """The points are found in one pass per run; they equal the definition's walk on random
+    runs (long blocks, steps without a choice of their own), and a moved choice shows."""
+    rng = random.Random(3)
+    pool = [*data_words(0x1000, 32), *text_grains(0, 64)]
+    for trial in range(30):
+        steps, cpu = [], 0
+        for k in range(rng.randint(0, 80)):
+            if rng.random() < 0.3:
+                cpu = rng.randrange(3)
+            steps.append(Step(k if rng.random() < 0.6 else None,
+                              Footprint(cpu, set(rng.sample(pool, 3)),
+                                        set(rng.sample(pool, rng.randint(0, 1))))))
+        want = _walked_backtrack_points(steps)
+        assert backtrack_points(steps) == want, f"trial {trial}"
+        if want:  # perturbed: the choice before the first race's step moves
+            node = want[0][0]
+            k = next(k for k, s in enumerate(steps) if s.node == node)
+            steps[k] = Step(node + 1000, steps[k].footprint)
+            assert backtrack_points(steps) != want
 
 
 def test_text_and_interrupt_locations():

@@ -88,17 +88,20 @@ def _initials(steps: list[Step], clocks: list[list[int]], i: int, j: int) -> lis
     return sorted(initial, key=lambda c: (c != steps[j].cpu, first[c] > vj[c], c))
 
 
-def _block_start(steps: list[Step], i: int) -> int:
-    while i > 0 and steps[i - 1].cpu == steps[i].cpu:
-        i -= 1
-    return i
+def _block_starts(steps: list[Step]) -> list[int]:
+    """Per step, the first step of its block (the run of consecutive steps of its CPU)."""
+    out: list[int] = []
+    for k, step in enumerate(steps):
+        out.append(out[-1] if k and steps[k - 1].cpu == step.cpu else k)
+    return out
 
 
-def _choice_before(steps: list[Step], t: int) -> int | None:
-    """The path index of the CPU choice before step t (the nearest one at or before it)."""
-    while t >= 0 and steps[t].node is None:
-        t -= 1
-    return None if t < 0 else steps[t].node
+def _choices_before(steps: list[Step]) -> list[int | None]:
+    """Per step t, the path index of the CPU choice before it (the nearest at or before t)."""
+    out: list[int | None] = []
+    for step in steps:
+        out.append(step.node if step.node is not None else out[-1] if out else None)
+    return out
 
 
 def backtrack_points(steps: list[Step], engine: Engine | None = None
@@ -106,10 +109,14 @@ def backtrack_points(steps: list[Step], engine: Engine | None = None
     """What the races of this run ask for: (path index of a CPU choice, lead), a CPU of `lead`
     to try there; at the choice before the race's first step, and at the start of its block."""
     out: list[tuple[int, list[int]]] = []
-    for i, _j, lead in find_races(steps, engine):
-        start = _block_start(steps, i)
+    races = find_races(steps, engine)
+    if not races:
+        return out
+    starts, choices = _block_starts(steps), _choices_before(steps)
+    for i, _j, lead in races:
+        start = starts[i]
         for t in (i, start) if start != i else (i,):
-            node = _choice_before(steps, t)
+            node = choices[t]
             if node is not None:
                 out.append((node, lead))
     return out

@@ -86,6 +86,21 @@ class ExhaustiveSource(DecisionSource):
         self.steps.append(Step(self._cpu_node, footprint))
         self._cpu_node = None
 
+    resumable = True
+
+    def planned(self) -> tuple[int, ...]:
+        return tuple(self.prefix)
+
+    def mark(self) -> object:
+        # shared, not copied: steps do not change once recorded, and a run resumed from a
+        # snapshot never resumes past its own prefix (SnapshotCache.best), where Search.finish
+        # reads a recorded node's kind, arity, runnable CPUs and simplest value alone
+        return tuple(self.record), tuple(self.steps), self._cpu_node
+
+    def resume(self, mark: object) -> None:
+        record, steps, self._cpu_node = mark  # type: ignore[misc]
+        self.record, self.steps = list(record), list(steps)
+
     def pick(self, request: Request, position: int) -> int:
         first = simplest(request)
         value = self.prefix[position] if position < len(self.prefix) else first

@@ -1,0 +1,112 @@
+"""A machine between two steps of a run, kept so that a later run with the same first choices
+continues from there instead of from the reset state.
+
+The exhaustive explorer's runs share long prefixes: each deviates from an earlier run at one
+choice and replays the choices before it, on average half of a run (BENCHMARKS.md). A run
+that has a `SnapshotCache` takes a snapshot every `every` steps; a run whose source plans its
+first choices (DecisionSource.planned) starts from the newest snapshot whose choices are a
+prefix of them. The machine is deterministic, so the state after the same choices is the
+same state; the snapshot owns copies of everything (memory, fetch views, each CPU's
+registers, harness state and records, the machine's records and the source's own), never
+views of a later run's objects. Running from the reset state is the reference
+(tests/test_snapshot.py compares whole searches run both ways, footprints included).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from .cpu import CpuState
+from .events import Event
+from .path import Choice
+from .text_poke_record import TextPokeRecord
+
+EVERY = 48  # steps between two snapshots of a run (a run of static_key has about 580)
+KEEP = 128  # snapshots kept, least recently used dropped first (about 0.7 MB each)
+
+
+@dataclass(frozen=True)
+class ViewCopy:
+    """A FetchView's bytes and pending units (emu/fetch_view.py)."""
+
+    buf: bytes
+    pending: tuple[tuple[int, int], ...]
+    versions: tuple[tuple[tuple[int, int], tuple[bytes, ...]], ...]
+
+
+@dataclass(frozen=True)
+class CpuCopy:
+    """One CPU: Unicorn's context (registers), the harness state, the retired count and
+    records (emu/retired.py's arrays, as bytes)."""
+
+    context: object  # unicorn.UcContext
+    state: CpuState
+    retired_count: int
+    records: tuple[bytes, bytes, bytes, bytes] | None  # ticks, ips, ends, code
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The machine after `len(path)` choices and `steps` steps of a run."""
+
+    values: tuple[int, ...]  # the choices' values, the cache's key
+    path: tuple[Choice, ...]
+    steps: int
+    tick: int
+    last: int | None  # Machine._last: the CPU of the last step
+    mem: tuple[bytes, bytes, bytes]
+    views: tuple[ViewCopy, ...]
+    cpus: tuple[CpuCopy, ...]
+    events: tuple[Event, ...]
+    sideband: tuple[TextPokeRecord, ...]
+    escalation: tuple[tuple[int, str], ...]
+    source: object  # DecisionSource.mark(): what the source recorded until then
+
+
+def copy_state(st: CpuState) -> CpuState:
+    """A CpuState that shares nothing mutable with `st` (its frames and verdict are
+    immutable)."""
+    return CpuState(pending_ipis=set(st.pending_ipis), pending_nmi=st.pending_nmi,
+                    nmi_blocked=st.nmi_blocked, nmis_left=st.nmis_left, halted=st.halted,
+                    finished=st.finished, shadow=st.shadow, yielded=st.yielded,
+                    need_serialize=st.need_serialize, own_dirty=list(st.own_dirty),
+                    view_touched=list(st.view_touched), verdict=st.verdict,
+                    last_ip=st.last_ip, last_code=st.last_code, handling=list(st.handling),
+                    left=list(st.left))
+
+
+class SnapshotCache:
+    """The snapshots of recent runs of one machine, found by the choices a run plans."""
+
+    def __init__(self, every: int = EVERY, keep: int = KEEP) -> None:
+        if every < 1 or keep < 1:
+            raise ValueError("a snapshot cache takes snapshots every >= 1 steps, keeps >= 1")
+        self.every = every
+        self.keep = keep
+        self._snaps: OrderedDict[tuple[int, ...], Snapshot] = OrderedDict()
+        self.hits = 0  # runs that started from a snapshot, and the choices they skipped
+        self.skipped = 0
+
+    def add(self, snap: Snapshot) -> None:
+        self._snaps[snap.values] = snap
+        self._snaps.move_to_end(snap.values)
+        while len(self._snaps) > self.keep:
+            self._snaps.popitem(last=False)
+
+    def best(self, planned: tuple[int, ...]) -> Snapshot | None:
+        """The snapshot with the most choices, all of them the first of `planned`."""
+        found: Snapshot | None = None
+        for values, snap in self._snaps.items():
+            n = len(values)
+            if n <= len(planned) and (found is None or n > len(found.values)) \
+                    and planned[:n] == values:
+                found = snap
+        if found is not None:
+            self._snaps.move_to_end(found.values)
+            self.hits += 1
+            self.skipped += len(found.values)
+        return found
+
+    def __len__(self) -> int:
+        return len(self._snaps)

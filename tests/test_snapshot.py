@@ -1,0 +1,184 @@
+"""Runs that continue from snapshots of earlier runs (emu/snapshot.py) against runs from the
+reset state, the reference: whole exhaustive searches, each run's path, records, verdict and
+every step's footprint equal; and perturbed restores are caught."""
+
+from __future__ import annotations
+
+import pytest
+
+from emu.engine import Engine
+from emu.path import Cost
+from emu.snapshot import SnapshotCache
+from harness.explore.exhaustive import ExhaustiveSource, SearchError, explore_exhaustive
+from harness.run import Runner
+from harness.scenario.shipped import SCENARIOS
+from tests.test_engines import differences
+from tests.test_soundness import STACK_RACE
+
+
+def _search(runner: Runner, cache: SnapshotCache | None, bound: Cost, limit: int
+            ) -> list[tuple[object, list[tuple]]]:
+    """Every run of a DPOR search (at most `limit`): its result and each step's footprint."""
+    runs = []
+
+    class Out:
+        def __init__(self, ok: bool) -> None:
+            self.ok = ok
+
+    def run(src):
+        result = runner.machine.run(src, cache=cache)
+        runs.append((result, [(s.node, s.cpu, frozenset(s.footprint.reads),
+                               frozenset(s.footprint.writes)) for s in src.steps]))
+        return Out(result.verdict.ok)
+
+    explore_exhaustive(run, bound, limit=limit, reduce=True)
+    return runs
+
+
+def _mismatches(scenario, variant: str | None, cpus: int | None, bound: Cost, limit: int,
+                cache: SnapshotCache) -> list[str]:
+    scn = SCENARIOS[scenario] if isinstance(scenario, str) else scenario
+    runners = [Runner(scn, variant, cpus, event_mode=True, engine=Engine.FAST, decode=False)
+               for _ in range(2)]
+    resumed = _search(runners[0], cache, bound, limit)
+    reference = _search(runners[1], None, bound, limit)
+    out = [] if len(resumed) == len(reference) else ["number of runs"]
+    for k, ((a, fa), (b, fb)) in enumerate(zip(resumed, reference, strict=False)):
+        out += [f"run {k}: {d}" for d in differences(runners[0], a, b)]
+        if fa != fb:
+            out.append(f"run {k}: footprints")
+    return out
+
+
+def _caught(cache: SnapshotCache) -> bool:
+    """A perturbed restore shows in a static_key search: runs that differ from the
+    reference's, or a run the search refuses (its choices are not those it ran before)."""
+    try:
+        return bool(_mismatches("static_key", None, 3, Cost(2, 1, 1), 40, cache))
+    except SearchError:
+        return True
+
+
+@pytest.mark.parametrize(("scenario", "variant", "cpus", "bound", "limit", "every"), [
+    ("static_key", None, 3, Cost(2, 1, 1), 40, 7),
+    ("z1_optprobe_shadow", "buggy", None, Cost(1, 0, 1), 40, 3),  # NMIs, a failing run
+    ("z4_bytewise", "fixed", None, Cost(1, 1, 0), 60, 3),
+    (STACK_RACE, None, 2, Cost(1, 0, 0), 60, 1),
+], ids=["static_key", "z1_buggy", "z4_bytewise", "stack_race"])
+def test_a_search_from_snapshots_makes_the_runs_of_a_search_from_the_start(
+        scenario, variant, cpus, bound, limit, every):
+    """Snapshots every few steps, and not all kept (so that runs start from many places, and
+    snapshots are dropped): the same runs, in the same order, as runs from the reset state."""
+    cache = SnapshotCache(every=every, keep=400)
+    assert _mismatches(scenario, variant, cpus, bound, limit, cache) == []
+    assert cache.hits > 10 and cache.skipped > 0
+
+
+def test_a_restore_that_forgets_the_pending_units_is_caught(monkeypatch):
+    """Perturbed: the restored fetch views have no pending units."""
+    from emu.machine import Machine
+
+    restore = Machine._restore
+
+    def forgetful(self, snap, dec):
+        restore(self, snap, dec)
+        for view in self.views:
+            view._pending, view._pending_set, view._versions = [], set(), {}
+
+    monkeypatch.setattr(Machine, "_restore", forgetful)
+    assert _caught(SnapshotCache(every=5))
+
+
+def test_a_restore_that_keeps_stale_translations_is_caught(monkeypatch):
+    """Perturbed: Unicorn keeps its translations of the text the restored views change."""
+    from emu.machine import Machine
+    from emu.native_cpu import NativeCpu
+
+    restore = Machine._restore
+    dropping = {"on": True}
+    remove = NativeCpu.remove_cache
+
+    def keeps(self, start, end):
+        if dropping["on"]:
+            remove(self, start, end)
+
+    def stale(self, snap, dec):
+        dropping["on"] = False
+        try:
+            restore(self, snap, dec)
+        finally:
+            dropping["on"] = True
+
+    monkeypatch.setattr(NativeCpu, "remove_cache", keeps)
+    monkeypatch.setattr(Machine, "_restore", stale)
+    assert _caught(SnapshotCache(every=5))
+
+
+def test_the_cache_finds_the_longest_snapshot_within_the_planned_choices():
+    """best(): the most choices, all of them the first planned; never more than planned; the
+    least recently used is dropped first."""
+    from emu.snapshot import Snapshot
+
+    def snap(*values: int) -> Snapshot:
+        return Snapshot(values, (), 0, 0, None, (b"", b"", b""), (), (), (), (), (), None)
+
+    cache = SnapshotCache(every=1, keep=3)
+    for values in [(0,), (0, 1), (0, 1, 2), (1, 1)]:
+        cache.add(snap(*values))
+    assert len(cache) == 3  # (0,) dropped
+    assert cache.best((0, 1, 2, 5)).values == (0, 1, 2)
+    assert cache.best((0, 1)).values == (0, 1)  # (0, 1, 2) plans past it
+    assert cache.best((0, 2)) is None  # (0,) was dropped
+    assert cache.best((1, 1, 0)).values == (1, 1)
+    cache.add(snap(2,))  # (0, 1, 2) is now the least recently used
+    assert cache.best((0, 1, 2)).values == (0, 1)
+    with pytest.raises(ValueError):
+        SnapshotCache(every=0)
+
+
+def _after_a_short_run(runner: Runner, cache: SnapshotCache | None, at: int):
+    """A full run (snapshots from late in it), a run cut short without the cache, before the
+    patcher's first text store but after the observers ran the sites (their code translated,
+    nothing changed), then a run planned as the first run's first `at` choices."""
+    from emu.config import RunBudget
+
+    first = runner.machine.run(ExhaustiveSource([], footprints=True), cache=cache)
+    runner.machine.run(ExhaustiveSource([]), RunBudget(ticks=600))
+    assert not any(cpu.state.view_touched for cpu in runner.machine.cpus)
+    planned = [c.value for c in first.path[:at]]
+    return runner.machine.run(ExhaustiveSource(planned, footprints=True), cache=cache)
+
+
+def _perturbed_restore(old: str, new: str):
+    """Machine._restore compiled from its source with `old` replaced by `new`."""
+    import inspect
+    import textwrap
+
+    from emu import machine
+
+    source = textwrap.dedent(inspect.getsource(machine.Machine._restore))
+    assert source.count(old) == 1
+    namespace: dict = {}
+    exec(compile(source.replace(old, new), machine.__file__, "exec"), vars(machine), namespace)
+    return namespace["_restore"]
+
+
+def test_a_run_resumed_after_a_short_run_drops_the_translations_of_the_snapshots_text(
+        monkeypatch):
+    """The snapshot's views hold bytes the run before never changed: Unicorn's translations
+    of them (made from the first bytes) are dropped too. Perturbed: only the text the run
+    before changed is dropped, and the resumed run executes stale code."""
+    from emu.machine import Machine
+
+    def resumed(cache: SnapshotCache | None) -> tuple[Runner, object]:
+        runner = Runner(SCENARIOS["static_key"], None, 3, event_mode=True, engine=Engine.FAST,
+                        decode=False)
+        return runner, _after_a_short_run(runner, cache, 400)
+
+    runner, reference = resumed(None)
+    cache = SnapshotCache(every=20)
+    assert differences(runner, resumed(cache)[1], reference) == []
+    assert cache.hits == 1 and cache.skipped > 300
+    monkeypatch.setattr(Machine, "_restore", _perturbed_restore(
+        "cpu.state.view_touched + cc.state.view_touched", "cpu.state.view_touched"))
+    assert differences(runner, resumed(SnapshotCache(every=20))[1], reference)
