@@ -97,11 +97,11 @@ class SnapshotCache:
     def best(self, planned: tuple[int, ...]) -> Snapshot | None:
         """The snapshot with the most choices, all of them the first of `planned`."""
         found: Snapshot | None = None
-        for values, snap in self._snaps.items():
-            n = len(values)
-            if n <= len(planned) and (found is None or n > len(found.values)) \
-                    and planned[:n] == values:
-                found = snap
+        within = [values for values in self._snaps if len(values) <= len(planned)]
+        for values in sorted(within, key=len, reverse=True):  # the first that fits is best
+            if planned[:len(values)] == values:
+                found = self._snaps[values]
+                break
         if found is not None:
             self._snaps.move_to_end(found.values)
             self.hits += 1

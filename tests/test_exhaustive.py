@@ -326,3 +326,28 @@ def test_one_delayed_update_shows_the_old_instruction_or_one_stale_byte():
     r = litmus.run(xmc, preemptions=1, delays=1)
     assert r.exhausted and r.observed == {"old", "new", "torn"}
     assert litmus.run(xmc, preemptions=1, delays=0).observed == {"new"}
+
+
+def test_the_paused_collector_collects_every_so_many_schedules_and_comes_back(monkeypatch):
+    """PausedGc: off inside, a full collection every COLLECT_EVERY schedules, the collector
+    as it was afterwards (left off when it was off)."""
+    import gc
+
+    from harness.explore import work
+
+    collections: list[int] = []
+    monkeypatch.setattr(work, "COLLECT_EVERY", 3)
+    monkeypatch.setattr(gc, "collect", lambda *a: collections.append(1) or 0)
+    assert gc.isenabled()
+    with work.PausedGc() as collector:
+        assert not gc.isenabled()
+        for _ in range(7):
+            collector.schedule_done()
+    assert gc.isenabled() and len(collections) == 2
+    gc.disable()
+    try:
+        with work.PausedGc():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

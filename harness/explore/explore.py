@@ -422,27 +422,29 @@ def exhaustive_search(plan: Plan, runner: Runner, more: Callable[[int], bool],
     path order, with the frontier after it when `persist`; `more(i)` says whether to go on.
     True when exhausted."""
     from .partition import Partition, RegionRun
-    from .work import step
+    from .work import PausedGc, step
 
     build = fingerprint(runner.built, runner.trace)
     part = _resumed_partition(saved, plan, runner) if saved else \
         Partition.of(Search(plan.bound, plan.dpor))
     i = first
-    while not part.exhausted and more(i):
-        region = part.take()
-        run = RegionRun(region.state, plan.bound, plan.dpor, plan.engine)
-        while not run.exhausted and more(i):
-            started(i)
-            d = step(run, runner, plan)
-            res = ScheduleResult(i, 0, d["verdict"], d["detail"], d["decisions"], d["token"],
-                                 d["shrunk"], d["shrunk_deviations"], d["deviations"],
-                                 _digest(d["path"]))
-            if persist:  # what this run added to other regions' choices, saved with it
-                for level, position, values in run.reports():
-                    part.report(level, position, values)
-            record(res, _frontier_json(build, part, (region, run)) if persist else None)
-            i += 1
-        part.returned(region, run.state(), run.reports())
+    with PausedGc() as collector:
+        while not part.exhausted and more(i):
+            region = part.take()
+            run = RegionRun(region.state, plan.bound, plan.dpor, plan.engine)
+            while not run.exhausted and more(i):
+                started(i)
+                d = step(run, runner, plan)
+                collector.schedule_done()
+                res = ScheduleResult(i, 0, d["verdict"], d["detail"], d["decisions"],
+                                     d["token"], d["shrunk"], d["shrunk_deviations"],
+                                     d["deviations"], _digest(d["path"]))
+                if persist:  # what this run added to other regions' choices, saved with it
+                    for level, position, values in run.reports():
+                        part.report(level, position, values)
+                record(res, _frontier_json(build, part, (region, run)) if persist else None)
+                i += 1
+            part.returned(region, run.state(), run.reports())
     return part.exhausted
 
 

@@ -9,7 +9,6 @@ it cannot load) comes back as data naming it, not as an exception to unpickle.""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
 import hashlib
@@ -17,7 +16,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -154,38 +152,52 @@ def explore_region(plan: Plan, state: dict, budget: int | None, seconds: float,
     region = RegionRun(state, plan.bound, plan.dpor, plan.engine)
     start = time.perf_counter()
     results = []
-    while not region.exhausted and (budget is None or len(results) < budget):
-        results.append(step(region, runner, plan))
-        if flag is not None and (results[-1]["verdict"] != "pass" or stopped(flag)):
-            break
-        if time.perf_counter() - start >= seconds:
-            break
+    with PausedGc() as collector:
+        while not region.exhausted and (budget is None or len(results) < budget):
+            results.append(step(region, runner, plan))
+            collector.schedule_done()
+            if flag is not None and (results[-1]["verdict"] != "pass" or stopped(flag)):
+                break
+            if time.perf_counter() - start >= seconds:
+                break
     out.update(prefix=region.prefix(), results=results, state=region.state(),
                reports=region.reports(), seconds=time.perf_counter() - start)
     return out
 
 
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection inside: one exhaustive schedule makes thousands of
-    containers that live until its end (a Node, Step and Footprint per choice, their
-    sets), and the collections they trigger, each scanning them again, cost a fifth of
-    the schedule (BENCHMARKS.md). Nothing here makes cycles that must go before it ends;
-    the collector runs as usual between schedules."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
+COLLECT_EVERY = 1000  # schedules between two full collections while the collector is paused
+
+
+class PausedGc:
+    """The cyclic garbage collector off for a stretch of exhaustive schedules, and one full
+    collection every COLLECT_EVERY of them (`schedule_done`). A schedule makes thousands of
+    containers (a Node, Choice, Step and Footprint per choice, their sets) that the search
+    and the snapshot cache keep for a while; the collections they trigger scanned them again
+    and again, for no garbage: none of them is in a cycle (BENCHMARKS.md)."""
+
+    def __init__(self) -> None:
+        self._was = False
+        self._count = 0
+
+    def __enter__(self) -> PausedGc:
+        self._was = gc.isenabled()
+        gc.disable()
+        return self
+
+    def schedule_done(self) -> None:
+        self._count += 1
+        if self._count % COLLECT_EVERY == 0:
+            gc.collect()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._was:
             gc.enable()
 
 
 def step(region: RegionRun, runner, plan: Plan) -> dict:
     """One run of the region's search, verified: its result with its path's choices."""
-    with gc_paused():
-        src = region.source()
-        outcome = runner.run(src)
-        region.finish(src)
-        res = judge(runner, plan, 0, None, outcome)
-        return asdict(res) | {"path": [c.value for c in outcome.result.path]}
+    src = region.source()
+    outcome = runner.run(src)
+    region.finish(src)
+    res = judge(runner, plan, 0, None, outcome)
+    return asdict(res) | {"path": [c.value for c in outcome.result.path]}
