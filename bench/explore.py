@@ -276,6 +276,26 @@ def cluster_bench(schedules: int) -> dict:
     return out
 
 
+def exhaustive_engines(schedules: int) -> dict:
+    """The exhaustive static_key search (3 CPUs, P=2 V=2 I=1, --dpor, fully verified) in one
+    process on each engine: its first `schedules` schedules, which must be the same paths;
+    schedules/s and the ratio, measured in this process."""
+    rows: dict = {}
+    digests = {}
+    for engine in (Engine.FAST, Engine.REFERENCE):
+        plan = Plan("static_key", cpus=3, strategy="exhaustive", preemptions=2, delays=2,
+                    interrupts=1, dpor=True, shrink=False, engine=engine)
+        explore(plan, schedules=2)  # the runner is built once per process
+        found = explore(plan, schedules=schedules)
+        digests[engine] = [r.path for r in found.results]
+        rows[engine.value] = round(len(found.results) / found.seconds, 2)
+    if digests[Engine.FAST] != digests[Engine.REFERENCE]:
+        raise SystemExit("the engines' exhaustive searches took different paths")
+    rows["ratio"] = round(rows[Engine.FAST.value] / rows[Engine.REFERENCE.value], 2)
+    rows["schedules"] = schedules
+    return rows
+
+
 def z1_exhaustive() -> list[dict]:
     """Schedules and seconds to the exhaustive search's first Z1 failure (issue 14)."""
     rows = []
@@ -297,9 +317,21 @@ def main() -> None:
     ap.add_argument("--cluster-only", action="store_true", help="only the cluster part")
     ap.add_argument("--engines-only", action="store_true",
                     help="only the fast engine against the reference (issue 15)")
+    ap.add_argument("--exhaustive", type=int, metavar="N", default=0,
+                    help="only the exhaustive static_key search's first N schedules on each "
+                    "engine (issue 15)")
     ap.add_argument("--growth", action="store_true",
                     help="only the time per instruction against CPUs and sites (issue 15)")
     args = ap.parse_args()
+    if args.exhaustive:
+        ex = exhaustive_engines(args.exhaustive)
+        if args.json:
+            print(json.dumps({"exhaustive": ex}, indent=2))
+            return
+        print(f"exhaustive static_key, 3 CPUs, P=2 V=2 I=1 --dpor, fully verified, first "
+              f"{ex['schedules']} schedules (the same paths): fast {ex['fast']} schedules/s, "
+              f"reference {ex['reference']} schedules/s ({ex['ratio']}x)")
+        return
     if args.growth:
         rows = growth()
         if args.json:
