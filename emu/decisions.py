@@ -45,6 +45,11 @@ class DecisionSource(abc.ABC):
         """The values of the first choices this source will make, known before the run."""
         return ()
 
+    def kind(self) -> object:
+        """What a source resuming from this one's snapshots must be the same as: its class
+        and what it records (a source that records footprints needs the snapshot's)."""
+        return type(self), self.wants_footprints
+
     def mark(self) -> object:
         """What this source has recorded so far, owned by the caller (a snapshot)."""
         return None

@@ -235,7 +235,7 @@ class Machine(InterruptDelivery, HypercallService):
         (emu/snapshot.py); the same run either way."""
         if not (cache is not None and source.resumable):
             cache = None
-        snap = cache.best(source.planned()) if cache is not None else None
+        snap = cache.best(source.planned(), source.kind()) if cache is not None else None
         decisions = Decisions(source)
         if snap is not None:
             self._restore(snap, decisions)
@@ -291,7 +291,8 @@ class Machine(InterruptDelivery, HypercallService):
         return Snapshot(tuple(map(_VALUE, dec.path)), tuple(dec.path), steps,
                         self.clock.tick, self._last, self.mem.snapshot(), views, tuple(cpus),
                         tuple(self.truth.events), tuple(self.sideband),
-                        tuple(self._escalation.items()), dec.source.mark())
+                        tuple(self._escalation.items()), dec.source.mark(),
+                        dec.source.kind())
 
     def _restore(self, snap: Snapshot, dec: Decisions) -> None:
         """The machine as `snap` was taken, from whatever state it is in; fresh records

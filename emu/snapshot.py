@@ -50,7 +50,7 @@ class CpuCopy:
 class Snapshot:
     """The machine after `len(path)` choices and `steps` steps of a run."""
 
-    values: tuple[int, ...]  # the choices' values, the cache's key
+    values: tuple[int, ...]  # the choices' values, the cache's key with `source_kind`
     path: tuple[Choice, ...]
     steps: int
     tick: int
@@ -62,6 +62,7 @@ class Snapshot:
     sideband: tuple[TextPokeRecord, ...]
     escalation: tuple[tuple[int, str], ...]
     source: object  # DecisionSource.mark(): what the source recorded until then
+    source_kind: object  # DecisionSource.kind(): only a source of the same kind resumes it
 
 
 def copy_state(st: CpuState) -> CpuState:
@@ -84,26 +85,29 @@ class SnapshotCache:
             raise ValueError("a snapshot cache takes snapshots every >= 1 steps, keeps >= 1")
         self.every = every
         self.keep = keep
-        self._snaps: OrderedDict[tuple[int, ...], Snapshot] = OrderedDict()
+        self._snaps: OrderedDict[tuple[object, tuple[int, ...]], Snapshot] = OrderedDict()
         self.hits = 0  # runs that started from a snapshot, and the choices they skipped
         self.skipped = 0
 
     def add(self, snap: Snapshot) -> None:
-        self._snaps[snap.values] = snap
-        self._snaps.move_to_end(snap.values)
+        key = (snap.source_kind, snap.values)
+        self._snaps[key] = snap
+        self._snaps.move_to_end(key)
         while len(self._snaps) > self.keep:
             self._snaps.popitem(last=False)
 
-    def best(self, planned: tuple[int, ...]) -> Snapshot | None:
-        """The snapshot with the most choices, all of them the first of `planned`."""
+    def best(self, planned: tuple[int, ...], source_kind: object) -> Snapshot | None:
+        """The snapshot of a source of `source_kind` with the most choices, all of them the
+        first of `planned`."""
         found: Snapshot | None = None
-        within = [values for values in self._snaps if len(values) <= len(planned)]
-        for values in sorted(within, key=len, reverse=True):  # the first that fits is best
-            if planned[:len(values)] == values:
-                found = self._snaps[values]
+        within = [key for key in self._snaps
+                  if key[0] == source_kind and len(key[1]) <= len(planned)]
+        for key in sorted(within, key=lambda k: len(k[1]), reverse=True):  # the first fits
+            if planned[:len(key[1])] == key[1]:
+                found = self._snaps[key]
+                self._snaps.move_to_end(key)
                 break
         if found is not None:
-            self._snaps.move_to_end(found.values)
             self.hits += 1
             self.skipped += len(found.values)
         return found

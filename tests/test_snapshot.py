@@ -120,20 +120,48 @@ def test_the_cache_finds_the_longest_snapshot_within_the_planned_choices():
     from emu.snapshot import Snapshot
 
     def snap(*values: int) -> Snapshot:
-        return Snapshot(values, (), 0, 0, None, (b"", b"", b""), (), (), (), (), (), None)
+        return Snapshot(values, (), 0, 0, None, (b"", b"", b""), (), (), (), (), (), None,
+                        "kind")
 
     cache = SnapshotCache(every=1, keep=3)
     for values in [(0,), (0, 1), (0, 1, 2), (1, 1)]:
         cache.add(snap(*values))
     assert len(cache) == 3  # (0,) dropped
-    assert cache.best((0, 1, 2, 5)).values == (0, 1, 2)
-    assert cache.best((0, 1)).values == (0, 1)  # (0, 1, 2) plans past it
-    assert cache.best((0, 2)) is None  # (0,) was dropped
-    assert cache.best((1, 1, 0)).values == (1, 1)
+    assert cache.best((0, 1, 2, 5), "kind").values == (0, 1, 2)
+    assert cache.best((0, 1), "kind").values == (0, 1)  # (0, 1, 2) plans past it
+    assert cache.best((0, 2), "kind") is None  # (0,) was dropped
+    assert cache.best((1, 1, 0), "kind").values == (1, 1)
     cache.add(snap(2,))  # (0, 1, 2) is now the least recently used
-    assert cache.best((0, 1, 2)).values == (0, 1)
+    assert cache.best((0, 1, 2), "kind").values == (0, 1)
+    assert cache.best((1, 1, 0), "another kind") is None
     with pytest.raises(ValueError):
         SnapshotCache(every=0)
+
+
+def _footprints_after_a_plain_run(cache: SnapshotCache) -> list:
+    """A run without footprints (a search without DPOR) leaves snapshots; then a run with
+    them plans the same first choices: its steps, as its source recorded them."""
+    runner = Runner(SCENARIOS["static_key"], None, 3, event_mode=True, engine=Engine.FAST,
+                    decode=False)
+    plain = runner.machine.run(ExhaustiveSource([]), cache=cache)
+    src = ExhaustiveSource([c.value for c in plain.path[:300]], footprints=True)
+    runner.machine.run(src, cache=cache)
+    return [(s.node, s.cpu, frozenset(s.footprint.reads)) for s in src.steps]
+
+
+def test_a_source_that_records_footprints_does_not_resume_a_plain_ones_snapshot(
+        monkeypatch):
+    """The plain run's snapshots hold no footprints: a DPOR run starts from the reset state
+    and records all its steps. Perturbed: every source of one kind, and the DPOR run's first
+    steps are missing."""
+    from emu.decisions import DecisionSource
+
+    reference = _footprints_after_a_plain_run(SnapshotCache(every=1, keep=1))  # none fits
+    cache = SnapshotCache(every=20)
+    assert _footprints_after_a_plain_run(cache) == reference and cache.hits == 0
+    monkeypatch.setattr(DecisionSource, "kind", lambda self: "one kind")
+    cache = SnapshotCache(every=20)
+    assert _footprints_after_a_plain_run(cache) != reference and cache.hits == 1
 
 
 def _after_a_short_run(runner: Runner, cache: SnapshotCache | None, at: int):
