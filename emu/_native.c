@@ -1102,13 +1102,14 @@ static int footprint_done(PyObject *pycpu, PyObject *fp, PyObject *step_done) {
     PyErr_Fetch(&et, &ev, &tb);
     PyObject *r = PyObject_SetAttr(pycpu, s_footprint, Py_None) ? NULL
                                                                 : PyObject_CallOneArg(step_done, fp);
+    int ok = r != NULL;
     Py_XDECREF(r);
     if (et) {
         PyErr_Clear();
         PyErr_Restore(et, ev, tb);
         return -1;
     }
-    return r ? 0 : -1;
+    return ok ? 0 : -1;
 }
 
 /* One event-mode step of CPU `s` (Python's `pycpu`), chosen already (Machine._chosen_step,
