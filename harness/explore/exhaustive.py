@@ -73,7 +73,10 @@ class Node:
 
 class ExhaustiveSource(DecisionSource):
     """Follows a prefix, then the simplest values; records every choice and, with
-    `footprints`, every step (what the reduction needs)."""
+    `footprints`, every step (what the reduction needs). A run of it may start from a
+    snapshot of an earlier one (emu/snapshot.py)."""
+
+    resumable = True
 
     def __init__(self, prefix: list[int], footprints: bool = False) -> None:
         self.prefix = prefix
@@ -85,8 +88,6 @@ class ExhaustiveSource(DecisionSource):
     def step_done(self, footprint: Footprint) -> None:
         self.steps.append(Step(self._cpu_node, footprint))
         self._cpu_node = None
-
-    resumable = True
 
     def planned(self) -> tuple[int, ...]:
         return tuple(self.prefix)
