@@ -9,8 +9,9 @@
  * where something rare happens (its own memory / OUT / interrupt hooks, and the spontaneous-NMI
  * decision before an instruction, which is a decision of the stream).
  *
- * In quantum mode the scheduling loop is here too (`steps`, emu/native_loop.py): the steps that
- * need nothing of Python, one after another, the others handed back to emu/machine.py.
+ * The scheduling loop is here too, in quantum and event mode (`steps`, emu/native_loop.py): the
+ * steps that need nothing of Python, one after another, the others handed back to
+ * emu/machine.py.
  *
  * Nothing is linked against libunicorn: emu/native_cpu.py hands over the function pointers of
  * the library the Python binding loaded, and the engine handle. Unicorn is entered from C
@@ -667,6 +668,21 @@ static int add_to_set(PyObject *into, const Buf *b) {
     return 0;
 }
 
+/* Footprint.reads and .writes (interned in intern_names). */
+static PyObject *s_reads, *s_writes;
+
+/* The locations the run read and wrote added to the footprint `fp`'s sets. 0, or -1. */
+static int add_run_footprint(CpuObject *s, PyObject *fp) {
+    if (!s->grains.len && !s->written.len)
+        return 0;
+    PyObject *reads = PyObject_GetAttr(fp, s_reads);
+    PyObject *writes = reads ? PyObject_GetAttr(fp, s_writes) : NULL;
+    int bad = !writes || add_to_set(reads, &s->grains) || add_to_set(writes, &s->written);
+    Py_XDECREF(reads);
+    Py_XDECREF(writes);
+    return bad ? -1 : 0;
+}
+
 /* One emu_start from the current RIP with the run set up; then where it stopped (`rip`).
    The uc_err (0 or more), or -1 with the error a hook kept raised. */
 static int run_once(CpuObject *self) {
@@ -724,16 +740,8 @@ static PyObject *cpu_run(CpuObject *self, PyObject *args) {
         return NULL;
     if (retired != Py_None && flush_truth(self, retired))
         return NULL;
-    if (footprint != Py_None && (self->grains.len || self->written.len)) {
-        PyObject *reads = PyObject_GetAttrString(footprint, "reads");
-        PyObject *writes = reads ? PyObject_GetAttrString(footprint, "writes") : NULL;
-        int bad = !writes || add_to_set(reads, &self->grains) ||
-                  add_to_set(writes, &self->written);
-        Py_XDECREF(reads);
-        Py_XDECREF(writes);
-        if (bad)
-            return NULL;
-    }
+    if (footprint != Py_None && add_run_footprint(self, footprint))
+        return NULL;
     return PyLong_FromLong(err);
 }
 
@@ -958,7 +966,8 @@ static int intern_names(void) {
                  {&s_nmis_left, "nmis_left"}, {&s_pending_ipis, "pending_ipis"},
                  {&s_last_ip, "last_ip"},     {&s_last_code, "last_code"},
                  {&s_shadow, "shadow"},       {&s_nmi_blocked, "nmi_blocked"},
-                 {&s_footprint, "footprint"}};
+                 {&s_footprint, "footprint"}, {&s_reads, "reads"},
+                 {&s_writes, "writes"}};
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
         if (!(*names[k].slot = PyUnicode_InternFromString(names[k].name)))
             return -1;
@@ -1168,15 +1177,8 @@ static int event_step(CpuObject *s, PyObject *pycpu, int index, int flags, uint6
     int e = run_once(s);
     if (e < 0)
         goto fail;
-    if (fp && (s->grains.len || s->written.len)) { /* as cpu_run adds them */
-        PyObject *reads = PyObject_GetAttrString(fp, "reads");
-        PyObject *writes = reads ? PyObject_GetAttrString(fp, "writes") : NULL;
-        int bad = !writes || add_to_set(reads, &s->grains) || add_to_set(writes, &s->written);
-        Py_XDECREF(reads);
-        Py_XDECREF(writes);
-        if (bad)
-            goto fail;
-    }
+    if (fp && add_run_footprint(s, fp))
+        goto fail;
     if (e || s->py_hooked || s->emulate || s->iret || s->serialize || s->halted ||
         before + s->retired_run >= insn_budget) {
         *err = e;
