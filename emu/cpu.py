@@ -18,7 +18,7 @@ from __future__ import annotations
 import ctypes
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from unicorn import Uc, UcError
 from unicorn import x86_const as X
@@ -133,6 +133,15 @@ class CpuState:
     # the exceptions and interrupts being delivered or handled, outermost first (delivery.py)
     handling: list[HandlerFrame] = field(default_factory=list)
     left: list[HandlerFrame] = field(default_factory=list)  # what the last IRET left
+
+    def copy(self) -> CpuState:
+        """A copy sharing nothing mutable with this one (a machine snapshot, emu/snapshot.py):
+        every set, list and dict field copied; frames and verdicts are immutable."""
+        return CpuState(**{f.name: _copied(getattr(self, f.name)) for f in fields(self)})
+
+
+def _copied(value: object) -> object:
+    return type(value)(value) if isinstance(value, set | list | dict) else value
 
 
 def _leave_handler(handling: list[HandlerFrame]) -> list[HandlerFrame]:

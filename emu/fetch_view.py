@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+from dataclasses import dataclass
 
 
 class Grain(enum.Enum):
@@ -35,6 +36,15 @@ class Grain(enum.Enum):
             raise ValueError(f"unknown fetch grain {text!r}: use byte|block|line|store "
                              "(or 1|16|64)")
         return names[key]
+
+
+@dataclass(frozen=True)
+class ViewCopy:
+    """A FetchView's bytes, pending units and their intermediate contents (`saved`)."""
+
+    buf: bytes
+    pending: tuple[tuple[int, int], ...]
+    versions: tuple[tuple[tuple[int, int], tuple[bytes, ...]], ...]
 
 
 class FetchView:
@@ -144,6 +154,18 @@ class FetchView:
 
     def read(self, off: int, size: int) -> bytes:
         return bytes(self.buf[off:off + size])
+
+    def saved(self) -> ViewCopy:
+        """The view's bytes and pending units, copied (a machine snapshot)."""
+        return ViewCopy(bytes(self.buf), tuple(self._pending),
+                        tuple((u, tuple(c)) for u, c in self._versions.items()))
+
+    def restore(self, saved: ViewCopy) -> None:
+        """The view as `saved` was taken."""
+        ctypes.memmove(self.buf, saved.buf, len(saved.buf))
+        self._pending = list(saved.pending)
+        self._pending_set = set(saved.pending)
+        self._versions = {u: list(c) for u, c in saved.versions}
 
     def reset(self, initial: bytes) -> None:
         ctypes.memmove(self.buf, initial, len(initial))

@@ -45,7 +45,7 @@ from .memory import SharedMemory
 from .native_cpu import NativeCpu
 from .native_loop import NativeLoop, usable
 from .path import Choice, CpuContext, Kind, Request
-from .snapshot import CpuCopy, Snapshot, SnapshotCache, ViewCopy, copy_state
+from .snapshot import CpuCopy, Snapshot, SnapshotCache
 from .text_poke_record import TextPokeRecord
 from .truth import GroundTruth
 from .verdict import MachineConfigError, Verdict, VerdictKind
@@ -251,12 +251,12 @@ class Machine(InterruptDelivery, HypercallService):
         loop = self._loop
         if loop is not None:
             loop.start(decisions, budget)
-        every = cache.every if cache is not None else None
-        due = steps + every if every is not None else None  # the next snapshot's step
+        due = steps + cache.every if cache is not None else 0  # the next snapshot's step
         with HeldSigint() as ctrl_c:  # Ctrl-C inside Unicorn would be lost (held_sigint.py)
             while verdict is None:
                 if loop is not None:  # the fast engine: the common steps in C
-                    done, verdict = loop.steps(decisions, None if due is None else due - steps)
+                    done, verdict = loop.steps(decisions,
+                                               None if cache is None else due - steps)
                     steps += done
                 else:
                     verdict = self._step(decisions)
@@ -266,9 +266,9 @@ class Machine(InterruptDelivery, HypercallService):
                     verdict = Verdict(VerdictKind.HANG, f"cut after {self.clock.tick} "
                                       f"instructions: over the run's budget of {budget.ticks}",
                                       event="run_budget")
-                if verdict is None and due is not None and steps >= due:
-                    cache.add(self._snapshot(decisions, steps))  # type: ignore[union-attr]
-                    due = steps + every  # type: ignore[operator]
+                if verdict is None and cache is not None and steps >= due:
+                    cache.add(self._snapshot(decisions, steps))
+                    due = steps + cache.every
                 ctrl_c.check()
         decisions.close()
         return RunResult(verdict=verdict, path=decisions.path, truth=self.truth,
@@ -279,17 +279,12 @@ class Machine(InterruptDelivery, HypercallService):
 
     def _snapshot(self, dec: Decisions, steps: int) -> Snapshot:
         """The machine now, between two steps, with copies of everything (emu/snapshot.py)."""
-        cpus = []
-        for cpu in self.cpus:
-            r = cpu.truth
-            cpus.append(CpuCopy(cpu.uc.context_save(), copy_state(cpu.state), cpu.retired,
-                                None if r is None else (r.ticks.tobytes(), r.ips.tobytes(),
-                                                        r.ends.tobytes(), bytes(r.code))))
-        views = tuple(ViewCopy(bytes(v.buf), tuple(v._pending),
-                               tuple((u, tuple(c)) for u, c in v._versions.items()))
-                      for v in self.views)
+        cpus = tuple(CpuCopy(cpu.uc.context_save(), cpu.state.copy(), cpu.retired,
+                             None if cpu.truth is None else cpu.truth.packed())
+                     for cpu in self.cpus)
         return Snapshot(tuple(map(_VALUE, dec.path)), tuple(dec.path), steps,
-                        self.clock.tick, self._last, self.mem.snapshot(), views, tuple(cpus),
+                        self.clock.tick, self._last, self.mem.snapshot(),
+                        tuple(v.saved() for v in self.views), cpus,
                         tuple(self.truth.events), tuple(self.sideband),
                         tuple(self._escalation.items()), dec.source.mark(),
                         dec.source.kind())
@@ -301,28 +296,18 @@ class Machine(InterruptDelivery, HypercallService):
         bytes there) and of every range the snapshot's run had changed by then (this run may
         hold translations of memory's first bytes there)."""
         self.mem.restore(snap.mem)
-        self.truth = GroundTruth(self.config.ncpus)
+        self._new_records()
         self.truth.events.extend(snap.events)
-        self.sideband = list(snap.sideband)
-        for cpu, view, vc, cc in zip(self.cpus, self.views, snap.views, snap.cpus, strict=True):
+        self.sideband.extend(snap.sideband)
+        for cpu, vc, cc in zip(self.cpus, snap.views, snap.cpus, strict=True):
             for s, e in _merge(cpu.state.view_touched + cc.state.view_touched):
                 cpu.remove_cache(s, e)
-            ctypes.memmove(view.buf, vc.buf, len(vc.buf))
-            view._pending = list(vc.pending)
-            view._pending_set = set(vc.pending)
-            view._versions = {u: list(c) for u, c in vc.versions}
+            cpu.view.restore(vc)
             cpu.uc.context_restore(cc.context)
-            cpu.state = copy_state(cc.state)
+            cpu.state = cc.state.copy()
             cpu.retired = cc.retired_count
-            retired = self.truth.retired[cpu.index]
             if cc.records is not None:
-                ticks, ips, ends, code = cc.records
-                retired.ticks.frombytes(ticks)
-                retired.ips.frombytes(ips)
-                retired.ends.frombytes(ends)
-                retired.code += code
-            cpu.truth = retired if self.config.truth else None
-            cpu.events = self.truth.events
+                self.truth.retired[cpu.index].extend_packed(cc.records)
         self.clock.tick = snap.tick
         self._escalation = dict(snap.escalation)
         self._last = snap.last
@@ -361,8 +346,14 @@ class Machine(InterruptDelivery, HypercallService):
         try:
             return self._cpu_step(cpu, dec)
         finally:
-            cpu.footprint = None
-            dec.source.step_done(fp)
+            self._footprint_done(cpu, dec, fp)
+
+    @staticmethod
+    def _footprint_done(cpu: Cpu, dec: Decisions, fp: Footprint) -> None:
+        """A step's footprint is complete: off the CPU, to the source (also where the C loop
+        hands a step back with its footprint, emu/native_loop.py)."""
+        cpu.footprint = None
+        dec.source.step_done(fp)
 
     def _cpu_request(self, runnable: tuple[int, ...], last: int | None,
                      yielded: frozenset[int]) -> Request:

@@ -175,8 +175,7 @@ class NativeLoop:
             return m._event_run(cpu, dec)
         finally:
             if fp is not None:
-                cpu.footprint = None
-                dec.source.step_done(fp)
+                m._footprint_done(cpu, dec, fp)
 
     def _batch(self, dec: Decisions, resume: tuple[int, int], most: int
                ) -> tuple[int, int, int, int]:

@@ -45,6 +45,20 @@ class Retired:
     def __len__(self) -> int:
         return len(self.ticks)
 
+    def packed(self) -> tuple[bytes, bytes, bytes, bytes]:
+        """The records as bytes (ticks, ips, ends, code): a copy for a machine snapshot."""
+        return self.ticks.tobytes(), self.ips.tobytes(), self.ends.tobytes(), bytes(self.code)
+
+    def extend_packed(self, packed: tuple[bytes, bytes, bytes, bytes]) -> None:
+        """Append records `packed` gave, to an empty Retired (the ends are offsets in code)."""
+        if len(self):
+            raise ValueError("extend_packed: the records' code offsets need an empty Retired")
+        ticks, ips, ends, code = packed
+        self.ticks.frombytes(ticks)
+        self.ips.frombytes(ips)
+        self.ends.frombytes(ends)
+        self.code += code
+
     @overload
     def __getitem__(self, i: int) -> tuple[int, int, bytes]: ...
     @overload

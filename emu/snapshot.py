@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from .cpu import CpuState
 from .events import Event
+from .fetch_view import ViewCopy
 from .path import Choice
 from .text_poke_record import TextPokeRecord
 
@@ -28,23 +29,14 @@ KEEP = 128  # snapshots kept, least recently used dropped first (about 0.7 MB ea
 
 
 @dataclass(frozen=True)
-class ViewCopy:
-    """A FetchView's bytes and pending units (emu/fetch_view.py)."""
-
-    buf: bytes
-    pending: tuple[tuple[int, int], ...]
-    versions: tuple[tuple[tuple[int, int], tuple[bytes, ...]], ...]
-
-
-@dataclass(frozen=True)
 class CpuCopy:
     """One CPU: Unicorn's context (registers), the harness state, the retired count and
     records (emu/retired.py's arrays, as bytes)."""
 
     context: object  # unicorn.UcContext
-    state: CpuState
+    state: CpuState  # CpuState.copy()
     retired_count: int
-    records: tuple[bytes, bytes, bytes, bytes] | None  # ticks, ips, ends, code
+    records: tuple[bytes, bytes, bytes, bytes] | None  # Retired.packed()
 
 
 @dataclass(frozen=True)
@@ -57,25 +49,13 @@ class Snapshot:
     tick: int
     last: int | None  # Machine._last: the CPU of the last step
     mem: tuple[bytes, bytes, bytes]
-    views: tuple[ViewCopy, ...]
+    views: tuple[ViewCopy, ...]  # FetchView.saved()
     cpus: tuple[CpuCopy, ...]
     events: tuple[Event, ...]
     sideband: tuple[TextPokeRecord, ...]
     escalation: tuple[tuple[int, str], ...]
     source: object  # DecisionSource.mark(): what the source recorded until then
     source_kind: object  # DecisionSource.kind(): only a source of the same kind resumes it
-
-
-def copy_state(st: CpuState) -> CpuState:
-    """A CpuState that shares nothing mutable with `st` (its frames and verdict are
-    immutable)."""
-    return CpuState(pending_ipis=set(st.pending_ipis), pending_nmi=st.pending_nmi,
-                    nmi_blocked=st.nmi_blocked, nmis_left=st.nmis_left, halted=st.halted,
-                    finished=st.finished, shadow=st.shadow, yielded=st.yielded,
-                    need_serialize=st.need_serialize, own_dirty=list(st.own_dirty),
-                    view_touched=list(st.view_touched), verdict=st.verdict,
-                    last_ip=st.last_ip, last_code=st.last_code, handling=list(st.handling),
-                    left=list(st.left))
 
 
 class SnapshotCache:
