@@ -92,26 +92,37 @@ def test_a_restore_that_forgets_the_pending_units_is_caught(monkeypatch):
 def test_a_restore_that_keeps_stale_translations_is_caught(monkeypatch):
     """Perturbed: Unicorn keeps its translations of the text the restored views change."""
     from emu.machine import Machine
-    from emu.native_cpu import NativeCpu
 
-    restore = Machine._restore
-    dropping = {"on": True}
-    remove = NativeCpu.remove_cache
-
-    def keeps(self, start, end):
-        if dropping["on"]:
-            remove(self, start, end)
-
-    def stale(self, snap, dec):
-        dropping["on"] = False
-        try:
-            restore(self, snap, dec)
-        finally:
-            dropping["on"] = True
-
-    monkeypatch.setattr(NativeCpu, "remove_cache", keeps)
-    monkeypatch.setattr(Machine, "_restore", stale)
+    monkeypatch.setattr(Machine, "_restore", _perturbed_restore(
+        "cpu.remove_cache(s, e)", "pass"))
     assert _caught(SnapshotCache(every=5))
+
+
+def test_what_a_snapshot_copies_is_its_own():
+    """CpuState.copy shares no set, list or dict (a new field is copied too), and packed
+    records come back equal, only into an empty Retired. Perturbed: a copy that shares its
+    lists is seen."""
+    from dataclasses import fields, replace
+
+    from emu.cpu import CpuState
+    from emu.retired import Retired
+    from emu.verdict import HandlerFrame
+
+    st = CpuState(pending_ipis={0xFC}, own_dirty=[(1, 2)], handling=[HandlerFrame(3, 5)],
+                  last_code=b"\xcc", nmis_left=2)
+
+    def shared(a: CpuState, b: CpuState) -> list[str]:
+        return [f.name for f in fields(a) if isinstance(getattr(a, f.name), set | list | dict)
+                and getattr(a, f.name) is getattr(b, f.name)]
+
+    assert st.copy() == st and shared(st, st.copy()) == []
+    assert shared(st, replace(st)) != []  # a shallow copy shares them
+    r = Retired([(1, 0x10, b"\x90"), (2, 0x11, b"\x0f\x0b")])
+    back = Retired()
+    back.extend_packed(r.packed())
+    assert back == r and list(back) == list(r)
+    with pytest.raises(ValueError):
+        back.extend_packed(r.packed())
 
 
 def test_the_cache_finds_the_longest_snapshot_within_the_planned_choices():
@@ -138,7 +149,7 @@ def test_the_cache_finds_the_longest_snapshot_within_the_planned_choices():
         SnapshotCache(every=0)
 
 
-def _footprints_after_a_plain_run(cache: SnapshotCache) -> list:
+def _footprints_after_a_plain_run(cache: SnapshotCache | None) -> list:
     """A run without footprints (a search without DPOR) leaves snapshots; then a run with
     them plans the same first choices: its steps, as its source recorded them."""
     runner = Runner(SCENARIOS["static_key"], None, 3, event_mode=True, engine=Engine.FAST,
@@ -156,7 +167,7 @@ def test_a_source_that_records_footprints_does_not_resume_a_plain_ones_snapshot(
     steps are missing."""
     from emu.decisions import DecisionSource
 
-    reference = _footprints_after_a_plain_run(SnapshotCache(every=1, keep=1))  # none fits
+    reference = _footprints_after_a_plain_run(None)  # from the reset state
     cache = SnapshotCache(every=20)
     assert _footprints_after_a_plain_run(cache) == reference and cache.hits == 0
     monkeypatch.setattr(DecisionSource, "kind", lambda self: "one kind")
