@@ -537,8 +537,8 @@ class Cpu:
         return self.view.read(off, min(size, self.layout.text_size - off))
 
     # ---------------------------------------------------------------- registers
-    def reg(self, name: str):
-        """A register: an int, or for IDTR / GDTR (selector, base, limit, flags)."""
+    def reg(self, name: str) -> int:
+        """A register's value (`table_reg` reads IDTR and GDTR)."""
         raw = _RAW64.get(name)
         if raw is not None:
             return self._read64(raw)
@@ -546,14 +546,19 @@ class Cpu:
         if raw is not None:
             self._u64.value = 0
             return self._read64(raw)
-        raw = _MMR.get(name)
-        if raw is not None:
-            mmr = self._mmr
-            err = uclib.uc_reg_read(self.uc._uch, raw, ctypes.byref(mmr))
-            if err:
-                raise UcError(err)
-            return mmr.selector, mmr.base, mmr.limit, mmr.flags
-        return self.uc.reg_read(getattr(X, f"UC_X86_REG_{name.upper()}"))
+        if name in _MMR:
+            raise ValueError(f"{name} is a descriptor-table register: use table_reg")
+        value = self.uc.reg_read(getattr(X, f"UC_X86_REG_{name.upper()}"))
+        assert isinstance(value, int), name
+        return value
+
+    def table_reg(self, name: str) -> tuple[int, int, int, int]:
+        """IDTR or GDTR: (selector, base, limit, flags)."""
+        mmr = self._mmr
+        err = uclib.uc_reg_read(self.uc._uch, _MMR[name], ctypes.byref(mmr))
+        if err:
+            raise UcError(err)
+        return mmr.selector, mmr.base, mmr.limit, mmr.flags
 
     def _read64(self, reg: int) -> int:
         """A register in _RAW64, through the C API."""

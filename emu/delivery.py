@@ -172,7 +172,7 @@ class InterruptDelivery:
                     ) -> str | int | None:
         """None when delivered; else why not, or (an int) the stack address the push
         faulted at."""
-        _sel, base, limit, _flags = cpu.reg("idtr")
+        _sel, base, limit, _flags = cpu.table_reg("idtr")
         if 16 * vector + 15 > limit:
             return f"vector {vector} is beyond the IDT limit"
         try:

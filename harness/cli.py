@@ -20,6 +20,7 @@ from . import __version__
 from .errors import BadInput, WorkerDied
 
 if TYPE_CHECKING:
+    from harness.explore.explore import Plan
     from harness.scenario.load import Origin, ScenarioRef
 
     from .run import Outcome
@@ -230,6 +231,33 @@ def _dump(args: argparse.Namespace) -> int:
     return NO_FAILURE
 
 
+def _estimate(args: argparse.Namespace, plan: Plan) -> int:
+    """`explore --estimate`: the bounded space's size, no search (exit 0: nothing failed)."""
+    from harness.explore.explore import estimate
+    from harness.scenario.text_poke_loc import ScenarioError
+
+    if args.strategy != "exhaustive":
+        return _bad_input(f"--estimate: the space of the exhaustive strategy is estimated, "
+                          f"not {args.strategy}'s: add --strategy exhaustive")
+    if args.jobs != 1 or args.cluster or args.db or args.out or args.stop_at_first:
+        return _bad_input("--estimate runs its probes in this process and searches nothing: "
+                          "without --jobs, --cluster, --db, --out, --stop-at-first")
+    try:
+        est = estimate(plan, args.estimate)
+    except ScenarioError as e:
+        return _bad_input(str(e))
+    if args.json:
+        print(json.dumps({"scenario": args.scenario, "variant": args.variant,
+                          "preemptions": plan.preemptions, "delays": plan.delays,
+                          "interrupts": plan.interrupts, "dpor": plan.dpor,
+                          "paths": round(est.paths), "stderr": round(est.stderr),
+                          "probes": est.probes, "runs": est.runs, "deepest": est.deepest,
+                          "seconds": round(est.seconds, 2)}, indent=2))
+    else:
+        print(f"{args.scenario}: {est.line()}")
+    return NO_FAILURE
+
+
 def _explore(args: argparse.Namespace) -> int:
     from harness.explore.explore import Plan, explore, progress_bar
     from harness.scenario.text_poke_loc import ScenarioError
@@ -254,6 +282,8 @@ def _explore(args: argparse.Namespace) -> int:
         tls = Tls(args.tls_ca_file or "", args.tls_cert or "", args.tls_key or "")
     if args.strategy == "side-by-side":
         return _side_by_side(args, plan, tls)
+    if args.estimate is not None:
+        return _estimate(args, plan)
     if args.log:
         log = sys.stderr if args.json else sys.stdout  # --json: only JSON on stdout
 
@@ -526,6 +556,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--dpor", action="store_true",
                     help="exhaustive: one schedule per order of dependent steps (fewer "
                          "schedules; under the bounds it may miss some, see README)")
+    ex.add_argument("--estimate", type=positive_int, metavar="PROBES",
+                    help="exhaustive: do not search; estimate how many paths the bounded "
+                         "space holds from PROBES random probes (Knuth's estimator; with "
+                         "--dpor the search makes at most that many)")
     ex.add_argument("--schedules", type=positive_int,
                     help="how many (default 100; exhaustive: until the space is exhausted)")
     ex.add_argument("--time", type=positive_seconds, help="seconds to explore for")

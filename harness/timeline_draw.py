@@ -10,8 +10,9 @@ gives the same bytes."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from .timeline import ExecKind, PhaseKind, Timeline, TimelineError
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from .run import Outcome
 
 SUFFIXES = (".svg", ".png")
+T = TypeVar("T")
 
 PHASE_COLOURS = {PhaseKind.INT3: "#e6550d", PhaseKind.SYNC: "#756bb1",
                  PhaseKind.TAIL: "#3182bd", PhaseKind.RECORD: "#d4a017",
@@ -43,6 +45,16 @@ LANE = 1.0  # a CPU's lane height; rows inside it, bottom to top: sites, events,
 EXEC_ROWS = (0.04, 0.44)  # the sites' sub-rows share this band
 PHASE_ROW = (0.74, 0.84)
 STORE_ROW = (0.62, 0.71)
+
+
+def _numbered(items: Iterable[T], key: Callable[[T], Hashable]) -> Iterator[tuple[int, T]]:
+    """Each item with its number among those of the same key: what an element's id says
+    (`exec-<cpu>-<site>-<n>-...`), the same on every draw of the same timeline."""
+    seen: Counter[Hashable] = Counter()
+    for item in items:
+        k = key(item)
+        yield seen[k], item
+        seen[k] += 1
 
 
 def _suffix(out: Path) -> str:
@@ -122,10 +134,7 @@ def draw(tl: Timeline, out: Path) -> Path:
                 return base(cpu) + EXEC_ROWS[0] + row_h * site_row[site], row_h
             return base(cpu) + STORE_ROW[0], STORE_ROW[1] - STORE_ROW[0]
 
-        per_cpu: Counter[int] = Counter()
-        for s in tl.stores:  # text stores per site, in the storing CPU's row of the site
-            n = per_cpu[s.cpu]
-            per_cpu[s.cpu] += 1
+        for n, s in _numbered(tl.stores, lambda s: s.cpu):  # per site, in the storer's lane
             y, h = row(s.cpu, s.site)
             r = Rectangle((s.tick, y + h * 0.1), width, h * 0.8,
                           facecolor=PHASE_COLOURS[s.kind], edgecolor="none")
@@ -138,19 +147,13 @@ def draw(tl: Timeline, out: Path) -> Path:
                            markeredgecolor="black", markeredgewidth=0.4, linestyle="none")
             m.set_gid(f"record-{n}")
 
-        per_cpu = Counter()
-        for h in tl.handlers:  # INT3 -> handler: the #BP until its IRET, under the executions
-            n = per_cpu[h.cpu]
-            per_cpu[h.cpu] += 1
+        for n, h in _numbered(tl.handlers, lambda h: h.cpu):  # the #BP until its IRET
             y = base(h.cpu) + EXEC_ROWS[0] + row_h * site_row[h.site]
             r = Rectangle((h.start, y + row_h * 0.3), max(h.end - h.start, width), row_h * 0.4,
                           facecolor=EXEC_COLOURS[ExecKind.INT3], edgecolor="none", alpha=0.35)
             r.set_gid(f"handler-{h.cpu}-{n}")
             ax.add_patch(r)
-        per_site: Counter[tuple[int, str]] = Counter()
-        for e in tl.executions:
-            n = per_site[e.cpu, e.site]
-            per_site[e.cpu, e.site] += 1
+        for n, e in _numbered(tl.executions, lambda e: (e.cpu, e.site)):
             y = base(e.cpu) + EXEC_ROWS[0] + row_h * site_row[e.site]
             r = Rectangle((e.tick, y + row_h * 0.1), width * (3 if e.kind is ExecKind.TORN
                                                                else 1),
@@ -158,10 +161,7 @@ def draw(tl: Timeline, out: Path) -> Path:
             r.set_gid(f"exec-{e.cpu}-{e.site}-{n}-{e.kind}")
             ax.add_patch(r)
 
-        per_mark: Counter[tuple[str, int]] = Counter()
-        for mk in tl.marks:
-            n = per_mark[mk.what, mk.cpu]
-            per_mark[mk.what, mk.cpu] += 1
+        for n, mk in _numbered(tl.marks, lambda mk: (mk.what, mk.cpu)):
             row, marker, colour = MARKS[mk.what]
             (m,) = ax.plot([mk.tick], [base(mk.cpu) + row], marker=marker, markersize=3.5,
                            color=colour, linestyle="none", markeredgewidth=0.6)

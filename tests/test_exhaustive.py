@@ -9,6 +9,7 @@ import pytest
 
 from emu import layout
 from emu.decisions import DecisionSource
+from emu.engine import Engine
 from emu.footprint import Footprint, data_words, describe, irq, text_grains
 from emu.path import Cost, CpuContext, Kind, Request, simplest
 from harness import litmus
@@ -135,9 +136,11 @@ def _walked_backtrack_points(steps: list[Step]) -> list[tuple[int, list[int]]]:
     return out
 
 
-def test_backtrack_points_are_the_choices_before_each_race_and_its_block():
-    """The points are found in one pass per run; they equal the definition's walk on random
-    runs (long blocks, steps without a choice of their own), and a moved choice shows."""
+@pytest.mark.parametrize("engine", list(Engine))
+def test_backtrack_points_are_the_choices_before_each_race_and_its_block(engine: Engine):
+    """The points are found in one pass per run (with the C race finder on the fast engine);
+    they equal the definition's walk on random runs (long blocks, steps without a choice of
+    their own), and a moved choice shows."""
     rng = random.Random(3)
     pool = [*data_words(0x1000, 32), *text_grains(0, 64)]
     for trial in range(30):
@@ -149,12 +152,12 @@ def test_backtrack_points_are_the_choices_before_each_race_and_its_block():
                               Footprint(cpu, set(rng.sample(pool, 3)),
                                         set(rng.sample(pool, rng.randint(0, 1))))))
         want = _walked_backtrack_points(steps)
-        assert backtrack_points(steps) == want, f"trial {trial}"
+        assert backtrack_points(steps, engine) == want, f"trial {trial}"
         if want:  # perturbed: the choice before the first race's step moves
             node = want[0][0]
             k = next(k for k, s in enumerate(steps) if s.node == node)
             steps[k] = Step(node + 1000, steps[k].footprint)
-            assert backtrack_points(steps) != want
+            assert backtrack_points(steps, engine) != want
 
 
 def test_text_and_interrupt_locations():

@@ -602,8 +602,8 @@ ud:
 
 
 def test_registers_read_and_written_through_the_c_api_equal_the_bindings(build):
-    """Cpu.reg / set_reg's fast paths (general registers, selectors into a cleared value,
-    IDTR / GDTR into a uc_x86_mmr) give what the binding's reg_read gives. The scratch value
+    """Cpu.reg / table_reg / set_reg's fast paths (general registers, selectors into a
+    cleared value, IDTR / GDTR into a uc_x86_mmr) give what the binding's reg_read gives. The scratch value
     is dirtied first: a selector read that did not clear it would show its upper bytes."""
     from unicorn import x86_const as X
 
@@ -614,7 +614,10 @@ def test_registers_read_and_written_through_the_c_api_equal_the_bindings(build):
     cpu = m.cpus[0]
     for name in (*_RAW64, *_SELECTORS, *_MMR):
         cpu._u64.value = 0xFFFF_FFFF_FFFF_FFFF
-        assert cpu.reg(name) == cpu.uc.reg_read(getattr(X, f"UC_X86_REG_{name.upper()}")), name
+        read = cpu.table_reg(name) if name in _MMR else cpu.reg(name)
+        assert read == cpu.uc.reg_read(getattr(X, f"UC_X86_REG_{name.upper()}")), name
+    with pytest.raises(ValueError, match="table_reg"):  # a tuple is never an int register
+        cpu.reg("idtr")
     for name, value in (("rax", 0x1122_3344_5566_7788), ("rsp", 0xFFFF_8880_0000_1000)):
         cpu.set_reg(name, value)
         assert cpu.uc.reg_read(getattr(X, f"UC_X86_REG_{name.upper()}")) == value

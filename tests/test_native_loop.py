@@ -13,10 +13,10 @@ import pytest
 
 from emu import native_loop
 from emu.config import RunBudget
-from emu.decisions import RandomSource, ReplaySource
+from emu.decisions import PolicySource, RandomSource, ReplaySource
 from emu.engine import Engine, native_module
 from emu.footprint import Footprint, irq
-from emu.path import Kind
+from emu.path import Kind, ReplayError
 from harness.explore.exhaustive import ExhaustiveSource
 from harness.explore.strategies import PctSource
 from harness.run import Runner
@@ -81,6 +81,31 @@ def test_other_sources_are_asked_as_the_reference_asks_them(source: str):
         fast = runners[Engine.FAST].machine.run(make())
         ref = runners[Engine.REFERENCE].machine.run(make())
         assert differences(runners[Engine.FAST], fast, ref) == [], f"seed {seed}"
+
+
+@pytest.mark.parametrize("answer", ["arity", "negative", "not an int", "a bool"])
+def test_a_source_answering_out_of_range_is_refused_as_the_reference_refuses_it(answer: str):
+    """A source's answer outside 0..arity-1, asked from the C loop, is the same ReplayError at
+    the same choice as the reference loop raises; True is the int 1 to both."""
+    bad = {"arity": lambda r: r.arity, "negative": lambda r: -1,
+           "not an int": lambda r: "0", "a bool": lambda r: True}[answer]
+
+    def make():  # the 20th choice, well inside the C loop's first batch
+        asked = []
+        return PolicySource(lambda r: (asked.append(r), bad(r) if len(asked) == 20 else 0)[1])
+
+    runners = _runners()
+    outcomes = []
+    for engine in Engine:
+        try:
+            result = runners[engine].machine.run(make())
+            outcomes.append(("ran", [(c.kind, c.value) for c in result.path]))
+        except ReplayError as e:
+            outcomes.append(("refused", str(e)))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0] == ("ran" if answer == "a bool" else "refused"), outcomes[0]
+    if answer != "a bool":
+        assert outcomes[0][1].startswith("decision 19: source answered"), outcomes[0][1]
 
 
 def test_a_replay_of_a_fast_run_on_the_reference_machine_is_that_run():

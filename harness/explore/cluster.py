@@ -38,8 +38,11 @@ CONNECT_TIMEOUT = 10.0  # seconds to reach a scheduler
 WORKER_TIMEOUT = 60.0  # seconds for a scheduler's first worker (or the local ones) to come
 BATCH_SECONDS = 1.0  # the work a random/PCT task carries (Dask: a task should run >= ~1 s)
 # an exhaustive task's time slice before it returns what is left (the environment may set it:
-# shorter slices balance a small search better, at more per-task overhead)
-SLICE_SECONDS = float(os.environ.get("TEXTPOKE_SLICE_SECONDS", "1.0"))
+# shorter slices balance a small search better, at more per-task overhead). 4 s: on two
+# workers, static_key P=2 V=2 --dpor made 18 % more schedules than with 1 s slices (each
+# slice a region's state both ways and the whole frontier saved; a region moved to the other
+# worker starts without its snapshots), and 10 s no more than 4 s (BENCHMARKS.md)
+SLICE_SECONDS = float(os.environ.get("TEXTPOKE_SLICE_SECONDS", "4.0"))
 WORKER_SETUP = "harness.explore.work"  # its dask_setup: Ctrl-C to the client, die with it
 
 
@@ -343,10 +346,7 @@ def run_regions(cl: Cluster, plan: Plan, variant: str, build: str, part: Partiti
                 if spare <= 0:
                     return
                 spare = max(1, spare // max(1, want - len(inflight)))
-            if len(part.waiting()) < want - len(inflight):
-                for region in part.waiting():
-                    part.split(region)
-            region = part.take()
+            region = part.hand_out(want - len(inflight))
             fut = cl.client.submit(explore_region, plan, region.state, spare, SLICE_SECONDS,
                                    flag, pure=False)
             inflight[fut] = region

@@ -40,7 +40,7 @@ schedule and continue later from its saved state (harness/explore/explore.py kee
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from emu.decisions import DecisionSource
@@ -175,52 +175,22 @@ class Search:
 
     def finish(self, src: ExhaustiveSource) -> None:
         """Take in what the schedule run from `src` recorded, then choose the next one."""
-        prefix = self.next
-        if len(src.record) < len(prefix):
-            raise SearchError(f"the run made {len(src.record)} choices, fewer than the "
-                              f"{len(prefix)} of the search's prefix: the machine is not the one "
-                              "this search ran on")
-        for k, (old, new) in enumerate(zip(prefix, src.record, strict=False)):
-            if (old.kind, old.arity, old.runnable, old.simplest) != \
-                    (new.kind, new.arity, new.runnable, new.simplest):
-                raise SearchError(f"choice {k}: the search expected a {old.kind.value} choice "
-                                  f"of {old.arity} values (runnable {old.runnable}), the run "
-                                  f"made a {new.kind.value} choice of {new.arity} (runnable "
-                                  f"{new.runnable}): the machine is not the one this search "
-                                  "ran on")
-        path = list(prefix)
-        for node in src.record[len(prefix):]:
-            full = not self.reduce or node.kind is not Kind.CPU
-            node.todo = set(range(node.arity)) if full else {node.value}
-            node.done = {node.value}
-            path.append(node)
-        self.last = Level(len(prefix) - 1, path)  # the run just taken in, as a level
+        self.last = taken_in(self.next, src, self.reduce, self.engine)
         self.levels.append(self.last)
-        if self.reduce:
-            backtrack(path, src.steps, self.engine)
         self.exhausted = not self._advance()
 
     def _advance(self) -> bool:
         """The next run: the first untried value, within the bounds, of the top level's own
         choices; a level with none left is done. False when every level is done."""
-        bound = self.bound
         while self.levels:
             top = self.levels[-1]
             end = len(top.path)
             if self.limit is not None and top is self.levels[0]:
                 end = min(end, self.limit + 1)
-            spent = FREE  # what the choices before position i spend
-            for i in range(end):
-                node = top.path[i]
-                if i > top.base and not node.todo <= node.done:
-                    for v in sorted(node.todo - node.done,
-                                    key=lambda v, n=node: (v != n.simplest, v)):
-                        if (spent + node.cost(v)).within(bound):
-                            node.done.add(v)
-                            self.next = top.path[:i] + [_deviation(node, v)]
-                            return True
-                if node.value != node.simplest:
-                    spent = spent + node.cost(node.value)
+            for i, v in untried(top, self.bound, end):
+                top.path[i].done.add(v)
+                self.next = top.path[:i] + [_deviation(top.path[i], v)]
+                return True
             self.levels.pop()
         self.next = []
         return False
@@ -270,6 +240,51 @@ class Search:
         if search.exhausted != (not search.next):
             raise SearchError("damaged search state: exhausted, and a next run to make")
         return search
+
+
+def taken_in(prefix: list[Node], src: ExhaustiveSource, reduce: bool,
+             engine: Engine | None = None) -> Level:
+    """The run `src` recorded, made from `prefix` (the run it deviates from up to its
+    deviation), as a level: its own choices with every value to try (with `reduce`, a CPU
+    choice's only its own, and what the run's races add there and before, dpor.py)."""
+    if len(src.record) < len(prefix):
+        raise SearchError(f"the run made {len(src.record)} choices, fewer than the "
+                          f"{len(prefix)} of the search's prefix: the machine is not the one "
+                          "this search ran on")
+    for k, (old, new) in enumerate(zip(prefix, src.record, strict=False)):
+        if (old.kind, old.arity, old.runnable, old.simplest) != \
+                (new.kind, new.arity, new.runnable, new.simplest):
+            raise SearchError(f"choice {k}: the search expected a {old.kind.value} choice "
+                              f"of {old.arity} values (runnable {old.runnable}), the run "
+                              f"made a {new.kind.value} choice of {new.arity} (runnable "
+                              f"{new.runnable}): the machine is not the one this search "
+                              "ran on")
+    path = list(prefix)
+    for node in src.record[len(prefix):]:
+        full = not reduce or node.kind is not Kind.CPU
+        node.todo = set(range(node.arity)) if full else {node.value}
+        node.done = {node.value}
+        path.append(node)
+    if reduce:
+        backtrack(path, src.steps, engine)
+    return Level(len(prefix) - 1, path)
+
+
+def untried(level: Level, bound: Cost, end: int | None = None) -> Iterator[tuple[int, int]]:
+    """(position, value): the untried values of the level's own choices (those before `end`)
+    that keep the path within `bound`, in the order the search tries them, the first choice
+    first and at each its simplest value first. Each is a run the search makes from this
+    level: its children in the search's tree."""
+    spent = FREE  # what the choices before position i spend
+    path = level.path
+    for i in range(len(path) if end is None else end):
+        node = path[i]
+        if i > level.base and not node.todo <= node.done:
+            for v in sorted(node.todo - node.done, key=lambda v, n=node: (v != n.simplest, v)):
+                if (spent + node.cost(v)).within(bound):
+                    yield i, v
+        if node.value != node.simplest:
+            spent = spent + node.cost(node.value)
 
 
 def _deviation(node: Node, value: int) -> Node:

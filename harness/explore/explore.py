@@ -32,6 +32,7 @@ from harness.scenario.load import Origin, ScenarioRef, resolve
 from harness.scenario.scenario import Scenario
 from harness.trace.pt.encoder import TraceConfig
 
+from .estimate import SpaceEstimate, estimate_space
 from .exhaustive import Search
 from .results_db import ResultsDb, ResultsDbError
 from .shrink import run_budget, shrink
@@ -125,6 +126,15 @@ def plan_runner(plan: Plan, event_mode: bool = False) -> Runner:
     """This process's runner for `plan`'s scenario, variant and CPUs."""
     return runner_for(plan.scenario, plan.variant, plan.cpus, event_mode=event_mode,
                       origin=plan.origin, engine=plan.engine)
+
+
+def estimate(plan: Plan, probes: int) -> SpaceEstimate:
+    """How many paths `plan`'s bounded space holds (estimate.py), from `probes` probes seeded
+    by the plan's seed; the runs are the exhaustive search's machine runs, unverified (only
+    their choices count), continuing from its snapshots."""
+    runner = plan_runner(plan, event_mode=True)
+    return estimate_space(lambda src: runner.machine.run(src, cache=runner.snapshots),
+                          plan.bound, probes, plan.seed)
 
 
 PCT_ESTIMATE_RUNS = 3

@@ -218,6 +218,16 @@ class Partition:
         region.status = Status.RUNNING
         return region
 
+    def hand_out(self, idle: int) -> Region:
+        """The next region for one of `idle` idle workers: when fewer regions wait than
+        workers are idle, every waiting one is split first (the load balancing both the
+        cluster's schedule, cluster.run_regions, and its play here, explore_partitioned,
+        follow)."""
+        if len(self.waiting()) < idle:
+            for region in self.waiting():
+                self.split(region)
+        return self.take()
+
     def returned(self, region: Region, state: dict,
                  reports: list[tuple[int, int, list[int]]]) -> None:
         """A slice of `region` came back: what is left of it (`state`), with what was
@@ -342,10 +352,7 @@ def explore_partitioned(run, bound: Cost, reduce: bool, workers: int,
     inflight: list[tuple[Region, RegionRun]] = []
     while True:
         while len(inflight) < workers and part.waiting():
-            if len(part.waiting()) < workers - len(inflight):
-                for region in part.waiting():
-                    part.split(region)
-            region = part.take()
+            region = part.hand_out(workers - len(inflight))
             inflight.append((region, RegionRun(region.state, bound, reduce)))
         if not inflight:
             return made
