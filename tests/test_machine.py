@@ -603,8 +603,9 @@ ud:
 
 def test_registers_read_and_written_through_the_c_api_equal_the_bindings(build):
     """Cpu.reg / table_reg / set_reg's fast paths (general registers, selectors into a
-    cleared value, IDTR / GDTR into a uc_x86_mmr) give what the binding's reg_read gives. The scratch value
-    is dirtied first: a selector read that did not clear it would show its upper bytes."""
+    cleared value, IDTR / GDTR into a uc_x86_mmr) give what the binding's reg_read gives. The
+    scratch value is dirtied first: a selector read that did not clear it would show its
+    upper bytes."""
     from unicorn import x86_const as X
 
     from emu.cpu import _MMR, _RAW64, _SELECTORS
