@@ -50,16 +50,16 @@ class SpaceEstimate:
 
 
 def probe(run: Callable[[DecisionSource], object], bound: Cost, rng: random.Random,
-          first: Level) -> tuple[float, int, int]:
+          first: Level) -> tuple[float, int]:
     """One walk from the first run (`first`, run once for every probe) to a run with no
-    children: its estimate of the number of runs, the runs it made and the deviations of its
-    last run."""
+    children: its estimate of the number of runs, and the runs it made (one per deviation of
+    its last run)."""
     level = first
     weight, total, runs = 1, 1, 0
     while True:
         children = list(untried(level, bound))
         if not children:
-            return total, runs, runs
+            return total, runs
         weight *= len(children)
         total += weight
         i, v = rng.choice(children)
@@ -84,10 +84,10 @@ def estimate_space(run: Callable[[DecisionSource], object], bound: Cost, probes:
     values: list[float] = []
     runs, deepest = 1, 0
     for _ in range(probes):
-        total, made, depth = probe(run, bound, rng, first)
+        total, made = probe(run, bound, rng, first)
         values.append(total)
         runs += made
-        deepest = max(deepest, depth)
+        deepest = max(deepest, made)
     mean = math.fsum(values) / probes
     var = math.fsum((v - mean) ** 2 for v in values) / (probes - 1) if probes > 1 else 0.0
     return SpaceEstimate(bound, mean, math.sqrt(var / probes), probes, runs,
