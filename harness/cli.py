@@ -239,11 +239,13 @@ def _estimate(args: argparse.Namespace, plan: Plan) -> int:
     if args.strategy != "exhaustive":
         return _bad_input(f"--estimate: the space of the exhaustive strategy is estimated, "
                           f"not {args.strategy}'s: add --strategy exhaustive")
-    if args.jobs != 1 or args.cluster or args.db or args.out or args.stop_at_first:
+    if (args.jobs != 1 or args.cluster or args.db or args.out or args.stop_at_first
+            or args.schedules is not None or args.log):
         return _bad_input("--estimate runs its probes in this process and searches nothing: "
-                          "without --jobs, --cluster, --db, --out, --stop-at-first")
+                          "without --jobs, --cluster, --db, --out, --stop-at-first, "
+                          "--schedules, --log (--time: no new probe after that many seconds)")
     try:
-        est = estimate(plan, args.estimate)
+        est = estimate(plan, args.estimate, args.time)
     except ScenarioError as e:
         return _bad_input(str(e))
     if args.json:
@@ -559,7 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--estimate", type=positive_int, metavar="PROBES",
                     help="exhaustive: do not search; estimate how many paths the bounded "
                          "space holds from PROBES random probes (Knuth's estimator; with "
-                         "--dpor the search makes at most that many)")
+                         "--dpor the search makes at most that many); with --time, fewer "
+                         "probes if the time runs out")
     ex.add_argument("--schedules", type=positive_int,
                     help="how many (default 100; exhaustive: until the space is exhausted)")
     ex.add_argument("--time", type=positive_seconds, help="seconds to explore for")

@@ -13,6 +13,7 @@ import pytest
 from emu.path import Cost
 from harness import cli, litmus
 from harness.explore import estimate as estimate_module
+from harness.explore import explore as explore_module
 from harness.explore.estimate import estimate_space
 from harness.explore.exhaustive import explore_exhaustive
 from harness.explore.explore import Plan, estimate, plan_runner
@@ -78,10 +79,38 @@ def test_estimate_from_the_command_line(capsys):
     assert (doc["paths"], doc["stderr"], doc["probes"], doc["dpor"]) == (258, 0, 2, True)
     assert cli.main([*args, "--estimate", "2"]) == 0
     assert "about 258 paths" in capsys.readouterr().out
-    for bad in (["--jobs", "2"], ["--strategy", "random"], ["--db", "x.db"]):
+    for bad in (["--jobs", "2"], ["--strategy", "random"], ["--db", "x.db"],
+                ["--schedules", "5"], ["--log"]):
         assert cli.main([*args, "--estimate", "2", *bad]) == 2
         err = capsys.readouterr().err
         assert "--estimate" in err and "Traceback" not in err
     with pytest.raises(SystemExit) as refused:  # argparse's own: usage and exit status 2
         cli.main([*args, "--estimate", "0"])
     assert refused.value.code == 2 and "not a positive integer" in capsys.readouterr().err
+
+
+def test_the_time_limit_ends_the_probes():
+    """With time for none, one probe runs (an estimate needs one) and the estimate is over it
+    alone; without a limit every probe runs. Perturbed by hand: a limit that let two probes
+    run fails here."""
+    run, bound = _litmus_run("XMC+INT3"), Cost(2, 2, 0)
+    cut = estimate_space(run, bound, 20, seed=1, seconds=0)
+    whole = estimate_space(run, bound, 20, seed=1)
+    assert (cut.probes, whole.probes) == (1, 20)
+    assert cut.stderr == 0 and cut.runs == 1 + cut.deepest
+
+
+def test_the_command_lines_time_limit_reaches_the_probes(monkeypatch, capsys):
+    asked = []
+
+    def fake(plan, probes, seconds=None):
+        asked.append((probes, seconds))
+        return estimate(plan, 1)
+
+    monkeypatch.setattr(explore_module, "estimate", fake)
+    args = ["explore", "z4_bytewise", "--variant", "fixed", "--strategy", "exhaustive",
+            "--preemptions", "1", "--delays", "0", "--interrupts", "0"]
+    assert cli.main([*args, "--estimate", "50", "--time", "7.5"]) == 0
+    assert cli.main([*args, "--estimate", "50"]) == 0
+    assert asked == [(50, 7.5), (50, None)]
+    assert "about 258 paths" in capsys.readouterr().out

@@ -71,8 +71,10 @@ def probe(run: Callable[[DecisionSource], object], bound: Cost, rng: random.Rand
 
 
 def estimate_space(run: Callable[[DecisionSource], object], bound: Cost, probes: int,
-                   seed: int = 0) -> SpaceEstimate:
-    """`probes` independent probes (from `seed`), `run(source)` making each run."""
+                   seed: int = 0, seconds: float | None = None) -> SpaceEstimate:
+    """`probes` independent probes (from `seed`), `run(source)` making each run; with
+    `seconds`, no new probe starts once that much time has passed (the first always runs),
+    and the estimate is over the probes made."""
     check_bound(bound)
     if probes < 1:
         raise ValueError(f"an estimate needs at least one probe, got {probes}")
@@ -84,11 +86,14 @@ def estimate_space(run: Callable[[DecisionSource], object], bound: Cost, probes:
     values: list[float] = []
     runs, deepest = 1, 0
     for _ in range(probes):
+        if values and seconds is not None and time.perf_counter() - start >= seconds:
+            break
         total, made = probe(run, bound, rng, first)
         values.append(total)
         runs += made
         deepest = max(deepest, made)
-    mean = math.fsum(values) / probes
-    var = math.fsum((v - mean) ** 2 for v in values) / (probes - 1) if probes > 1 else 0.0
-    return SpaceEstimate(bound, mean, math.sqrt(var / probes), probes, runs,
+    n = len(values)
+    mean = math.fsum(values) / n
+    var = math.fsum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    return SpaceEstimate(bound, mean, math.sqrt(var / n), n, runs,
                          time.perf_counter() - start, deepest)

@@ -128,13 +128,14 @@ def plan_runner(plan: Plan, event_mode: bool = False) -> Runner:
                       origin=plan.origin, engine=plan.engine)
 
 
-def estimate(plan: Plan, probes: int) -> SpaceEstimate:
+def estimate(plan: Plan, probes: int, seconds: float | None = None) -> SpaceEstimate:
     """How many paths `plan`'s bounded space holds (estimate.py), from `probes` probes seeded
-    by the plan's seed; the runs are the exhaustive search's machine runs, unverified (only
-    their choices count), continuing from its snapshots."""
+    by the plan's seed (fewer if `seconds` run out first); the runs are the exhaustive
+    search's machine runs, unverified (only their choices count), continuing from its
+    snapshots."""
     runner = plan_runner(plan, event_mode=True)
     return estimate_space(lambda src: runner.machine.run(src, cache=runner.snapshots),
-                          plan.bound, probes, plan.seed)
+                          plan.bound, probes, plan.seed, seconds)
 
 
 PCT_ESTIMATE_RUNS = 3
