@@ -37,7 +37,8 @@ from emu.engine import Engine, native_status
 from emu.machine import Machine
 from emu.native_cpu import NativeCpu
 from harness.explore.exhaustive import ExhaustiveSource
-from harness.explore.explore import Plan, explore
+from harness.explore.explore import explore
+from harness.explore.schedule import Plan
 from harness.run import Runner
 from harness.scenario.op import StaticKey
 from harness.scenario.scenario import Scenario

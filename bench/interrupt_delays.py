@@ -30,7 +30,7 @@ from emu.footprint import TEXT, Footprint, irq, stack
 from emu.machine import Machine
 from emu.path import Kind, Request
 from harness.explore.exhaustive import ExhaustiveSource
-from harness.explore.explore import Plan, plan_runner
+from harness.explore.schedule import Plan, plan_runner
 
 _TAG = 3 << 60
 

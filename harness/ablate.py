@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from emu.path import Cost
 
 from .explore.exhaustive import check_bound
-from .explore.explore import Plan, ScheduleResult, exhaustive_search, pct_steps, run_one
+from .explore.explore import exhaustive_search
+from .explore.schedule import Plan, ScheduleResult, pct_steps, run_one
 from .explore.strategies import DEFAULT_STRATEGY
 from .run import Runner
 from .scenario.guest import Cfg

@@ -20,7 +20,7 @@ from . import __version__
 from .errors import BadInput, WorkerDied
 
 if TYPE_CHECKING:
-    from harness.explore.explore import Plan
+    from harness.explore.schedule import Plan
     from harness.scenario.load import Origin, ScenarioRef
 
     from .run import Outcome
@@ -261,7 +261,8 @@ def _estimate(args: argparse.Namespace, plan: Plan) -> int:
 
 
 def _explore(args: argparse.Namespace) -> int:
-    from harness.explore.explore import Plan, explore, progress_bar
+    from harness.explore.explore import explore, progress_bar
+    from harness.explore.schedule import Plan
     from harness.scenario.text_poke_loc import ScenarioError
 
     if args.resume and not args.db:

@@ -32,17 +32,9 @@ import pytest
 
 from emu.engine import Engine
 from emu.verdict import VerdictKind
-from harness.explore.explore import (
-    STRATEGIES,
-    Plan,
-    ScheduleResult,
-    exhaustive_search,
-    explore,
-    pct_steps,
-    replay,
-    run_one,
-)
-from harness.explore.strategies import DEFAULT_STRATEGY
+from harness.explore.explore import exhaustive_search, explore, replay
+from harness.explore.schedule import Plan, ScheduleResult, pct_steps, run_one
+from harness.explore.strategies import DEFAULT_STRATEGY, STRATEGIES
 from harness.explore.token import Token
 from harness.scenario.load import Origin, origin_of
 from harness.scenario.scenario import Scenario
@@ -144,7 +136,7 @@ class Textpoke:
             return self._exhaustive(chk, cpus)
         runner = Runner(scenario, name, cpus, engine=self.engine)
         steps = 0
-        if self.strategy in ("pct", "portfolio"):  # PCT's k, as explore.estimate_steps has it
+        if self.strategy in ("pct", "portfolio"):  # PCT's k, as schedule.estimate_steps has it
             steps = pct_steps(runner, self.seed)
         plan = Plan(scenario.name, name, cpus, self.strategy, self.seed, self.depth, steps,
                     shrink=not chk.expected, origin=chk.origin, engine=self.engine)

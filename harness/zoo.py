@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from emu.verdict import VerdictKind
-from harness.explore.explore import Plan, explore, run_schedule
+from harness.explore.explore import explore
+from harness.explore.schedule import Plan, run_schedule
 from harness.explore.strategies import DEFAULT_STRATEGY
 from harness.scenario.load import ScenarioRef, resolve
 from harness.scenario.shipped import SCENARIOS

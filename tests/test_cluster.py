@@ -26,7 +26,8 @@ from harness.errors import BadInput, WorkerDied
 from harness.explore import cluster as C
 from harness.explore import partition as P
 from harness.explore.exhaustive import explore_exhaustive
-from harness.explore.explore import Plan, explore, plan_runner
+from harness.explore.explore import explore
+from harness.explore.schedule import Plan, plan_runner
 from harness.scenario.load import Origin
 
 Z4 = Plan("z4_bytewise", "buggy", strategy="exhaustive", preemptions=1, delays=0, interrupts=0,

@@ -21,7 +21,7 @@ from emu.text_poke_record import TextPokeRecord
 from emu.verdict import VerdictKind
 from harness import cli, zoo
 from harness.cli import main
-from harness.explore import explore
+from harness.explore import explore, schedule
 from harness.trace.pt.packets import Pad, TscPacket, iter_packets
 from harness.trace.sideband import decode as decode_sideband
 from harness.trace.sideband import encode as encode_record
@@ -165,7 +165,7 @@ def test_pct_depth_0_names_option_and_value():
 
 
 def test_library_explore_refuses_no_work():
-    plan = explore.Plan("z4_bytewise")
+    plan = schedule.Plan("z4_bytewise")
     for kw in ({"schedules": 0}, {"seconds": float("nan")}, {"schedules": 1, "jobs": 0},
                {"schedules": 1, "resume": True}):
         with pytest.raises(cli.BadInput):
@@ -361,12 +361,12 @@ def test_zoo_seconds_to_first_is_time_to_the_failure_not_to_its_shrinking(monkey
     """Shrinking a failure (here made slow) comes after finding it."""
     scn = zoo.SCENARIOS["z4_bytewise"]
     monkeypatch.setattr(zoo, "SCENARIOS", {"z4_bytewise": scn})
-    real = explore.shrink
+    real = schedule.shrink
 
     def slow_shrink(*a, **k):
         time.sleep(1.0)
         return real(*a, **k)
-    monkeypatch.setattr(explore, "shrink", slow_shrink)
+    monkeypatch.setattr(schedule, "shrink", slow_shrink)
     (row,) = zoo.zoo(buggy_budget=20, fixed_budget=1)
     assert row.found and row.shrunk_deviations is not None
     assert row.seconds_to_first < 1.0, row

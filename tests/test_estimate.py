@@ -16,7 +16,8 @@ from harness.explore import estimate as estimate_module
 from harness.explore import explore as explore_module
 from harness.explore.estimate import estimate_space
 from harness.explore.exhaustive import explore_exhaustive
-from harness.explore.explore import Plan, estimate, plan_runner
+from harness.explore.explore import estimate
+from harness.explore.schedule import Plan, plan_runner
 
 
 class _First(random.Random):

@@ -21,7 +21,8 @@ from harness.explore.exhaustive import (
     SearchError,
     explore_exhaustive,
 )
-from harness.explore.explore import Plan, explore, replay
+from harness.explore.explore import explore, replay
+from harness.explore.schedule import Plan
 
 
 def _search(bound: Cost, *nodes: tuple[Kind, int, int, int]) -> Search:

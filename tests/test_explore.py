@@ -14,7 +14,8 @@ import pytest
 
 from emu.decisions import ReplayError, ReplaySource
 from emu.path import Choice, Kind, decode_path, encode_path
-from harness.explore.explore import Plan, explore, replay, run_schedule
+from harness.explore.explore import explore, replay
+from harness.explore.schedule import Plan, run_schedule
 from harness.explore.strategies import PctSource
 from harness.explore.token import Token, TokenError
 from harness.run import Runner

@@ -28,7 +28,8 @@ import pytest
 from emu.decisions import RandomSource, ReplaySource, SimplestSource
 from emu.path import simplest
 from harness.cli import main
-from harness.explore.explore import Plan, explore, make_token, run_schedule, runner_for
+from harness.explore.explore import explore
+from harness.explore.schedule import Plan, make_token, run_schedule, runner_for
 from harness.explore.token import Token, TokenError
 
 TOKENS = 2000

@@ -130,7 +130,7 @@ def test_expected_verdicts_pass_when_found_and_fail_saying_so(pytester, monkeypa
 
 
 def test_replay_token_applies_only_to_the_test_it_names(pytester):
-    from harness.explore.explore import Plan, run_schedule
+    from harness.explore.schedule import Plan, run_schedule
 
     token = run_schedule(Plan("z4_bytewise", "buggy", shrink=False), 0).token
     assert token

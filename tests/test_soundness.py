@@ -127,7 +127,8 @@ def test_a_shrunk_exhaustive_witness_stays_within_its_bounds():
     spends more than the bounds the failure was found under (it used to continue with a
     default policy that preempted at every step and took stale text at every FLUSH)."""
     from emu.path import path_cost
-    from harness.explore.explore import Plan, explore, replay
+    from harness.explore.explore import explore, replay
+    from harness.explore.schedule import Plan
 
     plan = Plan("z4_bytewise", "buggy", strategy="exhaustive", preemptions=1, delays=1,
                 interrupts=0, shrink_budget=30)
@@ -146,7 +147,8 @@ def test_a_hostile_continuation_does_not_leak_into_a_shrunk_witness(monkeypatch)
     from emu.path import Kind as K
     from emu.path import path_cost, simplest
     from harness.explore import shrink as shrink_mod
-    from harness.explore.explore import Plan, explore, replay
+    from harness.explore.explore import explore, replay
+    from harness.explore.schedule import Plan
 
     def rotating(self, request, position):
         if position >= len(self.candidate) and request.kind is K.CPU:

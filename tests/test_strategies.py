@@ -10,6 +10,7 @@ from emu.config import RunBudget
 from emu.decisions import DecisionSource, RandomSource
 from emu.path import Kind, Request, simplest
 from harness.explore import explore as ex
+from harness.explore import schedule as sch
 from harness.explore.shrink import run_budget
 from harness.run import Runner
 from harness.scenario.op import Raw
@@ -63,7 +64,7 @@ def test_a_run_budget_cuts_a_run_and_says_so():
 
 
 def test_a_cut_shrink_candidate_is_no_verdict_not_a_hang():
-    kind, path = ex.shrink_attempt(Runner(SPIN_ACK, cpus=2), PickLast(), RunBudget(3000))
+    kind, path = sch.shrink_attempt(Runner(SPIN_ACK, cpus=2), PickLast(), RunBudget(3000))
     assert kind is None and path
 
 
@@ -84,7 +85,7 @@ def test_shrinking_is_bounded_by_the_failures_own_length():
         return res
 
     runner.machine.run = spy  # type: ignore[method-assign]
-    res = ex.judge(runner, ex.Plan("spin_ack", cpus=2), 0, FAILING_SEED, out)
+    res = sch.judge(runner, sch.Plan("spin_ack", cpus=2), 0, FAILING_SEED, out)
     runner.machine.run = run  # type: ignore[method-assign]
     assert max(t for t, _c in seen) < 10 * out.result.ticks + 5000  # not 400k a CPU
     assert sum(cut for _t, cut in seen) >= 5  # the premise: candidates did hang
@@ -113,11 +114,11 @@ def test_pct_k_is_the_real_decisions_of_a_pct_run():
     import statistics
 
     from harness.explore.strategies import PctSource, is_decision
-    runner = ex.runner_for("z4_bytewise", "buggy", None)
+    runner = sch.runner_for("z4_bytewise", "buggy", None)
     real = [sum(is_decision(c.request) for c in runner.machine.run(
         PctSource(seed, runner.built.cpus, 3, 300)).path if c.request is not None)
         for seed in range(10, 16)]
-    assert ex.estimate_steps(ex.Plan("z4_bytewise", "buggy", strategy="pct")) >= \
+    assert sch.estimate_steps(sch.Plan("z4_bytewise", "buggy", strategy="pct")) >= \
         statistics.median(real)
 
 
@@ -142,7 +143,7 @@ def test_pct_change_points_fall_between_real_decisions():
 def test_portfolio_finds_a_race_pct_alone_misses_on_a_small_budget():
     """z5's buggy_late: random finds it in most schedules, PCT (depth 3, k estimated) in few;
     the portfolio's schedule 0 is random's schedule 0 and finds it."""
-    plan = ex.Plan("z5_record_placement", "buggy_late", strategy="pct", shrink=False)
+    plan = sch.Plan("z5_record_placement", "buggy_late", strategy="pct", shrink=False)
     assert not ex.explore(plan, schedules=6).failures
     portfolio = ex.explore(replace(plan, strategy="portfolio"), schedules=2)
     assert [r.idx for r in portfolio.failures] == [0]
@@ -150,7 +151,7 @@ def test_portfolio_finds_a_race_pct_alone_misses_on_a_small_budget():
 
 
 def test_portfolio_runs_randoms_schedules_at_even_indices(dask_client):
-    plan = ex.Plan("z4_bytewise", "buggy", strategy="random", shrink=False)
+    plan = sch.Plan("z4_bytewise", "buggy", strategy="random", shrink=False)
     rnd = ex.explore(plan, schedules=3)
     mix = ex.explore(replace(plan, strategy="portfolio"), schedules=6, client=dask_client)
     assert [(r.seed, r.verdict, r.detail, r.decisions, r.token) for r in rnd.results] == \

@@ -28,8 +28,8 @@ from dataclasses import dataclass, replace
 
 from harness.errors import BadInput, WorkerDied
 
-from .explore import Plan, ScheduleResult
 from .partition import Partition, Region
+from .schedule import Plan, ScheduleResult
 from .strategies import schedule_seed
 from .work import explore_region, identity, run_batch, textpoke_version
 

@@ -1,5 +1,6 @@
 """The explorer: many schedules of one scenario, each fully verified, failures turned into
-replay tokens and shrunk, everything persisted as it happens.
+replay tokens and shrunk, everything persisted as it happens. One schedule (its plan, run
+and judged result) is schedule.py's; this module decides which schedules run where.
 
 Random and PCT: schedule i of an exploration uses seed `seed + i` (portfolio: random and PCT
 alternate, the pair 2j, 2j+1 with seed `seed + j`, strategies.source_for); a schedule is a pure
@@ -20,73 +21,38 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from emu.config import RunBudget
-from emu.decisions import DecisionSource, ReplaySource
+from emu.decisions import ReplaySource
 from emu.engine import Engine
 from emu.held_sigint import HeldSigint
-from emu.path import Choice, Cost, deviations
-from emu.verdict import VerdictKind
 from harness.errors import BadInput
 from harness.run import Outcome, Runner
-from harness.scenario.load import Origin, ScenarioRef, resolve
+from harness.scenario.load import ScenarioRef, resolve
 from harness.scenario.scenario import Scenario
-from harness.trace.pt.encoder import TraceConfig
 
+from .cluster import (
+    ClusterSpec,
+    connect,
+    path_digest,
+    run_batches,
+    run_regions,
+    shrunk_on,
+    spec_from,
+)
 from .estimate import SpaceEstimate, estimate_space
 from .exhaustive import Search
+from .partition import Partition, RegionRun
 from .results_db import ResultsDb, ResultsDbError
-from .shrink import run_budget, shrink
-from .strategies import (
-    STRATEGIES,
-    PctSource,
-    is_decision,
-    schedule_seed,
-    source_for,
+from .schedule import (
+    Plan,
+    ScheduleResult,
+    estimate_steps,
+    plan_runner,
+    run_schedule,
+    runner_for,
 )
+from .strategies import STRATEGIES, PctSource, schedule_seed
 from .token import Token, TokenError, fingerprint
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Everything a worker needs to run schedule i; picklable."""
-
-    scenario: str
-    variant: str | None = None
-    cpus: int | None = None
-    strategy: str = "random"  # the front-ends' default is DEFAULT_STRATEGY (portfolio)
-    seed: int = 0
-    depth: int = 3  # PCT bug depth d
-    steps: int = 0  # PCT: real scheduling decisions k, estimated from PCT runs (0: estimate)
-    shrink: bool = True
-    shrink_budget: int = 80
-    preemptions: int = 2  # exhaustive: P
-    delays: int = 2  # exhaustive: V
-    dpor: bool = False  # exhaustive: partial-order reduction (harness/explore/exhaustive.py)
-    interrupts: int = 1  # exhaustive: I (NMIs raised, interrupts left pending)
-    origin: Origin | None = None  # a user's scenario: its file or module (None: shipped)
-    engine: Engine | None = None  # None: the fast engine where its native code is installed
-
-    @property
-    def bound(self) -> Cost:
-        return Cost(self.preemptions, self.delays, self.interrupts)
-
-
-@dataclass
-class ScheduleResult:
-    idx: int
-    seed: int
-    verdict: str
-    detail: str
-    decisions: int
-    token: str | None = None
-    shrunk: str | None = None
-    shrunk_deviations: int | None = None  # the shrunk path's deviations from the simplest
-    deviations: int | None = None  # the failing path's (emu/path.deviations)
-    path: str | None = None  # exhaustive: a digest of the run's path (not saved in --db)
-
-    @property
-    def failed(self) -> bool:
-        return self.verdict != VerdictKind.PASS
+from .work import PausedGc, step
 
 
 @dataclass
@@ -107,27 +73,6 @@ class Summary:
         return sorted((r for r in self.results if r.failed), key=lambda r: r.idx)
 
 
-_RUNNERS: dict[tuple, Runner] = {}
-
-
-def runner_for(scenario: str, variant: str | None, cpus: int | None,
-               trace: TraceConfig | None = None, event_mode: bool = False,
-               origin: Origin | None = None, engine: Engine | None = None) -> Runner:
-    """One Runner (machine) per process and configuration, reset between schedules; a user's
-    scenario is loaded from its `origin` (so a --jobs worker loads the same one)."""
-    key = (scenario, variant, cpus, trace, event_mode, origin, engine)
-    if key not in _RUNNERS:
-        _RUNNERS[key] = Runner(resolve(ScenarioRef(scenario, origin)), variant, cpus, trace,
-                               event_mode=event_mode, engine=engine)
-    return _RUNNERS[key]
-
-
-def plan_runner(plan: Plan, event_mode: bool = False) -> Runner:
-    """This process's runner for `plan`'s scenario, variant and CPUs."""
-    return runner_for(plan.scenario, plan.variant, plan.cpus, event_mode=event_mode,
-                      origin=plan.origin, engine=plan.engine)
-
-
 def estimate(plan: Plan, probes: int, seconds: float | None = None) -> SpaceEstimate:
     """How many paths `plan`'s bounded space holds (estimate.py), from `probes` probes seeded
     by the plan's seed (fewer if `seconds` run out first); the runs are the exhaustive
@@ -136,78 +81,6 @@ def estimate(plan: Plan, probes: int, seconds: float | None = None) -> SpaceEsti
     runner = plan_runner(plan, event_mode=True)
     return estimate_space(lambda src: runner.machine.run(src, cache=runner.snapshots),
                           plan.bound, probes, plan.seed, seconds)
-
-
-PCT_ESTIMATE_RUNS = 3
-
-
-def pct_steps(runner: Runner, seed: int) -> int:
-    """PCT's k on `runner`: the most real decisions (`is_decision`) of a few PCT runs without
-    change points, seeds `seed`, `seed + 1`, ... Shuttle estimates k from a first run and
-    raises it when a later one is longer; a fixed k, from the plan alone, keeps every
-    schedule a function of its index. The simplest run (what this counted before) takes
-    the longest quantum at every step and counted the choices with one CPU runnable: about
-    half a PCT run's real decisions, so change points fell only in its first half."""
-    ncpus = runner.built.cpus
-    return max(sum(is_decision(c.request) for c in runner.machine.run(
-        PctSource(seed + i, ncpus, 1, 1)).path if c.request is not None)
-        for i in range(PCT_ESTIMATE_RUNS))
-
-
-def estimate_steps(plan: Plan) -> int:
-    """PCT's k for `plan` (`pct_steps`)."""
-    return pct_steps(plan_runner(plan), plan.seed)
-
-
-def make_token(runner: Runner, path, seed: int | None, origin: Origin | None = None) -> str:
-    b = runner.built
-    return Token(b.scenario.name, b.variant, b.cpus, tuple(path),
-                 fingerprint(b, runner.trace), seed, runner.trace.tsc_period,
-                 runner.trace.psb_period, runner.trace.ret_compression,
-                 b.config.event_mode, origin).encode()
-
-
-def run_schedule(plan: Plan, idx: int) -> ScheduleResult:
-    return run_one(plan_runner(plan), plan, idx)
-
-
-def run_one(runner: Runner, plan: Plan, idx: int) -> ScheduleResult:
-    """Schedule `idx` of `plan` on `runner`: verified, and if it fails tokenized and shrunk."""
-    seed = schedule_seed(plan.strategy, plan.seed, idx)
-    source = source_for(plan.strategy, seed, idx, runner.built.cpus, plan.depth, plan.steps)
-    return judge(runner, plan, idx, seed, runner.run(source))
-
-
-def judge(runner: Runner, plan: Plan, idx: int, seed: int | None, out: Outcome) -> ScheduleResult:
-    """A verified run's result; if it failed, its replay token and (unless the plan says not
-    to) the token of its shrunk path."""
-    res = ScheduleResult(idx, seed or 0, out.verdict.kind, str(out.verdict),
-                         len(out.result.path))
-    if not out.verdict.ok:
-        res.token = make_token(runner, out.result.path, seed, plan.origin)
-        res.deviations = deviations(out.result.path)
-        if plan.shrink:
-            limit = run_budget(out.result.ticks)
-
-            def attempt(src: DecisionSource) -> tuple[str | None, list[Choice]]:
-                return shrink_attempt(runner, src, limit)
-            # an exhaustive witness stays within the bounds it was found under
-            bound = plan.bound if runner.built.config.event_mode else None
-            small = shrink(attempt, list(out.result.path), out.verdict.kind,
-                           plan.shrink_budget, bound)
-            res.shrunk = make_token(runner, small.path, seed, plan.origin)
-            res.shrunk_deviations = deviations(small.path)
-    return res
-
-
-def shrink_attempt(runner: Runner, source: DecisionSource,
-                   limit: RunBudget) -> tuple[str | None, list[Choice]]:
-    """One shrink candidate: its verdict kind and path, or None for the kind when it ran past
-    `limit` (not verified: a cut run reproduces nothing, and is not a hang)."""
-    result = runner.machine.run(source, limit)
-    if result.cut:
-        return None, result.path
-    return runner.check(result).verdict.kind, result.path
 
 
 def explore(plan: Plan, schedules: int | None = None, seconds: float | None = None,
@@ -236,8 +109,6 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
         raise BadInput("--resume needs --db: the file the exploration to continue is in")
     spec = None
     if client is None and (jobs > 1 or cluster or _env_cluster()):
-        from .cluster import spec_from
-
         spec = spec_from(jobs, cluster, tls)  # a bad address is refused before any work
     results_db = ResultsDb(db) if db else None  # a bad file is refused before any work
     if results_db:
@@ -295,7 +166,6 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
     indices = (i for i in itertools.count() if i not in done)
     try:
         if spec is not None or client is not None:
-            from .cluster import ClusterSpec, connect
 
             with connect(spec or ClusterSpec(jobs), client) as cl:
                 summary.exhausted = _on_cluster(cl, plan, summary, indices, more, started,
@@ -335,8 +205,6 @@ def _on_cluster(cl, plan: Plan, summary: Summary, indices, more, started, record
                 persist: bool, flag: str | None = None) -> bool | None:
     """The exploration on a connected cluster (cluster.py): after the handshake, random/PCT
     batches or exhaustive regions. Returns whether an exhaustive search was exhausted."""
-    from .cluster import run_batches, run_regions, shrunk_on
-    from .partition import Partition
 
     exhaustive = plan.strategy == "exhaustive"
     runner = plan_runner(plan, event_mode=exhaustive)
@@ -397,7 +265,6 @@ def _resumed_partition(saved: str, plan: Plan, runner: Runner):
     """The search a saved frontier holds (partition.py: one region, or many); ResultsDbError
     if it is damaged, was saved by another build (guest code, data, machine, fetch model or
     trace settings: `fingerprint`) or under other bounds."""
-    from .partition import Partition
 
     build = fingerprint(runner.built, runner.trace)
     try:
@@ -432,8 +299,6 @@ def exhaustive_search(plan: Plan, runner: Runner, more: Callable[[int], bool],
     cluster left: partition.py, explored one after the other). Schedule i is recorded in
     path order, with the frontier after it when `persist`; `more(i)` says whether to go on.
     True when exhausted."""
-    from .partition import Partition, RegionRun
-    from .work import PausedGc, step
 
     build = fingerprint(runner.built, runner.trace)
     part = _resumed_partition(saved, plan, runner) if saved else \
@@ -449,7 +314,7 @@ def exhaustive_search(plan: Plan, runner: Runner, more: Callable[[int], bool],
                 collector.schedule_done()
                 res = ScheduleResult(i, 0, d["verdict"], d["detail"], d["decisions"],
                                      d["token"], d["shrunk"], d["shrunk_deviations"],
-                                     d["deviations"], _digest(d["path"]))
+                                     d["deviations"], path_digest(d["path"]))
                 if persist:  # what this run added to other regions' choices, saved with it
                     for level, position, values in run.reports():
                         part.report(level, position, values)
@@ -457,12 +322,6 @@ def exhaustive_search(plan: Plan, runner: Runner, more: Callable[[int], bool],
                 i += 1
             part.returned(region, run.state(), run.reports())
     return part.exhausted
-
-
-def _digest(values: list[int]) -> str:
-    from .cluster import path_digest
-
-    return path_digest(values)
 
 
 def replay(token_text: str, scenario: Scenario | None = None,

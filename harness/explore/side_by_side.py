@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 
 from harness.errors import BadInput
 
-from .explore import Plan, Summary, explore
+from .explore import Summary, explore
+from .schedule import Plan
 
 STRATEGIES = ("random", "pct", "exhaustive")
 

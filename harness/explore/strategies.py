@@ -22,7 +22,7 @@ class PctSource(DecisionSource):
     """PCT (Burckhardt, Kothari, Musuvathi, Nagarakatte, ASPLOS 2010): random distinct CPU
     priorities d..d+n-1, and d-1 distinct change points drawn uniformly from [1, k-1], where
     k counts the real scheduling decisions of a run (`is_decision`; `steps`, estimated from
-    PCT runs, explore.estimate_steps); always run the highest-priority runnable CPU; after
+    PCT runs, schedule.estimate_steps); always run the highest-priority runnable CPU; after
     the c_i-th decision (the i-th change point in time) the CPU that ran it drops to
     priority i. A CPU that spun (PAUSE) or passed a quiescent point drops below every other,
     as shuttle does for a yield, so spin-waits make progress. Change points and yields act

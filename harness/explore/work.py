@@ -1,7 +1,7 @@
 """What a worker runs: a batch of random/PCT schedules, or a time slice of a region of an
 exhaustive search (partition.py). A task carries the plan (the scenario by name, or by the
 file or module it is defined in: `Plan.origin`) and the path prefix of its region, never a
-machine: each worker builds and caches its own runners (explore.runner_for).
+machine: each worker builds and caches its own runners (schedule.runner_for).
 
 Results go back as plain data (dicts, lists, str, int), which the client checks against the
 task before it records anything (cluster.py); a worker's error that is the user's (a scenario
@@ -23,8 +23,8 @@ from harness import __version__
 from harness.errors import BadInput
 from harness.scenario.text_poke_loc import ScenarioError
 
-from .explore import Plan, judge, plan_runner, run_one
 from .partition import RegionRun
+from .schedule import Plan, judge, plan_runner, run_one
 from .token import fingerprint
 
 PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
@@ -80,7 +80,7 @@ _BUILDS: dict[Plan, str] = {}
 def build_of(plan: Plan) -> str:
     """The fingerprint of the build `plan` runs (guest code, data, machine, trace): what a
     worker must share with the client for their results to mean the same. Computed once
-    per process and plan, as its runner is built once (explore.runner_for)."""
+    per process and plan, as its runner is built once (schedule.runner_for)."""
     if plan not in _BUILDS:
         runner = plan_runner(plan, event_mode=plan.strategy == "exhaustive")
         _BUILDS[plan] = fingerprint(runner.built, runner.trace)
