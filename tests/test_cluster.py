@@ -470,3 +470,32 @@ def test_a_returned_region_state_that_is_not_the_regions_rest_is_refused(
     monkeypatch.setattr(C, "SLICE_SECONDS", 0.05)
     with pytest.raises(C.ClusterError, match=says):
         explore(Z4, client=dask_client, jobs=3)
+
+
+@pytest.mark.parametrize("text", ["abc", "0", "-1", "nan", "inf", ""])
+def test_a_bad_slice_length_is_bad_input_naming_the_variable(monkeypatch, text):
+    monkeypatch.setenv(C.SLICE_ENV, text)
+    with pytest.raises(C.ClusterError, match=C.SLICE_ENV):
+        C.slice_seconds()
+
+
+def test_the_slice_length_from_the_environment(monkeypatch):
+    monkeypatch.delenv(C.SLICE_ENV, raising=False)
+    assert C.slice_seconds() == C.SLICE_SECONDS
+    monkeypatch.setenv(C.SLICE_ENV, "2.5")
+    assert C.slice_seconds() == 2.5
+
+
+def test_a_bad_slice_length_is_refused_before_any_work_and_only_where_it_counts(
+        monkeypatch, tmp_path, capsys):
+    """Refused with exit 2 before a cluster starts or a database is written; an exploration
+    in this process does not read it (the module once parsed it on import: any command
+    would have crashed)."""
+    monkeypatch.setenv(C.SLICE_ENV, "abc")
+    db = tmp_path / "x.db"
+    args = ["explore", "z4_bytewise", "--variant", "fixed", "--strategy", "exhaustive",
+            "--preemptions", "0", "--delays", "1", "--interrupts", "0"]
+    assert main([*args, "--jobs", "2", "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert C.SLICE_ENV in err and "Traceback" not in err and not db.exists()
+    assert main(args) == 0

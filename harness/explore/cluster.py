@@ -37,12 +37,13 @@ ENV = "TEXTPOKE_CLUSTER"
 CONNECT_TIMEOUT = 10.0  # seconds to reach a scheduler
 WORKER_TIMEOUT = 60.0  # seconds for a scheduler's first worker (or the local ones) to come
 BATCH_SECONDS = 1.0  # the work a random/PCT task carries (Dask: a task should run >= ~1 s)
-# an exhaustive task's time slice before it returns what is left (the environment may set it:
+# an exhaustive task's time slice before it returns what is left (SLICE_ENV may set it:
 # shorter slices balance a small search better, at more per-task overhead). 4 s: on two
 # workers, static_key P=2 V=2 --dpor made 18 % more schedules than with 1 s slices (each
 # slice a region's state both ways and the whole frontier saved; a region moved to the other
 # worker starts without its snapshots), and 10 s no more than 4 s (BENCHMARKS.md)
-SLICE_SECONDS = float(os.environ.get("TEXTPOKE_SLICE_SECONDS", "4.0"))
+SLICE_SECONDS = 4.0
+SLICE_ENV = "TEXTPOKE_SLICE_SECONDS"
 WORKER_SETUP = "harness.explore.work"  # its dask_setup: Ctrl-C to the client, die with it
 
 
@@ -50,6 +51,21 @@ class ClusterError(BadInput):
     """The cluster cannot be used for this exploration: unreachable, no workers, a worker
     of another textpoke or build, one that cannot load the scenario, a result that does not
     match its task. Names the address and what differs."""
+
+
+def slice_seconds() -> float:
+    """The exhaustive slice: $TEXTPOKE_SLICE_SECONDS if set, else SLICE_SECONDS. Read when a
+    search starts, so a bad value is refused there (bad input), not when the module loads."""
+    text = os.environ.get(SLICE_ENV)
+    if text is None:
+        return SLICE_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise ClusterError(f"{SLICE_ENV}={text!r}: a slice is a positive number of seconds")
+    return value
 
 
 @dataclass(frozen=True)
@@ -329,6 +345,7 @@ def run_regions(cl: Cluster, plan: Plan, variant: str, build: str, part: Partiti
     many tasks ran."""
     from distributed import as_completed
 
+    slice_s = slice_seconds()
     flag = (shared or cl.flag()) if stop_at_first else None
     pending = as_completed()
     inflight: dict[object, Region] = {}
@@ -347,7 +364,7 @@ def run_regions(cl: Cluster, plan: Plan, variant: str, build: str, part: Partiti
                     return
                 spare = max(1, spare // max(1, want - len(inflight)))
             region = part.hand_out(want - len(inflight))
-            fut = cl.client.submit(explore_region, plan, region.state, spare, SLICE_SECONDS,
+            fut = cl.client.submit(explore_region, plan, region.state, spare, slice_s,
                                    flag, pure=False)
             inflight[fut] = region
             slice_budget[fut] = spare

@@ -36,6 +36,7 @@ from .cluster import (
     run_batches,
     run_regions,
     shrunk_on,
+    slice_seconds,
     spec_from,
 )
 from .estimate import SpaceEstimate, estimate_space
@@ -110,6 +111,8 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
     spec = None
     if client is None and (jobs > 1 or cluster or _env_cluster()):
         spec = spec_from(jobs, cluster, tls)  # a bad address is refused before any work
+    if plan.strategy == "exhaustive" and (spec or client):
+        slice_seconds()  # so is a bad $TEXTPOKE_SLICE_SECONDS
     results_db = ResultsDb(db) if db else None  # a bad file is refused before any work
     if results_db:
         results_db.check_seeds(plan.seed, schedules)
