@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from emu.decisions import DecisionSource
 from emu.path import Cost
 
-from .exhaustive import ExhaustiveSource, Level, _deviation, check_bound, taken_in, untried
+from .exhaustive import ExhaustiveSource, Level, check_bound, taken_in, untried
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def probe(run: Callable[[DecisionSource], object], bound: Cost, rng: random.Rand
         weight *= len(children)
         total += weight
         i, v = rng.choice(children)
-        prefix = level.path[:i] + [_deviation(level.path[i], v)]
+        prefix = level.deviating_at(i, v)
         src = ExhaustiveSource([n.value for n in prefix])
         run(src)
         runs += 1

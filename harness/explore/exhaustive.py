@@ -134,6 +134,11 @@ class Level:
     base: int
     path: list[Node]
 
+    def deviating_at(self, i: int, value: int) -> list[Node]:
+        """The prefix of the run that takes `value` at choice i of this level's path: the
+        choices before i, then a copy of choice i with that value (`_deviation`)."""
+        return self.path[:i] + [_deviation(self.path[i], value)]
+
 
 def check_bound(bound: Cost) -> None:
     """Negative bounds cannot be honoured: refuse them rather than report a space exhausted."""
@@ -189,7 +194,7 @@ class Search:
                 end = min(end, self.limit + 1)
             for i, v in untried(top, self.bound, end):
                 top.path[i].done.add(v)
-                self.next = top.path[:i] + [_deviation(top.path[i], v)]
+                self.next = top.deviating_at(i, v)
                 return True
             self.levels.pop()
         self.next = []
@@ -224,10 +229,9 @@ class Search:
             nxt: list[Node] = []
             if d["next"] is not None:
                 pos, value = int(d["next"][0]), int(d["next"][1])
-                path = levels[-1].path
-                if not levels[-1].base < pos < len(path):
+                if not levels[-1].base < pos < len(levels[-1].path):
                     raise ValueError(f"the next run deviates at choice {pos}")
-                nxt = path[:pos] + [_deviation(path[pos], value)]
+                nxt = levels[-1].deviating_at(pos, value)
             search = cls(bound, bool(d["reduce"]), levels, nxt, bool(d["exhausted"]))
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise SearchError(f"damaged search state: {e!r}") from None
