@@ -26,13 +26,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from emu.engine import Engine
-from emu.footprint import TEXT, Footprint, irq, stack
+from emu.footprint import Footprint, irq, is_text, stack
 from emu.machine import Machine
 from emu.path import Kind, Request
 from harness.explore.exhaustive import ExhaustiveSource
 from harness.explore.schedule import Plan, plan_runner
-
-_TAG = 3 << 60
 
 
 class _Source(ExhaustiveSource):
@@ -83,7 +81,7 @@ def classify(src: _Source, depths: list[int], counts: Counter) -> None:
         h_reads = set().union(*(steps[k].footprint.reads for k in h)) - own
         h_writes = set().union(*(steps[k].footprint.writes for k in h)) - own
         data = (h_writes & (s.reads | s.writes)) | ((s.writes - own) & h_reads)
-        view = {loc for loc in h_reads if loc & _TAG == TEXT} & s.reads
+        view = {loc for loc in h_reads if is_text(loc)} & s.reads
         counts["delivered"] += 1
         counts["data conflict"] += bool(data)
         counts["text H made visible, fetched by s"] += bool(view)

@@ -40,6 +40,11 @@ def text_grains(offset: int, size: int) -> range:
     return range(TEXT | offset // TEXT_GRAIN, (TEXT | (offset + size - 1) // TEXT_GRAIN) + 1)
 
 
+def is_text(loc: int) -> bool:
+    """Whether `loc` is a text grain's location."""
+    return loc & _TAG == TEXT
+
+
 def data_words(addr: int, size: int) -> range:
     """The data-word locations of [addr, addr + size) (any one address space, consistently)."""
     return range(_DATA | addr >> 3, (_DATA | (addr + size - 1) >> 3) + 1)
