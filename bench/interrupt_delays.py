@@ -11,7 +11,11 @@ of another CPU orders them (a chain s -> d -> H). H's serialization makes the CP
 text visible and s fetches text: where s fetches a grain H read (the patch site, in
 practice) they do not commute, as stale bytes before H are the very race under test.
 
-So the fraction that commutes is an upper bound of the delays such a reduction removes.
+Commuting is not enough under the bounds: where s ends with its CPU yielding (a spin-wait,
+a quiescent point, HLT, the end), the delayed run goes on round-robin to the other CPUs before
+H at no cost, and the order it stands for (their steps before H) costs a preemption without
+the delay. So the fraction that commutes *and* whose s does not yield is an upper bound of the
+delays such a reduction could remove.
 Measured with the reference engine (its steps all pass through the Python footprint hook
 this script wraps to learn each step's interrupt nesting). Usage: python
 bench/interrupt_delays.py [--runs N] [--seed S].
@@ -48,12 +52,15 @@ class _Source(ExhaustiveSource):
 
 
 @contextmanager
-def _nesting(depths: list[int]) -> Iterator[None]:
-    """Appends each step's interrupt nesting at its end (the handlers not yet returned)."""
+def _nesting(depths: list[int], yields: list[bool]) -> Iterator[None]:
+    """Appends each step's interrupt nesting at its end (the handlers not yet returned), and
+    whether its CPU yielded the machine then (spun, halted or finished)."""
     done = Machine._footprint_done
 
     def record(cpu, dec, fp: Footprint) -> None:
         depths.append(len(cpu.state.handling))
+        st = cpu.state
+        yields.append(st.yielded or st.halted or st.finished)
         done(cpu, dec, fp)
 
     Machine._footprint_done = staticmethod(record)  # type: ignore[method-assign]
@@ -63,7 +70,7 @@ def _nesting(depths: list[int]) -> Iterator[None]:
         Machine._footprint_done = staticmethod(done)  # type: ignore[method-assign]
 
 
-def classify(src: _Source, depths: list[int], counts: Counter) -> None:
+def classify(src: _Source, depths: list[int], yields: list[bool], counts: Counter) -> None:
     steps = src.steps
     for t in sorted(src.delivered):
         c = steps[t].cpu
@@ -76,7 +83,8 @@ def classify(src: _Source, depths: list[int], counts: Counter) -> None:
             counts["handler or CPU did not go on"] += 1
             continue
         h = [k for k in handler if k <= ends[0]]
-        s = steps[handler[len(h)]].footprint
+        after = handler[len(h)]
+        s = steps[after].footprint
         own = {stack(c), irq(c), irq(c, nmi=True)}
         h_reads = set().union(*(steps[k].footprint.reads for k in h)) - own
         h_writes = set().union(*(steps[k].footprint.writes for k in h)) - own
@@ -86,6 +94,7 @@ def classify(src: _Source, depths: list[int], counts: Counter) -> None:
         counts["data conflict"] += bool(data)
         counts["text H made visible, fetched by s"] += bool(view)
         counts["commute"] += not data and not view
+        counts["commute, and s does not yield"] += not data and not view and not yields[after]
 
 
 def main() -> None:
@@ -102,14 +111,15 @@ def main() -> None:
         # the simplest run, then runs whose first few hundred CPU choices are random
         prefix = [] if i == 0 else [rng.randrange(3) for _ in range(rng.randrange(50, 400))]
         depths: list[int] = []
+        yields: list[bool] = []
         src = _Source(prefix)
-        with _nesting(depths):
+        with _nesting(depths, yields):
             runner.machine.run(src)
-        classify(src, depths, counts)
+        classify(src, depths, yields, counts)
     n = counts["delivered"]
     print(f"static_key --cpus 3, {args.runs} runs: {n} IPIs delivered and returned from")
     for key in ("data conflict", "text H made visible, fetched by s", "commute",
-                "handler or CPU did not go on"):
+                "commute, and s does not yield", "handler or CPU did not go on"):
         print(f"  {key}: {counts[key]} ({counts[key] / max(n, 1):.0%})")
 
 
