@@ -13,7 +13,7 @@ from emu.engine import Engine
 from emu.footprint import Footprint, data_words, describe, irq, text_grains
 from emu.path import Cost, CpuContext, Kind, Request, simplest
 from harness import litmus
-from harness.explore.dpor import Step, backtrack_points, races
+from harness.explore.dpor import Step, backtrack_points, dependences, races
 from harness.explore.exhaustive import (
     ExhaustiveSource,
     Node,
@@ -108,6 +108,22 @@ def test_races_are_unordered_dependent_pairs():
     # through cpu1 (0 -> 1 -> 2 -> 3), so only the adjacent pairs race
     found = races(_steps((0, set(), {x}), (1, {x}, {y}), (2, {y}, set()), (2, {x}, set())))
     assert [(i, j) for i, j, _ in found] == [(0, 1), (1, 2)]
+
+
+def test_dependences_are_the_direct_cross_cpu_ones():
+    x, y = data_words(0x1000, 8)[0], data_words(0x2000, 8)[0]
+    # cpu0 writes x; cpu1 and cpu2 read x (each after the write, not after the other read);
+    # cpu0 writes x again (after both reads, its own write aside); cpu1 reads y (nothing)
+    steps = _steps((0, set(), {x}), (1, {x}, set()), (2, {x}, set()), (0, set(), {x}),
+                   (1, {y}, set()))
+    assert list(dependences(steps)) == [set(), {0}, {0}, {1, 2}, set()]
+    # cpu2's write of y depends on cpu1's read of y alone: cpu0's write of x, before that
+    # read in cpu1's order, is ordered before it through cpu1 and is not named
+    steps = _steps((0, set(), {x}), (1, {x}, set()), (1, {y}, set()), (2, set(), {y}))
+    assert list(dependences(steps)) == [set(), {0}, set(), {2}]
+    # a CPU's own read before its write is program order, not a dependence
+    steps = _steps((0, set(), {x}), (1, {x}, set()), (1, set(), {x}))
+    assert list(dependences(steps)) == [set(), {0}, {0}]
 
 
 def test_races_name_the_initials_that_lead_to_j():

@@ -3,7 +3,7 @@
  * run went a fifth to finding the races of its steps, a Python loop over every location of
  * every footprint).
  *
- * A line-by-line port of dpor.races and dpor._initials, which stay the reference:
+ * A line-by-line port of dpor.dependences, races and _initials, which stay the reference:
  * tests/test_dpor_native.py compares both on recorded runs of every shipped scenario. The
  * locations are the ints of emu/footprint.py; a hash table keeps, per location, its last
  * write and each CPU's last read since (dpor.py's `last_write` and `reads`).

@@ -10,6 +10,7 @@ start of the block of steps i belongs to. The search that tries them is exhausti
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from emu.engine import Engine, native_module, resolve
@@ -29,6 +30,30 @@ class Step:
         return self.footprint.cpu
 
 
+def dependences(steps: list[Step]) -> Iterator[set[int]]:
+    """Per step j, in order, the earlier steps of other CPUs it directly depends on: the last
+    write of a location j touches, and, for a location j writes, each CPU's last read of it
+    since. Every other dependence between steps of different CPUs follows from these and
+    program order, transitively (what `races` builds its vector clocks from)."""
+    last_write: dict[int, int] = {}
+    reads: dict[int, dict[int, int]] = {}  # location -> CPU -> its last read since the write
+    for j, step in enumerate(steps):
+        c, fp = step.cpu, step.footprint
+        preds: set[int] = set()
+        for loc in fp.reads | fp.writes:
+            w = last_write.get(loc)
+            if w is not None and steps[w].cpu != c:
+                preds.add(w)
+            if loc in fp.writes:
+                preds.update(r for cpu, r in reads.get(loc, {}).items() if cpu != c)
+        yield preds
+        for loc in fp.writes:
+            last_write[loc] = j
+            reads.pop(loc, None)
+        for loc in fp.reads - fp.writes:
+            reads.setdefault(loc, {})[c] = j
+
+
 def races(steps: list[Step]) -> list[tuple[int, int, list[int]]]:
     """(i, j, cpus): step i and the later step j of another CPU are dependent and i does not
     happen-before j through other steps. `cpus` are the CPUs that can start the reversal, the
@@ -38,19 +63,10 @@ def races(steps: list[Step]) -> list[tuple[int, int, list[int]]]:
     ncpus = 1 + max((s.cpu for s in steps), default=0)
     clock = [[-1] * ncpus for _ in range(ncpus)]  # per CPU: the last step of each it knows
     clocks: list[list[int]] = []
-    last_write: dict[int, int] = {}
-    reads: dict[int, dict[int, int]] = {}  # location -> CPU -> its last read since the write
     out: list[tuple[int, int, list[int]]] = []
-    for j, step in enumerate(steps):
-        c, fp = step.cpu, step.footprint
+    for j, (step, preds) in enumerate(zip(steps, dependences(steps), strict=True)):
+        c = step.cpu
         before = clock[c]
-        preds: set[int] = set()
-        for loc in fp.reads | fp.writes:
-            w = last_write.get(loc)
-            if w is not None and steps[w].cpu != c:
-                preds.add(w)
-            if loc in fp.writes:
-                preds.update(r for cpu, r in reads.get(loc, {}).items() if cpu != c)
         vc = list(before)
         for i in preds:
             vc = [max(a, b) for a, b in zip(vc, clocks[i], strict=True)]
@@ -60,11 +76,6 @@ def races(steps: list[Step]) -> list[tuple[int, int, list[int]]]:
             if i > before[steps[i].cpu]:  # not ordered before j by anything else
                 out.append((i, j, _initials(steps, clocks, i, j)))
         clock[c] = vc
-        for loc in fp.writes:
-            last_write[loc] = j
-            reads.pop(loc, None)
-        for loc in fp.reads - fp.writes:
-            reads.setdefault(loc, {})[c] = j
     return out
 
 
