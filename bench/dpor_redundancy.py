@@ -23,9 +23,10 @@ from collections import Counter
 
 from emu.path import Kind
 from harness.explore.dpor import Step, dependences
-from harness.explore.exhaustive import ExhaustiveSource, Node, Search
+from harness.explore.exhaustive import ExhaustiveSource, Node, explore_exhaustive
 from harness.explore.schedule import Plan, plan_runner
 from harness.explore.work import PausedGc
+from harness.run import Outcome
 
 
 def trace_digest(steps: list[Step], record: list[Node]) -> bytes:
@@ -61,17 +62,19 @@ def main() -> None:
                 preemptions=args.preemptions, delays=args.delays,
                 interrupts=args.interrupts, dpor=True)
     runner = plan_runner(plan, event_mode=True)
-    search = Search(plan.bound, reduce=True)
     traces: Counter[bytes] = Counter()
     kinds: Counter[tuple[str, ...]] = Counter()
     with PausedGc() as collector:
-        while not search.exhausted:
-            src: ExhaustiveSource = search.source()
-            runner.run(src)
+
+        def run(src: ExhaustiveSource) -> Outcome:
+            out = runner.run(src)
             traces[trace_digest(src.steps, src.record)] += 1
             kinds[deviation_kinds(src.record)] += 1
-            search.finish(src)
             collector.schedule_done()
+            return out
+
+        if not explore_exhaustive(run, plan.bound, reduce=True).exhausted:
+            raise SystemExit("the search did not exhaust its space")
     runs = sum(traces.values())
     extra = runs - len(traces)
     print(f"{args.scenario} --cpus {args.cpus} {plan.bound} --dpor: {runs} runs, {len(traces)} "
