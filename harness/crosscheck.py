@@ -7,8 +7,13 @@ Each decoder's result on a CPU is one of: it agrees; it reported an error (where
 its flow had already left the real one); or it is *silently wrong*: no error, another flow.
 The last is what a user of the tool would never notice, so it is named as such.
 
-perf reads a perf.data and a vmlinux written afresh from the directory's streams, records and
-start snapshot (harness/trace/perf_data.py), so every decoder reads the same input."""
+perf reads the directory's own perf.data, the file a user opens with `perf script -i`, once it
+is shown to be byte for byte the one the directory's streams, records and run length make
+(harness/trace/perf_data.py, as harness/run.write_artifacts wrote it): so every decoder reads
+the same input, and what perf is judged on is the user's file. A directory whose perf.data
+holds anything else is bad input (it changed after it was saved); one saved without perf.data
+gets one written afresh, and the report says so. The vmlinux is written afresh from the start
+snapshot (see `_perf`)."""
 
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from pathlib import Path
 
 from emu import layout
 from emu.asm import Program
-from harness.trace import kcore, libipt, perf_data, perf_script
+from harness.trace import kcore, libipt, perf_data, perf_script, saved_run
 from harness.trace.pt.decoder import decode as our_decode
 from harness.trace.pt.image import Image, ImageError
 from harness.trace.saved_run import RunDirError, SavedRun, load
@@ -81,6 +86,7 @@ class Report:
     unavailable: dict[str, str]  # tool -> why it was not used
     cpus: list[CpuReport]
     symbols: Program
+    notes: list[str] = field(default_factory=list)  # how the inputs were found, if unusual
 
     @property
     def agree(self) -> bool:
@@ -107,7 +113,7 @@ class Report:
         return text
 
     def lines(self) -> list[str]:
-        out = [f"{tool}: not used: {why}" for tool, why in self.unavailable.items()]
+        out = [*self.notes, *(f"{tool}: not used: {why}" for tool, why in self.unavailable.items())]
         for c in self.cpus:
             if all(d.outcome is Outcome.AGREE for d in c.decodings):
                 out.append(f"cpu{c.cpu}: {c.steps} steps: all agree "
@@ -131,7 +137,7 @@ class Report:
                     "decoded": _code(v.decoded)}
 
         return {"dir": str(self.directory), "agree": self.agree,
-                "unavailable": self.unavailable,
+                "unavailable": self.unavailable, "notes": self.notes,
                 "cpus": [{"cpu": c.cpu, "steps": c.steps,
                           "decoders": [{"decoder": d.decoder.value, "result": d.outcome.value,
                                         "steps": d.steps, "divergence": div(d.divergence),
@@ -223,23 +229,48 @@ def _ours(run: SavedRun, cpu: int) -> tuple[list[Step], str | None]:
         None if res.error is None else f"{type(res.error).__name__}: {res.error}"
 
 
-def _perf(run: SavedRun, symbols: dict[str, int], unavailable: dict[str, str]
+def _perf_data(directory: Path, run: SavedRun, notes: list[str]) -> bytes:
+    """What perf decodes: the directory's perf.data if it is the one its cpu<N>.pt,
+    sideband.bin and verdict.json make (RunDirError if not), else, when there is none, that
+    one (noted)."""
+    made = perf_data.write(perf_data.Trace(run.streams, run.records, len(run.text_start),
+                                           saved_run.ticks(directory)))
+    path = directory / "perf.data"
+    try:
+        saved = path.read_bytes()
+    except FileNotFoundError:
+        notes.append(f"{path.name}: the directory has none: perf reads one written afresh from "
+                     "its cpu<N>.pt, sideband.bin and verdict.json")
+        return made
+    except OSError as e:
+        raise RunDirError(f"{path}: {e.strerror or e}") from None
+    if saved != made:
+        at = next((k for k, (a, b) in enumerate(zip(saved, made, strict=False)) if a != b),
+                  min(len(saved), len(made)))
+        raise RunDirError(f"{path}: not the perf.data this directory's cpu<N>.pt, sideband.bin "
+                          f"and verdict.json make (they first differ at byte {at} of "
+                          f"{len(saved)}): the directory changed after it was saved; delete "
+                          "perf.data to have crosscheck write one afresh")
+    return saved
+
+
+def _perf(data: bytes, run: SavedRun, symbols: dict[str, int], unavailable: dict[str, str]
           ) -> list[perf_script.PerfCpu] | str | None:
-    """perf's decoding per CPU; a string if perf failed as a whole (a crash); None if there is
-    no perf (said in `unavailable`)."""
+    """perf's decoding per CPU of `data` (a perf.data); a string if perf failed as a whole (a
+    crash); None if there is no perf (said in `unavailable`). perf runs on a copy in a
+    directory of its own: it reads ./vmlinux and $HOME/.debug there (perf_script.decode), and
+    the user's run directory is not written to."""
     if perf_script.perf_path() is None:
         unavailable["perf"] = "perf is not installed (Debian: apt-get install linux-perf)"
         return None
-    end = max((f[-1].tick for f in run.flows if f), default=1)
-    trace = perf_data.Trace(run.streams, run.records, len(run.text_start), end)
     with tempfile.TemporaryDirectory(prefix="textpoke-perf-") as tmp:
-        data, vmlinux = Path(tmp) / "perf.data", Path(tmp) / "vmlinux"
-        data.write_bytes(perf_data.write(trace))
+        path, vmlinux = Path(tmp) / "perf.data", Path(tmp) / "vmlinux"
+        path.write_bytes(data)
         # written, not copied: a directory saved before snapshots had sections and symbols
         # still gets the `.text` and `_text` perf needs
         vmlinux.write_bytes(kcore.write([(layout.TEXT_BASE, run.text_start)], symbols))
         try:
-            return perf_script.decode(data, vmlinux, len(run.streams))
+            return perf_script.decode(path, vmlinux, len(run.streams))
         except perf_script.PerfMissing as e:
             unavailable["perf"] = str(e)
             return None
@@ -256,10 +287,12 @@ def crosscheck(directory: Path) -> Report:
         raise RunDirError(f"{directory / 'text-start.elf'}: {e}") from None
     program = Program(layout.TEXT_BASE, run.text_start, symbols)
     unavailable: dict[str, str] = {}
+    notes: list[str] = []
+    data = _perf_data(directory, run, notes)  # checked whether or not perf is there to read it
     ipt = libipt.load()
     if isinstance(ipt, libipt.LibiptMissing):
         unavailable["libipt"] = str(ipt)
-    perf = _perf(run, symbols, unavailable)
+    perf = _perf(data, run, symbols, unavailable)
     if len(unavailable) == 2:
         raise NothingToCheckWith(f"crosscheck {directory}: nothing to check with: "
                                  + "; ".join(unavailable.values()))
@@ -296,5 +329,5 @@ def crosscheck(directory: Path) -> Report:
                 rep.decodings.append(judge(Decoder.PERF, insns, got, err, our_insns, steps))
         rep.decodings.append(judge(Decoder.OURS, want, ours, our_error, None))
         cpus.append(rep)
-    return Report(directory, unavailable, cpus, program)
+    return Report(directory, unavailable, cpus, program, notes)
 

@@ -23,7 +23,7 @@ from harness import cli
 from harness.crosscheck import Decoder, Outcome, crosscheck
 from harness.run import Runner, write_artifacts
 from harness.scenario.shipped import SCENARIOS
-from harness.trace import kcore, libipt, perf_data, sideband
+from harness.trace import kcore, libipt, perf_data, perf_script, saved_run, sideband
 from harness.trace.pt.packets import Tnt, iter_packets
 from harness.trace.saved_run import load
 
@@ -270,8 +270,10 @@ def test_damaged_stream_is_a_disagreement(saved, tmp_path, capsys):
     off = tnts[len(tnts) // 2]
     stream[off] ^= 0x02  # T <-> N: the one branch bit of a short TNT
     (d / "cpu1.pt").write_bytes(bytes(stream))
+    (d / "perf.data").unlink()  # else bad input: test_changed_directory_exits_2
     assert cli.main(["crosscheck", str(d), "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
+    assert doc["notes"] and "written afresh" in doc["notes"][0]
     cpu1 = doc["cpus"][1]["decoders"]
     assert all(x["result"] != "agree" for x in cpu1), cpu1
     assert all(x["result"] == "agree" for c in (0, 2, 3) for x in doc["cpus"][c]["decoders"])
@@ -290,12 +292,67 @@ def test_misplaced_text_poke_record_is_a_disagreement(saved, tmp_path):
     moved = [replace(recs[0], tick=end), *recs[1:]]
     moved.sort(key=lambda r: r.tick)
     (d / "sideband.bin").write_bytes(b"".join(map(sideband.encode, moved)))
+    (d / "perf.data").unlink()
     report = crosscheck(d)
     assert not report.agree
     externals = [x for c in report.cpus for x in c.decodings if x.decoder is not Decoder.OURS]
     assert any(x.outcome is Outcome.SILENTLY_WRONG for x in externals)
     assert "silently wrong (no error reported)" in "\n".join(report.lines())
     assert cli.main(["crosscheck", str(d)]) == 1
+
+
+def _flip_a_branch(stream: bytes) -> bytes:
+    """The stream with the branch bit of its middle one-bit TNT packet inverted."""
+    out = bytearray(stream)
+    tnts = [off for off, p in iter_packets(stream) if isinstance(p, Tnt) and len(p.bits) == 1]
+    out[tnts[len(tnts) // 2]] ^= 0x02
+    return bytes(out)
+
+
+@pytest.mark.parametrize("changed", ["cpu1.pt", "perf.data"])
+def test_changed_directory_exits_2(saved, tmp_path, capsys, changed):
+    """perf reads the directory's own perf.data (what `perf script -i` reads) only where it is
+    the one the directory's streams make: a stream changed after saving, or a perf.data
+    changed alone (which crosscheck once never read, and called all agreed), is bad input,
+    told with the file and the first byte that differs. No tool is needed to find it."""
+    d = _copy(saved, tmp_path / "d")
+    if changed == "cpu1.pt":
+        (d / "cpu1.pt").write_bytes(_flip_a_branch((d / "cpu1.pt").read_bytes()))
+    else:  # the same flip inside perf.data's AUX data for CPU 1
+        data = (d / "perf.data").read_bytes()
+        stream = (d / "cpu1.pt").read_bytes()
+        at = data.index(stream[64:])  # past the first PSB+, whose TSC perf.data may change
+        changed_data = data[:at] + _flip_a_branch(stream)[64:] + data[at + len(stream) - 64:]
+        assert changed_data != data and len(changed_data) == len(data)
+        (d / "perf.data").write_bytes(changed_data)
+    assert cli.main(["crosscheck", str(d)]) == 2
+    err = capsys.readouterr().err
+    assert f"{d / 'perf.data'}: not the perf.data this directory's" in err
+    assert "first differ at byte" in err and "delete perf.data" in err
+    assert "Traceback" not in err
+
+
+def test_perf_decodes_the_directory_s_own_perf_data(saved, monkeypatch):
+    """The bytes perf is given are the saved file's; without one, a note says what it read."""
+    seen: list[bytes] = []
+
+    def decode(data: Path, vmlinux: Path, ncpus: int):
+        seen.append(data.read_bytes())
+        raise perf_script.PerfFailed(1, ["not run in this test"])
+
+    monkeypatch.setattr(perf_script, "perf_path", lambda: "perf")
+    monkeypatch.setattr(perf_script, "decode", decode)
+    report = crosscheck(saved)
+    assert seen == [(saved / "perf.data").read_bytes()] and not report.notes
+
+
+def test_run_ticks_of_a_malformed_verdict_is_bad_input(saved, tmp_path):
+    d = _copy(saved, tmp_path / "d")
+    doc = json.loads((d / "verdict.json").read_text())
+    assert saved_run.ticks(d) == doc["ticks"] > 0
+    (d / "verdict.json").write_text(json.dumps({**doc, "ticks": -1}))
+    with pytest.raises(saved_run.RunDirError, match=r"verdict\.json: 'ticks' is -1"):
+        saved_run.ticks(d)
 
 
 def test_nothing_to_check_with_exits_2(saved, monkeypatch, capsys):

@@ -187,6 +187,19 @@ def _cpu_count(directory: Path) -> int:
     return len(found)
 
 
+def ticks(directory: Path) -> int:
+    """The run's last tick, as verdict.json records it (`RunResult.ticks`): what perf.data's
+    AUXTRACE records take as their reference (harness/run.write_artifacts)."""
+    path = directory / "verdict.json"
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise RunDirError(f"{path}: {e}") from None
+    if not isinstance(doc, dict):
+        raise RunDirError(f"{path}: not a JSON object")
+    return _field(str(path), doc, "ticks", "tick")
+
+
 def load(directory: Path) -> SavedRun:
     if not directory.is_dir():
         raise RunDirError(f"{directory}: not a run directory")
