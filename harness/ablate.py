@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from emu.path import Cost
 
 from .explore.exhaustive import check_bound
-from .explore.explore import exhaustive_search
+from .explore.explore import Frontier, exhaustive_search
 from .explore.schedule import Plan, ScheduleResult, pct_steps, run_one
 from .explore.strategies import DEFAULT_STRATEGY
 from .run import Runner
@@ -116,7 +116,7 @@ def _explore(m: Mutant, schedules: int, bound: Cost, limit: int, cpus: int | Non
     found: list[ScheduleResult] = []
     ran = 0
 
-    def record(res: ScheduleResult, _frontier: str | None) -> None:
+    def record(res: ScheduleResult, _frontier: Frontier | None) -> None:
         nonlocal ran
         ran += 1
         if res.failed and not found:

@@ -32,7 +32,7 @@ import pytest
 
 from emu.engine import Engine
 from emu.verdict import VerdictKind
-from harness.explore.explore import exhaustive_search, explore, replay
+from harness.explore.explore import Frontier, exhaustive_search, explore, replay
 from harness.explore.schedule import Plan, ScheduleResult, pct_steps, run_one
 from harness.explore.strategies import DEFAULT_STRATEGY, STRATEGIES
 from harness.explore.token import Token
@@ -198,7 +198,7 @@ class Textpoke:
                     interrupts=self.interrupts, shrink=not chk.expected, origin=chk.origin)
         ran, found = 0, False
 
-        def record(res: ScheduleResult, _frontier: str | None) -> None:
+        def record(res: ScheduleResult, _frontier: Frontier | None) -> None:
             nonlocal ran, found
             ran += 1
             found = self._verdict(chk, res) or found

@@ -163,7 +163,7 @@ def test_sigkill_and_resume_lose_nothing_and_repeat_nothing(tmp_path):
 
 
 def test_exhaustive_resumes_from_its_frontier_after_sigkill(tmp_path):
-    """The search's frontier is committed with each result: a resumed exhaustive search runs
+    """The search's frontier is committed with the results: a resumed exhaustive search runs
     exactly the schedules the killed one had left, in the same order."""
     plan = Plan("z4_bytewise", "buggy", strategy="exhaustive", preemptions=1, delays=0,
                 interrupts=0, shrink=False)
@@ -304,3 +304,115 @@ def test_replay_artifacts_are_byte_identical_across_processes(tmp_path):
     assert names == sorted(p.name for p in dirs[1].iterdir()) and "cpu0.pt" in names
     for name in names:
         assert (dirs[0] / name).read_bytes() == (dirs[1] / name).read_bytes(), name
+
+
+# ------------------------------------------------------------ results committed in slices
+def _result(idx: int, failed: bool = False):
+    from emu.verdict import VerdictKind
+    from harness.explore.schedule import ScheduleResult
+    kind = VerdictKind.SEMANTICS if failed else VerdictKind.PASS
+    return ScheduleResult(idx, 0, kind.value, "", 1, "", None, None)
+
+
+def test_recorder_batches_commits_and_a_failure_goes_at_once():
+    from harness.explore.explore import Recorder
+    writes: list[tuple[list[int], str | None]] = []
+    rec = Recorder(lambda rs, f: writes.append(([r.idx for r in rs], f)), batched=True,
+                   seconds=3600)
+    rec.add(_result(0), lambda: "after 0")
+    rec.add(_result(1), lambda: "after 1")
+    assert writes == []  # within the second: pending, not reported either
+    rec.add(_result(2, failed=True), lambda: "after 2")
+    assert writes == [([0, 1, 2], "after 2")]  # the failure and all before it, one commit
+    rec.add(_result(3), lambda: "after 3")
+    rec.flush()
+    rec.flush()  # nothing pending: no empty commit
+    assert writes[1:] == [([3], "after 3")]
+    unbatched: list[list[int]] = []
+    one = Recorder(lambda rs, f: unbatched.append([r.idx for r in rs]), batched=False)
+    one.add(_result(0))
+    one.add(_result(1))
+    assert unbatched == [[0], [1]]
+
+
+def test_recorder_commits_nothing_a_ctrl_c_cut_off():
+    from harness.explore.explore import Recorder
+    writes = []
+    rec = Recorder(lambda rs, f: writes.append(rs), batched=True, seconds=3600)
+
+    def cut() -> str:
+        raise KeyboardInterrupt
+    rec.add(_result(0), cut)
+    with pytest.raises(KeyboardInterrupt):
+        rec.flush()
+    rec.flush()
+    assert writes == []  # taken off before the frontier: --resume runs it again
+
+
+@pytest.mark.parametrize("where", ["machine", "judge"])
+def test_ctrl_c_in_one_process_keeps_a_resumable_search(tmp_path, monkeypatch, where):
+    """Ctrl-C in a one-process exhaustive search whose results wait for their commit: in the
+    machine (the search still stands where the last result left it) what waits is committed
+    with that frontier; after the search took the run in (while it is judged) nothing of it
+    is, as the frontier has moved past a run not recorded. Either way --resume makes exactly
+    the schedules of the whole search, each once, with the same verdicts."""
+    from harness.explore import explore as explore_mod
+    from harness.explore import work
+    plan = Plan("z4_bytewise", "buggy", strategy="exhaustive", preemptions=1, delays=0,
+                interrupts=0, shrink=False)
+    whole = explore(plan)
+    assert whole.exhausted and len(whole.results) > 12
+    monkeypatch.setattr(explore_mod, "RECORD_SECONDS", 3600.0)
+    calls = {"n": 0}
+    if where == "machine":
+        real = Runner.run
+
+        def patched(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 12:
+                raise KeyboardInterrupt
+            return real(self, *args, **kwargs)
+        monkeypatch.setattr(Runner, "run", patched)
+    else:
+        real = work.judge
+
+        def patched(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 12:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+        monkeypatch.setattr(work, "judge", patched)
+    db = tmp_path / "x.db"
+    cut = explore(plan, db=db, interruptible=True)
+    monkeypatch.undo()
+    assert cut.interrupted and not cut.exhausted
+    con = sqlite3.connect(db)
+    done = con.execute("SELECT COUNT(*) FROM schedules WHERE status = 'done'").fetchone()[0]
+    assert done == len(cut.results) == (11 if where == "machine" else 0)  # none failed yet
+    again = explore(plan, db=db, resume=True)
+    assert again.exhausted and len(again.results) == len(whole.results)
+    rows = con.execute("SELECT idx, verdict, token FROM schedules WHERE status = 'done' "
+                       "ORDER BY idx").fetchall()
+    assert rows == [(r.idx, r.verdict, r.token) for r in whole.results]
+
+
+def test_ctrl_c_in_one_process_keeps_the_finished_random_schedules(tmp_path, monkeypatch):
+    """Random schedules waiting for their commit are whole results: Ctrl-C commits them."""
+    from harness.explore import explore as explore_mod
+    monkeypatch.setattr(explore_mod, "RECORD_SECONDS", 3600.0)
+    real, calls = Runner.run, {"n": 0}
+
+    def patched(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(Runner, "run", patched)
+    db = tmp_path / "x.db"
+    plan = Plan("z4_bytewise", "fixed", strategy="random", shrink=False)
+    cut = explore(plan, schedules=10, db=db, interruptible=True)
+    monkeypatch.undo()
+    con = sqlite3.connect(db)
+    done = con.execute("SELECT idx FROM schedules WHERE status = 'done' ORDER BY idx").fetchall()
+    assert cut.interrupted and done == [(0,), (1,), (2,), (3,)]
+    assert [r.idx for r in cut.results] == [0, 1, 2, 3]

@@ -7,11 +7,13 @@ alternate, the pair 2j, 2j+1 with seed `seed + j`, strategies.source_for); a sch
 function of its plan and index, so the verdicts do not depend on how many processes run them
 (--jobs, --cluster: cluster.py). Exhaustive: in one process, schedule i is the i-th path of
 the search's order; on a cluster, workers explore regions of it (partition.py) and the set
-of paths does not depend on how many; the frontier is saved with each result, so --resume
-continues it, on one process or many."""
+of paths does not depend on how many; the frontier is saved with the results, so --resume
+continues it, on one process or many. In one process results are committed together about
+every second, a failure at once (Recorder)."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -51,7 +53,7 @@ from .schedule import (
     run_schedule,
     runner_for,
 )
-from .strategies import STRATEGIES, PctSource, schedule_seed
+from .strategies import STRATEGIES, PctSource
 from .token import Token, TokenError, fingerprint
 from .work import PausedGc, step
 
@@ -158,13 +160,12 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
                 if progress:
                     progress(summary)
 
-    def record(r: ScheduleResult, frontier: str | None = None) -> None:
-        record_all([r], frontier)
-
     def started(rows: list[tuple[int, int]]) -> None:
         if results_db:
             with HeldSigint():
                 results_db.started_many(exp_id, rows)
+
+    recorder = Recorder(record_all, batched=results_db is not None)
 
     indices = (i for i in itertools.count() if i not in done)
     try:
@@ -177,18 +178,22 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
                                                 else None, results_db is not None, flag)
         elif plan.strategy == "exhaustive":
             summary.exhausted = exhaustive_search(
-                plan, plan_runner(plan, event_mode=True), more,
-                record, first=len(done), saved=results_db.frontier(exp_id) if results_db else None,
-                started=lambda i: started([(i, 0)]), persist=results_db is not None)
+                plan, plan_runner(plan, event_mode=True), more, recorder.add,
+                first=len(done), saved=results_db.frontier(exp_id) if results_db else None,
+                persist=results_db is not None, flush=recorder.flush)
         else:
             for i in indices:
                 if not more(i):
                     break
-                started([(i, schedule_seed(plan.strategy, plan.seed, i))])
-                record(run_schedule(plan, i))
+                recorder.add(run_schedule(plan, i))
+            recorder.flush()
     except KeyboardInterrupt:  # what was recorded stands; --resume goes on from there
         if results_db:
             results_db.rollback()  # a write cut in two by a caller's own SIGINT handler
+        if plan.strategy == "exhaustive" or spec is not None or client is not None:
+            recorder.drop()  # exhaustive_search flushed what its frontier still stands for
+        else:
+            recorder.flush()  # finished schedules, each whole: kept
         if not interruptible:
             raise
         summary.interrupted = True
@@ -292,38 +297,100 @@ def _resumed_partition(saved: str, plan: Plan, runner: Runner):
     return part
 
 
+Frontier = Callable[[], str]  # the search's frontier as saved now (_frontier_json), when asked
+RECORD_SECONDS = 1.0  # in one process with --db: results committed together at most this often
+
+
+class Recorder:
+    """One process's results on their way to the summary and --db (`write`: both at once).
+    `batched` (with a database): committed together with the frontier after the last of them,
+    at most every RECORD_SECONDS and at once for a failure. Two commits, each an fsync, and
+    the whole frontier per schedule took 30 % of a one-process exhaustive search (BENCHMARKS.md,
+    seventh session). A kill loses at most the uncommitted second, which --resume runs again:
+    nothing committed is lost or repeated, no failure waits, and what is reported (summary,
+    --log) is what is committed."""
+
+    def __init__(self, write: Callable[[list[ScheduleResult], str | None], None],
+                 batched: bool, seconds: float | None = None) -> None:
+        self._write = write
+        self._batched = batched
+        self._seconds = RECORD_SECONDS if seconds is None else seconds
+        self._pending: list[ScheduleResult] = []
+        self._frontier: Frontier | None = None
+        self._since = time.monotonic()
+
+    def add(self, result: ScheduleResult, frontier: Frontier | None = None) -> None:
+        """A result, and (an exhaustive search) how to get the frontier after it, valid until
+        the search takes its next run in (exhaustive_search flushes before it may not be)."""
+        self._pending.append(result)
+        self._frontier = frontier
+        if not self._batched or result.failed or \
+                time.monotonic() - self._since >= self._seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit what is pending. Taken off first: results a Ctrl-C cuts off here are not
+        committed, and --resume runs them again."""
+        batch, frontier = self._pending, self._frontier
+        self._pending, self._frontier = [], None
+        self._since = time.monotonic()
+        if batch:
+            self._write(batch, None if frontier is None else frontier())
+
+    def drop(self) -> None:
+        """Forget what is pending (its frontier may no longer be the search's)."""
+        self._pending, self._frontier = [], None
+
+
+
 def exhaustive_search(plan: Plan, runner: Runner, more: Callable[[int], bool],
-                      record: Callable[[ScheduleResult, str | None], None], *, first: int = 0,
-                      saved: str | None = None, started: Callable[[int], None] = lambda i: None,
-                      persist: bool = False) -> bool:
+                      record: Callable[[ScheduleResult, Frontier | None], None], *,
+                      first: int = 0, saved: str | None = None, persist: bool = False,
+                      flush: Callable[[], None] = lambda: None) -> bool:
     """Every path within P preemptions and V delayed view updates, or with `plan.dpor` one per
     order of dependent steps (harness/explore/exhaustive.py), on `runner` (event mode), in
     this process, from the `saved` frontier when resuming (one search, or the regions a
     cluster left: partition.py, explored one after the other). Schedule i is recorded in
-    path order, with the frontier after it when `persist`; `more(i)` says whether to go on.
-    True when exhausted."""
+    path order, with `persist` a function giving the frontier after it, valid until the next
+    schedule's search takes its run in or its region ends: `flush()` is called before either,
+    whenever what was recorded since the last flush must be saved with that frontier (a
+    region's end, Ctrl-C while the frontier is still the last result's). `more(i)` says
+    whether to go on. True when exhausted."""
 
     build = fingerprint(runner.built, runner.trace)
     part = _resumed_partition(saved, plan, runner) if saved else \
         Partition.of(Search(plan.bound, plan.dpor))
     i = first
-    with PausedGc() as collector:
-        while not part.exhausted and more(i):
-            region = part.take()
-            run = RegionRun(region.state, plan.bound, plan.dpor, plan.engine)
-            while not run.exhausted and more(i):
-                started(i)
-                d = step(run, runner, plan)
-                collector.schedule_done()
-                res = ScheduleResult(i, 0, d["verdict"], d["detail"], d["decisions"],
-                                     d["token"], d["shrunk"], d["shrunk_deviations"],
-                                     d["deviations"], path_digest(d["path"]))
-                if persist:  # what this run added to other regions' choices, saved with it
-                    for level, position, values in run.reports():
-                        part.report(level, position, values)
-                record(res, _frontier_json(build, part, (region, run)) if persist else None)
-                i += 1
-            part.returned(region, run.state(), run.reports())
+    current = True  # the search's state is the one after the last result recorded
+
+    def taken() -> None:  # the search takes in a run not recorded yet
+        nonlocal current
+        current = False
+
+    try:
+        with PausedGc() as collector:
+            while not part.exhausted and more(i):
+                region = part.take()
+                run = RegionRun(region.state, plan.bound, plan.dpor, plan.engine)
+                while not run.exhausted and more(i):
+                    d = step(run, runner, plan, taken if persist else None)
+                    collector.schedule_done()
+                    res = ScheduleResult(i, 0, d["verdict"], d["detail"], d["decisions"],
+                                         d["token"], d["shrunk"], d["shrunk_deviations"],
+                                         d["deviations"], path_digest(d["path"]))
+                    if persist:  # what this run added to other regions' choices, saved with it
+                        for level, position, values in run.reports():
+                            part.report(level, position, values)
+                    record(res, functools.partial(_frontier_json, build, part, (region, run))
+                           if persist else None)
+                    current = True
+                    i += 1
+                flush()
+                part.returned(region, run.state(), run.reports())
+    except KeyboardInterrupt:
+        if current:
+            flush()
+        raise
     return part.exhausted
 
 

@@ -1,7 +1,10 @@
-"""Exploration results in SQLite, written as they happen: a schedule's row (with its seed) is
-committed before it runs and completed after, so a killed exploration resumes without losing a
-failure or repeating a finished schedule. An exhaustive search also commits, with each
-finished schedule, its frontier (exhaustive.py: Search): where the next one starts."""
+"""Exploration results in SQLite, written as they happen, so that a killed exploration resumes
+without losing a failure or repeating a recorded schedule. On a cluster a batch's rows (with
+their seeds) are committed as started before it is handed out and completed when it returns;
+in one process, results are committed together about every second and a failure at once
+(explore.Recorder). An exhaustive search commits with its results its frontier (exhaustive.py:
+Search, partition.py): where the next schedule starts, so that --resume runs exactly those
+not recorded."""
 
 from __future__ import annotations
 

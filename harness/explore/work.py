@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -194,10 +195,14 @@ class PausedGc:
             gc.enable()
 
 
-def step(region: RegionRun, runner, plan: Plan) -> dict:
-    """One run of the region's search, verified: its result with its path's choices."""
+def step(region: RegionRun, runner, plan: Plan,
+         taken: Callable[[], None] | None = None) -> dict:
+    """One run of the region's search, verified: its result with its path's choices.
+    `taken()` is called just before the search takes the run in."""
     src = region.source()
     outcome = runner.run(src)
+    if taken is not None:
+        taken()
     region.finish(src)
     res = judge(runner, plan, 0, None, outcome)
     return asdict(res) | {"path": [c.value for c in outcome.result.path]}
