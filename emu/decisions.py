@@ -58,6 +58,11 @@ class DecisionSource(abc.ABC):
         """The source as it was when `mark` was taken, its planned choices unchanged."""
         raise NotImplementedError(f"{type(self).__name__} cannot resume from a snapshot")
 
+    def wants_snapshot(self) -> bool:
+        """Whether a snapshot taken now could serve a later run (the machine asks when one
+        is due). A snapshot only ever saves replaying: asking never changes a run."""
+        return True
+
 
 class SimplestSource(DecisionSource):
     """Every choice its simplest value: the run the machine makes with no deviation."""

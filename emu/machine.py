@@ -267,8 +267,11 @@ class Machine(InterruptDelivery, HypercallService):
                                       f"instructions: over the run's budget of {budget.ticks}",
                                       event="run_budget")
                 if verdict is None and cache is not None and steps >= due:
-                    cache.add(self._snapshot(decisions, steps))
-                    due = steps + cache.every
+                    if source.wants_snapshot():
+                        cache.add(self._snapshot(decisions, steps))
+                        due = steps + cache.every
+                    else:  # asked again after the next step
+                        due = steps + 1
                 ctrl_c.check()
         decisions.close()
         return RunResult(verdict=verdict, path=decisions.path, truth=self.truth,

@@ -221,3 +221,66 @@ def test_a_run_resumed_after_a_short_run_drops_the_translations_of_the_snapshots
     monkeypatch.setattr(Machine, "_restore", _perturbed_restore(
         "cpu.state.view_touched + cc.state.view_touched", "cpu.state.view_touched"))
     assert differences(runner, resumed(SnapshotCache(every=20))[1], reference)
+
+
+def test_a_source_wants_a_snapshot_after_a_choice_it_could_deviate_at():
+    """Past its prefix and since its last snapshot: a choice whose deviation the bound still
+    allows. One spent by the prefix, a choice of the prefix, or no bound at all decide it."""
+    from emu.path import Kind, Request
+
+    ipi = Request(Kind.IPI, 2, 0)
+    src = ExhaustiveSource([0], bound=Cost(0, 0, 1))  # its prefix delays an IPI: I spent
+    src.pick(ipi, 0)
+    src.pick(ipi, 1)
+    assert not src.wants_snapshot()
+    src = ExhaustiveSource([1], bound=Cost(0, 0, 1))
+    src.pick(ipi, 0)  # a choice of the prefix: another run's to deviate at
+    assert not src.wants_snapshot()
+    src.pick(ipi, 1)
+    assert src.wants_snapshot() and not src.wants_snapshot()  # once per choice seen
+    src = ExhaustiveSource([], bound=Cost(1, 1, 0))  # IPIs: nothing left to deviate with
+    src.pick(ipi, 0)
+    assert not src.wants_snapshot()
+    assert ExhaustiveSource([]).wants_snapshot()  # no bound: every snapshot
+
+
+@pytest.mark.parametrize("always", [False, True])
+def test_a_run_with_its_budget_spent_takes_no_snapshot(monkeypatch, always):
+    """In a whole search, runs whose deviations spent the bound take no snapshot, and the
+    runs that take some serve later runs. Perturbed (`always`): a source that always wants
+    one, and spent runs take snapshots."""
+    from emu.path import FREE, deviation
+
+    if always:
+        monkeypatch.setattr(ExhaustiveSource, "wants_snapshot", lambda self: True)
+    bound = Cost(1, 0, 1)
+    runner = Runner(SCENARIOS["static_key"], None, 3, event_mode=True, engine=Engine.FAST,
+                    decode=False)
+    class Counting(SnapshotCache):
+        taken = 0
+
+        def add(self, snap) -> None:
+            self.taken += 1
+            super().add(snap)
+
+    cache = Counting(every=8, keep=400)
+    in_spent = 0
+
+    class Out:
+        ok = True
+
+    def run(src):
+        nonlocal in_spent
+        taken = cache.taken
+        runner.machine.run(src, cache=cache)
+        spent = FREE
+        for n in src.record:
+            if n.value != n.simplest:
+                spent = spent + deviation(n.kind)
+        if spent == bound:
+            in_spent += cache.taken - taken
+        return Out()
+
+    explore_exhaustive(run, bound, limit=150, reduce=True)
+    assert cache.hits > 10
+    assert (in_spent > 0) is always

@@ -74,16 +74,28 @@ class Node:
 class ExhaustiveSource(DecisionSource):
     """Follows a prefix, then the simplest values; records every choice and, with
     `footprints`, every step (what the reduction needs). A run of it may start from a
-    snapshot of an earlier one (emu/snapshot.py)."""
+    snapshot of an earlier one (emu/snapshot.py).
+
+    With the search's `bound`, it wants a snapshot only once the run has made, past its
+    prefix and since its last snapshot, a choice it could deviate at within the bound: a
+    snapshot serves the runs that deviate from this one later on, at such choices. A run
+    whose budget is spent, or whose remaining budget no later choice can use (in static_key
+    P=2 V=2 I=1, delays left to runs that make no view choice any more), took 88 % of the
+    snapshots, and none of them served a run (BENCHMARKS.md, seventh session). Without a
+    bound, every snapshot is wanted."""
 
     resumable = True
 
-    def __init__(self, prefix: list[int], footprints: bool = False) -> None:
+    def __init__(self, prefix: list[int], footprints: bool = False,
+                 bound: Cost | None = None) -> None:
         self.prefix = prefix
         self.wants_footprints = footprints
+        self.bound = bound
         self.record: list[Node] = []
         self.steps: list[Step] = []
         self._cpu_node: int | None = None
+        self._spent = FREE  # what the record's choices spend of the bound
+        self._useful = bound is None  # a choice to deviate at since the last snapshot
 
     def step_done(self, footprint: Footprint) -> None:
         self.steps.append(Step(self._cpu_node, footprint))
@@ -96,11 +108,17 @@ class ExhaustiveSource(DecisionSource):
         # shared, not copied: steps do not change once recorded, and a run resumed from a
         # snapshot never resumes past its own prefix (SnapshotCache.best), where Search.finish
         # reads a recorded node's kind, arity, runnable CPUs and simplest value alone
-        return tuple(self.record), tuple(self.steps), self._cpu_node
+        return tuple(self.record), tuple(self.steps), self._cpu_node, self._spent
 
     def resume(self, mark: object) -> None:
-        record, steps, self._cpu_node = mark  # type: ignore[misc]
+        record, steps, self._cpu_node, self._spent = mark  # type: ignore[misc]
         self.record, self.steps = list(record), list(steps)
+
+    def wants_snapshot(self) -> bool:
+        if self.bound is None:
+            return True
+        useful, self._useful = self._useful, False  # asked when one is due: taken if True
+        return useful
 
     def pick(self, request: Request, position: int) -> int:
         first = simplest(request)
@@ -111,6 +129,13 @@ class ExhaustiveSource(DecisionSource):
         if request.kind is Kind.CPU and request.context is not None:
             runnable = request.context.runnable
             self._cpu_node = position
+        if self.bound is not None:
+            kind = request.kind
+            if not self._useful and position >= len(self.prefix) and request.arity > 1 \
+                    and (self._spent + deviation(kind)).within(self.bound):
+                self._useful = True
+            if value != first:
+                self._spent = self._spent + deviation(kind)
         self.record.append(Node(request.kind, request.arity, value, first, runnable))
         return value
 
@@ -176,7 +201,8 @@ class Search:
 
     def source(self) -> ExhaustiveSource:
         """The decision source of the next schedule: its prefix, then the simplest values."""
-        return ExhaustiveSource([n.value for n in self.next], footprints=self.reduce)
+        return ExhaustiveSource([n.value for n in self.next], footprints=self.reduce,
+                                bound=self.bound)
 
     def finish(self, src: ExhaustiveSource) -> None:
         """Take in what the schedule run from `src` recorded, then choose the next one."""
