@@ -96,6 +96,7 @@ class ExhaustiveSource(DecisionSource):
         self._cpu_node: int | None = None
         self._spent = FREE  # what the record's choices spend of the bound
         self._useful = bound is None  # a choice to deviate at since the last snapshot
+        self._open = self._affordable()  # the kinds of choice the bound leaves a deviation
 
     def step_done(self, footprint: Footprint) -> None:
         self.steps.append(Step(self._cpu_node, footprint))
@@ -113,6 +114,12 @@ class ExhaustiveSource(DecisionSource):
     def resume(self, mark: object) -> None:
         record, steps, self._cpu_node, self._spent = mark  # type: ignore[misc]
         self.record, self.steps = list(record), list(steps)
+        self._open = self._affordable()
+
+    def _affordable(self) -> frozenset[Kind]:
+        if self.bound is None:
+            return frozenset()
+        return frozenset(k for k in Kind if (self._spent + deviation(k)).within(self.bound))
 
     def wants_snapshot(self) -> bool:
         if self.bound is None:
@@ -130,12 +137,12 @@ class ExhaustiveSource(DecisionSource):
             runnable = request.context.runnable
             self._cpu_node = position
         if self.bound is not None:
-            kind = request.kind
-            if not self._useful and position >= len(self.prefix) and request.arity > 1 \
-                    and (self._spent + deviation(kind)).within(self.bound):
+            if request.kind in self._open and position >= len(self.prefix) \
+                    and request.arity > 1:
                 self._useful = True
             if value != first:
-                self._spent = self._spent + deviation(kind)
+                self._spent = self._spent + deviation(request.kind)
+                self._open = self._affordable()
         self.record.append(Node(request.kind, request.arity, value, first, runnable))
         return value
 
