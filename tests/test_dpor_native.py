@@ -41,6 +41,10 @@ def test_both_race_finders_agree_on_recorded_runs(name: str):
         want = races(steps)
         assert native.races(steps) == want
         assert find_races(steps, Engine.FAST) == want  # the dispatch takes the C one
+        half = len(steps) // 2  # a run's races from a step on (dpor.first_new_step)
+        assert native.races(steps, half) == races(steps, half) == [r for r in want
+                                                                    if r[1] >= half]
+        assert races(steps, half) != want or not want
 
 
 def test_both_race_finders_agree_on_random_footprints():

@@ -13,6 +13,7 @@ from emu.engine import Engine
 from emu.footprint import Footprint, data_words, describe, irq, text_grains
 from emu.path import Cost, CpuContext, Kind, Request, simplest
 from harness import litmus
+from harness.explore import dpor
 from harness.explore.dpor import Step, backtrack_points, dependences, races
 from harness.explore.exhaustive import (
     ExhaustiveSource,
@@ -371,3 +372,62 @@ def test_the_paused_collector_collects_every_so_many_schedules_and_comes_back(mo
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def _dpor_runs(scenario, variant, cpus, bound: Cost, limit: int) -> list[tuple[int, ...]]:
+    """Every run of a DPOR search (at most `limit`), as its choices' values."""
+    from emu.snapshot import SnapshotCache
+    from harness.run import Runner
+    from harness.scenario.shipped import SCENARIOS
+
+    scn = SCENARIOS[scenario] if isinstance(scenario, str) else scenario
+    runner = Runner(scn, variant, cpus, event_mode=True, engine=Engine.FAST, decode=False)
+    cache = SnapshotCache()
+    runs = []
+
+    class Out:
+        def __init__(self, ok: bool) -> None:
+            self.ok = ok
+
+    def run(src):
+        result = runner.machine.run(src, cache=cache)
+        runs.append(tuple(c.value for c in result.path))
+        return Out(result.verdict.ok)
+
+    explore_exhaustive(run, bound, limit=limit, reduce=True)
+    return runs
+
+
+@pytest.mark.parametrize(("scenario", "variant", "cpus", "bound", "limit"), [
+    ("static_key", None, 3, Cost(2, 1, 1), 400),
+    ("z1_optprobe_shadow", "buggy", None, Cost(1, 0, 1), 200),
+    ("z4_bytewise", "fixed", None, Cost(1, 1, 0), 400),
+], ids=["static_key", "z1_buggy", "z4_bytewise"])
+def test_skipping_the_races_a_run_shares_with_its_parent_keeps_the_search(
+        monkeypatch, scenario, variant, cpus, bound, limit):
+    """taken_in finds only the races whose second step the run does not share with the run
+    it deviates from (dpor.first_new_step): the same runs, in the same order, as finding
+    every race of every run, the reference. Perturbed: starting one step late loses races,
+    and the search differs."""
+    from harness.explore import dpor, exhaustive
+
+    fast = _dpor_runs(scenario, variant, cpus, bound, limit)
+    first_new_step = dpor.first_new_step
+    monkeypatch.setattr(exhaustive, "first_new_step", lambda steps, base: 0)
+    assert fast == _dpor_runs(scenario, variant, cpus, bound, limit)
+    if scenario == "z4_bytewise":  # (in static_key's first 400 runs only from 2 late on)
+        monkeypatch.setattr(exhaustive, "first_new_step",
+                            lambda steps, base: first_new_step(steps, base) + 1)
+        assert fast != _dpor_runs(scenario, variant, cpus, bound, limit)
+
+
+def test_the_first_new_step_is_the_first_that_ends_after_the_deviation():
+    fp = Footprint(0, set(), set())
+    steps = [Step(0, fp, 2), Step(2, fp, 3), Step(None, fp, 3), Step(3, fp, 5)]
+    assert dpor.first_new_step(steps, -1) == 0  # the first run: every step is new
+    assert dpor.first_new_step(steps, 1) == 0  # step 0 made choices 0 and 1
+    assert dpor.first_new_step(steps, 2) == 1  # step 0 ended before choice 2
+    assert dpor.first_new_step(steps, 3) == 3  # steps 1 and 2 ended before choice 3
+    assert dpor.first_new_step(steps, 5) == 4
+    assert dpor.first_new_step([Step(0, fp, 2), Step(2, fp)], 3) == 1  # no end: new
+    assert races(steps, since=1) == [r for r in races(steps) if r[1] >= 1]

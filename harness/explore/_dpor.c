@@ -228,9 +228,13 @@ static int cmp_ssize(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* races(steps) -> [(i, j, cpus)]: dpor.races for a list of dpor.Step. */
-static PyObject *py_races(PyObject *mod, PyObject *arg) {
+/* races(steps, since=0) -> [(i, j, cpus)]: dpor.races for a list of dpor.Step. */
+static PyObject *py_races(PyObject *mod, PyObject *args) {
     (void)mod;
+    PyObject *arg;
+    Py_ssize_t since = 0;
+    if (!PyArg_ParseTuple(args, "O|n:races", &arg, &since))
+        return NULL;
     PyObject *seq = PySequence_Fast(arg, "races: a list of steps");
     if (!seq)
         return NULL;
@@ -327,7 +331,7 @@ static PyObject *py_races(PyObject *mod, PyObject *arg) {
                 if (clocks[preds[k]][d] > vc[d])
                     vc[d] = clocks[preds[k]][d];
         vc[c] = j;
-        for (Py_ssize_t k = 0; k < np; k++) {
+        for (Py_ssize_t k = 0; j >= since && k < np; k++) {
             Py_ssize_t i = preds[k];
             if (i > before[st.steps[i].cpu]) { /* not ordered before j by anything else */
                 PyObject *lead = initials(&st, clocks, i, j, ncpus);
@@ -375,7 +379,7 @@ done:
 }
 
 static PyMethodDef methods[] = {
-    {"races", py_races, METH_O, "dpor.races: the races of a run's steps"},
+    {"races", py_races, METH_VARARGS, "dpor.races: the races of a run's steps"},
     {NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "harness.explore._dpor",

@@ -6,6 +6,9 @@ Flanagan and Godefroid (POPL 2005) with source-DPOR's choice of CPUs (Abdulla et
 emu/footprint.py) that nothing else orders, the CPUs that can start the reversal are tried at
 the choice before i, and, as bounded POR does (Coons, Musuvathi, McKinley, OOPSLA 2013), at the
 start of the block of steps i belongs to. The search that tries them is exhaustive.py.
+A run shares its steps before its deviation with the run it deviates from, and so their races
+and what those ask for: the search looks only at the races whose second step is new to the run
+(`first_new_step`; tests/test_exhaustive.py runs whole searches both ways).
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from emu.footprint import Footprint
 @dataclass
 class Step:
     """One scheduling step of a run: its CPU choice (a path index, None when only one CPU
-    could run) and its footprint."""
+    could run), its footprint, and how many choices the run had made when it ended (-1:
+    not known)."""
 
     node: int | None
     footprint: Footprint
+    end: int = -1
 
     @property
     def cpu(self) -> int:
@@ -54,8 +59,9 @@ def dependences(steps: list[Step]) -> Iterator[set[int]]:
             reads.setdefault(loc, {})[c] = j
 
 
-def races(steps: list[Step]) -> list[tuple[int, int, list[int]]]:
-    """(i, j, cpus): step i and the later step j of another CPU are dependent and i does not
+def races(steps: list[Step], since: int = 0) -> list[tuple[int, int, list[int]]]:
+    """(i, j, cpus), for j >= `since`: step i and the later step j of another CPU are
+    dependent and i does not
     happen-before j through other steps. `cpus` are the CPUs that can start the reversal, the
     initials of v = (the steps after i that do not depend on i, then j), as source-DPOR
     (Abdulla et al., POPL 2014) takes them: j's CPU first when it is one, then those that lead
@@ -72,19 +78,30 @@ def races(steps: list[Step]) -> list[tuple[int, int, list[int]]]:
             vc = [max(a, b) for a, b in zip(vc, clocks[i], strict=True)]
         vc[c] = j
         clocks.append(vc)
-        for i in sorted(preds):
+        for i in sorted(preds) if j >= since else ():
             if i > before[steps[i].cpu]:  # not ordered before j by anything else
                 out.append((i, j, _initials(steps, clocks, i, j)))
         clock[c] = vc
     return out
 
 
-def find_races(steps: list[Step], engine: Engine | None = None
+def find_races(steps: list[Step], engine: Engine | None = None, since: int = 0
                ) -> list[tuple[int, int, list[int]]]:
     """`races`, in C (harness/explore/_dpor.c) under the fast engine where it is installed;
     `races` itself is the reference."""
     native = native_module("search") if resolve(engine) is Engine.FAST else None
-    return native.races(steps) if native is not None else races(steps)
+    return native.races(steps, since) if native is not None else races(steps, since)
+
+
+def first_new_step(steps: list[Step], base: int) -> int:
+    """The first step a run that deviates at choice `base` may not share with the run it
+    deviates from: the first that ends after that choice, or that does not say when it
+    ended. The machine is deterministic, so the steps before it, their footprints and the
+    races among them are the other run's: its search has taken them in already."""
+    for k, step in enumerate(steps):
+        if step.end < 0 or step.end > base:
+            return k
+    return len(steps)
 
 
 def _initials(steps: list[Step], clocks: list[list[int]], i: int, j: int) -> list[int]:
@@ -115,12 +132,13 @@ def _choices_before(steps: list[Step]) -> list[int | None]:
     return out
 
 
-def backtrack_points(steps: list[Step], engine: Engine | None = None
+def backtrack_points(steps: list[Step], engine: Engine | None = None, since: int = 0
                      ) -> list[tuple[int, list[int]]]:
-    """What the races of this run ask for: (path index of a CPU choice, lead), a CPU of `lead`
-    to try there; at the choice before the race's first step, and at the start of its block."""
+    """What the races of this run whose second step is `since` or later ask for: (path index
+    of a CPU choice, lead), a CPU of `lead` to try there; at the choice before the race's
+    first step, and at the start of its block."""
     out: list[tuple[int, list[int]]] = []
-    races = find_races(steps, engine)
+    races = find_races(steps, engine, since)
     if not races:
         return out
     starts, choices = _block_starts(steps), _choices_before(steps)

@@ -48,7 +48,7 @@ from emu.engine import Engine
 from emu.footprint import Footprint
 from emu.path import FREE, Cost, Kind, Request, deviation, simplest
 
-from .dpor import Step, backtrack_points
+from .dpor import Step, backtrack_points, first_new_step
 
 
 @dataclass
@@ -99,7 +99,7 @@ class ExhaustiveSource(DecisionSource):
         self._open = self._affordable()  # the kinds of choice the bound leaves a deviation
 
     def step_done(self, footprint: Footprint) -> None:
-        self.steps.append(Step(self._cpu_node, footprint))
+        self.steps.append(Step(self._cpu_node, footprint, len(self.record)))
         self._cpu_node = None
 
     def planned(self) -> tuple[int, ...]:
@@ -147,10 +147,11 @@ class ExhaustiveSource(DecisionSource):
         return value
 
 
-def backtrack(path: list[Node], steps: list[Step], engine: Engine | None = None) -> None:
-    """Add to the path's CPU choices what the races of this run ask for (dpor.py); every CPU
-    where none of the lead could run."""
-    for index, lead in backtrack_points(steps, engine):
+def backtrack(path: list[Node], steps: list[Step], engine: Engine | None = None,
+              since: int = 0) -> None:
+    """Add to the path's CPU choices what the races of this run ask for (dpor.py), those
+    whose second step is `since` or later; every CPU where none of the lead could run."""
+    for index, lead in backtrack_points(steps, engine, since):
         node = path[index]
         node = node.origin or node  # a deviation's copy: what is tried is kept by its original
         can = [node.runnable.index(c) for c in lead if c in node.runnable]
@@ -302,8 +303,8 @@ def taken_in(prefix: list[Node], src: ExhaustiveSource, reduce: bool,
         node.todo = set(range(node.arity)) if full else {node.value}
         node.done = {node.value}
         path.append(node)
-    if reduce:
-        backtrack(path, src.steps, engine)
+    if reduce:  # the races among the steps the run shares with its parent are the parent's
+        backtrack(path, src.steps, engine, first_new_step(src.steps, len(prefix) - 1))
     return Level(len(prefix) - 1, path)
 
 
