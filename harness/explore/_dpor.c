@@ -16,6 +16,9 @@
 
 #define MAX_CPUS 64
 
+/* the attribute names read per step, interned once (PyInit__dpor) */
+static PyObject *s_footprint, *s_cpu, *s_reads, *s_writes;
+
 typedef struct {
     uint64_t loc;
     int used;
@@ -250,12 +253,12 @@ static PyObject *py_races(PyObject *mod, PyObject *args) {
     }
     int ncpus = 1;
     for (Py_ssize_t j = 0; j < n; j++) {
-        PyObject *fp = PyObject_GetAttrString(PySequence_Fast_GET_ITEM(seq, j), "footprint");
+        PyObject *fp = PyObject_GetAttr(PySequence_Fast_GET_ITEM(seq, j), s_footprint);
         if (!fp)
             goto done;
-        PyObject *cpu = PyObject_GetAttrString(fp, "cpu");
-        PyObject *reads = PyObject_GetAttrString(fp, "reads");
-        PyObject *writes = PyObject_GetAttrString(fp, "writes");
+        PyObject *cpu = PyObject_GetAttr(fp, s_cpu);
+        PyObject *reads = PyObject_GetAttr(fp, s_reads);
+        PyObject *writes = PyObject_GetAttr(fp, s_writes);
         Py_DECREF(fp);
         long c = cpu ? PyLong_AsLong(cpu) : -1;
         int bad = !cpu || !reads || !writes || PyErr_Occurred();
@@ -386,4 +389,11 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "harness.explore._dpo
                                     "The exhaustive search's race finder in C.", -1, methods,
                                     NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__dpor(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__dpor(void) {
+    if (!(s_footprint = PyUnicode_InternFromString("footprint")) ||
+        !(s_cpu = PyUnicode_InternFromString("cpu")) ||
+        !(s_reads = PyUnicode_InternFromString("reads")) ||
+        !(s_writes = PyUnicode_InternFromString("writes")))
+        return NULL;
+    return PyModule_Create(&module);
+}
