@@ -130,6 +130,10 @@ typedef struct {
     Buf watches;           /* the memory hooks' MemWatch records, owned here */
     size_t room; /* records ticks, ips and ends all have room for */
     PyObject *err_type, *err_value, *err_tb; /* a harness error inside a hook */
+    /* push_frame (bind_frames): the data and stack regions, a stack slot's guard page */
+    int frames, reg_idtr, reg_cs, reg_ss, reg_rsp, reg_rflags;
+    uint64_t data_va, data_size, stacks_va, stacks_size, stack_slot, stack_guard, kernel_cs;
+    uint8_t *data_host, *stacks_host;
 } CpuObject;
 
 static void cpu_dealloc(CpuObject *self) {
@@ -768,6 +772,106 @@ static PyObject *cpu_remove_cache(CpuObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* bind_frames(regs idtr, cs, ss, rsp, rflags; data va, host, size; stacks va, host, size,
+   slot, guard; kernel CS): what push_frame needs, once. */
+static PyObject *cpu_bind_frames(CpuObject *s, PyObject *args) {
+    unsigned long long data_host, stacks_host;
+    if (!PyArg_ParseTuple(args, "iiiiiKKKKKKKKK", &s->reg_idtr, &s->reg_cs, &s->reg_ss,
+                          &s->reg_rsp, &s->reg_rflags, &s->data_va, &data_host, &s->data_size,
+                          &s->stacks_va, &stacks_host, &s->stacks_size, &s->stack_slot,
+                          &s->stack_guard, &s->kernel_cs))
+        return NULL;
+    if (!s->stack_slot || s->stack_guard >= s->stack_slot)
+        return PyErr_Format(PyExc_ValueError, "bind_frames: a stack slot and its guard page");
+    s->data_host = (uint8_t *)(uintptr_t)data_host;
+    s->stacks_host = (uint8_t *)(uintptr_t)stacks_host;
+    s->frames = 1;
+    Py_RETURN_NONE;
+}
+
+/* The host bytes of guest [va, va + n) when all of it is in the data region, or in one
+   CPU's stack above its guard page (Layout.region_of; SharedMemory's banks); else NULL. */
+static uint8_t *frame_bytes(const CpuObject *s, uint64_t va, uint64_t n) {
+    if (va >= s->data_va && va - s->data_va <= s->data_size &&
+        n <= s->data_size - (va - s->data_va))
+        return s->data_host + (va - s->data_va);
+    if (va >= s->stacks_va && va - s->stacks_va <= s->stacks_size &&
+        n <= s->stacks_size - (va - s->stacks_va) && n) {
+        uint64_t lo = va - s->stacks_va, hi = lo + n - 1;
+        if (lo / s->stack_slot == hi / s->stack_slot && lo % s->stack_slot >= s->stack_guard)
+            return s->stacks_host + lo;
+    }
+    return NULL;
+}
+
+typedef struct { /* unicorn.h: uc_x86_mmr */
+    uint16_t selector;
+    uint64_t base;
+    uint32_t limit;
+    uint32_t flags;
+} X86Mmr;
+
+#define GATE_INTERRUPT 0xE
+#define GATE_TRAP 0xF
+#define RFLAGS_TF (1ULL << 8)
+#define RFLAGS_NT (1ULL << 14)
+#define RFLAGS_RF (1ULL << 16)
+#define RFLAGS_VM (1ULL << 17)
+
+/* push_frame(vector, rip, error code or -1) -> the handler's address, or None: delivery.py's
+   _push_frame when it succeeds with the IDT in the data region and the frame in a stack or the
+   data region, the common case, in C. Anything else (a limit, gate, guard page or region it
+   does not take) changes nothing and returns None: the Python code, the reference, delivers
+   or says why not. tests/test_engines.py compares the engines over every scenario. */
+static PyObject *cpu_push_frame(CpuObject *s, PyObject *args) {
+    int vector;
+    unsigned long long rip;
+    long long err;
+    if (!PyArg_ParseTuple(args, "iKL", &vector, &rip, &err))
+        return NULL;
+    X86Mmr idtr = {0};
+    if (!s->frames || vector < 0 || s->reg_read(s->uc, s->reg_idtr, &idtr) ||
+        16ULL * (uint64_t)vector + 15 > idtr.limit)
+        Py_RETURN_NONE;
+    const uint8_t *g = frame_bytes(s, idtr.base + 16ULL * (uint64_t)vector, 16);
+    if (!g)
+        Py_RETURN_NONE;
+    uint64_t low, high; /* x86.Gate.decode */
+    memcpy(&low, g, 8);
+    memcpy(&high, g + 8, 8);
+    uint64_t handler = (low & 0xFFFF) | (((low >> 48) & 0xFFFF) << 16) |
+                       ((high & 0xFFFFFFFFULL) << 32);
+    unsigned type = (low >> 40) & 0xF;
+    if (!(low >> 47 & 1) || (type != GATE_INTERRUPT && type != GATE_TRAP) ||
+        ((low >> 16) & 0xFFFF) != s->kernel_cs)
+        Py_RETURN_NONE;
+    uint64_t rsp = 0, rflags = 0, cs = 0, ss = 0;
+    if (s->reg_read(s->uc, s->reg_rsp, &rsp) || s->reg_read(s->uc, s->reg_rflags, &rflags) ||
+        s->reg_read(s->uc, s->reg_cs, &cs) || s->reg_read(s->uc, s->reg_ss, &ss))
+        Py_RETURN_NONE;
+    uint64_t frame[6];
+    int n = 0;
+    if (err >= 0)
+        frame[n++] = (uint64_t)err;
+    frame[n++] = rip;
+    frame[n++] = cs;
+    frame[n++] = rflags;
+    frame[n++] = rsp;
+    frame[n++] = ss;
+    uint64_t new_rsp = (rsp & ~0xFULL) - 8ULL * (uint64_t)n;
+    uint8_t *dst = frame_bytes(s, new_rsp, 8ULL * (uint64_t)n);
+    if (!dst)
+        Py_RETURN_NONE;
+    memcpy(dst, frame, 8 * (size_t)n);
+    uint64_t flags = rflags & ~(RFLAGS_TF | RFLAGS_NT | RFLAGS_RF | RFLAGS_VM);
+    if (type == GATE_INTERRUPT)
+        flags &= ~(1ULL << 9); /* IF */
+    if (s->reg_write(s->uc, s->reg_rsp, &new_rsp) ||
+        s->reg_write(s->uc, s->reg_rflags, &flags) || s->reg_write(s->uc, s->reg_rip, &handler))
+        return PyErr_Format(PyExc_RuntimeError, "push_frame: uc_reg_write failed");
+    return PyLong_FromUnsignedLongLong(handler);
+}
+
 /* A memory hook saw an access of the current instruction (Cpu._note_mem_hook). */
 static PyObject *cpu_mem_hook(CpuObject *self, PyObject *unused) {
     (void)unused;
@@ -789,6 +893,8 @@ static PyMethodDef cpu_methods[] = {
     {"mem_hook", (PyCFunction)cpu_mem_hook, METH_NOARGS, "a memory hook saw this instruction"},
     {"bind_ctl", (PyCFunction)cpu_bind_ctl, METH_VARARGS, "uc_ctl, for remove_cache"},
     {"remove_cache", (PyCFunction)cpu_remove_cache, METH_VARARGS, "drop translations"},
+    {"bind_frames", (PyCFunction)cpu_bind_frames, METH_VARARGS, "what push_frame needs"},
+    {"push_frame", (PyCFunction)cpu_push_frame, METH_VARARGS, "an interrupt frame, in C"},
     {NULL}};
 
 #define M(name, type, field, flags) {name, type, offsetof(CpuObject, field), flags, NULL}

@@ -529,6 +529,11 @@ class Cpu:
         """Unicorn's translations of text [start, end) (offsets) dropped."""
         self.uc.ctl_remove_cache(layout.TEXT_BASE + start, layout.TEXT_BASE + end)
 
+    def push_frame(self, vector: int, rip: int, err: int | None) -> bool:
+        """The fast engine's interrupt frame, pushed in C where the common case allows it
+        (NativeCpu); False: delivery.py's own code, the reference, does it."""
+        return False
+
     def fetched(self, rip: int, size: int = 15) -> bytes:
         """The bytes this CPU fetches at `rip` (its view), for verdicts."""
         off = rip - layout.TEXT_BASE

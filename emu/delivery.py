@@ -5,6 +5,8 @@ until the next IRET) or a pending IPI (IF=1, no STI / MOV SS shadow) is delivere
 guest IDT with the hardware frame (SS, RSP, RFLAGS, CS, RIP, error code), as the CPU would
 (SDM 6.12). A delivery that fails escalates to #DF, and a failing #DF is a triple fault: the
 run ends with a guest_fault verdict. Always between two runs of a CPU, never inside one.
+On the fast engine a frame that succeeds with the IDT and the stack where the kernel keeps them
+is pushed in C (Cpu.push_frame); every other case is this code's, the reference.
 """
 
 from __future__ import annotations
@@ -172,6 +174,9 @@ class InterruptDelivery:
                     ) -> str | int | None:
         """None when delivered; else why not, or (an int) the stack address the push
         faulted at."""
+        if cpu.push_frame(vector, rip, err):  # the common case, in C on the fast engine
+            cpu.state.halted = False
+            return None
         _sel, base, limit, _flags = cpu.table_reg("idtr")
         if 16 * vector + 15 > limit:
             return f"vector {vector} is beyond the IDT limit"

@@ -69,6 +69,15 @@ class NativeCpu(Cpu):
                        X.UC_X86_REG_RDX, X.UC_X86_REG_RIP)
         # uc_ctl's code, as the binding's Uc.ctl encodes it: (op << 30) | (nargs << 26) | ctl
         self._nat.bind_ctl(_fn("uc_ctl"), UC_CTL_IO_WRITE << 30 | 2 << 26 | UC_CTL_TB_REMOVE_CACHE)
+        lay, mem = self.layout, self.mem
+        self._nat.bind_frames(X.UC_X86_REG_IDTR, X.UC_X86_REG_CS, X.UC_X86_REG_SS,
+                              X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS,
+                              layout.DATA_BASE, ctypes.addressof(mem.data), lay.data_size,
+                              layout.STACK_BASE, ctypes.addressof(mem.stacks), lay.stacks_size,
+                              lay.stack_slot, layout.STACK_GUARD, layout.KERNEL_CS)
+
+    def push_frame(self, vector: int, rip: int, err: int | None) -> bool:
+        return self._nat.push_frame(vector, rip, -1 if err is None else err) is not None
 
     def remove_cache(self, start: int, end: int) -> None:
         self._nat.remove_cache(layout.TEXT_BASE + start, layout.TEXT_BASE + end)

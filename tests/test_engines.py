@@ -193,3 +193,21 @@ def test_every_machine_self_check_passes_on_the_fast_engine(check):
     and check its architectural result, here on the native hooks."""
     result = check(engine=Engine.FAST)
     assert result.ok, result.detail
+
+
+def test_the_fast_engine_pushes_every_interrupt_frame_of_a_run_in_c(monkeypatch):
+    """delivery.py's common case in C (NativeCpu.push_frame): every exception and IPI of a
+    static_key run; the cases it leaves to Python (no gate, no stack: test_machine.py's
+    #DF and triple-fault tests, on both engines) give the reference's verdicts."""
+    from emu.native_cpu import NativeCpu
+
+    taken: list[bool] = []
+    push = NativeCpu.push_frame
+
+    def counted(self, vector, rip, err):
+        taken.append(push(self, vector, rip, err))
+        return taken[-1]
+    monkeypatch.setattr(NativeCpu, "push_frame", counted)
+    runner = Runner(SCENARIOS["static_key"], None, 3, engine=Engine.FAST, decode=False)
+    runner.run_seed(1)
+    assert len(taken) > 10 and all(taken)
