@@ -610,12 +610,15 @@ static int setup(CpuObject *self, long long quantum, int event, unsigned long lo
     return 0;
 }
 
+/* Retired's arrays and their method (interned in intern_names). */
+static PyObject *s_code, *s_ticks, *s_ips, *s_ends, *s_frombytes;
+
 /* Append this run's records to a Retired (emu/retired.py): its arrays take the packed bytes,
    the code offsets made absolute here rather than per record in Python. */
 static int flush_truth(CpuObject *self, PyObject *retired) {
     if (self->ticks.len == 0)
         return 0;
-    PyObject *code = PyObject_GetAttrString(retired, "code");
+    PyObject *code = PyObject_GetAttr(retired, s_code);
     if (!code)
         return -1;
     if (!PyByteArray_Check(code)) {
@@ -640,15 +643,15 @@ static int flush_truth(CpuObject *self, PyObject *retired) {
     Py_DECREF(code);
     if (rc)
         return -1;
-    const char *fields[3] = {"ticks", "ips", "ends"};
+    PyObject *fields[3] = {s_ticks, s_ips, s_ends};
     Buf *bufs[3] = {&self->ticks, &self->ips, &self->ends};
     for (int k = 0; k < 3; k++) {
-        PyObject *arr = PyObject_GetAttrString(retired, fields[k]);
+        PyObject *arr = PyObject_GetAttr(retired, fields[k]);
         if (!arr)
             return -1;
         PyObject *view = PyMemoryView_FromMemory(bufs[k]->data, (Py_ssize_t)bufs[k]->len,
                                                  PyBUF_READ);
-        PyObject *r = view ? PyObject_CallMethod(arr, "frombytes", "O", view) : NULL;
+        PyObject *r = view ? PyObject_CallMethodOneArg(arr, s_frombytes, view) : NULL;
         Py_XDECREF(view);
         Py_DECREF(arr);
         if (!r)
@@ -1073,7 +1076,9 @@ static int intern_names(void) {
                  {&s_last_ip, "last_ip"},     {&s_last_code, "last_code"},
                  {&s_shadow, "shadow"},       {&s_nmi_blocked, "nmi_blocked"},
                  {&s_footprint, "footprint"}, {&s_reads, "reads"},
-                 {&s_writes, "writes"}};
+                 {&s_writes, "writes"},       {&s_code, "code"},
+                 {&s_ticks, "ticks"},         {&s_ips, "ips"},
+                 {&s_ends, "ends"},           {&s_frombytes, "frombytes"}};
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
         if (!(*names[k].slot = PyUnicode_InternFromString(names[k].name)))
             return -1;
