@@ -349,13 +349,14 @@ def test_recorder_commits_nothing_a_ctrl_c_cut_off():
     assert writes == []  # taken off before the frontier: --resume runs it again
 
 
-@pytest.mark.parametrize("where", ["machine", "judge"])
+@pytest.mark.parametrize("where", ["machine", "judge", "crash"])
 def test_ctrl_c_in_one_process_keeps_a_resumable_search(tmp_path, monkeypatch, where):
     """Ctrl-C in a one-process exhaustive search whose results wait for their commit: in the
     machine (the search still stands where the last result left it) what waits is committed
     with that frontier; after the search took the run in (while it is judged) nothing of it
-    is, as the frontier has moved past a run not recorded. Either way --resume makes exactly
-    the schedules of the whole search, each once, with the same verdicts."""
+    is, as the frontier has moved past a run not recorded. An error in the machine (`crash`)
+    is as Ctrl-C there. Either way --resume makes exactly the schedules of the whole search,
+    each once, with the same verdicts."""
     from harness.explore import explore as explore_mod
     from harness.explore import work
     plan = Plan("z4_bytewise", "buggy", strategy="exhaustive", preemptions=1, delays=0,
@@ -364,13 +365,13 @@ def test_ctrl_c_in_one_process_keeps_a_resumable_search(tmp_path, monkeypatch, w
     assert whole.exhausted and len(whole.results) > 12
     monkeypatch.setattr(explore_mod, "RECORD_SECONDS", 3600.0)
     calls = {"n": 0}
-    if where == "machine":
+    if where in ("machine", "crash"):
         real = Runner.run
 
         def patched(self, *args, **kwargs):
             calls["n"] += 1
             if calls["n"] == 12:
-                raise KeyboardInterrupt
+                raise KeyboardInterrupt if where == "machine" else RuntimeError
             return real(self, *args, **kwargs)
         monkeypatch.setattr(Runner, "run", patched)
     else:
@@ -383,12 +384,18 @@ def test_ctrl_c_in_one_process_keeps_a_resumable_search(tmp_path, monkeypatch, w
             return real(*args, **kwargs)
         monkeypatch.setattr(work, "judge", patched)
     db = tmp_path / "x.db"
-    cut = explore(plan, db=db, interruptible=True)
+    if where == "crash":
+        with pytest.raises(RuntimeError):
+            explore(plan, db=db)
+    else:
+        cut = explore(plan, db=db, interruptible=True)
+        assert cut.interrupted and not cut.exhausted
     monkeypatch.undo()
-    assert cut.interrupted and not cut.exhausted
     con = sqlite3.connect(db)
     done = con.execute("SELECT COUNT(*) FROM schedules WHERE status = 'done'").fetchone()[0]
-    assert done == len(cut.results) == (11 if where == "machine" else 0)  # none failed yet
+    assert done == (0 if where == "judge" else 11)  # none failed yet: all were waiting
+    if where != "crash":
+        assert done == len(cut.results)
     again = explore(plan, db=db, resume=True)
     assert again.exhausted and len(again.results) == len(whole.results)
     rows = con.execute("SELECT idx, verdict, token FROM schedules WHERE status = 'done' "
@@ -396,8 +403,11 @@ def test_ctrl_c_in_one_process_keeps_a_resumable_search(tmp_path, monkeypatch, w
     assert rows == [(r.idx, r.verdict, r.token) for r in whole.results]
 
 
-def test_ctrl_c_in_one_process_keeps_the_finished_random_schedules(tmp_path, monkeypatch):
-    """Random schedules waiting for their commit are whole results: Ctrl-C commits them."""
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError])
+def test_what_ends_one_process_keeps_the_finished_random_schedules(tmp_path, monkeypatch,
+                                                                   stop):
+    """Random schedules waiting for their commit are whole results: Ctrl-C, or an error that
+    ends the exploration (a crash: exit 3 on the command line), commits them first."""
     from harness.explore import explore as explore_mod
     monkeypatch.setattr(explore_mod, "RECORD_SECONDS", 3600.0)
     real, calls = Runner.run, {"n": 0}
@@ -405,14 +415,18 @@ def test_ctrl_c_in_one_process_keeps_the_finished_random_schedules(tmp_path, mon
     def patched(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 5:
-            raise KeyboardInterrupt
+            raise stop
         return real(self, *args, **kwargs)
     monkeypatch.setattr(Runner, "run", patched)
     db = tmp_path / "x.db"
     plan = Plan("z4_bytewise", "fixed", strategy="random", shrink=False)
-    cut = explore(plan, schedules=10, db=db, interruptible=True)
+    if stop is KeyboardInterrupt:
+        cut = explore(plan, schedules=10, db=db, interruptible=True)
+        assert cut.interrupted and [r.idx for r in cut.results] == [0, 1, 2, 3]
+    else:
+        with pytest.raises(RuntimeError):
+            explore(plan, schedules=10, db=db)
     monkeypatch.undo()
     con = sqlite3.connect(db)
     done = con.execute("SELECT idx FROM schedules WHERE status = 'done' ORDER BY idx").fetchall()
-    assert cut.interrupted and done == [(0,), (1,), (2,), (3,)]
-    assert [r.idx for r in cut.results] == [0, 1, 2, 3]
+    assert done == [(0,), (1,), (2,), (3,)]

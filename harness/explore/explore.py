@@ -182,18 +182,17 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
                 first=len(done), saved=results_db.frontier(exp_id) if results_db else None,
                 persist=results_db is not None, flush=recorder.flush)
         else:
-            for i in indices:
-                if not more(i):
-                    break
-                recorder.add(run_schedule(plan, i))
-            recorder.flush()
+            try:
+                for i in indices:
+                    if not more(i):
+                        break
+                    recorder.add(run_schedule(plan, i))
+            finally:  # finished schedules are whole: kept, whatever ends the loop
+                recorder.flush()
     except KeyboardInterrupt:  # what was recorded stands; --resume goes on from there
         if results_db:
             results_db.rollback()  # a write cut in two by a caller's own SIGINT handler
-        if plan.strategy == "exhaustive" or spec is not None or client is not None:
-            recorder.drop()  # exhaustive_search flushed what its frontier still stands for
-        else:
-            recorder.flush()  # finished schedules, each whole: kept
+        recorder.drop()  # what exhaustive_search could not save with its frontier
         if not interruptible:
             raise
         summary.interrupted = True
@@ -306,9 +305,10 @@ class Recorder:
     `batched` (with a database): committed together with the frontier after the last of them,
     at most every RECORD_SECONDS and at once for a failure. Two commits, each an fsync, and
     the whole frontier per schedule took 30 % of a one-process exhaustive search (BENCHMARKS.md,
-    seventh session). A kill loses at most the uncommitted second, which --resume runs again:
-    nothing committed is lost or repeated, no failure waits, and what is reported (summary,
-    --log) is what is committed."""
+    seventh session). Ctrl-C, bad input or a crash commits what is pending first (an
+    exhaustive search's, if its frontier still holds); a kill loses at most the uncommitted
+    second, which --resume runs again: nothing committed is lost or repeated, no failure
+    waits, and what is reported (summary, --log) is what is committed."""
 
     def __init__(self, write: Callable[[list[ScheduleResult], str | None], None],
                  batched: bool, seconds: float | None = None) -> None:
@@ -320,8 +320,8 @@ class Recorder:
         self._since = time.monotonic()
 
     def add(self, result: ScheduleResult, frontier: Frontier | None = None) -> None:
-        """A result, and (an exhaustive search) how to get the frontier after it, valid until
-        the search takes its next run in (exhaustive_search flushes before it may not be)."""
+        """A result, and (an exhaustive search) how to get the frontier after it: valid until
+        the search takes its next run in, which exhaustive_search's calls of `flush` respect."""
         self._pending.append(result)
         self._frontier = frontier
         if not self._batched or result.failed or \
@@ -342,7 +342,6 @@ class Recorder:
         self._pending, self._frontier = [], None
 
 
-
 def exhaustive_search(plan: Plan, runner: Runner, more: Callable[[int], bool],
                       record: Callable[[ScheduleResult, Frontier | None], None], *,
                       first: int = 0, saved: str | None = None, persist: bool = False,
@@ -351,11 +350,11 @@ def exhaustive_search(plan: Plan, runner: Runner, more: Callable[[int], bool],
     order of dependent steps (harness/explore/exhaustive.py), on `runner` (event mode), in
     this process, from the `saved` frontier when resuming (one search, or the regions a
     cluster left: partition.py, explored one after the other). Schedule i is recorded in
-    path order, with `persist` a function giving the frontier after it, valid until the next
-    schedule's search takes its run in or its region ends: `flush()` is called before either,
-    whenever what was recorded since the last flush must be saved with that frontier (a
-    region's end, Ctrl-C while the frontier is still the last result's). `more(i)` says
-    whether to go on. True when exhausted."""
+    path order; with `persist`, with a function giving the frontier after it, valid until the
+    search takes its next run in. `flush()` saves what `record` holds back with the last such
+    frontier: it is called at a region's end, and when anything (Ctrl-C, bad input, a crash)
+    ends the search while that frontier still holds. `more(i)` says whether to go on. True
+    when exhausted."""
 
     build = fingerprint(runner.built, runner.trace)
     part = _resumed_partition(saved, plan, runner) if saved else \
@@ -387,8 +386,8 @@ def exhaustive_search(plan: Plan, runner: Runner, more: Callable[[int], bool],
                     i += 1
                 flush()
                 part.returned(region, run.state(), run.reports())
-    except KeyboardInterrupt:
-        if current:
+    except BaseException:
+        if current:  # else the frontier is past a run not recorded: --resume runs them again
             flush()
         raise
     return part.exhausted
