@@ -578,7 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--tls-key", help="tls:// cluster: this client's private key")
     ex.add_argument("--seed", type=count, default=0, help="schedule i uses seed SEED+i")
     ex.add_argument("--depth", type=positive_int, default=3, help="PCT bug depth d (>= 1)")
-    ex.add_argument("--db", help="SQLite file the results are written to as they are found")
+    ex.add_argument("--db", help="SQLite file the results are written to as they are found "
+                    "(a failure at once, others about every second)")
     ex.add_argument("--resume", action="store_true", help="continue the exploration in --db")
     ex.add_argument("--no-shrink", action="store_true")
     ex.add_argument("--stop-at-first", action="store_true",

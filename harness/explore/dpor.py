@@ -61,11 +61,11 @@ def dependences(steps: list[Step]) -> Iterator[set[int]]:
 
 def races(steps: list[Step], since: int = 0) -> list[tuple[int, int, list[int]]]:
     """(i, j, cpus), for j >= `since`: step i and the later step j of another CPU are
-    dependent and i does not
-    happen-before j through other steps. `cpus` are the CPUs that can start the reversal, the
-    initials of v = (the steps after i that do not depend on i, then j), as source-DPOR
-    (Abdulla et al., POPL 2014) takes them: j's CPU first when it is one, then those that lead
-    to j. Happens-before is tracked with vector clocks over step indices."""
+    dependent and i does not happen-before j through other steps. `cpus` are the CPUs that
+    can start the reversal, the initials of v = (the steps after i that do not depend on i,
+    then j), as source-DPOR (Abdulla et al., POPL 2014) takes them: j's CPU first when it is
+    one, then those that lead to j. Happens-before is tracked with vector clocks over step
+    indices."""
     ncpus = 1 + max((s.cpu for s in steps), default=0)
     clock = [[-1] * ncpus for _ in range(ncpus)]  # per CPU: the last step of each it knows
     clocks: list[list[int]] = []
