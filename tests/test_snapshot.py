@@ -256,6 +256,7 @@ def test_a_run_with_its_budget_spent_takes_no_snapshot(monkeypatch, always):
     bound = Cost(1, 0, 1)
     runner = Runner(SCENARIOS["static_key"], None, 3, event_mode=True, engine=Engine.FAST,
                     decode=False)
+
     class Counting(SnapshotCache):
         taken = 0
 
