@@ -267,11 +267,9 @@ class Machine(InterruptDelivery, HypercallService):
                                       f"instructions: over the run's budget of {budget.ticks}",
                                       event="run_budget")
                 if verdict is None and cache is not None and steps >= due:
-                    if source.wants_snapshot():
+                    if source.wants_snapshot():  # else asked again one spacing later
                         cache.add(self._snapshot(decisions, steps))
-                        due = steps + cache.every
-                    else:  # asked again after the next step
-                        due = steps + 1
+                    due = steps + cache.every
                 ctrl_c.check()
         decisions.close()
         return RunResult(verdict=verdict, path=decisions.path, truth=self.truth,

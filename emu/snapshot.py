@@ -3,8 +3,8 @@ continues from there instead of from the reset state.
 
 The exhaustive explorer's runs share long prefixes: each deviates from an earlier run at one
 choice and replays the choices before it, on average half of a run (BENCHMARKS.md). A run
-that has a `SnapshotCache` takes a snapshot every `every` steps, or later if its source does
-not want one then (DecisionSource.wants_snapshot: none could serve a later run); a run whose
+that has a `SnapshotCache` is asked every `every` steps, and takes a snapshot if its source
+wants one (DecisionSource.wants_snapshot: one that could serve a later run); a run whose
 source plans its first choices (DecisionSource.planned) starts from the snapshot with the
 most choices that are all its first ones, taken by a source of the same kind
 (DecisionSource.kind). The

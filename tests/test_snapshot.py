@@ -224,7 +224,7 @@ def test_a_run_resumed_after_a_short_run_drops_the_translations_of_the_snapshots
 
 
 def test_a_source_wants_a_snapshot_after_a_choice_it_could_deviate_at():
-    """Past its prefix and since its last snapshot: a choice whose deviation the bound still
+    """Past its prefix and since it was last asked: a choice whose deviation the bound still
     allows. One spent by the prefix, a choice of the prefix, or no bound at all decide it."""
     from emu.path import Kind, Request
 

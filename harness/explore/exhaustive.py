@@ -76,8 +76,8 @@ class ExhaustiveSource(DecisionSource):
     `footprints`, every step (what the reduction needs). A run of it may start from a
     snapshot of an earlier one (emu/snapshot.py).
 
-    With the search's `bound`, it wants a snapshot only once the run has made, past its
-    prefix and since its last snapshot, a choice it could deviate at within the bound: a
+    With the search's `bound`, it wants a snapshot only if the run has made, past its
+    prefix and since it was last asked, a choice it could deviate at within the bound: a
     snapshot serves the runs that deviate from this one later on, at such choices. A run
     whose budget is spent, or whose remaining budget no later choice can use (in static_key
     P=2 V=2 I=1, delays left to runs that make no view choice any more), took 88 % of the
@@ -95,7 +95,7 @@ class ExhaustiveSource(DecisionSource):
         self.steps: list[Step] = []
         self._cpu_node: int | None = None
         self._spent = FREE  # what the record's choices spend of the bound
-        self._useful = bound is None  # a choice to deviate at since the last snapshot
+        self._useful = bound is None  # a choice to deviate at since last asked
         self._open = self._affordable()  # the kinds of choice the bound leaves a deviation
 
     def step_done(self, footprint: Footprint) -> None:
