@@ -375,27 +375,16 @@ def test_the_paused_collector_collects_every_so_many_schedules_and_comes_back(mo
 
 
 def _dpor_runs(scenario, variant, cpus, bound: Cost, limit: int) -> list[tuple[int, ...]]:
-    """Every run of a DPOR search (at most `limit`), as its choices' values."""
+    """Every run of a DPOR search (at most `limit`, test_snapshot's), as its choices' values."""
     from emu.snapshot import SnapshotCache
     from harness.run import Runner
     from harness.scenario.shipped import SCENARIOS
+    from tests.test_snapshot import _search
 
-    scn = SCENARIOS[scenario] if isinstance(scenario, str) else scenario
-    runner = Runner(scn, variant, cpus, event_mode=True, engine=Engine.FAST, decode=False)
-    cache = SnapshotCache()
-    runs = []
-
-    class Out:
-        def __init__(self, ok: bool) -> None:
-            self.ok = ok
-
-    def run(src):
-        result = runner.machine.run(src, cache=cache)
-        runs.append(tuple(c.value for c in result.path))
-        return Out(result.verdict.ok)
-
-    explore_exhaustive(run, bound, limit=limit, reduce=True)
-    return runs
+    runner = Runner(SCENARIOS[scenario], variant, cpus, event_mode=True, engine=Engine.FAST,
+                    decode=False)
+    return [tuple(c.value for c in result.path)
+            for result, _steps in _search(runner, SnapshotCache(), bound, limit)]
 
 
 @pytest.mark.parametrize(("scenario", "variant", "cpus", "bound", "limit"), [
