@@ -332,8 +332,10 @@ def test_changed_directory_exits_2(saved, tmp_path, capsys, changed):
     assert "Traceback" not in err
 
 
-def test_perf_decodes_the_directory_s_own_perf_data(saved, monkeypatch):
-    """The bytes perf is given are the saved file's; without one, a note says what it read."""
+def test_perf_decodes_the_directory_s_own_perf_data(saved, tmp_path, monkeypatch):
+    """The bytes perf is given are the saved file's, with no note; without one, a note says
+    it was written afresh, and what is written is what `textpoke run` saved (crosscheck and
+    write_artifacts make perf.data alike: the same end tick, the same records)."""
     seen: list[bytes] = []
 
     def decode(data: Path, vmlinux: Path, ncpus: int):
@@ -342,8 +344,13 @@ def test_perf_decodes_the_directory_s_own_perf_data(saved, monkeypatch):
 
     monkeypatch.setattr(perf_script, "perf_path", lambda: "perf")
     monkeypatch.setattr(perf_script, "decode", decode)
+    original = (saved / "perf.data").read_bytes()
     report = crosscheck(saved)
-    assert seen == [(saved / "perf.data").read_bytes()] and not report.notes
+    assert seen == [original] and not report.notes
+    d = _copy(saved, tmp_path / "d")
+    (d / "perf.data").unlink()
+    report = crosscheck(d)
+    assert seen[1:] == [original] and "written afresh" in report.notes[0]
 
 
 def test_run_ticks_of_a_malformed_verdict_is_bad_input(saved, tmp_path):
