@@ -1062,7 +1062,7 @@ static int nth_bit(uint32_t mask, long n) {
 /* The names of the Python state the loop reads and writes (emu/cpu.py: Cpu, CpuState). */
 static PyObject *s_state, *s_view, *s_retired, *s_pending, *s_finished, *s_halted, *s_yielded,
     *s_pending_nmi, *s_nmis_left, *s_pending_ipis, *s_last_ip, *s_last_code, *s_shadow,
-    *s_nmi_blocked, *s_footprint;
+    *s_nmi_blocked, *s_footprint, *s_handling, *s_left, *s_delivered, *s_events;
 
 static int intern_names(void) {
     struct {
@@ -1078,7 +1078,9 @@ static int intern_names(void) {
                  {&s_footprint, "footprint"}, {&s_reads, "reads"},
                  {&s_writes, "writes"},       {&s_code, "code"},
                  {&s_ticks, "ticks"},         {&s_ips, "ips"},
-                 {&s_ends, "ends"},           {&s_frombytes, "frombytes"}};
+                 {&s_ends, "ends"},           {&s_frombytes, "frombytes"},
+                 {&s_handling, "handling"},   {&s_left, "left"},
+                 {&s_delivered, "delivered"}, {&s_events, "events"}};
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
         if (!(*names[k].slot = PyUnicode_InternFromString(names[k].name)))
             return -1;
@@ -1185,12 +1187,12 @@ static int load_cpu(PyObject *cpu, PyObject *st, CpuObject *s, PyObject *view_en
     return yielded ? set_attr(st, s_yielded, Py_NewRef(Py_False)) : 0;
 }
 
-/* Event mode's arguments: MachineConfig.max_quantum, and the footprint class and the
-   source's step_done when footprints are measured (else NULL). */
+/* Event mode's arguments: MachineConfig.max_quantum, the footprint class and the source's
+   step_done when footprints are measured (else NULL), and the Serialize event's class. */
 typedef struct {
     int on;
     long long max_quantum;
-    PyObject *fp_cls, *step_done;
+    PyObject *fp_cls, *step_done, *serialize_cls;
 } EventArgs;
 
 static int set_add(PyObject *set, uint64_t loc) {
@@ -1230,6 +1232,70 @@ static int footprint_done(PyObject *pycpu, PyObject *fp, PyObject *step_done) {
         return -1;
     }
     return ok ? 0 : -1;
+}
+
+/* IRET (SDM 6.7.1): NMI blocking ends and the innermost delivered handler returns, with the
+   failed deliveries that escalated to it, as NativeCpu._end does with cpu._leave_handler:
+   state.left = what it left, cut from the end of state.handling. 0, or -1 with an error. */
+static int leave_handler(PyObject *st) {
+    PyObject *handling = PyObject_GetAttr(st, s_handling);
+    if (!handling)
+        return -1;
+    int rc = -1;
+    if (!PyList_Check(handling)) {
+        PyErr_SetString(PyExc_TypeError, "CpuState.handling is a list");
+        goto out;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(handling), k = n;
+    while (k > 0) { /* the delivered handler, innermost ... */
+        int d = attr_true(PyList_GET_ITEM(handling, --k), s_delivered);
+        if (d < 0)
+            goto out;
+        if (d)
+            break;
+    }
+    while (k > 0) { /* ... and the deliveries that failed into it */
+        int d = attr_true(PyList_GET_ITEM(handling, k - 1), s_delivered);
+        if (d < 0)
+            goto out;
+        if (d)
+            break;
+        k--;
+    }
+    PyObject *left = PyList_GetSlice(handling, k, n);
+    if (!left || PyList_SetSlice(handling, k, n, NULL)) {
+        Py_XDECREF(left);
+        goto out;
+    }
+    rc = set_attr(st, s_left, left) || set_attr(st, s_nmi_blocked, Py_NewRef(Py_False)) ? -1 : 0;
+out:
+    Py_DECREF(handling);
+    return rc;
+}
+
+/* The end of an event-mode run that serialized (or IRETed: also serializing) with nothing
+   pending in the CPU's view, here instead of in Python: NativeCpu._end's IRET, then
+   Machine._after_run's _serialize, which makes no unit visible, touches no translation and
+   adds nothing to the footprint, and records the Serialize event (units 0, an instruction).
+   Any other serializing run (units pending, a Python hook in it, an error) is handed back.
+   0, or -1 with an error. */
+static int serialized_here(CpuObject *s, PyObject *pycpu, int index, const EventArgs *ea) {
+    if (s->iret) {
+        PyObject *st = PyObject_GetAttr(pycpu, s_state);
+        int rc = st ? leave_handler(st) : -1;
+        Py_XDECREF(st);
+        if (rc)
+            return -1;
+    }
+    PyObject *events = PyObject_GetAttr(pycpu, s_events);
+    if (!events)
+        return -1;
+    PyObject *ev = PyObject_CallFunction(ea->serialize_cls, "Kii",
+                                         (unsigned long long)s->clock->tick, index, 0);
+    int rc = ev ? PyList_Append(events, ev) : -1;
+    Py_XDECREF(ev);
+    Py_DECREF(events);
+    return rc;
 }
 
 /* One event-mode step of CPU `s` (Python's `pycpu`), chosen already (Machine._chosen_step,
@@ -1290,12 +1356,14 @@ static int event_step(CpuObject *s, PyObject *pycpu, int index, int flags, uint6
         goto fail;
     if (fp && add_run_footprint(s, fp))
         goto fail;
-    if (e || s->py_hooked || s->emulate || s->iret || s->serialize || s->halted ||
-        before + s->retired_run >= insn_budget) {
+    if (e || s->py_hooked || s->emulate || s->halted || before + s->retired_run >= insn_budget ||
+        (s->serialize && (s->npending || !ea->serialize_cls))) {
         *err = e;
         status = LOOP_RAN;
         goto handed;
     }
+    if (s->serialize && serialized_here(s, pycpu, index, ea))
+        goto fail;
     if (fp && footprint_done(pycpu, fp, ea->step_done)) {
         Py_DECREF(fp);
         return -1;
@@ -1324,8 +1392,9 @@ fail:
    choices made so far, and view_entry(cpu, pending) makes the others;
    path: Decisions.path; limits: (MachineConfig.insn_budget, the clock's limit); resume:
    (cpu, stage) of a step to finish first (stage 0: none; see `stage` below); event: () in
-   quantum mode, else (max_quantum, Footprint, the source's step_done), the last two None
-   when no footprints are measured. Returns the
+   quantum mode, else (max_quantum, Footprint, the source's step_done, Serialize), the
+   footprint's two None when no footprints are measured, Serialize None to hand every
+   serializing run back. Returns the
    steps done entirely here, why it stopped, the CPU of the step in progress (-1: none), its
    run's uc_err (LOOP_RAN) or the view choice (LOOP_VIEWED), and the last CPU chosen. */
 static PyObject *py_steps(PyObject *mod, PyObject *args) {
@@ -1344,16 +1413,18 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
                           &insn_budget, &tick_limit, &reg_rflags, &resume_cpu, &resume_stage,
                           &max_steps, &PyTuple_Type, &event))
         return NULL;
-    EventArgs ev = {0, 1, NULL, NULL};
+    EventArgs ev = {0, 1, NULL, NULL, NULL};
     if (PyTuple_GET_SIZE(event)) {
         PyObject *cls, *done;
-        if (!PyArg_ParseTuple(event, "LOO", &ev.max_quantum, &cls, &done))
+        if (!PyArg_ParseTuple(event, "LOOO", &ev.max_quantum, &cls, &done, &ev.serialize_cls))
             return NULL;
         if ((cls == Py_None) != (done == Py_None) || ev.max_quantum < 1 || resume_stage)
             return PyErr_Format(PyExc_ValueError, "steps: bad event-mode arguments");
         ev.on = 1;
         ev.fp_cls = cls == Py_None ? NULL : cls;
         ev.step_done = done == Py_None ? NULL : done;
+        if (ev.serialize_cls == Py_None)
+            ev.serialize_cls = NULL;
     }
     Py_ssize_t n = PyTuple_GET_SIZE(cpus);
     if (n < 1 || n > LOOP_MAX_CPUS || PyTuple_GET_SIZE(pycpus) != n ||
@@ -1456,6 +1527,8 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
                 }
                 ran[i] += c[i]->retired_run;
                 trivial |= 1u << i;
+                if (c[i]->iret) /* serialized_here left the handler */
+                    fl[i] &= ~F_NMI_BLOCKED;
                 fl[i] = c[i]->yielded ? fl[i] | F_YIELDED : fl[i] & ~F_YIELDED;
                 steps++;
                 if (clock->tick > tick_limit) {

@@ -4,7 +4,9 @@ Machine.run's reference loop spends about 15 µs of Python per scheduling step (
 each a request, a `random` draw and a recorded Choice, then the run and its bookkeeping) on
 top of the few µs a run of ~8 instructions costs in Unicorn. emu/_native.c `steps` does the
 steps that need nothing else: the CPU choice, an IPI or view choice that changes nothing, the
-quantum choice and a run that ends with nothing to handle. It hands the step it stops at back
+quantum choice and a run that ends with nothing to handle, or in event mode with a serializing
+instruction or IRET and nothing pending in the CPU's view (a third of static_key's event steps:
+the IRET's handler bookkeeping and the Serialize event, which is all Python would do). It hands the step it stops at back
 to the machine's own code where it stands (`Machine._step`, `_cpu_step`, `_take_ipi`,
 `_refresh`, `_after_run`), and takes an IPI's or a view unit's step back once Python has done
 that part, so every interrupt, fetch-view unit, hypercall, text store, exception and verdict
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING
 from unicorn import x86_const
 
 from .decisions import Decisions, RandomSource
+from .events import Serialize
 from .footprint import Footprint
 from .path import Choice, Kind, Request
 
@@ -123,7 +126,7 @@ class NativeLoop:
         if m.config.event_mode:  # footprints as Machine._chosen_step measures them
             fp = dec.source.wants_footprints
             self._event = (m.config.max_quantum, Footprint if fp else None,
-                           dec.source.step_done if fp else None)
+                           dec.source.step_done if fp else None, Serialize)
 
     def steps(self, dec: Decisions, most: int | None = None) -> tuple[int, Verdict | None]:
         """Steps until one ends the run, needs Python or the batch (or `most` steps) is over:

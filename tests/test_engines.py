@@ -24,8 +24,10 @@ from emu.truth import GroundTruth
 from harness.explore.exhaustive import explore_exhaustive
 from harness.oracles import torn_execution
 from harness.run import Runner
-from harness.scenario.scenario import GENERIC_VARIANTS
+from harness.scenario.op import Raw, StaticKey
+from harness.scenario.scenario import GENERIC_VARIANTS, Scenario
 from harness.scenario.shipped import SCENARIOS
+from harness.scenario.site import JumpLabel
 from harness.trace.pt import native as trace_native
 from tests.test_soundness import STACK_RACE
 
@@ -90,11 +92,23 @@ def test_both_machines_run_the_same_schedule(name: str, variant: str | None, eve
         assert differences(runners[Engine.FAST], fast, ref) == [], f"seed {seed}"
 
 
-@pytest.mark.parametrize(("scenario", "variant", "cpus"), [
-    ("z4_bytewise", "fixed", None),
-    (STACK_RACE, None, 2),  # a race through another CPU's stack: its footprint location
-], ids=["z4_bytewise", "stack_race"])
-def test_both_machines_search_the_same_space(scenario, variant, cpus):
+# CPU 0 sends CPU 1 an NMI whose handler spins once (a step ends at its PAUSE), so the C loop
+# runs the handler's IRET, which ends NMI blocking there: CPU 1's next steps read its NMI line
+# again (their footprints say so)
+NMI_IRET = Scenario(
+    "nmi_iret", "an NMI handler whose IRET ends a step of its own", cpus=2,
+    sites=[JumpLabel("j0", key="k")], handlers={"nmi": "pausing_nmi"},
+    ops=[Raw("    mov edi, 1\n    mov esi, 2\n    mov eax, HC_SEND_IPI\n    out HC_PORT, eax\n"
+             "    nop\n"), StaticKey("k", True)],
+    extra_asm="pausing_nmi:\n    pause\n    iretq\n")
+
+
+@pytest.mark.parametrize(("scenario", "variant", "cpus", "bound"), [
+    ("z4_bytewise", "fixed", None, Cost(1, 0, 0)),
+    (STACK_RACE, None, 2, Cost(1, 0, 0)),  # a race through another CPU's stack: its footprint
+    (NMI_IRET, None, 2, Cost(1, 0, 0)),
+], ids=["z4_bytewise", "stack_race", "nmi_iret"])
+def test_both_machines_search_the_same_space(scenario, variant, cpus, bound):
     """An exhaustive search with the DPOR reduction: the footprints the C hooks collect steer
     which paths come next, so equal paths in equal order need equal footprints too (and each
     step's footprint is compared)."""
@@ -118,7 +132,7 @@ def test_both_machines_search_the_same_space(scenario, variant, cpus):
                          result.verdict))
             return Out(result)
 
-        res = explore_exhaustive(run, Cost(1, 0, 0), reduce=True)
+        res = explore_exhaustive(run, bound, reduce=True)
         assert res.exhausted
         visited[eng] = seen
     assert len(visited[Engine.FAST]) > 10
