@@ -1008,28 +1008,48 @@ static long randbelow(PyObject *getrandbits, long n) {
     return -1;
 }
 
-/* One choice of `entry` (its request, then the Choice of each value): drawn and recorded
-   here for a RandomSource (`getrandbits`), else Decisions.choose(request). -1: an error. */
-static long decide(PyObject *entry, PyObject *getrandbits, PyObject *choose, PyObject *path) {
-    Py_ssize_t arity = PyTuple_GET_SIZE(entry) - 1;
-    if (getrandbits != Py_None) {
-        long v = randbelow(getrandbits, (long)arity);
-        if (v < 0 || PyList_Append(path, PyTuple_GET_ITEM(entry, 1 + v)))
+/* Who answers the loop's choices: a RandomSource's `getrandbits` (drawn here), else
+   Decisions.choose; from position `simple_from` of `path` on (-1: never) the source answers
+   every choice with its simplest value and records nothing of its own
+   (DecisionSource.simplest_from), so the loop answers those itself. */
+typedef struct {
+    PyObject *getrandbits, *choose, *path;
+    Py_ssize_t simple_from;
+} Chooser;
+
+/* One choice of `entry` (its request, its simplest value, then the Choice of each value):
+   drawn or answered here and recorded (the entry's interned Choice), else
+   Decisions.choose(request). -1: an error. */
+static long decide(PyObject *entry, const Chooser *ch) {
+    Py_ssize_t arity = PyTuple_GET_SIZE(entry) - 2;
+    long v;
+    if (ch->getrandbits != Py_None) {
+        v = randbelow(ch->getrandbits, (long)arity);
+        if (v < 0)
             return -1;
+    } else if (ch->simple_from >= 0 && PyList_GET_SIZE(ch->path) >= ch->simple_from) {
+        v = PyLong_AsLong(PyTuple_GET_ITEM(entry, 1));
+        if (v == -1 && PyErr_Occurred())
+            return -1;
+    } else {
+        PyObject *r = PyObject_CallOneArg(ch->choose, PyTuple_GET_ITEM(entry, 0));
+        if (!r)
+            return -1;
+        v = PyLong_AsLong(r);
+        Py_DECREF(r);
+        if (v == -1 && PyErr_Occurred())
+            return -1;
+        if (v < 0 || v >= arity) {
+            PyErr_Format(PyExc_RuntimeError, "Decisions.choose answered %ld of %zd", v, arity);
+            return -1;
+        }
         return v;
     }
-    PyObject *r = PyObject_CallOneArg(choose, PyTuple_GET_ITEM(entry, 0));
-    if (!r)
-        return -1;
-    long v = PyLong_AsLong(r);
-    Py_DECREF(r);
-    if (v == -1 && PyErr_Occurred())
-        return -1;
     if (v < 0 || v >= arity) {
-        PyErr_Format(PyExc_RuntimeError, "Decisions.choose answered %ld of %zd", v, arity);
+        PyErr_Format(PyExc_RuntimeError, "a choice of %zd answered %ld in C", arity, v);
         return -1;
     }
-    return v;
+    return PyList_Append(ch->path, PyTuple_GET_ITEM(entry, 2 + v)) ? -1 : v;
 }
 
 /* The entry of a CPU choice's context `key` (emu/native_loop.py: cpu_key), made once. */
@@ -1040,8 +1060,9 @@ static PyObject *cpu_entry(PyObject *table, PyObject *make, uint64_t key) {
     PyObject *entry = PyDict_GetItemWithError(table, k); /* borrowed: the table keeps it */
     if (!entry && !PyErr_Occurred()) {
         PyObject *made = PyObject_CallOneArg(make, k);
-        if (made && (!PyTuple_Check(made) || PyTuple_GET_SIZE(made) < 3)) {
-            PyErr_SetString(PyExc_TypeError, "a CPU choice entry is (request, choices...)");
+        if (made && (!PyTuple_Check(made) || PyTuple_GET_SIZE(made) < 4)) {
+            PyErr_SetString(PyExc_TypeError,
+                            "a CPU choice entry is (request, simplest, choices...)");
             Py_CLEAR(made);
         }
         if (made && PyDict_SetItem(table, k, made) == 0)
@@ -1178,8 +1199,8 @@ static int load_cpu(PyObject *cpu, PyObject *st, CpuObject *s, PyObject *view_en
         else if (PyErr_Occurred() ||
                  !(*view = PyObject_CallFunction(view_entry, "in", index, npending)))
             return -1;
-        if (!PyTuple_Check(*view) || PyTuple_GET_SIZE(*view) != npending + 2) {
-            PyErr_SetString(PyExc_TypeError, "a view entry is (request, choices...)");
+        if (!PyTuple_Check(*view) || PyTuple_GET_SIZE(*view) != npending + 3) {
+            PyErr_SetString(PyExc_TypeError, "a view entry is (request, simplest, choices...)");
             Py_CLEAR(*view);
             return -1;
         }
@@ -1303,8 +1324,7 @@ static int serialized_here(CpuObject *s, PyObject *pycpu, int index, const Event
    the status it is handed back with (LOOP_IPI, LOOP_FETCH, or LOOP_RAN with the run's uc_err
    in *err), -1 on an error. `before`: the CPU's instructions retired before this run. */
 static int event_step(CpuObject *s, PyObject *pycpu, int index, int flags, uint64_t before,
-                      const EventArgs *ea, PyObject *ientry, PyObject *getrandbits,
-                      PyObject *choose, PyObject *path, int reg_rflags,
+                      const EventArgs *ea, PyObject *ientry, const Chooser *ch, int reg_rflags,
                       unsigned long long insn_budget, int *err) {
     uint64_t rflags = 0;
     if (!s->shadow && s->reg_read(s->uc, reg_rflags, &rflags)) {
@@ -1323,7 +1343,7 @@ static int event_step(CpuObject *s, PyObject *pycpu, int index, int flags, uint6
         }
     }
     if (flags & F_IPI && irq_open) { /* Machine._maybe_interrupt */
-        long v = decide(ientry, getrandbits, choose, path);
+        long v = decide(ientry, ch);
         if (v < 0)
             goto fail;
         if (v) {
@@ -1380,13 +1400,14 @@ fail:
     return -1;
 }
 
-/* steps(pycpus, cpus, retired, last, getrandbits|None, choose, cpu_table, make,
+/* steps(pycpus, cpus, retired, last, getrandbits|None, simple_from, choose, cpu_table, make,
          quantum_table, ipi_table, view_tables, view_entry, path, limits, reg_rflags, resume,
          max_steps, event)
      -> (steps, status, cpu, value, last)
    pycpus: the Cpu objects (their state is read here and written back: retired, last_ip,
    last_code, shadow, yielded); cpus: their native halves; retired: each CPU's Retired or
-   None; last: Machine._last (-1: none); cpu_table: {cpu_key: entry}, filled through
+   None; last: Machine._last (-1: none); getrandbits, simple_from, choose: who answers
+   (Chooser); cpu_table: {cpu_key: entry}, filled through
    make(cpu_key); quantum_table: each CPU's quantum entry, or () when max_quantum is 1;
    ipi_table: each CPU's IPI entry; view_tables: per CPU, {pending: entry} of the view
    choices made so far, and view_entry(cpu, pending) makes the others;
@@ -1401,18 +1422,19 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
     (void)mod;
     PyObject *pycpus, *cpus, *retireds, *getrandbits, *choose, *table, *make, *qtable, *itable,
         *vtables, *view_entry, *path;
-    long long last, max_steps;
+    long long last, max_steps, simple_from;
     unsigned long long insn_budget, tick_limit;
     int reg_rflags, resume_cpu, resume_stage;
     PyObject *event;
-    if (!PyArg_ParseTuple(args, "O!O!O!LOOO!OO!O!O!OO!(KK)i(ii)LO!", &PyTuple_Type, &pycpus,
+    if (!PyArg_ParseTuple(args, "O!O!O!LOLOO!OO!O!O!OO!(KK)i(ii)LO!", &PyTuple_Type, &pycpus,
                           &PyTuple_Type, &cpus, &PyTuple_Type, &retireds, &last, &getrandbits,
-                          &choose, &PyDict_Type, &table, &make, &PyTuple_Type, &qtable,
+                          &simple_from, &choose, &PyDict_Type, &table, &make, &PyTuple_Type, &qtable,
                           &PyTuple_Type, &itable, &PyTuple_Type, &vtables, &view_entry,
                           &PyList_Type, &path,
                           &insn_budget, &tick_limit, &reg_rflags, &resume_cpu, &resume_stage,
                           &max_steps, &PyTuple_Type, &event))
         return NULL;
+    Chooser ch = {getrandbits, choose, path, simple_from < 0 ? -1 : (Py_ssize_t)simple_from};
     EventArgs ev = {0, 1, NULL, NULL, NULL};
     if (PyTuple_GET_SIZE(event)) {
         PyObject *cls, *done;
@@ -1501,7 +1523,7 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
                     if (!cached)
                         goto done;
                 }
-                value = decide(cached, getrandbits, choose, path);
+                value = decide(cached, &ch);
                 if (value < 0)
                     goto done;
             }
@@ -1515,7 +1537,7 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
             if (ev.on) {
                 int e = 0, r = event_step(c[i], PyTuple_GET_ITEM(pycpus, i), i, fl[i],
                                           count[i] + ran[i], &ev, PyTuple_GET_ITEM(itable, i),
-                                          getrandbits, choose, path, reg_rflags, insn_budget,
+                                          &ch, reg_rflags, insn_budget,
                                           &e);
                 if (r < 0)
                     goto done;
@@ -1544,7 +1566,7 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
                     goto done;
                 }
                 if (rflags & RFLAGS_IF) {
-                    long v = decide(PyTuple_GET_ITEM(itable, i), getrandbits, choose, path);
+                    long v = decide(PyTuple_GET_ITEM(itable, i), &ch);
                     if (v < 0)
                         goto done;
                     if (v) {
@@ -1558,7 +1580,7 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
         CpuObject *s = c[i];
         PyObject *view = vtable[i];
         if (stage != 2 && view) { /* Machine._quantum_step */
-            long v = decide(view, getrandbits, choose, path);
+            long v = decide(view, &ch);
             if (v < 0)
                 goto done;
             if (v) {
@@ -1571,7 +1593,7 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
         stage = 0;
         long long quantum = 1;
         if (PyTuple_GET_SIZE(qtable)) {
-            long q = decide(PyTuple_GET_ITEM(qtable, i), getrandbits, choose, path);
+            long q = decide(PyTuple_GET_ITEM(qtable, i), &ch);
             if (q < 0)
                 goto done;
             quantum = q + 1;

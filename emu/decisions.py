@@ -30,6 +30,18 @@ class DecisionSource(abc.ABC):
     def pick(self, request: Request, position: int) -> int:
         """The value, 0 <= value < request.arity, of the choice at `position` of the path."""
 
+    def attach(self, path: Sequence[Choice]) -> None:  # noqa: B027 - optional
+        """The path the recorder fills for this run, to read (never to change): a source
+        that records something per choice reads it there, the choices the machine answered
+        itself (`simplest_from`) included."""
+
+    def simplest_from(self) -> int | None:
+        """The position from which this source answers every choice with its simplest value
+        (emu/path.simplest) and does nothing else per choice, so the machine may answer those
+        itself, recording the same Choices (the fast engine's C loop does); None: it is asked
+        every choice."""
+        return None
+
     def step_done(self, footprint: Footprint) -> None:  # noqa: B027 - optional
         """Event mode, if `wants_footprints`: what the scheduling step just run touched."""
 
@@ -69,6 +81,9 @@ class SimplestSource(DecisionSource):
 
     def pick(self, request: Request, position: int) -> int:
         return simplest(request)
+
+    def simplest_from(self) -> int | None:
+        return 0
 
 
 class RandomSource(DecisionSource):
@@ -125,6 +140,7 @@ class Decisions:
     def __init__(self, source: DecisionSource) -> None:
         self.source = source
         self.path: list[Choice] = []
+        source.attach(self.path)
 
     def choose(self, request: Request) -> int:
         arity = request.arity

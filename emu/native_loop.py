@@ -5,17 +5,19 @@ each a request, a `random` draw and a recorded Choice, then the run and its book
 top of the few µs a run of ~8 instructions costs in Unicorn. emu/_native.c `steps` does the
 steps that need nothing else: the CPU choice, an IPI or view choice that changes nothing, the
 quantum choice and a run that ends with nothing to handle, or in event mode with a serializing
-instruction or IRET and nothing pending in the CPU's view (a third of static_key's event steps:
-the IRET's handler bookkeeping and the Serialize event, which is all Python would do). It hands the step it stops at back
-to the machine's own code where it stands (`Machine._step`, `_cpu_step`, `_take_ipi`,
-`_refresh`, `_after_run`), and takes an IPI's or a view unit's step back once Python has done
-that part, so every interrupt, fetch-view unit, hypercall, text store, exception and verdict
-goes through the one implementation.
+instruction or IRET and nothing pending in the CPU's view (a third of static_key's event
+steps: the IRET's handler bookkeeping and the Serialize event, all that Python would do). It
+hands the step it stops at back to the machine's own code where it stands (`Machine._step`,
+`_cpu_step`, `_take_ipi`, `_refresh`, `_after_run`), and takes an IPI's or a view unit's step
+back once Python has done that part, so every interrupt, fetch-view unit, hypercall, text
+store, exception and verdict goes through the one implementation.
 
 What makes the two loops equal, choice for choice (tests/test_engines.py checks it):
 - a RandomSource's choices are drawn from its own `random.Random` in C exactly as
-  `randrange` draws them (`_randbelow_with_getrandbits`); any other source is asked through
-  `Decisions.choose`, as the reference asks it;
+  `randrange` draws them (`_randbelow_with_getrandbits`); from the position a source says it
+  answers every choice with its simplest value (`DecisionSource.simplest_from`: the exhaustive
+  search's runs past their prefix) the C loop answers with it; any other choice is asked
+  through `Decisions.choose`, as the reference asks it;
 - choices are recorded as interned Choice objects (one per request and value; they are
   immutable) with the same requests the reference loop makes (`Machine._cpu_request`);
 - each batch reads the CPUs' Python state and writes back what its trivial runs changed
@@ -35,7 +37,7 @@ from unicorn import x86_const
 from .decisions import Decisions, RandomSource
 from .events import Serialize
 from .footprint import Footprint
-from .path import Choice, Kind, Request
+from .path import Choice, Kind, Request, simplest
 
 if TYPE_CHECKING:
     from .config import RunBudget
@@ -53,9 +55,10 @@ STEP, CHOSEN, RAN, BUDGET, CAP, IPI, VIEWED, FETCH = range(8)
 
 
 def entry(request: Request) -> tuple:
-    """A request and the Choice of each of its values: what the C loop records."""
-    return (request, *(Choice(request.kind, request.arity, v, request)
-                       for v in range(request.arity)))
+    """A request, its simplest value and the Choice of each of its values: what the C loop
+    answers and records."""
+    return (request, simplest(request), *(Choice(request.kind, request.arity, v, request)
+                                          for v in range(request.arity)))
 
 
 def usable(machine: Machine, native: ModuleType | None) -> bool:
@@ -118,7 +121,9 @@ class NativeLoop:
             c.clear_stops()  # NativeCpu.finish clears them again after each run it ends
             c._event = m.config.event_mode  # what NativeCpu.run sets for the Python hooks
         self._truths = tuple(c.truth for c in m.cpus)
-        self._run = (_draws(dec.source), dec.choose, self._cpu_table, self._cpu_entry,
+        simple_from = dec.source.simplest_from()
+        self._run = (_draws(dec.source), -1 if simple_from is None else simple_from, dec.choose,
+                     self._cpu_table, self._cpu_entry,
                      self._quantum_table, self._ipi_table, tuple(self._view_entries),
                      self._view_entry)
         self._limits = (m.config.insn_budget, NO_LIMIT if budget is None else budget.ticks)

@@ -8,10 +8,10 @@ import sys
 import pytest
 
 from emu import layout
-from emu.decisions import DecisionSource
+from emu.decisions import Decisions, DecisionSource
 from emu.engine import Engine
 from emu.footprint import Footprint, data_words, describe, irq, text_grains
-from emu.path import Cost, CpuContext, Kind, Request, simplest
+from emu.path import Choice, Cost, CpuContext, Kind, Request, simplest
 from harness import litmus
 from harness.explore import dpor
 from harness.explore.dpor import Step, backtrack_points, dependences, races
@@ -21,16 +21,26 @@ from harness.explore.exhaustive import (
     Search,
     SearchError,
     explore_exhaustive,
+    taken_in,
 )
 from harness.explore.explore import explore, replay
 from harness.explore.schedule import Plan
 
 
+def _choice(kind: Kind, arity: int, value: int, first: int) -> Choice:
+    """A recorded choice whose request's simplest value is `first` (a CPU choice's last CPU;
+    any other kind here has 0)."""
+    ctx = CpuContext(tuple(range(arity)), first, frozenset()) if kind is Kind.CPU else None
+    request = Request(kind, arity, context=ctx)
+    assert simplest(request) == first
+    return Choice(kind, arity, value, request)
+
+
 def _search(bound: Cost, *nodes: tuple[Kind, int, int, int]) -> Search:
-    """A search that has run one path of these nodes (kind, arity, value, simplest)."""
+    """A search that has run one path of these choices (kind, arity, value, simplest)."""
     search = Search(bound)
     src = ExhaustiveSource([])
-    src.record = [Node(k, c, v, d) for k, c, v, d in nodes]
+    src.attach([_choice(*n) for n in nodes])
     search.finish(src)
     return search
 
@@ -58,10 +68,30 @@ def test_a_deviation_runs_its_own_choices_before_the_next_of_its_parent():
         prefix = [n.value for n in search.next]
         order.append(tuple(prefix))
         src = ExhaustiveSource(prefix)
-        src.record = [Node(Kind.CPU, 2, prefix[k] if k < len(prefix) else 0, 0)
-                      for k in range(2)]
+        src.attach([_choice(Kind.CPU, 2, prefix[k] if k < len(prefix) else 0, 0)
+                     for k in range(2)])
         search.finish(src)
     assert order == [(1,), (1, 1), (0, 1)]
+
+
+def test_a_run_whose_choices_are_not_the_searched_ones_is_refused():
+    """A run's first choices must be those of the run it deviates from: the same request, or
+    (a saved search's nodes have none) the same kind, arity, runnable CPUs and simplest
+    value. Perturbed: the same choice with another CPU runnable."""
+    ctx = CpuContext((0, 1, 2), 0, frozenset())
+    saved = [Node(Kind.CPU, 3, 1, 0, (0, 1, 2))]  # as Search.from_state makes them: no request
+
+    def take(runnable: tuple[int, ...]) -> None:
+        src = ExhaustiveSource([1])
+        req = Request(Kind.CPU, 3, context=CpuContext(runnable, 0, frozenset()))
+        src.attach([Choice(Kind.CPU, 3, 1, req), _choice(Kind.CPU, 2, 0, 0)])
+        taken_in(saved, src, reduce=False)
+
+    take(ctx.runnable)
+    assert saved[0].request is not None  # checked once: the request is the node's from now on
+    saved[0].request = None
+    with pytest.raises(SearchError, match=r"choice 0: .* \(runnable \(0, 1, 3\)\)"):
+        take((0, 1, 3))
 
 
 def test_negative_bounds_are_refused():
@@ -78,11 +108,12 @@ def test_exhaustive_enumerates_each_bounded_path_once():
 
     def run(src):
         ctx = CpuContext((0, 1), None, frozenset())
+        dec = Decisions(src)
         for req in [Request(Kind.CPU, 2, context=ctx), Request(Kind.CPU, 3),
                     Request(Kind.FLUSH, 2)]:
-            src.pick(req, len(src.record))
-        src.close(len(src.record))
-        seen.append(tuple(n.value for n in src.record))
+            dec.choose(req)
+        dec.close()
+        seen.append(tuple(c.value for c in dec.path))
         return Out()
 
     res = explore_exhaustive(run, Cost(1, 1, 0))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from emu.decisions import Decisions
 from emu.engine import Engine
 from emu.path import Cost
 from emu.snapshot import SnapshotCache
@@ -230,16 +231,18 @@ def test_a_source_wants_a_snapshot_after_a_choice_it_could_deviate_at():
 
     ipi = Request(Kind.IPI, 2, 0)
     src = ExhaustiveSource([0], bound=Cost(0, 0, 1))  # its prefix delays an IPI: I spent
-    src.pick(ipi, 0)
-    src.pick(ipi, 1)
+    dec = Decisions(src)
+    dec.choose(ipi)
+    dec.choose(ipi)
     assert not src.wants_snapshot()
     src = ExhaustiveSource([1], bound=Cost(0, 0, 1))
-    src.pick(ipi, 0)  # a choice of the prefix: another run's to deviate at
+    dec = Decisions(src)
+    dec.choose(ipi)  # a choice of the prefix: another run's to deviate at
     assert not src.wants_snapshot()
-    src.pick(ipi, 1)
+    dec.choose(ipi)
     assert src.wants_snapshot() and not src.wants_snapshot()  # once per choice seen
     src = ExhaustiveSource([], bound=Cost(1, 1, 0))  # IPIs: nothing left to deviate with
-    src.pick(ipi, 0)
+    Decisions(src).choose(ipi)
     assert not src.wants_snapshot()
     assert ExhaustiveSource([]).wants_snapshot()  # no bound: every snapshot
 
@@ -249,7 +252,7 @@ def test_a_run_with_its_budget_spent_takes_no_snapshot(monkeypatch, always):
     """In a whole search, runs whose deviations spent the bound take no snapshot, and the
     runs that take some serve later runs. Perturbed (`always`): a source that always wants
     one, and spent runs take snapshots."""
-    from emu.path import FREE, deviation
+    from emu.path import FREE, cost
 
     if always:
         monkeypatch.setattr(ExhaustiveSource, "wants_snapshot", lambda self: True)
@@ -275,9 +278,8 @@ def test_a_run_with_its_budget_spent_takes_no_snapshot(monkeypatch, always):
         taken = cache.taken
         runner.machine.run(src, cache=cache)
         spent = FREE
-        for n in src.record:
-            if n.value != n.simplest:
-                spent = spent + deviation(n.kind)
+        for c in src.choices:
+            spent = spent + cost(c.request, c.value)
         if spent == bound:
             in_spent += cache.taken - taken
         return Out()

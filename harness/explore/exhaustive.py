@@ -40,13 +40,13 @@ schedule and continue later from its saved state (harness/explore/explore.py kee
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from emu.decisions import DecisionSource
 from emu.engine import Engine
 from emu.footprint import Footprint
-from emu.path import FREE, Cost, Kind, Request, deviation, simplest
+from emu.path import FREE, Choice, Cost, Kind, Request, deviation, simplest
 
 from .dpor import Step, backtrack_points, first_new_step
 
@@ -65,16 +65,32 @@ class Node:
     # a deviation's own node in the run it starts: a copy of the choice in the run it deviates
     # from, which keeps what is tried there (`origin`)
     origin: Node | None = field(default=None, repr=False, compare=False)
+    # the machine's request this choice answered (None for a node of a saved search): a later
+    # run that asks the same request object makes the same choice (`taken_in`)
+    request: Request | None = field(default=None, repr=False, compare=False)
 
     def cost(self, value: int) -> Cost:
         """What taking `value` here spends of the bounds (emu/path.cost)."""
         return FREE if value == self.simplest else deviation(self.kind)
 
 
+def node_of(choice: Choice) -> Node:
+    """The node of a choice a run recorded (nothing tried at it yet)."""
+    request = choice.request
+    if request is None:
+        raise SearchError("a recorded choice without its request")
+    ctx = request.context
+    runnable = ctx.runnable if request.kind is Kind.CPU and ctx is not None else ()
+    return Node(choice.kind, choice.arity, choice.value, simplest(request), runnable,
+                request=request)
+
+
 class ExhaustiveSource(DecisionSource):
-    """Follows a prefix, then the simplest values; records every choice and, with
-    `footprints`, every step (what the reduction needs). A run of it may start from a
-    snapshot of an earlier one (emu/snapshot.py).
+    """Follows a prefix, then the simplest values; with `footprints`, records every step (what
+    the reduction needs). Its choices are the recorder's path (`attach`), which the search
+    takes in as nodes (`taken_in`): past the prefix the machine may answer them itself
+    (`simplest_from`). A run of it may start from a snapshot of an earlier one
+    (emu/snapshot.py).
 
     With the search's `bound`, it wants a snapshot only if the run has made, past its
     prefix and since it was last asked, a choice it could deviate at within the bound: a
@@ -91,29 +107,43 @@ class ExhaustiveSource(DecisionSource):
         self.prefix = prefix
         self.wants_footprints = footprints
         self.bound = bound
-        self.record: list[Node] = []
+        self.choices: Sequence[Choice] = []  # the recorder's path (attach)
         self.steps: list[Step] = []
-        self._cpu_node: int | None = None
-        self._spent = FREE  # what the record's choices spend of the bound
-        self._useful = bound is None  # a choice to deviate at since last asked
+        self._stepped = 0  # the choices made before the last step ended
+        self._asked = 0  # the choices made when a snapshot was last asked for
+        self._spent = FREE  # what the prefix's choices made so far spend of the bound
         self._open = self._affordable()  # the kinds of choice the bound leaves a deviation
 
+    def attach(self, path: Sequence[Choice]) -> None:
+        self.choices = path
+
+    def simplest_from(self) -> int | None:
+        return len(self.prefix)
+
     def step_done(self, footprint: Footprint) -> None:
-        self.steps.append(Step(self._cpu_node, footprint, len(self.record)))
-        self._cpu_node = None
+        end = len(self.choices)
+        node = None  # the step's CPU choice, if it had one
+        for k in range(end - 1, self._stepped - 1, -1):
+            c = self.choices[k]
+            if c.kind is Kind.CPU and c.request is not None and c.request.context is not None:
+                node = k
+                break
+        self.steps.append(Step(node, footprint, end))
+        self._stepped = end
 
     def planned(self) -> tuple[int, ...]:
         return tuple(self.prefix)
 
     def mark(self) -> object:
         # shared, not copied: steps do not change once recorded, and a run resumed from a
-        # snapshot never resumes past its own prefix (SnapshotCache.best), where Search.finish
-        # reads a recorded node's kind, arity, runnable CPUs and simplest value alone
-        return tuple(self.record), tuple(self.steps), self._cpu_node, self._spent
+        # snapshot never resumes past its own prefix (SnapshotCache.best); the choices are the
+        # snapshot's path, which the machine puts back before it resumes this
+        return tuple(self.steps), self._stepped, self._spent
 
     def resume(self, mark: object) -> None:
-        record, steps, self._cpu_node, self._spent = mark  # type: ignore[misc]
-        self.record, self.steps = list(record), list(steps)
+        steps, self._stepped, self._spent = mark  # type: ignore[misc]
+        self.steps = list(steps)
+        self._asked = len(self.choices)
         self._open = self._affordable()
 
     def _affordable(self) -> frozenset[Kind]:
@@ -124,26 +154,22 @@ class ExhaustiveSource(DecisionSource):
     def wants_snapshot(self) -> bool:
         if self.bound is None:
             return True
-        useful, self._useful = self._useful, False  # asked when one is due: taken if True
-        return useful
+        # past the prefix every choice is the simplest, so what the bound leaves open is
+        # what it was at the prefix's end
+        start, self._asked = max(self._asked, len(self.prefix)), len(self.choices)
+        open_ = self._open
+        return any(c.kind in open_ for c in self.choices[start:])
 
     def pick(self, request: Request, position: int) -> int:
         first = simplest(request)
-        value = self.prefix[position] if position < len(self.prefix) else first
+        if position >= len(self.prefix):
+            return first
+        value = self.prefix[position]
         if value >= request.arity:
             value = first  # cannot happen for a deterministic machine; `finish` refuses it
-        runnable = ()
-        if request.kind is Kind.CPU and request.context is not None:
-            runnable = request.context.runnable
-            self._cpu_node = position
-        if self.bound is not None:
-            if request.kind in self._open and position >= len(self.prefix) \
-                    and request.arity > 1:
-                self._useful = True
-            if value != first:
-                self._spent = self._spent + deviation(request.kind)
-                self._open = self._affordable()
-        self.record.append(Node(request.kind, request.arity, value, first, runnable))
+        if value != first and self.bound is not None:
+            self._spent = self._spent + deviation(request.kind)
+            self._open = self._affordable()
         return value
 
 
@@ -285,11 +311,15 @@ def taken_in(prefix: list[Node], src: ExhaustiveSource, reduce: bool,
     """The run `src` recorded, made from `prefix` (the run it deviates from up to its
     deviation), as a level: its own choices with every value to try (with `reduce`, a CPU
     choice's only its own, and what the run's races add there and before, dpor.py)."""
-    if len(src.record) < len(prefix):
-        raise SearchError(f"the run made {len(src.record)} choices, fewer than the "
+    choices = src.choices
+    if len(choices) < len(prefix):
+        raise SearchError(f"the run made {len(choices)} choices, fewer than the "
                           f"{len(prefix)} of the search's prefix: the machine is not the one "
                           "this search ran on")
-    for k, (old, new) in enumerate(zip(prefix, src.record, strict=False)):
+    for k, (old, choice) in enumerate(zip(prefix, choices, strict=False)):
+        if choice.request is old.request:  # the same request: the same choice
+            continue
+        new = node_of(choice)
         if (old.kind, old.arity, old.runnable, old.simplest) != \
                 (new.kind, new.arity, new.runnable, new.simplest):
             raise SearchError(f"choice {k}: the search expected a {old.kind.value} choice "
@@ -297,8 +327,10 @@ def taken_in(prefix: list[Node], src: ExhaustiveSource, reduce: bool,
                               f"made a {new.kind.value} choice of {new.arity} (runnable "
                               f"{new.runnable}): the machine is not the one this search "
                               "ran on")
+        old.request = choice.request
     path = list(prefix)
-    for node in src.record[len(prefix):]:
+    for choice in choices[len(prefix):]:
+        node = node_of(choice)
         full = not reduce or node.kind is not Kind.CPU
         node.todo = set(range(node.arity)) if full else {node.value}
         node.done = {node.value}
@@ -328,7 +360,7 @@ def untried(level: Level, bound: Cost, end: int | None = None) -> Iterator[tuple
 def _deviation(node: Node, value: int) -> Node:
     """The copy of `node` a deviating run starts with: `value` taken, nothing else to try."""
     return Node(node.kind, node.arity, value, node.simplest, node.runnable, set(), {value},
-                origin=node)
+                origin=node, request=node.request)
 
 
 def _node_state(n: Node) -> list:

@@ -42,6 +42,9 @@ class ShrinkSource(DecisionSource):
     def __init__(self, candidate: Sequence[Choice]) -> None:
         self.candidate = list(candidate)
 
+    def simplest_from(self) -> int | None:
+        return len(self.candidate)
+
     def pick(self, request: Request, position: int) -> int:
         if position >= len(self.candidate):
             return simplest(request)
