@@ -22,6 +22,7 @@ from harness.explore.exhaustive import (
     SearchError,
     explore_exhaustive,
     taken_in,
+    untried,
 )
 from harness.explore.explore import explore, replay
 from harness.explore.schedule import Plan
@@ -439,6 +440,45 @@ def test_skipping_the_races_a_run_shares_with_its_parent_keeps_the_search(
         monkeypatch.setattr(exhaustive, "first_new_step",
                             lambda steps, base: first_new_step(steps, base) + 1)
         assert fast != _dpor_runs(scenario, variant, cpus, bound, limit)
+
+
+def _scanning_advance(self: Search) -> bool:
+    """Search._advance as defined: every level's own choices scanned from the first, each
+    time (`untried`); the reference for the search's resume points."""
+    while self.levels:
+        top = self.levels[-1]
+        end = len(top.path)
+        if self.limit is not None and top is self.levels[0]:
+            end = min(end, self.limit + 1)
+        for i, v in untried(top, self.bound, end):
+            top.path[i].done.add(v)
+            self.next = top.deviating_at(i, v)
+            return True
+        self.levels.pop()
+    self.next = []
+    return False
+
+
+@pytest.mark.parametrize(("scenario", "variant", "cpus", "bound", "limit"), [
+    ("static_key", None, 3, Cost(2, 1, 1), 400),
+    ("z4_bytewise", "fixed", None, Cost(1, 1, 0), 400),
+], ids=["static_key", "z4_bytewise"])
+def test_resuming_each_level_where_it_stopped_keeps_the_search(
+        monkeypatch, scenario, variant, cpus, bound, limit):
+    """The search resumes a level's choices where it last stopped (Level.resume), moved back
+    where a later run's races add a value: the same runs, in the same order, as scanning every
+    level from its first choice each time. Perturbed: not moving back loses runs."""
+    from harness.explore import exhaustive
+
+    fast = _dpor_runs(scenario, variant, cpus, bound, limit)
+    with monkeypatch.context() as m:
+        m.setattr(Search, "_advance", _scanning_advance)
+        assert fast == _dpor_runs(scenario, variant, cpus, bound, limit)
+    backtrack = exhaustive.backtrack
+    monkeypatch.setattr(exhaustive, "backtrack",
+                        lambda path, steps, engine, since, added: backtrack(path, steps, engine,
+                                                                            since))
+    assert fast != _dpor_runs(scenario, variant, cpus, bound, limit)
 
 
 def test_the_first_new_step_is_the_first_that_ends_after_the_deviation():

@@ -20,7 +20,7 @@ from emu.engine import Engine, native_module, resolve
 from emu.footprint import Footprint
 
 
-@dataclass
+@dataclass(slots=True)
 class Step:
     """One scheduling step of a run: its CPU choice (a path index, None when only one CPU
     could run), its footprint, and how many choices the run had made when it ended (-1:
@@ -116,36 +116,42 @@ def _initials(steps: list[Step], clocks: list[list[int]], i: int, j: int) -> lis
     return sorted(initial, key=lambda c: (c != steps[j].cpu, first[c] > vj[c], c))
 
 
-def _block_starts(steps: list[Step]) -> list[int]:
-    """Per step, the first step of its block (the run of consecutive steps of its CPU)."""
-    out: list[int] = []
-    for k, step in enumerate(steps):
-        out.append(out[-1] if k and steps[k - 1].cpu == step.cpu else k)
-    return out
+def _block_start(steps: list[Step], i: int) -> int:
+    """The first step of step i's block (the run of consecutive steps of its CPU)."""
+    cpu = steps[i].footprint.cpu
+    while i and steps[i - 1].footprint.cpu == cpu:
+        i -= 1
+    return i
 
 
-def _choices_before(steps: list[Step]) -> list[int | None]:
-    """Per step t, the path index of the CPU choice before it (the nearest at or before t)."""
-    out: list[int | None] = []
-    for step in steps:
-        out.append(step.node if step.node is not None else out[-1] if out else None)
-    return out
+def _choice_before(steps: list[Step], t: int) -> int | None:
+    """The path index of the CPU choice before step t (the nearest at or before t)."""
+    while t >= 0:
+        node = steps[t].node
+        if node is not None:
+            return node
+        t -= 1
+    return None
 
 
 def backtrack_points(steps: list[Step], engine: Engine | None = None, since: int = 0
                      ) -> list[tuple[int, list[int]]]:
     """What the races of this run whose second step is `since` or later ask for: (path index
     of a CPU choice, lead), a CPU of `lead` to try there; at the choice before the race's
-    first step, and at the start of its block."""
+    first step, and at the start of its block. (Block starts and choices are looked up for
+    the races' first steps alone: a run has hundreds of steps and a few dozen races.)"""
     out: list[tuple[int, list[int]]] = []
-    races = find_races(steps, engine, since)
-    if not races:
-        return out
-    starts, choices = _block_starts(steps), _choices_before(steps)
-    for i, _j, lead in races:
-        start = starts[i]
+    starts: dict[int, int] = {}
+    choices: dict[int, int | None] = {}
+    for i, _j, lead in find_races(steps, engine, since):
+        start = starts.get(i)
+        if start is None:
+            start = starts[i] = _block_start(steps, i)
         for t in (i, start) if start != i else (i,):
-            node = choices[t]
+            if t in choices:
+                node = choices[t]
+            else:
+                node = choices[t] = _choice_before(steps, t)
             if node is not None:
                 out.append((node, lead))
     return out

@@ -51,7 +51,7 @@ from emu.path import FREE, Choice, Cost, Kind, Request, deviation, simplest
 from .dpor import Step, backtrack_points, first_new_step
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
     """One choice of the current path, and what is left to try at it."""
 
@@ -74,15 +74,28 @@ class Node:
         return FREE if value == self.simplest else deviation(self.kind)
 
 
-def node_of(choice: Choice) -> Node:
-    """The node of a choice a run recorded (nothing tried at it yet)."""
+# what a request decides of its node: (the request, kept so that its id stays its own; its
+# simplest value; the CPUs a CPU choice's values stand for), by the request's id
+Known = dict[int, tuple[Request, int, tuple[int, ...]]]
+KNOWN_MOST = 4096  # requests remembered (the machine makes one per CPU context, made once)
+
+
+def node_of(choice: Choice, known: Known | None = None) -> Node:
+    """The node of a choice a run recorded (nothing tried at it yet). `known` remembers what
+    each request decides: a search takes in hundreds of choices per run, of a few requests."""
     request = choice.request
     if request is None:
         raise SearchError("a recorded choice without its request")
-    ctx = request.context
-    runnable = ctx.runnable if request.kind is Kind.CPU and ctx is not None else ()
-    return Node(choice.kind, choice.arity, choice.value, simplest(request), runnable,
-                request=request)
+    got = known.get(id(request)) if known is not None else None
+    if got is None:
+        ctx = request.context
+        got = (request, simplest(request),
+               ctx.runnable if request.kind is Kind.CPU and ctx is not None else ())
+        if known is not None:
+            if len(known) >= KNOWN_MOST:
+                known.clear()
+            known[id(request)] = got
+    return Node(choice.kind, choice.arity, choice.value, got[1], got[2], request=request)
 
 
 class ExhaustiveSource(DecisionSource):
@@ -174,14 +187,18 @@ class ExhaustiveSource(DecisionSource):
 
 
 def backtrack(path: list[Node], steps: list[Step], engine: Engine | None = None,
-              since: int = 0) -> None:
+              since: int = 0, added: list[int] | None = None) -> None:
     """Add to the path's CPU choices what the races of this run ask for (dpor.py), those
-    whose second step is `since` or later; every CPU where none of the lead could run."""
+    whose second step is `since` or later; every CPU where none of the lead could run. The
+    positions where a value to try was added go to `added`."""
     for index, lead in backtrack_points(steps, engine, since):
         node = path[index]
         node = node.origin or node  # a deviation's copy: what is tried is kept by its original
         can = [node.runnable.index(c) for c in lead if c in node.runnable]
+        had = len(node.todo)
         node.todo.update(can or range(node.arity))
+        if added is not None and len(node.todo) != had:
+            added.append(index)
 
 
 @dataclass
@@ -192,6 +209,12 @@ class Level:
 
     base: int
     path: list[Node]
+    # where the search resumes trying this level's own choices (Search._advance): every own
+    # choice before it has nothing left to try, and `spent` is what the choices before it
+    # spend; -1: from the first own choice. A later run's races that add a value before it
+    # move it back (Search.finish).
+    resume: int = -1
+    spent: Cost = FREE
 
     def deviating_at(self, i: int, value: int) -> list[Node]:
         """The prefix of the run that takes `value` at choice i of this level's path: the
@@ -232,6 +255,7 @@ class Search:
         # frontier split off for another worker (partition.py) owns only its range
         self.limit = limit
         self.last: Level | None = None
+        self._known: Known = {}  # node_of's
 
     def source(self) -> ExhaustiveSource:
         """The decision source of the next schedule: its prefix, then the simplest values."""
@@ -240,7 +264,12 @@ class Search:
 
     def finish(self, src: ExhaustiveSource) -> None:
         """Take in what the schedule run from `src` recorded, then choose the next one."""
-        self.last = taken_in(self.next, src, self.reduce, self.engine)
+        added: list[int] = []
+        self.last = taken_in(self.next, src, self.reduce, self.engine, self._known, added)
+        for p in added:  # a value to try at p: its level resumes there at the latest
+            owner = next((lv for lv in reversed(self.levels) if lv.base < p), None)
+            if owner is not None and 0 <= p < owner.resume:
+                owner.resume, owner.spent = p, spent_before(owner.path, p)
         self.levels.append(self.last)
         self.exhausted = not self._advance()
 
@@ -252,7 +281,11 @@ class Search:
             end = len(top.path)
             if self.limit is not None and top is self.levels[0]:
                 end = min(end, self.limit + 1)
-            for i, v in untried(top, self.bound, end):
+            if top.resume < 0:
+                top.resume = top.base + 1
+                top.spent = spent_before(top.path, top.resume)
+            for i, v, spent in _untried(top, self.bound, end, top.resume, top.spent):
+                top.resume, top.spent = i, spent
                 top.path[i].done.add(v)
                 self.next = top.deviating_at(i, v)
                 return True
@@ -307,10 +340,12 @@ class Search:
 
 
 def taken_in(prefix: list[Node], src: ExhaustiveSource, reduce: bool,
-             engine: Engine | None = None) -> Level:
+             engine: Engine | None = None, known: Known | None = None,
+             added: list[int] | None = None) -> Level:
     """The run `src` recorded, made from `prefix` (the run it deviates from up to its
     deviation), as a level: its own choices with every value to try (with `reduce`, a CPU
-    choice's only its own, and what the run's races add there and before, dpor.py)."""
+    choice's only its own, and what the run's races add there and before, dpor.py: the
+    positions where they add one are appended to `added`)."""
     choices = src.choices
     if len(choices) < len(prefix):
         raise SearchError(f"the run made {len(choices)} choices, fewer than the "
@@ -319,7 +354,7 @@ def taken_in(prefix: list[Node], src: ExhaustiveSource, reduce: bool,
     for k, (old, choice) in enumerate(zip(prefix, choices, strict=False)):
         if choice.request is old.request:  # the same request: the same choice
             continue
-        new = node_of(choice)
+        new = node_of(choice, known)
         if (old.kind, old.arity, old.runnable, old.simplest) != \
                 (new.kind, new.arity, new.runnable, new.simplest):
             raise SearchError(f"choice {k}: the search expected a {old.kind.value} choice "
@@ -330,13 +365,13 @@ def taken_in(prefix: list[Node], src: ExhaustiveSource, reduce: bool,
         old.request = choice.request
     path = list(prefix)
     for choice in choices[len(prefix):]:
-        node = node_of(choice)
+        node = node_of(choice, known)
         full = not reduce or node.kind is not Kind.CPU
         node.todo = set(range(node.arity)) if full else {node.value}
         node.done = {node.value}
         path.append(node)
     if reduce:  # the races among the steps the run shares with its parent are the parent's
-        backtrack(path, src.steps, engine, first_new_step(src.steps, len(prefix) - 1))
+        backtrack(path, src.steps, engine, first_new_step(src.steps, len(prefix) - 1), added)
     return Level(len(prefix) - 1, path)
 
 
@@ -345,14 +380,32 @@ def untried(level: Level, bound: Cost, end: int | None = None) -> Iterator[tuple
     that keep the path within `bound`, in the order the search tries them, the first choice
     first and at each its simplest value first. Each is a run the search makes from this
     level: its children in the search's tree."""
-    spent = FREE  # what the choices before position i spend
+    start = level.base + 1
+    for i, v, _spent in _untried(level, bound, len(level.path) if end is None else end,
+                                 start, spent_before(level.path, start)):
+        yield i, v
+
+
+def spent_before(path: list[Node], n: int) -> Cost:
+    """What the first n choices of `path` spend of the bounds."""
+    spent = FREE
+    for node in path[:n]:
+        if node.value != node.simplest:
+            spent = spent + node.cost(node.value)
+    return spent
+
+
+def _untried(level: Level, bound: Cost, end: int, start: int, spent: Cost
+             ) -> Iterator[tuple[int, int, Cost]]:
+    """`untried` from the level's own choice `start` on, the choices before it spending
+    `spent`: (position, value, what the choices before the position spend)."""
     path = level.path
-    for i in range(len(path) if end is None else end):
+    for i in range(max(start, level.base + 1), end):
         node = path[i]
-        if i > level.base and not node.todo <= node.done:
+        if not node.todo <= node.done:
             for v in sorted(node.todo - node.done, key=lambda v, n=node: (v != n.simplest, v)):
                 if (spent + node.cost(v)).within(bound):
-                    yield i, v
+                    yield i, v, spent
         if node.value != node.simplest:
             spent = spent + node.cost(node.value)
 
