@@ -82,17 +82,22 @@ class SnapshotCache:
     def best(self, planned: tuple[int, ...], source_kind: object) -> Snapshot | None:
         """The snapshot of a source of `source_kind` with the most choices, all of them the
         first of `planned`."""
-        found: Snapshot | None = None
-        within = [key for key in self._snaps
-                  if key[0] == source_kind and len(key[1]) <= len(planned)]
-        for key in sorted(within, key=lambda k: len(k[1]), reverse=True):  # the first fits
-            if planned[:len(key[1])] == key[1]:
-                found = self._snaps[key]
-                self._snaps.move_to_end(key)
-                break
-        if found is not None:
-            self.hits += 1
-            self.skipped += len(found.values)
+        n = len(planned)
+        best: tuple[object, tuple[int, ...]] | None = None
+        longest = -1
+        for key in self._snaps:  # one pass; the cheap tests first
+            kind, values = key
+            m = len(values)
+            if m <= longest or m > n or kind != source_kind or \
+                    (m and planned[m - 1] != values[-1]) or planned[:m] != values:
+                continue
+            best, longest = key, m
+        if best is None:
+            return None
+        found = self._snaps[best]
+        self._snaps.move_to_end(best)
+        self.hits += 1
+        self.skipped += longest
         return found
 
     def __len__(self) -> int:
