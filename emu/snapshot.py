@@ -17,6 +17,7 @@ objects. Running from the reset state is the reference
 
 from __future__ import annotations
 
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -60,6 +61,11 @@ class Snapshot:
     source_kind: object  # DecisionSource.kind(): only a source of the same kind resumes it
 
 
+def _packed(values: tuple[int, ...]) -> bytes:
+    """Choice values as bytes, four per value: a prefix of values is a prefix of bytes."""
+    return array("I", values).tobytes()
+
+
 class SnapshotCache:
     """The snapshots of recent runs of one machine, found by the choices a run plans."""
 
@@ -68,13 +74,15 @@ class SnapshotCache:
             raise ValueError("a snapshot cache takes snapshots every >= 1 steps, keeps >= 1")
         self.every = every
         self.keep = keep
-        self._snaps: OrderedDict[tuple[object, tuple[int, ...]], Snapshot] = OrderedDict()
+        # (source kind, values) -> the snapshot, and its values packed (`_packed`)
+        self._snaps: OrderedDict[tuple[object, tuple[int, ...]], tuple[Snapshot, bytes]] = \
+            OrderedDict()
         self.hits = 0  # runs that started from a snapshot, and the choices they skipped
         self.skipped = 0
 
     def add(self, snap: Snapshot) -> None:
         key = (snap.source_kind, snap.values)
-        self._snaps[key] = snap
+        self._snaps[key] = (snap, _packed(snap.values))
         self._snaps.move_to_end(key)
         while len(self._snaps) > self.keep:
             self._snaps.popitem(last=False)
@@ -82,22 +90,18 @@ class SnapshotCache:
     def best(self, planned: tuple[int, ...], source_kind: object) -> Snapshot | None:
         """The snapshot of a source of `source_kind` with the most choices, all of them the
         first of `planned`."""
-        n = len(planned)
+        plan = _packed(planned)
         best: tuple[object, tuple[int, ...]] | None = None
+        found: Snapshot | None = None
         longest = -1
-        for key in self._snaps:  # one pass; the cheap tests first
-            kind, values = key
-            m = len(values)
-            if m <= longest or m > n or kind != source_kind or \
-                    (m and planned[m - 1] != values[-1]) or planned[:m] != values:
-                continue
-            best, longest = key, m
-        if best is None:
+        for key, (snap, packed) in self._snaps.items():  # one pass, memcmp per snapshot
+            if len(packed) > longest and key[0] == source_kind and plan.startswith(packed):
+                best, found, longest = key, snap, len(packed)
+        if best is None or found is None:
             return None
-        found = self._snaps[best]
         self._snaps.move_to_end(best)
         self.hits += 1
-        self.skipped += longest
+        self.skipped += len(found.values)
         return found
 
     def __len__(self) -> int:
