@@ -134,11 +134,36 @@ typedef struct {
     int frames, reg_idtr, reg_cs, reg_ss, reg_rsp, reg_rflags;
     uint64_t data_va, data_size, stacks_va, stacks_size, stack_slot, stack_guard, kernel_cs;
     uint8_t *data_host, *stacks_host;
+    /* the OUT hook (bind_out): the hypercall port, the QUIESCENT number and what its event is
+       made of, the Python hook for every other hypercall, the CPU's event list (`events`) */
+    int out_bound, hc_port, reg_rdi, reg_rsi, index;
+    uint64_t hc_quiescent;
+    PyObject *hc_event_cls, *hc_quiescent_member, *on_out, *events;
 } CpuObject;
 
+static int cpu_traverse(CpuObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->clock);
+    Py_VISIT(self->nmi_point);
+    Py_VISIT(self->hc_event_cls);
+    Py_VISIT(self->hc_quiescent_member);
+    Py_VISIT(self->on_out);
+    Py_VISIT(self->events);
+    return 0;
+}
+
+static int cpu_clear(CpuObject *self) {
+    Py_CLEAR(self->nmi_point);
+    Py_CLEAR(self->hc_event_cls);
+    Py_CLEAR(self->hc_quiescent_member);
+    Py_CLEAR(self->on_out);
+    Py_CLEAR(self->events);
+    return 0;
+}
+
 static void cpu_dealloc(CpuObject *self) {
+    PyObject_GC_UnTrack(self);
+    cpu_clear(self);
     Py_XDECREF(self->clock);
-    Py_XDECREF(self->nmi_point);
     Py_XDECREF(self->err_type);
     Py_XDECREF(self->err_value);
     Py_XDECREF(self->err_tb);
@@ -484,6 +509,83 @@ static PyObject *cpu_bind(CpuObject *self, PyObject *args) {
         err = add(self->uc, &h2, hook_insn, (void *)on_rdtsc, self, 1, 0, ins_rdtsc);
     if (err)
         return PyErr_Format(PyExc_RuntimeError, "uc_hook_add failed: error %d", err);
+    Py_RETURN_NONE;
+}
+
+/* The OUT hook: a hypercall (emu/hypercall.py). In event mode QUIESCENT is served here as
+   Machine._hypercall serves it (its HypercallEvent, the CPU yielded, the run stopped before
+   the next instruction), with no Python hook, so its step can end in the C loop; every
+   other hypercall, and QUIESCENT in quantum mode, goes to Cpu._on_out (`on_out`). */
+static void on_out(void *uc, uint32_t port, int size, uint32_t value, void *user_data) {
+    (void)uc;
+    CpuObject *s = user_data;
+    if (port != (uint32_t)s->hc_port)
+        return;
+    uint64_t nr = 0, rdi = 0, rsi = 0;
+    if (s->reg_read(s->uc, s->reg_rax, &nr)) {
+        fail(s, PyExc_RuntimeError, "uc_reg_read(RAX) failed");
+        return;
+    }
+    PyGILState_STATE g = PyGILState_Ensure();
+    if (s->event && nr == s->hc_quiescent && s->events != NULL && PyList_Check(s->events)) {
+        if (s->reg_read(s->uc, s->reg_rdi, &rdi) || s->reg_read(s->uc, s->reg_rsi, &rsi)) {
+            PyGILState_Release(g);
+            fail(s, PyExc_RuntimeError, "uc_reg_read(RDI, RSI) failed");
+            return;
+        }
+        PyObject *ev = PyObject_CallFunction(s->hc_event_cls, "KiO(KK)",
+                                             (unsigned long long)s->clock->tick, s->index,
+                                             s->hc_quiescent_member, (unsigned long long)rdi,
+                                             (unsigned long long)rsi);
+        if (!ev || PyList_Append(s->events, ev)) {
+            Py_XDECREF(ev);
+            keep_error(s);
+            PyGILState_Release(g);
+            stop(s);
+            return;
+        }
+        Py_DECREF(ev);
+        PyGILState_Release(g);
+        s->yielded = 1; /* a voluntary schedule point: schedulers may switch */
+        s->want_stop = 1;
+        return;
+    }
+    s->py_hooked = 1;
+    PyObject *r = PyObject_CallFunction(s->on_out, "OIiIO", Py_None, port, size, value, Py_None);
+    if (!r) {
+        keep_error(s);
+        PyGILState_Release(g);
+        stop(s);
+        return;
+    }
+    Py_DECREF(r);
+    PyGILState_Release(g);
+}
+
+/* bind_out(uc_hook_add, hook_insn, ins_out, reg_rdi, reg_rsi, port, quiescent,
+            HypercallEvent, Hypercall.QUIESCENT, index, on_out): the OUT hook (on_out), once. */
+static PyObject *cpu_bind_out(CpuObject *self, PyObject *args) {
+    unsigned long long hook_add, quiescent;
+    int hook_insn, ins_out;
+    PyObject *cls, *member, *py_out;
+    if (self->out_bound)
+        return PyErr_Format(PyExc_RuntimeError, "bind_out: bound already");
+    if (!PyArg_ParseTuple(args, "KiiiiiKOOiO", &hook_add, &hook_insn, &ins_out, &self->reg_rdi,
+                          &self->reg_rsi, &self->hc_port, &quiescent, &cls, &member,
+                          &self->index, &py_out))
+        return NULL;
+    if (!self->uc)
+        return PyErr_Format(PyExc_RuntimeError, "bind_out before bind");
+    self->hc_quiescent = quiescent;
+    Py_XSETREF(self->hc_event_cls, Py_NewRef(cls));
+    Py_XSETREF(self->hc_quiescent_member, Py_NewRef(member));
+    Py_XSETREF(self->on_out, Py_NewRef(py_out));
+    size_t h = 0;
+    int err = ((uc_hook_add_t)(uintptr_t)hook_add)(self->uc, &h, hook_insn, (void *)on_out, self,
+                                                    1, 0, ins_out);
+    if (err)
+        return PyErr_Format(PyExc_RuntimeError, "uc_hook_add(OUT) failed: error %d", err);
+    self->out_bound = 1;
     Py_RETURN_NONE;
 }
 
@@ -895,6 +997,7 @@ static PyMethodDef cpu_methods[] = {
     {"hook_mem", (PyCFunction)cpu_hook_mem, METH_VARARGS, "a footprint memory hook"},
     {"mem_hook", (PyCFunction)cpu_mem_hook, METH_NOARGS, "a memory hook saw this instruction"},
     {"bind_ctl", (PyCFunction)cpu_bind_ctl, METH_VARARGS, "uc_ctl, for remove_cache"},
+    {"bind_out", (PyCFunction)cpu_bind_out, METH_VARARGS, "the OUT hook (hypercalls)"},
     {"remove_cache", (PyCFunction)cpu_remove_cache, METH_VARARGS, "drop translations"},
     {"bind_frames", (PyCFunction)cpu_bind_frames, METH_VARARGS, "what push_frame needs"},
     {"push_frame", (PyCFunction)cpu_push_frame, METH_VARARGS, "an interrupt frame, in C"},
@@ -919,6 +1022,7 @@ static PyMemberDef cpu_members[] = {
     M("timing", T_INT, timing, 0),
     M("unicorn_ns", T_ULONGLONG, unicorn_ns, 0),
     M("left", T_LONGLONG, left, 0),
+    M("events", T_OBJECT, events, 0),
     {NULL}};
 
 static PyGetSetDef cpu_getset[] = {
@@ -928,8 +1032,10 @@ static PyGetSetDef cpu_getset[] = {
 static PyTypeObject CpuType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "emu._native.Cpu",
     .tp_basicsize = sizeof(CpuObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "One CPU's native code and RDTSC hooks (emu/native_cpu.py).",
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "One CPU's native code, RDTSC and OUT hooks (emu/native_cpu.py).",
+    .tp_traverse = (traverseproc)cpu_traverse,
+    .tp_clear = (inquiry)cpu_clear,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)cpu_init,
     .tp_dealloc = (destructor)cpu_dealloc,

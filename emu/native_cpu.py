@@ -4,11 +4,13 @@ emu/_native.c does, per instruction, what Cpu._on_code and Cpu._on_rdtsc do (the
 ground-truth record, the serializing / IRET / shadow / HLT / PAUSE effects, the event-mode
 stops, a footprint's fetched text grains) and what its memory hooks do (watched data, and
 the footprints of data, text read as data, other CPUs' stacks), registered with Unicorn as C
-function pointers taken from the library the binding loaded. Python runs once at the start and
-once at the end of a run, and inside it only in the rare hooks Cpu keeps (text stores,
-hypercalls, interrupts, TLB fills) and for the spontaneous-NMI decision before an
-instruction. The flags those hooks share with the code hook (`_want_stop`, `_read_stop_in`,
-`_restarted`) live in the C object, so the rare hooks are Cpu's own, unchanged.
+function pointers taken from the library the binding loaded, and in event mode the QUIESCENT
+hypercall (a fifth of the steps static_key's runs handed back to Python ended with one; its
+OUT hook hands every other hypercall to Cpu._on_out). Python runs once at the start and once
+at the end of a run, and inside it only in the rare hooks Cpu keeps (text stores, other
+hypercalls, interrupts, TLB fills) and for the spontaneous-NMI decision before an instruction.
+The flags those hooks share with the code hook (`_want_stop`, `_read_stop_in`, `_restarted`)
+live in the C object, so the rare hooks are Cpu's own, unchanged.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from unicorn.unicorn_const import (
 )
 from unicorn.unicorn_py3.unicorn import uclib
 
-from . import layout
+from . import hypercall, layout
 from .cpu import _RDTSCP, Cpu, Stop, StopKind, _leave_handler
+from .events import HypercallEvent
 from .fetch_view import FetchView
+from .hypercall import Hypercall
 from .layout import Layout
 from .memory import SharedMemory
 from .retired import Retired
@@ -67,6 +71,10 @@ class NativeCpu(Cpu):
                        ctypes.addressof(self.view.buf), len(self.view.buf), layout.TEXT_BASE,
                        UC_HOOK_CODE, UC_HOOK_INSN, X.UC_X86_INS_RDTSC, X.UC_X86_REG_RAX,
                        X.UC_X86_REG_RDX, X.UC_X86_REG_RIP)
+        # hypercalls: QUIESCENT served in C in event mode, every other one by Cpu._on_out
+        self._nat.bind_out(_fn("uc_hook_add"), UC_HOOK_INSN, X.UC_X86_INS_OUT, X.UC_X86_REG_RDI,
+                           X.UC_X86_REG_RSI, hypercall.PORT, Hypercall.QUIESCENT,
+                           HypercallEvent, Hypercall.QUIESCENT, self.index, self._on_out)
         # uc_ctl's code, as the binding's Uc.ctl encodes it: (op << 30) | (nargs << 26) | ctl
         self._nat.bind_ctl(_fn("uc_ctl"), UC_CTL_IO_WRITE << 30 | 2 << 26 | UC_CTL_TB_REMOVE_CACHE)
         lay, mem = self.layout, self.mem
@@ -81,6 +89,15 @@ class NativeCpu(Cpu):
 
     def remove_cache(self, start: int, end: int) -> None:
         self._nat.remove_cache(layout.TEXT_BASE + start, layout.TEXT_BASE + end)
+
+    @property
+    def events(self) -> list:
+        """The run's event list (Machine._new_records), which the C OUT hook appends to."""
+        return self._nat.events
+
+    @events.setter
+    def events(self, value: list) -> None:
+        self._nat.events = value
 
     # the flags the rare Python hooks share with the C code hook
     @property
@@ -114,10 +131,6 @@ class NativeCpu(Cpu):
     def _on_intr(self, *args) -> None:
         self._nat.py_hooked = 1
         super()._on_intr(*args)
-
-    def _on_out(self, *args) -> None:
-        self._nat.py_hooked = 1
-        super()._on_out(*args)
 
     def _on_text_store(self, *args) -> None:
         self._nat.py_hooked = 1

@@ -209,6 +209,22 @@ def test_every_machine_self_check_passes_on_the_fast_engine(check):
     assert result.ok, result.detail
 
 
+@pytest.mark.parametrize("name", ["static_key", "z1_optprobe_shadow"])
+def test_a_dropped_fast_machine_is_collected(name: str):
+    """Its C objects hold Python ones that hold them back (the OUT hook's Cpu._on_out, the
+    NMI point's machine): cycles the collector must see through (the C Cpu's traverse). A
+    z1 machine, whose NMI point is the machine's, was never freed before."""
+    import gc
+    import weakref
+
+    runner = Runner(SCENARIOS[name], None, event_mode=True, engine=Engine.FAST, decode=False)
+    runner.machine.run(RandomSource(0))
+    machine = weakref.ref(runner.machine)
+    del runner
+    gc.collect()
+    assert machine() is None
+
+
 def test_the_fast_engine_pushes_every_interrupt_frame_of_a_run_in_c(monkeypatch):
     """delivery.py's common case in C (NativeCpu.push_frame): every exception and IPI of a
     static_key run; the cases it leaves to Python (no gate, no stack: test_machine.py's
