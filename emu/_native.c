@@ -139,6 +139,11 @@ typedef struct {
     int out_bound, hc_port, reg_rdi, reg_rsi, index;
     uint64_t hc_quiescent;
     PyObject *hc_event_cls, *hc_quiescent_member, *on_out, *events;
+    /* the INTR hook (bind_intr): an INT3's #BP in event mode is kept here (`bp`, the RIP after
+       it), for the C loop to deliver; every other interrupt goes to Cpu._on_intr (`on_intr`) */
+    int intr_bound, bp;
+    uint64_t bp_rip;
+    PyObject *on_intr, *frame_cls, *exception_cls;
 } CpuObject;
 
 static int cpu_traverse(CpuObject *self, visitproc visit, void *arg) {
@@ -148,6 +153,9 @@ static int cpu_traverse(CpuObject *self, visitproc visit, void *arg) {
     Py_VISIT(self->hc_quiescent_member);
     Py_VISIT(self->on_out);
     Py_VISIT(self->events);
+    Py_VISIT(self->on_intr);
+    Py_VISIT(self->frame_cls);
+    Py_VISIT(self->exception_cls);
     return 0;
 }
 
@@ -157,6 +165,9 @@ static int cpu_clear(CpuObject *self) {
     Py_CLEAR(self->hc_quiescent_member);
     Py_CLEAR(self->on_out);
     Py_CLEAR(self->events);
+    Py_CLEAR(self->on_intr);
+    Py_CLEAR(self->frame_cls);
+    Py_CLEAR(self->exception_cls);
     return 0;
 }
 
@@ -589,6 +600,59 @@ static PyObject *cpu_bind_out(CpuObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* The INTR hook. An INT3's #BP in event mode is kept (`bp`) and the run stopped, as
+   Cpu._on_intr keeps it: the C loop delivers it (deliver_bp) or hands it to Python, whose
+   NativeCpu._stop reads it. Any other interrupt goes to Cpu._on_intr (`on_intr`). */
+static void on_intr(void *uc, uint32_t intno, void *user_data) {
+    (void)uc;
+    CpuObject *s = user_data;
+    if (s->event && intno == 3) {
+        if (s->reg_read(s->uc, s->reg_rip, &s->bp_rip)) {
+            fail(s, PyExc_RuntimeError, "uc_reg_read(RIP) failed");
+            return;
+        }
+        s->bp = 1;
+        stop(s);
+        return;
+    }
+    s->py_hooked = 1;
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *r = PyObject_CallFunction(s->on_intr, "I", intno);
+    if (!r) {
+        keep_error(s);
+        PyGILState_Release(g);
+        stop(s);
+        return;
+    }
+    Py_DECREF(r);
+    PyGILState_Release(g);
+}
+
+/* bind_intr(uc_hook_add, hook_intr, on_intr, HandlerFrame, ExceptionEvent): the INTR hook,
+   once, and what deliver_bp makes. */
+static PyObject *cpu_bind_intr(CpuObject *self, PyObject *args) {
+    unsigned long long hook_add;
+    int hook_intr;
+    PyObject *py_intr, *frame_cls, *exception_cls;
+    if (self->intr_bound)
+        return PyErr_Format(PyExc_RuntimeError, "bind_intr: bound already");
+    if (!PyArg_ParseTuple(args, "KiOOO", &hook_add, &hook_intr, &py_intr, &frame_cls,
+                          &exception_cls))
+        return NULL;
+    if (!self->uc)
+        return PyErr_Format(PyExc_RuntimeError, "bind_intr before bind");
+    Py_XSETREF(self->on_intr, Py_NewRef(py_intr));
+    Py_XSETREF(self->frame_cls, Py_NewRef(frame_cls));
+    Py_XSETREF(self->exception_cls, Py_NewRef(exception_cls));
+    size_t h = 0;
+    int err = ((uc_hook_add_t)(uintptr_t)hook_add)(self->uc, &h, hook_intr, (void *)on_intr,
+                                                    self, 1, 0);
+    if (err)
+        return PyErr_Format(PyExc_RuntimeError, "uc_hook_add(INTR) failed: error %d", err);
+    self->intr_bound = 1;
+    Py_RETURN_NONE;
+}
+
 /* hook_mem(kind, start, end, base, owner, hook_type): a footprint hook on physical
    [start, end) (Cpu.track_data: kind 0; track_text_reads: 1, base the text's physical
    address; track_foreign_stacks: 2, owner the stack's CPU; watch_data: 3, a footprint hook
@@ -654,6 +718,7 @@ static void clear_run(CpuObject *self) {
     self->want_stop = self->read_stop_in = self->mem_hooked_valid = self->restarted = 0;
     self->py_hooked = 0;
     self->halted = self->yielded = self->serialize = self->iret = self->emulate = 0;
+    self->bp = 0;
     self->retired_run = 0;
     self->last_grain = (uint64_t)-1;
     self->grains.len = self->written.len = 0;
@@ -923,24 +988,21 @@ typedef struct { /* unicorn.h: uc_x86_mmr */
 #define RFLAGS_RF (1ULL << 16)
 #define RFLAGS_VM (1ULL << 17)
 
-/* push_frame(vector, rip, error code or -1) -> the handler's address, or None: delivery.py's
-   _push_frame when it succeeds with the IDT in the data region and the frame in a stack or the
-   data region, the common case, in C. Anything else (a limit, gate, guard page or region it
-   does not take) changes nothing and returns None: the Python code, the reference, delivers
-   or says why not. tests/test_engines.py compares the engines over every scenario. */
-static PyObject *cpu_push_frame(CpuObject *s, PyObject *args) {
-    int vector;
-    unsigned long long rip;
-    long long err;
-    if (!PyArg_ParseTuple(args, "iKL", &vector, &rip, &err))
-        return NULL;
+/* delivery.py's _push_frame when it succeeds with the IDT in the data region and the frame in
+   a stack or the data region, the common case, in C: 1 and the handler's address. Anything
+   else (a limit, gate, guard page or region it does not take) changes nothing and is 0: the
+   Python code, the reference, delivers or says why not (-1: an error).
+   tests/test_engines.py compares the engines over every scenario. The method
+   push_frame(vector, rip, error code or -1) -> the handler's address, or None. */
+static int push_frame(CpuObject *s, int vector, uint64_t rip, long long err,
+                      uint64_t *handler_out) {
     X86Mmr idtr = {0};
     if (!s->frames || vector < 0 || s->reg_read(s->uc, s->reg_idtr, &idtr) ||
         16ULL * (uint64_t)vector + 15 > idtr.limit)
-        Py_RETURN_NONE;
+        return 0;
     const uint8_t *g = frame_bytes(s, idtr.base + 16ULL * (uint64_t)vector, 16);
     if (!g)
-        Py_RETURN_NONE;
+        return 0;
     uint64_t low, high; /* x86.Gate.decode */
     memcpy(&low, g, 8);
     memcpy(&high, g + 8, 8);
@@ -949,11 +1011,11 @@ static PyObject *cpu_push_frame(CpuObject *s, PyObject *args) {
     unsigned type = (low >> 40) & 0xF;
     if (!(low >> 47 & 1) || (type != GATE_INTERRUPT && type != GATE_TRAP) ||
         ((low >> 16) & 0xFFFF) != s->kernel_cs)
-        Py_RETURN_NONE;
+        return 0;
     uint64_t rsp = 0, rflags = 0, cs = 0, ss = 0;
     if (s->reg_read(s->uc, s->reg_rsp, &rsp) || s->reg_read(s->uc, s->reg_rflags, &rflags) ||
         s->reg_read(s->uc, s->reg_cs, &cs) || s->reg_read(s->uc, s->reg_ss, &ss))
-        Py_RETURN_NONE;
+        return 0;
     uint64_t frame[6];
     int n = 0;
     if (err >= 0)
@@ -966,14 +1028,32 @@ static PyObject *cpu_push_frame(CpuObject *s, PyObject *args) {
     uint64_t new_rsp = (rsp & ~0xFULL) - 8ULL * (uint64_t)n;
     uint8_t *dst = frame_bytes(s, new_rsp, 8ULL * (uint64_t)n);
     if (!dst)
-        Py_RETURN_NONE;
+        return 0;
     memcpy(dst, frame, 8 * (size_t)n);
     uint64_t flags = rflags & ~(RFLAGS_TF | RFLAGS_NT | RFLAGS_RF | RFLAGS_VM);
     if (type == GATE_INTERRUPT)
         flags &= ~(1ULL << 9); /* IF */
     if (s->reg_write(s->uc, s->reg_rsp, &new_rsp) ||
-        s->reg_write(s->uc, s->reg_rflags, &flags) || s->reg_write(s->uc, s->reg_rip, &handler))
-        return PyErr_Format(PyExc_RuntimeError, "push_frame: uc_reg_write failed");
+        s->reg_write(s->uc, s->reg_rflags, &flags) || s->reg_write(s->uc, s->reg_rip, &handler)) {
+        PyErr_SetString(PyExc_RuntimeError, "push_frame: uc_reg_write failed");
+        return -1;
+    }
+    *handler_out = handler;
+    return 1;
+}
+
+static PyObject *cpu_push_frame(CpuObject *s, PyObject *args) {
+    int vector;
+    unsigned long long rip;
+    long long err;
+    if (!PyArg_ParseTuple(args, "iKL", &vector, &rip, &err))
+        return NULL;
+    uint64_t handler = 0;
+    int r = push_frame(s, vector, rip, err, &handler);
+    if (r < 0)
+        return NULL;
+    if (!r)
+        Py_RETURN_NONE;
     return PyLong_FromUnsignedLongLong(handler);
 }
 
@@ -998,6 +1078,7 @@ static PyMethodDef cpu_methods[] = {
     {"mem_hook", (PyCFunction)cpu_mem_hook, METH_NOARGS, "a memory hook saw this instruction"},
     {"bind_ctl", (PyCFunction)cpu_bind_ctl, METH_VARARGS, "uc_ctl, for remove_cache"},
     {"bind_out", (PyCFunction)cpu_bind_out, METH_VARARGS, "the OUT hook (hypercalls)"},
+    {"bind_intr", (PyCFunction)cpu_bind_intr, METH_VARARGS, "the INTR hook (exceptions)"},
     {"remove_cache", (PyCFunction)cpu_remove_cache, METH_VARARGS, "drop translations"},
     {"bind_frames", (PyCFunction)cpu_bind_frames, METH_VARARGS, "what push_frame needs"},
     {"push_frame", (PyCFunction)cpu_push_frame, METH_VARARGS, "an interrupt frame, in C"},
@@ -1023,6 +1104,8 @@ static PyMemberDef cpu_members[] = {
     M("unicorn_ns", T_ULONGLONG, unicorn_ns, 0),
     M("left", T_LONGLONG, left, 0),
     M("events", T_OBJECT, events, 0),
+    M("bp", T_INT, bp, READONLY),
+    M("bp_rip", T_ULONGLONG, bp_rip, READONLY),
     {NULL}};
 
 static PyGetSetDef cpu_getset[] = {
@@ -1425,6 +1508,39 @@ static int serialized_here(CpuObject *s, PyObject *pycpu, int index, const Event
     return rc;
 }
 
+/* The #BP of an INT3 a run stopped with, delivered as Machine._after_run has
+   InterruptDelivery._exception deliver it when the frame push succeeds in C: a trap, raised by
+   the INT3 itself (the CPU's last instruction), the frame's RIP the one after it; the handler
+   frame appended to state.handling and the ExceptionEvent recorded. 1 delivered, 0 not
+   (the push is not C's: nothing changed, Python delivers), -1 with an error. */
+static int deliver_bp(CpuObject *s, PyObject *pycpu, int index) {
+    if (!s->frame_cls || !s->events || !PyList_Check(s->events))
+        return 0;
+    uint64_t handler = 0;
+    int r = push_frame(s, 3, s->bp_rip, -1, &handler);
+    if (r <= 0)
+        return r;
+    PyObject *st = PyObject_GetAttr(pycpu, s_state);
+    PyObject *handling = st ? PyObject_GetAttr(st, s_handling) : NULL;
+    Py_XDECREF(st);
+    if (!handling)
+        return -1;
+    unsigned long long raised = s->last_ip; /* the INT3's address */
+    PyObject *frame = PyObject_CallFunction(s->frame_cls, "iK", 3, raised);
+    int rc = !frame || PyList_Append(handling, frame) ? -1 : 1;
+    Py_XDECREF(frame);
+    Py_DECREF(handling);
+    if (rc < 0)
+        return -1;
+    PyObject *ev = PyObject_CallFunction(s->exception_cls, "KiiKKKO",
+                                         (unsigned long long)s->clock->tick, index, 3,
+                                         (unsigned long long)s->bp_rip,
+                                         (unsigned long long)handler, raised, Py_None);
+    rc = !ev || PyList_Append(s->events, ev) ? -1 : 1;
+    Py_XDECREF(ev);
+    return rc;
+}
+
 /* One event-mode step of CPU `s` (Python's `pycpu`), chosen already (Machine._chosen_step,
    _cpu_step and _event_run, for a CPU with no NMI to consider): 0 when it ended here, else
    the status it is handed back with (LOOP_IPI, LOOP_FETCH, or LOOP_RAN with the run's uc_err
@@ -1483,13 +1599,22 @@ static int event_step(CpuObject *s, PyObject *pycpu, int index, int flags, uint6
     if (fp && add_run_footprint(s, fp))
         goto fail;
     if (e || s->py_hooked || s->emulate || s->halted || before + s->retired_run >= insn_budget ||
-        (s->serialize && (s->npending || !ea->serialize_cls))) {
+        (s->serialize && (s->npending || !ea->serialize_cls || s->bp))) {
         *err = e;
         status = LOOP_RAN;
         goto handed;
     }
     if (s->serialize && serialized_here(s, pycpu, index, ea))
         goto fail;
+    if (s->bp) { /* Machine._after_run's exception, delivered here when the push is C's */
+        int d = deliver_bp(s, pycpu, index);
+        if (d < 0)
+            goto fail;
+        if (!d) {
+            status = LOOP_RAN;
+            goto handed;
+        }
+    }
     if (fp && footprint_done(pycpu, fp, ea->step_done)) {
         Py_DECREF(fp);
         return -1;

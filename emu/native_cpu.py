@@ -4,11 +4,13 @@ emu/_native.c does, per instruction, what Cpu._on_code and Cpu._on_rdtsc do (the
 ground-truth record, the serializing / IRET / shadow / HLT / PAUSE effects, the event-mode
 stops, a footprint's fetched text grains) and what its memory hooks do (watched data, and
 the footprints of data, text read as data, other CPUs' stacks), registered with Unicorn as C
-function pointers taken from the library the binding loaded, and in event mode the QUIESCENT
-hypercall (a fifth of the steps static_key's runs handed back to Python ended with one; its
-OUT hook hands every other hypercall to Cpu._on_out). Python runs once at the start and once
-at the end of a run, and inside it only in the rare hooks Cpu keeps (text stores, other
-hypercalls, interrupts, TLB fills) and for the spontaneous-NMI decision before an instruction.
+function pointers taken from the library the binding loaded; in event mode also the QUIESCENT
+hypercall and an INT3's #BP, kept for the C loop to deliver (of the steps static_key's runs
+handed back to Python, a fifth ended with the one, two fifths with the other); the OUT and
+INTR hooks hand every other hypercall and interrupt to Cpu._on_out and _on_intr. Python runs
+once at the start and once at the end of a run, and inside it only in the rare hooks Cpu
+keeps (text stores, other hypercalls and interrupts, TLB fills) and for the spontaneous-NMI
+decision before an instruction.
 The flags those hooks share with the code hook (`_want_stop`, `_read_stop_in`, `_restarted`)
 live in the C object, so the rare hooks are Cpu's own, unchanged.
 """
@@ -25,19 +27,21 @@ from unicorn.unicorn_const import (
     UC_CTL_TB_REMOVE_CACHE,
     UC_HOOK_CODE,
     UC_HOOK_INSN,
+    UC_HOOK_INTR,
     UC_HOOK_MEM_READ,
     UC_HOOK_MEM_WRITE,
 )
 from unicorn.unicorn_py3.unicorn import uclib
 
-from . import hypercall, layout
+from . import hypercall, layout, x86
 from .cpu import _RDTSCP, Cpu, Stop, StopKind, _leave_handler
-from .events import HypercallEvent
+from .events import ExceptionEvent, HypercallEvent
 from .fetch_view import FetchView
 from .hypercall import Hypercall
 from .layout import Layout
 from .memory import SharedMemory
 from .retired import Retired
+from .verdict import HandlerFrame
 
 
 def _fn(name: str) -> int:
@@ -75,6 +79,10 @@ class NativeCpu(Cpu):
         self._nat.bind_out(_fn("uc_hook_add"), UC_HOOK_INSN, X.UC_X86_INS_OUT, X.UC_X86_REG_RDI,
                            X.UC_X86_REG_RSI, hypercall.PORT, Hypercall.QUIESCENT,
                            HypercallEvent, Hypercall.QUIESCENT, self.index, self._on_out)
+        # interrupts: an INT3's #BP kept in C in event mode (the C loop delivers it), every
+        # other one Cpu._on_intr's
+        self._nat.bind_intr(_fn("uc_hook_add"), UC_HOOK_INTR, self._on_intr_c, HandlerFrame,
+                            ExceptionEvent)
         # uc_ctl's code, as the binding's Uc.ctl encodes it: (op << 30) | (nargs << 26) | ctl
         self._nat.bind_ctl(_fn("uc_ctl"), UC_CTL_IO_WRITE << 30 | 2 << 26 | UC_CTL_TB_REMOVE_CACHE)
         lay, mem = self.layout, self.mem
@@ -127,10 +135,10 @@ class NativeCpu(Cpu):
     def _note_mem_hook(self) -> None:
         self._nat.mem_hook()
 
+    def _on_intr_c(self, intno: int) -> None:  # the C INTR hook's (which marks its run)
+        self._on_intr(self.uc, intno, None)
+
     # Cpu's Python hooks, which mark their run as one the C loop must hand back to Python
-    def _on_intr(self, *args) -> None:
-        self._nat.py_hooked = 1
-        super()._on_intr(*args)
 
     def _on_text_store(self, *args) -> None:
         self._nat.py_hooked = 1
@@ -213,6 +221,8 @@ class NativeCpu(Cpu):
     def _stop(self, err: int) -> Stop:
         u = self.uc
         nat = self._nat
+        if nat.bp:  # the #BP the C INTR hook kept, as Cpu._on_intr keeps it
+            self._exception = (x86.BP, nat.bp_rip)
         if u._hook_exception is not None:  # before err: a hook that raised fails the fill
             raise u._hook_exception
         if err:

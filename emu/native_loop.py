@@ -5,12 +5,14 @@ each a request, a `random` draw and a recorded Choice, then the run and its book
 top of the few µs a run of ~8 instructions costs in Unicorn. emu/_native.c `steps` does the
 steps that need nothing else: the CPU choice, an IPI or view choice that changes nothing, the
 quantum choice and a run that ends with nothing to handle, or in event mode with a serializing
-instruction or IRET and nothing pending in the CPU's view (a third of static_key's event
-steps: the IRET's handler bookkeeping and the Serialize event, all that Python would do). It
-hands the step it stops at back to the machine's own code where it stands (`Machine._step`,
-`_cpu_step`, `_take_ipi`, `_refresh`, `_after_run`), and takes an IPI's or a view unit's step
-back once Python has done that part, so every interrupt, fetch-view unit, hypercall, text
-store, exception and verdict goes through the one implementation.
+instruction or IRET and nothing pending in the CPU's view (the IRET's handler bookkeeping and
+the Serialize event, all that Python would do), with a QUIESCENT hypercall (NativeCpu), or
+with an INT3 whose #BP frame C can push (the handler frame and the ExceptionEvent): in a
+static_key search, three of four runs it used to hand back. It hands the step it stops at
+back to the machine's own code where it stands (`Machine._step`, `_cpu_step`, `_take_ipi`,
+`_refresh`, `_after_run`), and takes an IPI's or a view unit's step back once Python has done
+that part, so every other interrupt, fetch-view unit, hypercall, text store, exception and
+verdict goes through the one implementation.
 
 What makes the two loops equal, choice for choice (tests/test_engines.py checks it):
 - a RandomSource's choices are drawn from its own `random.Random` in C exactly as

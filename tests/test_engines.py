@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 
 from emu import engine as engines
-from emu import selftest, x86
+from emu import layout, selftest, x86
 from emu.cpu import Clock, Cpu
 from emu.decisions import RandomSource
 from emu.engine import Engine, native_module
@@ -75,8 +75,11 @@ def differences(runner: Runner, fast: RunResult, ref: RunResult) -> list[str]:
 
 
 def _runners(name: str, variant: str | None, event: bool) -> dict[Engine, Runner]:
-    return {e: Runner(SCENARIOS[name], variant, event_mode=event, engine=e, decode=False)
-            for e in Engine}
+    return _runners_of(SCENARIOS[name], variant, event)
+
+
+def _runners_of(scn: Scenario, variant: str | None, event: bool) -> dict[Engine, Runner]:
+    return {e: Runner(scn, variant, event_mode=event, engine=e, decode=False) for e in Engine}
 
 
 @pytest.mark.parametrize("event", [False, True], ids=["quantum", "event"])
@@ -207,6 +210,22 @@ def test_every_machine_self_check_passes_on_the_fast_engine(check):
     and check its architectural result, here on the native hooks."""
     result = check(engine=Engine.FAST)
     assert result.ok, result.detail
+
+
+def test_an_int3_whose_frame_c_cannot_push_is_delivered_by_python():
+    """Event mode: the C loop delivers an INT3's #BP when C can push its frame; here the
+    stack has 16 bytes left, the push reaches the guard page, and delivery.py, the reference,
+    reports the overflow on both engines. Perturbed (the C loop ending the step anyway), the
+    fast engine runs on into the handler it never entered."""
+    low = layout.STACK_BASE + layout.STACK_GUARD  # CPU 0's lowest stack byte
+    scn = Scenario("overflow", "an INT3 with no room for its frame", cpus=2,
+                   sites=[JumpLabel("j0", key="k")],
+                   ops=[Raw(f"    mov rsp, {low + 16:#x}\n    int3\n")])
+    runners = _runners_of(scn, None, True)
+    fast = runners[Engine.FAST].machine.run(RandomSource(0))
+    ref = runners[Engine.REFERENCE].machine.run(RandomSource(0))
+    assert fast.verdict.event == "stack_overflow", str(fast.verdict)
+    assert differences(runners[Engine.FAST], fast, ref) == []
 
 
 @pytest.mark.parametrize("name", ["static_key", "z1_optprobe_shadow"])
