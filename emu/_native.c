@@ -22,6 +22,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -144,6 +145,12 @@ typedef struct {
     int intr_bound, bp;
     uint64_t bp_rip;
     PyObject *on_intr, *frame_cls, *exception_cls;
+    /* the TLB fill hook (bind_tlb): Layout.translate's regions; a miss goes to `on_miss` */
+    int tlb_bound;
+    uint64_t tlb_text_va, tlb_text_size, tlb_data_va, tlb_data_size, tlb_stacks_va,
+        tlb_stacks_size, tlb_slot, tlb_guard, tlb_poke_va, phys_text, phys_view, phys_data,
+        phys_stacks;
+    PyObject *on_miss;
 } CpuObject;
 
 static int cpu_traverse(CpuObject *self, visitproc visit, void *arg) {
@@ -156,6 +163,7 @@ static int cpu_traverse(CpuObject *self, visitproc visit, void *arg) {
     Py_VISIT(self->on_intr);
     Py_VISIT(self->frame_cls);
     Py_VISIT(self->exception_cls);
+    Py_VISIT(self->on_miss);
     return 0;
 }
 
@@ -168,6 +176,7 @@ static int cpu_clear(CpuObject *self) {
     Py_CLEAR(self->on_intr);
     Py_CLEAR(self->frame_cls);
     Py_CLEAR(self->exception_cls);
+    Py_CLEAR(self->on_miss);
     return 0;
 }
 
@@ -653,6 +662,110 @@ static PyObject *cpu_bind_intr(CpuObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* Unicorn's memory access codes (emu/layout.Access) and protections (Cpu's _PERMS). */
+#define ACC_READ 16
+#define ACC_WRITE 17
+#define ACC_FETCH 18
+#define PROT_READ 1
+#define PROT_WRITE 2
+#define PROT_EXEC 4
+
+/* Layout.translate: the physical address of an access to `va`, or (uint64_t)-1 when it
+   faults. Fetches from text go to the CPU's view, other text reads to memory; data, stacks
+   and the poking alias are no-execute; the executable text mapping is read-only; the page
+   below each CPU's stack is unmapped. */
+static uint64_t translate(const CpuObject *s, uint64_t va, int access) {
+    const uint64_t none = (uint64_t)-1;
+    if (va - s->tlb_text_va < s->tlb_text_size) {
+        uint64_t off = va - s->tlb_text_va;
+        return access == ACC_FETCH ? s->phys_view + off
+               : access == ACC_READ ? s->phys_text + off : none;
+    }
+    if (access == ACC_FETCH)
+        return none;
+    if (va - s->tlb_data_va < s->tlb_data_size)
+        return s->phys_data + (va - s->tlb_data_va);
+    if (va - s->tlb_stacks_va < s->tlb_stacks_size) {
+        uint64_t off = va - s->tlb_stacks_va;
+        return off % s->tlb_slot < s->tlb_guard ? none : s->phys_stacks + off;
+    }
+    if (va - s->tlb_poke_va < s->tlb_text_size)
+        return s->phys_text + (va - s->tlb_poke_va);
+    return none;
+}
+
+typedef struct {
+    uint64_t paddr;
+    int perms;
+} TlbEntry; /* Unicorn's uc_tlb_entry */
+
+/* The TLB fill hook (Cpu._on_tlb_fill): a translation here; a miss is Python's, which makes
+   the #PF of it (and would say so should Layout.translate disagree). */
+static bool on_tlb_fill(void *uc, uint64_t vaddr, int access, TlbEntry *entry,
+                        void *user_data) {
+    (void)uc;
+    CpuObject *s = user_data;
+    uint64_t pa = translate(s, vaddr, access);
+    if (pa != (uint64_t)-1) {
+        entry->paddr = pa & ~(uint64_t)0xFFF;
+        entry->perms = access == ACC_FETCH ? PROT_EXEC
+                       : access == ACC_READ ? PROT_READ : PROT_READ | PROT_WRITE;
+        return true;
+    }
+    s->py_hooked = 1;
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *r = PyObject_CallFunction(s->on_miss, "Ki", (unsigned long long)vaddr, access);
+    if (!r)
+        keep_error(s); /* the fill fails; end() raises it */
+    Py_XDECREF(r);
+    PyGILState_Release(g);
+    return false;
+}
+
+/* bind_tlb(uc_hook_add, hook_tlb_fill, text_va, text_size, data_va, data_size, stacks_va,
+            stacks_size, stack_slot, stack_guard, poke_va, phys_text, phys_view, phys_data,
+            phys_stacks, on_miss): the TLB fill hook, once. */
+static PyObject *cpu_bind_tlb(CpuObject *s, PyObject *args) {
+    unsigned long long hook_add;
+    int hook_type;
+    PyObject *miss;
+    if (s->tlb_bound)
+        return PyErr_Format(PyExc_RuntimeError, "bind_tlb: bound already");
+    if (!PyArg_ParseTuple(args, "KiKKKKKKKKKKKKKO", &hook_add, &hook_type, &s->tlb_text_va,
+                          &s->tlb_text_size, &s->tlb_data_va, &s->tlb_data_size,
+                          &s->tlb_stacks_va, &s->tlb_stacks_size, &s->tlb_slot, &s->tlb_guard,
+                          &s->tlb_poke_va, &s->phys_text, &s->phys_view, &s->phys_data,
+                          &s->phys_stacks, &miss))
+        return NULL;
+    if (!s->uc)
+        return PyErr_Format(PyExc_RuntimeError, "bind_tlb before bind");
+    if (!s->tlb_slot || s->tlb_guard >= s->tlb_slot)
+        return PyErr_Format(PyExc_ValueError, "bind_tlb: a stack slot and its guard page");
+    Py_XSETREF(s->on_miss, Py_NewRef(miss));
+    size_t h = 0;
+    int err = ((uc_hook_add_t)(uintptr_t)hook_add)(s->uc, &h, hook_type, (void *)on_tlb_fill, s,
+                                                    1, 0);
+    if (err)
+        return PyErr_Format(PyExc_RuntimeError, "uc_hook_add(TLB_FILL) failed: error %d", err);
+    s->tlb_bound = 1;
+    Py_RETURN_NONE;
+}
+
+/* translate(va, access) -> the physical address, or None: the fill hook's translation (for
+   tests: Layout.translate is the reference). */
+static PyObject *cpu_translate(CpuObject *s, PyObject *args) {
+    unsigned long long va;
+    int access;
+    if (!PyArg_ParseTuple(args, "Ki", &va, &access))
+        return NULL;
+    if (!s->tlb_bound)
+        return PyErr_Format(PyExc_RuntimeError, "translate before bind_tlb");
+    uint64_t pa = translate(s, va, access);
+    if (pa == (uint64_t)-1)
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(pa);
+}
+
 /* hook_mem(kind, start, end, base, owner, hook_type): a footprint hook on physical
    [start, end) (Cpu.track_data: kind 0; track_text_reads: 1, base the text's physical
    address; track_foreign_stacks: 2, owner the stack's CPU; watch_data: 3, a footprint hook
@@ -1079,6 +1192,8 @@ static PyMethodDef cpu_methods[] = {
     {"bind_ctl", (PyCFunction)cpu_bind_ctl, METH_VARARGS, "uc_ctl, for remove_cache"},
     {"bind_out", (PyCFunction)cpu_bind_out, METH_VARARGS, "the OUT hook (hypercalls)"},
     {"bind_intr", (PyCFunction)cpu_bind_intr, METH_VARARGS, "the INTR hook (exceptions)"},
+    {"bind_tlb", (PyCFunction)cpu_bind_tlb, METH_VARARGS, "the TLB fill hook"},
+    {"translate", (PyCFunction)cpu_translate, METH_VARARGS, "the fill hook's translation"},
     {"remove_cache", (PyCFunction)cpu_remove_cache, METH_VARARGS, "drop translations"},
     {"bind_frames", (PyCFunction)cpu_bind_frames, METH_VARARGS, "what push_frame needs"},
     {"push_frame", (PyCFunction)cpu_push_frame, METH_VARARGS, "an interrupt frame, in C"},

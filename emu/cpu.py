@@ -201,7 +201,6 @@ class Cpu:
         for base, buf in mem.banks():
             u.mem_map_ptr(base, len(buf), UC_PROT_ALL, ctypes.addressof(buf))
         u.mem_map_ptr(layout.PHYS_VIEW, len(view.buf), UC_PROT_ALL, ctypes.addressof(view.buf))
-        u.hook_add(UC_HOOK_TLB_FILL, self._on_tlb_fill)
         u.hook_add(UC_HOOK_MEM_WRITE, self._on_text_store, None, layout.PHYS_TEXT_MEM,
                    layout.PHYS_TEXT_MEM + lay.text_size - 1)
         self._u64 = ctypes.c_uint64()
@@ -211,8 +210,8 @@ class Cpu:
         self._boot_long_mode()
 
     def _hook_instructions(self) -> None:
-        """The per-instruction hooks: code, RDTSC, OUT and interrupts (emu/native_cpu.py has
-        them in C)."""
+        """The hooks of every instruction and access: code, RDTSC, OUT, interrupts and TLB
+        fills (emu/native_cpu.py has them in C)."""
         self._code_cb = _CODE_CB(self._on_code)
         self._rdtsc_cb = _RDTSC_CB(self._on_rdtsc)
         add = self.uc._Uc__do_hook_add  # the binding's raw registration (a private name)
@@ -220,6 +219,7 @@ class Cpu:
         add(UC_HOOK_INSN, self._rdtsc_cb, 1, 0, ctypes.c_int(X.UC_X86_INS_RDTSC))
         self.uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         self.uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        self.uc.hook_add(UC_HOOK_TLB_FILL, self._on_tlb_fill)
 
     # ---------------------------------------------------------------- setup
     def _boot_long_mode(self) -> None:

@@ -2,17 +2,18 @@
 
 emu/_native.c does, per instruction, what Cpu._on_code and Cpu._on_rdtsc do (the tick, the
 ground-truth record, the serializing / IRET / shadow / HLT / PAUSE effects, the event-mode
-stops, a footprint's fetched text grains) and what its memory hooks do (watched data, and
-the footprints of data, text read as data, other CPUs' stacks), registered with Unicorn as C
-function pointers taken from the library the binding loaded; in event mode also the QUIESCENT
-hypercall and an INT3's #BP, kept for the C loop to deliver (of the steps static_key's runs
-handed back to Python, a fifth ended with the one, two fifths with the other); the OUT and
-INTR hooks hand every other hypercall and interrupt to Cpu._on_out and _on_intr. Python runs
+stops, a footprint's fetched text grains), what its memory hooks do (watched data, and the
+footprints of data, text read as data, other CPUs' stacks) and its TLB fills
+(Layout.translate; a miss, a #PF to make, is Python's), registered with Unicorn as C function
+pointers taken from the library the binding loaded. In event mode the OUT and INTR hooks also
+serve the QUIESCENT hypercall and keep an INT3's #BP for the C loop to deliver (of the steps
+static_key's runs handed back to Python, a fifth ended with the one, two fifths with the
+other); every other hypercall and interrupt goes to Cpu._on_out and _on_intr. Python runs
 once at the start and once at the end of a run, and inside it only in the rare hooks Cpu
-keeps (text stores, other hypercalls and interrupts, TLB fills) and for the spontaneous-NMI
-decision before an instruction.
-The flags those hooks share with the code hook (`_want_stop`, `_read_stop_in`, `_restarted`)
-live in the C object, so the rare hooks are Cpu's own, unchanged.
+keeps (text stores, other hypercalls and interrupts, TLB misses) and for the spontaneous-NMI
+decision before an instruction. The flags those hooks share with the code hook
+(`_want_stop`, `_read_stop_in`, `_restarted`) live in the C object, so the rare hooks are
+Cpu's own, unchanged.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from unicorn.unicorn_const import (
     UC_HOOK_INTR,
     UC_HOOK_MEM_READ,
     UC_HOOK_MEM_WRITE,
+    UC_HOOK_TLB_FILL,
 )
 from unicorn.unicorn_py3.unicorn import uclib
 
@@ -38,7 +40,7 @@ from .cpu import _RDTSCP, Cpu, Stop, StopKind, _leave_handler
 from .events import ExceptionEvent, HypercallEvent
 from .fetch_view import FetchView
 from .hypercall import Hypercall
-from .layout import Layout
+from .layout import Access, Layout
 from .memory import SharedMemory
 from .retired import Retired
 from .verdict import HandlerFrame
@@ -83,6 +85,13 @@ class NativeCpu(Cpu):
         # other one Cpu._on_intr's
         self._nat.bind_intr(_fn("uc_hook_add"), UC_HOOK_INTR, self._on_intr_c, HandlerFrame,
                             ExceptionEvent)
+        # TLB fills: Layout.translate in C, a miss (a #PF to make) Python's
+        lay = self.layout
+        self._nat.bind_tlb(_fn("uc_hook_add"), UC_HOOK_TLB_FILL, layout.TEXT_BASE, lay.text_size,
+                           layout.DATA_BASE, lay.data_size, layout.STACK_BASE, lay.stacks_size,
+                           lay.stack_slot, layout.STACK_GUARD, layout.POKE_BASE,
+                           layout.PHYS_TEXT_MEM, layout.PHYS_VIEW, layout.PHYS_DATA,
+                           layout.PHYS_STACKS, self._tlb_miss)
         # uc_ctl's code, as the binding's Uc.ctl encodes it: (op << 30) | (nargs << 26) | ctl
         self._nat.bind_ctl(_fn("uc_ctl"), UC_CTL_IO_WRITE << 30 | 2 << 26 | UC_CTL_TB_REMOVE_CACHE)
         lay, mem = self.layout, self.mem
@@ -144,15 +153,14 @@ class NativeCpu(Cpu):
         self._nat.py_hooked = 1
         super()._on_text_store(*args)
 
-    def _on_tlb_fill(self, *args) -> bool:
-        try:
-            ok = super()._on_tlb_fill(*args)
-        except BaseException:  # the binding keeps it for finish(): Python must end the run
-            self._nat.py_hooked = 1
-            raise
-        if not ok:  # a fault: Python makes the #PF / #GP of it
-            self._nat.py_hooked = 1
-        return ok
+    def _tlb_miss(self, vaddr: int, access: int) -> None:
+        """The C fill hook (which marks its run) has no translation for this access: the
+        fault Cpu._on_tlb_fill keeps, for Python to make the #PF of it."""
+        acc = Access(access)
+        if self.layout.translate(vaddr, acc) is not None:
+            raise RuntimeError(f"the C TLB fill and Layout.translate disagree at {vaddr:#x} "
+                               f"({acc.name})")
+        self._fill_fault = (vaddr, acc)
 
     # footprint hooks in C (Cpu's record the same locations from Python)
     def watch_data(self, ranges: list[tuple[int, int]]) -> None:

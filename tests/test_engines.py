@@ -16,6 +16,7 @@ from emu import layout, selftest, x86
 from emu.cpu import Clock, Cpu
 from emu.decisions import RandomSource
 from emu.engine import Engine, native_module
+from emu.layout import Access
 from emu.machine import RunResult
 from emu.native_cpu import NativeCpu
 from emu.path import Choice, Cost
@@ -210,6 +211,22 @@ def test_every_machine_self_check_passes_on_the_fast_engine(check):
     and check its architectural result, here on the native hooks."""
     result = check(engine=Engine.FAST)
     assert result.ok, result.detail
+
+
+def test_the_c_tlb_fill_translates_as_the_layout_does():
+    """The fast engine's TLB fill hook translates in C; Layout.translate is the reference:
+    every region's edges, each side of every guard page, each access kind."""
+    runner = Runner(SCENARIOS["static_key"], None, 3, engine=Engine.FAST, decode=False)
+    cpu, lay = runner.machine.cpus[0], runner.machine.layout
+    edges = [layout.TEXT_BASE, layout.TEXT_BASE + lay.text_size, layout.DATA_BASE,
+             layout.DATA_BASE + lay.data_size, layout.STACK_BASE,
+             layout.STACK_BASE + lay.stacks_size, layout.POKE_BASE,
+             layout.POKE_BASE + lay.text_size, 0, 2**64 - 1]
+    edges += [lay.stack_top(c) - lay.stack_size + d for c in range(3) for d in (-layout.PAGE, 0)]
+    vas = {max(0, min(2**64 - 1, e + d)) for e in edges for d in (-8, -1, 0, 1, 8)}
+    for va in sorted(vas):
+        for acc in Access:
+            assert cpu._nat.translate(va, acc) == lay.translate(va, acc), (hex(va), acc)
 
 
 def test_an_int3_whose_frame_c_cannot_push_is_delivered_by_python():
