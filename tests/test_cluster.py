@@ -29,6 +29,7 @@ from harness.explore.exhaustive import explore_exhaustive
 from harness.explore.explore import explore
 from harness.explore.schedule import Plan, plan_runner
 from harness.scenario.load import Origin
+from tests.test_explore import done_rows
 
 Z4 = Plan("z4_bytewise", "buggy", strategy="exhaustive", preemptions=1, delays=0, interrupts=0,
           shrink=False)
@@ -381,7 +382,9 @@ def test_an_exhaustive_client_killed_on_the_cluster_resumes_on_one_process(dask_
                             stdout=subprocess.PIPE, text=True,
                             env=os.environ | {"TEXTPOKE_SLICE_SECONDS": "0.1"})
     for n, _line in enumerate(proc.stdout, 1):  # wait for results, not for time
-        if n == 20:  # past the first slices: regions are out on both workers
+        # past the first slices (regions out on both workers), and at least 20 of them
+        # committed: results are committed together, about every second (explore.Recorder)
+        if n >= 20 and done_rows(db) >= 20:
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait()
