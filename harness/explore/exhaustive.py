@@ -267,6 +267,8 @@ class Search:
         added: list[int] = []
         self.last = taken_in(self.next, src, self.reduce, self.engine, self._known, added)
         for p in added:  # a value to try at p: its level resumes there at the latest
+            if p > self.last.base:
+                continue  # the new run's own choice: its level starts from its first
             owner = next((lv for lv in reversed(self.levels) if lv.base < p), None)
             if owner is not None and 0 <= p < owner.resume:
                 owner.resume, owner.spent = p, spent_before(owner.path, p)
