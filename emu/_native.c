@@ -705,7 +705,8 @@ static bool on_tlb_fill(void *uc, uint64_t vaddr, int access, TlbEntry *entry,
                         void *user_data) {
     (void)uc;
     CpuObject *s = user_data;
-    uint64_t pa = translate(s, vaddr, access);
+    uint64_t pa = access == ACC_READ || access == ACC_WRITE || access == ACC_FETCH
+                      ? translate(s, vaddr, access) : (uint64_t)-1; /* any other: Python's */
     if (pa != (uint64_t)-1) {
         entry->paddr = pa & ~(uint64_t)0xFFF;
         entry->perms = access == ACC_FETCH ? PROT_EXEC
@@ -1231,7 +1232,7 @@ static PyTypeObject CpuType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "emu._native.Cpu",
     .tp_basicsize = sizeof(CpuObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "One CPU's native code, RDTSC and OUT hooks (emu/native_cpu.py).",
+    .tp_doc = "One CPU's native hooks (emu/native_cpu.py).",
     .tp_traverse = (traverseproc)cpu_traverse,
     .tp_clear = (inquiry)cpu_clear,
     .tp_new = PyType_GenericNew,
