@@ -372,11 +372,12 @@ def test_an_exhaustive_client_killed_on_the_cluster_resumes_on_one_process(dask_
                                                                          tmp_path):
     """kill -9 of the client of a distributed exhaustive search (regions out on workers);
     --resume in one process: every path once, the failures those of one uninterrupted
-    search (their tokens hold their paths)."""
-    whole = explore(replace(Z4, dpor=True))
+    search (their tokens hold their paths). P=2: 1,942 schedules, long enough on the cluster
+    to be killed in (P=1's 64 could all be done before 20 were committed)."""
+    whole = explore(replace(Z4, dpor=True, preemptions=2))
     db = tmp_path / "e.db"
     cmd = [sys.executable, "-m", "harness", "explore", "z4_bytewise", "--variant", "buggy",
-           "--strategy", "exhaustive", "--preemptions", "1", "--delays", "0", "--interrupts",
+           "--strategy", "exhaustive", "--preemptions", "2", "--delays", "0", "--interrupts",
            "0", "--dpor", "--no-shrink", "--db", str(db)]
     proc = subprocess.Popen([*cmd, "--cluster", dask_client.scheduler.address, "--log"],
                             stdout=subprocess.PIPE, text=True,
