@@ -148,7 +148,6 @@ class NativeCpu(Cpu):
         self._on_intr(self.uc, intno, None)
 
     # Cpu's Python hooks, which mark their run as one the C loop must hand back to Python
-
     def _on_text_store(self, *args) -> None:
         self._nat.py_hooked = 1
         super()._on_text_store(*args)
