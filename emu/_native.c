@@ -153,30 +153,24 @@ typedef struct {
     PyObject *on_miss;
 } CpuObject;
 
+/* The Python objects a C Cpu holds that may hold it back (its hooks' methods, the NMI point,
+   the classes and list its hooks fill): the collector's traverse and clear, declared once. */
+#define CPU_PY_FIELDS(F)                                                                      \
+    F(nmi_point) F(hc_event_cls) F(hc_quiescent_member) F(on_out) F(events) F(on_intr)        \
+    F(frame_cls) F(exception_cls) F(on_miss)
+
 static int cpu_traverse(CpuObject *self, visitproc visit, void *arg) {
     Py_VISIT(self->clock);
-    Py_VISIT(self->nmi_point);
-    Py_VISIT(self->hc_event_cls);
-    Py_VISIT(self->hc_quiescent_member);
-    Py_VISIT(self->on_out);
-    Py_VISIT(self->events);
-    Py_VISIT(self->on_intr);
-    Py_VISIT(self->frame_cls);
-    Py_VISIT(self->exception_cls);
-    Py_VISIT(self->on_miss);
+#define VISIT(field) Py_VISIT(self->field);
+    CPU_PY_FIELDS(VISIT)
+#undef VISIT
     return 0;
 }
 
 static int cpu_clear(CpuObject *self) {
-    Py_CLEAR(self->nmi_point);
-    Py_CLEAR(self->hc_event_cls);
-    Py_CLEAR(self->hc_quiescent_member);
-    Py_CLEAR(self->on_out);
-    Py_CLEAR(self->events);
-    Py_CLEAR(self->on_intr);
-    Py_CLEAR(self->frame_cls);
-    Py_CLEAR(self->exception_cls);
-    Py_CLEAR(self->on_miss);
+#define CLEAR(field) Py_CLEAR(self->field);
+    CPU_PY_FIELDS(CLEAR)
+#undef CLEAR
     return 0;
 }
 
@@ -1388,7 +1382,7 @@ static int nth_bit(uint32_t mask, long n) {
 /* The names of the Python state the loop reads and writes (emu/cpu.py: Cpu, CpuState). */
 static PyObject *s_state, *s_view, *s_retired, *s_pending, *s_finished, *s_halted, *s_yielded,
     *s_pending_nmi, *s_nmis_left, *s_pending_ipis, *s_last_ip, *s_last_code, *s_shadow,
-    *s_nmi_blocked, *s_footprint, *s_handling, *s_left, *s_delivered, *s_events;
+    *s_nmi_blocked, *s_footprint, *s_handling, *s_left, *s_delivered;
 
 static int intern_names(void) {
     struct {
@@ -1406,7 +1400,7 @@ static int intern_names(void) {
                  {&s_ticks, "ticks"},         {&s_ips, "ips"},
                  {&s_ends, "ends"},           {&s_frombytes, "frombytes"},
                  {&s_handling, "handling"},   {&s_left, "left"},
-                 {&s_delivered, "delivered"}, {&s_events, "events"}};
+                 {&s_delivered, "delivered"}};
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
         if (!(*names[k].slot = PyUnicode_InternFromString(names[k].name)))
             return -1;
@@ -1613,14 +1607,14 @@ static int serialized_here(CpuObject *s, PyObject *pycpu, int index, const Event
         if (rc)
             return -1;
     }
-    PyObject *events = PyObject_GetAttr(pycpu, s_events);
-    if (!events)
+    if (!s->events || !PyList_Check(s->events)) { /* the list NativeCpu.events keeps here */
+        PyErr_SetString(PyExc_RuntimeError, "a native CPU without its event list");
         return -1;
+    }
     PyObject *ev = PyObject_CallFunction(ea->serialize_cls, "Kii",
                                          (unsigned long long)s->clock->tick, index, 0);
-    int rc = ev ? PyList_Append(events, ev) : -1;
+    int rc = ev ? PyList_Append(s->events, ev) : -1;
     Py_XDECREF(ev);
-    Py_DECREF(events);
     return rc;
 }
 
