@@ -442,21 +442,10 @@ def test_skipping_the_races_a_run_shares_with_its_parent_keeps_the_search(
         assert fast != _dpor_runs(scenario, variant, cpus, bound, limit)
 
 
-def _scanning_advance(self: Search) -> bool:
-    """Search._advance as defined: every level's own choices scanned from the first, each
+def _scanning_first_untried(self: Search, level, end: int) -> tuple[int, int] | None:
+    """Search._first_untried as defined: the level's choices scanned from its first, each
     time (`untried`); the reference for the search's resume points."""
-    while self.levels:
-        top = self.levels[-1]
-        end = len(top.path)
-        if self.limit is not None and top is self.levels[0]:
-            end = min(end, self.limit + 1)
-        for i, v in untried(top, self.bound, end):
-            top.path[i].done.add(v)
-            self.next = top.deviating_at(i, v)
-            return True
-        self.levels.pop()
-    self.next = []
-    return False
+    return next(untried(level, self.bound, end), None)
 
 
 @pytest.mark.parametrize(("scenario", "variant", "cpus", "bound", "limit"), [
@@ -472,7 +461,7 @@ def test_resuming_each_level_where_it_stopped_keeps_the_search(
 
     fast = _dpor_runs(scenario, variant, cpus, bound, limit)
     with monkeypatch.context() as m:
-        m.setattr(Search, "_advance", _scanning_advance)
+        m.setattr(Search, "_first_untried", _scanning_first_untried)
         assert fast == _dpor_runs(scenario, variant, cpus, bound, limit)
     backtrack = exhaustive.backtrack
     monkeypatch.setattr(exhaustive, "backtrack",

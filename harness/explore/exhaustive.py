@@ -283,17 +283,26 @@ class Search:
             end = len(top.path)
             if self.limit is not None and top is self.levels[0]:
                 end = min(end, self.limit + 1)
-            if top.resume < 0:
-                top.resume = top.base + 1
-                top.spent = spent_before(top.path, top.resume)
-            for i, v, spent in _untried(top, self.bound, end, top.resume, top.spent):
-                top.resume, top.spent = i, spent
+            found = self._first_untried(top, end)
+            if found is not None:
+                i, v = found
                 top.path[i].done.add(v)
                 self.next = top.deviating_at(i, v)
                 return True
             self.levels.pop()
         self.next = []
         return False
+
+    def _first_untried(self, level: Level, end: int) -> tuple[int, int] | None:
+        """`untried`'s first (position, value) of the level's choices before `end`, looked
+        for from where the level last stopped (Level.resume), which moves there."""
+        if level.resume < 0:
+            level.resume = level.base + 1
+            level.spent = spent_before(level.path, level.resume)
+        for i, v, spent in _untried(level, self.bound, end, level.resume, level.spent):
+            level.resume, level.spent = i, spent
+            return i, v
+        return None
 
     def state(self) -> dict:
         """Each level's own choices (from its deviation on), and where the next run deviates."""
