@@ -536,7 +536,7 @@ static void on_out(void *uc, uint32_t port, int size, uint32_t value, void *user
     if (port != (uint32_t)s->hc_port)
         return;
     uint64_t nr = 0, rdi = 0, rsi = 0;
-    if (s->reg_read(s->uc, s->reg_rax, &nr)) {
+    if (s->event && s->reg_read(s->uc, s->reg_rax, &nr)) { /* (quantum mode: Python's) */
         fail(s, PyExc_RuntimeError, "uc_reg_read(RAX) failed");
         return;
     }
