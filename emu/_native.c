@@ -128,6 +128,10 @@ typedef struct {
     uint64_t last_grain; /* the last fetched text grain added to `grains` */
     Buf ticks, ips, ends, code, grains;
     Buf written;           /* footprint locations written this run (grains: read) */
+    uint64_t *seen;        /* add_run_footprint's set of entries: keys, then their stamps */
+    uint32_t *seen_stamp;
+    size_t seen_cap;
+    uint32_t seen_now;
     Buf watches;           /* the memory hooks' MemWatch records, owned here */
     size_t room; /* records ticks, ips and ends all have room for */
     PyObject *err_type, *err_value, *err_tb; /* a harness error inside a hook */
@@ -189,6 +193,8 @@ static void cpu_dealloc(CpuObject *self) {
     free(self->code.data);
     free(self->grains.data);
     free(self->written.data);
+    free(self->seen);
+    free(self->seen_stamp);
     for (size_t i = 0; i < self->watches.len / sizeof(void *); i++)
         free(((void **)self->watches.data)[i]);
     free(self->watches.data);
@@ -936,33 +942,91 @@ static int flush_truth(CpuObject *self, PyObject *retired) {
     return 0;
 }
 
-/* Add the locations in `b` to the set `into`. */
-static int add_to_set(PyObject *into, const Buf *b) {
-    const uint64_t *g = (const uint64_t *)b->data;
-    for (size_t i = 0; i < b->len / 8; i++) {
-        PyObject *v = PyLong_FromUnsignedLongLong(g[i]);
-        if (!v || PySet_Add(into, v)) {
-            Py_XDECREF(v);
+/* emu/footprint.py: WRITTEN, the flag of a written location in Footprint.packed */
+#define FP_WRITTEN (1ULL << 63)
+
+/* Whether `key` is new to this flush's set (s->seen, open addressing, emptied by moving to
+   the next stamp); room for `room` keys is made beforehand (seen_begin). */
+static int seen_add(CpuObject *s, uint64_t key) {
+    size_t mask = s->seen_cap - 1, h = (size_t)((key * 0x9e3779b97f4a7c15ULL) >> 32) & mask;
+    while (s->seen_stamp[h] == s->seen_now) {
+        if (s->seen[h] == key)
+            return 0;
+        h = (h + 1) & mask;
+    }
+    s->seen_stamp[h] = s->seen_now;
+    s->seen[h] = key;
+    return 1;
+}
+
+static int seen_begin(CpuObject *s, size_t room) {
+    if (++s->seen_now == 0 || 2 * room > s->seen_cap) { /* a new table (or stamps wrapped) */
+        size_t cap = s->seen_cap ? s->seen_cap : 256;
+        while (cap < 2 * room)
+            cap *= 2;
+        free(s->seen);
+        free(s->seen_stamp);
+        s->seen = malloc(cap * sizeof *s->seen);
+        s->seen_stamp = calloc(cap, sizeof *s->seen_stamp);
+        s->seen_cap = s->seen ? cap : 0;
+        s->seen_now = 1;
+        if (!s->seen || !s->seen_stamp)
             return -1;
-        }
-        Py_DECREF(v);
     }
     return 0;
 }
 
-/* Footprint.reads and .writes (interned in intern_names). */
-static PyObject *s_reads, *s_writes;
+/* Footprint.packed (interned in intern_names). */
+static PyObject *s_packed;
 
-/* The locations the run read and wrote added to the footprint `fp`'s sets. 0, or -1. */
+/* `n` entries appended to the footprint's `packed` bytes. 0, or -1. */
+static int fp_append(PyObject *fp, const uint64_t *e, size_t n) {
+    PyObject *old = PyObject_GetAttr(fp, s_packed);
+    if (!old)
+        return -1;
+    if (!PyBytes_Check(old)) {
+        Py_DECREF(old);
+        PyErr_SetString(PyExc_TypeError, "Footprint.packed is not bytes");
+        return -1;
+    }
+    Py_ssize_t have = PyBytes_GET_SIZE(old);
+    PyObject *b = PyBytes_FromStringAndSize(NULL, have + (Py_ssize_t)(n * sizeof *e));
+    if (b) {
+        memcpy(PyBytes_AS_STRING(b), PyBytes_AS_STRING(old), have);
+        memcpy(PyBytes_AS_STRING(b) + have, e, n * sizeof *e);
+    }
+    Py_DECREF(old);
+    int rc = b ? PyObject_SetAttr(fp, s_packed, b) : -1;
+    Py_XDECREF(b);
+    return rc;
+}
+
+/* The locations the run read and wrote added to the footprint `fp`, each once (the hooks
+   add one per access). 0, or -1. */
 static int add_run_footprint(CpuObject *s, PyObject *fp) {
-    if (!s->grains.len && !s->written.len)
+    size_t nr = s->grains.len / 8, nw = s->written.len / 8;
+    if (!nr && !nw)
         return 0;
-    PyObject *reads = PyObject_GetAttr(fp, s_reads);
-    PyObject *writes = reads ? PyObject_GetAttr(fp, s_writes) : NULL;
-    int bad = !writes || add_to_set(reads, &s->grains) || add_to_set(writes, &s->written);
-    Py_XDECREF(reads);
-    Py_XDECREF(writes);
-    return bad ? -1 : 0;
+    if (seen_begin(s, nr + nw)) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    uint64_t *out = malloc((nr + nw) * sizeof *out);
+    if (!out) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    size_t n = 0;
+    const uint64_t *r = (const uint64_t *)s->grains.data, *w = (const uint64_t *)s->written.data;
+    for (size_t i = 0; i < nr; i++)
+        if (seen_add(s, r[i]))
+            out[n++] = r[i];
+    for (size_t i = 0; i < nw; i++)
+        if (seen_add(s, w[i] | FP_WRITTEN))
+            out[n++] = w[i] | FP_WRITTEN;
+    int rc = fp_append(fp, out, n);
+    free(out);
+    return rc;
 }
 
 /* One emu_start from the current RIP with the run set up; then where it stopped (`rip`).
@@ -1000,7 +1064,7 @@ static int run_once(CpuObject *self) {
 /* run(quantum, event, last_ip, last_code, shadow, pending|None, decided_end, nmi_armed,
        track_fp, retired|None, footprint|None) -> uc_err: one run from the current RIP
    (Cpu.run): emu_start with until=0 and count=0, then the run's records appended to `retired`
-   and the locations it read and wrote added to the footprint's `reads` and `writes`. Raises
+   and the locations it read and wrote added to the footprint (its `packed` entries). Raises
    an error a hook kept; the
    caller raises one a Python hook left in the binding. */
 static PyObject *cpu_run(CpuObject *self, PyObject *args) {
@@ -1395,8 +1459,8 @@ static int intern_names(void) {
                  {&s_nmis_left, "nmis_left"}, {&s_pending_ipis, "pending_ipis"},
                  {&s_last_ip, "last_ip"},     {&s_last_code, "last_code"},
                  {&s_shadow, "shadow"},       {&s_nmi_blocked, "nmi_blocked"},
-                 {&s_footprint, "footprint"}, {&s_reads, "reads"},
-                 {&s_writes, "writes"},       {&s_code, "code"},
+                 {&s_footprint, "footprint"}, {&s_packed, "packed"},
+                       {&s_code, "code"},
                  {&s_ticks, "ticks"},         {&s_ips, "ips"},
                  {&s_ends, "ends"},           {&s_frombytes, "frombytes"},
                  {&s_handling, "handling"},   {&s_left, "left"},
@@ -1515,24 +1579,20 @@ typedef struct {
     PyObject *fp_cls, *step_done, *serialize_cls;
 } EventArgs;
 
-static int set_add(PyObject *set, uint64_t loc) {
-    PyObject *v = PyLong_FromUnsignedLongLong(loc);
-    int rc = v ? PySet_Add(set, v) : -1;
-    Py_XDECREF(v);
-    return rc;
-}
-
 /* Machine._chosen_step's footprint: the CPU's own stack written; its IRQ line read when a
    pending IPI would be taken now (not halted: the loop hands halted CPUs back), its NMI line
    when an NMI would be. A new reference, or NULL with an error. */
 static PyObject *make_footprint(PyObject *cls, int cpu, int irq_open, int nmi_open) {
-    PyObject *reads = PySet_New(NULL), *writes = PySet_New(NULL), *fp = NULL;
-    if (reads && writes && !set_add(writes, IRQ_TAG | STACK_BIT | (uint64_t)cpu) &&
-        !(irq_open && set_add(reads, IRQ_TAG | (uint64_t)cpu << 1)) &&
-        !(nmi_open && set_add(reads, IRQ_TAG | (uint64_t)cpu << 1 | 1)))
-        fp = PyObject_CallFunction(cls, "iOO", cpu, reads, writes);
-    Py_XDECREF(reads);
-    Py_XDECREF(writes);
+    uint64_t e[3];
+    size_t n = 0;
+    e[n++] = IRQ_TAG | STACK_BIT | (uint64_t)cpu | FP_WRITTEN;
+    if (irq_open)
+        e[n++] = IRQ_TAG | (uint64_t)cpu << 1;
+    if (nmi_open)
+        e[n++] = IRQ_TAG | (uint64_t)cpu << 1 | 1;
+    PyObject *fp = PyObject_CallFunction(cls, "i", cpu);
+    if (fp && fp_append(fp, e, n))
+        Py_CLEAR(fp);
     return fp;
 }
 

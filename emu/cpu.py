@@ -270,10 +270,10 @@ class Cpu:
             if self._event:
                 if self.footprint is not None:  # every grain it spans; mostly one or two
                     first, last = off >> TEXT_SHIFT, (off + size - 1) >> TEXT_SHIFT
-                    fetched = self.footprint.reads
-                    fetched.add(TEXT | first)
+                    fetched = self.footprint.added  # (read: no flag)
+                    fetched.append(TEXT | first)
                     if last != first:
-                        fetched.update(range(TEXT | first + 1, (TEXT | last) + 1))
+                        fetched.extend(range(TEXT | first + 1, (TEXT | last) + 1))
                 if self._read_stop_in:
                     self._read_stop_in -= 1
                     if not self._read_stop_in:
@@ -378,7 +378,7 @@ class Cpu:
         for other in self.others:  # memory still holds what the store overwrites
             other.note_store(off, size, memory)
         if self.footprint is not None:
-            self.footprint.writes.update(text_grains(off, size))
+            self.footprint.write_all(text_grains(off, size))
         self.events.append(TextStore(self.clock.tick, self.index, layout.TEXT_BASE + off, data))
         self._want_stop = True
 
@@ -424,21 +424,21 @@ class Cpu:
         self._note_mem_hook()
         fp = self.footprint
         if self._event and fp is not None:
-            fp.reads.update(text_grains(addr - layout.PHYS_TEXT_MEM, size))
+            fp.read_all(text_grains(addr - layout.PHYS_TEXT_MEM, size))
 
     def _on_foreign_stack(self, _uc: Uc, access: int, _addr: int, _size: int, _value: int,
                           owner: int) -> None:
         self._note_mem_hook()
         fp = self.footprint
         if self._event and fp is not None:
-            (fp.writes if access == Access.WRITE else fp.reads).add(stack(owner))
+            (fp.write if access == Access.WRITE else fp.read)(stack(owner))
 
     def _on_tracked(self, _uc: Uc, access: int, addr: int, size: int, _value: int,
                     _ud) -> None:
         self._note_mem_hook()
         fp = self.footprint
         if self._event and fp is not None:
-            (fp.writes if access == Access.WRITE else fp.reads).update(data_words(addr, size))
+            (fp.write_all if access == Access.WRITE else fp.read_all)(data_words(addr, size))
 
     def _on_watched(self, uc: Uc, access: int, addr: int, size: int, value: int,
                     ud) -> None:

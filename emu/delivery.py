@@ -83,7 +83,7 @@ class InterruptDelivery:
         st.pending_nmi = True
         st.nmis_left -= 1
         if cpu.footprint is not None:
-            cpu.footprint.writes.add(irq(cpu.index, nmi=True))
+            cpu.footprint.write(irq(cpu.index, nmi=True))
         self._event(cpu, NmiRaised)
         return True
 

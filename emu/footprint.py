@@ -25,7 +25,9 @@ so a footprint over-approximates, which only costs schedules.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from array import array
+from collections.abc import Iterable, Iterator
+from itertools import chain
 
 TEXT_SHIFT = 3  # 8 bytes of text per location: small enough to keep patch sites apart
 TEXT_GRAIN = 1 << TEXT_SHIFT
@@ -72,14 +74,49 @@ def describe(loc: int) -> str:
     return f"{'nmi' if value & 1 else 'irq'}(cpu{value >> 1})"
 
 
-@dataclass(eq=False)
-class Footprint:
-    """One step of one CPU: the locations it read and wrote (a written one counts as both)."""
+WRITTEN = 1 << 63  # in Footprint.packed and .added: the location was written, not read
 
-    cpu: int
-    reads: set[int] = field(default_factory=set)
-    writes: set[int] = field(default_factory=set)
+
+class Footprint:
+    """One step of one CPU: the locations it read and wrote (a written one counts as both).
+
+    Kept as the machine records them, not as sets: `packed`, what the native machine added
+    (uint64 locations in the machine's byte order, WRITTEN flagged, each once per run), and
+    `added`, what Python added (ints, the same form). A run's footprint has hundreds of
+    locations and is read once, by the race finder (harness/explore/_dpor.c reads both
+    directly); `reads` and `writes` build the sets for the Python readers."""
+
+    __slots__ = ("cpu", "packed", "added")
+
+    def __init__(self, cpu: int, reads: Iterable[int] = (), writes: Iterable[int] = ()):
+        self.cpu = cpu
+        self.packed = b""
+        self.added: list[int] = [*reads, *(w | WRITTEN for w in writes)]
+
+    def read(self, loc: int) -> None:
+        self.added.append(loc)
+
+    def read_all(self, locs: Iterable[int]) -> None:
+        self.added.extend(locs)
+
+    def write(self, loc: int) -> None:
+        self.added.append(loc | WRITTEN)
+
+    def write_all(self, locs: Iterable[int]) -> None:
+        self.added.extend(loc | WRITTEN for loc in locs)
+
+    def _entries(self) -> Iterator[int]:
+        return chain(array("Q", self.packed), self.added)
+
+    @property
+    def reads(self) -> frozenset[int]:
+        return frozenset(e for e in self._entries() if not e & WRITTEN)
+
+    @property
+    def writes(self) -> frozenset[int]:
+        return frozenset(e & ~WRITTEN for e in self._entries() if e & WRITTEN)
 
     def dependent(self, other: Footprint) -> bool:
+        mine, theirs = self.writes, other.writes
         return self.cpu != other.cpu and bool(
-            self.writes & (other.reads | other.writes) or other.writes & self.reads)
+            mine & (other.reads | theirs) or theirs & self.reads)

@@ -60,7 +60,7 @@ class HypercallService:
             for target in self.cpus:
                 if a0 >> target.index & 1:
                     if cpu.footprint is not None:
-                        cpu.footprint.writes.add(irq(target.index, nmi=a1 == x86.NMI))
+                        cpu.footprint.write(irq(target.index, nmi=a1 == x86.NMI))
                     if a1 == x86.NMI:
                         target.state.pending_nmi = True
                     else:
@@ -73,7 +73,7 @@ class HypercallService:
                                                 self.mem.read(a2, a3)))
             if cpu.footprint is not None and 0 <= a0 - layout.TEXT_BASE < self.layout.text_size:
                 # the decoder's image of those bytes changes here (emu/footprint.py)
-                cpu.footprint.writes.update(text_grains(a0 - layout.TEXT_BASE, a3))
+                cpu.footprint.write_all(text_grains(a0 - layout.TEXT_BASE, a3))
         elif number is Hypercall.ASSERT:
             message = self.mem.read_cstring(a1) if a1 else ""
             return Verdict(VerdictKind.GUEST_ASSERT,

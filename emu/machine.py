@@ -338,12 +338,12 @@ class Machine(InterruptDelivery, HypercallService):
             return self._cpu_step(cpu, dec)
         # record what the step touches for the explorer's reduction (emu/footprint.py); its
         # own stack, which another CPU's footprint names only when it reaches into it
-        fp = cpu.footprint = Footprint(cpu.index, writes={stack(cpu.index)})
+        fp = cpu.footprint = Footprint(cpu.index, writes=(stack(cpu.index),))
         st = cpu.state
         if st.halted or (not st.shadow and cpu.reg("rflags") & x86.RFLAGS_IF):
-            fp.reads.add(irq(cpu.index))  # a pending IPI would be taken now
+            fp.read(irq(cpu.index))  # a pending IPI would be taken now
         if not st.nmi_blocked:
-            fp.reads.add(irq(cpu.index, nmi=True))
+            fp.read(irq(cpu.index, nmi=True))
         try:
             return self._cpu_step(cpu, dec)
         finally:
@@ -430,7 +430,7 @@ class Machine(InterruptDelivery, HypercallService):
             (s, e), index = todo[0]
             if cpu.footprint is not None:  # what the choice's arity and outcome depend on
                 for u, _i in todo:
-                    cpu.footprint.reads.update(text_grains(u[0], u[1] - u[0]))
+                    cpu.footprint.read_all(text_grains(u[0], u[1] - u[0]))
             stales = [view.stale_contents(i, mem) for _u, i in todo]
             stale, rest = stales[0], sum(map(bool, stales)) >= 2
             pick = dec.choose(Request(Kind.FLUSH, 1 + len(stale) + rest, cpu.index))
@@ -481,7 +481,7 @@ class Machine(InterruptDelivery, HypercallService):
         done = cpu.view.serialize(self.mem.text)
         if cpu.footprint is not None:  # the view now holds what memory held then
             for s, e in done:
-                cpu.footprint.reads.update(text_grains(s, e - s))
+                cpu.footprint.read_all(text_grains(s, e - s))
         for s, e in _merge(done):
             cpu.invalidate(s, e)
         self._event(cpu, Serialize, units=len(done), ipi=ipi)

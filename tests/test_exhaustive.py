@@ -212,7 +212,7 @@ def test_backtrack_points_are_the_choices_before_each_race_and_its_block(engine:
 
 def test_text_and_interrupt_locations():
     fp = Footprint(1)
-    fp.writes.update(text_grains(0x10, 5))
+    fp.write_all(text_grains(0x10, 5))
     assert [describe(g) for g in sorted(fp.writes)] == ["text+0x10"]
     assert describe(irq(2)) == "irq(cpu2)" and describe(irq(2, nmi=True)) == "nmi(cpu2)"
     other = Footprint(0, reads=set(text_grains(0x14, 1)))

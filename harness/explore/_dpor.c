@@ -5,8 +5,10 @@
  *
  * A line-by-line port of dpor.dependences, races and _initials, which stay the reference:
  * tests/test_dpor_native.py compares both on recorded runs of every shipped scenario. The
- * locations are the ints of emu/footprint.py; a hash table keeps, per location, its last
- * write and each CPU's last read since (dpor.py's `last_write` and `reads`).
+ * locations are the ints of emu/footprint.py, read as the machine keeps them (Footprint.packed
+ * and .added; a location listed again is merged into its first entry), not through the sets
+ * Python builds; a hash table keeps, per location, its last write and each CPU's last read
+ * since (dpor.py's `last_write` and `reads`).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -17,13 +19,14 @@
 #define MAX_CPUS 64
 
 /* the attribute names read per step, interned once (PyInit__dpor) */
-static PyObject *s_footprint, *s_cpu, *s_reads, *s_writes;
+static PyObject *s_footprint, *s_cpu, *s_packed, *s_added;
 
 typedef struct {
     uint64_t loc;
     int used;
     Py_ssize_t write;  /* the last step that wrote it, or -1 */
     Py_ssize_t reads;  /* offset of its per-CPU last reads (-1: none) in `Table.pool` */
+    Py_ssize_t step, entry; /* the last step that listed it, and where (Steps.locs) */
 } Slot;
 
 typedef struct {
@@ -83,6 +86,7 @@ static Slot *table_get(Table *t, uint64_t loc) {
     s->loc = loc;
     s->write = -1;
     s->reads = -1;
+    s->step = -1;
     t->len++;
     return s;
 }
@@ -143,30 +147,52 @@ static int add_loc(Steps *st, uint64_t loc, uint8_t flag) {
     return 0;
 }
 
-/* A footprint's location set into `st`, each with `flag`; a location already listed in
-   entries [lo, hi) (the step's writes, for its reads) gets the flag or-ed in instead. */
-static int add_set(Steps *st, PyObject *set, uint8_t flag, Py_ssize_t lo, Py_ssize_t hi) {
-    PyObject *it = PyObject_GetIter(set);
-    if (!it)
+/* emu/footprint.py: WRITTEN, the flag of a written location */
+#define FP_WRITTEN (1ULL << 63)
+
+/* One entry of step j's footprint (a location, WRITTEN flagged when written) into `st`: a
+   location the step listed already gets the flag or-ed in. 0, or -1: out of memory. */
+static int add_entry(Steps *st, Table *t, Py_ssize_t j, uint64_t e) {
+    uint8_t flag = e & FP_WRITTEN ? F_WRITE : F_READ;
+    Slot *s = table_get(t, e & ~FP_WRITTEN);
+    if (!s)
         return -1;
-    PyObject *item;
-    while ((item = PyIter_Next(it))) {
-        uint64_t loc = PyLong_AsUnsignedLongLong(item);
-        Py_DECREF(item);
-        if (loc == (uint64_t)-1 && PyErr_Occurred())
-            break;
-        int found = 0;
-        for (Py_ssize_t k = lo; k < hi; k++) /* (a step writes few locations) */
-            if (st->locs[k] == loc) {
-                st->flags[k] |= F_READ;
-                found = 1;
-                break;
-            }
-        if (!found && add_loc(st, loc, flag))
-            break;
+    if (s->step == j) {
+        st->flags[s->entry] |= flag;
+        return 0;
     }
-    Py_DECREF(it);
-    return PyErr_Occurred() ? -1 : 0;
+    s->step = j;
+    s->entry = st->nlocs;
+    return add_loc(st, e & ~FP_WRITTEN, flag);
+}
+
+/* Step j's footprint (Footprint.packed, then .added) into `st`. 0, or -1 with an error. */
+static int add_footprint(Steps *st, Table *t, Py_ssize_t j, PyObject *packed,
+                         PyObject *added) {
+    if (!PyBytes_Check(packed) || PyBytes_GET_SIZE(packed) % 8 || !PyList_Check(added)) {
+        PyErr_Format(PyExc_TypeError, "races: step %zd's footprint is not packed bytes and "
+                     "a list", j);
+        return -1;
+    }
+    const char *p = PyBytes_AS_STRING(packed);
+    for (Py_ssize_t k = 0; k < PyBytes_GET_SIZE(packed); k += 8) {
+        uint64_t e;
+        memcpy(&e, p + k, 8);
+        if (add_entry(st, t, j, e)) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(added); k++) {
+        uint64_t e = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(added, k));
+        if (e == (uint64_t)-1 && PyErr_Occurred())
+            return -1;
+        if (add_entry(st, t, j, e)) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    return 0;
 }
 
 static void steps_free(Steps *st) {
@@ -257,11 +283,11 @@ static PyObject *py_races(PyObject *mod, PyObject *args) {
         if (!fp)
             goto done;
         PyObject *cpu = PyObject_GetAttr(fp, s_cpu);
-        PyObject *reads = PyObject_GetAttr(fp, s_reads);
-        PyObject *writes = PyObject_GetAttr(fp, s_writes);
+        PyObject *packed = PyObject_GetAttr(fp, s_packed);
+        PyObject *added = PyObject_GetAttr(fp, s_added);
         Py_DECREF(fp);
         long c = cpu ? PyLong_AsLong(cpu) : -1;
-        int bad = !cpu || !reads || !writes || PyErr_Occurred();
+        int bad = !cpu || !packed || !added || PyErr_Occurred();
         if (!bad && (c < 0 || c >= MAX_CPUS)) {
             PyErr_Format(PyExc_ValueError, "races: step %zd of CPU %ld", j, c);
             bad = 1;
@@ -269,15 +295,14 @@ static PyObject *py_races(PyObject *mod, PyObject *args) {
         if (!bad) {
             st.steps[j].cpu = (int)c;
             st.steps[j].start = st.nlocs;
-            bad = add_set(&st, writes, F_WRITE, 0, 0) ||
-                  add_set(&st, reads, F_READ, st.steps[j].start, st.nlocs);
+            bad = add_footprint(&st, &t, j, packed, added);
             st.steps[j].n = st.nlocs - st.steps[j].start;
             if (c + 1 > ncpus)
                 ncpus = (int)c + 1;
         }
         Py_XDECREF(cpu);
-        Py_XDECREF(reads);
-        Py_XDECREF(writes);
+        Py_XDECREF(packed);
+        Py_XDECREF(added);
         if (bad)
             goto done;
     }
@@ -392,8 +417,8 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "harness.explore._dpo
 PyMODINIT_FUNC PyInit__dpor(void) {
     if (!(s_footprint = PyUnicode_InternFromString("footprint")) ||
         !(s_cpu = PyUnicode_InternFromString("cpu")) ||
-        !(s_reads = PyUnicode_InternFromString("reads")) ||
-        !(s_writes = PyUnicode_InternFromString("writes")))
+        !(s_packed = PyUnicode_InternFromString("packed")) ||
+        !(s_added = PyUnicode_InternFromString("added")))
         return NULL;
     return PyModule_Create(&module);
 }
