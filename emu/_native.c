@@ -977,7 +977,7 @@ static int seen_begin(CpuObject *s, size_t room) {
 }
 
 /* Footprint.packed (interned in intern_names). */
-static PyObject *s_packed;
+static PyObject *s_packed, *s_added, *s_cpu;
 
 /* `n` entries appended to the footprint's `packed` bytes. 0, or -1. */
 static int fp_append(PyObject *fp, const uint64_t *e, size_t n) {
@@ -1460,6 +1460,7 @@ static int intern_names(void) {
                  {&s_last_ip, "last_ip"},     {&s_last_code, "last_code"},
                  {&s_shadow, "shadow"},       {&s_nmi_blocked, "nmi_blocked"},
                  {&s_footprint, "footprint"}, {&s_packed, "packed"},
+                 {&s_added, "added"},         {&s_cpu, "cpu"},
                        {&s_code, "code"},
                  {&s_ticks, "ticks"},         {&s_ips, "ips"},
                  {&s_ends, "ends"},           {&s_frombytes, "frombytes"},
@@ -1590,9 +1591,18 @@ static PyObject *make_footprint(PyObject *cls, int cpu, int irq_open, int nmi_op
         e[n++] = IRQ_TAG | (uint64_t)cpu << 1;
     if (nmi_open)
         e[n++] = IRQ_TAG | (uint64_t)cpu << 1 | 1;
-    PyObject *fp = PyObject_CallFunction(cls, "i", cpu);
-    if (fp && fp_append(fp, e, n))
+    /* Footprint(cpu) with these entries, made without a call of its __init__ (its fields
+       set here: the cost of the Python call was most of the step's footprint) */
+    PyTypeObject *type = (PyTypeObject *)cls;
+    PyObject *fp = type->tp_alloc(type, 0), *v = NULL, *packed = NULL, *added = NULL;
+    if (!fp || !(v = PyLong_FromLong(cpu)) || PyObject_SetAttr(fp, s_cpu, v) ||
+        !(packed = PyBytes_FromStringAndSize((const char *)e, (Py_ssize_t)(n * sizeof *e))) ||
+        PyObject_SetAttr(fp, s_packed, packed) || !(added = PyList_New(0)) ||
+        PyObject_SetAttr(fp, s_added, added))
         Py_CLEAR(fp);
+    Py_XDECREF(v);
+    Py_XDECREF(packed);
+    Py_XDECREF(added);
     return fp;
 }
 
@@ -1841,7 +1851,8 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
         PyObject *cls, *done;
         if (!PyArg_ParseTuple(event, "LOOO", &ev.max_quantum, &cls, &done, &ev.serialize_cls))
             return NULL;
-        if ((cls == Py_None) != (done == Py_None) || ev.max_quantum < 1 || resume_stage)
+        if ((cls == Py_None) != (done == Py_None) || ev.max_quantum < 1 || resume_stage ||
+            (cls != Py_None && !PyType_Check(cls)))
             return PyErr_Format(PyExc_ValueError, "steps: bad event-mode arguments");
         ev.on = 1;
         ev.fp_cls = cls == Py_None ? NULL : cls;

@@ -84,7 +84,9 @@ class Footprint:
     (uint64 locations in the machine's byte order, WRITTEN flagged, each once per run), and
     `added`, what Python added (ints, the same form). A run's footprint has hundreds of
     locations and is read once, by the race finder (harness/explore/_dpor.c reads both
-    directly); `reads` and `writes` build the sets for the Python readers."""
+    directly); `reads` and `writes` build the sets for the Python readers. The native loop
+    makes its footprints without calling __init__ (emu/_native.c: make_footprint): these
+    three slots are the whole of one."""
 
     __slots__ = ("cpu", "packed", "added")
 

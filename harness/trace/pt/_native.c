@@ -203,6 +203,17 @@ static int out_put(Out *o, const void *src, size_t n) {
     return 0;
 }
 
+/* room for `n` more bytes, written in place (then counted in o->n by the writer) */
+static int out_room(Out *o, size_t n) {
+    if (o->n + n <= o->cap)
+        return 0;
+    uint8_t *np = PyMem_Realloc(o->p, o->n + n ? o->n + n : 1);
+    if (!np) { PyErr_NoMemory(); return -1; }
+    o->p = np;
+    o->cap = o->n + n;
+    return 0;
+}
+
 static PyObject *out_bytes(Out *o) {
     PyObject *r = PyBytes_FromStringAndSize((const char *)o->p, (Py_ssize_t)o->n);
     PyMem_Free(o->p);
@@ -273,12 +284,19 @@ static PyObject *py_flow(PyObject *mod, PyObject *args) {
         evs[k].b = lo;
     }
     qsort(evs, ne, sizeof(Ev), ev_cmp);
+    /* at most an item per instruction and per event: the outputs are sized once */
+    size_t most = n + (size_t)ne, k_out = 0;
+    if (out_room(&ot, most * 8) || out_room(&oi, most * 8) || out_room(&oc, most * 8) ||
+        out_room(&os, most * 4) || out_room(&oe, most * 4) || out_room(&ov, most * 4))
+        goto done;
+    uint64_t *pt = (uint64_t *)ot.p, *pi = (uint64_t *)oi.p, *pc = (uint64_t *)oc.p;
+    uint32_t *ps = (uint32_t *)os.p, *pe = (uint32_t *)oe.p;
+    int32_t *pv = (int32_t *)ov.p;
 #define START(j) ((j) ? ends[(j) - 1] : 0)
 #define NXT(j) ((j) + 1 < n ? ips[(j) + 1] : (uint64_t)final_rip)
 #define PUT(t, ip, cont, s, e, ev) do { \
-        uint64_t t_ = (t), ip_ = (ip), c_ = (cont); uint32_t s_ = (s), e_ = (e); int32_t v_ = (ev); \
-        if (out_put(&ot, &t_, 8) || out_put(&oi, &ip_, 8) || out_put(&oc, &c_, 8) || \
-            out_put(&os, &s_, 4) || out_put(&oe, &e_, 4) || out_put(&ov, &v_, 4)) goto done; \
+        pt[k_out] = (t); pi[k_out] = (ip); pc[k_out] = (cont); \
+        ps[k_out] = (s); pe[k_out] = (e); pv[k_out] = (ev); k_out++; \
     } while (0)
     size_t i = 0;
     for (Py_ssize_t k = 0; k < ne;) {
@@ -302,6 +320,8 @@ static PyObject *py_flow(PyObject *mod, PyObject *args) {
 #undef PUT
 #undef NXT
 #undef START
+    ot.n = oi.n = oc.n = k_out * 8;
+    os.n = oe.n = ov.n = k_out * 4;
     res = Py_BuildValue("(NNNNNN)", out_bytes(&ot), out_bytes(&oi), out_bytes(&oc),
                         out_bytes(&os), out_bytes(&oe), out_bytes(&ov));
 done:
