@@ -1374,9 +1374,11 @@ static long randbelow(PyObject *getrandbits, long n) {
 /* Who answers the loop's choices: a RandomSource's `getrandbits` (drawn here), else
    Decisions.choose; from position `simple_from` of `path` on (-1: never) the source answers
    every choice with its simplest value and records nothing of its own
-   (DecisionSource.simplest_from), so the loop answers those itself. */
+   (DecisionSource.simplest_from), so the loop answers those itself; before it, at a
+   position where `follow` (DecisionSource.follows, a tuple of ints) holds the request's
+   simplest value, the same. */
 typedef struct {
-    PyObject *getrandbits, *choose, *path;
+    PyObject *getrandbits, *choose, *path, *follow;
     Py_ssize_t simple_from;
 } Chooser;
 
@@ -1391,6 +1393,12 @@ static long decide(PyObject *entry, const Chooser *ch) {
         if (v < 0)
             return -1;
     } else if (ch->simple_from >= 0 && PyList_GET_SIZE(ch->path) >= ch->simple_from) {
+        v = PyLong_AsLong(PyTuple_GET_ITEM(entry, 1));
+        if (v == -1 && PyErr_Occurred())
+            return -1;
+    } else if (PyList_GET_SIZE(ch->path) < PyTuple_GET_SIZE(ch->follow) &&
+               PyObject_RichCompareBool(PyTuple_GET_ITEM(ch->follow, PyList_GET_SIZE(ch->path)),
+                                        PyTuple_GET_ITEM(entry, 1), Py_EQ) == 1) {
         v = PyLong_AsLong(PyTuple_GET_ITEM(entry, 1));
         if (v == -1 && PyErr_Occurred())
             return -1;
@@ -1811,13 +1819,13 @@ fail:
     return -1;
 }
 
-/* steps(pycpus, cpus, retired, last, getrandbits|None, simple_from, choose, cpu_table, make,
+/* steps(pycpus, cpus, retired, last, getrandbits|None, simple_from, follow, choose, cpu_table, make,
          quantum_table, ipi_table, view_tables, view_entry, path, limits, reg_rflags, resume,
          max_steps, event)
      -> (steps, status, cpu, value, last)
    pycpus: the Cpu objects (their state is read here and written back: retired, last_ip,
    last_code, shadow, yielded); cpus: their native halves; retired: each CPU's Retired or
-   None; last: Machine._last (-1: none); getrandbits, simple_from, choose: who answers
+   None; last: Machine._last (-1: none); getrandbits, simple_from, follow, choose: who answers
    (Chooser); cpu_table: {cpu_key: entry}, filled through
    make(cpu_key); quantum_table: each CPU's quantum entry, or () when max_quantum is 1;
    ipi_table: each CPU's IPI entry; view_tables: per CPU, {pending: entry} of the view
@@ -1831,21 +1839,22 @@ fail:
    run's uc_err (LOOP_RAN) or the view choice (LOOP_VIEWED), and the last CPU chosen. */
 static PyObject *py_steps(PyObject *mod, PyObject *args) {
     (void)mod;
-    PyObject *pycpus, *cpus, *retireds, *getrandbits, *choose, *table, *make, *qtable, *itable,
-        *vtables, *view_entry, *path;
+    PyObject *pycpus, *cpus, *retireds, *getrandbits, *follow, *choose, *table, *make, *qtable,
+        *itable, *vtables, *view_entry, *path;
     long long last, max_steps, simple_from;
     unsigned long long insn_budget, tick_limit;
     int reg_rflags, resume_cpu, resume_stage;
     PyObject *event;
-    if (!PyArg_ParseTuple(args, "O!O!O!LOLOO!OO!O!O!OO!(KK)i(ii)LO!", &PyTuple_Type, &pycpus,
+    if (!PyArg_ParseTuple(args, "O!O!O!LOLO!OO!OO!O!O!OO!(KK)i(ii)LO!", &PyTuple_Type, &pycpus,
                           &PyTuple_Type, &cpus, &PyTuple_Type, &retireds, &last, &getrandbits,
-                          &simple_from, &choose, &PyDict_Type, &table, &make, &PyTuple_Type, &qtable,
+                          &simple_from, &PyTuple_Type, &follow, &choose, &PyDict_Type, &table, &make, &PyTuple_Type, &qtable,
                           &PyTuple_Type, &itable, &PyTuple_Type, &vtables, &view_entry,
                           &PyList_Type, &path,
                           &insn_budget, &tick_limit, &reg_rflags, &resume_cpu, &resume_stage,
                           &max_steps, &PyTuple_Type, &event))
         return NULL;
-    Chooser ch = {getrandbits, choose, path, simple_from < 0 ? -1 : (Py_ssize_t)simple_from};
+    Chooser ch = {getrandbits, choose, path, follow,
+                  simple_from < 0 ? -1 : (Py_ssize_t)simple_from};
     EventArgs ev = {0, 1, NULL, NULL, NULL};
     if (PyTuple_GET_SIZE(event)) {
         PyObject *cls, *done;

@@ -42,6 +42,13 @@ class DecisionSource(abc.ABC):
         every choice."""
         return None
 
+    def follows(self) -> Sequence[int]:
+        """Values this source answers at positions 0, 1, ... before `simplest_from`: where
+        one is its request's simplest value the source answers it and does nothing else, so
+        the machine may answer it itself (the fast engine's C loop does); at the others it is
+        asked. Empty: asked at every position before `simplest_from`."""
+        return ()
+
     def step_done(self, footprint: Footprint) -> None:  # noqa: B027 - optional
         """Event mode, if `wants_footprints`: what the scheduling step just run touched."""
 

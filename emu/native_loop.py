@@ -18,8 +18,10 @@ What makes the two loops equal, choice for choice (tests/test_engines.py checks 
 - a RandomSource's choices are drawn from its own `random.Random` in C exactly as
   `randrange` draws them (`_randbelow_with_getrandbits`); from the position a source says it
   answers every choice with its simplest value (`DecisionSource.simplest_from`: the exhaustive
-  search's runs past their prefix) the C loop answers with it; any other choice is asked
-  through `Decisions.choose`, as the reference asks it;
+  search's runs past their prefix) the C loop answers with it, and before it where the
+  source's planned value is the simplest (`DecisionSource.follows`: the prefix itself, but
+  for its deviations); any other choice is asked through `Decisions.choose`, as the
+  reference asks it;
 - choices are recorded as interned Choice objects (one per request and value; they are
   immutable) with the same requests the reference loop makes (`Machine._cpu_request`);
 - each batch reads the CPUs' Python state and writes back what its trivial runs changed
@@ -124,7 +126,8 @@ class NativeLoop:
             c._event = m.config.event_mode  # what NativeCpu.run sets for the Python hooks
         self._truths = tuple(c.truth for c in m.cpus)
         simple_from = dec.source.simplest_from()
-        self._run = (_draws(dec.source), -1 if simple_from is None else simple_from, dec.choose,
+        self._run = (_draws(dec.source), -1 if simple_from is None else simple_from,
+                     tuple(dec.source.follows()), dec.choose,
                      self._cpu_table, self._cpu_entry,
                      self._quantum_table, self._ipi_table, tuple(self._view_entries),
                      self._view_entry)

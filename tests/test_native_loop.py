@@ -17,7 +17,7 @@ from emu.config import RunBudget
 from emu.decisions import PolicySource, RandomSource, ReplaySource
 from emu.engine import Engine, native_module
 from emu.footprint import Footprint, irq
-from emu.path import Kind, ReplayError
+from emu.path import FREE, Cost, Kind, ReplayError
 from harness.explore.exhaustive import ExhaustiveSource
 from harness.explore.strategies import PctSource
 from harness.run import Runner
@@ -257,6 +257,27 @@ def test_the_event_mode_loop_makes_the_reference_runs_and_footprints(monkeypatch
         else (native_loop.RAN, native_loop.CHOSEN)
     for status in wanted:
         assert seen[status] > 0, status
+
+
+def test_the_loop_asks_an_exhaustive_source_only_its_prefix_deviations():
+    """DecisionSource.follows: within the prefix the C loop answers the simplest values
+    itself and asks the source the others, whose `pick` spends the bound; the reference
+    asks every one. Made to fail: the loop answering every prefix value itself (the bound's
+    spending would go unseen), or none."""
+    class Asked(ExhaustiveSource):
+        def pick(self, request, position):
+            self.asked.append(position)
+            return super().pick(request, position)
+
+    runner = _event_runners()[Engine.FAST]
+    for prefix in _prefixes(runner, 6, seed=3)[1:]:
+        src = Asked(prefix, footprints=True, bound=Cost(2, 2, 1))
+        src.asked = []
+        path = runner.machine.run(src).path
+        deviated = [k for k, c in enumerate(path[:len(prefix)]) if not c.simplest]
+        assert deviated == [len(prefix) - 1]
+        assert [k for k in src.asked if k < len(prefix)] == deviated
+        assert src._spent != FREE  # the deviation spent its bound
 
 
 def test_an_event_loop_whose_footprints_lose_a_location_is_caught(monkeypatch):

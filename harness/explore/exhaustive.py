@@ -133,6 +133,9 @@ class ExhaustiveSource(DecisionSource):
     def simplest_from(self) -> int | None:
         return len(self.prefix)
 
+    def follows(self) -> Sequence[int]:
+        return self.prefix  # a prefix value that is the simplest spends nothing (`pick`)
+
     def step_done(self, footprint: Footprint) -> None:
         end = len(self.choices)
         node = None  # the step's CPU choice, if it had one
