@@ -372,8 +372,8 @@ class Cpu:
         if self._restarted and self._last_store == (self.clock.tick, off, data):
             return  # the same store of a restarted instruction (see _on_code)
         self._last_store = (self.clock.tick, off, data)
-        self.view.write_own(off, data)
-        self.state.own_dirty.append((off, off + size))
+        if self.view.write_own(off, data):  # (translations of unchanged bytes stay good)
+            self.state.own_dirty.append((off, off + size))
         memory = self.mem.text if self._event_mode else None  # (only event mode uses it)
         for other in self.others:  # memory still holds what the store overwrites
             other.note_store(off, size, memory)

@@ -76,9 +76,11 @@ class FetchView:
             elif memory is not None:
                 self._versions.setdefault(unit, []).append(bytes(memory[unit[0]:unit[1]]))
 
-    def write_own(self, off: int, data: bytes) -> None:
+    def write_own(self, off: int, data: bytes) -> bool:
         """This CPU's own store: visible to its own fetches at once, also in every stale
-        content a fetch of a pending unit could still see (x86 snoops its own stores)."""
+        content a fetch of a pending unit could still see (x86 snoops its own stores). True
+        when that changed the view."""
+        changed = self.buf[off:off + len(data)] != data
         ctypes.memmove(ctypes.addressof(self.buf) + off, data, len(data))
         for (s, e), versions in self._versions.items():
             lo, hi = max(s, off), min(e, off + len(data))
@@ -87,6 +89,7 @@ class FetchView:
                     patched = bytearray(content)
                     patched[lo - s:hi - s] = data[lo - off:hi - off]
                     versions[k] = bytes(patched)
+        return changed
 
     @property
     def pending(self) -> list[tuple[int, int]]:
@@ -137,20 +140,26 @@ class FetchView:
         ctypes.memmove(ctypes.addressof(self.buf) + s, content, e - s)
         return True
 
-    def serialize(self, memory: ctypes.Array) -> list[tuple[int, int]]:
-        """A serializing event: every pending unit becomes visible. Returns the ranges."""
+    def serialize(self, memory: ctypes.Array
+                  ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """A serializing event: every pending unit becomes visible. Returns the ranges, and
+        those whose bytes that changed (a unit stored back to what the view held, or seen
+        at its latest content already, does not)."""
         done = self._pending
-        for unit in done:
-            self._copy(unit, memory)
+        changed = [unit for unit in done if self._copy(unit, memory)]
         self._pending = []
         self._pending_set = set()
         self._versions = {}
-        return done
+        return done, changed
 
-    def _copy(self, unit: tuple[int, int], memory: ctypes.Array) -> None:
+    def _copy(self, unit: tuple[int, int], memory: ctypes.Array) -> bool:
+        """Memory's bytes of `unit` into the view; whether they changed it."""
         start, end = unit
+        if self.buf[start:end] == memory[start:end]:
+            return False
         ctypes.memmove(ctypes.addressof(self.buf) + start, ctypes.addressof(memory) + start,
                        end - start)
+        return True
 
     def read(self, off: int, size: int) -> bytes:
         return bytes(self.buf[off:off + size])

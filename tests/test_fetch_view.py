@@ -38,8 +38,18 @@ def test_serialize_makes_everything_visible():
     view.note_store(0, 4)
     view.refresh(2, mem)
     assert view.read(0, 4) == b"\0\0c\0"  # a torn mix
-    view.serialize(mem)
+    assert view.serialize(mem) == ([(0, 1), (1, 2), (3, 4)], [(0, 1), (1, 2), (3, 4)])
     assert view.read(0, 4) == b"abcd" and not view.has_pending()
+
+
+def test_serialize_says_which_units_changed_the_view():
+    """Their translations are the ones to drop (Machine._serialize): a unit stored back to
+    what the view holds is visible again but unchanged."""
+    view, mem = make(Grain.BYTE)
+    view.note_store(0, 2)
+    mem[1:2] = b"x"  # byte 0 stored back to what it was
+    assert view.serialize(mem) == ([(0, 1), (1, 2)], [(1, 2)])
+    assert view.write_own(1, b"x") is False and view.write_own(1, b"y") is True
 
 
 def test_unknown_grain():
