@@ -155,13 +155,14 @@ typedef struct {
         tlb_stacks_size, tlb_slot, tlb_guard, tlb_poke_va, phys_text, phys_view, phys_data,
         phys_stacks;
     PyObject *on_miss;
+    PyObject *held; /* the Retired the truth buffers hold records for (hold_truth), or NULL */
 } CpuObject;
 
 /* The Python objects a C Cpu holds that may hold it back (its hooks' methods, the NMI point,
    the classes and list its hooks fill): the collector's traverse and clear, declared once. */
 #define CPU_PY_FIELDS(F)                                                                      \
     F(nmi_point) F(hc_event_cls) F(hc_quiescent_member) F(on_out) F(events) F(on_intr)        \
-    F(frame_cls) F(exception_cls) F(on_miss)
+    F(frame_cls) F(exception_cls) F(on_miss) F(held)
 
 static int cpu_traverse(CpuObject *self, visitproc visit, void *arg) {
     Py_VISIT(self->clock);
@@ -887,30 +888,39 @@ static int setup(CpuObject *self, long long quantum, int event, unsigned long lo
     self->track_fp = track_fp;
     self->truth = truth;
     clear_run(self);
-    self->ticks.len = self->ips.len = self->ends.len = self->code.len = 0;
     return 0;
 }
 
-/* Retired's arrays and their method (interned in intern_names). */
-static PyObject *s_code, *s_ticks, *s_ips, *s_ends, *s_frombytes;
+/* Retired's arrays, its `pending`, and the arrays' method (interned in intern_names). */
+static PyObject *s_code, *s_ticks, *s_ips, *s_ends, *s_pending, *s_frombytes;
 
-/* Append this run's records to a Retired (emu/retired.py): its arrays take the packed bytes,
-   the code offsets made absolute here rather than per record in Python. */
-static int flush_truth(CpuObject *self, PyObject *retired) {
-    if (self->ticks.len == 0)
+/* Append the records the buffers hold to their Retired (emu/retired.py), `held`: its arrays
+   take the packed bytes, the code offsets made absolute here rather than per record in
+   Python; then the buffers are empty and the Retired no longer `pending`. 0, or -1. */
+static int flush_truth(CpuObject *self) {
+    PyObject *retired = self->held;
+    if (!retired)
         return 0;
+    self->held = NULL; /* (the reference is dropped at the end) */
+    int rc = -1;
+    if (PyObject_SetAttr(retired, s_pending, Py_None))
+        goto out;
+    if (self->ticks.len == 0) {
+        rc = 0;
+        goto out;
+    }
     PyObject *code = PyObject_GetAttr(retired, s_code);
     if (!code)
-        return -1;
+        goto out;
     if (!PyByteArray_Check(code)) {
         Py_DECREF(code);
-        PyErr_SetString(PyExc_TypeError, "Retired.code is not a bytearray");
-        return -1;
+        PyErr_SetString(PyExc_TypeError, "Retired._code is not a bytearray");
+        goto out;
     }
     if ((uint64_t)PyByteArray_GET_SIZE(code) + self->code.len > UINT32_MAX) {
         Py_DECREF(code); /* as array('I').append would: the offsets are 32-bit */
         PyErr_SetString(PyExc_OverflowError, "a CPU's retired code outgrew 4 GiB");
-        return -1;
+        goto out;
     }
     uint32_t base = (uint32_t)PyByteArray_GET_SIZE(code);
     uint32_t *ends = (uint32_t *)self->ends.data;
@@ -918,28 +928,62 @@ static int flush_truth(CpuObject *self, PyObject *retired) {
     for (size_t i = 0; i < n; i++)
         ends[i] += base;
     Py_ssize_t old = PyByteArray_GET_SIZE(code);
-    int rc = PyByteArray_Resize(code, old + (Py_ssize_t)self->code.len);
-    if (rc == 0)
+    int bad = PyByteArray_Resize(code, old + (Py_ssize_t)self->code.len);
+    if (!bad)
         memcpy(PyByteArray_AS_STRING(code) + old, self->code.data, self->code.len);
     Py_DECREF(code);
-    if (rc)
-        return -1;
+    if (bad)
+        goto out;
     PyObject *fields[3] = {s_ticks, s_ips, s_ends};
     Buf *bufs[3] = {&self->ticks, &self->ips, &self->ends};
     for (int k = 0; k < 3; k++) {
         PyObject *arr = PyObject_GetAttr(retired, fields[k]);
         if (!arr)
-            return -1;
+            goto out;
         PyObject *view = PyMemoryView_FromMemory(bufs[k]->data, (Py_ssize_t)bufs[k]->len,
                                                  PyBUF_READ);
         PyObject *r = view ? PyObject_CallMethodOneArg(arr, s_frombytes, view) : NULL;
         Py_XDECREF(view);
         Py_DECREF(arr);
         if (!r)
-            return -1;
+            goto out;
         Py_DECREF(r);
     }
+    rc = 0;
+out:
+    self->ticks.len = self->ips.len = self->ends.len = self->code.len = 0;
+    Py_DECREF(retired);
+    return rc;
+}
+
+/* The truth buffers made `retired`'s (None: no records), those they held for another
+   Retired appended to it first. Records then stay here, in buffers that grow by doubling,
+   until Python reads the Retired (its `pending`, this Cpu, is asked: flush_truth) or another
+   takes the buffers: appending each batch's records to Python's arrays as it ended
+   reallocated and copied them tens of times a run. 0, or -1. */
+static int hold_truth(CpuObject *self, PyObject *retired) {
+    if (retired == self->held)
+        return 0;
+    if (flush_truth(self))
+        return -1;
+    if (retired == Py_None)
+        return 0;
+    if (PyObject_SetAttr(retired, s_pending, (PyObject *)self))
+        return -1;
+    Py_INCREF(retired);
+    self->held = retired;
     return 0;
+}
+
+/* flush_truth(retired): the records held for `retired`, appended to it (Retired._sync). */
+static PyObject *cpu_flush_truth(CpuObject *self, PyObject *retired) {
+    if (retired == self->held) {
+        if (flush_truth(self))
+            return NULL;
+    } else if (PyObject_SetAttr(retired, s_pending, Py_None)) { /* none held for it */
+        return NULL;
+    }
+    Py_RETURN_NONE;
 }
 
 /* emu/footprint.py: WRITTEN, the flag of a written location in Footprint.packed */
@@ -1063,8 +1107,8 @@ static int run_once(CpuObject *self) {
 
 /* run(quantum, event, last_ip, last_code, shadow, pending|None, decided_end, nmi_armed,
        track_fp, retired|None, footprint|None) -> uc_err: one run from the current RIP
-   (Cpu.run): emu_start with until=0 and count=0, then the run's records appended to `retired`
-   and the locations it read and wrote added to the footprint (its `packed` entries). Raises
+   (Cpu.run): emu_start with until=0 and count=0, the run's records held for `retired`
+   (hold_truth), and the locations it read and wrote added to the footprint (its `packed` entries). Raises
    an error a hook kept; the
    caller raises one a Python hook left in the binding. */
 static PyObject *cpu_run(CpuObject *self, PyObject *args) {
@@ -1078,13 +1122,12 @@ static PyObject *cpu_run(CpuObject *self, PyObject *args) {
                           &last_len, &shadow, &pending, &decided_end, &nmi_armed, &track_fp,
                           &retired, &footprint))
         return NULL;
-    if (setup(self, quantum, event, last_ip, last_code, last_len, shadow, pending, decided_end,
+    if (hold_truth(self, retired) ||
+        setup(self, quantum, event, last_ip, last_code, last_len, shadow, pending, decided_end,
               nmi_armed, track_fp, retired != Py_None))
         return NULL;
     int err = run_once(self);
     if (err < 0)
-        return NULL;
-    if (retired != Py_None && flush_truth(self, retired))
         return NULL;
     if (footprint != Py_None && add_run_footprint(self, footprint))
         return NULL;
@@ -1246,6 +1289,7 @@ static PyMethodDef cpu_methods[] = {
     {"bind", (PyCFunction)cpu_bind, METH_VARARGS, "register the hooks on a Unicorn engine"},
     {"set_nmi", (PyCFunction)cpu_set_nmi, METH_VARARGS, "the NMI point and where it is asked"},
     {"run", (PyCFunction)cpu_run, METH_VARARGS, "one run from the current RIP"},
+    {"flush_truth", (PyCFunction)cpu_flush_truth, METH_O, "the records held for a Retired"},
     {"hook_mem", (PyCFunction)cpu_hook_mem, METH_VARARGS, "a footprint memory hook"},
     {"mem_hook", (PyCFunction)cpu_mem_hook, METH_NOARGS, "a memory hook saw this instruction"},
     {"bind_ctl", (PyCFunction)cpu_bind_ctl, METH_VARARGS, "uc_ctl, for remove_cache"},
@@ -1469,9 +1513,9 @@ static int intern_names(void) {
                  {&s_shadow, "shadow"},       {&s_nmi_blocked, "nmi_blocked"},
                  {&s_footprint, "footprint"}, {&s_packed, "packed"},
                  {&s_added, "added"},         {&s_cpu, "cpu"},
-                       {&s_code, "code"},
-                 {&s_ticks, "ticks"},         {&s_ips, "ips"},
-                 {&s_ends, "ends"},           {&s_frombytes, "frombytes"},
+                       {&s_code, "_code"},
+                 {&s_ticks, "_ticks"},        {&s_ips, "_ips"},
+                 {&s_ends, "_ends"},          {&s_pending, "pending"},           {&s_frombytes, "frombytes"},
                  {&s_handling, "handling"},   {&s_left, "left"},
                  {&s_delivered, "delivered"}};
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
@@ -1902,7 +1946,8 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
             goto done;
         ran[i] = 0;
         s->truth = PyTuple_GET_ITEM(retireds, i) != Py_None;
-        s->ticks.len = s->ips.len = s->ends.len = s->code.len = 0;
+        if (hold_truth(s, PyTuple_GET_ITEM(retireds, i)))
+            goto done;
         s->skip_valid = s->nmi_armed = 0; /* no NMI point: a CPU with NMIs is handed back */
         s->event = ev.on;
         s->track_fp = ev.fp_cls != NULL;
@@ -2045,9 +2090,6 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *cpu = PyTuple_GET_ITEM(pycpus, i);
         CpuObject *s = c[i];
-        if (PyTuple_GET_ITEM(retireds, i) != Py_None &&
-            flush_truth(s, PyTuple_GET_ITEM(retireds, i)))
-            goto done;
         if (trivial >> i & 1 &&
             (set_attr(cpu, s_retired, PyLong_FromUnsignedLongLong(count[i] + ran[i])) ||
              set_attr(st[i], s_last_ip, PyLong_FromUnsignedLongLong(s->last_ip)) ||

@@ -17,29 +17,60 @@ from typing import overload
 
 
 class Retired:
-    __slots__ = ("ticks", "ips", "ends", "code")
+    """See the module. The native engine appends lazily: a CPU's records stay in its C
+    buffers, which grow by doubling, until Python reads this log (`pending`, the native CPU
+    holding them, is then asked for them); appending each batch's few hundred records to
+    the arrays as it ended reallocated and copied them tens of times a run."""
+
+    __slots__ = ("_ticks", "_ips", "_ends", "_code", "pending")
 
     def __init__(self, records: list[tuple[int, int, bytes]] | None = None) -> None:
-        self.ticks = array("Q")
-        self.ips = array("Q")
-        self.ends = array("I")  # end offset of each record's bytes in `code`
-        self.code = bytearray()
+        self._ticks = array("Q")
+        self._ips = array("Q")
+        self._ends = array("I")  # end offset of each record's bytes in `code`
+        self._code = bytearray()
+        self.pending = None  # the native CPU (emu/_native.c: Cpu) holding records for it
         for tick, ip, code in records or ():
             self.append(tick, ip, code)
 
+    def _sync(self) -> None:
+        if self.pending is not None:
+            self.pending.flush_truth(self)  # appends them, and sets `pending` to None
+
+    @property
+    def ticks(self) -> array:
+        self._sync()
+        return self._ticks
+
+    @property
+    def ips(self) -> array:
+        self._sync()
+        return self._ips
+
+    @property
+    def ends(self) -> array:
+        self._sync()
+        return self._ends
+
+    @property
+    def code(self) -> bytearray:
+        self._sync()
+        return self._code
+
     def append(self, tick: int, ip: int, code: bytes) -> None:
-        self.ticks.append(tick)
-        self.ips.append(ip)
-        self.code += code
-        self.ends.append(len(self.code))
+        self._sync()
+        self._ticks.append(tick)
+        self._ips.append(ip)
+        self._code += code
+        self._ends.append(len(self._code))
 
     def pop(self) -> tuple[int, int, bytes]:
         """Take back the last record (an instruction that faulted did not retire)."""
         last = self[-1]
-        self.ticks.pop()
-        self.ips.pop()
-        self.ends.pop()
-        del self.code[len(self.code) - len(last[2]):]
+        self._ticks.pop()
+        self._ips.pop()
+        self._ends.pop()
+        del self._code[len(self._code) - len(last[2]):]
         return last
 
     def __len__(self) -> int:
@@ -47,17 +78,17 @@ class Retired:
 
     def packed(self) -> tuple[bytes, bytes, bytes, bytes]:
         """The records as bytes (ticks, ips, ends, code): a copy for a machine snapshot."""
-        return self.ticks.tobytes(), self.ips.tobytes(), self.ends.tobytes(), bytes(self.code)
+        return self.ticks.tobytes(), self._ips.tobytes(), self._ends.tobytes(), bytes(self._code)
 
     def extend_packed(self, packed: tuple[bytes, bytes, bytes, bytes]) -> None:
         """Append records `packed` gave, to an empty Retired (the ends are offsets in code)."""
         if len(self):
             raise ValueError("extend_packed: the records' code offsets need an empty Retired")
         ticks, ips, ends, code = packed
-        self.ticks.frombytes(ticks)
-        self.ips.frombytes(ips)
-        self.ends.frombytes(ends)
-        self.code += code
+        self._ticks.frombytes(ticks)
+        self._ips.frombytes(ips)
+        self._ends.frombytes(ends)
+        self._code += code
 
     @overload
     def __getitem__(self, i: int) -> tuple[int, int, bytes]: ...
@@ -90,6 +121,14 @@ class Retired:
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __getstate__(self) -> tuple:  # (a native CPU is not pickled: its records are)
+        self._sync()
+        return self._ticks, self._ips, self._ends, self._code
+
+    def __setstate__(self, state: tuple) -> None:
+        self._ticks, self._ips, self._ends, self._code = state
+        self.pending = None
 
     def __repr__(self) -> str:
         return f"Retired({len(self)} records)"

@@ -307,3 +307,23 @@ def test_an_event_loop_that_forgets_to_deliver_an_ipi_is_caught(monkeypatch):
     monkeypatch.setattr(loop, "_event_rest", lambda cpu, dec, status, value: rest(
         cpu, dec, native_loop.FETCH if status == native_loop.IPI else status, value))
     assert _event_differences(runners, [[]])
+
+
+def test_a_runs_records_are_its_own_when_read_after_later_runs():
+    """The C loop holds a run's records until Python reads them (emu/retired.py): read after
+    two more runs of the same machine, or pickled, they are still the run's, equal to the
+    reference's. Made to fail: the buffers handed to the next run's log without appending
+    what they held."""
+    import pickle
+
+    runners = _event_runners()
+    prefixes = _prefixes(runners[Engine.REFERENCE], 2, seed=1)
+    fast = [runners[Engine.FAST].machine.run(ExhaustiveSource(p)) for p in prefixes]
+    assert all(r.pending is not None for r in fast[-1].truth.retired)  # not read yet
+    for prefix, result in zip(prefixes, fast, strict=True):
+        ref = runners[Engine.REFERENCE].machine.run(ExhaustiveSource(prefix))
+        assert differences(runners[Engine.FAST], result, ref) == []
+        assert result.truth.retired == ref.truth.retired
+    held = runners[Engine.FAST].machine.run(ExhaustiveSource(prefixes[0])).truth.retired[0]
+    assert held.pending is not None
+    assert pickle.loads(pickle.dumps(held)) == fast[0].truth.retired[0]
