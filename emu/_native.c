@@ -892,7 +892,7 @@ static int setup(CpuObject *self, long long quantum, int event, unsigned long lo
 }
 
 /* Retired's arrays, its `pending`, and the arrays' method (interned in intern_names). */
-static PyObject *s_code, *s_ticks, *s_ips, *s_ends, *s_pending, *s_frombytes;
+static PyObject *s_code, *s_ticks, *s_ips, *s_ends, *s_held_by, *s_frombytes;
 
 /* Append the records the buffers hold to their Retired (emu/retired.py), `held`: its arrays
    take the packed bytes, the code offsets made absolute here rather than per record in
@@ -903,7 +903,7 @@ static int flush_truth(CpuObject *self) {
         return 0;
     self->held = NULL; /* (the reference is dropped at the end) */
     int rc = -1;
-    if (PyObject_SetAttr(retired, s_pending, Py_None))
+    if (PyObject_SetAttr(retired, s_held_by, Py_None))
         goto out;
     if (self->ticks.len == 0) {
         rc = 0;
@@ -968,7 +968,7 @@ static int hold_truth(CpuObject *self, PyObject *retired) {
         return -1;
     if (retired == Py_None)
         return 0;
-    if (PyObject_SetAttr(retired, s_pending, (PyObject *)self))
+    if (PyObject_SetAttr(retired, s_held_by, (PyObject *)self))
         return -1;
     Py_INCREF(retired);
     self->held = retired;
@@ -980,7 +980,7 @@ static PyObject *cpu_flush_truth(CpuObject *self, PyObject *retired) {
     if (retired == self->held) {
         if (flush_truth(self))
             return NULL;
-    } else if (PyObject_SetAttr(retired, s_pending, Py_None)) { /* none held for it */
+    } else if (PyObject_SetAttr(retired, s_held_by, Py_None)) { /* none held for it */
         return NULL;
     }
     Py_RETURN_NONE;
@@ -1513,9 +1513,9 @@ static int intern_names(void) {
                  {&s_shadow, "shadow"},       {&s_nmi_blocked, "nmi_blocked"},
                  {&s_footprint, "footprint"}, {&s_packed, "packed"},
                  {&s_added, "added"},         {&s_cpu, "cpu"},
-                       {&s_code, "_code"},
-                 {&s_ticks, "_ticks"},        {&s_ips, "_ips"},
-                 {&s_ends, "_ends"},          {&s_pending, "pending"},           {&s_frombytes, "frombytes"},
+                 {&s_code, "_code"},          {&s_ticks, "_ticks"},
+                 {&s_ips, "_ips"},            {&s_ends, "_ends"},
+                 {&s_held_by, "pending"},     {&s_frombytes, "frombytes"},
                  {&s_handling, "handling"},   {&s_left, "left"},
                  {&s_delivered, "delivered"}};
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
