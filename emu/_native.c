@@ -123,6 +123,7 @@ typedef struct {
     uint64_t emulate_addr, retired_run;
     uint64_t rip; /* where the CPU stopped */
     int py_hooked;        /* a Python hook of Cpu ran in this run (emu/native_cpu.py) */
+    int stored;           /* the Python text-store hook ran in this run, and returned */
     int timing;           /* for benchmarks: add the CPU time inside uc_emu_start up */
     uint64_t unicorn_ns;  /* (hooks included, Python ones too) */
     uint64_t last_grain; /* the last fetched text grain added to `grains` */
@@ -832,6 +833,7 @@ static PyObject *cpu_set_nmi(CpuObject *self, PyObject *args) {
 static void clear_run(CpuObject *self) {
     self->want_stop = self->read_stop_in = self->mem_hooked_valid = self->restarted = 0;
     self->py_hooked = 0;
+    self->stored = 0;
     self->halted = self->yielded = self->serialize = self->iret = self->emulate = 0;
     self->bp = 0;
     self->retired_run = 0;
@@ -1318,6 +1320,7 @@ static PyMemberDef cpu_members[] = {
     M("retired_run", T_ULONGLONG, retired_run, READONLY),
     M("rip", T_ULONGLONG, rip, READONLY),
     M("py_hooked", T_INT, py_hooked, 0),
+    M("stored", T_INT, stored, 0),
     M("timing", T_INT, timing, 0),
     M("unicorn_ns", T_ULONGLONG, unicorn_ns, 0),
     M("left", T_LONGLONG, left, 0),
@@ -1498,7 +1501,8 @@ static int nth_bit(uint32_t mask, long n) {
 /* The names of the Python state the loop reads and writes (emu/cpu.py: Cpu, CpuState). */
 static PyObject *s_state, *s_view, *s_retired, *s_pending, *s_finished, *s_halted, *s_yielded,
     *s_pending_nmi, *s_nmis_left, *s_pending_ipis, *s_last_ip, *s_last_code, *s_shadow,
-    *s_nmi_blocked, *s_footprint, *s_handling, *s_left, *s_delivered;
+    *s_nmi_blocked, *s_footprint, *s_handling, *s_left, *s_delivered, *s_own_dirty,
+    *s_view_touched;
 
 static int intern_names(void) {
     struct {
@@ -1517,7 +1521,8 @@ static int intern_names(void) {
                  {&s_ips, "_ips"},            {&s_ends, "_ends"},
                  {&s_held_by, "pending"},     {&s_frombytes, "frombytes"},
                  {&s_handling, "handling"},   {&s_left, "left"},
-                 {&s_delivered, "delivered"}};
+                 {&s_delivered, "delivered"}, {&s_own_dirty, "own_dirty"},
+                 {&s_view_touched, "view_touched"}};
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
         if (!(*names[k].slot = PyUnicode_InternFromString(names[k].name)))
             return -1;
@@ -1773,6 +1778,90 @@ static int deliver_bp(CpuObject *s, PyObject *pycpu, int index) {
     return rc;
 }
 
+/* The pending units of Python's `cpu`'s view (FetchView._pending) into `self`, again. */
+static int reload_pending(CpuObject *self, PyObject *cpu) {
+    PyObject *v = PyObject_GetAttr(cpu, s_view);
+    PyObject *pending = v ? PyObject_GetAttr(v, s_pending) : NULL;
+    Py_XDECREF(v);
+    int rc = pending ? load_pending(self, pending) : -1;
+    Py_XDECREF(pending);
+    return rc;
+}
+
+static int cmp_range(const void *a, const void *b) {
+    const int64_t *x = a, *y = b;
+    return x[0] != y[0] ? (x[0] > y[0]) - (x[0] < y[0]) : (x[1] > y[1]) - (x[1] < y[1]);
+}
+
+/* Machine._after_run's own stores, after a run whose only Python hook was the text-store
+   hook (Cpu._on_text_store: the store is in the views and the events, its ranges in
+   state.own_dirty): the CPU's translations of each merged range dropped and the range noted
+   in state.view_touched, as Cpu.invalidate does, and own_dirty emptied. 0, or -1. */
+static int own_stores_done(CpuObject *s, PyObject *st) {
+    PyObject *own = PyObject_GetAttr(st, s_own_dirty);
+    PyObject *touched = own ? PyObject_GetAttr(st, s_view_touched) : NULL;
+    int64_t *r = NULL;
+    int rc = -1;
+    if (!touched)
+        goto out;
+    if (!PyList_Check(own) || !PyList_Check(touched)) {
+        PyErr_SetString(PyExc_TypeError, "own_dirty and view_touched are lists");
+        goto out;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(own), m = 0;
+    if (!n) {
+        rc = 0;
+        goto out;
+    }
+    if (!s->ctl) {
+        PyErr_SetString(PyExc_RuntimeError, "own stores before bind_ctl");
+        goto out;
+    }
+    r = malloc(2 * n * sizeof *r);
+    if (!r) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        long long a, b;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(own, k), "LL", &a, &b))
+            goto out;
+        r[2 * k] = a;
+        r[2 * k + 1] = b;
+    }
+    qsort(r, n, 2 * sizeof *r, cmp_range); /* machine._merge */
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (m && r[2 * k] <= r[2 * m - 1]) {
+            if (r[2 * k + 1] > r[2 * m - 1])
+                r[2 * m - 1] = r[2 * k + 1];
+        } else {
+            r[2 * m] = r[2 * k];
+            r[2 * m + 1] = r[2 * k + 1];
+            m++;
+        }
+    }
+    for (Py_ssize_t k = 0; k < m; k++) {
+        int err = s->ctl(s->uc, s->ctl_remove_cache, s->text_base + (uint64_t)r[2 * k],
+                         s->text_base + (uint64_t)r[2 * k + 1]);
+        if (err) {
+            PyErr_Format(PyExc_RuntimeError, "uc_ctl(TB_REMOVE_CACHE) failed: error %d", err);
+            goto out;
+        }
+        PyObject *t = Py_BuildValue("(LL)", (long long)r[2 * k], (long long)r[2 * k + 1]);
+        if (!t || PyList_Append(touched, t)) {
+            Py_XDECREF(t);
+            goto out;
+        }
+        Py_DECREF(t);
+    }
+    rc = PyList_SetSlice(own, 0, n, NULL);
+out:
+    free(r);
+    Py_XDECREF(own);
+    Py_XDECREF(touched);
+    return rc;
+}
+
 /* One event-mode step of CPU `s` (Python's `pycpu`), chosen already (Machine._chosen_step,
    _cpu_step and _event_run, for a CPU with no NMI to consider): 0 when it ended here, else
    the status it is handed back with (LOOP_IPI, LOOP_FETCH, or LOOP_RAN with the run's uc_err
@@ -1835,6 +1924,13 @@ static int event_step(CpuObject *s, PyObject *pycpu, int index, int flags, uint6
         *err = e;
         status = LOOP_RAN;
         goto handed;
+    }
+    if (s->stored) { /* (stopped right after the store: nothing of the run is Python's) */
+        PyObject *st = PyObject_GetAttr(pycpu, s_state);
+        int bad = !st || own_stores_done(s, st);
+        Py_XDECREF(st);
+        if (bad)
+            goto fail;
     }
     if (s->serialize && serialized_here(s, pycpu, index, ea))
         goto fail;
@@ -2015,6 +2111,10 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
                 }
                 ran[i] += c[i]->retired_run;
                 trivial |= 1u << i;
+                if (c[i]->stored) /* the other views have the store pending now */
+                    for (Py_ssize_t j = 0; j < n; j++)
+                        if (j != i && reload_pending(c[j], PyTuple_GET_ITEM(pycpus, j)))
+                            goto done;
                 if (c[i]->iret) /* serialized_here left the handler */
                     fl[i] &= ~F_NMI_BLOCKED;
                 fl[i] = c[i]->yielded ? fl[i] | F_YIELDED : fl[i] & ~F_YIELDED;
@@ -2069,7 +2169,8 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
         int e = run_once(s);
         if (e < 0)
             goto done;
-        if (e || s->py_hooked || s->emulate || s->iret || s->serialize || s->halted ||
+        if (e || s->py_hooked || s->stored || s->emulate || s->iret || s->serialize ||
+            s->halted ||
             count[i] + ran[i] + s->retired_run >= insn_budget) {
             status = LOOP_RAN;
             who = i;

@@ -149,8 +149,13 @@ class NativeCpu(Cpu):
 
     # Cpu's Python hooks, which mark their run as one the C loop must hand back to Python
     def _on_text_store(self, *args) -> None:
-        self._nat.py_hooked = 1
-        super()._on_text_store(*args)
+        # event mode's loop ends a run whose only Python hook this was (own_stores_done)
+        self._nat.stored = 1
+        try:
+            super()._on_text_store(*args)
+        except BaseException:
+            self._nat.py_hooked = 1  # (the binding keeps it for emu_start's caller)
+            raise
 
     def _tlb_miss(self, vaddr: int, access: int) -> None:
         """The C fill hook (which marks its run) has no translation for this access: the

@@ -21,7 +21,7 @@ from .verdict import VerdictKind
 
 VARS = ("OBS_LAST", "OBS_ITERS", "STOP", "IPI_SEEN", "IPI_ACK", "TRAPS", "FRAME_RIP", "FRAME_CS",
         "NMI_DEPTH", "NMI_MAXDEPTH", "NMI_ENTRIES", "NMI_SECOND", "PF_CR2", "PF_ERR", "TSC1",
-        "TSC2")
+        "TSC2", "OBS_FIRST")
 OLD_SITE = bytes.fromhex("b811111111")
 NEW_SITE = bytes.fromhex("b822222222")
 
@@ -156,13 +156,23 @@ def check_no_torn_fetch_after_sync(engine: Engine = Engine.REFERENCE) -> Check:
 
 
 def check_own_writes_visible(engine: Engine = Engine.REFERENCE) -> Check:
-    m = build(["own_cpu0"], engine=engine)
-    res = m.run(Scripted(view=lambda _a: 0))
-    runs = _site_runs(m, res, 0)
-    value = _u64(m, "OBS_LAST") & 0xFFFFFFFF
-    ok = res.verdict.ok and value == 0x22222222 and [b for _, b in runs] == [NEW_SITE]
-    return Check("own_writes_visible", ok,
-                 f"the patching CPU ran {[b.hex() for _, b in runs]} and got {value:#x}")
+    """A CPU runs the site, stores to it, and runs it again: the new bytes, in both modes
+    (its translation of the old ones is dropped however its store is handled); and the
+    old ones again in the machine's next run (the translation of the new ones is dropped
+    at its reset)."""
+    seen = []
+    for event_mode in (False, True):
+        m = build(["own_cpu0"], engine=engine, event_mode=event_mode)
+        for run in (1, 2):
+            res = m.run(Scripted(view=lambda _a: 0))
+            runs = [b for _, b in _site_runs(m, res, 0)]
+            got = (_u64(m, "OBS_FIRST") & 0xFFFFFFFF, _u64(m, "OBS_LAST") & 0xFFFFFFFF)
+            seen.append((res.verdict.ok and got == (0x11111111, 0x22222222)
+                         and runs == [OLD_SITE, NEW_SITE],
+                         f"{'event' if event_mode else 'quantum'} mode, run {run}: the "
+                         f"patching CPU ran {[b.hex() for b in runs]} and got "
+                         f"{got[0]:#x}, {got[1]:#x}"))
+    return Check("own_writes_visible", all(ok for ok, _ in seen), "; ".join(d for _, d in seen))
 
 
 def check_int3_handler_iret(engine: Engine = Engine.REFERENCE) -> Check:

@@ -61,9 +61,11 @@ xmc_w3:
 
 # ---------------------------------------------------------------- own writes
 own_cpu0:
+    call site_fn                 # run (and translated) with the old bytes first
+    mov dword ptr [V_OBS_FIRST], eax
     lea rdi, [rip + site_insn]
     mov dword ptr [rdi + POKE_DELTA + 1], 0x22222222
-    call site_fn
+    call site_fn                 # the new bytes at once: x86 snoops its own stores
     mov dword ptr [V_OBS_LAST], eax
     mov eax, HC_FINISH
     out HC_PORT, eax
