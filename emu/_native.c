@@ -1630,11 +1630,12 @@ static int load_cpu(PyObject *cpu, PyObject *st, CpuObject *s, PyObject *view_en
 }
 
 /* Event mode's arguments: MachineConfig.max_quantum, the footprint class and the source's
-   step_done when footprints are measured (else NULL), and the Serialize event's class. */
+   step_done when footprints are measured (else NULL), the Serialize and InterruptEvent
+   classes (NULL: such steps handed back) and MachineConfig.serializing_vectors. */
 typedef struct {
     int on;
     long long max_quantum;
-    PyObject *fp_cls, *step_done, *serialize_cls;
+    PyObject *fp_cls, *step_done, *serialize_cls, *interrupt_cls, *serializing;
 } EventArgs;
 
 /* Machine._chosen_step's footprint: the CPU's own stack written; its IRQ line read when a
@@ -1862,6 +1863,88 @@ out:
     return rc;
 }
 
+/* The pending IPI an IPI choice said to take, delivered as InterruptDelivery._take_ipi
+   delivers it when the frame push succeeds in C and, at a serializing vector, nothing is
+   pending in the CPU's view: the highest vector out of state.pending_ipis, the frame's RIP
+   the current one (also the event's source: an external event), the handler frame appended
+   to state.handling, the InterruptEvent recorded, and at a serializing vector the Serialize
+   event (units 0, the vector). 1 delivered, 0 not (nothing changed: Python delivers), -1
+   with an error. */
+static int deliver_ipi(CpuObject *s, PyObject *st, int index, const EventArgs *ea) {
+    if (!ea->interrupt_cls || !ea->serialize_cls || !s->frame_cls || !s->events ||
+        !PyList_Check(s->events))
+        return 0;
+    PyObject *ipis = PyObject_GetAttr(st, s_pending_ipis);
+    if (!ipis)
+        return -1;
+    long vector = -1;
+    int rc = 0;
+    if (!PySet_Check(ipis)) /* (a set in CpuState) */
+        goto out;
+    Py_ssize_t pos = 0;
+    PyObject *key;
+    Py_hash_t hash;
+    while (_PySet_NextEntry(ipis, &pos, &key, &hash)) { /* max(st.pending_ipis) */
+        long v = PyLong_AsLong(key);
+        if (v == -1 && PyErr_Occurred()) {
+            rc = -1;
+            goto out;
+        }
+        if (v > vector)
+            vector = v;
+    }
+    if (vector < 0 || vector > 255)
+        goto out;
+    PyObject *vec = PyLong_FromLong(vector);
+    int serializing = vec ? PySet_Contains(ea->serializing, vec) : -1;
+    if (serializing < 0) {
+        Py_XDECREF(vec);
+        rc = -1;
+        goto out;
+    }
+    if (serializing && s->npending) { /* the view changes: Python's _serialize */
+        Py_DECREF(vec);
+        goto out;
+    }
+    uint64_t rip = 0, handler = 0;
+    if (s->reg_read(s->uc, s->reg_rip, &rip)) {
+        Py_DECREF(vec);
+        PyErr_SetString(PyExc_RuntimeError, "uc_reg_read(RIP) failed");
+        rc = -1;
+        goto out;
+    }
+    rc = push_frame(s, (int)vector, rip, -1, &handler);
+    if (rc <= 0) {
+        Py_DECREF(vec);
+        goto out;
+    }
+    rc = PySet_Discard(ipis, vec);
+    Py_DECREF(vec);
+    if (rc < 0)
+        goto out;
+    PyObject *handling = PyObject_GetAttr(st, s_handling);
+    PyObject *frame = handling ? PyObject_CallFunction(s->frame_cls, "lK", vector,
+                                                       (unsigned long long)rip) : NULL;
+    rc = !frame || PyList_Append(handling, frame) ? -1 : 1;
+    Py_XDECREF(frame);
+    Py_XDECREF(handling);
+    unsigned long long tick = s->clock->tick;
+    PyObject *ev = rc < 0 ? NULL : PyObject_CallFunction(ea->interrupt_cls, "KilKKKO", tick,
+                                                         index, vector, (unsigned long long)rip,
+                                                         (unsigned long long)handler,
+                                                         (unsigned long long)rip, Py_None);
+    rc = !ev || PyList_Append(s->events, ev) ? -1 : 1;
+    Py_XDECREF(ev);
+    if (rc > 0 && serializing) {
+        ev = PyObject_CallFunction(ea->serialize_cls, "Kiil", tick, index, 0, vector);
+        rc = !ev || PyList_Append(s->events, ev) ? -1 : 1;
+        Py_XDECREF(ev);
+    }
+out:
+    Py_DECREF(ipis);
+    return rc;
+}
+
 /* One event-mode step of CPU `s` (Python's `pycpu`), chosen already (Machine._chosen_step,
    _cpu_step and _event_run, for a CPU with no NMI to consider): 0 when it ended here, else
    the status it is handed back with (LOOP_IPI, LOOP_FETCH, or LOOP_RAN with the run's uc_err
@@ -1890,8 +1973,15 @@ static int event_step(CpuObject *s, PyObject *pycpu, int index, int flags, uint6
         if (v < 0)
             goto fail;
         if (v) {
-            status = LOOP_IPI;
-            goto handed;
+            PyObject *st = PyObject_GetAttr(pycpu, s_state);
+            int d = st ? deliver_ipi(s, st, index, ea) : -1;
+            Py_XDECREF(st);
+            if (d < 0)
+                goto fail;
+            if (!d) {
+                status = LOOP_IPI;
+                goto handed;
+            }
         }
     }
     long long decided_end = -1; /* Machine._observe_pending, when nothing is pending there */
@@ -1995,14 +2085,17 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
         return NULL;
     Chooser ch = {getrandbits, choose, path, follow,
                   simple_from < 0 ? -1 : (Py_ssize_t)simple_from};
-    EventArgs ev = {0, 1, NULL, NULL, NULL};
+    EventArgs ev = {0, 1, NULL, NULL, NULL, NULL, NULL};
     if (PyTuple_GET_SIZE(event)) {
         PyObject *cls, *done;
-        if (!PyArg_ParseTuple(event, "LOOO", &ev.max_quantum, &cls, &done, &ev.serialize_cls))
+        if (!PyArg_ParseTuple(event, "LOOOOO!", &ev.max_quantum, &cls, &done, &ev.serialize_cls,
+                              &ev.interrupt_cls, &PyFrozenSet_Type, &ev.serializing))
             return NULL;
         if ((cls == Py_None) != (done == Py_None) || ev.max_quantum < 1 || resume_stage ||
             (cls != Py_None && !PyType_Check(cls)))
             return PyErr_Format(PyExc_ValueError, "steps: bad event-mode arguments");
+        if (ev.interrupt_cls == Py_None)
+            ev.interrupt_cls = NULL;
         ev.on = 1;
         ev.fp_cls = cls == Py_None ? NULL : cls;
         ev.step_done = done == Py_None ? NULL : done;
@@ -2111,6 +2204,13 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
                 }
                 ran[i] += c[i]->retired_run;
                 trivial |= 1u << i;
+                if (fl[i] & F_IPI) { /* deliver_ipi may have taken the last one */
+                    int left = attr_true(st[i], s_pending_ipis);
+                    if (left < 0)
+                        goto done;
+                    if (!left)
+                        fl[i] &= ~F_IPI;
+                }
                 if (c[i]->stored) /* the other views have the store pending now */
                     for (Py_ssize_t j = 0; j < n; j++)
                         if (j != i && reload_pending(c[j], PyTuple_GET_ITEM(pycpus, j)))

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from unicorn import x86_const
 
 from .decisions import Decisions, RandomSource
-from .events import Serialize
+from .events import InterruptEvent, Serialize
 from .footprint import Footprint
 from .path import Choice, Kind, Request, simplest
 
@@ -136,7 +136,8 @@ class NativeLoop:
         if m.config.event_mode:  # footprints as Machine._chosen_step measures them
             fp = dec.source.wants_footprints
             self._event = (m.config.max_quantum, Footprint if fp else None,
-                           dec.source.step_done if fp else None, Serialize)
+                           dec.source.step_done if fp else None, Serialize, InterruptEvent,
+                           frozenset(m.config.serializing_vectors))
 
     def steps(self, dec: Decisions, most: int | None = None) -> tuple[int, Verdict | None]:
         """Steps until one ends the run, needs Python or the batch (or `most` steps) is over:

@@ -94,6 +94,8 @@ def test_both_machines_run_the_same_schedule(name: str, variant: str | None, eve
         ref = runners[Engine.REFERENCE].machine.run(RandomSource(seed))
         assert fast.ticks > 0
         assert differences(runners[Engine.FAST], fast, ref) == [], f"seed {seed}"
+        states = {e: [c.state for c in r.machine.cpus] for e, r in runners.items()}
+        assert states[Engine.FAST] == states[Engine.REFERENCE], f"seed {seed}: CPU states"
 
 
 # CPU 0 sends CPU 1 an NMI whose handler spins once (a step ends at its PAUSE), so the C loop
