@@ -105,6 +105,7 @@ typedef struct {
     int reg_rax, reg_rdx, reg_rip;
     ClockObject *clock;
     const uint8_t *view; /* this CPU's fetch view (FetchView.buf) */
+    const uint8_t *mem_text; /* the text memory holds (SharedMemory.text; bind_text) */
     uint64_t view_size, text_base;
     PyObject *nmi_point;      /* Cpu.nmi_point, or NULL */
     uint8_t *nmi_map;         /* per text offset: may an NMI arrive before it; NULL: anywhere */
@@ -1145,6 +1146,16 @@ static PyObject *cpu_bind_ctl(CpuObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* bind_text(address): the host address of the text in memory (SharedMemory.text), which a
+   serialization copies pending units of the view from. */
+static PyObject *cpu_bind_text(CpuObject *self, PyObject *arg) {
+    unsigned long long a = PyLong_AsUnsignedLongLong(arg);
+    if (a == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    self->mem_text = (const uint8_t *)(uintptr_t)a;
+    Py_RETURN_NONE;
+}
+
 /* remove_cache(begin, end): Unicorn's translations of [begin, end) dropped
    (Uc.ctl_remove_cache without the binding's argument wrapping). */
 static PyObject *cpu_remove_cache(CpuObject *self, PyObject *args) {
@@ -1292,6 +1303,7 @@ static PyMethodDef cpu_methods[] = {
     {"set_nmi", (PyCFunction)cpu_set_nmi, METH_VARARGS, "the NMI point and where it is asked"},
     {"run", (PyCFunction)cpu_run, METH_VARARGS, "one run from the current RIP"},
     {"flush_truth", (PyCFunction)cpu_flush_truth, METH_O, "the records held for a Retired"},
+    {"bind_text", (PyCFunction)cpu_bind_text, METH_O, "the text memory's host address"},
     {"hook_mem", (PyCFunction)cpu_hook_mem, METH_VARARGS, "a footprint memory hook"},
     {"mem_hook", (PyCFunction)cpu_mem_hook, METH_NOARGS, "a memory hook saw this instruction"},
     {"bind_ctl", (PyCFunction)cpu_bind_ctl, METH_VARARGS, "uc_ctl, for remove_cache"},
@@ -1502,7 +1514,7 @@ static int nth_bit(uint32_t mask, long n) {
 static PyObject *s_state, *s_view, *s_retired, *s_pending, *s_finished, *s_halted, *s_yielded,
     *s_pending_nmi, *s_nmis_left, *s_pending_ipis, *s_last_ip, *s_last_code, *s_shadow,
     *s_nmi_blocked, *s_footprint, *s_handling, *s_left, *s_delivered, *s_own_dirty,
-    *s_view_touched;
+    *s_view_touched, *s_pending_set, *s_versions;
 
 static int intern_names(void) {
     struct {
@@ -1522,7 +1534,8 @@ static int intern_names(void) {
                  {&s_held_by, "pending"},     {&s_frombytes, "frombytes"},
                  {&s_handling, "handling"},   {&s_left, "left"},
                  {&s_delivered, "delivered"}, {&s_own_dirty, "own_dirty"},
-                 {&s_view_touched, "view_touched"}};
+                 {&s_view_touched, "view_touched"}, {&s_pending_set, "_pending_set"},
+                 {&s_versions, "_versions"}};
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
         if (!(*names[k].slot = PyUnicode_InternFromString(names[k].name)))
             return -1;
@@ -1721,31 +1734,6 @@ out:
     return rc;
 }
 
-/* The end of an event-mode run that serialized (or IRETed: also serializing) with nothing
-   pending in the CPU's view, here instead of in Python: NativeCpu._end's IRET, then
-   Machine._after_run's _serialize, which makes no unit visible, touches no translation and
-   adds nothing to the footprint, and records the Serialize event (units 0, an instruction).
-   Any other serializing run (units pending, a Python hook in it, an error) is handed back.
-   0, or -1 with an error. */
-static int serialized_here(CpuObject *s, PyObject *pycpu, int index, const EventArgs *ea) {
-    if (s->iret) {
-        PyObject *st = PyObject_GetAttr(pycpu, s_state);
-        int rc = st ? leave_handler(st) : -1;
-        Py_XDECREF(st);
-        if (rc)
-            return -1;
-    }
-    if (!s->events || !PyList_Check(s->events)) { /* the list NativeCpu.events keeps here */
-        PyErr_SetString(PyExc_RuntimeError, "a native CPU without its event list");
-        return -1;
-    }
-    PyObject *ev = PyObject_CallFunction(ea->serialize_cls, "Kii",
-                                         (unsigned long long)s->clock->tick, index, 0);
-    int rc = ev ? PyList_Append(s->events, ev) : -1;
-    Py_XDECREF(ev);
-    return rc;
-}
-
 /* The #BP of an INT3 a run stopped with, delivered as Machine._after_run has
    InterruptDelivery._exception deliver it when the frame push succeeds in C: a trap, raised by
    the INT3 itself (the CPU's last instruction), the frame's RIP the one after it; the handler
@@ -1794,43 +1782,26 @@ static int cmp_range(const void *a, const void *b) {
     return x[0] != y[0] ? (x[0] > y[0]) - (x[0] < y[0]) : (x[1] > y[1]) - (x[1] < y[1]);
 }
 
-/* Machine._after_run's own stores, after a run whose only Python hook was the text-store
-   hook (Cpu._on_text_store: the store is in the views and the events, its ranges in
-   state.own_dirty): the CPU's translations of each merged range dropped and the range noted
-   in state.view_touched, as Cpu.invalidate does, and own_dirty emptied. 0, or -1. */
-static int own_stores_done(CpuObject *s, PyObject *st) {
-    PyObject *own = PyObject_GetAttr(st, s_own_dirty);
-    PyObject *touched = own ? PyObject_GetAttr(st, s_view_touched) : NULL;
-    int64_t *r = NULL;
-    int rc = -1;
-    if (!touched)
-        goto out;
-    if (!PyList_Check(own) || !PyList_Check(touched)) {
-        PyErr_SetString(PyExc_TypeError, "own_dirty and view_touched are lists");
-        goto out;
-    }
-    Py_ssize_t n = PyList_GET_SIZE(own), m = 0;
-    if (!n) {
-        rc = 0;
-        goto out;
-    }
+/* Cpu.invalidate over machine._merge of the `n` ranges (start, end pairs) `r`, sorted and
+   merged in place: the CPU's translations of each merged range dropped, the range noted in
+   state.view_touched. 0, or -1. */
+static int drop_ranges(CpuObject *s, PyObject *st, int64_t *r, Py_ssize_t n) {
+    if (!n)
+        return 0;
     if (!s->ctl) {
-        PyErr_SetString(PyExc_RuntimeError, "own stores before bind_ctl");
+        PyErr_SetString(PyExc_RuntimeError, "translations dropped before bind_ctl");
+        return -1;
+    }
+    PyObject *touched = PyObject_GetAttr(st, s_view_touched);
+    if (!touched)
+        return -1;
+    int rc = -1;
+    if (!PyList_Check(touched)) {
+        PyErr_SetString(PyExc_TypeError, "view_touched is a list");
         goto out;
     }
-    r = malloc(2 * n * sizeof *r);
-    if (!r) {
-        PyErr_NoMemory();
-        goto out;
-    }
-    for (Py_ssize_t k = 0; k < n; k++) {
-        long long a, b;
-        if (!PyArg_ParseTuple(PyList_GET_ITEM(own, k), "LL", &a, &b))
-            goto out;
-        r[2 * k] = a;
-        r[2 * k + 1] = b;
-    }
-    qsort(r, n, 2 * sizeof *r, cmp_range); /* machine._merge */
+    qsort(r, n, 2 * sizeof *r, cmp_range);
+    Py_ssize_t m = 0;
     for (Py_ssize_t k = 0; k < n; k++) {
         if (m && r[2 * k] <= r[2 * m - 1]) {
             if (r[2 * k + 1] > r[2 * m - 1])
@@ -1855,22 +1826,177 @@ static int own_stores_done(CpuObject *s, PyObject *st) {
         }
         Py_DECREF(t);
     }
-    rc = PyList_SetSlice(own, 0, n, NULL);
+    rc = 0;
 out:
+    Py_DECREF(touched);
+    return rc;
+}
+
+/* A list of (start, end) ranges as `n` pairs in a new array (NULL, n 0 for none; NULL with
+   an error). */
+static int64_t *ranges_of(PyObject *list, Py_ssize_t *n) {
+    *n = 0;
+    if (!PyList_Check(list)) {
+        PyErr_SetString(PyExc_TypeError, "ranges: a list of (start, end)");
+        return NULL;
+    }
+    Py_ssize_t len = PyList_GET_SIZE(list);
+    int64_t *r = malloc((len ? len : 1) * 2 * sizeof *r);
+    if (!r) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < len; k++) {
+        long long a, b;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(list, k), "LL", &a, &b) || a < 0 || b < a) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "ranges: start <= end, from 0");
+            free(r);
+            return NULL;
+        }
+        r[2 * k] = a;
+        r[2 * k + 1] = b;
+    }
+    *n = len;
+    return r;
+}
+
+/* Machine._after_run's own stores, after a run whose only Python hook was the text-store
+   hook (Cpu._on_text_store: the store is in the views and the events, its ranges in
+   state.own_dirty): drop_ranges over them, and own_dirty emptied. 0, or -1. */
+static int own_stores_done(CpuObject *s, PyObject *st) {
+    PyObject *own = PyObject_GetAttr(st, s_own_dirty);
+    if (!own)
+        return -1;
+    Py_ssize_t n = 0;
+    int64_t *r = ranges_of(own, &n);
+    int rc = !r || drop_ranges(s, st, r, n) ? -1 : PyList_SetSlice(own, 0, n, NULL);
     free(r);
-    Py_XDECREF(own);
-    Py_XDECREF(touched);
+    Py_DECREF(own);
+    return rc;
+}
+
+/* Machine._serialize when units are pending in the CPU's view: every one made visible
+   (FetchView.serialize: memory's bytes copied into the view, its pending units, their set
+   and intermediate contents emptied), each unit's text grains read by the footprint `fp`
+   (if any), the translations of the units that changed dropped (drop_ranges), and the
+   Serialize event (the units, `ipi` or -1 for an instruction). 0, or -1. */
+static int serialize_view(CpuObject *s, PyObject *pycpu, PyObject *st, PyObject *fp,
+                          int index, const EventArgs *ea, long ipi) {
+    if (!s->mem_text) {
+        PyErr_SetString(PyExc_RuntimeError, "a serialization before bind_text");
+        return -1;
+    }
+    PyObject *view = PyObject_GetAttr(pycpu, s_view);
+    PyObject *pending = view ? PyObject_GetAttr(view, s_pending) : NULL;
+    Py_ssize_t n = 0, nc = 0;
+    int64_t *units = pending ? ranges_of(pending, &n) : NULL;
+    int64_t *changed = units ? malloc((n ? n : 1) * 2 * sizeof *changed) : NULL;
+    uint64_t *grains = NULL;
+    size_t ng = 0;
+    int rc = -1;
+    if (!changed) {
+        if (units)
+            PyErr_NoMemory();
+        goto out;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        int64_t a = units[2 * k], b = units[2 * k + 1];
+        if ((uint64_t)b > s->view_size) {
+            PyErr_SetString(PyExc_ValueError, "a pending unit outside the text");
+            goto out;
+        }
+        uint8_t *v = (uint8_t *)s->view + a; /* (the view's writable buffer) */
+        if (memcmp(v, s->mem_text + a, (size_t)(b - a))) {
+            memcpy(v, s->mem_text + a, (size_t)(b - a));
+            changed[2 * nc] = a;
+            changed[2 * nc + 1] = b;
+            nc++;
+        }
+        if (b > a)
+            ng += (size_t)(((b - 1) >> TEXT_SHIFT) - (a >> TEXT_SHIFT) + 1);
+    }
+    PyObject *empty[3] = {PyList_New(0), PySet_New(NULL), PyDict_New()};
+    int bad = !empty[0] || !empty[1] || !empty[2] ||
+              PyObject_SetAttr(view, s_pending, empty[0]) ||
+              PyObject_SetAttr(view, s_pending_set, empty[1]) ||
+              PyObject_SetAttr(view, s_versions, empty[2]);
+    for (int k = 0; k < 3; k++)
+        Py_XDECREF(empty[k]);
+    if (bad)
+        goto out;
+    s->npending = 0;
+    if (fp && ng) { /* the view now holds what memory held then */
+        grains = malloc(ng * sizeof *grains);
+        if (!grains) {
+            PyErr_NoMemory();
+            goto out;
+        }
+        size_t g = 0;
+        for (Py_ssize_t k = 0; k < n; k++)
+            if (units[2 * k + 1] > units[2 * k])
+                for (int64_t x = units[2 * k] >> TEXT_SHIFT;
+                     x <= (units[2 * k + 1] - 1) >> TEXT_SHIFT; x++)
+                    grains[g++] = TEXT_TAG | (uint64_t)x;
+        if (fp_append(fp, grains, g))
+            goto out;
+    }
+    if (drop_ranges(s, st, changed, nc))
+        goto out;
+    PyObject *ev = ipi < 0 ? PyObject_CallFunction(ea->serialize_cls, "Kin",
+                                                   (unsigned long long)s->clock->tick, index, n)
+                           : PyObject_CallFunction(ea->serialize_cls, "Kinl",
+                                                   (unsigned long long)s->clock->tick, index, n,
+                                                   ipi);
+    rc = !ev || PyList_Append(s->events, ev) ? -1 : 0;
+    Py_XDECREF(ev);
+out:
+    free(units);
+    free(changed);
+    free(grains);
+    Py_XDECREF(pending);
+    Py_XDECREF(view);
+    return rc;
+}
+
+/* The end of an event-mode run that serialized (or IRETed: also serializing), here instead
+   of in Python: NativeCpu._end's IRET, then Machine._after_run's _serialize: with units
+   pending in the CPU's view, serialize_view; with none, which makes no unit visible, touches
+   no translation and adds nothing to the footprint, the Serialize event (units 0, an
+   instruction). A serializing run with a Python hook in it, an error or a #BP is handed
+   back. 0, or -1 with an error. */
+static int serialized_here(CpuObject *s, PyObject *pycpu, PyObject *fp, int index,
+                           const EventArgs *ea) {
+    if (!s->events || !PyList_Check(s->events)) { /* the list NativeCpu.events keeps here */
+        PyErr_SetString(PyExc_RuntimeError, "a native CPU without its event list");
+        return -1;
+    }
+    PyObject *st = PyObject_GetAttr(pycpu, s_state);
+    if (!st || (s->iret && leave_handler(st))) {
+        Py_XDECREF(st);
+        return -1;
+    }
+    int rc;
+    if (s->npending) {
+        rc = serialize_view(s, pycpu, st, fp, index, ea, -1);
+    } else {
+        PyObject *ev = PyObject_CallFunction(ea->serialize_cls, "Kii",
+                                             (unsigned long long)s->clock->tick, index, 0);
+        rc = ev ? PyList_Append(s->events, ev) : -1;
+        Py_XDECREF(ev);
+    }
+    Py_DECREF(st);
     return rc;
 }
 
 /* The pending IPI an IPI choice said to take, delivered as InterruptDelivery._take_ipi
-   delivers it when the frame push succeeds in C and, at a serializing vector, nothing is
-   pending in the CPU's view: the highest vector out of state.pending_ipis, the frame's RIP
-   the current one (also the event's source: an external event), the handler frame appended
-   to state.handling, the InterruptEvent recorded, and at a serializing vector the Serialize
-   event (units 0, the vector). 1 delivered, 0 not (nothing changed: Python delivers), -1
-   with an error. */
-static int deliver_ipi(CpuObject *s, PyObject *st, int index, const EventArgs *ea) {
+   delivers it when the frame push succeeds in C: the highest vector out of
+   state.pending_ipis, the frame's RIP the current one (also the event's source: an external
+   event), the handler frame appended to state.handling, the InterruptEvent recorded, and at
+   a serializing vector the view serialized (serialize_view; its Serialize event names the
+   vector). 1 delivered, 0 not (nothing changed: Python delivers), -1 with an error. */
+static int deliver_ipi(CpuObject *s, PyObject *pycpu, PyObject *st, PyObject *fp, int index,
+                       const EventArgs *ea) {
     if (!ea->interrupt_cls || !ea->serialize_cls || !s->frame_cls || !s->events ||
         !PyList_Check(s->events))
         return 0;
@@ -1902,10 +2028,6 @@ static int deliver_ipi(CpuObject *s, PyObject *st, int index, const EventArgs *e
         rc = -1;
         goto out;
     }
-    if (serializing && s->npending) { /* the view changes: Python's _serialize */
-        Py_DECREF(vec);
-        goto out;
-    }
     uint64_t rip = 0, handler = 0;
     if (s->reg_read(s->uc, s->reg_rip, &rip)) {
         Py_DECREF(vec);
@@ -1935,11 +2057,8 @@ static int deliver_ipi(CpuObject *s, PyObject *st, int index, const EventArgs *e
                                                          (unsigned long long)rip, Py_None);
     rc = !ev || PyList_Append(s->events, ev) ? -1 : 1;
     Py_XDECREF(ev);
-    if (rc > 0 && serializing) {
-        ev = PyObject_CallFunction(ea->serialize_cls, "Kiil", tick, index, 0, vector);
-        rc = !ev || PyList_Append(s->events, ev) ? -1 : 1;
-        Py_XDECREF(ev);
-    }
+    if (rc > 0 && serializing)
+        rc = serialize_view(s, pycpu, st, fp, index, ea, vector) ? -1 : 1;
 out:
     Py_DECREF(ipis);
     return rc;
@@ -1974,7 +2093,7 @@ static int event_step(CpuObject *s, PyObject *pycpu, int index, int flags, uint6
             goto fail;
         if (v) {
             PyObject *st = PyObject_GetAttr(pycpu, s_state);
-            int d = st ? deliver_ipi(s, st, index, ea) : -1;
+            int d = st ? deliver_ipi(s, pycpu, st, fp, index, ea) : -1;
             Py_XDECREF(st);
             if (d < 0)
                 goto fail;
@@ -2010,7 +2129,7 @@ static int event_step(CpuObject *s, PyObject *pycpu, int index, int flags, uint6
     if (fp && add_run_footprint(s, fp))
         goto fail;
     if (e || s->py_hooked || s->emulate || s->halted || before + s->retired_run >= insn_budget ||
-        (s->serialize && (s->npending || !ea->serialize_cls || s->bp))) {
+        (s->serialize && (!ea->serialize_cls || s->bp))) {
         *err = e;
         status = LOOP_RAN;
         goto handed;
@@ -2022,7 +2141,7 @@ static int event_step(CpuObject *s, PyObject *pycpu, int index, int flags, uint6
         if (bad)
             goto fail;
     }
-    if (s->serialize && serialized_here(s, pycpu, index, ea))
+    if (s->serialize && serialized_here(s, pycpu, fp, index, ea))
         goto fail;
     if (s->bp) { /* Machine._after_run's exception, delivered here when the push is C's */
         int d = deliver_bp(s, pycpu, index);

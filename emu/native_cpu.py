@@ -94,6 +94,7 @@ class NativeCpu(Cpu):
                            layout.PHYS_STACKS, self._tlb_miss)
         # uc_ctl's code, as the binding's Uc.ctl encodes it: (op << 30) | (nargs << 26) | ctl
         self._nat.bind_ctl(_fn("uc_ctl"), UC_CTL_IO_WRITE << 30 | 2 << 26 | UC_CTL_TB_REMOVE_CACHE)
+        self._nat.bind_text(ctypes.addressof(self.mem.text))  # what a serialization copies from
         lay, mem = self.layout, self.mem
         self._nat.bind_frames(X.UC_X86_REG_IDTR, X.UC_X86_REG_CS, X.UC_X86_REG_SS,
                               X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS,

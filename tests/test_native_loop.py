@@ -253,10 +253,21 @@ def test_the_event_mode_loop_makes_the_reference_runs_and_footprints(monkeypatch
     prefixes = _prefixes(runners[Engine.REFERENCE], 12)
     assert _event_differences(runners, prefixes) == []
     assert seen["steps in C"] > 0
-    wanted = (native_loop.RAN, native_loop.IPI, native_loop.FETCH) if name == "static_key" \
+    wanted = (native_loop.RAN, native_loop.FETCH) if name == "static_key" \
         else (native_loop.RAN, native_loop.CHOSEN)
     for status in wanted:
         assert seen[status] > 0, status
+
+
+def test_ipis_handed_back_to_python_make_the_reference_runs(monkeypatch):
+    """The IPIs the C loop delivers itself (deliver_ipi), handed back instead (as one whose
+    frame C cannot push is): the reference's runs again, through the other path."""
+    runners = _event_runners()
+    seen = _statuses(monkeypatch, runners[Engine.FAST])
+    prefixes = _prefixes(runners[Engine.REFERENCE], 4)
+    assert _event_differences(runners, prefixes) == [] and seen[native_loop.IPI] == 0
+    monkeypatch.setattr(native_loop, "InterruptEvent", None)  # (None: no IPI delivered in C)
+    assert _event_differences(runners, prefixes) == [] and seen[native_loop.IPI] > 0
 
 
 def test_the_loop_asks_an_exhaustive_source_only_its_prefix_deviations():
@@ -300,7 +311,9 @@ def test_an_event_loop_whose_footprints_lose_a_location_is_caught(monkeypatch):
 
 
 def test_an_event_loop_that_forgets_to_deliver_an_ipi_is_caught(monkeypatch):
-    """Perturbed: a step handed back to deliver an IPI runs without delivering it."""
+    """Perturbed: a step handed back to deliver an IPI runs without delivering it (IPIs
+    handed back, not delivered in C)."""
+    monkeypatch.setattr(native_loop, "InterruptEvent", None)
     runners = _event_runners()
     loop = runners[Engine.FAST].machine._loop
     rest = loop._event_rest
