@@ -125,6 +125,7 @@ typedef struct {
     uint64_t rip; /* where the CPU stopped */
     int py_hooked;        /* a Python hook of Cpu ran in this run (emu/native_cpu.py) */
     int stored;           /* the Python text-store hook ran in this run, and returned */
+    int py_out;           /* Cpu._on_out (a hypercall Python serves) ran in this run */
     int timing;           /* for benchmarks: add the CPU time inside uc_emu_start up */
     uint64_t unicorn_ns;  /* (hooks included, Python ones too) */
     uint64_t last_grain; /* the last fetched text grain added to `grains` */
@@ -573,7 +574,7 @@ static void on_out(void *uc, uint32_t port, int size, uint32_t value, void *user
         s->want_stop = 1;
         return;
     }
-    s->py_hooked = 1;
+    s->py_out = 1; /* (an error it raises fails the run: kept here) */
     PyObject *r = PyObject_CallFunction(s->on_out, "OIiIO", Py_None, port, size, value, Py_None);
     if (!r) {
         keep_error(s);
@@ -835,6 +836,7 @@ static void clear_run(CpuObject *self) {
     self->want_stop = self->read_stop_in = self->mem_hooked_valid = self->restarted = 0;
     self->py_hooked = 0;
     self->stored = 0;
+    self->py_out = 0;
     self->halted = self->yielded = self->serialize = self->iret = self->emulate = 0;
     self->bp = 0;
     self->retired_run = 0;
@@ -1333,6 +1335,7 @@ static PyMemberDef cpu_members[] = {
     M("rip", T_ULONGLONG, rip, READONLY),
     M("py_hooked", T_INT, py_hooked, 0),
     M("stored", T_INT, stored, 0),
+    M("py_out", T_INT, py_out, 0),
     M("timing", T_INT, timing, 0),
     M("unicorn_ns", T_ULONGLONG, unicorn_ns, 0),
     M("left", T_LONGLONG, left, 0),
@@ -1514,7 +1517,7 @@ static int nth_bit(uint32_t mask, long n) {
 static PyObject *s_state, *s_view, *s_retired, *s_pending, *s_finished, *s_halted, *s_yielded,
     *s_pending_nmi, *s_nmis_left, *s_pending_ipis, *s_last_ip, *s_last_code, *s_shadow,
     *s_nmi_blocked, *s_footprint, *s_handling, *s_left, *s_delivered, *s_own_dirty,
-    *s_view_touched, *s_pending_set, *s_versions;
+    *s_view_touched, *s_pending_set, *s_versions, *s_verdict;
 
 static int intern_names(void) {
     struct {
@@ -1535,7 +1538,7 @@ static int intern_names(void) {
                  {&s_handling, "handling"},   {&s_left, "left"},
                  {&s_delivered, "delivered"}, {&s_own_dirty, "own_dirty"},
                  {&s_view_touched, "view_touched"}, {&s_pending_set, "_pending_set"},
-                 {&s_versions, "_versions"}};
+                 {&s_versions, "_versions"},  {&s_verdict, "verdict"}};
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
         if (!(*names[k].slot = PyUnicode_InternFromString(names[k].name)))
             return -1;
@@ -1568,6 +1571,18 @@ static int set_attr(PyObject *obj, PyObject *name, PyObject *value) {
     int rc = PyObject_SetAttr(obj, name, value);
     Py_DECREF(value);
     return rc;
+}
+
+/* The F_* flags of a CPU's Python state again (load_cpu's), its F_YIELDED the loop's. */
+static int refresh_flags(PyObject *st, int *flags) {
+    int finished = attr_true(st, s_finished), halted = attr_true(st, s_halted),
+        nmi = attr_true(st, s_pending_nmi), left = attr_true(st, s_nmis_left),
+        ipis = attr_true(st, s_pending_ipis), blocked = attr_true(st, s_nmi_blocked);
+    if (finished < 0 || halted < 0 || nmi < 0 || left < 0 || ipis < 0 || blocked < 0)
+        return -1;
+    *flags = (*flags & F_YIELDED) | (finished ? F_FINISHED : 0) | (halted ? F_HALTED : 0) |
+             (nmi || left ? F_NMI : 0) | (ipis ? F_IPI : 0) | (blocked ? F_NMI_BLOCKED : 0);
+    return 0;
 }
 
 /* One CPU's Python state into the loop: its F_* flags, the last instruction and shadow its
@@ -2128,8 +2143,18 @@ static int event_step(CpuObject *s, PyObject *pycpu, int index, int flags, uint6
         goto fail;
     if (fp && add_run_footprint(s, fp))
         goto fail;
-    if (e || s->py_hooked || s->emulate || s->halted || before + s->retired_run >= insn_budget ||
-        (s->serialize && (!ea->serialize_cls || s->bp))) {
+    int verdict = 0;
+    if (s->py_out) { /* a hypercall Python served: a verdict it gave is Python's to give */
+        PyObject *st = PyObject_GetAttr(pycpu, s_state);
+        PyObject *v = st ? PyObject_GetAttr(st, s_verdict) : NULL;
+        Py_XDECREF(st);
+        if (!v)
+            goto fail;
+        verdict = v != Py_None;
+        Py_DECREF(v);
+    }
+    if (e || s->py_hooked || verdict || s->emulate || s->halted ||
+        before + s->retired_run >= insn_budget || (s->serialize && (!ea->serialize_cls || s->bp))) {
         *err = e;
         status = LOOP_RAN;
         goto handed;
@@ -2330,6 +2355,10 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
                     if (!left)
                         fl[i] &= ~F_IPI;
                 }
+                if (c[i]->py_out) /* a hypercall: a CPU finished, an IPI or NMI pending */
+                    for (Py_ssize_t j = 0; j < n; j++)
+                        if (refresh_flags(st[j], &fl[j]))
+                            goto done;
                 if (c[i]->stored) /* the other views have the store pending now */
                     for (Py_ssize_t j = 0; j < n; j++)
                         if (j != i && reload_pending(c[j], PyTuple_GET_ITEM(pycpus, j)))
@@ -2388,8 +2417,8 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
         int e = run_once(s);
         if (e < 0)
             goto done;
-        if (e || s->py_hooked || s->stored || s->emulate || s->iret || s->serialize ||
-            s->halted ||
+        if (e || s->py_hooked || s->stored || s->py_out || s->emulate || s->iret ||
+            s->serialize || s->halted ||
             count[i] + ran[i] + s->retired_run >= insn_budget) {
             status = LOOP_RAN;
             who = i;
