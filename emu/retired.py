@@ -12,7 +12,7 @@ superlinear in CPUs and sites while every instruction was a tuple)."""
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import overload
 
 
@@ -97,18 +97,26 @@ class Retired:
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
+            return self.at(range(*i.indices(len(self))))
+        n = len(self)
         if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
+            i += n
+        if not 0 <= i < n:
             raise IndexError("retired record index out of range")
-        start = self.ends[i - 1] if i else 0
-        return self.ticks[i], self.ips[i], bytes(self.code[start:self.ends[i]])
+        ends = self._ends
+        return self._ticks[i], self._ips[i], bytes(self._code[ends[i - 1] if i else 0:ends[i]])
+
+    def at(self, indices: Iterable[int]) -> list[tuple[int, int, bytes]]:
+        """The records at `indices` (each 0 <= i < len), in their order."""
+        self._sync()
+        ticks, ips, ends, code = self._ticks, self._ips, self._ends, self._code
+        return [(ticks[i], ips[i], bytes(code[ends[i - 1] if i else 0:ends[i]]))
+                for i in indices]
 
     def __iter__(self) -> Iterator[tuple[int, int, bytes]]:
         start = 0
         code = self.code
-        for tick, ip, end in zip(self.ticks, self.ips, self.ends, strict=True):
+        for tick, ip, end in zip(self._ticks, self._ips, self._ends, strict=True):
             yield tick, ip, bytes(code[start:end])
             start = end
 

@@ -30,7 +30,7 @@ def torn_execution(truth: GroundTruth, sites: SiteTable,
     ranges = [(addr, addr + length) for _, addr, length, _ in sites]
     for cpu, retired in enumerate(truth.retired):
         if fast:  # only those inside a site: the others are skipped below
-            retired = [retired[i] for i in native.inside(retired.ips, ranges)]
+            retired = retired.at(native.inside(retired.ips, ranges))
         for tick, ip, code in sorted([*retired, *faulted[cpu]]) if faulted[cpu] else retired:
             hit = inside.get(ip)
             if hit is None:

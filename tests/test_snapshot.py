@@ -140,6 +140,7 @@ def test_what_a_snapshot_copies_is_its_own():
     back = Retired()
     back.extend_packed(r.packed())
     assert back == r and list(back) == list(r)
+    assert back.at([1, 0]) == [(2, 0x11, b"\x0f\x0b"), (1, 0x10, b"\x90")] == back[::-1]
     with pytest.raises(ValueError):
         back.extend_packed(r.packed())
 
