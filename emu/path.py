@@ -66,6 +66,8 @@ class Cost:
     interrupts: int = 0
 
     def __add__(self, other: Cost) -> Cost:
+        if not (other.preemptions or other.delays or other.interrupts):
+            return self  # (a search adds FREE far more often than not: no new object)
         return Cost(self.preemptions + other.preemptions, self.delays + other.delays,
                     self.interrupts + other.interrupts)
 

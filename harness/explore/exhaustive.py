@@ -98,6 +98,9 @@ def node_of(choice: Choice, known: Known | None = None) -> Node:
     return Node(choice.kind, choice.arity, choice.value, got[1], got[2], request=request)
 
 
+_CPU = Kind.CPU  # (step_done's test, once per step: a module global, not an enum lookup)
+
+
 class ExhaustiveSource(DecisionSource):
     """Follows a prefix, then the simplest values; with `footprints`, records every step (what
     the reduction needs). Its choices are the recorder's path (`attach`), which the search
@@ -137,11 +140,12 @@ class ExhaustiveSource(DecisionSource):
         return self.prefix  # a prefix value that is the simplest spends nothing (`pick`)
 
     def step_done(self, footprint: Footprint) -> None:
-        end = len(self.choices)
+        choices = self.choices
+        end = len(choices)
         node = None  # the step's CPU choice, if it had one
         for k in range(end - 1, self._stepped - 1, -1):
-            c = self.choices[k]
-            if c.kind is Kind.CPU and c.request is not None and c.request.context is not None:
+            c = choices[k]
+            if c.kind is _CPU and c.request is not None and c.request.context is not None:
                 node = k
                 break
         self.steps.append(Step(node, footprint, end))

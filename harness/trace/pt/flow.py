@@ -6,14 +6,15 @@ address, not an instruction; a faulting instruction never retired, only its even
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from emu.events import Delivery, Event
 
 
-@dataclass(frozen=True)
-class AsyncEvent:
+class AsyncEvent(NamedTuple):
+    """An exception or interrupt as PT sees it (a named tuple: the native flow builder takes
+    these as they are, and a run makes dozens)."""
+
     tick: int
     source: int  # the FUP IP
     resume: int  # where the interrupted flow continues afterwards (the frame's RIP)

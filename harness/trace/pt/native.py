@@ -63,8 +63,7 @@ def _array(code: str, raw: bytes) -> array:
 def cpu_flow(retired: Retired, events: list[AsyncEvent], final_rip: int) -> PackedFlow:
     """flow.cpu_flow, packed."""
     raw = native_module("trace").flow(
-        retired.ticks, retired.ips, retired.ends, retired.code,
-        [(e.tick, e.source, e.resume, e.handler) for e in events], final_rip)
+        retired.ticks, retired.ips, retired.ends, retired.code, events, final_rip)
     return PackedFlow(*(_array(c, r) for c, r in zip("QQQIIi", raw, strict=True)),
                       retired.code, events)
 
