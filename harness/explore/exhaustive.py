@@ -80,9 +80,11 @@ Known = dict[int, tuple[Request, int, tuple[int, ...]]]
 KNOWN_MOST = 4096  # requests remembered (the machine makes one per CPU context, made once)
 
 
-def node_of(choice: Choice, known: Known | None = None) -> Node:
-    """The node of a choice a run recorded (nothing tried at it yet). `known` remembers what
-    each request decides: a search takes in hundreds of choices per run, of a few requests."""
+def node_of(choice: Choice, known: Known | None = None, todo: set[int] | None = None
+            ) -> Node:
+    """The node of a choice a run recorded: `todo` to try at it (none by default), its own
+    value done. `known` remembers what each request decides: a search takes in hundreds of
+    choices per run, of a few requests."""
     request = choice.request
     if request is None:
         raise SearchError("a recorded choice without its request")
@@ -95,7 +97,8 @@ def node_of(choice: Choice, known: Known | None = None) -> Node:
             if len(known) >= KNOWN_MOST:
                 known.clear()
             known[id(request)] = got
-    return Node(choice.kind, choice.arity, choice.value, got[1], got[2], request=request)
+    return Node(choice.kind, choice.arity, choice.value, got[1], got[2],
+                set() if todo is None else todo, {choice.value}, request=request)
 
 
 _CPU = Kind.CPU  # (step_done's test, once per step: a module global, not an enum lookup)
@@ -383,11 +386,8 @@ def taken_in(prefix: list[Node], src: ExhaustiveSource, reduce: bool,
         old.request = choice.request
     path = list(prefix)
     for choice in choices[len(prefix):]:
-        node = node_of(choice, known)
-        full = not reduce or node.kind is not Kind.CPU
-        node.todo = set(range(node.arity)) if full else {node.value}
-        node.done = {node.value}
-        path.append(node)
+        full = not reduce or choice.kind is not Kind.CPU
+        path.append(node_of(choice, known, set(range(choice.arity)) if full else {choice.value}))
     if reduce:  # the races among the steps the run shares with its parent are the parent's
         backtrack(path, src.steps, engine, first_new_step(src.steps, len(prefix) - 1), added)
     return Level(len(prefix) - 1, path)
