@@ -1025,7 +1025,7 @@ static int seen_begin(CpuObject *s, size_t room) {
     return 0;
 }
 
-/* Footprint.packed (interned in intern_names). */
+/* Footprint's slots (interned in intern_names). */
 static PyObject *s_packed, *s_added, *s_cpu;
 
 /* `n` entries appended to the footprint's `packed` bytes. 0, or -1. */
@@ -1050,22 +1050,27 @@ static int fp_append(PyObject *fp, const uint64_t *e, size_t n) {
     return rc;
 }
 
-/* The locations the run read and wrote added to the footprint `fp`, each once (the hooks
-   add one per access). 0, or -1. */
-static int add_run_footprint(CpuObject *s, PyObject *fp) {
+/* The `nfirst` entries `first` (a step's own, make_footprint's) and the locations the run
+   read and wrote added to the footprint `fp`, each once (the hooks add one per access), in
+   one new `packed`. 0, or -1. */
+static int add_run_footprint(CpuObject *s, PyObject *fp, const uint64_t *first,
+                             size_t nfirst) {
     size_t nr = s->grains.len / 8, nw = s->written.len / 8;
-    if (!nr && !nw)
+    if (!nr && !nw && !nfirst)
         return 0;
-    if (seen_begin(s, nr + nw)) {
+    if (seen_begin(s, nfirst + nr + nw)) {
         PyErr_NoMemory();
         return -1;
     }
-    uint64_t *out = malloc((nr + nw) * sizeof *out);
+    uint64_t *out = malloc((nfirst + nr + nw) * sizeof *out);
     if (!out) {
         PyErr_NoMemory();
         return -1;
     }
     size_t n = 0;
+    for (size_t i = 0; i < nfirst; i++)
+        if (seen_add(s, first[i]))
+            out[n++] = first[i];
     const uint64_t *r = (const uint64_t *)s->grains.data, *w = (const uint64_t *)s->written.data;
     for (size_t i = 0; i < nr; i++)
         if (seen_add(s, r[i]))
@@ -1113,9 +1118,9 @@ static int run_once(CpuObject *self) {
 /* run(quantum, event, last_ip, last_code, shadow, pending|None, decided_end, nmi_armed,
        track_fp, retired|None, footprint|None) -> uc_err: one run from the current RIP
    (Cpu.run): emu_start with until=0 and count=0, the run's records held for `retired`
-   (hold_truth), and the locations it read and wrote added to the footprint (its `packed` entries). Raises
-   an error a hook kept; the
-   caller raises one a Python hook left in the binding. */
+   (hold_truth), and the locations it read and wrote added to the footprint (its `packed`
+   entries). Raises an error a hook kept; the caller raises one a Python hook left in the
+   binding. */
 static PyObject *cpu_run(CpuObject *self, PyObject *args) {
     long long quantum, decided_end;
     int event, shadow, nmi_armed, track_fp;
@@ -1134,7 +1139,7 @@ static PyObject *cpu_run(CpuObject *self, PyObject *args) {
     int err = run_once(self);
     if (err < 0)
         return NULL;
-    if (footprint != Py_None && add_run_footprint(self, footprint))
+    if (footprint != Py_None && add_run_footprint(self, footprint, NULL, 0))
         return NULL;
     return PyLong_FromLong(err);
 }
@@ -1666,23 +1671,24 @@ typedef struct {
     PyObject *fp_cls, *step_done, *serialize_cls, *interrupt_cls, *serializing;
 } EventArgs;
 
-/* Machine._chosen_step's footprint: the CPU's own stack written; its IRQ line read when a
-   pending IPI would be taken now (not halted: the loop hands halted CPUs back), its NMI line
-   when an NMI would be. A new reference, or NULL with an error. */
-static PyObject *make_footprint(PyObject *cls, int cpu, int irq_open, int nmi_open) {
-    uint64_t e[3];
-    size_t n = 0;
-    e[n++] = IRQ_TAG | STACK_BIT | (uint64_t)cpu | FP_WRITTEN;
+/* Machine._chosen_step's footprint, Footprint(cpu) made without a call of its __init__ (its
+   fields set here: the cost of the Python call was most of the step's footprint), and in
+   `e` the entries a step starts it with (`*n` of them, which go into it with the run's,
+   add_run_footprint, or before the step is handed back): the CPU's own stack written; its
+   IRQ line read when a pending IPI would be taken now (not halted: the loop hands halted CPUs
+   back), its NMI line when an NMI would be. A new reference, or NULL with an error. */
+static PyObject *make_footprint(PyObject *cls, int cpu, int irq_open, int nmi_open,
+                                uint64_t e[3], size_t *n) {
+    *n = 0;
+    e[(*n)++] = IRQ_TAG | STACK_BIT | (uint64_t)cpu | FP_WRITTEN;
     if (irq_open)
-        e[n++] = IRQ_TAG | (uint64_t)cpu << 1;
+        e[(*n)++] = IRQ_TAG | (uint64_t)cpu << 1;
     if (nmi_open)
-        e[n++] = IRQ_TAG | (uint64_t)cpu << 1 | 1;
-    /* Footprint(cpu) with these entries, made without a call of its __init__ (its fields
-       set here: the cost of the Python call was most of the step's footprint) */
+        e[(*n)++] = IRQ_TAG | (uint64_t)cpu << 1 | 1;
     PyTypeObject *type = (PyTypeObject *)cls;
     PyObject *fp = type->tp_alloc(type, 0), *v = NULL, *packed = NULL, *added = NULL;
     if (!fp || !(v = PyLong_FromLong(cpu)) || PyObject_SetAttr(fp, s_cpu, v) ||
-        !(packed = PyBytes_FromStringAndSize((const char *)e, (Py_ssize_t)(n * sizeof *e))) ||
+        !(packed = PyBytes_FromStringAndSize(NULL, 0)) ||
         PyObject_SetAttr(fp, s_packed, packed) || !(added = PyList_New(0)) ||
         PyObject_SetAttr(fp, s_added, added))
         Py_CLEAR(fp);
@@ -1847,8 +1853,8 @@ out:
     return rc;
 }
 
-/* A list of (start, end) ranges as `n` pairs in a new array (NULL, n 0 for none; NULL with
-   an error). */
+/* A list of (start, end) ranges as `n` pairs in a new array, which the caller frees (NULL
+   with an error). */
 static int64_t *ranges_of(PyObject *list, Py_ssize_t *n) {
     *n = 0;
     if (!PyList_Check(list)) {
@@ -2093,8 +2099,11 @@ static int event_step(CpuObject *s, PyObject *pycpu, int index, int flags, uint6
     }
     int irq_open = !s->shadow && rflags & RFLAGS_IF, status = 0;
     PyObject *fp = NULL;
+    uint64_t first[3]; /* the footprint's own entries, not in it yet (nfirst of them) */
+    size_t nfirst = 0;
     if (ea->fp_cls) {
-        fp = make_footprint(ea->fp_cls, index, irq_open, !(flags & F_NMI_BLOCKED));
+        fp = make_footprint(ea->fp_cls, index, irq_open, !(flags & F_NMI_BLOCKED), first,
+                            &nfirst);
         if (!fp)
             return -1;
         if (PyObject_SetAttr(pycpu, s_footprint, fp)) {
@@ -2141,8 +2150,9 @@ static int event_step(CpuObject *s, PyObject *pycpu, int index, int flags, uint6
     int e = run_once(s);
     if (e < 0)
         goto fail;
-    if (fp && add_run_footprint(s, fp))
+    if (fp && add_run_footprint(s, fp, first, nfirst))
         goto fail;
+    nfirst = 0;
     int verdict = 0;
     if (s->py_out) { /* a hypercall Python served: a verdict it gave is Python's to give */
         PyObject *st = PyObject_GetAttr(pycpu, s_state);
@@ -2184,18 +2194,23 @@ static int event_step(CpuObject *s, PyObject *pycpu, int index, int flags, uint6
     Py_XDECREF(fp);
     return 0;
 handed: /* the footprint stays on cpu.footprint: the rest of the step is Python's */
+    if (fp && nfirst && fp_append(fp, first, nfirst)) {
+        footprint_done(pycpu, fp, ea->step_done);
+        Py_DECREF(fp);
+        return -1;
+    }
     Py_XDECREF(fp);
     return status;
-fail:
+fail: /* (with an error in flight: the footprint goes as it is) */
     if (fp)
         footprint_done(pycpu, fp, ea->step_done);
     Py_XDECREF(fp);
     return -1;
 }
 
-/* steps(pycpus, cpus, retired, last, getrandbits|None, simple_from, follow, choose, cpu_table, make,
-         quantum_table, ipi_table, view_tables, view_entry, path, limits, reg_rflags, resume,
-         max_steps, event)
+/* steps(pycpus, cpus, retired, last, getrandbits|None, simple_from, follow, choose, cpu_table,
+         make, quantum_table, ipi_table, view_tables, view_entry, path, limits, reg_rflags,
+         resume, max_steps, event)
      -> (steps, status, cpu, value, last)
    pycpus: the Cpu objects (their state is read here and written back: retired, last_ip,
    last_code, shadow, yielded); cpus: their native halves; retired: each CPU's Retired or
@@ -2221,7 +2236,8 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
     PyObject *event;
     if (!PyArg_ParseTuple(args, "O!O!O!LOLO!OO!OO!O!O!OO!(KK)i(ii)LO!", &PyTuple_Type, &pycpus,
                           &PyTuple_Type, &cpus, &PyTuple_Type, &retireds, &last, &getrandbits,
-                          &simple_from, &PyTuple_Type, &follow, &choose, &PyDict_Type, &table, &make, &PyTuple_Type, &qtable,
+                          &simple_from, &PyTuple_Type, &follow, &choose, &PyDict_Type, &table,
+                          &make, &PyTuple_Type, &qtable,
                           &PyTuple_Type, &itable, &PyTuple_Type, &vtables, &view_entry,
                           &PyList_Type, &path,
                           &insn_budget, &tick_limit, &reg_rflags, &resume_cpu, &resume_stage,

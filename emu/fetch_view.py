@@ -143,7 +143,7 @@ class FetchView:
     def serialize(self, memory: ctypes.Array
                   ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """A serializing event: every pending unit becomes visible. Returns the ranges, and
-        those whose bytes that changed (a unit stored back to what the view held, or seen
+        those whose bytes changed (a unit stored back to what the view held, or seen
         at its latest content already, does not)."""
         done = self._pending
         changed = [unit for unit in done if self._copy(unit, memory)]

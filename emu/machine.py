@@ -93,8 +93,7 @@ def _drop_translations(cpu: Cpu, ranges: list[tuple[int, int]], coming: bytes) -
     """Before the CPU's view takes the text `coming`: Unicorn's translations dropped in each
     of `ranges` (the text offsets where either may differ from the initial text) whose bytes
     change. Translations always match the view (a view change drops its own), so those of
-    unchanged bytes stay good: a restore between runs that differ late keeps most of them
-    (Unicorn's translating was a tenth of a search's time)."""
+    unchanged bytes stay good."""
     view = cpu.view.buf
     for s, e in _merge(ranges):
         if view[s:e] != coming[s:e]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 from emu.engine import Engine
 from emu.events import Faulted
 from emu.truth import GroundTruth
@@ -13,32 +11,23 @@ from harness.trace.pt import native
 SiteTable = list[tuple[str, int, int, frozenset[tuple[int, bytes]]]]
 
 
-@functools.lru_cache(maxsize=64)
-def _site_map(sites: tuple[tuple[str, int, int, frozenset[tuple[int, bytes]]], ...]
-              ) -> tuple[dict[int, tuple[str, int, frozenset[tuple[int, bytes]]]],
-                         list[tuple[int, int]]]:
-    """Each address inside a site -> (name, address, allowed); and the sites' ranges. The
-    same for every run of a scenario: made once (read only)."""
-    inside = {}
-    for name, addr, length, allowed in sites:
-        for a in range(addr, addr + length):
-            inside[a] = (name, addr, allowed)
-    return inside, [(addr, addr + length) for _, addr, length, _ in sites]
-
-
 def torn_execution(truth: GroundTruth, sites: SiteTable,
                    engine: Engine = Engine.REFERENCE) -> Verdict | None:
     """The first instruction, in global time, that a CPU executed inside a patch site although
     it is none of the site's instructions in any of its states (nor the INT3 on its first
     byte): bytes fetched half old and half new, or a jump into the middle of an instruction.
     Under the fast engine C picks the instructions inside a site (the few this looks at)."""
-    inside, ranges = _site_map(tuple(sites))
+    inside: dict[int, tuple[str, int, frozenset[tuple[int, bytes]]]] = {}
+    for name, addr, length, allowed in sites:
+        for a in range(addr, addr + length):
+            inside[a] = (name, addr, allowed)
     first: tuple[int, int, int, bytes, str, int] | None = None
     faulted = [[] for _ in truth.retired]  # fetched and decoded, but faulted: not retired
     for e in truth.events:
         if isinstance(e, Faulted):
             faulted[e.cpu].append((e.tick, e.ip, e.code))
     fast = native.available(engine)
+    ranges = [(addr, addr + length) for _, addr, length, _ in sites]
     for cpu, retired in enumerate(truth.retired):
         if fast:  # only those inside a site: the others are skipped below
             retired = retired.at(native.inside(retired.ips, ranges))
