@@ -1578,7 +1578,8 @@ static int set_attr(PyObject *obj, PyObject *name, PyObject *value) {
     return rc;
 }
 
-/* The F_* flags of a CPU's Python state again (load_cpu's), its F_YIELDED the loop's. */
+/* The F_* flags of a CPU's Python state (load_cpu's, and again after a hypercall), its
+   F_YIELDED kept as `*flags` has it. */
 static int refresh_flags(PyObject *st, int *flags) {
     int finished = attr_true(st, s_finished), halted = attr_true(st, s_halted),
         nmi = attr_true(st, s_pending_nmi), left = attr_true(st, s_nmis_left),
@@ -1598,15 +1599,12 @@ static int refresh_flags(PyObject *st, int *flags) {
 static int load_cpu(PyObject *cpu, PyObject *st, CpuObject *s, PyObject *view_entries,
                     PyObject *view_entry, int index, int event, int *flags, uint64_t *count,
                     PyObject **view) {
-    int finished = attr_true(st, s_finished), halted = attr_true(st, s_halted),
-        yielded = attr_true(st, s_yielded), nmi = attr_true(st, s_pending_nmi),
-        left = attr_true(st, s_nmis_left), ipis = attr_true(st, s_pending_ipis),
-        shadow = attr_true(st, s_shadow), blocked = attr_true(st, s_nmi_blocked);
-    if (finished < 0 || halted < 0 || yielded < 0 || nmi < 0 || left < 0 || ipis < 0 ||
-        shadow < 0 || blocked < 0)
+    int yielded = attr_true(st, s_yielded), shadow = attr_true(st, s_shadow);
+    if (yielded < 0 || shadow < 0)
         return -1;
-    *flags = (finished ? F_FINISHED : 0) | (halted ? F_HALTED : 0) | (yielded ? F_YIELDED : 0) |
-             (nmi || left ? F_NMI : 0) | (ipis ? F_IPI : 0) | (blocked ? F_NMI_BLOCKED : 0);
+    *flags = yielded ? F_YIELDED : 0;
+    if (refresh_flags(st, flags))
+        return -1;
     uint64_t ip = attr_u64(st, s_last_ip);
     *count = attr_u64(cpu, s_retired);
     if (PyErr_Occurred())
