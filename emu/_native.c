@@ -1758,16 +1758,14 @@ out:
    the INT3 itself (the CPU's last instruction), the frame's RIP the one after it; the handler
    frame appended to state.handling and the ExceptionEvent recorded. 1 delivered, 0 not
    (the push is not C's: nothing changed, Python delivers), -1 with an error. */
-static int deliver_bp(CpuObject *s, PyObject *pycpu, int index) {
+static int deliver_bp(CpuObject *s, PyObject *st, int index) {
     if (!s->frame_cls || !s->events || !PyList_Check(s->events))
         return 0;
     uint64_t handler = 0;
     int r = push_frame(s, 3, s->bp_rip, -1, &handler);
     if (r <= 0)
         return r;
-    PyObject *st = PyObject_GetAttr(pycpu, s_state);
-    PyObject *handling = st ? PyObject_GetAttr(st, s_handling) : NULL;
-    Py_XDECREF(st);
+    PyObject *handling = PyObject_GetAttr(st, s_handling);
     if (!handling)
         return -1;
     unsigned long long raised = s->last_ip; /* the INT3's address */
@@ -1984,17 +1982,14 @@ out:
    no translation and adds nothing to the footprint, the Serialize event (units 0, an
    instruction). A serializing run with a Python hook in it, an error or a #BP is handed
    back. 0, or -1 with an error. */
-static int serialized_here(CpuObject *s, PyObject *pycpu, PyObject *fp, int index,
-                           const EventArgs *ea) {
+static int serialized_here(CpuObject *s, PyObject *pycpu, PyObject *st, PyObject *fp,
+                           int index, const EventArgs *ea) {
     if (!s->events || !PyList_Check(s->events)) { /* the list NativeCpu.events keeps here */
         PyErr_SetString(PyExc_RuntimeError, "a native CPU without its event list");
         return -1;
     }
-    PyObject *st = PyObject_GetAttr(pycpu, s_state);
-    if (!st || (s->iret && leave_handler(st))) {
-        Py_XDECREF(st);
+    if (s->iret && leave_handler(st))
         return -1;
-    }
     int rc;
     if (s->npending) {
         rc = serialize_view(s, pycpu, st, fp, index, ea, -1);
@@ -2004,7 +1999,6 @@ static int serialized_here(CpuObject *s, PyObject *pycpu, PyObject *fp, int inde
         rc = ev ? PyList_Append(s->events, ev) : -1;
         Py_XDECREF(ev);
     }
-    Py_DECREF(st);
     return rc;
 }
 
@@ -2086,10 +2080,11 @@ out:
 /* One event-mode step of CPU `s` (Python's `pycpu`), chosen already (Machine._chosen_step,
    _cpu_step and _event_run, for a CPU with no NMI to consider): 0 when it ended here, else
    the status it is handed back with (LOOP_IPI, LOOP_FETCH, or LOOP_RAN with the run's uc_err
-   in *err), -1 on an error. `before`: the CPU's instructions retired before this run. */
-static int event_step(CpuObject *s, PyObject *pycpu, int index, int flags, uint64_t before,
-                      const EventArgs *ea, PyObject *ientry, const Chooser *ch, int reg_rflags,
-                      unsigned long long insn_budget, int *err) {
+   in *err), -1 on an error. `st`: its state (cpu.state, read once per batch); `before`: the
+   CPU's instructions retired before this run. */
+static int event_step(CpuObject *s, PyObject *pycpu, PyObject *st, int index, int flags,
+                      uint64_t before, const EventArgs *ea, PyObject *ientry, const Chooser *ch,
+                      int reg_rflags, unsigned long long insn_budget, int *err) {
     uint64_t rflags = 0;
     if (!s->shadow && s->reg_read(s->uc, reg_rflags, &rflags)) {
         PyErr_SetString(PyExc_RuntimeError, "uc_reg_read(RFLAGS) failed");
@@ -2114,9 +2109,7 @@ static int event_step(CpuObject *s, PyObject *pycpu, int index, int flags, uint6
         if (v < 0)
             goto fail;
         if (v) {
-            PyObject *st = PyObject_GetAttr(pycpu, s_state);
-            int d = st ? deliver_ipi(s, pycpu, st, fp, index, ea) : -1;
-            Py_XDECREF(st);
+            int d = deliver_ipi(s, pycpu, st, fp, index, ea);
             if (d < 0)
                 goto fail;
             if (!d) {
@@ -2153,9 +2146,7 @@ static int event_step(CpuObject *s, PyObject *pycpu, int index, int flags, uint6
     nfirst = 0;
     int verdict = 0;
     if (s->py_out) { /* a hypercall Python served: a verdict it gave is Python's to give */
-        PyObject *st = PyObject_GetAttr(pycpu, s_state);
-        PyObject *v = st ? PyObject_GetAttr(st, s_verdict) : NULL;
-        Py_XDECREF(st);
+        PyObject *v = PyObject_GetAttr(st, s_verdict);
         if (!v)
             goto fail;
         verdict = v != Py_None;
@@ -2167,17 +2158,13 @@ static int event_step(CpuObject *s, PyObject *pycpu, int index, int flags, uint6
         status = LOOP_RAN;
         goto handed;
     }
-    if (s->stored) { /* (stopped right after the store: nothing of the run is Python's) */
-        PyObject *st = PyObject_GetAttr(pycpu, s_state);
-        int bad = !st || own_stores_done(s, st);
-        Py_XDECREF(st);
-        if (bad)
-            goto fail;
-    }
-    if (s->serialize && serialized_here(s, pycpu, fp, index, ea))
+    /* (stopped right after a store: nothing of the run is Python's) */
+    if (s->stored && own_stores_done(s, st))
+        goto fail;
+    if (s->serialize && serialized_here(s, pycpu, st, fp, index, ea))
         goto fail;
     if (s->bp) { /* Machine._after_run's exception, delivered here when the push is C's */
-        int d = deliver_bp(s, pycpu, index);
+        int d = deliver_bp(s, st, index);
         if (d < 0)
             goto fail;
         if (!d) {
@@ -2348,7 +2335,7 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
                 break;
             }
             if (ev.on) {
-                int e = 0, r = event_step(c[i], PyTuple_GET_ITEM(pycpus, i), i, fl[i],
+                int e = 0, r = event_step(c[i], PyTuple_GET_ITEM(pycpus, i), st[i], i, fl[i],
                                           count[i] + ran[i], &ev, PyTuple_GET_ITEM(itable, i),
                                           &ch, reg_rflags, insn_budget,
                                           &e);
