@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import NamedTuple
+
 from emu.engine import Engine
 from emu.events import Faulted
+from emu.retired import Retired
 from emu.truth import GroundTruth
 from emu.verdict import Verdict, VerdictKind
 from harness.trace.pt import native
 
 SiteTable = list[tuple[str, int, int, frozenset[tuple[int, bytes]]]]
+
+
+class TornFetch(NamedTuple):
+    """An instruction a CPU executed inside a patch site that is none of the site's."""
+
+    tick: int
+    cpu: int
+    ip: int
+    code: bytes
+    site: str
+    site_addr: int
 
 
 def torn_execution(truth: GroundTruth, sites: SiteTable,
@@ -17,28 +32,52 @@ def torn_execution(truth: GroundTruth, sites: SiteTable,
     it is none of the site's instructions in any of its states (nor the INT3 on its first
     byte): bytes fetched half old and half new, or a jump into the middle of an instruction.
     Under the fast engine C picks the instructions inside a site (the few this looks at)."""
+    faulted = faulted_fetches(truth)
+    return torn_verdict(earliest(first_torn(cpu, retired, faulted[cpu], sites, engine)
+                                 for cpu, retired in enumerate(truth.retired)))
+
+
+def faulted_fetches(truth: GroundTruth) -> list[list[tuple[int, int, bytes]]]:
+    """Per CPU, (tick, ip, code) of what it fetched and decoded but did not retire (it
+    faulted): executed as far as a torn fetch goes."""
+    faulted: list[list[tuple[int, int, bytes]]] = [[] for _ in truth.retired]
+    for e in truth.events:
+        if isinstance(e, Faulted):
+            faulted[e.cpu].append((e.tick, e.ip, e.code))
+    return faulted
+
+
+def first_torn(cpu: int, retired: Retired, faulted: list[tuple[int, int, bytes]],
+               sites: SiteTable, engine: Engine = Engine.REFERENCE) -> TornFetch | None:
+    """One CPU's part of `torn_execution`: its first torn instruction in its own time."""
     inside: dict[int, tuple[str, int, frozenset[tuple[int, bytes]]]] = {}
     for name, addr, length, allowed in sites:
         for a in range(addr, addr + length):
             inside[a] = (name, addr, allowed)
-    first: tuple[int, int, int, bytes, str, int] | None = None
-    faulted = [[] for _ in truth.retired]  # fetched and decoded, but faulted: not retired
-    for e in truth.events:
-        if isinstance(e, Faulted):
-            faulted[e.cpu].append((e.tick, e.ip, e.code))
-    fast = native.available(engine)
-    ranges = [(addr, addr + length) for _, addr, length, _ in sites]
-    for cpu, retired in enumerate(truth.retired):
-        if fast:  # only those inside a site: the others are skipped below
-            retired = retired.at(native.inside(retired.ips, ranges))
-        for tick, ip, code in sorted([*retired, *faulted[cpu]]) if faulted[cpu] else retired:
-            hit = inside.get(ip)
-            if hit is None:
-                continue
-            name, addr, allowed = hit
-            if (ip - addr, code) not in allowed and (first is None or tick < first[0]):
-                first = (tick, cpu, ip, code, name, addr)
-                break
+    records: Iterable[tuple[int, int, bytes]] = retired
+    if native.available(engine):  # only those inside a site: the others are skipped below
+        records = retired.at(native.inside(retired.ips, [(addr, addr + length)
+                                                         for _, addr, length, _ in sites]))
+    for tick, ip, code in sorted([*records, *faulted]) if faulted else records:
+        hit = inside.get(ip)
+        if hit is None:
+            continue
+        name, addr, allowed = hit
+        if (ip - addr, code) not in allowed:
+            return TornFetch(tick, cpu, ip, code, name, addr)
+    return None
+
+
+def earliest(torn: Iterable[TornFetch | None]) -> TornFetch | None:
+    """The first of the CPUs' torn instructions in global time (the lowest CPU of a tie)."""
+    first: TornFetch | None = None
+    for t in torn:
+        if t is not None and (first is None or t.tick < first.tick):
+            first = t
+    return first
+
+
+def torn_verdict(first: TornFetch | None) -> Verdict | None:
     if first is None:
         return None
     tick, cpu, ip, code, name, addr = first

@@ -19,31 +19,61 @@ from harness.scenario.build import Built, build, machine_for
 from harness.scenario.scenario import Scenario
 from harness.trace import kcore, perf_data, sideband, verify
 from harness.trace.pt.encoder import TraceConfig
+from harness.trace.pt.flow import async_events
 from harness.trace.pt.packed_flow import Flow
 
-from .oracles import torn_execution
+from .check_memo import CheckMemo, CpuPart, cpu_key, shared_key
+from .oracles import earliest, faulted_fetches, first_torn, torn_execution, torn_verdict
 
 
 @dataclass
 class Outcome:
+    """A run and its verdict. Its flows and PT streams are made when first read where the
+    check did not need them (a part the runner's CheckMemo had): the same bytes either way."""
+
     verdict: Verdict
     result: RunResult
     built: Built
-    flows: list[Flow] = field(default_factory=list)  # packed under the fast engine
-    streams: list[bytes] = field(default_factory=list)
     decode: list[verify.DecodeReport] = field(default_factory=list)
+    trace: TraceConfig = field(default_factory=TraceConfig, repr=False)
+    engine: Engine = Engine.REFERENCE
+    made_flows: list[Flow | None] = field(default_factory=list, repr=False)
+    made_streams: list[bytes | None] = field(default_factory=list, repr=False)
 
     @property
     def ok(self) -> bool:
         return self.verdict.ok
 
+    @property
+    def flows(self) -> list[Flow]:
+        """Each CPU's flow (packed under the fast engine)."""
+        made, rips = self.made_flows, self.result.final_rips
+        made += [None] * (len(rips) - len(made))
+        for cpu, flow in enumerate(made):
+            if flow is None:
+                made[cpu] = verify.flow_of(self.result.truth, cpu, rips[cpu], self.engine)
+        return made  # type: ignore[return-value]  # every one made
+
+    @property
+    def streams(self) -> list[bytes]:
+        """Each CPU's PT stream."""
+        made, rips = self.made_streams, self.result.final_rips
+        made += [None] * (len(rips) - len(made))
+        for cpu, stream in enumerate(made):
+            if stream is None:
+                made[cpu] = verify.encode_flow(self.flows[cpu], rips[cpu], self.trace,
+                                               self.engine)
+        return made  # type: ignore[return-value]
+
 
 class Runner:
-    """One scenario/variant/CPU count on one machine, reset between schedules."""
+    """One scenario/variant/CPU count on one machine, reset between schedules. Under the fast
+    engine it remembers the CPUs' parts of its checks (check_memo.py; `memo`)."""
 
     def __init__(self, scn: Scenario, variant: str | None = None, cpus: int | None = None,
                  trace: TraceConfig | None = None, decode: bool = True,
-                 event_mode: bool = False, engine: Engine | None = None):
+                 event_mode: bool = False, engine: Engine | None = None,
+                 memo: bool | None = None):
         self.engine = resolve_engine(engine)
         self.built = build(scn, variant, cpus, event_mode)
         self.machine: Machine = machine_for(self.built, self.engine)
@@ -53,6 +83,9 @@ class Runner:
         # engine (emu/snapshot.py); the reference engine runs each from the start
         self.snapshots = SnapshotCache() if event_mode and self.engine is Engine.FAST \
             else None
+        if memo is None:
+            memo = self.engine is Engine.FAST
+        self.memo = CheckMemo() if memo else None
 
     def run(self, source: DecisionSource) -> Outcome:
         """One schedule, run and verified."""
@@ -62,20 +95,66 @@ class Runner:
         """A run of this runner's machine, verified: the machine's verdict, then the
         ground-truth oracles, then the trace: encoded per CPU and decoded forward and
         backward. The first failure is the verdict."""
-        out = Outcome(result.verdict, result, self.built)
-        torn = torn_execution(result.truth, self.built.sites, self.engine)
-        if torn is not None:  # the root cause of whatever followed
-            out.verdict = torn
-        out.flows = verify.flows(result.truth, result.final_rips, self.engine)
-        out.streams = verify.encode_all(out.flows, result.final_rips, self.trace, self.engine)
-        if self.decode:
-            out.decode = verify.check_both(out.streams, out.flows, result.text_start,
-                                           result.text_end, result.sideband, self.engine)
-            failed = next((r.verdict for r in out.decode if r.verdict is not None), None)
-            if failed is not None and out.verdict.ok:
-                out.verdict = failed
+        out = Outcome(result.verdict, result, self.built, trace=self.trace, engine=self.engine)
+        if self.memo is not None:
+            self._check_parts(out)
+        else:
+            torn = torn_execution(result.truth, self.built.sites, self.engine)
+            if torn is not None:  # the root cause of whatever followed
+                out.verdict = torn
+            out.made_flows = list(verify.flows(result.truth, result.final_rips, self.engine))
+            out.made_streams = list(verify.encode_all(out.flows, result.final_rips, self.trace,
+                                                      self.engine))
+            if self.decode:
+                out.decode = verify.check_both(out.streams, out.flows, result.text_start,
+                                               result.text_end, result.sideband, self.engine)
+        failed = next((r.verdict for r in out.decode if r.verdict is not None), None)
+        if failed is not None and out.verdict.ok:
+            out.verdict = failed
         out.verdict = symbolized(out.verdict, self.built)
         return out
+
+    def _check_parts(self, out: Outcome) -> None:
+        """`check`'s oracles and decoding, CPU by CPU, each CPU's part taken from the memo
+        where it has it (check_memo.py): the same verdict and reports as computed."""
+        result, memo = out.result, self.memo
+        assert memo is not None
+        truth, rips = result.truth, result.final_rips
+        faulted = faulted_fetches(truth)
+        shared = shared_key(result.text_start, result.text_end, result.sideband)
+        out.made_flows = [None] * len(rips)
+        out.made_streams = [None] * len(rips)
+        parts: list[CpuPart] = []
+        for cpu, retired in enumerate(truth.retired):
+            key = cpu_key(cpu, retired, async_events(truth.events, cpu), faulted[cpu],
+                          rips[cpu], shared)
+            part = memo.get(key)
+            if part is None:
+                part = self._check_cpu(out, cpu, faulted[cpu])
+                memo.put(key, part)
+            parts.append(part)
+        torn = torn_verdict(earliest(p.torn for p in parts))
+        if torn is not None:
+            out.verdict = torn
+        if self.decode:
+            out.decode = [verify.DecodeReport("forward", [p.forward for p in parts]),
+                          verify.DecodeReport("backward", [p.backward for p in parts])]
+
+    def _check_cpu(self, out: Outcome, cpu: int, faulted: list[tuple[int, int, bytes]]
+                   ) -> CpuPart:
+        """One CPU's part of `check`, computed; its flow and stream go to `out`."""
+        result = out.result
+        torn = first_torn(cpu, result.truth.retired[cpu], faulted, self.built.sites,
+                          self.engine)
+        if not self.decode:
+            return CpuPart(torn, None, None)
+        flow = verify.flow_of(result.truth, cpu, result.final_rips[cpu], self.engine)
+        stream = verify.encode_flow(flow, result.final_rips[cpu], self.trace, self.engine)
+        out.made_flows[cpu], out.made_streams[cpu] = flow, stream
+        return CpuPart(torn, *(verify.check_cpu(cpu, stream, flow, text, result.sideband,
+                                                backward, None, self.engine)
+                               for text, backward in ((result.text_start, False),
+                                                      (result.text_end, True))))
 
     def run_seed(self, seed: int) -> Outcome:
         return self.run(RandomSource(seed))

@@ -19,7 +19,7 @@ from harness.trace.pt.image import Image, ImageError, check_records
 from harness.trace.pt.packed_flow import Flow, PackedFlow
 from harness.trace.pt.query import items_until_error
 
-__all__ = ["check", "check_both", "compare", "encode_all", "flows"]
+__all__ = ["check", "check_both", "check_cpu", "compare", "encode_all", "flows"]
 
 
 @dataclass
@@ -90,19 +90,28 @@ def _ending(cpu: int, flow: Flow, steps: int, error: Exception | None,
 def flows(truth: GroundTruth, final_rips: list[int],
           engine: Engine = Engine.REFERENCE) -> list[Flow]:
     """Each CPU's flow (flow.py); packed (packed_flow.py) where the native pipeline runs."""
+    return [flow_of(truth, c, rip, engine) for c, rip in enumerate(final_rips)]
+
+
+def flow_of(truth: GroundTruth, cpu: int, final_rip: int,
+            engine: Engine = Engine.REFERENCE) -> Flow:
+    """One CPU's flow."""
     if native.available(engine):
-        return [native.cpu_flow(truth.retired[c], async_events(truth.events, c), rip)
-                for c, rip in enumerate(final_rips)]
-    return [cpu_flow(truth.retired[c], async_events(truth.events, c), rip)
-            for c, rip in enumerate(final_rips)]
+        return native.cpu_flow(truth.retired[cpu], async_events(truth.events, cpu), final_rip)
+    return cpu_flow(truth.retired[cpu], async_events(truth.events, cpu), final_rip)
 
 
 def encode_all(flows: list[Flow], final_rips: list[int],
                config: TraceConfig, engine: Engine = Engine.REFERENCE) -> list[bytes]:
+    return [encode_flow(f, rip, config, engine) for f, rip in zip(flows, final_rips, strict=True)]
+
+
+def encode_flow(flow: Flow, final_rip: int, config: TraceConfig,
+                engine: Engine = Engine.REFERENCE) -> bytes:
+    """One CPU's PT stream."""
     if native.available(engine):
-        return [native.encode_cpu(_packed(f), rip, config)
-                for f, rip in zip(flows, final_rips, strict=True)]
-    return [encode_cpu(f, rip, config) for f, rip in zip(flows, final_rips, strict=True)]
+        return native.encode_cpu(_packed(flow), final_rip, config)
+    return encode_cpu(flow, final_rip, config)
 
 
 def _packed(flow: Flow) -> PackedFlow:
@@ -150,24 +159,30 @@ def check(streams: list[bytes], flows: list[Flow], text_start: bytes,
         report.trace = records_error(text_start, text_end, records)
         if report.trace is not None:
             return report
-    for cpu, (stream, flow) in enumerate(zip(streams, flows, strict=True)):
-        if native.available(engine):
-            try:
-                report.cpus.append(_check_native(cpu, stream, flow, text_end if backward else
-                                                 text_start, records, backward))
-                continue
-            except native.TooMuchDoubt:  # more records in doubt than C takes: the reference
-                pass
-        try:
-            image = Image(layout.TEXT_BASE, text_end if backward else text_start, records,
-                          backward)
-        except ImageError as e:  # undoing a record outside the text
-            report.cpus.append(CpuCheck(cpu, 0, Verdict(VerdictKind.DECODE_ERROR, f"cpu{cpu}: {e}",
-                                                        cpu=cpu, event="decode")))
-            continue
-        res = decode(stream, image, len(flow) + 16, parsed[cpu] if parsed else None)
-        report.cpus.append(CpuCheck(cpu, len(res.steps), compare(cpu, flow, res)))
+    text = text_end if backward else text_start
+    report.cpus = [check_cpu(cpu, stream, flow, text, records, backward,
+                             parsed[cpu] if parsed else None, engine)
+                   for cpu, (stream, flow) in enumerate(zip(streams, flows, strict=True))]
     return report
+
+
+def check_cpu(cpu: int, stream: bytes, flow: Flow, text: bytes,
+              records: list[TextPokeRecord], backward: bool, parsed: list | None = None,
+              engine: Engine = Engine.REFERENCE) -> CpuCheck:
+    """One CPU of `check`: its stream decoded over the image of `text` (the start snapshot,
+    or the end one `backward`) and compared with its flow."""
+    if native.available(engine):
+        try:
+            return _check_native(cpu, stream, flow, text, records, backward)
+        except native.TooMuchDoubt:  # more records in doubt than C takes: the reference
+            pass
+    try:
+        image = Image(layout.TEXT_BASE, text, records, backward)
+    except ImageError as e:  # undoing a record outside the text
+        return CpuCheck(cpu, 0, Verdict(VerdictKind.DECODE_ERROR, f"cpu{cpu}: {e}", cpu=cpu,
+                                        event="decode"))
+    res = decode(stream, image, len(flow) + 16, parsed)
+    return CpuCheck(cpu, len(res.steps), compare(cpu, flow, res))
 
 
 def _check_native(cpu: int, stream: bytes, flow: Flow, text: bytes,

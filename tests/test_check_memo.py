@@ -1,0 +1,153 @@
+"""The check memo (harness/check_memo.py) against the runner's plain check: every CPU's part
+taken from the memo must give the verdict, decode reports, flows and streams that computing it
+gives. Every shipped scenario and variant through a short exhaustive search, each run checked
+both ways; the key must change with every field a part reads; a remembered failure stays a
+failure; what the memo hands out is the run's own."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from emu.decisions import RandomSource
+from emu.engine import Engine, native_module
+from emu.path import Cost
+from emu.retired import Retired
+from emu.text_poke_record import TextPokeRecord
+from harness.check_memo import CheckMemo, cpu_key, shared_key
+from harness.explore.exhaustive import explore_exhaustive
+from harness.run import Outcome, Runner
+from harness.scenario.shipped import SCENARIOS
+from harness.trace.pt.flow import AsyncEvent
+from tests.test_engines import CASES
+
+pytestmark = pytest.mark.skipif(native_module("machine") is None,
+                                reason="emu._native was not compiled (setup.py)")
+
+
+def _checked_both_ways(runner: Runner, source) -> tuple[Outcome, Outcome]:
+    """One run, checked through the runner's memo and then with none (the reference)."""
+    result = runner.machine.run(source, cache=runner.snapshots)
+    out = runner.check(result)
+    memo, runner.memo = runner.memo, None
+    try:
+        ref = runner.check(result)
+    finally:
+        runner.memo = memo
+    return out, ref
+
+
+def _same(out: Outcome, ref: Outcome) -> None:
+    assert out.verdict == ref.verdict
+    assert out.decode == ref.decode
+    assert [r.to_json() for r in out.decode] == [r.to_json() for r in ref.decode]
+    assert out.streams == ref.streams
+    assert out.flows == ref.flows
+
+
+@pytest.mark.parametrize(("name", "variant"), CASES, ids=[f"{n}-{v}" for n, v in CASES])
+def test_remembered_parts_give_what_computing_them_gives(name: str, variant: str | None):
+    runner = Runner(SCENARIOS[name], variant, event_mode=True, engine=Engine.FAST)
+    assert runner.memo is not None  # the fast engine's default
+
+    def run(src):
+        out, ref = _checked_both_ways(runner, src)
+        _same(out, ref)
+        return out
+
+    explore_exhaustive(run, Cost(1, 1, 1), limit=20, reduce=True)
+    searched = runner.memo.hits
+    for seed in (0, 1, 0):  # seed 0 again: every part remembered
+        _same(*_checked_both_ways(runner, RandomSource(seed)))
+    assert runner.memo.hits >= searched + runner.built.cpus
+
+
+def test_a_remembered_failure_stays_a_failure():
+    runner = Runner(SCENARIOS["static_key"], "no_int3", event_mode=True, engine=Engine.FAST)
+    seed = next(s for s in range(40) if not runner.run(RandomSource(s)).ok)
+    first = runner.run(RandomSource(seed))
+    hits = runner.memo.hits
+    again = runner.run(RandomSource(seed))
+    assert runner.memo.hits == hits + runner.built.cpus  # every part remembered
+    assert not again.ok and again.verdict == first.verdict
+
+
+def test_what_the_memo_hands_out_is_the_runs_own():
+    """A reader changing a verdict of its run changes no other run's: neither the one the
+    memo was filled from, nor one it was served to."""
+    probe = Runner(SCENARIOS["static_key"], "no_int3", event_mode=True, engine=Engine.FAST)
+    seed = next(s for s in range(40) if any(r.verdict for r in probe.run(RandomSource(s)).decode))
+    runner = Runner(SCENARIOS["static_key"], "no_int3", event_mode=True, engine=Engine.FAST)
+
+    def failing(out: Outcome):
+        return next(c for r in out.decode for c in r.cpus if c.verdict is not None)
+
+    filled = runner.run(RandomSource(seed))
+    detail = failing(filled).verdict.detail
+    failing(filled).verdict.detail = "changed by the first reader"
+    served = runner.run(RandomSource(seed))
+    assert runner.memo.misses == runner.built.cpus  # the second run was served
+    assert failing(served).verdict.detail == detail
+    failing(served).verdict.detail = "changed by the second reader"
+    assert failing(runner.run(RandomSource(seed))).verdict.detail == detail
+
+
+def test_the_memo_forgets_the_least_recently_used():
+    memo = CheckMemo(most=2)
+    runner = Runner(SCENARIOS["static_key"], None, event_mode=True, engine=Engine.FAST)
+    runner.memo = memo
+    runner.run(RandomSource(0))  # three CPUs' parts: the first one dropped
+    assert len(memo) == 2
+
+
+_RECORD = TextPokeRecord(5, 0, 0x1000, b"\x90", b"\xcc")
+
+
+def _shared(start: bytes = b"\x90" * 8, end: bytes = b"\xcc" * 8,
+            records: tuple[TextPokeRecord, ...] = (_RECORD,)) -> bytes:
+    return shared_key(start, end, list(records))
+
+
+def _key(**change) -> bytes:
+    retired = Retired([(1, 0x1000, b"\x90"), (2, 0x1001, b"\xeb\xfe")])
+    args = {"cpu": 1, "retired": retired, "events": [AsyncEvent(3, 0x1001, 0x1001, 0x2000)],
+            "faulted": [(4, 0x1003, b"\x0f\x0b")], "final_rip": 0x1001, "shared": _shared()}
+    args.update(change)
+    return cpu_key(**args)
+
+
+def test_the_key_changes_with_every_field_a_part_reads():
+    base = _key()
+    assert _key() == base  # made again from equal inputs: the same key
+    rec = _RECORD
+    changed = {
+        "cpu": _key(cpu=2),
+        "final rip": _key(final_rip=0x1000),
+        "a tick": _key(retired=Retired([(1, 0x1000, b"\x90"), (3, 0x1001, b"\xeb\xfe")])),
+        "an ip": _key(retired=Retired([(1, 0x1000, b"\x90"), (2, 0x1002, b"\xeb\xfe")])),
+        "a fetched byte": _key(retired=Retired([(1, 0x1000, b"\x90"),
+                                                (2, 0x1001, b"\xeb\xff")])),
+        "where a record's bytes end": _key(retired=Retired([(1, 0x1000, b"\x90\xeb"),
+                                                            (2, 0x1001, b"\xfe")])),
+        "an event": _key(events=[AsyncEvent(3, 0x1001, 0x1001, 0x2001)]),
+        "no event": _key(events=[]),
+        "a faulted fetch": _key(faulted=[(4, 0x1003, b"\x0f\x0c")]),
+        "the start text": _key(shared=_shared(start=b"\x90" * 7 + b"\x91")),
+        "the end text": _key(shared=_shared(end=b"\xcc" * 7 + b"\x90")),
+        "a record's tick": _key(shared=_shared(records=(replace(rec, tick=6),))),
+        "a record's CPU": _key(shared=_shared(records=(replace(rec, cpu=1),))),
+        "a record's address": _key(shared=_shared(records=(replace(rec, addr=0x1001),))),
+        "a record's old bytes": _key(shared=_shared(records=(replace(rec, old=b"\x90\x90"),))),
+        "a record's new bytes": _key(shared=_shared(records=(replace(rec, new=b"\xcd"),))),
+        "no record": _key(shared=_shared(records=())),
+    }
+    assert [name for name, key in changed.items() if key == base] == []
+    assert len(set(changed.values())) == len(changed)
+
+
+def test_the_keys_fields_do_not_run_into_each_other():
+    """A byte moved from one field to the next is another key (each field has its length)."""
+    a = shared_key(b"\x90\x90", b"\xcc", [])
+    b = shared_key(b"\x90", b"\x90\xcc", [])
+    assert a != b
