@@ -7,8 +7,9 @@
  * tests/test_dpor_native.py compares both on recorded runs of every shipped scenario. The
  * locations are the ints of emu/footprint.py, read as the machine keeps them (Footprint.packed
  * and .added; a location listed again is merged into its first entry), not through the sets
- * Python builds; a hash table keeps, per location, its last write and each CPU's last read
- * since (dpor.py's `last_write` and `reads`).
+ * Python builds. A hash table, looked up only while the footprints are read, gives each
+ * location a dense id (a run lists a few hundred, ten thousand times); arrays by id keep its
+ * last write and each CPU's last read since (dpor.py's `last_write` and `reads`).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -24,17 +25,15 @@ static PyObject *s_footprint, *s_cpu, *s_packed, *s_added;
 typedef struct {
     uint64_t loc;
     int used;
-    Py_ssize_t write;  /* the last step that wrote it, or -1 */
-    Py_ssize_t reads;  /* offset of its per-CPU last reads (-1: none) in `Table.pool` */
-    Py_ssize_t step, entry; /* the last step that listed it, and where (Steps.locs) */
+    Py_ssize_t id;          /* the location's dense index: the order it was first listed */
+    Py_ssize_t step, entry; /* the last step that listed it, and where (Steps.ids) */
 } Slot;
 
+/* The locations of a run, each given a dense id as it is first listed (the table is only
+   looked up while the footprints are read: the race loop indexes per-id arrays). */
 typedef struct {
     Slot *slots;
     size_t cap, len;
-    Py_ssize_t *pool; /* ncpus entries per location that has been read */
-    size_t pool_len, pool_cap;
-    int ncpus;
 } Table;
 
 static uint64_t mix(uint64_t x) {
@@ -63,7 +62,7 @@ static int table_grow(Table *t) {
     return 0;
 }
 
-/* The slot of `loc`, made (no write, no reads) when new; NULL: out of memory. */
+/* The slot of `loc`, made (with the next id) when new; NULL: out of memory. */
 static Slot *table_get(Table *t, uint64_t loc) {
     size_t h = 0;
     if (t->cap) {
@@ -84,38 +83,16 @@ static Slot *table_get(Table *t, uint64_t loc) {
     Slot *s = &t->slots[h];
     s->used = 1;
     s->loc = loc;
-    s->write = -1;
-    s->reads = -1;
+    s->id = (Py_ssize_t)t->len;
     s->step = -1;
     t->len++;
     return s;
 }
 
-/* The per-CPU reads of a slot, made (all -1) when it has none. */
-static Py_ssize_t *slot_reads(Table *t, Slot *s) {
-    if (s->reads < 0) {
-        if (t->pool_len + (size_t)t->ncpus > t->pool_cap) {
-            size_t cap = t->pool_cap ? 2 * t->pool_cap : 4096;
-            while (cap < t->pool_len + (size_t)t->ncpus)
-                cap *= 2;
-            Py_ssize_t *pool = realloc(t->pool, cap * sizeof *pool);
-            if (!pool)
-                return NULL;
-            t->pool = pool;
-            t->pool_cap = cap;
-        }
-        s->reads = (Py_ssize_t)t->pool_len;
-        for (int c = 0; c < t->ncpus; c++)
-            t->pool[t->pool_len + c] = -1;
-        t->pool_len += t->ncpus;
-    }
-    return t->pool + s->reads;
-}
-
 /* One step's footprint: its locations, each flagged read and/or written. */
 typedef struct {
     int cpu;
-    Py_ssize_t n, start; /* its entries in the steps' `locs` and `flags` */
+    Py_ssize_t n, start; /* its entries in the steps' `ids` and `flags` */
 } StepFp;
 
 #define F_READ 1
@@ -124,25 +101,25 @@ typedef struct {
 typedef struct {
     StepFp *steps;
     Py_ssize_t nsteps;
-    uint64_t *locs;
+    Py_ssize_t *ids; /* each entry's location id (Table) */
     uint8_t *flags;
     Py_ssize_t nlocs, caplocs;
 } Steps;
 
-static int add_loc(Steps *st, uint64_t loc, uint8_t flag) {
+static int add_loc(Steps *st, Py_ssize_t id, uint8_t flag) {
     if (st->nlocs == st->caplocs) {
         Py_ssize_t cap = st->caplocs ? 2 * st->caplocs : 4096;
-        uint64_t *l = realloc(st->locs, cap * sizeof *l);
+        Py_ssize_t *l = realloc(st->ids, cap * sizeof *l);
         if (!l)
             return -1;
-        st->locs = l;
+        st->ids = l;
         uint8_t *f = realloc(st->flags, cap);
         if (!f)
             return -1;
         st->flags = f;
         st->caplocs = cap;
     }
-    st->locs[st->nlocs] = loc;
+    st->ids[st->nlocs] = id;
     st->flags[st->nlocs++] = flag;
     return 0;
 }
@@ -163,7 +140,7 @@ static int add_entry(Steps *st, Table *t, Py_ssize_t j, uint64_t e) {
     }
     s->step = j;
     s->entry = st->nlocs;
-    return add_loc(st, e & ~FP_WRITTEN, flag);
+    return add_loc(st, s->id, flag);
 }
 
 /* Step j's footprint (Footprint.packed, then .added) into `st`. 0, or -1 with an error. */
@@ -197,7 +174,7 @@ static int add_footprint(Steps *st, Table *t, Py_ssize_t j, PyObject *packed,
 
 static void steps_free(Steps *st) {
     free(st->steps);
-    free(st->locs);
+    free(st->ids);
     free(st->flags);
 }
 
@@ -271,6 +248,7 @@ static PyObject *py_races(PyObject *mod, PyObject *args) {
     Steps st = {0};
     Table t = {0};
     Py_ssize_t **clocks = NULL, *pool = NULL, *preds = NULL, *clock_of = NULL;
+    Py_ssize_t *last_write = NULL, *last_reads = NULL;
     PyObject *out = NULL;
     st.steps = calloc(n ? n : 1, sizeof(StepFp));
     if (!st.steps) {
@@ -307,7 +285,19 @@ static PyObject *py_races(PyObject *mod, PyObject *args) {
             goto done;
     }
     st.nsteps = n;
-    t.ncpus = ncpus;
+    /* per location id: the last step that wrote it (-1: none), and per CPU its last read
+       since (-1: none), ncpus to an id (dpor.py's `last_write` and `reads`) */
+    size_t nids = t.len ? t.len : 1;
+    last_write = malloc(nids * sizeof *last_write);
+    last_reads = malloc(nids * ncpus * sizeof *last_reads);
+    if (!last_write || !last_reads) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (size_t k = 0; k < nids; k++)
+        last_write[k] = -1;
+    for (size_t k = 0; k < nids * ncpus; k++)
+        last_reads[k] = -1;
     /* clocks[j]: step j's vector clock; clock_of[c]: the index of CPU c's current one in
        `clocks` (-1: the initial all -1 one, `pool` row n) */
     clocks = malloc((n + 1) * sizeof *clocks);
@@ -330,23 +320,28 @@ static PyObject *py_races(PyObject *mod, PyObject *args) {
         int c = st.steps[j].cpu;
         const Py_ssize_t *before = clocks[clock_of[c]];
         Py_ssize_t np = 0;
-        const uint64_t *locs = st.locs + st.steps[j].start;
+        const Py_ssize_t *ids = st.ids + st.steps[j].start;
         const uint8_t *flags = st.flags + st.steps[j].start;
         for (Py_ssize_t k = 0; k < st.steps[j].n; k++) {
-            Slot *s = table_get(&t, locs[k]);
-            if (!s) {
-                Py_CLEAR(out);
-                PyErr_NoMemory();
-                goto done;
-            }
-            if (s->write >= 0 && st.steps[s->write].cpu != c)
-                preds[np++] = s->write;
-            if (flags[k] & F_WRITE && s->reads >= 0)
+            Py_ssize_t w = last_write[ids[k]];
+            if (w >= 0 && st.steps[w].cpu != c)
+                preds[np++] = w;
+            if (flags[k] & F_WRITE) {
+                const Py_ssize_t *r = last_reads + ids[k] * ncpus;
                 for (int d = 0; d < ncpus; d++)
-                    if (d != c && t.pool[s->reads + d] >= 0)
-                        preds[np++] = t.pool[s->reads + d];
+                    if (d != c && r[d] >= 0)
+                        preds[np++] = r[d];
+            }
         }
-        qsort(preds, np, sizeof *preds, cmp_ssize); /* as a set, in sorted order */
+        if (np > 16) /* as a set, in sorted order (a step has a few: insertion sort) */
+            qsort(preds, np, sizeof *preds, cmp_ssize);
+        else
+            for (Py_ssize_t a = 1; a < np; a++) {
+                Py_ssize_t x = preds[a], b = a - 1;
+                for (; b >= 0 && preds[b] > x; b--)
+                    preds[b + 1] = preds[b];
+                preds[b + 1] = x;
+            }
         Py_ssize_t u = 0;
         for (Py_ssize_t k = 0; k < np; k++)
             if (!u || preds[u - 1] != preds[k])
@@ -374,31 +369,22 @@ static PyObject *py_races(PyObject *mod, PyObject *args) {
         }
         clock_of[c] = j;
         for (Py_ssize_t k = 0; k < st.steps[j].n; k++) {
-            Slot *s = table_get(&t, locs[k]); /* made above: found, never NULL */
+            Py_ssize_t *r = last_reads + ids[k] * ncpus;
             if (flags[k] & F_WRITE) {
-                s->write = j;
-                if (s->reads >= 0) /* reads.pop(loc) */
-                    for (int d = 0; d < ncpus; d++)
-                        t.pool[s->reads + d] = -1;
-            }
-        }
-        for (Py_ssize_t k = 0; k < st.steps[j].n; k++)
-            if (flags[k] == F_READ) { /* read, not written */
-                Slot *s = table_get(&t, locs[k]);
-                Py_ssize_t *r = slot_reads(&t, s);
-                if (!r) {
-                    Py_CLEAR(out);
-                    PyErr_NoMemory();
-                    goto done;
-                }
+                last_write[ids[k]] = j;
+                for (int d = 0; d < ncpus; d++) /* reads.pop(loc) */
+                    r[d] = -1;
+            } else { /* read, not written */
                 r[c] = j;
             }
+        }
     }
 done:
     Py_DECREF(seq);
     steps_free(&st);
     free(t.slots);
-    free(t.pool);
+    free(last_write);
+    free(last_reads);
     free(clocks);
     free(pool);
     free(preds);
