@@ -19,7 +19,7 @@ from harness.scenario.build import Built, build, machine_for
 from harness.scenario.scenario import Scenario
 from harness.trace import kcore, perf_data, sideband, verify
 from harness.trace.pt.encoder import TraceConfig
-from harness.trace.pt.flow import async_events
+from harness.trace.pt.flow import AsyncEvent, async_events_per_cpu
 from harness.trace.pt.packed_flow import Flow
 
 from .check_memo import CheckMemo, CpuPart, cpu_key, shared_key
@@ -121,16 +121,16 @@ class Runner:
         assert memo is not None
         truth, rips = result.truth, result.final_rips
         faulted = faulted_fetches(truth)
+        events = async_events_per_cpu(truth.events, len(rips))
         shared = shared_key(result.text_start, result.text_end, result.sideband)
         out.made_flows = [None] * len(rips)
         out.made_streams = [None] * len(rips)
         parts: list[CpuPart] = []
         for cpu, retired in enumerate(truth.retired):
-            key = cpu_key(cpu, retired, async_events(truth.events, cpu), faulted[cpu],
-                          rips[cpu], shared)
+            key = cpu_key(cpu, retired, events[cpu], faulted[cpu], rips[cpu], shared)
             part = memo.get(key)
             if part is None:
-                part = self._check_cpu(out, cpu, faulted[cpu])
+                part = self._check_cpu(out, cpu, events[cpu], faulted[cpu])
                 memo.put(key, part)
             parts.append(part)
         torn = torn_verdict(earliest(p.torn for p in parts))
@@ -140,15 +140,15 @@ class Runner:
             out.decode = [verify.DecodeReport("forward", [p.forward for p in parts]),
                           verify.DecodeReport("backward", [p.backward for p in parts])]
 
-    def _check_cpu(self, out: Outcome, cpu: int, faulted: list[tuple[int, int, bytes]]
-                   ) -> CpuPart:
+    def _check_cpu(self, out: Outcome, cpu: int, events: list[AsyncEvent],
+                   faulted: list[tuple[int, int, bytes]]) -> CpuPart:
         """One CPU's part of `check`, computed; its flow and stream go to `out`."""
         result = out.result
         torn = first_torn(cpu, result.truth.retired[cpu], faulted, self.built.sites,
                           self.engine)
         if not self.decode:
             return CpuPart(torn, None, None)
-        flow = verify.flow_of(result.truth, cpu, result.final_rips[cpu], self.engine)
+        flow = verify.flow_of(result.truth, cpu, result.final_rips[cpu], self.engine, events)
         stream = verify.encode_flow(flow, result.final_rips[cpu], self.trace, self.engine)
         out.made_flows[cpu], out.made_streams[cpu] = flow, stream
         return CpuPart(torn, *(verify.check_cpu(cpu, stream, flow, text, result.sideband,

@@ -170,9 +170,7 @@ class ExhaustiveSource(DecisionSource):
         self._open = self._affordable()
 
     def _affordable(self) -> frozenset[Kind]:
-        if self.bound is None:
-            return frozenset()
-        return frozenset(k for k in Kind if (self._spent + deviation(k)).within(self.bound))
+        return frozenset() if self.bound is None else _open_kinds(self._spent, self.bound)
 
     def wants_snapshot(self) -> bool:
         if self.bound is None:
@@ -418,14 +416,26 @@ def _untried(level: Level, bound: Cost, end: int, start: int, spent: Cost
     """`untried` from the level's own choice `start` on, the choices before it spending
     `spent`: (position, value, what the choices before the position spend)."""
     path = level.path
+    open_, fits = _open_kinds(spent, bound), spent.within(bound)
     for i in range(max(start, level.base + 1), end):
         node = path[i]
-        if not node.todo <= node.done:
-            for v in sorted(node.todo - node.done, key=lambda v, n=node: (v != n.simplest, v)):
-                if (spent + node.cost(v)).within(bound):
-                    yield i, v, spent
-        if node.value != node.simplest:
+        todo, done, first = node.todo, node.done, node.simplest
+        if not todo <= done:
+            if fits and first in todo and first not in done:  # the simplest first: it is free
+                yield i, first, spent
+            if node.kind in open_:  # then the others, whose deviation fits the bound
+                for v in sorted(todo - done):
+                    if v != first:
+                        yield i, v, spent
+        if node.value != first:
             spent = spent + node.cost(node.value)
+            open_, fits = _open_kinds(spent, bound), spent.within(bound)
+
+
+def _open_kinds(spent: Cost, bound: Cost) -> frozenset[Kind]:
+    """The kinds of choice at which a deviation keeps a path that spent `spent` within
+    `bound`."""
+    return frozenset(k for k in Kind if (spent + deviation(k)).within(bound))
 
 
 def _deviation(node: Node, value: int) -> Node:

@@ -14,7 +14,7 @@ from emu.verdict import Verdict, VerdictKind
 from harness.trace.pt import native
 from harness.trace.pt.decoder import Ambiguous, DecodeResult, Step, decode
 from harness.trace.pt.encoder import TraceConfig, encode_cpu
-from harness.trace.pt.flow import FlowItem, async_events, cpu_flow
+from harness.trace.pt.flow import AsyncEvent, FlowItem, async_events, cpu_flow
 from harness.trace.pt.image import Image, ImageError, check_records
 from harness.trace.pt.packed_flow import Flow, PackedFlow
 from harness.trace.pt.query import items_until_error
@@ -94,11 +94,13 @@ def flows(truth: GroundTruth, final_rips: list[int],
 
 
 def flow_of(truth: GroundTruth, cpu: int, final_rip: int,
-            engine: Engine = Engine.REFERENCE) -> Flow:
-    """One CPU's flow."""
+            engine: Engine = Engine.REFERENCE, events: list[AsyncEvent] | None = None) -> Flow:
+    """One CPU's flow (`events`: its async_events, when the caller has them)."""
+    if events is None:
+        events = async_events(truth.events, cpu)
     if native.available(engine):
-        return native.cpu_flow(truth.retired[cpu], async_events(truth.events, cpu), final_rip)
-    return cpu_flow(truth.retired[cpu], async_events(truth.events, cpu), final_rip)
+        return native.cpu_flow(truth.retired[cpu], events, final_rip)
+    return cpu_flow(truth.retired[cpu], events, final_rip)
 
 
 def encode_all(flows: list[Flow], final_rips: list[int],

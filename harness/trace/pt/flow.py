@@ -37,6 +37,15 @@ def async_events(events: list[Event], cpu: int) -> list[AsyncEvent]:
             for e in events if e.cpu == cpu and isinstance(e, Delivery)]
 
 
+def async_events_per_cpu(events: list[Event], ncpus: int) -> list[list[AsyncEvent]]:
+    """`async_events` of every CPU, in one pass over the events."""
+    out: list[list[AsyncEvent]] = [[] for _ in range(ncpus)]
+    for e in events:
+        if isinstance(e, Delivery):
+            out[e.cpu].append(AsyncEvent(e.tick, e.source, e.rip, e.handler))
+    return out
+
+
 def cpu_flow(retired: list[tuple[int, int, bytes]], events: list[AsyncEvent],
              final_rip: int) -> list[FlowItem]:
     ticks = [t for t, _, _ in retired]
