@@ -1,6 +1,7 @@
 """The race finder in C (harness/explore/_dpor.c) against dpor.races, its reference: the same
 races, initials and order on recorded runs of every shipped scenario, on random footprints,
-and on a perturbed run whose races differ (so the comparison is not vacuous)."""
+on runs resumed from the log of the run they deviate from, and on a perturbed run whose races
+differ (so the comparison is not vacuous)."""
 
 from __future__ import annotations
 
@@ -51,17 +52,71 @@ def test_both_race_finders_agree_on_recorded_runs(name: str):
 def test_both_race_finders_agree_on_random_footprints():
     """Many CPUs, shared and private locations of every kind, reads and writes overlapping."""
     rng = random.Random(5)
-    pool = [*text_grains(0, 256), *data_words(0x1000, 64), *(irq(c) for c in range(6)),
-            *(stack(c) for c in range(6))]
     for trial in range(40):
-        ncpus = rng.randint(1, 6)
-        steps = []
-        for k in range(rng.randint(0, 120)):
-            reads = set(rng.sample(pool, rng.randint(0, 12)))
-            writes = set(rng.sample(pool, rng.randint(0, 3)))
-            steps.append(Step(k if rng.random() < 0.7 else None,
-                              Footprint(rng.randrange(ncpus), reads, writes)))
+        steps = _random_steps(rng, rng.randint(0, 120), rng.randint(1, 6))
         assert native.races(steps) == races(steps), f"trial {trial}"
+
+
+_POOL = [*text_grains(0, 256), *data_words(0x1000, 64), *(irq(c) for c in range(6)),
+         *(stack(c) for c in range(6))]
+
+
+def _random_steps(rng: random.Random, n: int, ncpus: int) -> list[Step]:
+    steps = []
+    for k in range(n):
+        reads = set(rng.sample(_POOL, rng.randint(0, 12)))
+        writes = set(rng.sample(_POOL, rng.randint(0, 3)))
+        steps.append(Step(k if rng.random() < 0.7 else None,
+                          Footprint(rng.randrange(ncpus), reads, writes)))
+    return steps
+
+
+def test_a_run_resumed_from_the_log_of_the_run_it_deviates_from_finds_the_same_races():
+    """A run sharing its first `since` steps with an earlier one starts from that run's log
+    (the checkpoint before `since`, then the steps between) and reads only its own steps:
+    the races of the reference, over three generations, at `since` around and on the
+    checkpoints (every 32 steps), the first and the last shared step."""
+    rng = random.Random(11)
+    for trial in range(40):
+        ncpus = rng.randint(2, 4)
+        parent = _random_steps(rng, rng.randint(1, 140), ncpus)
+        found, log = native.races(parent, 0, None, True)
+        assert found == races(parent)
+        n = len(parent)
+        for since in sorted({1, n, rng.randint(1, n), *(x for x in (31, 32, 33, 64, 65)
+                                                         if x <= n)}):
+            child = parent[:since] + _random_steps(rng, rng.randint(0, 80), ncpus)
+            got, child_log = native.races(child, since, log, True)
+            assert got == races(child, since), f"trial {trial}, since {since}"
+            cut = rng.randint(1, len(child))
+            grandchild = child[:cut] + _random_steps(rng, rng.randint(0, 60), ncpus)
+            assert native.races(grandchild, cut, child_log) == races(grandchild, cut), \
+                f"trial {trial}, since {since}, then {cut}"
+
+
+def test_a_resumed_run_with_a_new_cpu_starts_from_its_first_step():
+    rng = random.Random(3)
+    parent = _random_steps(rng, 50, 2)
+    _, log = native.races(parent, 0, None, True)
+    child = parent[:30] + [Step(None, Footprint(2, {text_grains(0, 8)[0]}, set()))] + \
+        _random_steps(rng, 20, 3)
+    assert native.races(child, 30, log) == races(child, 30)
+
+
+def test_a_log_of_another_run_is_refused():
+    """The last shared step must be the log's (its CPU and its entries): a log of a run that
+    does not share the steps is an error, not wrong races."""
+    rng = random.Random(4)
+    parent = _random_steps(rng, 40, 2)
+    _, log = native.races(parent, 0, None, True)
+    other = list(parent)
+    last = other[19].footprint
+    other[19] = Step(None, Footprint(last.cpu, last.reads | {data_words(0x9000, 1)[0]},
+                                     last.writes))
+    with pytest.raises(ValueError, match="step 19 is not the prior run's"):
+        native.races(other, 20, log)
+    with pytest.raises(TypeError, match="RaceLog"):
+        native.races(parent, 20, object())
 
 
 def _as_the_machine_keeps_it(fp: Footprint, rng: random.Random) -> Footprint:

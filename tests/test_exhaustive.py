@@ -406,8 +406,10 @@ def test_the_paused_collector_collects_every_so_many_schedules_and_comes_back(mo
         gc.enable()
 
 
-def _dpor_runs(scenario, variant, cpus, bound: Cost, limit: int) -> list[tuple[int, ...]]:
-    """Every run of a DPOR search (at most `limit`, test_snapshot's), as its choices' values."""
+def _dpor_runs(scenario, variant, cpus, bound: Cost, limit: int, races: Engine | None = None
+               ) -> list[tuple[int, ...]]:
+    """Every run of a DPOR search (at most `limit`, test_snapshot's), as its choices' values
+    (`races`: the race finder's engine)."""
     from emu.snapshot import SnapshotCache
     from harness.run import Runner
     from harness.scenario.shipped import SCENARIOS
@@ -416,7 +418,7 @@ def _dpor_runs(scenario, variant, cpus, bound: Cost, limit: int) -> list[tuple[i
     runner = Runner(SCENARIOS[scenario], variant, cpus, event_mode=True, engine=Engine.FAST,
                     decode=False)
     return [tuple(c.value for c in result.path)
-            for result, _steps in _search(runner, SnapshotCache(), bound, limit)]
+            for result, _steps in _search(runner, SnapshotCache(), bound, limit, races)]
 
 
 @pytest.mark.parametrize(("scenario", "variant", "cpus", "bound", "limit"), [
@@ -439,7 +441,9 @@ def test_skipping_the_races_a_run_shares_with_its_parent_keeps_the_search(
     if scenario == "z4_bytewise":  # (in static_key's first 400 runs only from 2 late on)
         monkeypatch.setattr(exhaustive, "first_new_step",
                             lambda steps, base: first_new_step(steps, base) + 1)
-        assert fast != _dpor_runs(scenario, variant, cpus, bound, limit)
+        with pytest.raises(ValueError, match="is not the prior run's"):  # the C finder sees it
+            _dpor_runs(scenario, variant, cpus, bound, limit)
+        assert fast != _dpor_runs(scenario, variant, cpus, bound, limit, Engine.REFERENCE)
 
 
 def _scanning_first_untried(self: Search, level, end: int) -> tuple[int, int] | None:
@@ -465,8 +469,8 @@ def test_resuming_each_level_where_it_stopped_keeps_the_search(
         assert fast == _dpor_runs(scenario, variant, cpus, bound, limit)
     backtrack = exhaustive.backtrack
     monkeypatch.setattr(exhaustive, "backtrack",
-                        lambda path, steps, engine, since, added: backtrack(path, steps, engine,
-                                                                            since))
+                        lambda path, steps, engine, since, added, prior, kept:
+                        backtrack(path, steps, engine, since, None, prior, kept))
     assert fast != _dpor_runs(scenario, variant, cpus, bound, limit)
 
 

@@ -17,9 +17,10 @@ from tests.test_engines import differences
 from tests.test_soundness import STACK_RACE
 
 
-def _search(runner: Runner, cache: SnapshotCache | None, bound: Cost, limit: int
-            ) -> list[tuple[object, list[tuple]]]:
-    """Every run of a DPOR search (at most `limit`): its result and each step's footprint."""
+def _search(runner: Runner, cache: SnapshotCache | None, bound: Cost, limit: int,
+            races: Engine | None = None) -> list[tuple[object, list[tuple]]]:
+    """Every run of a DPOR search (at most `limit`): its result and each step's footprint.
+    `races`: the race finder's engine (dpor.find_races)."""
     runs = []
 
     class Out:
@@ -32,7 +33,7 @@ def _search(runner: Runner, cache: SnapshotCache | None, bound: Cost, limit: int
                                frozenset(s.footprint.writes)) for s in src.steps]))
         return Out(result.verdict.ok)
 
-    explore_exhaustive(run, bound, limit=limit, reduce=True)
+    explore_exhaustive(run, bound, limit=limit, reduce=True, engine=races)
     return runs
 
 

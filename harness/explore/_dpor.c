@@ -179,14 +179,14 @@ static void steps_free(Steps *st) {
 }
 
 /* dpor._initials: the CPUs that can start the reversal of (i, j), in dpor.py's order. */
-static PyObject *initials(const Steps *st, Py_ssize_t *const *clocks, Py_ssize_t i,
+static PyObject *initials(const Steps *st, const Py_ssize_t *clocks, Py_ssize_t i,
                           Py_ssize_t j, int ncpus) {
     int ci = st->steps[i].cpu;
     Py_ssize_t first[MAX_CPUS];
     for (int c = 0; c < ncpus; c++)
         first[c] = -1;
     for (Py_ssize_t k = i + 1; k <= j; k++)
-        if (k == j || clocks[k][ci] < i) {
+        if (k == j || clocks[k * ncpus + ci] < i) {
             int c = st->steps[k].cpu;
             if (first[c] < 0)
                 first[c] = k;
@@ -197,7 +197,7 @@ static PyObject *initials(const Steps *st, Py_ssize_t *const *clocks, Py_ssize_t
             continue;
         int beaten = 0;
         for (int d = 0; d < ncpus && !beaten; d++)
-            if (d != c && first[d] >= 0 && first[d] <= clocks[first[c]][d])
+            if (d != c && first[d] >= 0 && first[d] <= clocks[first[c] * ncpus + d])
                 beaten = 1;
         if (!beaten)
             initial[n++] = c;
@@ -206,10 +206,10 @@ static PyObject *initials(const Steps *st, Py_ssize_t *const *clocks, Py_ssize_t
     int jc = st->steps[j].cpu;
     for (int a = 1; a < n; a++) {
         int x = initial[a], b = a - 1;
-        int kx0 = x != jc, kx1 = first[x] > clocks[j][x];
+        int kx0 = x != jc, kx1 = first[x] > clocks[j * ncpus + x];
         while (b >= 0) {
             int y = initial[b];
-            int ky0 = y != jc, ky1 = first[y] > clocks[j][y];
+            int ky0 = y != jc, ky1 = first[y] > clocks[j * ncpus + y];
             if (ky0 < kx0 || (ky0 == kx0 && (ky1 < kx1 || (ky1 == kx1 && y < x))))
                 break;
             initial[b + 1] = y;
@@ -234,97 +234,286 @@ static int cmp_ssize(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* races(steps, since=0) -> [(i, j, cpus)]: dpor.races for a list of dpor.Step. */
-static PyObject *py_races(PyObject *mod, PyObject *args) {
+/* What finding a run's races leaves for the runs that deviate from it (`races(..., keep=True)`):
+   its steps as read, their vector clocks, and every CP_EVERY steps the race loop's state (each
+   location's last write and last reads, each CPU's last step). A run that deviates from it
+   shares its first `since` steps (dpor.first_new_step), and so all of this up to there: its
+   race loop starts from the checkpoint before `since`, replays the few steps between, and reads
+   only its own steps' footprints (`prior`). */
+#define CP_EVERY 32
+
+typedef struct {
+    PyObject_HEAD
+    Table t;
+    Steps st;
+    int ncpus;
+    Py_ssize_t n;
+    Py_ssize_t *pool;   /* step j's vector clock at pool + j * ncpus */
+    Py_ssize_t *raw;    /* per step: its footprint's entries as listed (the prior's check) */
+    Py_ssize_t *cps;    /* checkpoint k (before step k * CP_EVERY): nids, then last_write[nids],
+                           last_reads[nids * ncpus], clock_of[ncpus] */
+    Py_ssize_t *cp_at;  /* where checkpoint k starts in `cps` */
+    Py_ssize_t ncp, cps_len, cps_cap, cp_at_cap;
+} RaceLog;
+
+static void racelog_dealloc(RaceLog *log) {
+    steps_free(&log->st);
+    free(log->t.slots);
+    free(log->pool);
+    free(log->raw);
+    free(log->cps);
+    free(log->cp_at);
+    Py_TYPE(log)->tp_free((PyObject *)log);
+}
+
+static PyTypeObject RaceLogType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "harness.explore._dpor.RaceLog",
+    .tp_basicsize = sizeof(RaceLog),
+    .tp_dealloc = (destructor)racelog_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "What finding a run's races leaves for the runs that deviate from it.",
+};
+
+/* Step j's CPU and footprint, read from the dpor.Step into the log. -1 with an error. */
+static int read_step(RaceLog *log, PyObject *step, Py_ssize_t j, long *cpu_out,
+                     Py_ssize_t *raw_out) {
+    PyObject *fp = PyObject_GetAttr(step, s_footprint);
+    if (!fp)
+        return -1;
+    PyObject *cpu = PyObject_GetAttr(fp, s_cpu);
+    PyObject *packed = PyObject_GetAttr(fp, s_packed);
+    PyObject *added = PyObject_GetAttr(fp, s_added);
+    Py_DECREF(fp);
+    long c = cpu ? PyLong_AsLong(cpu) : -1;
+    int bad = !cpu || !packed || !added || PyErr_Occurred();
+    if (!bad && (c < 0 || c >= MAX_CPUS)) {
+        PyErr_Format(PyExc_ValueError, "races: step %zd of CPU %ld", j, c);
+        bad = 1;
+    }
+    if (!bad && log) {
+        log->st.steps[j].cpu = (int)c;
+        log->st.steps[j].start = log->st.nlocs;
+        bad = add_footprint(&log->st, &log->t, j, packed, added);
+        log->st.steps[j].n = log->st.nlocs - log->st.steps[j].start;
+    }
+    if (!bad) {
+        *cpu_out = c;
+        *raw_out = PyBytes_GET_SIZE(packed) / 8 + PyList_GET_SIZE(added);
+    }
+    Py_XDECREF(cpu);
+    Py_XDECREF(packed);
+    Py_XDECREF(added);
+    return bad ? -1 : 0;
+}
+
+/* One step's effect on the last writes and reads, and on its CPU's last step. */
+static void apply_step(const Steps *st, Py_ssize_t j, int ncpus, Py_ssize_t *last_write,
+                       Py_ssize_t *last_reads, Py_ssize_t *clock_of) {
+    int c = st->steps[j].cpu;
+    const Py_ssize_t *ids = st->ids + st->steps[j].start;
+    const uint8_t *flags = st->flags + st->steps[j].start;
+    for (Py_ssize_t k = 0; k < st->steps[j].n; k++) {
+        Py_ssize_t *r = last_reads + ids[k] * ncpus;
+        if (flags[k] & F_WRITE) {
+            last_write[ids[k]] = j;
+            for (int d = 0; d < ncpus; d++) /* reads.pop(loc) */
+                r[d] = -1;
+        } else { /* read, not written */
+            r[c] = j;
+        }
+    }
+    clock_of[c] = j;
+}
+
+static int checkpoint(RaceLog *log, Py_ssize_t nids, const Py_ssize_t *last_write,
+                      const Py_ssize_t *last_reads, const Py_ssize_t *clock_of) {
+    int ncpus = log->ncpus;
+    Py_ssize_t size = 1 + nids * (1 + ncpus) + ncpus;
+    if (log->cps_len + size > log->cps_cap) {
+        Py_ssize_t cap = log->cps_cap ? 2 * log->cps_cap : 16384;
+        while (cap < log->cps_len + size)
+            cap *= 2;
+        Py_ssize_t *cps = realloc(log->cps, cap * sizeof *cps);
+        if (!cps)
+            return -1;
+        log->cps = cps;
+        log->cps_cap = cap;
+    }
+    if (log->ncp == log->cp_at_cap) {
+        Py_ssize_t cap = log->cp_at_cap ? 2 * log->cp_at_cap : 64;
+        Py_ssize_t *at = realloc(log->cp_at, cap * sizeof *at);
+        if (!at)
+            return -1;
+        log->cp_at = at;
+        log->cp_at_cap = cap;
+    }
+    Py_ssize_t *p = log->cps + log->cps_len;
+    log->cp_at[log->ncp++] = log->cps_len;
+    log->cps_len += size;
+    p[0] = nids;
+    memcpy(p + 1, last_write, nids * sizeof *p);
+    memcpy(p + 1 + nids, last_reads, nids * ncpus * sizeof *p);
+    memcpy(p + 1 + nids * (1 + ncpus), clock_of, ncpus * sizeof *p);
+    return 0;
+}
+
+/* The log starts as `prior`'s first `since` steps: its locations (their ids), the steps'
+   entries, clocks and raw counts, and the checkpoints before `since`. -1: out of memory. */
+static int take_prior(RaceLog *log, const RaceLog *prior, Py_ssize_t since, Py_ssize_t n) {
+    log->t.cap = prior->t.cap;
+    log->t.len = prior->t.len;
+    log->t.slots = malloc(prior->t.cap * sizeof(Slot));
+    if (!log->t.slots)
+        return -1;
+    memcpy(log->t.slots, prior->t.slots, prior->t.cap * sizeof(Slot));
+    for (size_t i = 0; i < log->t.cap; i++)
+        log->t.slots[i].step = -1; /* the prior's later steps listed some: not this run's */
+    Py_ssize_t nl = since < prior->n ? prior->st.steps[since].start : prior->st.nlocs;
+    Py_ssize_t cap = 4096;
+    while (cap < nl)
+        cap *= 2;
+    log->st.ids = malloc(cap * sizeof *log->st.ids);
+    log->st.flags = malloc(cap);
+    if (!log->st.ids || !log->st.flags)
+        return -1;
+    log->st.caplocs = cap;
+    log->st.nlocs = nl;
+    memcpy(log->st.ids, prior->st.ids, nl * sizeof *log->st.ids);
+    memcpy(log->st.flags, prior->st.flags, nl);
+    memcpy(log->st.steps, prior->st.steps, since * sizeof(StepFp));
+    memcpy(log->raw, prior->raw, since * sizeof *log->raw);
+    (void)n;
+    Py_ssize_t ncp = (since + CP_EVERY - 1) / CP_EVERY; /* those before `since` */
+    for (Py_ssize_t k = 0; k < ncp && k < prior->ncp; k++) {
+        const Py_ssize_t *p = prior->cps + prior->cp_at[k];
+        if (checkpoint(log, p[0], p + 1, p + 1 + p[0], p + 1 + p[0] * (1 + log->ncpus)))
+            return -1;
+    }
+    return 0;
+}
+
+/* races(steps, since=0, prior=None, keep=False) -> [(i, j, cpus)], or with `keep`
+   ([(i, j, cpus)], RaceLog): dpor.races for a list of dpor.Step. `prior`: the RaceLog of a run
+   whose first `since` steps are these steps' first `since` (their footprints are not read). */
+static PyObject *py_races(PyObject *mod, PyObject *args, PyObject *kwargs) {
     (void)mod;
-    PyObject *arg;
+    static char *kwlist[] = {"steps", "since", "prior", "keep", NULL};
+    PyObject *arg, *prior_obj = Py_None;
     Py_ssize_t since = 0;
-    if (!PyArg_ParseTuple(args, "O|n:races", &arg, &since))
+    int keep = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|nOp:races", kwlist, &arg, &since,
+                                     &prior_obj, &keep))
         return NULL;
+    if (prior_obj != Py_None && !PyObject_TypeCheck(prior_obj, &RaceLogType)) {
+        PyErr_SetString(PyExc_TypeError, "races: prior must be a RaceLog or None");
+        return NULL;
+    }
     PyObject *seq = PySequence_Fast(arg, "races: a list of steps");
     if (!seq)
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    Steps st = {0};
-    Table t = {0};
-    Py_ssize_t **clocks = NULL, *pool = NULL, *preds = NULL, *clock_of = NULL;
-    Py_ssize_t *last_write = NULL, *last_reads = NULL;
-    PyObject *out = NULL;
-    st.steps = calloc(n ? n : 1, sizeof(StepFp));
-    if (!st.steps) {
-        PyErr_NoMemory();
-        goto done;
+    if (since < 0)
+        since = 0;
+    const RaceLog *prior = prior_obj == Py_None ? NULL : (const RaceLog *)prior_obj;
+    if (prior && (since == 0 || since > n || since > prior->n))
+        prior = NULL; /* nothing shared, or more than it has: from the first step */
+    Py_ssize_t *preds = NULL, *last_write = NULL, *last_reads = NULL;
+    Py_ssize_t clock_of[MAX_CPUS], minus[MAX_CPUS];
+    PyObject *out = NULL, *result = NULL;
+    RaceLog *log = PyObject_New(RaceLog, &RaceLogType);
+    if (!log) {
+        Py_DECREF(seq);
+        return NULL;
     }
-    int ncpus = 1;
-    for (Py_ssize_t j = 0; j < n; j++) {
-        PyObject *fp = PyObject_GetAttr(PySequence_Fast_GET_ITEM(seq, j), s_footprint);
-        if (!fp)
+    memset((char *)log + sizeof(PyObject), 0, sizeof(RaceLog) - sizeof(PyObject));
+    log->n = n;
+    log->st.steps = calloc(n ? n : 1, sizeof(StepFp));
+    log->raw = calloc(n ? n : 1, sizeof *log->raw);
+    if (!log->st.steps || !log->raw)
+        goto nomem;
+again:;
+    Py_ssize_t start = prior ? since : 0; /* the first step whose footprint is read */
+    int ncpus = prior ? prior->ncpus : 1;
+    log->ncpus = ncpus;
+    if (prior) {
+        if (take_prior(log, prior, since, n))
+            goto nomem;
+        /* the prior's check: the last shared step is the same CPU with the same entries */
+        long c;
+        Py_ssize_t raw;
+        if (read_step(NULL, PySequence_Fast_GET_ITEM(seq, since - 1), since - 1, &c, &raw))
             goto done;
-        PyObject *cpu = PyObject_GetAttr(fp, s_cpu);
-        PyObject *packed = PyObject_GetAttr(fp, s_packed);
-        PyObject *added = PyObject_GetAttr(fp, s_added);
-        Py_DECREF(fp);
-        long c = cpu ? PyLong_AsLong(cpu) : -1;
-        int bad = !cpu || !packed || !added || PyErr_Occurred();
-        if (!bad && (c < 0 || c >= MAX_CPUS)) {
-            PyErr_Format(PyExc_ValueError, "races: step %zd of CPU %ld", j, c);
-            bad = 1;
-        }
-        if (!bad) {
-            st.steps[j].cpu = (int)c;
-            st.steps[j].start = st.nlocs;
-            bad = add_footprint(&st, &t, j, packed, added);
-            st.steps[j].n = st.nlocs - st.steps[j].start;
-            if (c + 1 > ncpus)
-                ncpus = (int)c + 1;
-        }
-        Py_XDECREF(cpu);
-        Py_XDECREF(packed);
-        Py_XDECREF(added);
-        if (bad)
+        if (c != prior->st.steps[since - 1].cpu || raw != prior->raw[since - 1]) {
+            PyErr_Format(PyExc_ValueError, "races: step %zd is not the prior run's", since - 1);
             goto done;
+        }
     }
-    st.nsteps = n;
+    for (Py_ssize_t j = start; j < n; j++) {
+        long c;
+        if (read_step(log, PySequence_Fast_GET_ITEM(seq, j), j, &c, &log->raw[j]))
+            goto done;
+        if (c + 1 > ncpus) {
+            if (prior) { /* a CPU the prior's clocks have no room for: from the first step */
+                free(log->t.slots);
+                log->t = (Table){0};
+                steps_free(&log->st);
+                log->st = (Steps){0};
+                log->st.steps = calloc(n ? n : 1, sizeof(StepFp));
+                free(log->cps);
+                free(log->cp_at);
+                log->cps = log->cp_at = NULL;
+                log->ncp = log->cps_len = log->cps_cap = log->cp_at_cap = 0;
+                if (!log->st.steps)
+                    goto nomem;
+                prior = NULL;
+                goto again;
+            }
+            ncpus = (int)c + 1;
+        }
+    }
+    log->st.nsteps = n;
+    log->ncpus = ncpus;
     /* per location id: the last step that wrote it (-1: none), and per CPU its last read
        since (-1: none), ncpus to an id (dpor.py's `last_write` and `reads`) */
-    size_t nids = t.len ? t.len : 1;
+    size_t nids = log->t.len ? log->t.len : 1;
     last_write = malloc(nids * sizeof *last_write);
     last_reads = malloc(nids * ncpus * sizeof *last_reads);
-    if (!last_write || !last_reads) {
-        PyErr_NoMemory();
-        goto done;
-    }
+    log->pool = malloc((size_t)(n ? n : 1) * ncpus * sizeof *log->pool);
+    preds = malloc((log->st.nlocs * ncpus + 1) * sizeof *preds);
+    out = PyList_New(0);
+    if (!last_write || !last_reads || !log->pool || !preds || !out)
+        goto nomem;
     for (size_t k = 0; k < nids; k++)
         last_write[k] = -1;
     for (size_t k = 0; k < nids * ncpus; k++)
         last_reads[k] = -1;
-    /* clocks[j]: step j's vector clock; clock_of[c]: the index of CPU c's current one in
-       `clocks` (-1: the initial all -1 one, `pool` row n) */
-    clocks = malloc((n + 1) * sizeof *clocks);
-    pool = malloc((size_t)(n + 1) * ncpus * sizeof *pool);
-    preds = malloc((st.nlocs * ncpus + 1) * sizeof *preds);
-    clock_of = malloc(ncpus * sizeof *clock_of);
-    out = PyList_New(0);
-    if (!clocks || !pool || !preds || !clock_of || !out) {
-        if (out)
-            Py_CLEAR(out);
-        PyErr_NoMemory();
-        goto done;
+    for (int c = 0; c < ncpus; c++)
+        clock_of[c] = minus[c] = -1;
+    if (prior) { /* the state before `since`: the checkpoint before it, then the steps between */
+        memcpy(log->pool, prior->pool, since * ncpus * sizeof *log->pool);
+        Py_ssize_t k = (since - 1) / CP_EVERY;
+        const Py_ssize_t *p = prior->cps + prior->cp_at[k];
+        Py_ssize_t had = p[0];
+        memcpy(last_write, p + 1, had * sizeof *p);
+        memcpy(last_reads, p + 1 + had, had * ncpus * sizeof *p);
+        memcpy(clock_of, p + 1 + had * (1 + ncpus), ncpus * sizeof *p);
+        for (Py_ssize_t j = k * CP_EVERY; j < since; j++)
+            apply_step(&log->st, j, ncpus, last_write, last_reads, clock_of);
     }
-    clocks[n] = pool + (size_t)n * ncpus;
-    for (int c = 0; c < ncpus; c++) {
-        clocks[n][c] = -1;
-        clock_of[c] = n;
-    }
-    for (Py_ssize_t j = 0; j < n; j++) {
-        int c = st.steps[j].cpu;
-        const Py_ssize_t *before = clocks[clock_of[c]];
+    const Steps *st = &log->st;
+    Py_ssize_t *pool = log->pool;
+    for (Py_ssize_t j = start; j < n; j++) {
+        if (keep && j % CP_EVERY == 0 &&
+            checkpoint(log, (Py_ssize_t)nids, last_write, last_reads, clock_of))
+            goto nomem;
+        int c = st->steps[j].cpu;
+        const Py_ssize_t *before = clock_of[c] >= 0 ? pool + clock_of[c] * ncpus : minus;
         Py_ssize_t np = 0;
-        const Py_ssize_t *ids = st.ids + st.steps[j].start;
-        const uint8_t *flags = st.flags + st.steps[j].start;
-        for (Py_ssize_t k = 0; k < st.steps[j].n; k++) {
+        const Py_ssize_t *ids = st->ids + st->steps[j].start;
+        const uint8_t *flags = st->flags + st->steps[j].start;
+        for (Py_ssize_t k = 0; k < st->steps[j].n; k++) {
             Py_ssize_t w = last_write[ids[k]];
-            if (w >= 0 && st.steps[w].cpu != c)
+            if (w >= 0 && st->steps[w].cpu != c)
                 preds[np++] = w;
             if (flags[k] & F_WRITE) {
                 const Py_ssize_t *r = last_reads + ids[k] * ncpus;
@@ -347,53 +536,44 @@ static PyObject *py_races(PyObject *mod, PyObject *args) {
             if (!u || preds[u - 1] != preds[k])
                 preds[u++] = preds[k];
         np = u;
-        Py_ssize_t *vc = clocks[j] = pool + (size_t)j * ncpus;
+        Py_ssize_t *vc = pool + j * ncpus;
         memcpy(vc, before, ncpus * sizeof *vc);
         for (Py_ssize_t k = 0; k < np; k++)
             for (int d = 0; d < ncpus; d++)
-                if (clocks[preds[k]][d] > vc[d])
-                    vc[d] = clocks[preds[k]][d];
+                if (pool[preds[k] * ncpus + d] > vc[d])
+                    vc[d] = pool[preds[k] * ncpus + d];
         vc[c] = j;
         for (Py_ssize_t k = 0; j >= since && k < np; k++) {
             Py_ssize_t i = preds[k];
-            if (i > before[st.steps[i].cpu]) { /* not ordered before j by anything else */
-                PyObject *lead = initials(&st, clocks, i, j, ncpus);
+            if (i > before[st->steps[i].cpu]) { /* not ordered before j by anything else */
+                PyObject *lead = initials(st, pool, i, j, ncpus);
                 PyObject *race = lead ? Py_BuildValue("nnN", i, j, lead) : NULL;
                 if (!race || PyList_Append(out, race)) {
                     Py_XDECREF(race);
-                    Py_CLEAR(out);
                     goto done;
                 }
                 Py_DECREF(race);
             }
         }
-        clock_of[c] = j;
-        for (Py_ssize_t k = 0; k < st.steps[j].n; k++) {
-            Py_ssize_t *r = last_reads + ids[k] * ncpus;
-            if (flags[k] & F_WRITE) {
-                last_write[ids[k]] = j;
-                for (int d = 0; d < ncpus; d++) /* reads.pop(loc) */
-                    r[d] = -1;
-            } else { /* read, not written */
-                r[c] = j;
-            }
-        }
+        apply_step(st, j, ncpus, last_write, last_reads, clock_of);
     }
+    result = keep ? Py_BuildValue("OO", out, (PyObject *)log) : Py_NewRef(out);
+    goto done;
+nomem:
+    PyErr_NoMemory();
 done:
     Py_DECREF(seq);
-    steps_free(&st);
-    free(t.slots);
+    Py_XDECREF(out);
+    Py_DECREF(log);
     free(last_write);
     free(last_reads);
-    free(clocks);
-    free(pool);
     free(preds);
-    free(clock_of);
-    return out;
+    return result;
 }
 
 static PyMethodDef methods[] = {
-    {"races", py_races, METH_VARARGS, "dpor.races: the races of a run's steps"},
+    {"races", (PyCFunction)(void (*)(void))py_races, METH_VARARGS | METH_KEYWORDS,
+     "dpor.races: the races of a run's steps"},
     {NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "harness.explore._dpor",
@@ -406,5 +586,10 @@ PyMODINIT_FUNC PyInit__dpor(void) {
         !(s_packed = PyUnicode_InternFromString("packed")) ||
         !(s_added = PyUnicode_InternFromString("added")))
         return NULL;
-    return PyModule_Create(&module);
+    if (PyType_Ready(&RaceLogType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddObjectRef(m, "RaceLog", (PyObject *)&RaceLogType) < 0)
+        Py_CLEAR(m);
+    return m;
 }

@@ -85,12 +85,21 @@ def races(steps: list[Step], since: int = 0) -> list[tuple[int, int, list[int]]]
     return out
 
 
-def find_races(steps: list[Step], engine: Engine | None = None, since: int = 0
+def find_races(steps: list[Step], engine: Engine | None = None, since: int = 0,
+               prior: object | None = None, kept: list[object] | None = None
                ) -> list[tuple[int, int, list[int]]]:
     """`races`, in C (harness/explore/_dpor.c) under the fast engine where it is installed;
-    `races` itself is the reference."""
+    `races` itself is the reference. In C, `kept` (a list) gets this run's RaceLog: what a run
+    that deviates from this one needs of its first steps, which it passes as `prior` with its
+    `since` (first_new_step), so that only its own steps are read and walked."""
     native = native_module("search") if resolve(engine) is Engine.FAST else None
-    return native.races(steps, since) if native is not None else races(steps, since)
+    if native is None:
+        return races(steps, since)
+    if kept is None:
+        return native.races(steps, since, prior)
+    found, log = native.races(steps, since, prior, True)
+    kept.append(log)
+    return found
 
 
 def first_new_step(steps: list[Step], base: int) -> int:
@@ -134,16 +143,18 @@ def _choice_before(steps: list[Step], t: int) -> int | None:
     return None
 
 
-def backtrack_points(steps: list[Step], engine: Engine | None = None, since: int = 0
+def backtrack_points(steps: list[Step], engine: Engine | None = None, since: int = 0,
+                     prior: object | None = None, kept: list[object] | None = None
                      ) -> list[tuple[int, list[int]]]:
     """What the races of this run whose second step is `since` or later ask for: (path index
     of a CPU choice, lead), a CPU of `lead` to try there; at the choice before the race's
     first step, and at the start of its block. (Block starts and choices are looked up for
-    the races' first steps alone: a run has hundreds of steps and a few dozen races.)"""
+    the races' first steps alone: a run has hundreds of steps and a few dozen races.)
+    `prior`, `kept`: find_races'."""
     out: list[tuple[int, list[int]]] = []
     starts: dict[int, int] = {}
     choices: dict[int, int | None] = {}
-    for i, _j, lead in find_races(steps, engine, since):
+    for i, _j, lead in find_races(steps, engine, since, prior, kept):
         start = starts.get(i)
         if start is None:
             start = starts[i] = _block_start(steps, i)

@@ -195,11 +195,12 @@ class ExhaustiveSource(DecisionSource):
 
 
 def backtrack(path: list[Node], steps: list[Step], engine: Engine | None = None,
-              since: int = 0, added: list[int] | None = None) -> None:
+              since: int = 0, added: list[int] | None = None, prior: object | None = None,
+              kept: list[object] | None = None) -> None:
     """Add to the path's CPU choices what the races of this run ask for (dpor.py), those
     whose second step is `since` or later; every CPU where none of the lead could run. The
-    positions where a value to try was added go to `added`."""
-    for index, lead in backtrack_points(steps, engine, since):
+    positions where a value to try was added go to `added`; `prior`, `kept`: find_races'."""
+    for index, lead in backtrack_points(steps, engine, since, prior, kept):
         node = path[index]
         node = node.origin or node  # a deviation's copy: what is tried is kept by its original
         can = [node.runnable.index(c) for c in lead if c in node.runnable]
@@ -223,6 +224,8 @@ class Level:
     # move it back (Search.finish).
     resume: int = -1
     spent: Cost = FREE
+    # the C race finder's log of this run (dpor.find_races), for the runs that deviate from it
+    races: object | None = field(default=None, repr=False, compare=False)
 
     def deviating_at(self, i: int, value: int) -> list[Node]:
         """The prefix of the run that takes `value` at choice i of this level's path: the
@@ -264,6 +267,7 @@ class Search:
         self.limit = limit
         self.last: Level | None = None
         self._known: Known = {}  # node_of's
+        self._from: Level | None = None  # the level the next run deviates from (_advance)
 
     def source(self) -> ExhaustiveSource:
         """The decision source of the next schedule: its prefix, then the simplest values."""
@@ -273,7 +277,8 @@ class Search:
     def finish(self, src: ExhaustiveSource) -> None:
         """Take in what the schedule run from `src` recorded, then choose the next one."""
         added: list[int] = []
-        self.last = taken_in(self.next, src, self.reduce, self.engine, self._known, added)
+        self.last = taken_in(self.next, src, self.reduce, self.engine, self._known, added,
+                             self._from.races if self._from is not None else None)
         for p in added:  # a value to try at p: its level resumes there at the latest
             if p > self.last.base:
                 continue  # the new run's own choice: its level starts from its first
@@ -295,10 +300,10 @@ class Search:
             if found is not None:
                 i, v = found
                 top.path[i].done.add(v)
-                self.next = top.deviating_at(i, v)
+                self.next, self._from = top.deviating_at(i, v), top
                 return True
             self.levels.pop()
-        self.next = []
+        self.next, self._from = [], None
         return False
 
     def _first_untried(self, level: Level, end: int) -> tuple[int, int] | None:
@@ -360,11 +365,12 @@ class Search:
 
 def taken_in(prefix: list[Node], src: ExhaustiveSource, reduce: bool,
              engine: Engine | None = None, known: Known | None = None,
-             added: list[int] | None = None) -> Level:
+             added: list[int] | None = None, prior: object | None = None) -> Level:
     """The run `src` recorded, made from `prefix` (the run it deviates from up to its
     deviation), as a level: its own choices with every value to try (with `reduce`, a CPU
     choice's only its own, and what the run's races add there and before, dpor.py: the
-    positions where they add one are appended to `added`)."""
+    positions where they add one are appended to `added`). `prior`: the race finder's log of
+    the run it deviates from (Level.races)."""
     choices = src.choices
     if len(choices) < len(prefix):
         raise SearchError(f"the run made {len(choices)} choices, fewer than the "
@@ -386,9 +392,13 @@ def taken_in(prefix: list[Node], src: ExhaustiveSource, reduce: bool,
     for choice in choices[len(prefix):]:
         full = not reduce or choice.kind is not Kind.CPU
         path.append(node_of(choice, known, set(range(choice.arity)) if full else {choice.value}))
+    level = Level(len(prefix) - 1, path)
     if reduce:  # the races among the steps the run shares with its parent are the parent's
-        backtrack(path, src.steps, engine, first_new_step(src.steps, len(prefix) - 1), added)
-    return Level(len(prefix) - 1, path)
+        kept: list[object] = []
+        backtrack(path, src.steps, engine, first_new_step(src.steps, len(prefix) - 1), added,
+                  prior, kept)
+        level.races = kept[0] if kept else None
+    return level
 
 
 def untried(level: Level, bound: Cost, end: int | None = None) -> Iterator[tuple[int, int]]:
