@@ -155,6 +155,25 @@ def test_a_perturbed_footprint_changes_the_races_both_find():
     assert native.races(steps) == changed
 
 
+@pytest.mark.parametrize("name", ["static_key", "z1_optprobe_shadow", "kprobe_two"])
+def test_both_step_recorders_record_the_same_steps(name: str):
+    """ExhaustiveSource.step_done in C (the fast engine's) and in Python (its reference): the
+    same steps, each with its CPU choice, footprint and end, on runs with preemptions and
+    delays."""
+    runner = Runner(SCENARIOS[name], None, 3 if name == "static_key" else None,
+                    event_mode=True, engine=Engine.FAST, decode=False)
+
+    def recorded(prefix, native_):
+        src = ExhaustiveSource(prefix, footprints=True, native=native_)
+        runner.machine.run(src)
+        return [(s.node, s.end, s.cpu, s.footprint.reads, s.footprint.writes)
+                for s in src.steps]
+
+    for prefix in PREFIXES:
+        ours, ref = recorded(prefix, native), recorded(prefix, None)
+        assert ours == ref and any(node is not None for node, *_ in ours)
+
+
 def test_bad_steps_are_errors_not_crashes():
     with pytest.raises(AttributeError):
         native.races([object()])

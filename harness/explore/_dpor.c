@@ -21,6 +21,8 @@
 
 /* the attribute names read per step, interned once (PyInit__dpor) */
 static PyObject *s_footprint, *s_cpu, *s_packed, *s_added;
+static PyObject *s_choices, *s_stepped, *s_steps, *s_kind, *s_request, *s_context, *s_node,
+    *s_end;
 
 typedef struct {
     uint64_t loc;
@@ -571,7 +573,77 @@ done:
     return result;
 }
 
+/* step_done(log, cpu_kind, step_cls, footprint): ExhaustiveSource.step_done (its reference,
+   in exhaustive.py) on its StepLog, for the fast engine: one call per scheduling step, made
+   from the C loop. The step's CPU choice is the last of kind `cpu_kind` with a context among
+   the choices made since the last step; the Step is made without a call of its __init__. */
+static PyObject *py_step_done(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    (void)mod;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "step_done(log, cpu_kind, step_cls, footprint)");
+        return NULL;
+    }
+    PyObject *src = args[0], *cpu_kind = args[1], *fp = args[3];
+    PyTypeObject *step_cls = (PyTypeObject *)args[2];
+    if (!PyType_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "step_done: step_cls must be a class");
+        return NULL;
+    }
+    PyObject *choices = PyObject_GetAttr(src, s_choices);
+    PyObject *stepped_obj = choices ? PyObject_GetAttr(src, s_stepped) : NULL;
+    PyObject *steps = stepped_obj ? PyObject_GetAttr(src, s_steps) : NULL;
+    PyObject *node = NULL, *end_obj = NULL, *step = NULL, *result = NULL;
+    if (!steps)
+        goto done;
+    if (!PyList_Check(choices) || !PyList_Check(steps)) {
+        PyErr_SetString(PyExc_TypeError, "step_done: the log's choices and steps are lists");
+        goto done;
+    }
+    Py_ssize_t stepped = PyLong_AsSsize_t(stepped_obj);
+    if (stepped == -1 && PyErr_Occurred())
+        goto done;
+    Py_ssize_t end = PyList_GET_SIZE(choices);
+    for (Py_ssize_t k = end - 1; k >= stepped && !node; k--) {
+        PyObject *c = PyList_GET_ITEM(choices, k);
+        PyObject *kind = PyObject_GetAttr(c, s_kind);
+        if (!kind)
+            goto done;
+        int is_cpu = kind == cpu_kind;
+        Py_DECREF(kind);
+        if (!is_cpu)
+            continue;
+        PyObject *req = PyObject_GetAttr(c, s_request);
+        if (!req)
+            goto done;
+        PyObject *ctx = req == Py_None ? Py_NewRef(Py_None) : PyObject_GetAttr(req, s_context);
+        Py_DECREF(req);
+        if (!ctx)
+            goto done;
+        if (ctx != Py_None && !(node = PyLong_FromSsize_t(k))) {
+            Py_DECREF(ctx);
+            goto done;
+        }
+        Py_DECREF(ctx);
+    }
+    if (!(end_obj = PyLong_FromSsize_t(end)) || !(step = step_cls->tp_alloc(step_cls, 0)) ||
+        PyObject_SetAttr(step, s_node, node ? node : Py_None) ||
+        PyObject_SetAttr(step, s_footprint, fp) || PyObject_SetAttr(step, s_end, end_obj) ||
+        PyList_Append(steps, step) || PyObject_SetAttr(src, s_stepped, end_obj))
+        goto done;
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(choices);
+    Py_XDECREF(stepped_obj);
+    Py_XDECREF(steps);
+    Py_XDECREF(node);
+    Py_XDECREF(end_obj);
+    Py_XDECREF(step);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"step_done", (PyCFunction)(void (*)(void))py_step_done, METH_FASTCALL,
+     "ExhaustiveSource.step_done, in C"},
     {"races", (PyCFunction)(void (*)(void))py_races, METH_VARARGS | METH_KEYWORDS,
      "dpor.races: the races of a run's steps"},
     {NULL}};
@@ -584,7 +656,15 @@ PyMODINIT_FUNC PyInit__dpor(void) {
     if (!(s_footprint = PyUnicode_InternFromString("footprint")) ||
         !(s_cpu = PyUnicode_InternFromString("cpu")) ||
         !(s_packed = PyUnicode_InternFromString("packed")) ||
-        !(s_added = PyUnicode_InternFromString("added")))
+        !(s_added = PyUnicode_InternFromString("added")) ||
+        !(s_choices = PyUnicode_InternFromString("choices")) ||
+        !(s_stepped = PyUnicode_InternFromString("stepped")) ||
+        !(s_steps = PyUnicode_InternFromString("steps")) ||
+        !(s_kind = PyUnicode_InternFromString("kind")) ||
+        !(s_request = PyUnicode_InternFromString("request")) ||
+        !(s_context = PyUnicode_InternFromString("context")) ||
+        !(s_node = PyUnicode_InternFromString("node")) ||
+        !(s_end = PyUnicode_InternFromString("end")))
         return NULL;
     if (PyType_Ready(&RaceLogType) < 0)
         return NULL;

@@ -40,11 +40,13 @@ schedule and continue later from its saved state (harness/explore/explore.py kee
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from emu.decisions import DecisionSource
-from emu.engine import Engine
+from emu.engine import Engine, native_module, resolve
 from emu.footprint import Footprint
 from emu.path import FREE, Choice, Cost, Kind, Request, deviation, simplest
 
@@ -104,6 +106,17 @@ def node_of(choice: Choice, known: Known | None = None, todo: set[int] | None = 
 _CPU = Kind.CPU  # (step_done's test, once per step: a module global, not an enum lookup)
 
 
+@dataclass(slots=True)
+class StepLog:
+    """A run's steps as its ExhaustiveSource records them (`step_done`), kept apart from the
+    source: the C recorder of the fast engine (_dpor.c: step_done) is bound to this, and so
+    makes no reference cycle with the source (PausedGc: a schedule's objects are in none)."""
+
+    choices: Sequence[Choice]  # the recorder's path (attach)
+    steps: list[Step]
+    stepped: int = 0  # the choices made before the last step ended
+
+
 class ExhaustiveSource(DecisionSource):
     """Follows a prefix, then the simplest values; with `footprints`, records every step (what
     the reduction needs). Its choices are the recorder's path (`attach`), which the search
@@ -122,19 +135,25 @@ class ExhaustiveSource(DecisionSource):
     resumable = True
 
     def __init__(self, prefix: list[int], footprints: bool = False,
-                 bound: Cost | None = None) -> None:
+                 bound: Cost | None = None, native: Any = None) -> None:
         self.prefix = prefix
         self.wants_footprints = footprints
         self.bound = bound
         self.choices: Sequence[Choice] = []  # the recorder's path (attach)
-        self.steps: list[Step] = []
-        self._stepped = 0  # the choices made before the last step ended
+        self.log = StepLog(self.choices, [])
         self._asked = 0  # the choices made when a snapshot was last asked for
         self._spent = FREE  # what the prefix's choices made so far spend of the bound
         self._open = self._affordable()  # the kinds of choice the bound leaves a deviation
+        if native is not None:  # `step_done` in C (harness/explore/_dpor.c), on the log
+            self.step_done = functools.partial(  # type: ignore[method-assign]
+                native.step_done, self.log, _CPU, Step)
+
+    @property
+    def steps(self) -> list[Step]:
+        return self.log.steps
 
     def attach(self, path: Sequence[Choice]) -> None:
-        self.choices = path
+        self.choices = self.log.choices = path
 
     def simplest_from(self) -> int | None:
         return len(self.prefix)
@@ -143,16 +162,17 @@ class ExhaustiveSource(DecisionSource):
         return self.prefix  # a prefix value that is the simplest spends nothing (`pick`)
 
     def step_done(self, footprint: Footprint) -> None:
-        choices = self.choices
+        log = self.log
+        choices = log.choices
         end = len(choices)
         node = None  # the step's CPU choice, if it had one
-        for k in range(end - 1, self._stepped - 1, -1):
+        for k in range(end - 1, log.stepped - 1, -1):
             c = choices[k]
             if c.kind is _CPU and c.request is not None and c.request.context is not None:
                 node = k
                 break
-        self.steps.append(Step(node, footprint, end))
-        self._stepped = end
+        log.steps.append(Step(node, footprint, end))
+        log.stepped = end
 
     def planned(self) -> tuple[int, ...]:
         return tuple(self.prefix)
@@ -161,11 +181,11 @@ class ExhaustiveSource(DecisionSource):
         # shared, not copied: steps do not change once recorded, and a run resumed from a
         # snapshot never resumes past its own prefix (SnapshotCache.best); the choices are the
         # snapshot's path, which the machine puts back before it resumes this
-        return tuple(self.steps), self._stepped, self._spent
+        return tuple(self.log.steps), self.log.stepped, self._spent
 
     def resume(self, mark: object) -> None:
-        steps, self._stepped, self._spent = mark  # type: ignore[misc]
-        self.steps = list(steps)
+        steps, self.log.stepped, self._spent = mark  # type: ignore[misc]
+        self.log.steps = list(steps)
         self._asked = len(self.choices)
         self._open = self._affordable()
 
@@ -271,8 +291,10 @@ class Search:
 
     def source(self) -> ExhaustiveSource:
         """The decision source of the next schedule: its prefix, then the simplest values."""
+        native = native_module("search") if self.reduce and \
+            resolve(self.engine) is Engine.FAST else None
         return ExhaustiveSource([n.value for n in self.next], footprints=self.reduce,
-                                bound=self.bound)
+                                bound=self.bound, native=native)
 
     def finish(self, src: ExhaustiveSource) -> None:
         """Take in what the schedule run from `src` recorded, then choose the next one."""
