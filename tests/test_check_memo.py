@@ -56,9 +56,9 @@ def test_remembered_parts_give_what_computing_them_gives(name: str, variant: str
         _same(out, ref)
         return out
 
-    explore_exhaustive(run, Cost(1, 1, 1), limit=20, reduce=True)
+    explore_exhaustive(run, Cost(1, 1, 1), limit=10, reduce=True)
     searched = runner.memo.hits
-    for seed in (0, 1, 0):  # seed 0 again: every part remembered
+    for seed in (0, 0):  # again: every part remembered
         _same(*_checked_both_ways(runner, RandomSource(seed)))
     assert runner.memo.hits >= searched + runner.built.cpus
 
