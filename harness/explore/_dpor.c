@@ -10,6 +10,12 @@
  * Python builds. A hash table, looked up only while the footprints are read, gives each
  * location a dense id (a run lists a few hundred, ten thousand times); arrays by id keep its
  * last write and each CPU's last read since (dpor.py's `last_write` and `reads`).
+ *
+ * A run of the exhaustive search shares its first steps with the run it deviates from: with
+ * `keep`, the finder returns its RaceLog (the steps as read, their clocks, a checkpoint of the
+ * walk every CP_EVERY steps), and the next run passes it as `prior` to read and walk only its
+ * own steps. `step_done` is ExhaustiveSource.step_done's loop, which the fast engine's C loop
+ * calls once a scheduling step.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -361,7 +367,7 @@ static int checkpoint(RaceLog *log, Py_ssize_t nids, const Py_ssize_t *last_writ
 
 /* The log starts as `prior`'s first `since` steps: its locations (their ids), the steps'
    entries, clocks and raw counts, and the checkpoints before `since`. -1: out of memory. */
-static int take_prior(RaceLog *log, const RaceLog *prior, Py_ssize_t since, Py_ssize_t n) {
+static int take_prior(RaceLog *log, const RaceLog *prior, Py_ssize_t since) {
     log->t.cap = prior->t.cap;
     log->t.len = prior->t.len;
     log->t.slots = malloc(prior->t.cap * sizeof(Slot));
@@ -384,7 +390,6 @@ static int take_prior(RaceLog *log, const RaceLog *prior, Py_ssize_t since, Py_s
     memcpy(log->st.flags, prior->st.flags, nl);
     memcpy(log->st.steps, prior->st.steps, since * sizeof(StepFp));
     memcpy(log->raw, prior->raw, since * sizeof *log->raw);
-    (void)n;
     Py_ssize_t ncp = (since + CP_EVERY - 1) / CP_EVERY; /* those before `since` */
     for (Py_ssize_t k = 0; k < ncp && k < prior->ncp; k++) {
         const Py_ssize_t *p = prior->cps + prior->cp_at[k];
@@ -438,7 +443,7 @@ again:;
     int ncpus = prior ? prior->ncpus : 1;
     log->ncpus = ncpus;
     if (prior) {
-        if (take_prior(log, prior, since, n))
+        if (take_prior(log, prior, since))
             goto nomem;
         /* the prior's check: the last shared step is the same CPU with the same entries */
         long c;
@@ -645,11 +650,12 @@ static PyMethodDef methods[] = {
     {"step_done", (PyCFunction)(void (*)(void))py_step_done, METH_FASTCALL,
      "ExhaustiveSource.step_done, in C"},
     {"races", (PyCFunction)(void (*)(void))py_races, METH_VARARGS | METH_KEYWORDS,
-     "dpor.races: the races of a run's steps"},
+     "dpor.races: the races of a run's steps (from a prior run's RaceLog, and keeping one)"},
     {NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "harness.explore._dpor",
-                                    "The exhaustive search's race finder in C.", -1, methods,
+                                    "The exhaustive search's race finder and step recorder "
+                                    "in C.", -1, methods,
                                     NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__dpor(void) {
