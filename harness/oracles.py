@@ -32,9 +32,25 @@ def torn_execution(truth: GroundTruth, sites: SiteTable,
     it is none of the site's instructions in any of its states (nor the INT3 on its first
     byte): bytes fetched half old and half new, or a jump into the middle of an instruction.
     Under the fast engine C picks the instructions inside a site (the few this looks at)."""
-    faulted = faulted_fetches(truth)
-    return torn_verdict(earliest(first_torn(cpu, retired, faulted[cpu], sites, engine)
+    faulted, where = faulted_fetches(truth), site_map(sites)
+    return torn_verdict(earliest(first_torn(cpu, retired, faulted[cpu], where, engine)
                                  for cpu, retired in enumerate(truth.retired)))
+
+
+class SiteMap(NamedTuple):
+    """The sites as the torn oracle looks them up: per address inside one, (site name, its
+    address, its allowed instructions); and the sites' [start, end) ranges."""
+
+    by_address: dict[int, tuple[str, int, frozenset[tuple[int, bytes]]]]
+    ranges: list[tuple[int, int]]
+
+
+def site_map(sites: SiteTable) -> SiteMap:
+    by_address: dict[int, tuple[str, int, frozenset[tuple[int, bytes]]]] = {}
+    for name, addr, length, allowed in sites:
+        for a in range(addr, addr + length):
+            by_address[a] = (name, addr, allowed)
+    return SiteMap(by_address, [(addr, addr + length) for _, addr, length, _ in sites])
 
 
 def faulted_fetches(truth: GroundTruth) -> list[list[tuple[int, int, bytes]]]:
@@ -48,16 +64,12 @@ def faulted_fetches(truth: GroundTruth) -> list[list[tuple[int, int, bytes]]]:
 
 
 def first_torn(cpu: int, retired: Retired, faulted: list[tuple[int, int, bytes]],
-               sites: SiteTable, engine: Engine = Engine.REFERENCE) -> TornFetch | None:
+               sites: SiteMap, engine: Engine = Engine.REFERENCE) -> TornFetch | None:
     """One CPU's part of `torn_execution`: its first torn instruction in its own time."""
-    inside: dict[int, tuple[str, int, frozenset[tuple[int, bytes]]]] = {}
-    for name, addr, length, allowed in sites:
-        for a in range(addr, addr + length):
-            inside[a] = (name, addr, allowed)
     records: Iterable[tuple[int, int, bytes]] = retired
     if native.available(engine):  # only those inside a site: the others are skipped below
-        records = retired.at(native.inside(retired.ips, [(addr, addr + length)
-                                                         for _, addr, length, _ in sites]))
+        records = retired.at(native.inside(retired.ips, sites.ranges))
+    inside = sites.by_address
     for tick, ip, code in sorted([*records, *faulted]) if faulted else records:
         hit = inside.get(ip)
         if hit is None:
