@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 from emu import layout
 from emu.decisions import DecisionSource, RandomSource, ReplayError
@@ -23,7 +25,9 @@ from harness.trace.pt.flow import AsyncEvent, async_events_per_cpu
 from harness.trace.pt.packed_flow import Flow
 
 from .check_memo import CheckMemo, CpuPart, cpu_key, shared_key
-from .oracles import earliest, faulted_fetches, first_torn, torn_execution, torn_verdict
+from .oracles import earliest, faulted_fetches, first_torn, site_map, torn_execution, torn_verdict
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -47,23 +51,25 @@ class Outcome:
     @property
     def flows(self) -> list[Flow]:
         """Each CPU's flow (packed under the fast engine)."""
-        made, rips = self.made_flows, self.result.final_rips
-        made += [None] * (len(rips) - len(made))
-        for cpu, flow in enumerate(made):
-            if flow is None:
-                made[cpu] = verify.flow_of(self.result.truth, cpu, rips[cpu], self.engine)
-        return made  # type: ignore[return-value]  # every one made
+        rips = self.result.final_rips
+        return _all_made(self.made_flows, len(rips), lambda cpu: verify.flow_of(
+            self.result.truth, cpu, rips[cpu], self.engine))
 
     @property
     def streams(self) -> list[bytes]:
         """Each CPU's PT stream."""
-        made, rips = self.made_streams, self.result.final_rips
-        made += [None] * (len(rips) - len(made))
-        for cpu, stream in enumerate(made):
-            if stream is None:
-                made[cpu] = verify.encode_flow(self.flows[cpu], rips[cpu], self.trace,
-                                               self.engine)
-        return made  # type: ignore[return-value]
+        rips = self.result.final_rips
+        return _all_made(self.made_streams, len(rips), lambda cpu: verify.encode_flow(
+            self.flows[cpu], rips[cpu], self.trace, self.engine))
+
+
+def _all_made(made: list[T | None], n: int, make: Callable[[int], T]) -> list[T]:
+    """`made` with its n entries, each missing one (None) made now, in place."""
+    made += [None] * (n - len(made))
+    for cpu, x in enumerate(made):
+        if x is None:
+            made[cpu] = make(cpu)
+    return made  # type: ignore[return-value]  # every one made
 
 
 class Runner:
@@ -86,6 +92,7 @@ class Runner:
         if memo is None:
             memo = self.engine is Engine.FAST
         self.memo = CheckMemo() if memo else None
+        self._sites = site_map(self.built.sites)  # the torn oracle's, per CPU part
 
     def run(self, source: DecisionSource) -> Outcome:
         """One schedule, run and verified."""
@@ -144,8 +151,7 @@ class Runner:
                    faulted: list[tuple[int, int, bytes]]) -> CpuPart:
         """One CPU's part of `check`, computed; its flow and stream go to `out`."""
         result = out.result
-        torn = first_torn(cpu, result.truth.retired[cpu], faulted, self.built.sites,
-                          self.engine)
+        torn = first_torn(cpu, result.truth.retired[cpu], faulted, self._sites, self.engine)
         if not self.decode:
             return CpuPart(torn, None, None)
         flow = verify.flow_of(result.truth, cpu, result.final_rips[cpu], self.engine, events)
