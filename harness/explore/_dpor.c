@@ -114,19 +114,32 @@ typedef struct {
     Py_ssize_t nlocs, caplocs;
 } Steps;
 
+/* Room for `need` items of `size` bytes in *buf, whose room is *cap (doubled, from `first`).
+   0, or -1: out of memory (*buf as it was). */
+static int reserve(void **buf, Py_ssize_t *cap, Py_ssize_t need, size_t size, Py_ssize_t first) {
+    if (need <= *cap)
+        return 0;
+    Py_ssize_t c = *cap ? 2 * *cap : first;
+    while (c < need)
+        c *= 2;
+    void *p = realloc(*buf, (size_t)c * size);
+    if (!p)
+        return -1;
+    *buf = p;
+    *cap = c;
+    return 0;
+}
+
+/* Room for `need` entries in the steps' ids and flags (one room for both). */
+static int reserve_locs(Steps *st, Py_ssize_t need) {
+    Py_ssize_t cap = st->caplocs;
+    return reserve((void **)&st->ids, &cap, need, sizeof *st->ids, 4096) ||
+           reserve((void **)&st->flags, &st->caplocs, need, 1, 4096);
+}
+
 static int add_loc(Steps *st, Py_ssize_t id, uint8_t flag) {
-    if (st->nlocs == st->caplocs) {
-        Py_ssize_t cap = st->caplocs ? 2 * st->caplocs : 4096;
-        Py_ssize_t *l = realloc(st->ids, cap * sizeof *l);
-        if (!l)
-            return -1;
-        st->ids = l;
-        uint8_t *f = realloc(st->flags, cap);
-        if (!f)
-            return -1;
-        st->flags = f;
-        st->caplocs = cap;
-    }
+    if (reserve_locs(st, st->nlocs + 1))
+        return -1;
     st->ids[st->nlocs] = id;
     st->flags[st->nlocs++] = flag;
     return 0;
@@ -264,13 +277,25 @@ typedef struct {
     Py_ssize_t ncp, cps_len, cps_cap, cp_at_cap;
 } RaceLog;
 
-static void racelog_dealloc(RaceLog *log) {
+/* The log emptied (every buffer freed), then made ready for `n` steps. -1: out of memory. */
+static int racelog_start(RaceLog *log, Py_ssize_t n) {
     steps_free(&log->st);
     free(log->t.slots);
     free(log->pool);
     free(log->raw);
     free(log->cps);
     free(log->cp_at);
+    memset((char *)log + sizeof(PyObject), 0, sizeof(RaceLog) - sizeof(PyObject));
+    if (n < 0)
+        return 0;
+    log->n = n;
+    log->st.steps = calloc(n ? n : 1, sizeof(StepFp));
+    log->raw = calloc(n ? n : 1, sizeof *log->raw);
+    return log->st.steps && log->raw ? 0 : -1;
+}
+
+static void racelog_dealloc(RaceLog *log) {
+    racelog_start(log, -1);
     Py_TYPE(log)->tp_free((PyObject *)log);
 }
 
@@ -337,24 +362,10 @@ static int checkpoint(RaceLog *log, Py_ssize_t nids, const Py_ssize_t *last_writ
                       const Py_ssize_t *last_reads, const Py_ssize_t *clock_of) {
     int ncpus = log->ncpus;
     Py_ssize_t size = 1 + nids * (1 + ncpus) + ncpus;
-    if (log->cps_len + size > log->cps_cap) {
-        Py_ssize_t cap = log->cps_cap ? 2 * log->cps_cap : 16384;
-        while (cap < log->cps_len + size)
-            cap *= 2;
-        Py_ssize_t *cps = realloc(log->cps, cap * sizeof *cps);
-        if (!cps)
-            return -1;
-        log->cps = cps;
-        log->cps_cap = cap;
-    }
-    if (log->ncp == log->cp_at_cap) {
-        Py_ssize_t cap = log->cp_at_cap ? 2 * log->cp_at_cap : 64;
-        Py_ssize_t *at = realloc(log->cp_at, cap * sizeof *at);
-        if (!at)
-            return -1;
-        log->cp_at = at;
-        log->cp_at_cap = cap;
-    }
+    if (reserve((void **)&log->cps, &log->cps_cap, log->cps_len + size, sizeof *log->cps,
+                16384) ||
+        reserve((void **)&log->cp_at, &log->cp_at_cap, log->ncp + 1, sizeof *log->cp_at, 64))
+        return -1;
     Py_ssize_t *p = log->cps + log->cps_len;
     log->cp_at[log->ncp++] = log->cps_len;
     log->cps_len += size;
@@ -377,14 +388,8 @@ static int take_prior(RaceLog *log, const RaceLog *prior, Py_ssize_t since) {
     for (size_t i = 0; i < log->t.cap; i++)
         log->t.slots[i].step = -1; /* the prior's later steps listed some: not this run's */
     Py_ssize_t nl = since < prior->n ? prior->st.steps[since].start : prior->st.nlocs;
-    Py_ssize_t cap = 4096;
-    while (cap < nl)
-        cap *= 2;
-    log->st.ids = malloc(cap * sizeof *log->st.ids);
-    log->st.flags = malloc(cap);
-    if (!log->st.ids || !log->st.flags)
+    if (reserve_locs(&log->st, nl))
         return -1;
-    log->st.caplocs = cap;
     log->st.nlocs = nl;
     memcpy(log->st.ids, prior->st.ids, nl * sizeof *log->st.ids);
     memcpy(log->st.flags, prior->st.flags, nl);
@@ -433,10 +438,7 @@ static PyObject *py_races(PyObject *mod, PyObject *args, PyObject *kwargs) {
         return NULL;
     }
     memset((char *)log + sizeof(PyObject), 0, sizeof(RaceLog) - sizeof(PyObject));
-    log->n = n;
-    log->st.steps = calloc(n ? n : 1, sizeof(StepFp));
-    log->raw = calloc(n ? n : 1, sizeof *log->raw);
-    if (!log->st.steps || !log->raw)
+    if (racelog_start(log, n))
         goto nomem;
 again:;
     Py_ssize_t start = prior ? since : 0; /* the first step whose footprint is read */
@@ -461,16 +463,7 @@ again:;
             goto done;
         if (c + 1 > ncpus) {
             if (prior) { /* a CPU the prior's clocks have no room for: from the first step */
-                free(log->t.slots);
-                log->t = (Table){0};
-                steps_free(&log->st);
-                log->st = (Steps){0};
-                log->st.steps = calloc(n ? n : 1, sizeof(StepFp));
-                free(log->cps);
-                free(log->cp_at);
-                log->cps = log->cp_at = NULL;
-                log->ncp = log->cps_len = log->cps_cap = log->cp_at_cap = 0;
-                if (!log->st.steps)
+                if (racelog_start(log, n))
                     goto nomem;
                 prior = NULL;
                 goto again;
