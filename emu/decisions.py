@@ -78,8 +78,15 @@ class DecisionSource(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} cannot resume from a snapshot")
 
     def wants_snapshot(self) -> bool:
-        """Whether a snapshot taken now could serve a later run (the machine asks when one
-        is due). A snapshot only ever saves replaying: asking never changes a run."""
+        """Whether a choice made since it was last asked could serve a later run as the
+        choice it deviates at: then the snapshot the machine took when it last asked (the
+        latest state before that choice) is kept. A snapshot only ever saves replaying:
+        asking never changes a run."""
+        return True
+
+    def may_want_snapshot(self) -> bool:
+        """False when no choice this source makes from now on can be deviated at (every
+        later `wants_snapshot` says no): the machine then takes no snapshot to drop."""
         return True
 
 

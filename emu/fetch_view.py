@@ -40,11 +40,22 @@ class Grain(enum.Enum):
 
 @dataclass(frozen=True)
 class ViewCopy:
-    """A FetchView's bytes, pending units and their intermediate contents (`saved`)."""
+    """A FetchView's bytes where they may differ from the text a reset gives it (`changed`:
+    each range's offset and bytes), its pending units and their intermediate contents
+    (`saved`)."""
 
-    buf: bytes
+    changed: tuple[tuple[int, bytes], ...]
     pending: tuple[tuple[int, int], ...]
     versions: tuple[tuple[tuple[int, int], tuple[bytes, ...]], ...]
+
+    def text(self, first: bytes) -> bytes:
+        """The view's whole bytes, given `first`, the text a reset gives it."""
+        if not self.changed:
+            return first
+        out = bytearray(first)
+        for off, data in self.changed:
+            out[off:off + len(data)] = data
+        return bytes(out)
 
 
 class FetchView:
@@ -164,14 +175,18 @@ class FetchView:
     def read(self, off: int, size: int) -> bytes:
         return bytes(self.buf[off:off + size])
 
-    def saved(self) -> ViewCopy:
-        """The view's bytes and pending units, copied (a machine snapshot)."""
-        return ViewCopy(bytes(self.buf), tuple(self._pending),
+    def saved(self, touched: list[tuple[int, int]]) -> ViewCopy:
+        """The view's bytes in `touched` (the ranges outside which it holds the text a reset
+        gave it: CpuState.view_touched) and its pending units, copied (a machine snapshot):
+        a few hundred bytes where the whole view is 64 KiB."""
+        at = ctypes.addressof(self.buf)
+        return ViewCopy(tuple((s, ctypes.string_at(at + s, e - s)) for s, e in touched),
+                        tuple(self._pending),
                         tuple((u, tuple(c)) for u, c in self._versions.items()))
 
-    def restore(self, saved: ViewCopy) -> None:
-        """The view as `saved` was taken."""
-        ctypes.memmove(self.buf, saved.buf, len(saved.buf))
+    def restore(self, saved: ViewCopy, text: bytes) -> None:
+        """The view as `saved` was taken; `text` is its whole bytes (ViewCopy.text)."""
+        ctypes.memmove(self.buf, text, len(text))
         self._pending = list(saved.pending)
         self._pending_set = set(saved.pending)
         self._versions = {u: list(c) for u, c in saved.versions}

@@ -45,6 +45,7 @@ from .memory import SharedMemory
 from .native_cpu import NativeCpu
 from .native_loop import NativeLoop, usable
 from .path import Choice, CpuContext, Kind, Request
+from .retired import RecordsCopy
 from .snapshot import CpuCopy, Snapshot, SnapshotCache
 from .text_poke_record import TextPokeRecord
 from .truth import GroundTruth
@@ -137,6 +138,7 @@ class Machine(InterruptDelivery, HypercallService):
         self.clock = native.Clock() if native is not None else Clock()
         self.truth = GroundTruth(config.ncpus)  # this run's; a fresh one at every reset
         self.sideband: list[TextPokeRecord] = []
+        self._copied: list[RecordsCopy | None] = [None] * config.ncpus  # _new_records
         self.views = [FetchView(ctypes.create_string_buffer(lay.text_size), config.grain)
                       for _ in range(config.ncpus)]
         def make_cpu(i: int) -> Cpu:
@@ -225,6 +227,9 @@ class Machine(InterruptDelivery, HypercallService):
         costs microseconds, copying a run's record at its end tens of them)."""
         self.truth = GroundTruth(self.config.ncpus)
         self.sideband = []
+        # per CPU, the last copy of its new records a snapshot took (or the restored one's):
+        # the next snapshot copies only the records after it (Retired.copy)
+        self._copied: list[RecordsCopy | None] = [None] * self.config.ncpus
         for cpu in self.cpus:
             cpu.truth = self.truth.retired[cpu.index] if self.config.truth else None
             cpu.events = self.truth.events
@@ -262,6 +267,9 @@ class Machine(InterruptDelivery, HypercallService):
         if loop is not None:
             loop.start(decisions, budget)
         due = steps + cache.every if cache is not None else 0  # the next snapshot's step
+        # the snapshot taken at the last due step: kept once the source says a choice made
+        # since could be deviated at (it is the latest state before that choice)
+        pending: Snapshot | None = None
         with HeldSigint() as ctrl_c:  # Ctrl-C inside Unicorn would be lost (held_sigint.py)
             while verdict is None:
                 if loop is not None:  # the fast engine: the common steps in C
@@ -277,10 +285,14 @@ class Machine(InterruptDelivery, HypercallService):
                                       f"instructions: over the run's budget of {budget.ticks}",
                                       event="run_budget")
                 if verdict is None and cache is not None and steps >= due:
-                    if source.wants_snapshot():  # else asked again one spacing later
-                        cache.add(self._snapshot(decisions, steps))
+                    if source.wants_snapshot() and pending is not None:
+                        cache.add(pending)
+                    pending = self._snapshot(decisions, steps) \
+                        if source.may_want_snapshot() else None
                     due = steps + cache.every
                 ctrl_c.check()
+        if pending is not None and source.wants_snapshot():
+            cache.add(pending)
         decisions.close()
         return RunResult(verdict=verdict, path=decisions.path, truth=self.truth,
                          sideband=self.sideband, ticks=self.clock.tick, steps=steps,
@@ -290,12 +302,20 @@ class Machine(InterruptDelivery, HypercallService):
 
     def _snapshot(self, dec: Decisions, steps: int) -> Snapshot:
         """The machine now, between two steps, with copies of everything (emu/snapshot.py)."""
-        cpus = tuple(CpuCopy(cpu.uc.context_save(), cpu.state.copy(), cpu.retired,
-                             None if cpu.truth is None else cpu.truth.packed())
-                     for cpu in self.cpus)
+        copied = self._copied
+        if self.config.truth:
+            copied[:] = [cpu.truth.copy(since)
+                         for cpu, since in zip(self.cpus, copied, strict=True)]
+        views = []
+        for cpu in self.cpus:  # the ranges merged for good: the list grows with each change
+            touched = cpu.state.view_touched
+            touched[:] = _merge(touched)
+            views.append(cpu.view.saved(touched))
+        cpus = tuple(CpuCopy(cpu.uc.context_save(), cpu.state.copy(), cpu.retired, records)
+                     for cpu, records in zip(self.cpus, copied, strict=True))
         return Snapshot(tuple(map(_VALUE, dec.path)), tuple(dec.path), steps,
                         self.clock.tick, self._last, self.mem.snapshot(),
-                        tuple(v.saved() for v in self.views), cpus,
+                        tuple(views), cpus,
                         tuple(self.truth.events), tuple(self.sideband),
                         tuple(self._escalation.items()), dec.source.mark(),
                         dec.source.kind())
@@ -310,14 +330,17 @@ class Machine(InterruptDelivery, HypercallService):
         self._new_records()
         self.truth.events.extend(snap.events)
         self.sideband.extend(snap.sideband)
+        first = self._initial_mem[0]
         for cpu, vc, cc in zip(self.cpus, snap.views, snap.cpus, strict=True):
-            _drop_translations(cpu, cpu.state.view_touched + cc.state.view_touched, vc.buf)
-            cpu.view.restore(vc)
+            coming = vc.text(first)
+            _drop_translations(cpu, cpu.state.view_touched + cc.state.view_touched, coming)
+            cpu.view.restore(vc, coming)
             cpu.uc.context_restore(cc.context)
             cpu.state = cc.state.copy()
             cpu.retired = cc.retired_count
             if cc.records is not None:
-                self.truth.retired[cpu.index].extend_packed(cc.records)
+                self.truth.retired[cpu.index].extend_copy(cc.records)
+                self._copied[cpu.index] = cc.records
         self.clock.tick = snap.tick
         self._escalation = dict(snap.escalation)
         self._last = snap.last

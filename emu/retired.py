@@ -13,7 +13,22 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import overload
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsCopy:
+    """The first `count` records of a Retired as immutable bytes: its `parent`'s, then this
+    segment's (Retired.copy)."""
+
+    parent: RecordsCopy | None
+    count: int
+    last_tick: int  # of record count - 1 (0 when there is none)
+    ticks: bytes
+    ips: bytes
+    ends: bytes
+    code: bytes
 
 
 class Retired:
@@ -76,19 +91,39 @@ class Retired:
     def __len__(self) -> int:
         return len(self.ticks)
 
-    def packed(self) -> tuple[bytes, bytes, bytes, bytes]:
-        """The records as bytes (ticks, ips, ends, code): a copy for a machine snapshot."""
-        return self.ticks.tobytes(), self._ips.tobytes(), self._ends.tobytes(), bytes(self._code)
+    def copy(self, since: RecordsCopy | None = None) -> RecordsCopy:
+        """The records as immutable bytes (a machine snapshot): those after `since`, an
+        earlier copy of this log's first records, as a segment of their own that shares
+        `since`'s. A snapshot copies only what its run retired since the one before
+        (each of a run's records once, not once per snapshot). `since` is not shared when
+        its last record is no longer this log's (taken back by `pop`)."""
+        self._sync()
+        n = len(self._ticks)
+        if since is not None and (since.count > n or since.count and
+                                  self._ticks[since.count - 1] != since.last_tick):
+            since = None
+        lo = since.count if since is not None else 0
+        code_lo = self._ends[lo - 1] if lo else 0
+        return RecordsCopy(since, n, self._ticks[n - 1] if n else 0,
+                           memoryview(self._ticks)[lo:].tobytes(),
+                           memoryview(self._ips)[lo:].tobytes(),
+                           memoryview(self._ends)[lo:].tobytes(),
+                           bytes(memoryview(self._code)[code_lo:]))
 
-    def extend_packed(self, packed: tuple[bytes, bytes, bytes, bytes]) -> None:
-        """Append records `packed` gave, to an empty Retired (the ends are offsets in code)."""
+    def extend_copy(self, copy: RecordsCopy) -> None:
+        """Append the records `copy` holds, to an empty Retired (the ends are offsets in
+        code)."""
         if len(self):
-            raise ValueError("extend_packed: the records' code offsets need an empty Retired")
-        ticks, ips, ends, code = packed
-        self._ticks.frombytes(ticks)
-        self._ips.frombytes(ips)
-        self._ends.frombytes(ends)
-        self._code += code
+            raise ValueError("extend_copy: the records' code offsets need an empty Retired")
+        segments = []
+        while copy is not None:
+            segments.append(copy)
+            copy = copy.parent
+        for seg in reversed(segments):
+            self._ticks.frombytes(seg.ticks)
+            self._ips.frombytes(seg.ips)
+            self._ends.frombytes(seg.ends)
+            self._code += seg.code
 
     @overload
     def __getitem__(self, i: int) -> tuple[int, int, bytes]: ...

@@ -3,16 +3,19 @@ continues from there instead of from the reset state.
 
 The exhaustive explorer's runs share long prefixes: each deviates from an earlier run at one
 choice and replays the choices before it, on average half of a run (BENCHMARKS.md). A run
-that has a `SnapshotCache` is asked every `every` steps, and takes a snapshot if its source
-wants one (DecisionSource.wants_snapshot: one that could serve a later run); a run whose
-source plans its first choices (DecisionSource.planned) starts from the snapshot with the
-most choices that are all its first ones, taken by a source of the same kind
-(DecisionSource.kind). The
-machine is deterministic, so the state after the same choices is the same state; the
-snapshot owns copies of everything (memory, fetch views, each CPU's registers, harness state
-and records, the machine's records and the source's own), never views of a later run's
-objects. Running from the reset state is the reference
-(tests/test_snapshot.py compares whole searches run both ways, footprints included).
+that has a `SnapshotCache` takes a snapshot every `every` steps, and keeps it if its source
+then says a choice made since could serve a later run as the one it deviates at
+(DecisionSource.wants_snapshot): the kept snapshot is the latest state before that choice,
+which the later run replays from. A run whose source plans its first choices
+(DecisionSource.planned) starts from the snapshot with the most choices that are all its
+first ones, taken by a source of the same kind (DecisionSource.kind). The machine is
+deterministic, so the state after the same choices is the same state; the snapshot owns
+copies of everything (memory, fetch views, each CPU's registers, harness state and records,
+the machine's records and the source's own), never views of a later run's objects: what
+does not change once made is shared (the records a snapshot before it copied,
+Retired.copy), and a view is kept as its bytes where it differs from the first text.
+Running from the reset state is the reference (tests/test_snapshot.py compares whole
+searches run both ways, footprints included).
 """
 
 from __future__ import annotations
@@ -25,21 +28,27 @@ from .cpu import CpuState
 from .events import Event
 from .fetch_view import ViewCopy
 from .path import Choice
+from .retired import RecordsCopy
 from .text_poke_record import TextPokeRecord
 
-EVERY = 48  # steps between two snapshots of a run (a run of static_key has about 580)
-KEEP = 128  # snapshots kept, least recently used dropped first (about 0.7 MB each)
+# steps between two snapshots of a run (a run of static_key has about 580). A snapshot is
+# taken at each, and kept once the run makes a choice a later run may deviate at before the
+# next (Machine.run): 48 took four a run for 0.3 kept; 160 is as fast as 24 to 256 within
+# the machine's noise, 2.5 % faster than keeping the snapshot taken after such a choice
+# (BENCHMARKS.md, eleventh session)
+EVERY = 160
+KEEP = 128  # snapshots kept, least recently used dropped first (about 0.3 MB each)
 
 
 @dataclass(frozen=True)
 class CpuCopy:
     """One CPU: Unicorn's context (registers), the harness state, the retired count and
-    records (emu/retired.py's arrays, as bytes)."""
+    records (emu/retired.py's arrays, as immutable segments)."""
 
     context: object  # unicorn.UcContext
     state: CpuState  # CpuState.copy()
     retired_count: int
-    records: tuple[bytes, bytes, bytes, bytes] | None  # Retired.packed()
+    records: RecordsCopy | None  # Retired.copy(): shares the segments of earlier copies
 
 
 @dataclass(frozen=True)

@@ -129,8 +129,9 @@ class ExhaustiveSource(DecisionSource):
     snapshot serves the runs that deviate from this one later on, at such choices. A run
     whose budget is spent, or whose remaining budget no later choice can use (in static_key
     P=2 V=2 I=1, delays left to runs that make no view choice any more), took 88 % of the
-    snapshots, and none of them served a run (BENCHMARKS.md, seventh session). Without a
-    bound, every snapshot is wanted."""
+    snapshots, and none of them served a run (BENCHMARKS.md, seventh session); a run whose
+    prefix spent the bound takes none (`may_want_snapshot`). Without a bound, every snapshot
+    is wanted."""
 
     resumable = True
 
@@ -191,6 +192,10 @@ class ExhaustiveSource(DecisionSource):
 
     def _affordable(self) -> frozenset[Kind]:
         return frozenset() if self.bound is None else _open_kinds(self._spent, self.bound)
+
+    def may_want_snapshot(self) -> bool:
+        # the prefix's deviations only ever spend more of the bound: what is closed stays so
+        return self.bound is None or bool(self._open)
 
     def wants_snapshot(self) -> bool:
         if self.bound is None:
