@@ -1550,6 +1550,93 @@ static int intern_names(void) {
     return 0;
 }
 
+/* The fields of the records the loop makes without calling their __init__ (make_record), in
+   each dataclass's order: emu/native_cpu.py (check_records) compares them with the classes'
+   fields (module attribute RECORD_FIELDS) before a CPU binds its classes. */
+static const char *const DELIVERY_FIELDS[] = {"tick",    "cpu",    "vector",    "rip",
+                                              "handler", "source", "error_code"};
+static const char *const SERIALIZE_FIELDS[] = {"tick", "cpu", "units", "ipi"};
+static const char *const FRAME_FIELDS[] = {"vector", "rip", "delivered", "symbol"};
+#define NFIELDS(a) ((int)(sizeof a / sizeof a[0]))
+static PyObject *delivery_fields[NFIELDS(DELIVERY_FIELDS)],
+    *serialize_fields[NFIELDS(SERIALIZE_FIELDS)], *frame_fields[NFIELDS(FRAME_FIELDS)];
+
+static int intern_fields(PyObject **out, const char *const *names, int n) {
+    for (int k = 0; k < n; k++)
+        if (!(out[k] = PyUnicode_InternFromString(names[k])))
+            return -1;
+    return 0;
+}
+
+/* An instance of the frozen dataclass `cls` as its generated __init__ makes it, without
+   calling it: object.__setattr__ of each field in `names` to the matching value (new
+   references, consumed; NULL when making one failed). Its __init__ cost 2 us of Python for
+   each INT3 delivery, IPI and serialization, a few hundred a run. New reference or NULL. */
+static PyObject *make_record(PyObject *cls, PyObject *const *names, int n, PyObject **values) {
+    PyObject *o = NULL;
+    for (int k = 0; k < n; k++)
+        if (!values[k])
+            goto out;
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "a record's class is not a type");
+        goto out;
+    }
+    o = ((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, 0);
+    for (int k = 0; o && k < n; k++)
+        if (PyObject_GenericSetAttr(o, names[k], values[k]))
+            Py_CLEAR(o);
+out:
+    for (int k = 0; k < n; k++)
+        Py_XDECREF(values[k]);
+    return o;
+}
+
+/* A Delivery (emu/events.py: ExceptionEvent, InterruptEvent) with no error code. */
+static PyObject *make_delivery(PyObject *cls, uint64_t tick, int cpu, long vector, uint64_t rip,
+                               uint64_t handler, uint64_t source) {
+    PyObject *v[] = {PyLong_FromUnsignedLongLong(tick), PyLong_FromLong(cpu),
+                     PyLong_FromLong(vector),           PyLong_FromUnsignedLongLong(rip),
+                     PyLong_FromUnsignedLongLong(handler), PyLong_FromUnsignedLongLong(source),
+                     Py_NewRef(Py_None)};
+    return make_record(cls, delivery_fields, NFIELDS(DELIVERY_FIELDS), v);
+}
+
+/* A Serialize event: `units` made visible, by the IPI `ipi` (-1: an instruction). */
+static PyObject *make_serialize(PyObject *cls, uint64_t tick, int cpu, Py_ssize_t units,
+                                long ipi) {
+    PyObject *v[] = {PyLong_FromUnsignedLongLong(tick), PyLong_FromLong(cpu),
+                     PyLong_FromSsize_t(units), ipi < 0 ? Py_NewRef(Py_None) : PyLong_FromLong(ipi)};
+    return make_record(cls, serialize_fields, NFIELDS(SERIALIZE_FIELDS), v);
+}
+
+/* A HandlerFrame (emu/verdict.py) of a delivery that succeeded, no symbol yet. */
+static PyObject *make_frame(PyObject *cls, long vector, uint64_t rip) {
+    PyObject *v[] = {PyLong_FromLong(vector), PyLong_FromUnsignedLongLong(rip),
+                     Py_NewRef(Py_True), PyUnicode_FromStringAndSize("", 0)};
+    return make_record(cls, frame_fields, NFIELDS(FRAME_FIELDS), v);
+}
+
+/* RECORD_FIELDS: {"delivery": (...), "serialize": (...), "frame": (...)}, for check_records. */
+static PyObject *record_fields(void) {
+    struct {
+        const char *key;
+        PyObject **names;
+        int n;
+    } all[] = {{"delivery", delivery_fields, NFIELDS(DELIVERY_FIELDS)},
+               {"serialize", serialize_fields, NFIELDS(SERIALIZE_FIELDS)},
+               {"frame", frame_fields, NFIELDS(FRAME_FIELDS)}};
+    PyObject *d = PyDict_New();
+    for (size_t k = 0; d && k < sizeof all / sizeof all[0]; k++) {
+        PyObject *t = PyTuple_New(all[k].n);
+        for (int i = 0; t && i < all[k].n; i++)
+            PyTuple_SET_ITEM(t, i, Py_NewRef(all[k].names[i]));
+        if (!t || PyDict_SetItemString(d, all[k].key, t))
+            Py_CLEAR(d);
+        Py_XDECREF(t);
+    }
+    return d;
+}
+
 /* The truth of obj.name: 0, 1, or -1 with an error. */
 static int attr_true(PyObject *obj, PyObject *name) {
     PyObject *v = PyObject_GetAttr(obj, name);
@@ -1769,16 +1856,14 @@ static int deliver_bp(CpuObject *s, PyObject *st, int index) {
     if (!handling)
         return -1;
     unsigned long long raised = s->last_ip; /* the INT3's address */
-    PyObject *frame = PyObject_CallFunction(s->frame_cls, "iK", 3, raised);
+    PyObject *frame = make_frame(s->frame_cls, 3, raised);
     int rc = !frame || PyList_Append(handling, frame) ? -1 : 1;
     Py_XDECREF(frame);
     Py_DECREF(handling);
     if (rc < 0)
         return -1;
-    PyObject *ev = PyObject_CallFunction(s->exception_cls, "KiiKKKO",
-                                         (unsigned long long)s->clock->tick, index, 3,
-                                         (unsigned long long)s->bp_rip,
-                                         (unsigned long long)handler, raised, Py_None);
+    PyObject *ev = make_delivery(s->exception_cls, s->clock->tick, index, 3, s->bp_rip,
+                                 handler, raised);
     rc = !ev || PyList_Append(s->events, ev) ? -1 : 1;
     Py_XDECREF(ev);
     return rc;
@@ -1960,11 +2045,7 @@ static int serialize_view(CpuObject *s, PyObject *pycpu, PyObject *st, PyObject 
     }
     if (drop_ranges(s, st, changed, nc))
         goto out;
-    PyObject *ev = ipi < 0 ? PyObject_CallFunction(ea->serialize_cls, "Kin",
-                                                   (unsigned long long)s->clock->tick, index, n)
-                           : PyObject_CallFunction(ea->serialize_cls, "Kinl",
-                                                   (unsigned long long)s->clock->tick, index, n,
-                                                   ipi);
+    PyObject *ev = make_serialize(ea->serialize_cls, s->clock->tick, index, n, ipi);
     rc = !ev || PyList_Append(s->events, ev) ? -1 : 0;
     Py_XDECREF(ev);
 out:
@@ -1994,8 +2075,7 @@ static int serialized_here(CpuObject *s, PyObject *pycpu, PyObject *st, PyObject
     if (s->npending) {
         rc = serialize_view(s, pycpu, st, fp, index, ea, -1);
     } else {
-        PyObject *ev = PyObject_CallFunction(ea->serialize_cls, "Kii",
-                                             (unsigned long long)s->clock->tick, index, 0);
+        PyObject *ev = make_serialize(ea->serialize_cls, s->clock->tick, index, 0, -1);
         rc = ev ? PyList_Append(s->events, ev) : -1;
         Py_XDECREF(ev);
     }
@@ -2058,16 +2138,13 @@ static int deliver_ipi(CpuObject *s, PyObject *pycpu, PyObject *st, PyObject *fp
     if (rc < 0)
         goto out;
     PyObject *handling = PyObject_GetAttr(st, s_handling);
-    PyObject *frame = handling ? PyObject_CallFunction(s->frame_cls, "lK", vector,
-                                                       (unsigned long long)rip) : NULL;
+    PyObject *frame = handling ? make_frame(s->frame_cls, vector, rip) : NULL;
     rc = !frame || PyList_Append(handling, frame) ? -1 : 1;
     Py_XDECREF(frame);
     Py_XDECREF(handling);
     unsigned long long tick = s->clock->tick;
-    PyObject *ev = rc < 0 ? NULL : PyObject_CallFunction(ea->interrupt_cls, "KilKKKO", tick,
-                                                         index, vector, (unsigned long long)rip,
-                                                         (unsigned long long)handler,
-                                                         (unsigned long long)rip, Py_None);
+    PyObject *ev = rc < 0 ? NULL : make_delivery(ea->interrupt_cls, tick, index, vector, rip,
+                                                 handler, rip);
     rc = !ev || PyList_Append(s->events, ev) ? -1 : 1;
     Py_XDECREF(ev);
     if (rc > 0 && serializing)
@@ -2481,7 +2558,10 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "emu._native",
                                     module_methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__native(void) {
-    if (PyType_Ready(&ClockType) < 0 || PyType_Ready(&CpuType) < 0 || intern_names())
+    if (PyType_Ready(&ClockType) < 0 || PyType_Ready(&CpuType) < 0 || intern_names() ||
+        intern_fields(delivery_fields, DELIVERY_FIELDS, NFIELDS(DELIVERY_FIELDS)) ||
+        intern_fields(serialize_fields, SERIALIZE_FIELDS, NFIELDS(SERIALIZE_FIELDS)) ||
+        intern_fields(frame_fields, FRAME_FIELDS, NFIELDS(FRAME_FIELDS)))
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
@@ -2489,7 +2569,8 @@ PyMODINIT_FUNC PyInit__native(void) {
     Py_INCREF(&ClockType);
     Py_INCREF(&CpuType);
     if (PyModule_AddObject(m, "Clock", (PyObject *)&ClockType) ||
-        PyModule_AddObject(m, "Cpu", (PyObject *)&CpuType))
+        PyModule_AddObject(m, "Cpu", (PyObject *)&CpuType) ||
+        PyModule_AddObject(m, "RECORD_FIELDS", record_fields()))
         return NULL;
     return m;
 }

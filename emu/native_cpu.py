@@ -19,6 +19,7 @@ Cpu's own, unchanged.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 from types import ModuleType
 
 from unicorn import UcError
@@ -37,7 +38,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from . import hypercall, layout, x86
 from .cpu import _RDTSCP, Cpu, Stop, StopKind, _leave_handler
-from .events import ExceptionEvent, HypercallEvent
+from .events import ExceptionEvent, HypercallEvent, InterruptEvent, Serialize
 from .fetch_view import FetchView
 from .hypercall import Hypercall
 from .layout import Access, Layout
@@ -61,12 +62,30 @@ def _nmi_map(offsets: frozenset[int] | None, size: int) -> bytes | None:
     return bytes(out)
 
 
+def check_records(native: ModuleType) -> None:
+    """The records the C loop makes without calling their __init__ (_native.c: make_record)
+    have the fields it sets, in order, and nothing else to initialize: each class's fields
+    are the module's RECORD_FIELDS, it is frozen, and has no __post_init__. A field added to
+    one of them is refused here, before any run, not left unset by C."""
+    for key, classes in (("delivery", (ExceptionEvent, InterruptEvent)),
+                         ("serialize", (Serialize,)), ("frame", (HandlerFrame,))):
+        want = native.RECORD_FIELDS[key]
+        for cls in classes:
+            got = tuple(f.name for f in dataclasses.fields(cls))
+            if got != want or not cls.__dataclass_params__.frozen or \
+                    hasattr(cls, "__post_init__"):
+                raise RuntimeError(f"the native machine makes {cls.__name__} with the fields "
+                                   f"{want}; the class has {got}: emu/_native.c's "
+                                   f"{key.upper()}_FIELDS must follow it")
+
+
 class NativeCpu(Cpu):
     """Cpu, run by emu/_native.c: the same state, hooks and Stops, no Python per instruction."""
 
     def __init__(self, native: ModuleType, index: int, lay: Layout, mem: SharedMemory,
                  view: FetchView, clock, truth: Retired | None, others: list[FetchView],
                  events: list) -> None:
+        check_records(native)
         self._nat = native.Cpu(clock)  # first: Cpu.__init__ sets the flags it holds
         self._nmi_sent: object = None
         super().__init__(index, lay, mem, view, clock, truth, others, events)

@@ -342,3 +342,55 @@ def test_a_runs_records_are_its_own_when_read_after_later_runs():
     held = runners[Engine.FAST].machine.run(ExhaustiveSource(prefixes[0])).truth.retired[0]
     assert held.pending is not None
     assert pickle.loads(pickle.dumps(held)) == fast[0].truth.retired[0]
+
+
+def test_records_made_in_c_are_those_their_classes_make(monkeypatch):
+    """The C loop makes ExceptionEvent, InterruptEvent, Serialize and HandlerFrame without
+    their __init__ (_native.c: make_record): every field is set, and each hashes (their
+    values are the reference engine's: tests/test_engines.py). A class with a field C does
+    not set is refused before a run (check_records). Perturbed: the fields C names with one
+    left out, or a class with a field more; make_delivery setting one field less (by hand:
+    this test and test_engines fail)."""
+    import dataclasses
+
+    from emu import native_cpu
+    from emu.events import ExceptionEvent, InterruptEvent, Serialize
+
+    native = native_module("machine")
+    native_cpu.check_records(native)
+    runner = Runner(SCENARIOS["static_key"], None, 3, event_mode=True, engine=Engine.FAST,
+                    decode=False)
+    made, frames = [], []
+    for seed in range(4):
+        result = runner.machine.run(RandomSource(seed))
+        made += [e for e in result.truth.events
+                 if type(e) in (ExceptionEvent, InterruptEvent, Serialize)]
+        frames += [f for cpu in runner.machine.cpus for f in cpu.state.left]
+    assert {type(e) for e in made} == {ExceptionEvent, InterruptEvent, Serialize}
+    assert {e.vector for e in made if type(e) is ExceptionEvent} == {3} and frames
+    for record in made + frames:
+        assert all(hasattr(record, f.name) for f in dataclasses.fields(record))
+        hash(record)
+
+    short = {**native.RECORD_FIELDS, "serialize": native.RECORD_FIELDS["serialize"][:-1]}
+    monkeypatch.setattr(native_cpu, "Serialize", Serialize)
+    with pytest.raises(RuntimeError, match="Serialize"):
+        native_cpu.check_records(_with(native, RECORD_FIELDS=short))
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Wider(Serialize):
+        extra: int = 0
+
+    monkeypatch.setattr(native_cpu, "Serialize", Wider)
+    with pytest.raises(RuntimeError, match="Wider"):
+        native_cpu.check_records(native)
+
+
+def _with(module, **attrs):
+    """A stand-in for `module` with `attrs` replaced."""
+    import types
+
+    out = types.SimpleNamespace(**vars(module))
+    for k, v in attrs.items():
+        setattr(out, k, v)
+    return out
