@@ -176,12 +176,15 @@ class FetchView:
         return bytes(self.buf[off:off + size])
 
     def saved(self, touched: list[tuple[int, int]]) -> ViewCopy:
-        """The view's bytes in `touched` (the ranges outside which it holds the text a reset
-        gave it: CpuState.view_touched) and its pending units, copied (a machine snapshot):
-        a few hundred bytes where the whole view is 64 KiB."""
-        at = ctypes.addressof(self.buf)
-        return ViewCopy(tuple((s, ctypes.string_at(at + s, e - s)) for s, e in touched),
-                        tuple(self._pending),
+        """The view's bytes from the first to the end of the last of `touched` (the ranges
+        outside which it holds the text a reset gave it: CpuState.view_touched) and its
+        pending units, copied (a machine snapshot): a few hundred bytes where the whole view
+        is 64 KiB (one slice: the bytes between the ranges are the first text's)."""
+        changed: tuple[tuple[int, bytes], ...] = ()
+        if touched:
+            lo, hi = min(s for s, _ in touched), max(e for _, e in touched)
+            changed = ((lo, self.buf[lo:hi]),)
+        return ViewCopy(changed, tuple(self._pending),
                         tuple((u, tuple(c)) for u, c in self._versions.items()))
 
     def restore(self, saved: ViewCopy, text: bytes) -> None:

@@ -46,7 +46,7 @@ from .native_cpu import NativeCpu
 from .native_loop import NativeLoop, usable
 from .path import Choice, CpuContext, Kind, Request
 from .retired import RecordsCopy
-from .snapshot import CpuCopy, Snapshot, SnapshotCache
+from .snapshot import CpuCopy, Snapshot, SnapshotCache, packed
 from .text_poke_record import TextPokeRecord
 from .truth import GroundTruth
 from .verdict import MachineConfigError, Verdict, VerdictKind
@@ -139,6 +139,7 @@ class Machine(InterruptDelivery, HypercallService):
         self.truth = GroundTruth(config.ncpus)  # this run's; a fresh one at every reset
         self.sideband: list[TextPokeRecord] = []
         self._copied: list[RecordsCopy | None] = [None] * config.ncpus  # _new_records
+        self._keyed: tuple[int, bytes] = (0, b"")
         self.views = [FetchView(ctypes.create_string_buffer(lay.text_size), config.grain)
                       for _ in range(config.ncpus)]
         def make_cpu(i: int) -> Cpu:
@@ -228,8 +229,10 @@ class Machine(InterruptDelivery, HypercallService):
         self.truth = GroundTruth(self.config.ncpus)
         self.sideband = []
         # per CPU, the last copy of its new records a snapshot took (or the restored one's):
-        # the next snapshot copies only the records after it (Retired.copy)
+        # the next snapshot copies only the records after it (Retired.copy); and the choices
+        # the last snapshot's key holds, with that key (snapshot.packed)
         self._copied: list[RecordsCopy | None] = [None] * self.config.ncpus
+        self._keyed: tuple[int, bytes] = (0, b"")
         for cpu in self.cpus:
             cpu.truth = self.truth.retired[cpu.index] if self.config.truth else None
             cpu.events = self.truth.events
@@ -306,16 +309,18 @@ class Machine(InterruptDelivery, HypercallService):
         if self.config.truth:
             copied[:] = [cpu.truth.copy(since)
                          for cpu, since in zip(self.cpus, copied, strict=True)]
-        views = []
-        for cpu in self.cpus:  # the ranges merged for good: the list grows with each change
-            touched = cpu.state.view_touched
-            touched[:] = _merge(touched)
-            views.append(cpu.view.saved(touched))
         cpus = tuple(CpuCopy(cpu.uc.context_save(), cpu.state.copy(), cpu.retired, records)
                      for cpu, records in zip(self.cpus, copied, strict=True))
-        return Snapshot(tuple(map(_VALUE, dec.path)), tuple(dec.path), steps,
+        path = dec.path
+        keyed, key = self._keyed
+        if keyed > len(path):  # (a path is only ever appended to during a run)
+            keyed, key = 0, b""
+        key += packed(map(_VALUE, path[keyed:]))
+        self._keyed = (len(path), key)
+        return Snapshot(key, tuple(path), steps,
                         self.clock.tick, self._last, self.mem.snapshot(),
-                        tuple(views), cpus,
+                        tuple(cpu.view.saved(cpu.state.view_touched) for cpu in self.cpus),
+                        cpus,
                         tuple(self.truth.events), tuple(self.sideband),
                         tuple(self._escalation.items()), dec.source.mark(),
                         dec.source.kind())
@@ -345,6 +350,7 @@ class Machine(InterruptDelivery, HypercallService):
         self._escalation = dict(snap.escalation)
         self._last = snap.last
         dec.path.extend(snap.path)
+        self._keyed = (len(snap.path), snap.key)
         dec.source.resume(snap.source)
 
     def _step(self, dec: Decisions) -> Verdict | None:

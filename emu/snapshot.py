@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from array import array
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .cpu import CpuState
@@ -55,7 +56,9 @@ class CpuCopy:
 class Snapshot:
     """The machine after `len(path)` choices and `steps` steps of a run."""
 
-    values: tuple[int, ...]  # the choices' values, the cache's key with `source_kind`
+    # the choices' values (`packed`), the cache's key with `source_kind`: made from the key
+    # of the run's snapshot before it and the values since (Machine._snapshot)
+    key: bytes
     path: tuple[Choice, ...]
     steps: int
     tick: int
@@ -69,8 +72,12 @@ class Snapshot:
     source: object  # DecisionSource.mark(): what the source recorded until then
     source_kind: object  # DecisionSource.kind(): only a source of the same kind resumes it
 
+    @property
+    def values(self) -> tuple[int, ...]:
+        return tuple(array("I", self.key))
 
-def _packed(values: tuple[int, ...]) -> bytes:
+
+def packed(values: Iterable[int]) -> bytes:
     """Choice values as bytes, four per value: a prefix of values is a prefix of bytes."""
     return array("I", values).tobytes()
 
@@ -83,7 +90,7 @@ class SnapshotCache:
             raise ValueError("a snapshot cache takes snapshots every >= 1 steps, keeps >= 1")
         self.every = every
         self.keep = keep
-        # (source kind, values packed (`_packed`)) -> the snapshot. Packed, not the values'
+        # (source kind, values packed (`packed`)) -> the snapshot. Packed, not the values'
         # tuple: the ordered dict hashes its keys as it iterates, and a tuple of hundreds of
         # values hashes anew each time (a bytes object once), which took 170 us a lookup
         self._snaps: OrderedDict[tuple[object, bytes], Snapshot] = OrderedDict()
@@ -91,7 +98,7 @@ class SnapshotCache:
         self.skipped = 0
 
     def add(self, snap: Snapshot) -> None:
-        key = (snap.source_kind, _packed(snap.values))
+        key = (snap.source_kind, snap.key)
         self._snaps[key] = snap
         self._snaps.move_to_end(key)
         while len(self._snaps) > self.keep:
@@ -100,19 +107,19 @@ class SnapshotCache:
     def best(self, planned: tuple[int, ...], source_kind: object) -> Snapshot | None:
         """The snapshot of a source of `source_kind` with the most choices, all of them the
         first of `planned`."""
-        plan = _packed(planned)
+        plan = packed(planned)
         best: tuple[object, bytes] | None = None
         for key in self._snaps:  # one pass, a memcmp per snapshot
-            kind, packed = key
-            if (best is None or len(packed) > len(best[1])) and kind == source_kind and \
-                    plan.startswith(packed):
+            kind, values = key
+            if (best is None or len(values) > len(best[1])) and kind == source_kind and \
+                    plan.startswith(values):
                 best = key
         if best is None:
             return None
         found = self._snaps[best]
         self._snaps.move_to_end(best)
         self.hits += 1
-        self.skipped += len(found.values)
+        self.skipped += len(found.key) // 4
         return found
 
     def __len__(self) -> int:

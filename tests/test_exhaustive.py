@@ -91,7 +91,7 @@ def test_a_run_whose_choices_are_not_the_searched_ones_is_refused():
     take(ctx.runnable)
     assert saved[0].request is not None  # checked once: the request is the node's from now on
     saved[0].request = None
-    with pytest.raises(SearchError, match=r"choice 0: .* \(runnable \(0, 1, 3\)\)"):
+    with pytest.raises(SearchError, match=r"choice 0: .* \(runnable \(0, 1, 3\), simplest 0\)"):
         take((0, 1, 3))
 
 

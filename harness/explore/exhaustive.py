@@ -410,10 +410,10 @@ def taken_in(prefix: list[Node], src: ExhaustiveSource, reduce: bool,
         if (old.kind, old.arity, old.runnable, old.simplest) != \
                 (new.kind, new.arity, new.runnable, new.simplest):
             raise SearchError(f"choice {k}: the search expected a {old.kind.value} choice "
-                              f"of {old.arity} values (runnable {old.runnable}), the run "
-                              f"made a {new.kind.value} choice of {new.arity} (runnable "
-                              f"{new.runnable}): the machine is not the one this search "
-                              "ran on")
+                              f"of {old.arity} values (runnable {old.runnable}, simplest "
+                              f"{old.simplest}), the run made a {new.kind.value} choice of "
+                              f"{new.arity} (runnable {new.runnable}, simplest "
+                              f"{new.simplest}): the machine is not the one this search ran on")
         old.request = choice.request
     path = list(prefix)
     for choice in choices[len(prefix):]:
