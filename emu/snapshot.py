@@ -13,7 +13,8 @@ deterministic, so the state after the same choices is the same state; the snapsh
 copies of everything (memory, fetch views, each CPU's registers, harness state and records,
 the machine's records and the source's own), never views of a later run's objects: what
 does not change once made is shared (the records a snapshot before it copied,
-Retired.copy), and a view is kept as its bytes where it differs from the first text.
+Retired.copy), and a view is kept as its bytes over the ranges where it may differ from
+the first text (FetchView.saved).
 Running from the reset state is the reference (tests/test_snapshot.py compares whole
 searches run both ways, footprints included).
 """
@@ -34,8 +35,8 @@ from .text_poke_record import TextPokeRecord
 
 # steps between two snapshots of a run (a run of static_key has about 580). A snapshot is
 # taken at each, and kept once the run makes a choice a later run may deviate at before the
-# next (Machine.run): 48 took four a run for 0.3 kept; 160 is as fast as 24 to 256 within
-# the machine's noise, 2.5 % faster than keeping the snapshot taken after such a choice
+# next (Machine.run): at 48 a run took four for 0.3 kept; 160 was the fastest of 96 to 400,
+# 2.5 % faster than keeping (every 48 or 24 steps) the snapshot taken after such a choice
 # (BENCHMARKS.md, eleventh session)
 EVERY = 160
 KEEP = 128  # snapshots kept, least recently used dropped first (about 0.3 MB each)

@@ -151,3 +151,36 @@ def test_the_keys_fields_do_not_run_into_each_other():
     a = shared_key(b"\x90\x90", b"\xcc", [])
     b = shared_key(b"\x90", b"\x90\xcc", [])
     assert a != b
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_explore_no_memo_checks_every_schedule_in_full(monkeypatch, flag):
+    """`explore --no-memo`: the plan says so, and its runner has no memo (every check is the
+    plain one); the same exhaustive search finds the same schedules and verdicts either way.
+    Perturbed (`flag` False): without the flag the runner has its memo, which some part of
+    the search hits."""
+    from harness import cli
+    from harness.explore import explore as explore_mod
+    from harness.explore.schedule import plan_runner
+
+    plans = []
+
+    def recording(plan, *args, **kwargs):
+        plans.append(plan)
+        return real(plan, *args, **kwargs)
+
+    real = explore_mod.explore
+    monkeypatch.setattr(explore_mod, "explore", recording)
+    argv = ["explore", "z4_bytewise", "--variant", "buggy", "--strategy", "exhaustive",
+            "--preemptions", "1", "--delays", "1", "--interrupts", "0", "--dpor",
+            "--no-shrink", "--schedules", "40", "--json"]
+    assert cli.main(argv + (["--no-memo"] if flag else [])) == 1  # the bytewise race
+    runner = plan_runner(plans[0], event_mode=True)
+    assert plans[0].memo is not flag and (runner.memo is None) is flag
+    if not flag:
+        assert runner.memo.hits > 0
+        return
+    other = real(replace(plans[0], memo=True), 40)
+    mine = real(plans[0], 40)
+    assert [(r.path, r.verdict, r.detail) for r in mine.results] == \
+        [(r.path, r.verdict, r.detail) for r in other.results]

@@ -40,6 +40,9 @@ class Plan:
     interrupts: int = 1  # exhaustive: I (NMIs raised, interrupts left pending)
     origin: Origin | None = None  # a user's scenario: its file or module (None: shipped)
     engine: Engine | None = None  # None: the fast engine where its native code is installed
+    # False: every check made in full, none of its CPU parts taken from the runner's memo of
+    # earlier runs' parts (harness/check_memo.py: keyed by a digest; --no-memo)
+    memo: bool = True
 
     @property
     def bound(self) -> Cost:
@@ -69,20 +72,23 @@ _RUNNERS: dict[tuple, Runner] = {}
 
 def runner_for(scenario: str, variant: str | None, cpus: int | None,
                trace: TraceConfig | None = None, event_mode: bool = False,
-               origin: Origin | None = None, engine: Engine | None = None) -> Runner:
+               origin: Origin | None = None, engine: Engine | None = None,
+               memo: bool = True) -> Runner:
     """One Runner (machine) per process and configuration, reset between schedules; a user's
-    scenario is loaded from its `origin` (so a --jobs worker loads the same one)."""
-    key = (scenario, variant, cpus, trace, event_mode, origin, engine)
+    scenario is loaded from its `origin` (so a --jobs worker loads the same one). `memo`
+    False: a runner without a check memo (Runner's reference check)."""
+    key = (scenario, variant, cpus, trace, event_mode, origin, engine, memo)
     if key not in _RUNNERS:
         _RUNNERS[key] = Runner(resolve(ScenarioRef(scenario, origin)), variant, cpus, trace,
-                               event_mode=event_mode, engine=engine)
+                               event_mode=event_mode, engine=engine,
+                               memo=None if memo else False)
     return _RUNNERS[key]
 
 
 def plan_runner(plan: Plan, event_mode: bool = False) -> Runner:
     """This process's runner for `plan`'s scenario, variant and CPUs."""
     return runner_for(plan.scenario, plan.variant, plan.cpus, event_mode=event_mode,
-                      origin=plan.origin, engine=plan.engine)
+                      origin=plan.origin, engine=plan.engine, memo=plan.memo)
 
 
 PCT_ESTIMATE_RUNS = 3
