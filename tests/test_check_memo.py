@@ -184,3 +184,25 @@ def test_explore_no_memo_checks_every_schedule_in_full(monkeypatch, flag):
     mine = real(plans[0], 40)
     assert [(r.path, r.verdict, r.detail) for r in mine.results] == \
         [(r.path, r.verdict, r.detail) for r in other.results]
+
+
+def test_a_search_saved_with_the_memo_resumes_without_it(tmp_path, monkeypatch):
+    """--no-memo changes how checks are made, not what they find: an exploration saved in
+    --db with the memo resumes with --no-memo (and one saved before the option existed,
+    whose parameters have no `memo`, resumes too). Perturbed: the memo counted in the saved
+    parameters, and the resume is refused."""
+    from dataclasses import asdict
+
+    from harness.explore import explore as explore_mod
+    from harness.explore.results_db import ResultsDbError
+    from harness.explore.schedule import Plan
+
+    plan = Plan("z4_bytewise", "fixed", strategy="exhaustive", preemptions=1, delays=1,
+                interrupts=0, dpor=True, shrink=False)
+    db = tmp_path / "x.db"
+    first = explore_mod.explore(plan, 12, db=db)
+    again = explore_mod.explore(replace(plan, memo=False), 20, db=db, resume=True)
+    assert again.skipped == len(first.results) == 12 and len(again.results) == 20
+    monkeypatch.setattr(explore_mod, "identity_of", asdict)
+    with pytest.raises(ResultsDbError, match="memo"):
+        explore_mod.explore(replace(plan, memo=False), 30, db=db, resume=True)

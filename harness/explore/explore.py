@@ -76,6 +76,15 @@ class Summary:
         return sorted((r for r in self.results if r.failed), key=lambda r: r.idx)
 
 
+def identity_of(plan: Plan) -> dict:
+    """The plan's parameters an exploration in --db is saved and resumed under: all but
+    `memo`, which changes how a check is computed, not what it finds (a search saved with
+    the memo resumes with --no-memo, and one saved before the option existed resumes)."""
+    params = asdict(plan)
+    del params["memo"]
+    return params
+
+
 def estimate(plan: Plan, probes: int, seconds: float | None = None) -> SpaceEstimate:
     """How many paths `plan`'s bounded space holds (estimate.py), from `probes` probes seeded
     by the plan's seed (fewer if `seconds` run out first); the runs are the exhaustive
@@ -122,7 +131,7 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
         plan = replace(plan, steps=estimate_steps(plan))
     exp_id, done = None, {}
     if results_db:
-        exp_id, _resumed = results_db.exploration(asdict(plan), resume)
+        exp_id, _resumed = results_db.exploration(identity_of(plan), resume)
         done = results_db.done(exp_id)
         if plan.strategy == "exhaustive":
             _check_frontier(results_db.frontier(exp_id), plan)
