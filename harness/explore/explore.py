@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from emu.decisions import ReplaySource
@@ -49,6 +49,7 @@ from .schedule import (
     Plan,
     ScheduleResult,
     estimate_steps,
+    identity_of,
     plan_runner,
     run_schedule,
     runner_for,
@@ -74,15 +75,6 @@ class Summary:
     @property
     def failures(self) -> list[ScheduleResult]:
         return sorted((r for r in self.results if r.failed), key=lambda r: r.idx)
-
-
-def identity_of(plan: Plan) -> dict:
-    """The plan's parameters an exploration in --db is saved and resumed under: all but
-    `memo`, which changes how a check is computed, not what it finds (a search saved with
-    the memo resumes with --no-memo, and one saved before the option existed resumes)."""
-    params = asdict(plan)
-    del params["memo"]
-    return params
 
 
 def estimate(plan: Plan, probes: int, seconds: float | None = None) -> SpaceEstimate:

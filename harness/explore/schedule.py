@@ -5,7 +5,7 @@ through `run_one` and `judge`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 
 from emu.config import RunBudget
 from emu.decisions import DecisionSource
@@ -19,6 +19,8 @@ from harness.trace.pt.encoder import TraceConfig
 from .shrink import run_budget, shrink
 from .strategies import PctSource, is_decision, schedule_seed, source_for
 from .token import Token, fingerprint
+
+IDENTITY = "identity"  # a Plan field's metadata key: False leaves it out of `identity_of`
 
 
 @dataclass(frozen=True)
@@ -41,12 +43,21 @@ class Plan:
     origin: Origin | None = None  # a user's scenario: its file or module (None: shipped)
     engine: Engine | None = None  # None: the fast engine where its native code is installed
     # False: every check made in full, none of its CPU parts taken from the runner's memo of
-    # earlier runs' parts (harness/check_memo.py: keyed by a digest; --no-memo)
-    memo: bool = True
+    # earlier runs' parts (harness/check_memo.py: keyed by a digest; --no-memo). How checks
+    # are made, not what they find: not part of an exploration's identity (`identity_of`)
+    memo: bool = field(default=True, metadata={IDENTITY: False})
 
     @property
     def bound(self) -> Cost:
         return Cost(self.preemptions, self.delays, self.interrupts)
+
+
+def identity_of(plan: Plan) -> dict:
+    """The plan's parameters an exploration in --db is saved and resumed under: every field
+    but those whose metadata says IDENTITY False (a search saved with the memo resumes with
+    --no-memo, and one saved before such a field existed resumes)."""
+    params = asdict(plan)
+    return {f.name: params[f.name] for f in fields(plan) if f.metadata.get(IDENTITY, True)}
 
 
 @dataclass
