@@ -1591,7 +1591,8 @@ out:
     return o;
 }
 
-/* A Delivery (emu/events.py: ExceptionEvent, InterruptEvent) with no error code. */
+/* A Delivery (emu/events.py: ExceptionEvent, InterruptEvent) with no error code (its default,
+   emu/native_cpu.py: C_DEFAULTS). */
 static PyObject *make_delivery(PyObject *cls, uint64_t tick, int cpu, long vector, uint64_t rip,
                                uint64_t handler, uint64_t source) {
     PyObject *v[] = {PyLong_FromUnsignedLongLong(tick), PyLong_FromLong(cpu),
@@ -1605,11 +1606,13 @@ static PyObject *make_delivery(PyObject *cls, uint64_t tick, int cpu, long vecto
 static PyObject *make_serialize(PyObject *cls, uint64_t tick, int cpu, Py_ssize_t units,
                                 long ipi) {
     PyObject *v[] = {PyLong_FromUnsignedLongLong(tick), PyLong_FromLong(cpu),
-                     PyLong_FromSsize_t(units), ipi < 0 ? Py_NewRef(Py_None) : PyLong_FromLong(ipi)};
+                     PyLong_FromSsize_t(units),
+                     ipi < 0 ? Py_NewRef(Py_None) : PyLong_FromLong(ipi)};
     return make_record(cls, serialize_fields, NFIELDS(SERIALIZE_FIELDS), v);
 }
 
-/* A HandlerFrame (emu/verdict.py) of a delivery that succeeded, no symbol yet. */
+/* A HandlerFrame (emu/verdict.py) of a delivery that succeeded, no symbol yet (the defaults,
+   emu/native_cpu.py: C_DEFAULTS). */
 static PyObject *make_frame(PyObject *cls, long vector, uint64_t rip) {
     PyObject *v[] = {PyLong_FromLong(vector), PyLong_FromUnsignedLongLong(rip),
                      Py_NewRef(Py_True), PyUnicode_FromStringAndSize("", 0)};

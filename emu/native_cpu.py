@@ -62,21 +62,33 @@ def _nmi_map(offsets: frozenset[int] | None, size: int) -> bytes | None:
     return bytes(out)
 
 
+# what _native.c's make_delivery, make_serialize and make_frame write into a field when the
+# C loop has no value for it: the field's default in its dataclass, which check_records checks
+C_DEFAULTS = {"error_code": None, "ipi": None, "delivered": True, "symbol": ""}
+
+
 def check_records(native: ModuleType) -> None:
     """The records the C loop makes without calling their __init__ (_native.c: make_record)
     have the fields it sets, in order, and nothing else to initialize: each class's fields
-    are the module's RECORD_FIELDS, it is frozen, and has no __post_init__. A field added to
-    one of them is refused here, before any run, not left unset by C."""
+    are the module's RECORD_FIELDS, it is frozen, has no __post_init__, and the defaults C
+    writes (C_DEFAULTS) are its own. A field added to one of them, or a default changed, is
+    refused here, before any run, not left unset or stale by C."""
     for key, classes in (("delivery", (ExceptionEvent, InterruptEvent)),
                          ("serialize", (Serialize,)), ("frame", (HandlerFrame,))):
         want = native.RECORD_FIELDS[key]
         for cls in classes:
-            got = tuple(f.name for f in dataclasses.fields(cls))
+            fields = dataclasses.fields(cls)
+            got = tuple(f.name for f in fields)
             if got != want or not cls.__dataclass_params__.frozen or \
                     hasattr(cls, "__post_init__"):
                 raise RuntimeError(f"the native machine makes {cls.__name__} with the fields "
                                    f"{want}; the class has {got}: emu/_native.c's "
                                    f"{key.upper()}_FIELDS must follow it")
+            for f in fields:
+                if f.name in C_DEFAULTS and f.default != C_DEFAULTS[f.name]:
+                    raise RuntimeError(f"the native machine makes {cls.__name__}.{f.name} "
+                                       f"{C_DEFAULTS[f.name]!r} by default; the class says "
+                                       f"{f.default!r}: emu/_native.c must follow it")
 
 
 class NativeCpu(Cpu):

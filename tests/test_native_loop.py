@@ -348,9 +348,10 @@ def test_records_made_in_c_are_those_their_classes_make(monkeypatch):
     """The C loop makes ExceptionEvent, InterruptEvent, Serialize and HandlerFrame without
     their __init__ (_native.c: make_record): every field is set, and each hashes (their
     values are the reference engine's: tests/test_engines.py). A class with a field C does
-    not set is refused before a run (check_records). Perturbed: the fields C names with one
-    left out, or a class with a field more; make_delivery setting one field less (by hand:
-    this test and test_engines fail)."""
+    not set, or whose default is not the one C writes, is refused before a run
+    (check_records). Perturbed: the fields C names with one left out, a class with a field
+    more, a default that differs; make_delivery setting one field less (by hand: this test
+    and test_engines fail)."""
     import dataclasses
 
     from emu import native_cpu
@@ -383,6 +384,10 @@ def test_records_made_in_c_are_those_their_classes_make(monkeypatch):
 
     monkeypatch.setattr(native_cpu, "Serialize", Wider)
     with pytest.raises(RuntimeError, match="Wider"):
+        native_cpu.check_records(native)
+    monkeypatch.setattr(native_cpu, "Serialize", Serialize)
+    monkeypatch.setitem(native_cpu.C_DEFAULTS, "symbol", "?")  # a default C no longer writes
+    with pytest.raises(RuntimeError, match="HandlerFrame.symbol"):
         native_cpu.check_records(native)
 
 
