@@ -155,20 +155,12 @@ def test_a_copy_since_an_earlier_one_holds_only_the_new_records(monkeypatch, per
     chain comes back as the whole log. A record of `since` taken back (`pop`) and another
     retired in its place: a whole copy, not a segment. Perturbed: `since`'s last record not
     checked; the segment's code taken from the start of the log."""
-    from emu import retired as retired_mod
     from emu.retired import Retired
 
     if perturb is not None:
-        import inspect
-        import textwrap
         old, new = {"no_check": ("since.count > n or", "False and"),
                     "absolute_code": ("[code_lo:]", "[0:]")}[perturb]
-        source = textwrap.dedent(inspect.getsource(Retired.copy))
-        assert source.count(old) == 1
-        namespace: dict = {}
-        exec(compile(source.replace(old, new), retired_mod.__file__, "exec"),
-             vars(retired_mod), namespace)
-        monkeypatch.setattr(Retired, "copy", namespace["copy"])
+        monkeypatch.setattr(Retired, "copy", _perturbed(Retired.copy, old, new))
     r = Retired([(1, 0x10, b"\x90"), (2, 0x11, b"\x0f\x0b")])
     first = r.copy()
     r.append(3, 0x13, b"\xcc")
@@ -251,19 +243,26 @@ def _after_a_short_run(runner: Runner, cache: SnapshotCache | None, at: int):
     return runner.machine.run(ExhaustiveSource(planned, footprints=True), cache=cache)
 
 
-def _perturbed_restore(old: str, new: str, method: str = "_restore"):
-    """Machine._restore (or `method`) compiled from its source with `old` replaced by
-    `new`."""
+def _perturbed(function, old: str, new: str):
+    """`function` compiled from its source with `old` (there once) replaced by `new`, in its
+    module's namespace."""
     import inspect
+    import sys
     import textwrap
 
-    from emu import machine
-
-    source = textwrap.dedent(inspect.getsource(getattr(machine.Machine, method)))
+    module = sys.modules[function.__module__]
+    source = textwrap.dedent(inspect.getsource(function))
     assert source.count(old) == 1
     namespace: dict = {}
-    exec(compile(source.replace(old, new), machine.__file__, "exec"), vars(machine), namespace)
-    return namespace[method]
+    exec(compile(source.replace(old, new), module.__file__, "exec"), vars(module), namespace)
+    return namespace[function.__name__]
+
+
+def _perturbed_restore(old: str, new: str, method: str = "_restore"):
+    """Machine._restore (or `method`) with `old` replaced by `new` (`_perturbed`)."""
+    from emu.machine import Machine
+
+    return _perturbed(getattr(Machine, method), old, new)
 
 
 def test_a_run_resumed_after_a_short_run_drops_the_translations_of_the_snapshots_text(
