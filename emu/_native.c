@@ -109,6 +109,12 @@ typedef struct {
     uint64_t view_size, text_base;
     PyObject *nmi_point;      /* Cpu.nmi_point, or NULL */
     uint8_t *nmi_map;         /* per text offset: may an NMI arrive before it; NULL: anywhere */
+    /* inside the scheduling loop (`steps`, NULL outside it): who answers its choices, and
+       this CPU's NMI_RAISE entry, its weight and what raises the NMI (all borrowed), which
+       nmi_before uses instead of asking nmi_point */
+    const struct Chooser *loop_ch;
+    PyObject *loop_nmi, *loop_raise;
+    double loop_weight;
     /* one run (begin .. end) */
     long long left;
     int want_stop, event, skip_valid, read_stop_in, mem_hooked_valid, restarted;
@@ -263,13 +269,32 @@ static void fail(CpuObject *s, PyObject *type, const char *message) {
     stop(s);
 }
 
-/* Cpu._nmi_before: whether a spontaneous NMI arrives before the instruction at `off`. */
+static long decide_weighted(PyObject *entry, const struct Chooser *ch, double weight);
+
+/* Cpu._nmi_before: whether a spontaneous NMI arrives before the instruction at `off`. In the
+   scheduling loop the choice is made here (Machine._nmi_arrives): Python only raises the NMI
+   it says yes to, and the run is handed back as one a Python hook ran in. */
 static int nmi_before(CpuObject *s, uint64_t off) {
     if (!s->nmi_armed || s->nmi_point == NULL)
         return 0;
     if (s->nmi_map != NULL && (off >= s->view_size || !s->nmi_map[off]))
         return 0;
     PyGILState_STATE g = PyGILState_Ensure();
+    if (s->loop_ch) {
+        long v = decide_weighted(s->loop_nmi, s->loop_ch, s->loop_weight);
+        if (v > 0) {
+            s->py_hooked = 1;
+            s->nmi_armed = 0; /* (the NMI is pending: no NMI point asks again) */
+            PyObject *r = PyObject_CallNoArgs(s->loop_raise);
+            if (r == NULL)
+                v = -1;
+            Py_XDECREF(r);
+        }
+        if (v < 0)
+            keep_error(s); /* stop: the loop raises it */
+        PyGILState_Release(g);
+        return v != 0;
+    }
     PyObject *r = PyObject_CallNoArgs(s->nmi_point);
     int yes = 0;
     if (r == NULL) {
@@ -1377,8 +1402,9 @@ static PyTypeObject CpuType = {
    change nothing. The loop hands back to Python, with the step in progress where it stopped,
    as soon as a step needs more:
      LOOP_STEP    before a step: a CPU is halted, or none is runnable (Python does the step);
-     LOOP_CHOSEN  the CPU is chosen and recorded, but it has an NMI pending or spontaneous NMIs
-                  left (Machine._cpu_step);
+     LOOP_CHOSEN  the CPU is chosen and recorded, but it has an NMI pending (Machine._cpu_step);
+     LOOP_RAISED  the NMI_RAISE choice at the step's start raises a spontaneous NMI
+                  (Machine._raise_nmi, then Machine._arrived_step);
      LOOP_IPI     the IPI choice delivers a pending IPI now (Machine._take_ipi, then
                   Machine._quantum_step);
      LOOP_VIEWED  the view choice makes pending unit `value - 1` visible (Machine._refresh,
@@ -1397,19 +1423,24 @@ static PyTypeObject CpuType = {
    step's footprint (cpu.footprint, as Machine._chosen_step makes it), the IPI choice, the
    fetch of its first instruction when none of its bytes is pending, and a run to the next
    visible event. A step handed back after its footprint was made (LOOP_IPI, LOOP_FETCH,
-   LOOP_RAN) is Python's to finish, footprint included: the loop does not take it back. */
+   LOOP_RAN, LOOP_RAISED) is Python's to finish, footprint included: the loop does not take
+   it back. A CPU with spontaneous NMIs left has its NMI_RAISE choices made here, at the
+   step's start and (event mode) at the NMI points of its run (nmi_before): a run whose NMI
+   point raises one is handed back (LOOP_RAN) as one a Python hook ran in. */
 
 #define LOOP_MAX_CPUS 20
 enum loop_status {
-    LOOP_STEP, LOOP_CHOSEN, LOOP_RAN, LOOP_BUDGET, LOOP_CAP, LOOP_IPI, LOOP_VIEWED, LOOP_FETCH
+    LOOP_STEP, LOOP_CHOSEN, LOOP_RAN, LOOP_BUDGET, LOOP_CAP, LOOP_IPI, LOOP_VIEWED, LOOP_FETCH,
+    LOOP_RAISED
 };
 /* per CPU, as load_cpu reads them from its Python state at a batch's start */
 #define F_FINISHED 1
 #define F_HALTED 2
 #define F_YIELDED 4
-#define F_NMI 8  /* an NMI pending, or spontaneous NMIs left: Python's */
+#define F_NMI 8  /* an NMI pending: Python's */
 #define F_IPI 16 /* an IPI pending */
 #define F_NMI_BLOCKED 32 /* an NMI would not be taken now (event mode's footprint reads it) */
+#define F_NMI_LEFT 64 /* spontaneous NMIs left and none pending: NMI_RAISE choices, here */
 #define RFLAGS_IF 0x200
 #define MAX_INSN_LENGTH 15 /* emu/x86.py */
 
@@ -1444,18 +1475,28 @@ static long randbelow(PyObject *getrandbits, long n) {
    (DecisionSource.simplest_from), so the loop answers those itself; before it, at a
    position where `follow` (DecisionSource.follows, a tuple of ints) holds the request's
    simplest value, the same. */
-typedef struct {
-    PyObject *getrandbits, *choose, *path, *follow;
+typedef struct Chooser {
+    PyObject *getrandbits, *random, *choose, *path, *follow;
     Py_ssize_t simple_from;
 } Chooser;
 
 /* One choice of `entry` (its request, its simplest value, then the Choice of each value):
    drawn or answered here and recorded (the entry's interned Choice), else
-   Decisions.choose(request). -1: an error. */
-static long decide(PyObject *entry, const Chooser *ch) {
+   Decisions.choose(request). A weight >= 0: a spontaneous NMI's, which a RandomSource draws
+   as random() < weight (RandomSource.pick). -1: an error. */
+static long decide_weighted(PyObject *entry, const Chooser *ch, double weight) {
     Py_ssize_t arity = PyTuple_GET_SIZE(entry) - 2;
     long v;
-    if (ch->getrandbits != Py_None) {
+    if (ch->getrandbits != Py_None && weight >= 0) {
+        PyObject *r = PyObject_CallNoArgs(ch->random);
+        if (!r)
+            return -1;
+        double x = PyFloat_AsDouble(r);
+        Py_DECREF(r);
+        if (x == -1.0 && PyErr_Occurred())
+            return -1;
+        v = x < weight;
+    } else if (ch->getrandbits != Py_None) {
         v = randbelow(ch->getrandbits, (long)arity);
         if (v < 0)
             return -1;
@@ -1488,6 +1529,10 @@ static long decide(PyObject *entry, const Chooser *ch) {
         return -1;
     }
     return PyList_Append(ch->path, PyTuple_GET_ITEM(entry, 2 + v)) ? -1 : v;
+}
+
+static long decide(PyObject *entry, const Chooser *ch) {
+    return decide_weighted(entry, ch, -1.0);
 }
 
 /* The entry of a CPU choice's context `key` (emu/native_loop.py: cpu_key), made once. */
@@ -1677,7 +1722,8 @@ static int refresh_flags(PyObject *st, int *flags) {
     if (finished < 0 || halted < 0 || nmi < 0 || left < 0 || ipis < 0 || blocked < 0)
         return -1;
     *flags = (*flags & F_YIELDED) | (finished ? F_FINISHED : 0) | (halted ? F_HALTED : 0) |
-             (nmi || left ? F_NMI : 0) | (ipis ? F_IPI : 0) | (blocked ? F_NMI_BLOCKED : 0);
+             (nmi ? F_NMI : 0) | (left && !nmi ? F_NMI_LEFT : 0) | (ipis ? F_IPI : 0) |
+             (blocked ? F_NMI_BLOCKED : 0);
     return 0;
 }
 
@@ -2158,9 +2204,9 @@ out:
 }
 
 /* One event-mode step of CPU `s` (Python's `pycpu`), chosen already (Machine._chosen_step,
-   _cpu_step and _event_run, for a CPU with no NMI to consider): 0 when it ended here, else
-   the status it is handed back with (LOOP_IPI, LOOP_FETCH, or LOOP_RAN with the run's uc_err
-   in *err), -1 on an error. `st`: its state (cpu.state, read once per batch); `before`: the
+   _cpu_step and _event_run, for a CPU with no NMI pending): 0 when it ended here, else the
+   status it is handed back with (LOOP_RAISED, LOOP_IPI, LOOP_FETCH, or LOOP_RAN with the
+   run's uc_err in *err), -1 on an error. `st`: its state (cpu.state, read once per batch); `before`: the
    CPU's instructions retired before this run. */
 static int event_step(CpuObject *s, PyObject *pycpu, PyObject *st, int index, int flags,
                       uint64_t before, const EventArgs *ea, PyObject *ientry, const Chooser *ch,
@@ -2182,6 +2228,15 @@ static int event_step(CpuObject *s, PyObject *pycpu, PyObject *st, int index, in
         if (PyObject_SetAttr(pycpu, s_footprint, fp)) {
             Py_DECREF(fp);
             return -1;
+        }
+    }
+    if (flags & F_NMI_LEFT) { /* Machine._nmi_arrives */
+        long v = decide_weighted(s->loop_nmi, ch, s->loop_weight);
+        if (v < 0)
+            goto fail;
+        if (v) {
+            status = LOOP_RAISED;
+            goto handed;
         }
     }
     if (flags & F_IPI && irq_open) { /* Machine._maybe_interrupt */
@@ -2218,7 +2273,9 @@ static int event_step(CpuObject *s, PyObject *pycpu, PyObject *st, int index, in
     clear_run(s);
     s->skip_valid = 1; /* the instruction it starts with was decided */
     s->decided_end = decided_end;
+    s->nmi_armed = (flags & F_NMI_LEFT) != 0; /* nmi_before asks at the run's NMI points */
     int e = run_once(s);
+    s->nmi_armed = 0;
     if (e < 0)
         goto fail;
     if (fp && add_run_footprint(s, fp, first, nfirst))
@@ -2273,17 +2330,19 @@ fail: /* (with an error in flight: the footprint goes as it is) */
     return -1;
 }
 
-/* steps(pycpus, cpus, retired, last, getrandbits|None, simple_from, follow, choose, cpu_table,
-         make, quantum_table, ipi_table, view_tables, view_entry, path, limits, reg_rflags,
-         resume, max_steps, event)
+/* steps(pycpus, cpus, retired, last, getrandbits|None, random|None, simple_from, follow,
+         choose, cpu_table, make, quantum_table, ipi_table, view_tables, view_entry,
+         (nmi_table, nmi_weight, raises), path, limits, reg_rflags, resume, max_steps, event)
      -> (steps, status, cpu, value, last)
    pycpus: the Cpu objects (their state is read here and written back: retired, last_ip,
    last_code, shadow, yielded); cpus: their native halves; retired: each CPU's Retired or
-   None; last: Machine._last (-1: none); getrandbits, simple_from, follow, choose: who answers
-   (Chooser); cpu_table: {cpu_key: entry}, filled through
+   None; last: Machine._last (-1: none); getrandbits, random, simple_from, follow, choose: who
+   answers (Chooser); cpu_table: {cpu_key: entry}, filled through
    make(cpu_key); quantum_table: each CPU's quantum entry, or () when max_quantum is 1;
    ipi_table: each CPU's IPI entry; view_tables: per CPU, {pending: entry} of the view
-   choices made so far, and view_entry(cpu, pending) makes the others;
+   choices made so far, and view_entry(cpu, pending) makes the others; nmi_table: each CPU's
+   NMI_RAISE entry, nmi_weight their weight, raises: per CPU, what raises the NMI a choice
+   inside a run says yes to (Machine._raise_nmi);
    path: Decisions.path; limits: (MachineConfig.insn_budget, the clock's limit); resume:
    (cpu, stage) of a step to finish first (stage 0: none; see `stage` below); event: () in
    quantum mode, else (max_quantum, Footprint, the source's step_done, Serialize), the
@@ -2293,22 +2352,24 @@ fail: /* (with an error in flight: the footprint goes as it is) */
    run's uc_err (LOOP_RAN) or the view choice (LOOP_VIEWED), and the last CPU chosen. */
 static PyObject *py_steps(PyObject *mod, PyObject *args) {
     (void)mod;
-    PyObject *pycpus, *cpus, *retireds, *getrandbits, *follow, *choose, *table, *make, *qtable,
-        *itable, *vtables, *view_entry, *path;
+    PyObject *pycpus, *cpus, *retireds, *getrandbits, *random, *follow, *choose, *table, *make,
+        *qtable, *itable, *vtables, *view_entry, *nmi_table, *raises, *path;
+    double nmi_weight;
     long long last, max_steps, simple_from;
     unsigned long long insn_budget, tick_limit;
     int reg_rflags, resume_cpu, resume_stage;
     PyObject *event;
-    if (!PyArg_ParseTuple(args, "O!O!O!LOLO!OO!OO!O!O!OO!(KK)i(ii)LO!", &PyTuple_Type, &pycpus,
-                          &PyTuple_Type, &cpus, &PyTuple_Type, &retireds, &last, &getrandbits,
-                          &simple_from, &PyTuple_Type, &follow, &choose, &PyDict_Type, &table,
-                          &make, &PyTuple_Type, &qtable,
+    if (!PyArg_ParseTuple(args, "O!O!O!LOOLO!OO!OO!O!O!O(O!dO!)O!(KK)i(ii)LO!", &PyTuple_Type,
+                          &pycpus, &PyTuple_Type, &cpus, &PyTuple_Type, &retireds, &last,
+                          &getrandbits, &random, &simple_from, &PyTuple_Type, &follow, &choose,
+                          &PyDict_Type, &table, &make, &PyTuple_Type, &qtable,
                           &PyTuple_Type, &itable, &PyTuple_Type, &vtables, &view_entry,
+                          &PyTuple_Type, &nmi_table, &nmi_weight, &PyTuple_Type, &raises,
                           &PyList_Type, &path,
                           &insn_budget, &tick_limit, &reg_rflags, &resume_cpu, &resume_stage,
                           &max_steps, &PyTuple_Type, &event))
         return NULL;
-    Chooser ch = {getrandbits, choose, path, follow,
+    Chooser ch = {getrandbits, random, choose, path, follow,
                   simple_from < 0 ? -1 : (Py_ssize_t)simple_from};
     EventArgs ev = {0, 1, NULL, NULL, NULL, NULL, NULL};
     if (PyTuple_GET_SIZE(event)) {
@@ -2330,13 +2391,14 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
     Py_ssize_t n = PyTuple_GET_SIZE(cpus);
     if (n < 1 || n > LOOP_MAX_CPUS || PyTuple_GET_SIZE(pycpus) != n ||
         PyTuple_GET_SIZE(retireds) != n || PyTuple_GET_SIZE(itable) != n ||
-        PyTuple_GET_SIZE(vtables) != n ||
+        PyTuple_GET_SIZE(vtables) != n || PyTuple_GET_SIZE(nmi_table) != n ||
+        PyTuple_GET_SIZE(raises) != n || (getrandbits != Py_None && random == Py_None) ||
         (PyTuple_GET_SIZE(qtable) != 0 && PyTuple_GET_SIZE(qtable) != n))
         return PyErr_Format(PyExc_ValueError, "steps: %zd CPUs, or mismatched tables", n);
     if (resume_stage < 0 || resume_stage > 2 || (resume_stage && (resume_cpu < 0 ||
                                                                    resume_cpu >= n)))
         return PyErr_Format(PyExc_ValueError, "steps: no step of CPU %d to resume", resume_cpu);
-    CpuObject *c[LOOP_MAX_CPUS];
+    CpuObject *c[LOOP_MAX_CPUS] = {NULL};
     PyObject *st[LOOP_MAX_CPUS] = {NULL}, *vtable[LOOP_MAX_CPUS] = {NULL};
     int fl[LOOP_MAX_CPUS];
     uint64_t count[LOOP_MAX_CPUS], ran[LOOP_MAX_CPUS];
@@ -2362,7 +2424,11 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
         s->truth = PyTuple_GET_ITEM(retireds, i) != Py_None;
         if (hold_truth(s, PyTuple_GET_ITEM(retireds, i)))
             goto done;
-        s->skip_valid = s->nmi_armed = 0; /* no NMI point: a CPU with NMIs is handed back */
+        s->skip_valid = s->nmi_armed = 0; /* (event_step arms the NMI points of its runs) */
+        s->loop_ch = &ch;
+        s->loop_nmi = PyTuple_GET_ITEM(nmi_table, i);
+        s->loop_raise = PyTuple_GET_ITEM(raises, i);
+        s->loop_weight = nmi_weight;
         s->event = ev.on;
         s->track_fp = ev.fp_cls != NULL;
         s->decided_end = -1;
@@ -2409,7 +2475,7 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
             }
             i = nth_bit(runnable, value);
             last = i;
-            if (fl[i] & F_NMI) { /* Machine._nmi_arrives, _maybe_interrupt's NMI */
+            if (fl[i] & F_NMI) { /* _maybe_interrupt's NMI */
                 status = LOOP_CHOSEN;
                 who = i;
                 break;
@@ -2453,6 +2519,16 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
                     break;
                 }
                 continue;
+            }
+            if (fl[i] & F_NMI_LEFT) { /* Machine._nmi_arrives */
+                long v = decide_weighted(c[i]->loop_nmi, &ch, nmi_weight);
+                if (v < 0)
+                    goto done;
+                if (v) {
+                    status = LOOP_RAISED;
+                    who = i;
+                    break;
+                }
             }
             if (fl[i] & F_IPI && !c[i]->shadow) { /* Machine._maybe_interrupt */
                 uint64_t rflags = 0;
@@ -2535,6 +2611,8 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
     result = Py_BuildValue("LiiiL", steps, status, who, err, last);
 done:
     for (Py_ssize_t i = 0; i < n; i++) {
+        if (c[i])
+            c[i]->loop_ch = NULL; /* NativeCpu.run's NMI points ask Python again */
         Py_XDECREF(st[i]);
         Py_XDECREF(vtable[i]);
     }

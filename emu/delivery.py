@@ -58,6 +58,7 @@ class InterruptDelivery:
     truth: GroundTruth
     _decisions: Decisions | None
     _escalation: dict[int, str]  # cpu -> the deliveries that failed on the way to its #DF
+    _nmi_requests: tuple[Request, ...]  # each CPU's NMI_RAISE request, made once (_nmi_arrives)
 
     _event: Callable[..., None]  # Machine._event(cpu, kind, **fields): the record of it
     _serialize: Callable[..., None]  # Machine._serialize(cpu, ipi): the IPI serializes
@@ -77,15 +78,20 @@ class InterruptDelivery:
         st = cpu.state
         if not st.nmis_left or st.pending_nmi:
             return False
-        weight = 1 / self.config.nmi_rarity
-        if not dec.choose(Request(Kind.NMI_RAISE, 2, cpu.index, weight=weight)):
+        if not dec.choose(self._nmi_requests[cpu.index]):
             return False
+        self._raise_nmi(cpu)
+        return True
+
+    def _raise_nmi(self, cpu: Cpu) -> None:
+        """The NMI_RAISE choice said yes: the NMI is pending on `cpu` (also where the C loop
+        made the choice, emu/native_loop.py)."""
+        st = cpu.state
         st.pending_nmi = True
         st.nmis_left -= 1
         if cpu.footprint is not None:
             cpu.footprint.write(irq(cpu.index, nmi=True))
         self._event(cpu, NmiRaised)
-        return True
 
     def _nmi_point(self, cpu: Cpu) -> bool:
         """Event mode, before an instruction inside a run: True stops the run there, with an

@@ -171,6 +171,8 @@ class Machine(InterruptDelivery, HypercallService):
         self._cpu_requests: dict[tuple, Request] = {}
         self._quantum_requests = [Request(Kind.QUANTUM, config.max_quantum, i)
                                   for i in range(config.ncpus)]
+        self._nmi_requests = tuple(Request(Kind.NMI_RAISE, 2, i, weight=1 / config.nmi_rarity)
+                                   for i in range(config.ncpus))
         # the fast engine's scheduling loop (emu/native_loop.py), where it applies
         self._loop = NativeLoop(native, self) if usable(self, native) else None
 
@@ -407,6 +409,11 @@ class Machine(InterruptDelivery, HypercallService):
 
     def _cpu_step(self, cpu: Cpu, dec: Decisions) -> Verdict | None:
         self._nmi_arrives(cpu, dec)
+        return self._arrived_step(cpu, dec)
+
+    def _arrived_step(self, cpu: Cpu, dec: Decisions) -> Verdict | None:
+        """The CPU's step once a spontaneous NMI arrived or not (where the C loop hands back
+        a step whose NMI_RAISE choice raised one)."""
         verdict = self._maybe_interrupt(cpu, dec)
         if verdict is not None:
             return verdict

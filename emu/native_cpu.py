@@ -223,9 +223,7 @@ class NativeCpu(Cpu):
         self._event = event
         st = self.state
         nat = self._nat
-        if self.nmi_point is not self._nmi_sent:  # the machine sets both once, after __init__
-            nat.set_nmi(self.nmi_point, _nmi_map(self.nmi_offsets, len(self.view.buf)))
-            self._nmi_sent = self.nmi_point
+        self.bind_nmi()
         self.clear_stops()
         st.yielded = False
         if event:
@@ -244,6 +242,13 @@ class NativeCpu(Cpu):
             err = nat.run(quantum, False, st.last_ip, st.last_code, st.shadow, None, -1, False,
                           False, self.truth, None)
         return self.finish(err)
+
+    def bind_nmi(self) -> None:
+        """The NMI point and where it is asked, to the native half (the machine sets both
+        once, after __init__; the C loop reads them too)."""
+        if self.nmi_point is not self._nmi_sent:
+            self._nat.set_nmi(self.nmi_point, _nmi_map(self.nmi_offsets, len(self.view.buf)))
+            self._nmi_sent = self.nmi_point
 
     def clear_stops(self) -> None:
         """What a run starts with clear on the Python side (before a batch of the C loop,

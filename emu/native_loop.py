@@ -55,7 +55,7 @@ NO_LIMIT = 2**64 - 1
 _RFLAGS = x86_const.UC_X86_REG_RFLAGS
 
 # emu/_native.c: enum loop_status
-STEP, CHOSEN, RAN, BUDGET, CAP, IPI, VIEWED, FETCH = range(8)
+STEP, CHOSEN, RAN, BUDGET, CAP, IPI, VIEWED, FETCH, RAISED = range(9)
 
 
 def entry(request: Request) -> tuple:
@@ -71,16 +71,17 @@ def usable(machine: Machine, native: ModuleType | None) -> bool:
     return native is not None and hasattr(native, "steps") and machine.config.ncpus <= MAX_CPUS
 
 
-def _draws(source: object) -> object:
-    """A RandomSource's `getrandbits`, when randrange on its generator is what the C loop
-    reproduces (CPython's Random, with its own `_randbelow`); else None."""
+def _draws(source: object) -> tuple[object, object]:
+    """A RandomSource's `getrandbits` and `random`, when randrange on its generator is what
+    the C loop reproduces (CPython's Random, with its own `_randbelow`; `random() < weight`
+    for a spontaneous NMI, RandomSource.pick); else None twice."""
     if type(source) is not RandomSource:
-        return None
+        return None, None
     rng = source._rng  # the source's own generator, drawn in its own order
     if type(rng) is not random.Random or \
             random.Random._randbelow is not random.Random._randbelow_with_getrandbits:
-        return None
-    return rng.getrandbits
+        return None, None
+    return rng.getrandbits, rng.random
 
 
 class NativeLoop:
@@ -96,6 +97,11 @@ class NativeLoop:
                                if machine.config.max_quantum > 1 else ())
         n = machine.config.ncpus
         self._ipi_table = tuple(entry(Request(Kind.IPI, 2, i)) for i in range(n))
+        # each CPU's NMI_RAISE entry, its weight, and what raises the NMI when the choice
+        # says so inside a run (Machine._nmi_arrives, its choice made in C)
+        self._nmi = (tuple(entry(r) for r in machine._nmi_requests),
+                     1 / machine.config.nmi_rarity,
+                     tuple(lambda c=c: machine._raise_nmi(c) for c in machine.cpus))
         self._view_entries: list[dict[int, tuple]] = [{} for _ in range(n)]
         self._truths: tuple = ()  # start(): this run's records, source and tables
         self._run: tuple = ()
@@ -124,13 +130,14 @@ class NativeLoop:
         for c in m.cpus:
             c.clear_stops()  # NativeCpu.finish clears them again after each run it ends
             c._event = m.config.event_mode  # what NativeCpu.run sets for the Python hooks
+            c.bind_nmi()  # the C loop asks the NMI points of its runs
         self._truths = tuple(c.truth for c in m.cpus)
         simple_from = dec.source.simplest_from()
-        self._run = (_draws(dec.source), -1 if simple_from is None else simple_from,
+        self._run = (*_draws(dec.source), -1 if simple_from is None else simple_from,
                      tuple(dec.source.follows()), dec.choose,
                      self._cpu_table, self._cpu_entry,
                      self._quantum_table, self._ipi_table, tuple(self._view_entries),
-                     self._view_entry)
+                     self._view_entry, self._nmi)
         self._limits = (m.config.insn_budget, NO_LIMIT if budget is None else budget.ticks)
         self._event = ()
         if m.config.event_mode:  # footprints as Machine._chosen_step measures them
@@ -152,8 +159,11 @@ class NativeLoop:
         while True:
             n, status, who, value = self._batch(dec, resume, most - done)
             done += n
-            if self._event and status in (IPI, FETCH, RAN):
+            if self._event and status in (IPI, FETCH, RAN, RAISED):
                 return done + 1, self._event_rest(cpus[who], dec, status, value)
+            if status == RAISED:  # Machine._nmi_arrives said yes, then the rest of the step
+                m._raise_nmi(cpus[who])
+                return done + 1, m._arrived_step(cpus[who], dec)
             if status == VIEWED:  # Machine._quantum_step, then its quantum in C
                 m._refresh(cpus[who], value - 1)
                 resume = (who, 2)
@@ -176,12 +186,16 @@ class NativeLoop:
         """The rest of an event-mode step the C loop handed back after making its footprint
         (cpu.footprint, None without footprints), which then goes to the source as
         Machine._chosen_step hands it over: IPI, the pending IPI delivered, then the run;
-        FETCH, the run (its first instruction's fetch decided); RAN, the run's end."""
+        FETCH, the run (its first instruction's fetch decided); RAN, the run's end; RAISED,
+        the NMI its NMI_RAISE choice raised, then the rest of the step."""
         m = self._m
         fp = cpu.footprint
         try:
             if status == RAN:
                 return m._after_run(cpu, cpu.finish(value))
+            if status == RAISED:
+                m._raise_nmi(cpu)
+                return m._arrived_step(cpu, dec)
             if status == IPI:
                 verdict = m._take_ipi(cpu)
                 if verdict is not None:

@@ -136,8 +136,11 @@ def test_a_run_cut_or_out_of_budget_ends_on_the_same_step(bound: str):
 
 def test_a_loop_that_draws_from_another_generator_is_caught(monkeypatch):
     """Perturbed: the C loop's random choices come from a generator seeded differently."""
-    monkeypatch.setattr(native_loop, "_draws",
-                        lambda source: random.Random(source.seed + 1).getrandbits)
+    def other(source):
+        rng = random.Random(source.seed + 1)
+        return rng.getrandbits, rng.random
+
+    monkeypatch.setattr(native_loop, "_draws", other)
     runners = _runners()
     fast = runners[Engine.FAST].machine.run(RandomSource(0))
     ref = runners[Engine.REFERENCE].machine.run(RandomSource(0))
