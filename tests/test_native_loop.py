@@ -91,9 +91,11 @@ def test_a_source_answering_out_of_range_is_refused_as_the_reference_refuses_it(
     bad = {"arity": lambda r: r.arity, "negative": lambda r: -1,
            "not an int": lambda r: "0", "a bool": lambda r: True}[answer]
 
-    def make():  # the 20th choice, well inside the C loop's first batch
+    def make():  # the 20th choice, well inside the C loop's first batch; round robin before
+        # and after it (always 0 keeps CPU 0 spinning to the budget: 7 s)
         asked = []
-        return PolicySource(lambda r: (asked.append(r), bad(r) if len(asked) == 20 else 0)[1])
+        return PolicySource(lambda r: (asked.append(r),
+                                       bad(r) if len(asked) == 20 else len(asked) % r.arity)[1])
 
     runners = _runners()
     outcomes = []
