@@ -327,6 +327,22 @@ def _result(idx: int, failed: bool = False):
     return ScheduleResult(idx, 0, kind.value, "", 1, "", None, None)
 
 
+def test_a_result_shares_its_verdict_and_detail_text_with_the_others():
+    """An exploration keeps every schedule's result: equal texts made apart (a worker's
+    results are unpickled one by one) are one object, and a result has no __dict__.
+    Perturbed: without the interning the details are two objects."""
+    from harness.explore.cluster import schedule_result
+
+    def made(idx: int):
+        return schedule_result({"seed": 0, "verdict": "".join(["pa", "ss"]),
+                                "detail": "".join(["every CPU ", "finished"]),
+                                "decisions": 3, "path": [0, 1, idx]}, idx)
+
+    a, b = made(0), made(1)
+    assert a.detail == b.detail and a.detail is b.detail and a.verdict is b.verdict
+    assert a.path != b.path and not hasattr(a, "__dict__")
+
+
 def test_recorder_batches_commits_and_a_failure_goes_at_once():
     from harness.explore.explore import Recorder
     writes: list[tuple[list[int], str | None]] = []
