@@ -273,14 +273,16 @@ static long decide_weighted(PyObject *entry, const struct Chooser *ch, double we
 
 /* Cpu._nmi_before: whether a spontaneous NMI arrives before the instruction at `off`. In the
    scheduling loop the choice is made here (Machine._nmi_arrives): Python only raises the NMI
-   it says yes to, and the run is handed back as one a Python hook ran in. */
+   it says yes to, and the run is handed back as one a Python hook ran in. Once a hypercall
+   ran in the run (an NMI IPI to itself makes one pending, and Machine._nmi_arrives then
+   makes no choice) the rest of the run asks Python. */
 static int nmi_before(CpuObject *s, uint64_t off) {
     if (!s->nmi_armed || s->nmi_point == NULL)
         return 0;
     if (s->nmi_map != NULL && (off >= s->view_size || !s->nmi_map[off]))
         return 0;
     PyGILState_STATE g = PyGILState_Ensure();
-    if (s->loop_ch) {
+    if (s->loop_ch && !s->py_out) { /* (a hypercall may have made an NMI pending: Python's) */
         long v = decide_weighted(s->loop_nmi, s->loop_ch, s->loop_weight);
         if (v > 0) {
             s->py_hooked = 1;

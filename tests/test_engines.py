@@ -28,7 +28,7 @@ from harness.run import Runner
 from harness.scenario.op import Raw, StaticKey
 from harness.scenario.scenario import GENERIC_VARIANTS, Scenario
 from harness.scenario.shipped import SCENARIOS
-from harness.scenario.site import JumpLabel
+from harness.scenario.site import JumpLabel, ObserverCode
 from harness.trace.pt import native as trace_native
 from tests.test_soundness import STACK_RACE
 
@@ -109,6 +109,29 @@ NMI_IRET = Scenario(
     extra_asm="pausing_nmi:\n    pause\n    iretq\n")
 
 
+# CPU 1, with spontaneous NMIs left, sends CPU 0 an NMI, then itself one, and runs on after
+# each: the C loop leaves the NMI points after a hypercall to Python, which makes NMI_RAISE
+# choices after the first (24 of its NMIs in the search below), none after the second (the
+# NMI is pending)
+SEND_NMI = "    mov edi, {}\n    mov esi, 2\n    mov eax, HC_SEND_IPI\n    out HC_PORT, eax\n"
+SELF_NMI = Scenario(
+    "self_nmi", "an observer sends CPU 0 an NMI, then itself one, and runs on", cpus=2,
+    sites=[ObserverCode("self_nmi", SEND_NMI.format(1) + "    nop\n    nop\n" +
+                        SEND_NMI.format(2) + "    nop\n    nop\n")],
+    ops=[Raw("    nop\n")], observer_nmis=3, nmi_rarity=1000, handlers={"nmi": "quiet_nmi"},
+    extra_asm="quiet_nmi:\n    iretq\n")
+
+
+def test_an_nmi_a_cpu_sends_itself_leaves_the_rest_of_its_run_to_python():
+    """Perturbed: the C loop making NMI_RAISE choices after a hypercall (after the second, a
+    choice at each point where the reference makes none)."""
+    runners = _runners_of(SELF_NMI, None, True)
+    for seed in SEEDS:
+        fast = runners[Engine.FAST].machine.run(RandomSource(seed))
+        ref = runners[Engine.REFERENCE].machine.run(RandomSource(seed))
+        assert differences(runners[Engine.FAST], fast, ref) == [], f"seed {seed}"
+
+
 @pytest.mark.parametrize(("scenario", "variant", "cpus", "bound", "limit"), [
     ("z4_bytewise", "fixed", None, Cost(1, 0, 0), None),
     (STACK_RACE, None, 2, Cost(1, 0, 0), None),  # a race through another CPU's stack
@@ -116,7 +139,8 @@ NMI_IRET = Scenario(
     # spontaneous NMIs, raised at a step's start and at NMI points inside runs, where the C
     # loop makes the NMI_RAISE choices (the first 20 of its 225 runs)
     ("z1_optprobe_shadow", "buggy", None, Cost(0, 0, 1), 20),
-], ids=["z4_bytewise", "stack_race", "nmi_iret", "z1_nmis"])
+    (SELF_NMI, None, 2, Cost(0, 0, 1), None),  # NMIs raised by Python after a hypercall
+], ids=["z4_bytewise", "stack_race", "nmi_iret", "z1_nmis", "self_nmi"])
 def test_both_machines_search_the_same_space(scenario, variant, cpus, bound, limit):
     """An exhaustive search with the DPOR reduction: the footprints the C hooks collect steer
     which paths come next, so equal paths in equal order need equal footprints too (and each
