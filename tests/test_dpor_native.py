@@ -12,9 +12,9 @@ import pytest
 
 from emu.engine import Engine, native_module
 from emu.footprint import Footprint, data_words, irq, stack, text_grains
-from emu.path import Cost
+from emu.path import Cost, Kind
 from harness.explore.dpor import Step, find_races, races
-from harness.explore.exhaustive import ExhaustiveSource, explore_exhaustive
+from harness.explore.exhaustive import ExhaustiveSource, explore_exhaustive, own_nodes
 from harness.run import Runner
 from harness.scenario.shipped import SCENARIOS
 
@@ -47,6 +47,40 @@ def test_both_race_finders_agree_on_recorded_runs(name: str):
         assert native.races(steps, half) == races(steps, half) == [r for r in want
                                                                     if r[1] >= half]
         assert races(steps, half) != want or not want
+
+
+@pytest.mark.parametrize("name", ["static_key", "z1_optprobe_shadow"])
+def test_both_node_makers_make_the_same_nodes(name: str):
+    """_dpor.c's `nodes` against node_of's loop (own_nodes' reference) on recorded runs,
+    with and without the reduction, from the start and from inside a run: the same fields,
+    the same request objects, and the same `known` entries. Perturbed: C giving a CPU
+    choice every value under the reduction."""
+    runner = Runner(SCENARIOS[name], None, 3 if name == "static_key" else None,
+                    event_mode=True, engine=Engine.FAST, decode=False)
+    for prefix in PREFIXES:
+        src = ExhaustiveSource(prefix, footprints=True)
+        runner.machine.run(src)
+        for reduce in (True, False):
+            for start in (0, len(src.choices) // 2):
+                known: dict = {e: {} for e in Engine}
+                made = {e: own_nodes(src.choices, start, reduce, e, known[e]) for e in Engine}
+                fast, ref = made[Engine.FAST], made[Engine.REFERENCE]
+                assert known[Engine.FAST] == known[Engine.REFERENCE] != {}
+                assert len(fast) == len(src.choices) - start > 0
+                assert fast == ref
+                assert [n.request for n in fast] == [n.request for n in ref]
+                assert all(a.request is b.request and a.origin is None for a, b in zip(
+                    fast, ref, strict=True))
+                assert any(n.kind is Kind.CPU and len(n.todo) < n.arity for n in fast) == \
+                    (reduce and any(n.kind is Kind.CPU and n.arity > 1 for n in fast))
+
+
+def test_nodes_are_not_made_in_c_for_a_dataclass_of_other_fields(monkeypatch):
+    from harness.explore import exhaustive
+
+    monkeypatch.setattr(exhaustive, "NODE_FIELDS", exhaustive.NODE_FIELDS[:-1])
+    with pytest.raises(RuntimeError, match="rebuild the extension"):
+        own_nodes([], 0, True, Engine.FAST)
 
 
 def test_both_race_finders_agree_on_random_footprints():

@@ -15,7 +15,8 @@
  * `keep`, the finder returns its RaceLog (the steps as read, their clocks, a checkpoint of the
  * walk every CP_EVERY steps), and the next run passes it as `prior` to read and walk only its
  * own steps. `step_done` is ExhaustiveSource.step_done's loop, which the fast engine's C loop
- * calls once a scheduling step.
+ * calls once a scheduling step; `nodes` is taken_in's loop making the Nodes of a run's own
+ * choices (exhaustive.own_nodes; node_of's loop is the reference).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -28,7 +29,12 @@
 /* the attribute names read per step, interned once (PyInit__dpor) */
 static PyObject *s_footprint, *s_cpu, *s_packed, *s_added;
 static PyObject *s_choices, *s_stepped, *s_steps, *s_kind, *s_request, *s_context, *s_node,
-    *s_end;
+    *s_end, *s_arity, *s_value;
+/* exhaustive.Node's fields, in its dataclass's order (py_nodes) */
+static const char *const NODE_FIELD_NAMES[] = {"kind", "arity",  "value",  "simplest", "runnable",
+                                               "todo", "done",   "origin", "request"};
+#define NODE_FIELDS ((int)(sizeof NODE_FIELD_NAMES / sizeof NODE_FIELD_NAMES[0]))
+static PyObject *node_fields[NODE_FIELDS];
 
 typedef struct {
     uint64_t loc;
@@ -639,7 +645,93 @@ done:
     return result;
 }
 
+/* nodes(node_cls, choices, start, known, entry, cpu_kind, reduce) -> [Node]
+   taken_in's loop over a run's own choices (from `start`), in C: exhaustive.node_of of each,
+   `todo` every value, or with `reduce` a CPU choice's own value only. `known` is node_of's
+   {id(request): (request, simplest, runnable)}; `entry(request, known)` (exhaustive._entry)
+   gives a request's entry and keeps it there. Each Node is made as its dataclass __init__
+   would make it (its nine slots set in field order), without the call: a z1 run takes in
+   ~1,900 choices. New reference, or NULL with an error. */
+static PyObject *py_nodes(PyObject *mod, PyObject *args) {
+    (void)mod;
+    PyTypeObject *cls;
+    PyObject *choices, *known, *entry, *cpu_kind;
+    Py_ssize_t start;
+    int reduce;
+    if (!PyArg_ParseTuple(args, "O!O!nO!OOp", &PyType_Type, &cls, &PyList_Type, &choices,
+                          &start, &PyDict_Type, &known, &entry, &cpu_kind, &reduce))
+        return NULL;
+    Py_ssize_t end = PyList_GET_SIZE(choices);
+    PyObject *out = PyList_New(0);
+    for (Py_ssize_t k = start < 0 ? 0 : start; out && k < end; k++) {
+        PyObject *c = PyList_GET_ITEM(choices, k);
+        PyObject *kind = PyObject_GetAttr(c, s_kind), *arity = PyObject_GetAttr(c, s_arity),
+                 *value = PyObject_GetAttr(c, s_value), *req = PyObject_GetAttr(c, s_request),
+                 *key = NULL, *got = NULL, *todo = NULL, *done = NULL, *node = NULL;
+        if (!kind || !arity || !value || !req || !(key = PyLong_FromVoidPtr(req)))
+            goto fail;
+        got = PyDict_GetItemWithError(known, key);
+        if (got)
+            Py_INCREF(got);
+        else if (PyErr_Occurred() || !(got = PyObject_CallFunctionObjArgs(entry, req, known,
+                                                                           NULL)))
+            goto fail;
+        if (!PyTuple_Check(got) || PyTuple_GET_SIZE(got) != 3) {
+            PyErr_SetString(PyExc_TypeError, "nodes: an entry is (request, simplest, runnable)");
+            goto fail;
+        }
+        if (!(done = PySet_New(NULL)) || PySet_Add(done, value) || !(todo = PySet_New(NULL)))
+            goto fail;
+        if (!reduce || kind != cpu_kind) {
+            long n = PyLong_AsLong(arity);
+            if (n == -1 && PyErr_Occurred())
+                goto fail;
+            for (long v = 0; v < n; v++) {
+                PyObject *x = PyLong_FromLong(v);
+                int rc = x ? PySet_Add(todo, x) : -1;
+                Py_XDECREF(x);
+                if (rc)
+                    goto fail;
+            }
+        } else if (PySet_Add(todo, value))
+            goto fail;
+        PyObject *fields[] = {kind, arity, value, PyTuple_GET_ITEM(got, 1),
+                              PyTuple_GET_ITEM(got, 2), todo, done, Py_None, req};
+        if (!(node = cls->tp_alloc(cls, 0)))
+            goto fail;
+        for (int f = 0; f < NODE_FIELDS; f++)
+            if (PyObject_GenericSetAttr(node, node_fields[f], fields[f]))
+                goto fail;
+        if (PyList_Append(out, node))
+            goto fail;
+        goto next;
+    fail:
+        Py_CLEAR(out);
+    next:
+        Py_XDECREF(kind);
+        Py_XDECREF(arity);
+        Py_XDECREF(value);
+        Py_XDECREF(req);
+        Py_XDECREF(key);
+        Py_XDECREF(got);
+        Py_XDECREF(todo);
+        Py_XDECREF(done);
+        Py_XDECREF(node);
+    }
+    return out;
+}
+
+/* NODE_FIELDS: exhaustive.Node's fields in the order `nodes` sets them (exhaustive.py
+   checks them against the dataclass before it lets C make nodes). */
+static PyObject *node_field_names(void) {
+    PyObject *t = PyTuple_New(NODE_FIELDS);
+    for (int f = 0; t && f < NODE_FIELDS; f++)
+        PyTuple_SET_ITEM(t, f, Py_NewRef(node_fields[f]));
+    return t;
+}
+
 static PyMethodDef methods[] = {
+    {"nodes", py_nodes, METH_VARARGS, "taken_in's nodes of a run's own choices, in C"},
     {"step_done", (PyCFunction)(void (*)(void))py_step_done, METH_FASTCALL,
      "ExhaustiveSource.step_done, in C"},
     {"races", (PyCFunction)(void (*)(void))py_races, METH_VARARGS | METH_KEYWORDS,
@@ -663,12 +755,19 @@ PyMODINIT_FUNC PyInit__dpor(void) {
         !(s_request = PyUnicode_InternFromString("request")) ||
         !(s_context = PyUnicode_InternFromString("context")) ||
         !(s_node = PyUnicode_InternFromString("node")) ||
-        !(s_end = PyUnicode_InternFromString("end")))
+        !(s_end = PyUnicode_InternFromString("end")) ||
+        !(s_arity = PyUnicode_InternFromString("arity")) ||
+        !(s_value = PyUnicode_InternFromString("value")))
         return NULL;
+    for (int f = 0; f < NODE_FIELDS; f++)
+        if (!(node_fields[f] = PyUnicode_InternFromString(NODE_FIELD_NAMES[f])))
+            return NULL;
     if (PyType_Ready(&RaceLogType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m && PyModule_AddObjectRef(m, "RaceLog", (PyObject *)&RaceLogType) < 0)
+        Py_CLEAR(m);
+    if (m && PyModule_AddObject(m, "NODE_FIELDS", node_field_names()) < 0)
         Py_CLEAR(m);
     return m;
 }

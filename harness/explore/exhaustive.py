@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from emu.decisions import DecisionSource
@@ -76,6 +76,8 @@ class Node:
         return FREE if value == self.simplest else deviation(self.kind)
 
 
+NODE_FIELDS = tuple(f.name for f in fields(Node))  # the order _dpor.c's `nodes` sets them in
+
 # what a request decides of its node: (the request, kept so that its id stays its own; its
 # simplest value; the CPUs a CPU choice's values stand for), by the request's id
 Known = dict[int, tuple[Request, int, tuple[int, ...]]]
@@ -88,19 +90,41 @@ def node_of(choice: Choice, known: Known | None = None, todo: set[int] | None = 
     value done. `known` remembers what each request decides: a search takes in hundreds of
     choices per run, of a few requests."""
     request = choice.request
-    if request is None:
-        raise SearchError("a recorded choice without its request")
     got = known.get(id(request)) if known is not None else None
     if got is None:
-        ctx = request.context
-        got = (request, simplest(request),
-               ctx.runnable if request.kind is Kind.CPU and ctx is not None else ())
-        if known is not None:
-            if len(known) >= KNOWN_MOST:
-                known.clear()
-            known[id(request)] = got
+        got = _entry(request, known)
     return Node(choice.kind, choice.arity, choice.value, got[1], got[2],
                 set() if todo is None else todo, {choice.value}, request=request)
+
+
+def _entry(request: Request | None, known: Known | None) -> tuple[Request, int, tuple[int, ...]]:
+    """What `request` decides of its node, kept in `known` (also for _dpor.c: nodes)."""
+    if request is None:
+        raise SearchError("a recorded choice without its request")
+    ctx = request.context
+    got = (request, simplest(request),
+           ctx.runnable if request.kind is Kind.CPU and ctx is not None else ())
+    if known is not None:
+        if len(known) >= KNOWN_MOST:
+            known.clear()
+        known[id(request)] = got
+    return got
+
+
+def own_nodes(choices: list[Choice], start: int, reduce: bool, engine: Engine | None = None,
+              known: Known | None = None) -> list[Node]:
+    """The nodes of a run's own choices (from `start`), as taken_in takes them in: every value
+    to try, or with `reduce` a CPU choice's own value only. Under the fast engine in C
+    (_dpor.c: nodes, a z1 run has ~1,900 of them); the loop over node_of is the reference."""
+    native = native_module("search") if resolve(engine) is Engine.FAST else None
+    if native is not None and hasattr(native, "nodes") and isinstance(choices, list):
+        if native.NODE_FIELDS != NODE_FIELDS:
+            raise RuntimeError(f"_dpor.c makes Nodes of {native.NODE_FIELDS}, the dataclass "
+                               f"has {NODE_FIELDS}: rebuild the extension")
+        return native.nodes(Node, choices, start, {} if known is None else known, _entry,
+                            Kind.CPU, reduce)
+    return [node_of(c, known, set(range(c.arity)) if not reduce or c.kind is not Kind.CPU
+                    else {c.value}) for c in choices[start:]]
 
 
 _CPU = Kind.CPU  # (step_done's test, once per step: a module global, not an enum lookup)
@@ -415,10 +439,7 @@ def taken_in(prefix: list[Node], src: ExhaustiveSource, reduce: bool,
                               f"{new.arity} (runnable {new.runnable}, simplest "
                               f"{new.simplest}): the machine is not the one this search ran on")
         old.request = choice.request
-    path = list(prefix)
-    for choice in choices[len(prefix):]:
-        full = not reduce or choice.kind is not Kind.CPU
-        path.append(node_of(choice, known, set(range(choice.arity)) if full else {choice.value}))
+    path = list(prefix) + own_nodes(choices, len(prefix), reduce, engine, known)
     level = Level(len(prefix) - 1, path)
     if reduce:  # the races among the steps the run shares with its parent are the parent's
         kept: list[object] = []
