@@ -2208,8 +2208,8 @@ out:
 /* One event-mode step of CPU `s` (Python's `pycpu`), chosen already (Machine._chosen_step,
    _cpu_step and _event_run, for a CPU with no NMI pending): 0 when it ended here, else the
    status it is handed back with (LOOP_RAISED, LOOP_IPI, LOOP_FETCH, or LOOP_RAN with the
-   run's uc_err in *err), -1 on an error. `st`: its state (cpu.state, read once per batch); `before`: the
-   CPU's instructions retired before this run. */
+   run's uc_err in *err), -1 on an error. `st`: its state (cpu.state, read once per batch);
+   `before`: the CPU's instructions retired before this run. */
 static int event_step(CpuObject *s, PyObject *pycpu, PyObject *st, int index, int flags,
                       uint64_t before, const EventArgs *ea, PyObject *ientry, const Chooser *ch,
                       int reg_rflags, unsigned long long insn_budget, int *err) {

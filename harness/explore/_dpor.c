@@ -31,8 +31,8 @@ static PyObject *s_footprint, *s_cpu, *s_packed, *s_added;
 static PyObject *s_choices, *s_stepped, *s_steps, *s_kind, *s_request, *s_context, *s_node,
     *s_end, *s_arity, *s_value;
 /* exhaustive.Node's fields, in its dataclass's order (py_nodes) */
-static const char *const NODE_FIELD_NAMES[] = {"kind", "arity",  "value",  "simplest", "runnable",
-                                               "todo", "done",   "origin", "request"};
+static const char *const NODE_FIELD_NAMES[] = {"kind", "arity", "value",  "simplest", "runnable",
+                                               "todo", "done",  "origin", "request"};
 #define NODE_FIELDS ((int)(sizeof NODE_FIELD_NAMES / sizeof NODE_FIELD_NAMES[0]))
 static PyObject *node_fields[NODE_FIELDS];
 
