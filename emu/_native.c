@@ -110,7 +110,7 @@ typedef struct {
     PyObject *nmi_point;      /* Cpu.nmi_point, or NULL */
     uint8_t *nmi_map;         /* per text offset: may an NMI arrive before it; NULL: anywhere */
     /* inside the scheduling loop (`steps`, NULL outside it): who answers its choices, and
-       this CPU's NMI_RAISE entry, its weight and what raises the NMI (all borrowed), which
+       this CPU's NMI_RAISE entry, its request's weight and what raises the NMI (borrowed), which
        nmi_before uses instead of asking nmi_point */
     const struct Chooser *loop_ch;
     PyObject *loop_nmi, *loop_raise;
@@ -2334,7 +2334,7 @@ fail: /* (with an error in flight: the footprint goes as it is) */
 
 /* steps(pycpus, cpus, retired, last, getrandbits|None, random|None, simple_from, follow,
          choose, cpu_table, make, quantum_table, ipi_table, view_tables, view_entry,
-         (nmi_table, nmi_weight, raises), path, limits, reg_rflags, resume, max_steps, event)
+         (nmi_table, raises), path, limits, reg_rflags, resume, max_steps, event)
      -> (steps, status, cpu, value, last)
    pycpus: the Cpu objects (their state is read here and written back: retired, last_ip,
    last_code, shadow, yielded); cpus: their native halves; retired: each CPU's Retired or
@@ -2343,8 +2343,8 @@ fail: /* (with an error in flight: the footprint goes as it is) */
    make(cpu_key); quantum_table: each CPU's quantum entry, or () when max_quantum is 1;
    ipi_table: each CPU's IPI entry; view_tables: per CPU, {pending: entry} of the view
    choices made so far, and view_entry(cpu, pending) makes the others; nmi_table: each CPU's
-   NMI_RAISE entry, nmi_weight their weight, raises: per CPU, what raises the NMI a choice
-   inside a run says yes to (Machine._raise_nmi);
+   NMI_RAISE entry (drawn with its request's weight), raises: per CPU, what raises the NMI a
+   choice inside a run says yes to (Machine._raise_nmi);
    path: Decisions.path; limits: (MachineConfig.insn_budget, the clock's limit); resume:
    (cpu, stage) of a step to finish first (stage 0: none; see `stage` below); event: () in
    quantum mode, else (max_quantum, Footprint, the source's step_done, Serialize), the
@@ -2356,17 +2356,16 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
     (void)mod;
     PyObject *pycpus, *cpus, *retireds, *getrandbits, *random, *follow, *choose, *table, *make,
         *qtable, *itable, *vtables, *view_entry, *nmi_table, *raises, *path;
-    double nmi_weight;
     long long last, max_steps, simple_from;
     unsigned long long insn_budget, tick_limit;
     int reg_rflags, resume_cpu, resume_stage;
     PyObject *event;
-    if (!PyArg_ParseTuple(args, "O!O!O!LOOLO!OO!OO!O!O!O(O!dO!)O!(KK)i(ii)LO!", &PyTuple_Type,
+    if (!PyArg_ParseTuple(args, "O!O!O!LOOLO!OO!OO!O!O!O(O!O!)O!(KK)i(ii)LO!", &PyTuple_Type,
                           &pycpus, &PyTuple_Type, &cpus, &PyTuple_Type, &retireds, &last,
                           &getrandbits, &random, &simple_from, &PyTuple_Type, &follow, &choose,
                           &PyDict_Type, &table, &make, &PyTuple_Type, &qtable,
                           &PyTuple_Type, &itable, &PyTuple_Type, &vtables, &view_entry,
-                          &PyTuple_Type, &nmi_table, &nmi_weight, &PyTuple_Type, &raises,
+                          &PyTuple_Type, &nmi_table, &PyTuple_Type, &raises,
                           &PyList_Type, &path,
                           &insn_budget, &tick_limit, &reg_rflags, &resume_cpu, &resume_stage,
                           &max_steps, &PyTuple_Type, &event))
@@ -2430,7 +2429,16 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
         s->loop_ch = &ch;
         s->loop_nmi = PyTuple_GET_ITEM(nmi_table, i);
         s->loop_raise = PyTuple_GET_ITEM(raises, i);
-        s->loop_weight = nmi_weight;
+        PyObject *weight = PyTuple_Check(s->loop_nmi) && PyTuple_GET_SIZE(s->loop_nmi) > 0
+                               ? PyObject_GetAttrString(PyTuple_GET_ITEM(s->loop_nmi, 0), "weight")
+                               : NULL; /* the NMI_RAISE request's own (Request.weight) */
+        s->loop_weight = weight ? PyFloat_AsDouble(weight) : -1.0;
+        Py_XDECREF(weight);
+        if (!weight || PyErr_Occurred()) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "steps: an NMI entry is (request, ...)");
+            goto done;
+        }
         s->event = ev.on;
         s->track_fp = ev.fp_cls != NULL;
         s->decided_end = -1;
@@ -2523,7 +2531,7 @@ static PyObject *py_steps(PyObject *mod, PyObject *args) {
                 continue;
             }
             if (fl[i] & F_NMI_LEFT) { /* Machine._nmi_arrives */
-                long v = decide_weighted(c[i]->loop_nmi, &ch, nmi_weight);
+                long v = decide_weighted(c[i]->loop_nmi, &ch, c[i]->loop_weight);
                 if (v < 0)
                     goto done;
                 if (v) {

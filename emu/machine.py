@@ -411,9 +411,13 @@ class Machine(InterruptDelivery, HypercallService):
         self._nmi_arrives(cpu, dec)
         return self._arrived_step(cpu, dec)
 
+    def _raised_step(self, cpu: Cpu, dec: Decisions) -> Verdict | None:
+        """The step whose NMI_RAISE choice the C loop made, and said yes to."""
+        self._raise_nmi(cpu)
+        return self._arrived_step(cpu, dec)
+
     def _arrived_step(self, cpu: Cpu, dec: Decisions) -> Verdict | None:
-        """The CPU's step once a spontaneous NMI arrived or not (where the C loop hands back
-        a step whose NMI_RAISE choice raised one)."""
+        """The CPU's step once a spontaneous NMI arrived or not."""
         verdict = self._maybe_interrupt(cpu, dec)
         if verdict is not None:
             return verdict

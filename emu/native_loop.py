@@ -97,10 +97,9 @@ class NativeLoop:
                                if machine.config.max_quantum > 1 else ())
         n = machine.config.ncpus
         self._ipi_table = tuple(entry(Request(Kind.IPI, 2, i)) for i in range(n))
-        # each CPU's NMI_RAISE entry, its weight, and what raises the NMI when the choice
-        # says so inside a run (Machine._nmi_arrives, its choice made in C)
+        # each CPU's NMI_RAISE entry (C draws it with its request's weight), and what raises
+        # the NMI when the choice says so inside a run (Machine._nmi_arrives, its choice in C)
         self._nmi = (tuple(entry(r) for r in machine._nmi_requests),
-                     1 / machine.config.nmi_rarity,
                      tuple(lambda c=c: machine._raise_nmi(c) for c in machine.cpus))
         self._view_entries: list[dict[int, tuple]] = [{} for _ in range(n)]
         self._truths: tuple = ()  # start(): this run's records, source and tables
@@ -162,8 +161,7 @@ class NativeLoop:
             if self._event and status in (IPI, FETCH, RAN, RAISED):
                 return done + 1, self._event_rest(cpus[who], dec, status, value)
             if status == RAISED:  # Machine._nmi_arrives said yes, then the rest of the step
-                m._raise_nmi(cpus[who])
-                return done + 1, m._arrived_step(cpus[who], dec)
+                return done + 1, m._raised_step(cpus[who], dec)
             if status == VIEWED:  # Machine._quantum_step, then its quantum in C
                 m._refresh(cpus[who], value - 1)
                 resume = (who, 2)
@@ -194,8 +192,7 @@ class NativeLoop:
             if status == RAN:
                 return m._after_run(cpu, cpu.finish(value))
             if status == RAISED:
-                m._raise_nmi(cpu)
-                return m._arrived_step(cpu, dec)
+                return m._raised_step(cpu, dec)
             if status == IPI:
                 verdict = m._take_ipi(cpu)
                 if verdict is not None:
