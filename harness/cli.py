@@ -291,7 +291,7 @@ def _explore(args: argparse.Namespace) -> int:
         log = sys.stderr if args.json else sys.stdout  # --json: only JSON on stdout
 
         def progress(s):  # one line per finished schedule, for scripts
-            r = s.results[-1]
+            r = s.last
             seed = "" if plan.strategy == "exhaustive" else f" seed {r.seed}"
             print(f"schedule {r.idx}{seed} {r.verdict}", file=log, flush=True)
     else:
@@ -299,7 +299,8 @@ def _explore(args: argparse.Namespace) -> int:
     try:
         summary = explore(plan, args.schedules, args.time, args.jobs, args.db, args.resume,
                           stop_at_first=args.stop_at_first, progress=progress,
-                          interruptible=True, cluster=args.cluster, tls=tls)
+                          interruptible=True, cluster=args.cluster, tls=tls,
+                          keep_results=False)
     except ScenarioError as e:
         return _bad_input(str(e))
     if sys.stderr.isatty() and not args.log:
@@ -317,7 +318,7 @@ def _explore(args: argparse.Namespace) -> int:
         except BadInput as e:  # the directory went away meanwhile: report what was found
             print(f"textpoke: error: {e}", file=sys.stderr)
     doc = {"scenario": args.scenario, "variant": args.variant, "strategy": args.strategy,
-           "schedules": len(summary.results), "resumed": summary.skipped,
+           "schedules": summary.schedules, "resumed": summary.skipped,
            "failures": len(fails), "seconds": round(summary.seconds, 2),
            "first_failure_seconds": None if summary.first_failure_seconds is None else
            round(summary.first_failure_seconds, 2),
@@ -334,17 +335,17 @@ def _explore(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
-        print(f"{args.scenario}: {len(summary.results)} schedules ({summary.skipped} from an "
+        print(f"{args.scenario}: {summary.schedules} schedules ({summary.skipped} from an "
               f"earlier run), {len(fails)} failing, {summary.seconds:.1f}s")
         if summary.exhausted is not None:
             print(f"exhaustive, {plan.bound}"
                   + (" with DPOR" if plan.dpor else "") + ": "
-                  + (f"space exhausted after {len(summary.results)} schedules"
+                  + (f"space exhausted after {summary.schedules} schedules"
                      if summary.exhausted else
-                     f"NOT exhausted: stopped after {len(summary.results)} schedules"
+                     f"NOT exhausted: stopped after {summary.schedules} schedules"
                      + (" (continue it with --resume)" if args.db else "")))
         elif summary.interrupted:
-            print(f"interrupted after {len(summary.results)} schedules"
+            print(f"interrupted after {summary.schedules} schedules"
                   + (" (continue it with --resume)" if args.db else ""))
         if summary.bound is not None:
             which = "each odd (PCT) schedule" if plan.strategy == "portfolio" else "each schedule"
@@ -370,8 +371,8 @@ def _side_by_side(args: argparse.Namespace, plan, tls) -> int:
         return _bad_input("--strategy side-by-side keeps no --db: explore each strategy "
                           "with --db instead")
     entries = side_by_side(plan, args.schedules, args.time, args.jobs, args.cluster, tls,
-                           args.stop_at_first)
-    doc = [{"strategy": e.strategy, "schedules": len(e.summary.results),
+                           args.stop_at_first, keep_results=False)
+    doc = [{"strategy": e.strategy, "schedules": e.summary.schedules,
             "failures": len(e.summary.failures),
             "first_failure_seconds": None if e.first_failure_seconds is None else
             round(e.first_failure_seconds, 2),

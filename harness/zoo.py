@@ -77,8 +77,8 @@ def _zoo(strategy: str, buggy_budget: int, fixed_budget: int, seed: int,
                 deviations=first.deviations if first else None,
                 shrunk_deviations=first.shrunk_deviations if first else None,
                 token=first.token if first else None, shrunk=first.shrunk if first else None,
-                fixed_passed=sum(not r.failed for r in fixed.results),
-                fixed_schedules=len(fixed.results)))
+                fixed_passed=fixed.schedules - fixed.failed,
+                fixed_schedules=fixed.schedules))
     return rows
 
 

@@ -503,3 +503,36 @@ def test_a_bad_slice_length_is_refused_before_any_work_and_only_where_it_counts(
     err = capsys.readouterr().err
     assert C.SLICE_ENV in err and "Traceback" not in err and not db.exists()
     assert main(args) == 0
+
+
+def test_the_clusters_textpoke_starts_keep_short_low_level_logs(monkeypatch):
+    """Dask keeps the last low-level-log-length messages of each stream whole (the
+    scheduler's, every exhaustive task with its region's state): the client and LocalCluster
+    connect() starts are made with LOW_LEVEL_LOG, and the caller's setting is back after."""
+    import dask
+    import distributed
+
+    key = "distributed.admin.low-level-log-length"
+    seen = []
+
+    class Fake:
+        scheduler_address = "tcp://127.0.0.1:1"
+
+        def __init__(self, *args, **kwargs):
+            seen.append((type(self).__name__, dask.config.get(key)))
+
+        def wait_for_workers(self, n, timeout):
+            pass
+
+        def close(self):
+            seen.append(("close", dask.config.get(key)))
+
+    monkeypatch.setattr(distributed, "LocalCluster", type("LocalCluster", (Fake,), {}))
+    monkeypatch.setattr(distributed, "Client", type("Client", (Fake,), {}))
+    before = dask.config.get(key)
+    assert before > C.LOW_LEVEL_LOG
+    with C.connect(C.ClusterSpec(jobs=2)):
+        pass
+    assert seen == [("LocalCluster", C.LOW_LEVEL_LOG), ("Client", C.LOW_LEVEL_LOG),
+                    ("close", C.LOW_LEVEL_LOG), ("close", C.LOW_LEVEL_LOG)]
+    assert dask.config.get(key) == before

@@ -459,3 +459,25 @@ def test_what_ends_one_process_keeps_the_finished_random_schedules(tmp_path, mon
     con = sqlite3.connect(db)
     done = con.execute("SELECT idx FROM schedules WHERE status = 'done' ORDER BY idx").fetchall()
     assert done == [(0,), (1,), (2,), (3,)]
+
+
+@pytest.mark.parametrize("scenario, strategy", [("z1_optprobe_shadow", "random"),
+                                                ("z4_bytewise", "exhaustive")])
+def test_a_summary_without_its_results_counts_and_fails_as_one_with_them(tmp_path, scenario,
+                                                                         strategy):
+    """`keep_results=False` (the command line) keeps the count and the failures only, also
+    over a --resume whose earlier part holds failures: the same as every result kept."""
+    plan = Plan(scenario, "buggy", strategy=strategy, preemptions=1, delays=0,
+                interrupts=0, shrink=False)
+    n = None if strategy == "exhaustive" else 16
+    whole = explore(plan, n)
+    assert 0 < len(whole.failures) < len(whole.results) == whole.schedules
+    db = tmp_path / "x.db"
+    part = explore(plan, 12 if n else 30, db=db,
+                   keep_results=False)
+    assert part.results is None and 0 < part.schedules < whole.schedules
+    rest = explore(plan, n, db=db, resume=True, keep_results=False)
+    assert rest.results is None and rest.skipped == part.schedules
+    assert rest.schedules == whole.schedules and rest.failed == len(whole.failures)
+    assert [(r.idx, r.verdict, r.token) for r in rest.failures] == \
+        [(r.idx, r.verdict, r.token) for r in whole.failures]

@@ -45,6 +45,12 @@ BATCH_SECONDS = 1.0  # the work a random/PCT task carries (Dask: a task should r
 SLICE_SECONDS = 4.0
 SLICE_ENV = "TEXTPOKE_SLICE_SECONDS"
 WORKER_SETUP = "harness.explore.work"  # its dask_setup: Ctrl-C to the client, die with it
+# Dask keeps the last `distributed.admin.low-level-log-length` (1,000) messages of each
+# batched stream for debugging, every message under 1 MB whole: on the scheduler's stream to
+# each worker, every exhaustive task with its region's state (~580 nodes): most of the
+# client's 1.2 GB after an hour on --jobs 2 (~0.9 KB a schedule while the logs fill, the
+# results kept ~0.25). What connect() starts keeps LOW_LEVEL_LOG of them.
+LOW_LEVEL_LOG = 16
 
 
 class ClusterError(BadInput):
@@ -151,14 +157,25 @@ class Cluster:
 def connect(spec: ClusterSpec, client: object | None = None) -> Iterator[Cluster]:
     """The cluster `spec` names (a LocalCluster on 127.0.0.1, or a running scheduler), or
     `client`'s (a test's shared cluster, with `spec.jobs` > 1 tasks in flight), closed after
-    unless it was given."""
-    from distributed import Client, LocalCluster
+    unless it was given. What it starts (the client; a LocalCluster's scheduler and workers)
+    keeps LOW_LEVEL_LOG messages of each stream; a running scheduler keeps what its own
+    configuration says (README: start it with a short log)."""
+    import dask
 
     if client is not None:
         yield Cluster(client, str(client.scheduler.address),
                       spec.jobs if spec.jobs > 1 else None)
         return
     logging.getLogger("distributed").setLevel(logging.ERROR)
+    with dask.config.set({"distributed.admin.low-level-log-length": LOW_LEVEL_LOG}):
+        with _connected(spec) as cl:
+            yield cl
+
+
+@contextmanager
+def _connected(spec: ClusterSpec) -> Iterator[Cluster]:
+    from distributed import Client, LocalCluster
+
     if spec.address is None:
         local = LocalCluster(n_workers=spec.jobs, threads_per_worker=1, processes=True,
                              host="127.0.0.1", dashboard_address=None,

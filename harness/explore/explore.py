@@ -61,9 +61,16 @@ from .work import PausedGc, step
 
 @dataclass
 class Summary:
+    """What an exploration recorded: how many schedules, its failures, and every result
+    unless `results` is None (`explore(keep_results=False)`, the command line: the I=1
+    static_key search would keep 1.9 M of them, ~0.5 GB, for a count and its failures; --db
+    has them all)."""
+
     plan: Plan
     exploration: int | None
-    results: list[ScheduleResult] = field(default_factory=list)
+    results: list[ScheduleResult] | None = field(default_factory=list)
+    schedules: int = 0  # results recorded, those of an earlier run (`skipped`) included
+    last: ScheduleResult | None = None  # the result recorded last (a progress callback's)
     seconds: float = 0.0
     skipped: int = 0  # finished in an earlier, resumed run
     bound: float | None = None  # PCT's probability bound per schedule
@@ -71,10 +78,26 @@ class Summary:
     interrupted: bool = False  # stopped by Ctrl-C (SIGINT): what was recorded stands
     first_failure_seconds: float | None = None  # when this session recorded its 1st failure
     tasks: int = 0  # on a cluster: the tasks this session ran there (batches, slices)
+    _failed: list[ScheduleResult] = field(default_factory=list, init=False, repr=False)
+
+    def add(self, result: ScheduleResult) -> None:
+        """One more recorded result."""
+        if self.results is not None:
+            self.results.append(result)
+        if result.failed:
+            self._failed.append(result)
+        self.schedules += 1
+        self.last = result
+
+    @property
+    def failed(self) -> int:
+        """How many failed (a progress callback's count, without sorting them)."""
+        return len(self._failed)
 
     @property
     def failures(self) -> list[ScheduleResult]:
-        return sorted((r for r in self.results if r.failed), key=lambda r: r.idx)
+        """The failing results, by index."""
+        return sorted(self._failed, key=lambda r: r.idx)
 
 
 def estimate(plan: Plan, probes: int, seconds: float | None = None) -> SpaceEstimate:
@@ -93,14 +116,16 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
             progress: Callable[[Summary], None] | None = None,
             interruptible: bool = False, cluster: str | None = None,
             tls: object | None = None, client: object | None = None,
-            stop: Callable[[], bool] | None = None, flag: str | None = None) -> Summary:
+            stop: Callable[[], bool] | None = None, flag: str | None = None,
+            keep_results: bool = True) -> Summary:
     """Run and record the schedules of `plan`: in this process (`jobs` 1, no cluster), on a
     LocalCluster of `jobs` processes, on the Dask scheduler at `cluster` (TEXTPOKE_CLUSTER;
     `tls`: cluster.Tls), or on a connected `client`'s cluster (cluster.py). With
     `interruptible` (the command line), Ctrl-C ends the exploration with what was recorded
     (`Summary.interrupted`); otherwise it propagates, as a caller such as pytest expects.
     `stop()` true ends it as a budget does, and on a cluster the Dask Variable `flag` set to
-    0 stops its running tasks (side_by_side.py: another strategy found a failure)."""
+    0 stops its running tasks (side_by_side.py: another strategy found a failure).
+    `keep_results` False: the summary counts the schedules and keeps only the failures."""
     if plan.strategy not in STRATEGIES:
         raise BadInput(f"unknown strategy {plan.strategy!r}: use {'|'.join(STRATEGIES)}")
     if schedules is None and seconds is None and plan.strategy != "exhaustive":
@@ -121,18 +146,22 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
         results_db.check_seeds(plan.seed, schedules)
     if plan.strategy in ("pct", "portfolio") and plan.steps == 0:
         plan = replace(plan, steps=estimate_steps(plan))
-    exp_id, done = None, {}
+    exp_id, rows, skipped, done = None, {}, 0, set()
     if results_db:
         exp_id, _resumed = results_db.exploration(identity_of(plan), resume)
-        done = results_db.done(exp_id)
+        rows = results_db.done(exp_id, failed_only=not keep_results)
+        skipped = results_db.done_count(exp_id)
         if plan.strategy == "exhaustive":
             _check_frontier(results_db.frontier(exp_id), plan)
-    summary = Summary(plan, exp_id, skipped=len(done))
+        else:  # the indices a resumed random/PCT exploration skips
+            done = results_db.done_indices(exp_id)
+    summary = Summary(plan, exp_id, results=[] if keep_results else None, skipped=skipped)
     if plan.strategy in ("pct", "portfolio"):  # portfolio: its PCT (odd) schedules'
         summary.bound = PctSource.bound(plan_runner(plan).built.cpus, plan.steps, plan.depth)
-    for idx, row in sorted(done.items()):
-        summary.results.append(ScheduleResult(idx, row[0], row[1], row[2], row[3], row[4],
-                                              row[5], row[6]))
+    for idx, row in sorted(rows.items()):  # the earlier results, or only their failures
+        summary.add(ScheduleResult(idx, row[0], row[1], row[2], row[3], row[4], row[5],
+                                   row[6]))
+    summary.schedules, summary.last = skipped, None  # so the count is all of them
     start = time.perf_counter()
 
     def more(i: int) -> bool:
@@ -142,7 +171,7 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
             return False
         if stop is not None and stop():
             return False
-        return not (stop_at_first and summary.failures)
+        return not (stop_at_first and summary.failed)
 
     def record_all(rs: list[ScheduleResult], frontier: str | None = None) -> None:
         """Results in the summary and in --db (with the search's frontier after them), all
@@ -156,7 +185,7 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
                                                    r.decisions, r.token, r.shrunk,
                                                    r.shrunk_deviations) for r in rs], frontier)
             for r in rs:  # one progress call per result, each the last in the summary
-                summary.results.append(r)
+                summary.add(r)
                 summary.seconds = time.perf_counter() - start
                 if progress:
                     progress(summary)
@@ -180,7 +209,7 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
         elif plan.strategy == "exhaustive":
             summary.exhausted = exhaustive_search(
                 plan, plan_runner(plan, event_mode=True), more, recorder.add,
-                first=len(done), saved=results_db.frontier(exp_id) if results_db else None,
+                first=skipped, saved=results_db.frontier(exp_id) if results_db else None,
                 persist=results_db is not None, flush=recorder.flush)
         else:
             try:
@@ -199,7 +228,8 @@ def explore(plan: Plan, schedules: int | None = None, seconds: float | None = No
         summary.interrupted = True
         if plan.strategy == "exhaustive":
             summary.exhausted = False
-    summary.results.sort(key=lambda r: r.idx)
+    if summary.results is not None:
+        summary.results.sort(key=lambda r: r.idx)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -237,12 +267,12 @@ def _on_cluster(cl, plan: Plan, summary: Summary, indices, more, started, record
         return _frontier_json(build, part, None)
 
     def budget() -> int | None:
-        return None if schedules is None else schedules - len(summary.results)
+        return None if schedules is None else schedules - summary.schedules
 
     # --stop-at-first: a slice ends at its failure, which its worker shrinks
     exhausted, summary.tasks = run_regions(cl, plan, variant, build, part, more, budget,
                                            lambda rs: record_all(rs, frontier()),
-                                           stop_at_first, len(summary.results), flag)
+                                           stop_at_first, summary.schedules, flag)
     return exhausted
 
 
@@ -420,9 +450,8 @@ def replay(token_text: str, scenario: Scenario | None = None,
 
 def progress_bar(stream=sys.stderr) -> Callable[[Summary], None]:
     def show(s: Summary) -> None:
-        n = len(s.results) - s.skipped
+        n = s.schedules - s.skipped
         rate = n / s.seconds if s.seconds else 0.0
-        stream.write(f"\r  schedules {len(s.results)}  {rate:6.1f}/s  failures "
-                     f"{len(s.failures)} ")
+        stream.write(f"\r  schedules {s.schedules}  {rate:6.1f}/s  failures {s.failed} ")
         stream.flush()
     return show

@@ -105,11 +105,21 @@ class ResultsDb:
         self.db.commit()
         return cur.lastrowid, False
 
-    def done(self, exploration: int) -> dict[int, tuple]:
+    def done(self, exploration: int, failed_only: bool = False) -> dict[int, tuple]:
+        """The finished schedules' rows by index (only the failing ones: `failed_only`)."""
         rows = self.db.execute("SELECT idx, seed, verdict, detail, decisions, token, shrunk, "
                                "shrunk_deviations FROM schedules WHERE exploration = ? AND "
-                               "status = 'done'", (exploration,))
+                               "status = 'done'" + (" AND verdict != 'pass'" if failed_only
+                                                    else ""), (exploration,))
         return {r[0]: r[1:] for r in rows}
+
+    def done_count(self, exploration: int) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM schedules WHERE exploration = ? AND "
+                               "status = 'done'", (exploration,)).fetchone()[0]
+
+    def done_indices(self, exploration: int) -> set[int]:
+        return {r[0] for r in self.db.execute("SELECT idx FROM schedules WHERE exploration = ? "
+                                              "AND status = 'done'", (exploration,))}
 
     def started_many(self, exploration: int, rows: list[tuple[int, int]]) -> None:
         """(idx, seed) rows committed together: a batch handed to a worker."""

@@ -63,8 +63,9 @@ def identity_of(plan: Plan) -> dict:
 
 @dataclass(slots=True)
 class ScheduleResult:
-    """One schedule's outcome, as recorded. An exploration keeps one per schedule (1.9 M in
-    the exhaustive static_key search at I=1): slots, and the verdict's and detail's text
+    """One schedule's outcome, as recorded. An exploration from the library keeps one per
+    schedule (1.9 M in the exhaustive static_key search at I=1; the command line keeps the
+    failures only, explore.Summary): slots, and the verdict's and detail's text
     shared between results (`sys.intern`; most details are one of a few), make it 221 bytes
     instead of 389."""
 

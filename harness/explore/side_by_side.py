@@ -33,10 +33,12 @@ class Entry:
 
 def side_by_side(plan: Plan, schedules: int | None = None, seconds: float | None = None,
                  jobs: int = 1, cluster: str | None = None, tls: object | None = None,
-                 stop_at_first: bool = False, client: object | None = None) -> list[Entry]:
+                 stop_at_first: bool = False, client: object | None = None,
+                 keep_results: bool = True) -> list[Entry]:
     """The three explorations of `plan`'s scenario at once (random and PCT with `schedules`
     or `seconds`; exhaustive within the plan's bounds, and the same budget); entries in the
-    order their first failures came, those that found none last."""
+    order their first failures came, those that found none last. `keep_results`: as
+    explore's."""
     from .cluster import ClusterSpec, connect, spec_from
 
     if client is None and jobs <= 1 and not cluster:
@@ -56,7 +58,7 @@ def side_by_side(plan: Plan, schedules: int | None = None, seconds: float | None
 
         def progress_of(strategy: str):
             def progress(s: Summary) -> None:
-                if s.failures and strategy not in firsts:
+                if s.failed and strategy not in firsts:
                     firsts[strategy] = time.perf_counter() - start
                     found.set()
                     if flag is not None:
@@ -69,7 +71,8 @@ def side_by_side(plan: Plan, schedules: int | None = None, seconds: float | None
                     replace(plan, strategy=strategy), schedules, seconds,
                     jobs=share if share > 1 else 2, stop_at_first=stop_at_first,
                     progress=progress_of(strategy), client=cl.client,
-                    stop=found.is_set if stop_at_first else None, flag=flag)
+                    stop=found.is_set if stop_at_first else None, flag=flag,
+                    keep_results=keep_results)
             except BaseException as e:  # re-raised in the caller's thread
                 errors.append(e)
                 found.set()
