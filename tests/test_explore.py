@@ -473,9 +473,8 @@ def test_a_summary_without_its_results_counts_and_fails_as_one_with_them(tmp_pat
     whole = explore(plan, n)
     assert 0 < len(whole.failures) < len(whole.results) == whole.schedules
     db = tmp_path / "x.db"
-    part = explore(plan, 12 if n else 30, db=db,
-                   keep_results=False)
-    assert part.results is None and 0 < part.schedules < whole.schedules
+    part = explore(plan, 12 if n else 30, db=db, keep_results=False)
+    assert part.results is None and 0 < part.schedules < whole.schedules and part.failed
     rest = explore(plan, n, db=db, resume=True, keep_results=False)
     assert rest.results is None and rest.skipped == part.schedules
     assert rest.schedules == whole.schedules and rest.failed == len(whole.failures)
