@@ -151,12 +151,6 @@ class ResultsDb:
                               (exploration,)).fetchone()
         return row[0] if row else None
 
-    def failures(self, exploration: int) -> list[tuple]:
-        return list(self.db.execute(
-            "SELECT idx, seed, verdict, detail, token, shrunk FROM schedules WHERE "
-            "exploration = ? AND status = 'done' AND verdict != 'pass' ORDER BY idx",
-            (exploration,)))
-
 
 def _differences(saved_json: str, params: dict) -> str:
     """'seed: saved 0, now 5; variant: ...' for every parameter that differs."""
