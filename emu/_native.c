@@ -27,6 +27,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "fetch_pages.h"
+
 typedef int (*uc_hook_add_t)(void *uc, size_t *hh, int type, void *callback, void *user_data,
                              uint64_t begin, uint64_t end, ...);
 typedef int (*uc_emu_stop_t)(void *uc);
@@ -102,6 +104,11 @@ typedef struct {
     uc_reg_t reg_read, reg_write;
     uc_ctl_t ctl;
     int ctl_remove_cache; /* uc_ctl's code for UC_CTL_TB_REMOVE_CACHE, two arguments, write */
+    /* the pages text is fetched from (bind_pages; emu/fetch_pages.c), and uc_ctl's codes for
+       UC_CTL_TLB_FLUSH and UC_CTL_TB_FLUSH (no arguments, write); NULL: from the view */
+    FetchPages *pages;
+    uint64_t phys_pool;
+    int ctl_tlb_flush, ctl_tb_flush;
     int reg_rax, reg_rdx, reg_rip;
     ClockObject *clock;
     const uint8_t *view; /* this CPU's fetch view (FetchView.buf) */
@@ -196,6 +203,7 @@ static void cpu_dealloc(CpuObject *self) {
     Py_XDECREF(self->err_value);
     Py_XDECREF(self->err_tb);
     free(self->nmi_map);
+    fetch_pages_free(self->pages);
     free(self->pending);
     free(self->ticks.data);
     free(self->ips.data);
@@ -738,6 +746,14 @@ static bool on_tlb_fill(void *uc, uint64_t vaddr, int access, TlbEntry *entry,
     CpuObject *s = user_data;
     uint64_t pa = access == ACC_READ || access == ACC_WRITE || access == ACC_FETCH
                       ? translate(s, vaddr, access) : (uint64_t)-1; /* any other: Python's */
+    if (s->pages && access == ACC_FETCH && pa != (uint64_t)-1) { /* text: its page's slot */
+        uint64_t at = fetch_pages_where(s->pages, vaddr - s->tlb_text_va);
+        if (at == UINT64_MAX) {
+            fail(s, PyExc_RuntimeError, "a text fetch before its page was synced");
+            return false;
+        }
+        pa = s->phys_pool + at;
+    }
     if (pa != (uint64_t)-1) {
         entry->paddr = pa & ~(uint64_t)0xFFF;
         entry->perms = access == ACC_FETCH ? PROT_EXEC
@@ -1110,9 +1126,28 @@ static int add_run_footprint(CpuObject *s, PyObject *fp, const uint64_t *first,
     return rc;
 }
 
+/* Before a run: the text pages fetched from the slots holding the view's bytes now, and
+   Unicorn told what that changes (emu/fetch_pages.c). 0, or -1 with an error. */
+static int sync_pages(CpuObject *s) {
+    if (!s->pages)
+        return 0;
+    enum fetch_sync r = fetch_pages_sync(s->pages, s->view);
+    int err = r == FETCH_EMPTIED ? s->ctl(s->uc, s->ctl_tb_flush) : 0;
+    if (!err && r != FETCH_SAME)
+        err = s->ctl(s->uc, s->ctl_tlb_flush);
+    if (err) {
+        PyErr_Format(PyExc_RuntimeError, "uc_ctl(%s) failed: error %d",
+                     r == FETCH_EMPTIED ? "TB_FLUSH or TLB_FLUSH" : "TLB_FLUSH", err);
+        return -1;
+    }
+    return 0;
+}
+
 /* One emu_start from the current RIP with the run set up; then where it stopped (`rip`).
    The uc_err (0 or more), or -1 with the error a hook kept raised. */
 static int run_once(CpuObject *self) {
+    if (sync_pages(self))
+        return -1;
     uint64_t rip = 0;
     int err = self->reg_read(self->uc, self->reg_rip, &rip);
     if (err) {
@@ -1190,17 +1225,67 @@ static PyObject *cpu_bind_text(CpuObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-/* remove_cache(begin, end): Unicorn's translations of [begin, end) dropped
-   (Uc.ctl_remove_cache without the binding's argument wrapping). */
+/* The view's bytes in [begin, end) (virtual) changed: with fetch pages, marked for the
+   next run's sync; else Unicorn's translations there dropped. 0, or -1 with an error. */
+static int view_changed(CpuObject *self, uint64_t begin, uint64_t end) {
+    if (self->pages) {
+        fetch_pages_mark(self->pages, begin - self->text_base, end - self->text_base);
+        return 0;
+    }
+    if (!self->ctl) {
+        PyErr_SetString(PyExc_RuntimeError, "translations dropped before bind_ctl");
+        return -1;
+    }
+    int err = self->ctl(self->uc, self->ctl_remove_cache, begin, end);
+    if (err) {
+        PyErr_Format(PyExc_RuntimeError, "uc_ctl(TB_REMOVE_CACHE) failed: error %d", err);
+        return -1;
+    }
+    return 0;
+}
+
+/* bind_pages(pool address, slots, pool physical address, uc_ctl's TLB_FLUSH code, its
+   TB_FLUSH code): text fetched from a pool of page slots (emu/fetch_pages.c), once, after
+   bind_ctl; the pool is the caller's, mapped at its physical address. */
+static PyObject *cpu_bind_pages(CpuObject *self, PyObject *args) {
+    unsigned long long pool, phys;
+    unsigned int nslots;
+    int tlb, tb;
+    if (!PyArg_ParseTuple(args, "KIKii", &pool, &nslots, &phys, &tlb, &tb))
+        return NULL;
+    if (self->pages || !self->ctl || !self->view)
+        return PyErr_Format(PyExc_RuntimeError, "bind_pages: once, after bind and bind_ctl");
+    if (self->view_size % FETCH_PAGE || self->view_size / FETCH_PAGE >= nslots)
+        return PyErr_Format(PyExc_ValueError, "bind_pages: %u slots for a %llu-byte text",
+                            nslots, (unsigned long long)self->view_size);
+    self->pages = fetch_pages_new((uint8_t *)(uintptr_t)pool, nslots,
+                                  (uint32_t)(self->view_size / FETCH_PAGE));
+    if (!self->pages)
+        return PyErr_NoMemory();
+    self->phys_pool = phys;
+    self->ctl_tlb_flush = tlb;
+    self->ctl_tb_flush = tb;
+    Py_RETURN_NONE;
+}
+
+/* pages() -> (slots, used, syncs, switches, made, emptied), or None without fetch pages. */
+static PyObject *cpu_pages(CpuObject *self, PyObject *unused) {
+    (void)unused;
+    if (!self->pages)
+        Py_RETURN_NONE;
+    FetchPagesStats st = fetch_pages_stats(self->pages);
+    return Py_BuildValue("(IIKKKK)", st.slots, st.used, (unsigned long long)st.syncs,
+                         (unsigned long long)st.switches, (unsigned long long)st.made,
+                         (unsigned long long)st.emptied);
+}
+
+/* remove_cache(begin, end): the view's bytes in [begin, end) changed (view_changed). */
 static PyObject *cpu_remove_cache(CpuObject *self, PyObject *args) {
     unsigned long long begin, end;
     if (!PyArg_ParseTuple(args, "KK", &begin, &end))
         return NULL;
-    if (!self->ctl)
-        return PyErr_Format(PyExc_RuntimeError, "remove_cache before bind_ctl");
-    int err = self->ctl(self->uc, self->ctl_remove_cache, (uint64_t)begin, (uint64_t)end);
-    if (err)
-        return PyErr_Format(PyExc_RuntimeError, "uc_ctl(TB_REMOVE_CACHE) failed: error %d", err);
+    if (view_changed(self, begin, end))
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -1345,7 +1430,9 @@ static PyMethodDef cpu_methods[] = {
     {"bind_intr", (PyCFunction)cpu_bind_intr, METH_VARARGS, "the INTR hook (exceptions)"},
     {"bind_tlb", (PyCFunction)cpu_bind_tlb, METH_VARARGS, "the TLB fill hook"},
     {"translate", (PyCFunction)cpu_translate, METH_VARARGS, "the fill hook's translation"},
-    {"remove_cache", (PyCFunction)cpu_remove_cache, METH_VARARGS, "drop translations"},
+    {"remove_cache", (PyCFunction)cpu_remove_cache, METH_VARARGS, "the view changed there"},
+    {"bind_pages", (PyCFunction)cpu_bind_pages, METH_VARARGS, "text fetched from page slots"},
+    {"pages", (PyCFunction)cpu_pages, METH_NOARGS, "the fetch pages' counts"},
     {"bind_frames", (PyCFunction)cpu_bind_frames, METH_VARARGS, "what push_frame needs"},
     {"push_frame", (PyCFunction)cpu_push_frame, METH_VARARGS, "an interrupt frame, in C"},
     {NULL}};
@@ -1936,15 +2023,11 @@ static int cmp_range(const void *a, const void *b) {
 }
 
 /* Cpu.invalidate over machine._merge of the `n` ranges (start, end pairs) `r`, sorted and
-   merged in place: the CPU's translations of each merged range dropped, the range noted in
+   merged in place: each merged range a change of the view (view_changed), noted in
    state.view_touched. 0, or -1. */
 static int drop_ranges(CpuObject *s, PyObject *st, int64_t *r, Py_ssize_t n) {
     if (!n)
         return 0;
-    if (!s->ctl) {
-        PyErr_SetString(PyExc_RuntimeError, "translations dropped before bind_ctl");
-        return -1;
-    }
     PyObject *touched = PyObject_GetAttr(st, s_view_touched);
     if (!touched)
         return -1;
@@ -1966,12 +2049,9 @@ static int drop_ranges(CpuObject *s, PyObject *st, int64_t *r, Py_ssize_t n) {
         }
     }
     for (Py_ssize_t k = 0; k < m; k++) {
-        int err = s->ctl(s->uc, s->ctl_remove_cache, s->text_base + (uint64_t)r[2 * k],
-                         s->text_base + (uint64_t)r[2 * k + 1]);
-        if (err) {
-            PyErr_Format(PyExc_RuntimeError, "uc_ctl(TB_REMOVE_CACHE) failed: error %d", err);
+        if (view_changed(s, s->text_base + (uint64_t)r[2 * k],
+                         s->text_base + (uint64_t)r[2 * k + 1]))
             goto out;
-        }
         PyObject *t = Py_BuildValue("(LL)", (long long)r[2 * k], (long long)r[2 * k + 1]);
         if (!t || PyList_Append(touched, t)) {
             Py_XDECREF(t);

@@ -7,7 +7,8 @@ The rules from ../shared/reference/unicorn.md that shape this file:
   and `count` would install a hook of its own and flush the cache when switched off;
 - every run stops from the per-instruction code hook, which stops cleanly *before* the hooked
   instruction; other hooks only raise a flag that the next code hook acts on;
-- the view is only ever changed between runs, followed by `ctl_remove_cache` over the range;
+- the view is only ever changed between runs, followed by `remove_cache` over the range (here
+  `ctl_remove_cache`; the fast engine syncs the page it fetches from instead: emu/fetch_pages.c);
 - RDTSC is hooked through the C API (the Python binding refuses it) and returns the virtual TSC.
 
 The code hook is registered raw (ctypes, no binding wrapper) because it runs per instruction.

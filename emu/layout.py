@@ -9,7 +9,9 @@ Virtual layout (kernel addresses, all canonical, all in the top 2 GiB so that ab
 addresses fit a sign-extended disp32 as in the kernel code model):
 
     TEXT_BASE   0xffffffff81000000  kernel text: fetch -> per-CPU view (X), read -> memory (R),
-                                    write -> #PF (the executable mapping is read-only, as in Linux)
+                                    write -> #PF (the executable mapping is read-only, as in Linux);
+                                    the fast engine fetches a page of the view from its copy in
+                                    PHYS_FETCH_POOL (emu/fetch_pages.c), so its translations stay
     DATA_BASE   0xffffffff82000000  shared data: GDT, IDT, per-CPU areas, guest variables (RW, NX)
     STACK_BASE  0xffffffff83000000  per-CPU stacks (RW, NX), each above an unmapped guard page,
                                     so an overflow faults (naming its CPU) instead of silently
@@ -36,11 +38,14 @@ PHYS_TEXT_MEM = 0x0100_0000
 PHYS_VIEW = 0x0200_0000
 PHYS_DATA = 0x0300_0000
 PHYS_STACKS = 0x0400_0000
+# The fast engine's fetch pages (emu/fetch_pages.c): copies of view pages, each CPU its own.
+PHYS_FETCH_POOL = 0x0500_0000
 
 # The largest regions these layouts leave room for: text (and its alias and each CPU's view)
 # and data each end where the next region begins, virtually and physically.
 MAX_TEXT_SIZE = min(DATA_BASE - TEXT_BASE, PHYS_VIEW - PHYS_TEXT_MEM, PHYS_DATA - PHYS_VIEW)
 MAX_DATA_SIZE = min(STACK_BASE - DATA_BASE, PHYS_STACKS - PHYS_DATA)
+MAX_STACKS_SIZE = min(POKE_BASE - STACK_BASE, PHYS_FETCH_POOL - PHYS_STACKS)
 
 # Fixed places inside the data region.
 GDT_OFFSET = 0x0000
@@ -98,6 +103,9 @@ class Layout:
         if self.data_size > MAX_DATA_SIZE:
             raise ValueError(f"data_size must be at most {MAX_DATA_SIZE:#x}, got "
                              f"{self.data_size:#x}")
+        if self.stacks_size > MAX_STACKS_SIZE:
+            raise ValueError(f"the stacks ({self.ncpus} of {self.stack_size:#x} bytes) exceed "
+                             f"{MAX_STACKS_SIZE:#x} bytes")
         if self.data_size <= GUEST_DATA_OFFSET:
             raise ValueError(f"data_size must exceed {GUEST_DATA_OFFSET:#x}")
         if PERCPU_OFFSET + self.ncpus * PERCPU_SIZE > GUEST_DATA_OFFSET:

@@ -5,7 +5,9 @@ ground-truth record, the serializing / IRET / shadow / HLT / PAUSE effects, the 
 stops, a footprint's fetched text grains), what its memory hooks do (watched data, and the
 footprints of data, text read as data, other CPUs' stacks) and its TLB fills
 (Layout.translate; a miss, a #PF to make, is Python's), registered with Unicorn as C function
-pointers taken from the library the binding loaded. In event mode the OUT and INTR hooks also
+pointers taken from the library the binding loaded. Text is fetched from copies of the view's
+pages, one per contents seen (emu/fetch_pages.c), so a view change costs a TLB flush rather
+than every translation of the bytes it touched. In event mode the OUT and INTR hooks also
 serve the QUIESCENT hypercall and keep an INT3's #BP for the C loop to deliver (of the steps
 static_key's runs handed back to Python, a fifth ended with the one, two fifths with the
 other); every other hypercall and interrupt goes to Cpu._on_out and _on_intr. Python runs
@@ -26,13 +28,17 @@ from unicorn import UcError
 from unicorn import x86_const as X
 from unicorn.unicorn_const import (
     UC_CTL_IO_WRITE,
+    UC_CTL_TB_FLUSH,
     UC_CTL_TB_REMOVE_CACHE,
+    UC_CTL_TLB_FLUSH,
     UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INTR,
     UC_HOOK_MEM_READ,
     UC_HOOK_MEM_WRITE,
     UC_HOOK_TLB_FILL,
+    UC_PROT_EXEC,
+    UC_PROT_READ,
 )
 from unicorn.unicorn_py3.unicorn import uclib
 
@@ -61,6 +67,10 @@ def _nmi_map(offsets: frozenset[int] | None, size: int) -> bytes | None:
             out[o] = 1
     return bytes(out)
 
+
+# Fetch-page slots beyond one per text page (emu/fetch_pages.c): the static_key search's 64 KiB
+# text took 61 contents; a pool that fills is emptied with every translation, as before.
+FETCH_SLOTS_SPARE = 256
 
 # what _native.c's make_delivery, make_serialize and make_frame write into a field when the
 # C loop has no value for it: the field's default in its dataclass, which check_records checks
@@ -126,6 +136,14 @@ class NativeCpu(Cpu):
         # uc_ctl's code, as the binding's Uc.ctl encodes it: (op << 30) | (nargs << 26) | ctl
         self._nat.bind_ctl(_fn("uc_ctl"), UC_CTL_IO_WRITE << 30 | 2 << 26 | UC_CTL_TB_REMOVE_CACHE)
         self._nat.bind_text(ctypes.addressof(self.mem.text))  # what a serialization copies from
+        # text fetched from page slots that keep their translations (emu/fetch_pages.c)
+        slots = self.layout.text_size // layout.PAGE + FETCH_SLOTS_SPARE
+        self._fetch_pool = (ctypes.c_ubyte * (slots * layout.PAGE))()
+        self.uc.mem_map_ptr(layout.PHYS_FETCH_POOL, len(self._fetch_pool), UC_PROT_READ
+                            | UC_PROT_EXEC, ctypes.addressof(self._fetch_pool))
+        self._nat.bind_pages(ctypes.addressof(self._fetch_pool), slots, layout.PHYS_FETCH_POOL,
+                             UC_CTL_IO_WRITE << 30 | UC_CTL_TLB_FLUSH,
+                             UC_CTL_IO_WRITE << 30 | UC_CTL_TB_FLUSH)
         lay, mem = self.layout, self.mem
         self._nat.bind_frames(X.UC_X86_REG_IDTR, X.UC_X86_REG_CS, X.UC_X86_REG_SS,
                               X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS,
@@ -137,7 +155,13 @@ class NativeCpu(Cpu):
         return self._nat.push_frame(vector, rip, -1 if err is None else err) is not None
 
     def remove_cache(self, start: int, end: int) -> None:
+        """The view's bytes in text [start, end) change: the pages fetched there are synced
+        with it before the next run (emu/fetch_pages.c); no translation is dropped."""
         self._nat.remove_cache(layout.TEXT_BASE + start, layout.TEXT_BASE + end)
+
+    def fetch_pages(self) -> tuple[int, int, int, int, int, int]:
+        """(slots, used, syncs, switches, made, emptied): what the fetch pages did."""
+        return self._nat.pages()
 
     @property
     def events(self) -> list:

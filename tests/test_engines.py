@@ -306,3 +306,34 @@ def test_the_fast_engine_pushes_every_interrupt_frame_of_a_run_in_c(monkeypatch)
     runner = Runner(SCENARIOS["static_key"], None, 3, engine=Engine.FAST, decode=False)
     runner.run_seed(1)
     assert len(taken) > 10 and all(taken)
+
+
+@pytest.mark.parametrize(("name", "variant"), [("static_key", None), ("z4_bytewise", "buggy"),
+                                               ("kprobe_optimize", None)])
+def test_a_full_fetch_pool_is_emptied_with_its_translations(monkeypatch, name, variant):
+    """emu/fetch_pages.c with one spare slot: the pool fills again and again, and each time
+    every translation goes with it, so both engines still run the same schedules (perturbed:
+    an emptied pool whose translations stay, or no TLB flush after a page is remapped)."""
+    monkeypatch.setattr("emu.native_cpu.FETCH_SLOTS_SPARE", 1)
+    runners = _runners(name, variant, True)
+    for seed in SEEDS:
+        fast = runners[Engine.FAST].machine.run(RandomSource(seed))
+        ref = runners[Engine.REFERENCE].machine.run(RandomSource(seed))
+        assert differences(runners[Engine.FAST], fast, ref) == [], f"seed {seed}"
+    pages = [c.fetch_pages() for c in runners[Engine.FAST].machine.cpus]
+    assert sum(p[5] for p in pages) > 0  # emptied
+
+
+def test_fetch_pages_keep_the_translations_of_contents_seen_before():
+    """The fast engine's point of emu/fetch_pages.c: a run that repeats an earlier one's
+    views fills no new slot, and so translates nothing anew (the first run's contents are
+    all in the pool), while its pages do switch slots."""
+    runner = _runners("static_key", None, True)[Engine.FAST]
+    cpus = runner.machine.cpus
+    runner.machine.run(RandomSource(0))
+    first = [c.fetch_pages() for c in cpus]
+    runner.machine.run(RandomSource(0))
+    again = [c.fetch_pages() for c in cpus]
+    assert [a[4] for a in again] == [f[4] for f in first]  # made: no new contents
+    assert sum(a[3] - f[3] for a, f in zip(again, first, strict=True)) > 0  # switches
+    assert all(a[5] == 0 for a in again)

@@ -134,6 +134,15 @@ def test_stacks_have_guard_pages():
         assert top - low == lay.stack_size
 
 
+def test_stacks_end_where_the_fetch_pages_begin():
+    """The stacks' physical region ends below the fast engine's fetch pages: a layout whose
+    stacks would reach them is refused (one page less fits)."""
+    fits = Layout(ncpus=1, stack_size=layout.MAX_STACKS_SIZE - layout.STACK_GUARD)
+    assert layout.PHYS_STACKS + fits.stacks_size == layout.PHYS_FETCH_POOL
+    with pytest.raises(ValueError, match=r"the stacks \(1 of .*\) exceed"):
+        Layout(ncpus=1, stack_size=fits.stack_size + layout.PAGE)
+
+
 def test_an_iret_leaves_the_deliveries_that_failed_into_its_handler_too():
     """A #PF that could not be delivered escalated to #DF; the #DF handler's IRET returns from
     both, so neither stays in a later verdict's nested chain."""
