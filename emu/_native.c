@@ -1268,6 +1268,23 @@ static PyObject *cpu_bind_pages(CpuObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* mark_ranges([(start, end), ...]): the view's bytes in each range of text offsets may
+   change (NativeCpu.view_takes), marked for the next run's sync. */
+static int64_t *ranges_of(PyObject *list, Py_ssize_t *n);
+
+static PyObject *cpu_mark_ranges(CpuObject *self, PyObject *ranges) {
+    if (!self->pages)
+        return PyErr_Format(PyExc_RuntimeError, "mark_ranges before bind_pages");
+    Py_ssize_t n = 0;
+    int64_t *r = ranges_of(ranges, &n);
+    if (!r)
+        return NULL;
+    for (Py_ssize_t k = 0; k < n; k++)
+        fetch_pages_mark(self->pages, (uint64_t)r[2 * k], (uint64_t)r[2 * k + 1]);
+    free(r);
+    Py_RETURN_NONE;
+}
+
 /* pages() -> (slots, used, syncs, switches, made, emptied), or None without fetch pages. */
 static PyObject *cpu_pages(CpuObject *self, PyObject *unused) {
     (void)unused;
@@ -1433,6 +1450,7 @@ static PyMethodDef cpu_methods[] = {
     {"remove_cache", (PyCFunction)cpu_remove_cache, METH_VARARGS, "the view changed there"},
     {"bind_pages", (PyCFunction)cpu_bind_pages, METH_VARARGS, "text fetched from page slots"},
     {"pages", (PyCFunction)cpu_pages, METH_NOARGS, "the fetch pages' counts"},
+    {"mark_ranges", (PyCFunction)cpu_mark_ranges, METH_O, "the view changes in these ranges"},
     {"bind_frames", (PyCFunction)cpu_bind_frames, METH_VARARGS, "what push_frame needs"},
     {"push_frame", (PyCFunction)cpu_push_frame, METH_VARARGS, "an interrupt frame, in C"},
     {NULL}};

@@ -152,6 +152,17 @@ class CpuState:
 _MUTABLE = (set, list, dict)
 
 
+def merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """[start, end) ranges sorted, those that overlap or touch made one."""
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(ranges):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
 def _leave_handler(handling: list[HandlerFrame]) -> list[HandlerFrame]:
     """An IRET: the innermost delivered handler returns (with the failed deliveries that
     escalated to it). Returns what it left, for an IRET that faults after all (delivery.py)."""
@@ -537,6 +548,16 @@ class Cpu:
     def remove_cache(self, start: int, end: int) -> None:
         """Unicorn's translations of text [start, end) (offsets) dropped."""
         self.uc.ctl_remove_cache(layout.TEXT_BASE + start, layout.TEXT_BASE + end)
+
+    def view_takes(self, ranges: list[tuple[int, int]], coming: bytes) -> None:
+        """Before the view takes the text `coming` (a reset's or a snapshot's): Unicorn's
+        translations dropped in each of `ranges` (the text offsets where either may differ
+        from the initial text) whose bytes change. Translations always match the view (a view
+        change drops its own), so those of unchanged bytes stay good."""
+        view = self.view.buf
+        for s, e in merged(ranges):
+            if view[s:e] != coming[s:e]:
+                self.remove_cache(s, e)
 
     def push_frame(self, vector: int, rip: int, err: int | None) -> bool:
         """The fast engine's interrupt frame, pushed in C where the common case allows it

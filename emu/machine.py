@@ -27,7 +27,7 @@ import capstone
 from . import engine as engines
 from . import layout, x86
 from .config import MachineConfig, RunBudget
-from .cpu import Clock, Cpu, CpuState, Stop, StopKind
+from .cpu import Clock, Cpu, CpuState, Stop, StopKind, merged
 from .decisions import Decisions, DecisionSource
 from .delivery import InterruptDelivery, fault_verdict
 from .engine import Engine
@@ -80,31 +80,10 @@ def _has(counts: tuple[int, ...], index: int) -> bool:
     return index < len(counts) and counts[index] > 0
 
 
-def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for s, e in sorted(ranges):
-        if out and s <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], e))
-        else:
-            out.append((s, e))
-    return out
-
-
-def _drop_translations(cpu: Cpu, ranges: list[tuple[int, int]], coming: bytes) -> None:
-    """Before the CPU's view takes the text `coming`: Unicorn's translations dropped in each
-    of `ranges` (the text offsets where either may differ from the initial text) whose bytes
-    change. Translations always match the view (a view change drops its own), so those of
-    unchanged bytes stay good."""
-    view = cpu.view.buf
-    for s, e in _merge(ranges):
-        if view[s:e] != coming[s:e]:
-            cpu.remove_cache(s, e)
-
-
 def _subtract(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]
               ) -> list[tuple[int, int]]:
     """`ranges` minus `cut`, both lists of [start, end)."""
-    out = _merge(ranges)
+    out = merged(ranges)
     for cs, ce in cut:
         out = [piece for s, e in out
                for piece in ((s, min(e, cs)), (max(s, ce), e)) if piece[0] < piece[1]]
@@ -213,7 +192,7 @@ class Machine(InterruptDelivery, HypercallService):
         self.mem.restore(self._initial_mem)
         initial_text = self._initial_mem[0]
         for cpu, ctx in zip(self.cpus, self._initial_ctx, strict=True):
-            _drop_translations(cpu, cpu.state.view_touched, initial_text)
+            cpu.view_takes(cpu.state.view_touched, initial_text)
             cpu.view.reset(initial_text)
             cpu.uc.context_restore(ctx)
             cpu.state = self._fresh_state(cpu.index)
@@ -340,7 +319,7 @@ class Machine(InterruptDelivery, HypercallService):
         first = self._initial_mem[0]
         for cpu, vc, cc in zip(self.cpus, snap.views, snap.cpus, strict=True):
             coming = vc.text(first)
-            _drop_translations(cpu, cpu.state.view_touched + cc.state.view_touched, coming)
+            cpu.view_takes(cpu.state.view_touched + cc.state.view_touched, coming)
             cpu.view.restore(vc, coming)
             cpu.uc.context_restore(cc.context)
             cpu.state = cc.state.copy()
@@ -504,7 +483,7 @@ class Machine(InterruptDelivery, HypercallService):
     def _after_run(self, cpu: Cpu, stop: Stop) -> Verdict | None:
         st = cpu.state
         if st.own_dirty:
-            for s, e in _merge(st.own_dirty):
+            for s, e in merged(st.own_dirty):
                 cpu.invalidate(s, e)
             st.own_dirty.clear()
         if st.need_serialize:
@@ -531,7 +510,7 @@ class Machine(InterruptDelivery, HypercallService):
         if cpu.footprint is not None:  # the view now holds what memory held then
             for s, e in done:
                 cpu.footprint.read_all(text_grains(s, e - s))
-        for s, e in _merge(changed):  # (translations of unchanged bytes stay good)
+        for s, e in merged(changed):  # (translations of unchanged bytes stay good)
             cpu.invalidate(s, e)
         self._event(cpu, Serialize, units=len(done), ipi=ipi)
 

@@ -159,6 +159,11 @@ class NativeCpu(Cpu):
         with it before the next run (emu/fetch_pages.c); no translation is dropped."""
         self._nat.remove_cache(layout.TEXT_BASE + start, layout.TEXT_BASE + end)
 
+    def view_takes(self, ranges: list[tuple[int, int]], coming: bytes) -> None:
+        """Before the view takes `coming`: its pages in `ranges` marked, to be synced with it
+        before the next run (the sync compares whole pages: nothing to compare here)."""
+        self._nat.mark_ranges(ranges)
+
     def fetch_pages(self) -> tuple[int, int, int, int, int, int]:
         """(slots, used, syncs, switches, made, emptied): what the fetch pages did."""
         return self._nat.pages()

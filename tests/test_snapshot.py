@@ -99,25 +99,26 @@ def test_a_restore_that_keeps_stale_translations_is_caught(monkeypatch):
     from emu.machine import Machine
 
     monkeypatch.setattr(Machine, "_restore", _perturbed_restore(
-        "_drop_translations(cpu, cpu.state.view_touched + cc.state.view_touched, coming)",
+        "cpu.view_takes(cpu.state.view_touched + cc.state.view_touched, coming)",
         "pass"))
     assert _caught(SnapshotCache(every=5))
 
 
 def test_translations_are_dropped_where_the_coming_text_differs_alone():
-    """_drop_translations: a range whose bytes the view keeps keeps its translations; one
-    that differs anywhere (here past its first byte) loses them, merged ranges as one."""
+    """Cpu.view_takes (the reference engine's): a range whose bytes the view keeps keeps its
+    translations; one that differs anywhere (here past its first byte) loses them, merged
+    ranges as one."""
     import ctypes
     from types import SimpleNamespace
 
-    from emu.machine import _drop_translations
+    from emu.cpu import Cpu
 
     dropped = []
     cpu = SimpleNamespace(view=SimpleNamespace(buf=ctypes.create_string_buffer(b"abcdefgh" * 2)),
                           remove_cache=lambda s, e: dropped.append((s, e)))
     coming = bytearray(cpu.view.buf.raw)
     coming[2] = ord("X")
-    _drop_translations(cpu, [(0, 2), (1, 4), (10, 12)], bytes(coming))
+    Cpu.view_takes(cpu, [(0, 2), (1, 4), (10, 12)], bytes(coming))  # type: ignore[arg-type]
     assert dropped == [(0, 4)]
 
 
