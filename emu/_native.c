@@ -1268,10 +1268,10 @@ static PyObject *cpu_bind_pages(CpuObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* mark_ranges([(start, end), ...]): the view's bytes in each range of text offsets may
-   change (NativeCpu.view_takes), marked for the next run's sync. */
 static int64_t *ranges_of(PyObject *list, Py_ssize_t *n);
 
+/* mark_ranges([(start, end), ...]): the view's bytes in each range of text offsets may
+   change (NativeCpu.view_takes), marked for the next run's sync. */
 static PyObject *cpu_mark_ranges(CpuObject *self, PyObject *ranges) {
     if (!self->pages)
         return PyErr_Format(PyExc_RuntimeError, "mark_ranges before bind_pages");
@@ -2040,7 +2040,7 @@ static int cmp_range(const void *a, const void *b) {
     return x[0] != y[0] ? (x[0] > y[0]) - (x[0] < y[0]) : (x[1] > y[1]) - (x[1] < y[1]);
 }
 
-/* Cpu.invalidate over machine._merge of the `n` ranges (start, end pairs) `r`, sorted and
+/* Cpu.invalidate over cpu.merged of the `n` ranges (start, end pairs) `r`, sorted and
    merged in place: each merged range a change of the view (view_changed), noted in
    state.view_touched. 0, or -1. */
 static int drop_ranges(CpuObject *s, PyObject *st, int64_t *r, Py_ssize_t n) {
