@@ -11,7 +11,8 @@ addresses fit a sign-extended disp32 as in the kernel code model):
     TEXT_BASE   0xffffffff81000000  kernel text: fetch -> per-CPU view (X), read -> memory (R),
                                     write -> #PF (the executable mapping is read-only, as in Linux);
                                     the fast engine fetches a page of the view from its copy in
-                                    PHYS_FETCH_POOL (emu/fetch_pages.c), so its translations stay
+                                    PHYS_FETCH_POOL (emu/fetch_pages.c): translations outlive
+                                    view changes
     DATA_BASE   0xffffffff82000000  shared data: GDT, IDT, per-CPU areas, guest variables (RW, NX)
     STACK_BASE  0xffffffff83000000  per-CPU stacks (RW, NX), each above an unmapped guard page,
                                     so an overflow faults (naming its CPU) instead of silently
