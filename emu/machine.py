@@ -132,6 +132,8 @@ class Machine(InterruptDelivery, HypercallService):
             cpu.on_hypercall = self._hypercall
             if config.event_mode:
                 cpu.watch_data(self._physical(config.watch))
+                if isinstance(cpu, NativeCpu):
+                    cpu.fetch_from_pages()
             if config.event_mode and _has(config.spontaneous_nmis, cpu.index):
                 cpu.nmi_point = lambda c=cpu: self._nmi_point(c)
                 cpu.nmi_offsets = _nmi_offsets(config.nmi_text)

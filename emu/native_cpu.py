@@ -5,9 +5,9 @@ ground-truth record, the serializing / IRET / shadow / HLT / PAUSE effects, the 
 stops, a footprint's fetched text grains), what its memory hooks do (watched data, and the
 footprints of data, text read as data, other CPUs' stacks) and its TLB fills
 (Layout.translate; a miss, a #PF to make, is Python's), registered with Unicorn as C function
-pointers taken from the library the binding loaded. Text is fetched from copies of the view's
-pages, one per contents seen (emu/fetch_pages.c), so a view change costs a TLB flush rather
-than every translation of the bytes it touched. In event mode the OUT and INTR hooks also
+pointers taken from the library the binding loaded. In event mode text is fetched from copies
+of the view's pages, one per contents seen (emu/fetch_pages.c), so a view change costs a TLB
+flush rather than every translation of the bytes it touched; the OUT and INTR hooks also
 serve the QUIESCENT hypercall and keep an INT3's #BP for the C loop to deliver (of the steps
 static_key's runs handed back to Python, a fifth ended with the one, two fifths with the
 other); every other hypercall and interrupt goes to Cpu._on_out and _on_intr. Python runs
@@ -136,14 +136,7 @@ class NativeCpu(Cpu):
         # uc_ctl's code, as the binding's Uc.ctl encodes it: (op << 30) | (nargs << 26) | ctl
         self._nat.bind_ctl(_fn("uc_ctl"), UC_CTL_IO_WRITE << 30 | 2 << 26 | UC_CTL_TB_REMOVE_CACHE)
         self._nat.bind_text(ctypes.addressof(self.mem.text))  # what a serialization copies from
-        # text fetched from page slots that keep their translations (emu/fetch_pages.c)
-        slots = self.layout.text_size // layout.PAGE + FETCH_SLOTS_SPARE
-        self._fetch_pool = (ctypes.c_ubyte * (slots * layout.PAGE))()
-        self.uc.mem_map_ptr(layout.PHYS_FETCH_POOL, len(self._fetch_pool), UC_PROT_READ
-                            | UC_PROT_EXEC, ctypes.addressof(self._fetch_pool))
-        self._nat.bind_pages(ctypes.addressof(self._fetch_pool), slots, layout.PHYS_FETCH_POOL,
-                             UC_CTL_IO_WRITE << 30 | UC_CTL_TLB_FLUSH,
-                             UC_CTL_IO_WRITE << 30 | UC_CTL_TB_FLUSH)
+        self._fetch_pool: ctypes.Array | None = None  # fetch_from_pages
         lay, mem = self.layout, self.mem
         self._nat.bind_frames(X.UC_X86_REG_IDTR, X.UC_X86_REG_CS, X.UC_X86_REG_SS,
                               X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS,
@@ -154,18 +147,37 @@ class NativeCpu(Cpu):
     def push_frame(self, vector: int, rip: int, err: int | None) -> bool:
         return self._nat.push_frame(vector, rip, -1 if err is None else err) is not None
 
+    def fetch_from_pages(self) -> None:
+        """Event mode (Machine): text fetched from page slots that keep their translations
+        (emu/fetch_pages.c), before any run. There views jump between recurring contents (a
+        snapshot restored; static_key's exhaustive search, +14 %); quantum mode changes a view
+        many times a run, each remap a TLB flush and its refills, where dropping the few
+        translations a change touches costs less (static_key's random schedules: 7.4 ms a run
+        with translations dropped, 9.2 with fetch pages)."""
+        slots = self.layout.text_size // layout.PAGE + FETCH_SLOTS_SPARE
+        self._fetch_pool = (ctypes.c_ubyte * (slots * layout.PAGE))()
+        self.uc.mem_map_ptr(layout.PHYS_FETCH_POOL, len(self._fetch_pool), UC_PROT_READ
+                            | UC_PROT_EXEC, ctypes.addressof(self._fetch_pool))
+        self._nat.bind_pages(ctypes.addressof(self._fetch_pool), slots, layout.PHYS_FETCH_POOL,
+                             UC_CTL_IO_WRITE << 30 | UC_CTL_TLB_FLUSH,
+                             UC_CTL_IO_WRITE << 30 | UC_CTL_TB_FLUSH)
+
     def remove_cache(self, start: int, end: int) -> None:
-        """The view's bytes in text [start, end) change: the pages fetched there are synced
-        with it before the next run (emu/fetch_pages.c); no translation is dropped."""
+        """The view's bytes in text [start, end) change: with fetch pages, the pages fetched
+        there are synced with it before the next run (no translation dropped); else Cpu's."""
         self._nat.remove_cache(layout.TEXT_BASE + start, layout.TEXT_BASE + end)
 
     def view_takes(self, ranges: list[tuple[int, int]], coming: bytes) -> None:
-        """Before the view takes `coming`: its pages in `ranges` marked, to be synced with it
-        before the next run (the sync compares whole pages: nothing to compare here)."""
-        self._nat.mark_ranges(ranges)
+        """Before the view takes `coming`: with fetch pages, its pages in `ranges` marked, to
+        be synced with it before the next run (the sync compares whole pages); else Cpu's."""
+        if self._fetch_pool is None:
+            super().view_takes(ranges, coming)
+        else:
+            self._nat.mark_ranges(ranges)
 
-    def fetch_pages(self) -> tuple[int, int, int, int, int, int]:
-        """(slots, used, syncs, switches, made, emptied): what the fetch pages did."""
+    def fetch_pages(self) -> tuple[int, int, int, int, int, int] | None:
+        """(slots, used, syncs, switches, made, emptied): what the fetch pages did; None
+        without them."""
         return self._nat.pages()
 
     @property

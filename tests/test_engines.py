@@ -337,3 +337,6 @@ def test_fetch_pages_keep_the_translations_of_contents_seen_before():
     assert [a[4] for a in again] == [f[4] for f in first]  # made: no new contents
     assert sum(a[3] - f[3] for a, f in zip(again, first, strict=True)) > 0  # switches
     assert all(a[5] == 0 for a in again)
+    # quantum mode drops translations instead (NativeCpu.fetch_from_pages has why)
+    quantum = _runners("static_key", None, False)[Engine.FAST].machine
+    assert [c.fetch_pages() for c in quantum.cpus] == [None] * len(quantum.cpus)
