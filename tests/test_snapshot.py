@@ -105,9 +105,9 @@ def test_a_restore_that_keeps_stale_translations_is_caught(monkeypatch):
 
 
 def test_translations_are_dropped_where_the_coming_text_differs_alone():
-    """Cpu.view_takes (the reference engine's): a range whose bytes the view keeps keeps its
-    translations; one that differs anywhere (here past its first byte) loses them, merged
-    ranges as one."""
+    """Cpu.view_takes (the reference engine's, and the fast engine's in quantum mode): a
+    range whose bytes the view keeps keeps its translations; one that differs anywhere (here
+    past its first byte) loses them, merged ranges as one."""
     import ctypes
     from types import SimpleNamespace
 
