@@ -1,5 +1,6 @@
-/* A CPU's text pages as Unicorn fetches them (the fast engine's; emu/cpu.py's reference CPU
-   fetches from its view and drops translations instead).
+/* A CPU's text pages as Unicorn fetches them (the fast engine's in event mode; the reference
+   CPU, and the fast one in quantum mode, fetch from the view and drop translations instead:
+   NativeCpu.fetch_from_pages has why).
 
    Why. Unicorn keeps a translation of guest code keyed by the physical page its bytes came
    from, and the harness had to drop it (UC_CTL_TB_REMOVE_CACHE) whenever the CPU's view of
