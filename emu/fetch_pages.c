@@ -88,7 +88,6 @@ FetchPages *fetch_pages_new(uint8_t *pool, uint32_t nslots, uint32_t npages) {
     for (uint32_t p = 0; p < npages; p++)
         f->page_slot[p] = NONE;
     mark_all(f);
-    f->stats.slots = nslots;
     return f;
 }
 
@@ -177,6 +176,7 @@ uint64_t fetch_pages_where(const FetchPages *f, uint64_t off) {
 
 FetchPagesStats fetch_pages_stats(const FetchPages *f) {
     FetchPagesStats s = f->stats;
+    s.slots = f->nslots;
     s.used = f->used;
     return s;
 }
