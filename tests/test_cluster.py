@@ -507,32 +507,35 @@ def test_a_bad_slice_length_is_refused_before_any_work_and_only_where_it_counts(
 
 def test_the_clusters_textpoke_starts_keep_short_low_level_logs(monkeypatch):
     """Dask keeps the last low-level-log-length messages of each stream whole (the
-    scheduler's, every exhaustive task with its region's state): the client and LocalCluster
-    connect() starts are made with LOW_LEVEL_LOG, and the caller's setting is back after."""
+    scheduler's, every exhaustive task with its region's state), and a worker samples its
+    task's thread every 10 ms for a dashboard: the client and LocalCluster connect() starts
+    are made with LOW_LEVEL_LOG and without profiling, and the caller's settings are back
+    after. (The LocalCluster's nannies hand their configuration to the workers' processes:
+    checked by hand, a worker's `periodic_callbacks` has no "profile" then.)"""
     import dask
     import distributed
 
-    key = "distributed.admin.low-level-log-length"
+    key, profile = "distributed.admin.low-level-log-length", "distributed.worker.profile.enabled"
     seen = []
 
     class Fake:
         scheduler_address = "tcp://127.0.0.1:1"
 
         def __init__(self, *args, **kwargs):
-            seen.append((type(self).__name__, dask.config.get(key)))
+            seen.append((type(self).__name__, dask.config.get(key), dask.config.get(profile)))
 
         def wait_for_workers(self, n, timeout):
             pass
 
         def close(self):
-            seen.append(("close", dask.config.get(key)))
+            seen.append(("close", dask.config.get(key), dask.config.get(profile)))
 
     monkeypatch.setattr(distributed, "LocalCluster", type("LocalCluster", (Fake,), {}))
     monkeypatch.setattr(distributed, "Client", type("Client", (Fake,), {}))
     before = dask.config.get(key)
-    assert before > C.LOW_LEVEL_LOG
+    assert before > C.LOW_LEVEL_LOG and dask.config.get(profile) is True
     with C.connect(C.ClusterSpec(jobs=2)):
         pass
-    assert seen == [("LocalCluster", C.LOW_LEVEL_LOG), ("Client", C.LOW_LEVEL_LOG),
-                    ("close", C.LOW_LEVEL_LOG), ("close", C.LOW_LEVEL_LOG)]
-    assert dask.config.get(key) == before
+    assert seen == [(name, C.LOW_LEVEL_LOG, False)
+                    for name in ("LocalCluster", "Client", "close", "close")]
+    assert dask.config.get(key) == before and dask.config.get(profile) is True
