@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from harness.trace.pt.encoder import TraceConfig
 from harness.trace.pt.flow import AsyncEvent, async_events_per_cpu
 from harness.trace.pt.packed_flow import Flow
 
-from .check_memo import CheckMemo, CpuPart, cpu_key, shared_key
+from .check_memo import CheckMemo, CpuPart, cpu_key, shared_key, times_key
 from .oracles import earliest, faulted_fetches, first_torn, site_map, torn_execution, torn_verdict
 
 T = TypeVar("T")
@@ -91,7 +92,8 @@ class Runner:
             else None
         if memo is None:
             memo = self.engine is Engine.FAST
-        self.memo = CheckMemo() if memo else None
+        # parts keyed by their times' order where the stream compares times alone
+        self.memo = CheckMemo(by_order=self.trace.tsc_period == 1) if memo else None
         self._sites = site_map(self.built.sites)  # the torn oracle's, per CPU part
 
     def run(self, source: DecisionSource) -> Outcome:
@@ -130,15 +132,19 @@ class Runner:
         faulted = faulted_fetches(truth)
         events = async_events_per_cpu(truth.events, len(rips))
         shared = shared_key(result.text_start, result.text_end, result.sideband)
+        record_ticks = [r.tick for r in result.sideband]
         out.made_flows = [None] * len(rips)
         out.made_streams = [None] * len(rips)
         parts: list[CpuPart] = []
         for cpu, retired in enumerate(truth.retired):
-            key = cpu_key(cpu, retired, events[cpu], faulted[cpu], rips[cpu], shared)
-            part = memo.get(key)
+            key = cpu_key(cpu, retired, events[cpu], faulted[cpu], rips[cpu], shared,
+                          record_ticks)
+            times = functools.partial(times_key, retired, events[cpu], faulted[cpu],
+                                      record_ticks)
+            part = memo.get(key, times)
             if part is None:
                 part = self._check_cpu(out, cpu, events[cpu], faulted[cpu])
-                memo.put(key, part)
+                memo.put(key, times, part)
             parts.append(part)
         torn = torn_verdict(earliest(p.torn for p in parts))
         if torn is not None:

@@ -1368,6 +1368,59 @@ done:
     return res;
 }
 
+/* ---------------------------------------------------------- the check memo's times' order */
+
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* first index of sorted v[0..n) whose value is above t (above_or_equal: at or above t) */
+static size_t bound_u64(const uint64_t *v, size_t n, uint64_t t, int above_or_equal) {
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (above_or_equal ? v[mid] < t : v[mid] <= t) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+}
+
+/* order(own, times) -> bytes of u64 triples, one per time: its rank among the distinct
+ * `times`, and bisect_left and bisect_right of it in `own` (strictly increasing ticks): what
+ * check_memo._order, the reference, makes. */
+static PyObject *py_order(PyObject *mod, PyObject *args) {
+    PyObject *oown, *otimes;
+    if (!PyArg_ParseTuple(args, "OO", &oown, &otimes)) return NULL;
+    Buf bo = {0}, bt = {0};
+    uint64_t *sorted = NULL, *out = NULL;
+    PyObject *res = NULL;
+    if (get_buf(oown, &bo, 8) || get_buf(otimes, &bt, 8)) goto done;
+    const uint64_t *own = bo.b.buf, *times = bt.b.buf;
+    size_t n = (size_t)bo.b.len / 8, m = (size_t)bt.b.len / 8, u = 0;
+    sorted = PyMem_Malloc((m ? m : 1) * 8);
+    out = PyMem_Malloc((m ? m : 1) * 24);
+    if (!sorted || !out) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(sorted, times, m * 8);
+    qsort(sorted, m, 8, cmp_u64);
+    for (size_t i = 0; i < m; i++) /* the distinct times, ascending */
+        if (!u || sorted[u - 1] != sorted[i]) sorted[u++] = sorted[i];
+    for (size_t i = 0; i < m; i++) {
+        out[3 * i] = bound_u64(sorted, u, times[i], 1);
+        out[3 * i + 1] = bound_u64(own, n, times[i], 1);
+        out[3 * i + 2] = bound_u64(own, n, times[i], 0);
+    }
+    res = PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)(m * 24));
+done:
+    PyMem_Free(sorted);
+    PyMem_Free(out);
+    rel_buf(&bo);
+    rel_buf(&bt);
+    return res;
+}
+
 static PyMethodDef methods[] = {
     {"flow", py_flow, METH_VARARGS, "a CPU's flow from its packed retired log (flow.cpu_flow)"},
     {"encode", py_encode, METH_VARARGS, "a CPU's PT stream from its flow (encoder.encode_cpu)"},
@@ -1375,6 +1428,7 @@ static PyMethodDef methods[] = {
      "decode a stream over the image and compare with the flow (decoder.decode, "
      "verify.compare)"},
     {"inside", py_inside, METH_VARARGS, "indices of the IPs inside the patch sites"},
+    {"order", py_order, METH_VARARGS, "where each time falls among a CPU's ticks (check_memo)"},
     {NULL, NULL, 0, NULL},
 };
 
