@@ -490,9 +490,11 @@ def _untried(level: Level, bound: Cost, end: int, start: int, spent: Cost
             open_, fits = _open_kinds(spent, bound), spent.within(bound)
 
 
+@functools.lru_cache(maxsize=1024)
 def _open_kinds(spent: Cost, bound: Cost) -> frozenset[Kind]:
     """The kinds of choice at which a deviation keeps a path that spent `spent` within
-    `bound`."""
+    `bound`. (Remembered: the search asks at every deviation of every path it scans, and
+    a bound has a few dozen costs within it.)"""
     return frozenset(k for k in Kind if (spent + deviation(k)).within(bound))
 
 
