@@ -109,7 +109,7 @@ typedef struct {
     FetchPages *pages;
     uint64_t phys_pool;
     int ctl_tlb_flush, ctl_tb_flush;
-    int reg_rax, reg_rdx, reg_rip;
+    int reg_rax, reg_rdx, reg_rip, reg_rcx;
     ClockObject *clock;
     const uint8_t *view; /* this CPU's fetch view (FetchView.buf) */
     const uint8_t *mem_text; /* the text memory holds (SharedMemory.text; bind_text) */
@@ -171,6 +171,8 @@ typedef struct {
         tlb_stacks_size, tlb_slot, tlb_guard, tlb_poke_va, phys_text, phys_view, phys_data,
         phys_stacks;
     PyObject *on_miss;
+    PyObject *on_store; /* Cpu._on_text_store (bind_store) */
+    int store_bound;
     PyObject *held; /* the Retired the truth buffers hold records for (hold_truth), or NULL */
 } CpuObject;
 
@@ -178,7 +180,7 @@ typedef struct {
    the classes and list its hooks fill): the collector's traverse and clear, declared once. */
 #define CPU_PY_FIELDS(F)                                                                      \
     F(nmi_point) F(hc_event_cls) F(hc_quiescent_member) F(on_out) F(events) F(on_intr)        \
-    F(frame_cls) F(exception_cls) F(on_miss) F(held)
+    F(frame_cls) F(exception_cls) F(on_miss) F(on_store) F(held)
 
 static int cpu_traverse(CpuObject *self, visitproc visit, void *arg) {
     Py_VISIT(self->clock);
@@ -574,24 +576,24 @@ static PyObject *cpu_bind(CpuObject *self, PyObject *args) {
 /* The OUT hook: a hypercall (emu/hypercall.py). In event mode QUIESCENT is served here as
    Machine._hypercall serves it (its HypercallEvent, the CPU yielded, the run stopped before
    the next instruction), with no Python hook, so its step can end in the C loop; every
-   other hypercall, and QUIESCENT in quantum mode, goes to Cpu._on_out (`on_out`). */
+   other hypercall, and QUIESCENT in quantum mode, goes to NativeCpu._on_out_c (`on_out`)
+   with the registers Cpu._on_out reads: (number, rdi, rsi, rdx, rcx, rip). */
 static void on_out(void *uc, uint32_t port, int size, uint32_t value, void *user_data) {
     (void)uc;
+    (void)size;
+    (void)value;
     CpuObject *s = user_data;
     if (port != (uint32_t)s->hc_port)
         return;
-    uint64_t nr = 0, rdi = 0, rsi = 0;
-    if (s->event && s->reg_read(s->uc, s->reg_rax, &nr)) { /* (quantum mode: Python's) */
-        fail(s, PyExc_RuntimeError, "uc_reg_read(RAX) failed");
+    uint64_t nr = 0, rdi = 0, rsi = 0, rdx = 0, rcx = 0, rip = 0;
+    if (s->reg_read(s->uc, s->reg_rax, &nr) || s->reg_read(s->uc, s->reg_rdi, &rdi) ||
+        s->reg_read(s->uc, s->reg_rsi, &rsi) || s->reg_read(s->uc, s->reg_rdx, &rdx) ||
+        s->reg_read(s->uc, s->reg_rcx, &rcx) || s->reg_read(s->uc, s->reg_rip, &rip)) {
+        fail(s, PyExc_RuntimeError, "uc_reg_read of a hypercall's registers failed");
         return;
     }
     PyGILState_STATE g = PyGILState_Ensure();
     if (s->event && nr == s->hc_quiescent && s->events != NULL && PyList_Check(s->events)) {
-        if (s->reg_read(s->uc, s->reg_rdi, &rdi) || s->reg_read(s->uc, s->reg_rsi, &rsi)) {
-            PyGILState_Release(g);
-            fail(s, PyExc_RuntimeError, "uc_reg_read(RDI, RSI) failed");
-            return;
-        }
         PyObject *ev = PyObject_CallFunction(s->hc_event_cls, "KiO(KK)",
                                              (unsigned long long)s->clock->tick, s->index,
                                              s->hc_quiescent_member, (unsigned long long)rdi,
@@ -610,7 +612,10 @@ static void on_out(void *uc, uint32_t port, int size, uint32_t value, void *user
         return;
     }
     s->py_out = 1; /* (an error it raises fails the run: kept here) */
-    PyObject *r = PyObject_CallFunction(s->on_out, "OIiIO", Py_None, port, size, value, Py_None);
+    PyObject *r = PyObject_CallFunction(s->on_out, "KKKKKK", (unsigned long long)nr,
+                                        (unsigned long long)rdi, (unsigned long long)rsi,
+                                        (unsigned long long)rdx, (unsigned long long)rcx,
+                                        (unsigned long long)rip);
     if (!r) {
         keep_error(s);
         PyGILState_Release(g);
@@ -621,17 +626,63 @@ static void on_out(void *uc, uint32_t port, int size, uint32_t value, void *user
     PyGILState_Release(g);
 }
 
-/* bind_out(uc_hook_add, hook_insn, ins_out, reg_rdi, reg_rsi, port, quiescent,
-            HypercallEvent, Hypercall.QUIESCENT, index, on_out): the OUT hook (on_out), once. */
+/* The text-store hook: a guest store to text memory (through the poking alias), handed to
+   Cpu._on_text_store (`on_store`) with the binding's arguments, as the reference's hook gets
+   them (the binding's own callback wrapper cost more than the store's bookkeeping). */
+static void on_store(void *uc, int type, uint64_t addr, int size, int64_t value, void *user) {
+    (void)uc;
+    CpuObject *s = user;
+    PyGILState_STATE g = PyGILState_Ensure();
+    s->stored = 1; /* event mode's loop ends a run whose only Python hook this was */
+    PyObject *r = PyObject_CallFunction(s->on_store, "OiKiLO", Py_None, type,
+                                        (unsigned long long)addr, size, (long long)value,
+                                        Py_None);
+    if (!r) {
+        s->py_hooked = 1;
+        keep_error(s);
+        PyGILState_Release(g);
+        stop(s);
+        return;
+    }
+    Py_DECREF(r);
+    PyGILState_Release(g);
+}
+
+/* bind_store(uc_hook_add, hook_mem_write, start, end, on_store): the text-store hook on
+   physical [start, end), once. */
+static PyObject *cpu_bind_store(CpuObject *self, PyObject *args) {
+    unsigned long long hook_add, start, end;
+    int type;
+    PyObject *py_store;
+    if (self->store_bound)
+        return PyErr_Format(PyExc_RuntimeError, "bind_store: bound already");
+    if (!PyArg_ParseTuple(args, "KiKKO", &hook_add, &type, &start, &end, &py_store))
+        return NULL;
+    if (!self->uc || end <= start)
+        return PyErr_Format(PyExc_RuntimeError, "bind_store before bind, or an empty range");
+    Py_XSETREF(self->on_store, Py_NewRef(py_store));
+    size_t h = 0;
+    int err = ((uc_hook_add_t)(uintptr_t)hook_add)(self->uc, &h, type, (void *)on_store, self,
+                                                    (uint64_t)start, (uint64_t)end - 1);
+    if (err)
+        return PyErr_Format(PyExc_RuntimeError, "uc_hook_add(text stores) failed: error %d",
+                            err);
+    self->store_bound = 1;
+    Py_RETURN_NONE;
+}
+
+/* bind_out(uc_hook_add, hook_insn, ins_out, reg_rdi, reg_rsi, reg_rcx, port, quiescent,
+            HypercallEvent, Hypercall.QUIESCENT, index, on_out): the OUT hook (on_out), once.
+            (RAX, RDX and RIP are bind's.) */
 static PyObject *cpu_bind_out(CpuObject *self, PyObject *args) {
     unsigned long long hook_add, quiescent;
     int hook_insn, ins_out;
     PyObject *cls, *member, *py_out;
     if (self->out_bound)
         return PyErr_Format(PyExc_RuntimeError, "bind_out: bound already");
-    if (!PyArg_ParseTuple(args, "KiiiiiKOOiO", &hook_add, &hook_insn, &ins_out, &self->reg_rdi,
-                          &self->reg_rsi, &self->hc_port, &quiescent, &cls, &member,
-                          &self->index, &py_out))
+    if (!PyArg_ParseTuple(args, "KiiiiiiKOOiO", &hook_add, &hook_insn, &ins_out,
+                          &self->reg_rdi, &self->reg_rsi, &self->reg_rcx, &self->hc_port,
+                          &quiescent, &cls, &member, &self->index, &py_out))
         return NULL;
     if (!self->uc)
         return PyErr_Format(PyExc_RuntimeError, "bind_out before bind");
@@ -1441,6 +1492,7 @@ static PyMethodDef cpu_methods[] = {
     {"flush_truth", (PyCFunction)cpu_flush_truth, METH_O, "the records held for a Retired"},
     {"bind_text", (PyCFunction)cpu_bind_text, METH_O, "the text memory's host address"},
     {"hook_mem", (PyCFunction)cpu_hook_mem, METH_VARARGS, "a footprint memory hook"},
+    {"bind_store", (PyCFunction)cpu_bind_store, METH_VARARGS, "the text-store hook"},
     {"mem_hook", (PyCFunction)cpu_mem_hook, METH_NOARGS, "a memory hook saw this instruction"},
     {"bind_ctl", (PyCFunction)cpu_bind_ctl, METH_VARARGS, "uc_ctl, for remove_cache"},
     {"bind_out", (PyCFunction)cpu_bind_out, METH_VARARGS, "the OUT hook (hypercalls)"},

@@ -220,8 +220,6 @@ class Cpu:
         for base, buf in mem.banks():
             u.mem_map_ptr(base, len(buf), UC_PROT_ALL, ctypes.addressof(buf))
         u.mem_map_ptr(layout.PHYS_VIEW, len(view.buf), UC_PROT_ALL, ctypes.addressof(view.buf))
-        u.hook_add(UC_HOOK_MEM_WRITE, self._on_text_store, None, layout.PHYS_TEXT_MEM,
-                   layout.PHYS_TEXT_MEM + lay.text_size - 1)
         self._u64 = ctypes.c_uint64()
         self._mmr = UcRegMMR()
         self._u64_ref = ctypes.byref(self._u64)
@@ -229,8 +227,10 @@ class Cpu:
         self._boot_long_mode()
 
     def _hook_instructions(self) -> None:
-        """The hooks of every instruction and access: code, RDTSC, OUT, interrupts and TLB
-        fills (emu/native_cpu.py has them in C)."""
+        """The hooks of every instruction and access: text stores, code, RDTSC, OUT,
+        interrupts and TLB fills (emu/native_cpu.py has them in C)."""
+        self.uc.hook_add(UC_HOOK_MEM_WRITE, self._on_text_store, None, layout.PHYS_TEXT_MEM,
+                         layout.PHYS_TEXT_MEM + self.layout.text_size - 1)
         self._code_cb = _CODE_CB(self._on_code)
         self._rdtsc_cb = _RDTSC_CB(self._on_rdtsc)
         add = self.uc._Uc__do_hook_add  # the binding's raw registration (a private name)
@@ -371,11 +371,14 @@ class Cpu:
         if port != hypercall.PORT:
             return
         r = self._read64
-        req = HypercallRequest(
+        self.hypercall(HypercallRequest(
             number=r(X.UC_X86_REG_RAX),
             args=(r(X.UC_X86_REG_RDI), r(X.UC_X86_REG_RSI), r(X.UC_X86_REG_RDX),
                   r(X.UC_X86_REG_RCX)),
-            rip=r(X.UC_X86_REG_RIP) + 2, tick=self.clock.tick)
+            rip=r(X.UC_X86_REG_RIP) + 2, tick=self.clock.tick))
+
+    def hypercall(self, req: HypercallRequest) -> None:
+        """The hypercall `req` (its registers read at the OUT), served inside this run."""
         verdict = self.on_hypercall(self, req)
         if verdict is not None:
             self.state.verdict = verdict

@@ -10,7 +10,7 @@ of the view's pages, one per contents seen (emu/fetch_pages.c), so a view change
 flush rather than every translation of the bytes it touched; the OUT and INTR hooks also
 serve the QUIESCENT hypercall and keep an INT3's #BP for the C loop to deliver (of the steps
 static_key's runs handed back to Python, a fifth ended with the one, two fifths with the
-other); every other hypercall and interrupt goes to Cpu._on_out and _on_intr. Python runs
+other); every other hypercall and interrupt goes to Cpu.hypercall and _on_intr. Python runs
 once at the start and once at the end of a run, and inside it only in the rare hooks Cpu
 keeps (text stores, other hypercalls and interrupts, TLB misses) and for the spontaneous-NMI
 decision before an instruction. The flags those hooks share with the code hook
@@ -43,7 +43,7 @@ from unicorn.unicorn_const import (
 from unicorn.unicorn_py3.unicorn import uclib
 
 from . import hypercall, layout, x86
-from .cpu import _RDTSCP, Cpu, Stop, StopKind, _leave_handler
+from .cpu import _RDTSCP, Cpu, HypercallRequest, Stop, StopKind, _leave_handler
 from .events import ExceptionEvent, HypercallEvent, InterruptEvent, Serialize
 from .fetch_view import FetchView
 from .hypercall import Hypercall
@@ -118,10 +118,16 @@ class NativeCpu(Cpu):
                        ctypes.addressof(self.view.buf), len(self.view.buf), layout.TEXT_BASE,
                        UC_HOOK_CODE, UC_HOOK_INSN, X.UC_X86_INS_RDTSC, X.UC_X86_REG_RAX,
                        X.UC_X86_REG_RDX, X.UC_X86_REG_RIP)
-        # hypercalls: QUIESCENT served in C in event mode, every other one by Cpu._on_out
+        # text stores: Cpu._on_text_store, called from C (which marks the run: `stored`, or
+        # `py_hooked` when it raised)
+        self._nat.bind_store(_fn("uc_hook_add"), UC_HOOK_MEM_WRITE, layout.PHYS_TEXT_MEM,
+                             layout.PHYS_TEXT_MEM + self.layout.text_size, self._on_text_store)
+        # hypercalls: QUIESCENT served in C in event mode, every other one by Cpu.hypercall
+        # with the registers C read (_on_out_c)
         self._nat.bind_out(_fn("uc_hook_add"), UC_HOOK_INSN, X.UC_X86_INS_OUT, X.UC_X86_REG_RDI,
-                           X.UC_X86_REG_RSI, hypercall.PORT, Hypercall.QUIESCENT,
-                           HypercallEvent, Hypercall.QUIESCENT, self.index, self._on_out)
+                           X.UC_X86_REG_RSI, X.UC_X86_REG_RCX, hypercall.PORT,
+                           Hypercall.QUIESCENT, HypercallEvent, Hypercall.QUIESCENT, self.index,
+                           self._on_out_c)
         # interrupts: an INT3's #BP kept in C in event mode (the C loop delivers it), every
         # other one Cpu._on_intr's
         self._nat.bind_intr(_fn("uc_hook_add"), UC_HOOK_INTR, self._on_intr_c, HandlerFrame,
@@ -220,15 +226,11 @@ class NativeCpu(Cpu):
     def _on_intr_c(self, intno: int) -> None:  # the C INTR hook's (which marks its run)
         self._on_intr(self.uc, intno, None)
 
-    # Cpu's Python hooks, which mark their run as one the C loop must hand back to Python
-    def _on_text_store(self, *args) -> None:
-        # event mode's loop ends a run whose only Python hook this was (own_stores_done)
-        self._nat.stored = 1
-        try:
-            super()._on_text_store(*args)
-        except BaseException:
-            self._nat.py_hooked = 1  # (the binding keeps it for emu_start's caller)
-            raise
+    def _on_out_c(self, number: int, rdi: int, rsi: int, rdx: int, rcx: int, rip: int
+                  ) -> None:
+        """The OUT hook's hypercall, its registers read in C (Cpu._on_out reads them through
+        the binding: six calls a hypercall, three hypercalls a schedule in Python)."""
+        self.hypercall(HypercallRequest(number, (rdi, rsi, rdx, rcx), rip + 2, self.clock.tick))
 
     def _tlb_miss(self, vaddr: int, access: int) -> None:
         """The C fill hook (which marks its run) has no translation for this access: the

@@ -276,7 +276,7 @@ def test_an_int3_whose_frame_c_cannot_push_is_delivered_by_python():
 
 @pytest.mark.parametrize("name", ["static_key", "z1_optprobe_shadow"])
 def test_a_dropped_fast_machine_is_collected(name: str):
-    """Its C objects hold Python ones that hold them back (the OUT hook's Cpu._on_out, the
+    """Its C objects hold Python ones that hold them back (the OUT hook's _on_out_c, the
     NMI point's machine): cycles the collector must see through (the C Cpu's traverse). A
     z1 machine, whose NMI point is the machine's, was never freed before."""
     import gc
@@ -340,3 +340,23 @@ def test_fetch_pages_keep_the_translations_of_contents_seen_before():
     # quantum mode drops translations instead (NativeCpu.fetch_from_pages has why)
     quantum = _runners("static_key", None, False)[Engine.FAST].machine
     assert [c.fetch_pages() for c in quantum.cpus] == [None] * len(quantum.cpus)
+
+
+@pytest.mark.parametrize("engine", [Engine.FAST, Engine.REFERENCE])
+@pytest.mark.parametrize("event", [True, False])
+def test_an_error_inside_the_text_store_hook_is_raised_not_a_verdict(monkeypatch, engine, event):
+    """The text-store hook is called from C on the fast engine (bind_store), through the
+    binding on the reference: what it raises is the harness's error either way (exit 3 at
+    the command line), not a run that passes or fails. (Perturbed: a C hook that drops the
+    error, and the fast runs pass.)"""
+    from emu.fetch_view import FetchView
+
+    runner = Runner(SCENARIOS["static_key"], None, event_mode=event, engine=engine,
+                    decode=False)
+
+    def broken(self, off, data):
+        raise RuntimeError("write_own is broken")
+
+    monkeypatch.setattr(FetchView, "write_own", broken)
+    with pytest.raises(RuntimeError, match="write_own is broken"):
+        runner.run(RandomSource(0))
