@@ -639,3 +639,23 @@ def test_an_error_inside_a_python_hook_is_raised_not_a_guest_fault(build, monkey
     monkeypatch.setattr(Layout, "translate", broken)  # a fresh machine: its first run fills
     with pytest.raises(RuntimeError, match="translate is broken"):
         m.run(Scripted())
+
+
+def test_an_instruction_length_is_remembered_by_its_bytes():
+    """Machine._insn_length (the pending-fetch decision's) keeps each length by the
+    instruction's bytes: other bytes at the same offset are another length. (Perturbed:
+    remembered by the offset, the jump poked over a NOP keeps the NOP's length.)"""
+    import ctypes
+    from types import SimpleNamespace
+
+    import capstone
+
+    from emu.machine import Machine
+
+    m = SimpleNamespace(_lengths={}, _md=capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64))
+    buf = (ctypes.c_uint8 * 32)(*([0x90] * 32))
+    assert Machine._insn_length(m, buf, 4) == 1
+    buf[4:9] = [0xE9, 0, 0, 0, 0]  # jmp rel32
+    assert Machine._insn_length(m, buf, 4) == 5
+    buf[4:9] = [0x90] * 5
+    assert Machine._insn_length(m, buf, 4) == 1 and len(m._lengths) == 2
