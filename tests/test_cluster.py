@@ -299,6 +299,12 @@ def test_a_result_that_does_not_match_its_task_is_refused():
             C._checked(cl, plan, "fixed", "b", good | {key: value})
     with pytest.raises(C.ClusterError, match="seed"):
         C.schedule_result({"seed": "0", "verdict": "pass", "detail": "", "decisions": 1}, 0)
+    run = {"seed": 0, "verdict": "pass", "detail": "", "decisions": 2}
+    assert C.schedule_result(run | {"path": [0, 1]}, 0).path == C.path_digest([0, 1])
+    assert C.path_digest([0, 1]) not in (C.path_digest([1, 0]), C.path_digest([0, 1, 0]))
+    for path in (["0", 1], [0.5, 1], [1 << 64]):  # a path's values are integers of 64 bits
+        with pytest.raises(C.ClusterError, match="path.*refused"):
+            C.schedule_result(run | {"path": path}, 0)
 
 
 def test_a_run_outside_its_regions_prefix_is_refused(dask_client, monkeypatch):
