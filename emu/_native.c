@@ -573,6 +573,19 @@ static PyObject *cpu_bind(CpuObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* The end of a hook's call into Python (`r`, its result, made under `g`): an exception it
+   raised is kept for the loop to raise, and the run stopped. */
+static void hook_called(CpuObject *s, PyObject *r, PyGILState_STATE g) {
+    if (!r) {
+        keep_error(s);
+        PyGILState_Release(g);
+        stop(s);
+        return;
+    }
+    Py_DECREF(r);
+    PyGILState_Release(g);
+}
+
 /* The OUT hook: a hypercall (emu/hypercall.py). In event mode QUIESCENT is served here as
    Machine._hypercall serves it (its HypercallEvent, the CPU yielded, the run stopped before
    the next instruction), with no Python hook, so its step can end in the C loop; every
@@ -616,14 +629,7 @@ static void on_out(void *uc, uint32_t port, int size, uint32_t value, void *user
                                         (unsigned long long)rdi, (unsigned long long)rsi,
                                         (unsigned long long)rdx, (unsigned long long)rcx,
                                         (unsigned long long)rip);
-    if (!r) {
-        keep_error(s);
-        PyGILState_Release(g);
-        stop(s);
-        return;
-    }
-    Py_DECREF(r);
-    PyGILState_Release(g);
+    hook_called(s, r, g);
 }
 
 /* The text-store hook: a guest store to text memory (through the poking alias), handed to
@@ -637,15 +643,9 @@ static void on_store(void *uc, int type, uint64_t addr, int size, int64_t value,
     PyObject *r = PyObject_CallFunction(s->on_store, "OiKiLO", Py_None, type,
                                         (unsigned long long)addr, size, (long long)value,
                                         Py_None);
-    if (!r) {
+    if (!r)
         s->py_hooked = 1;
-        keep_error(s);
-        PyGILState_Release(g);
-        stop(s);
-        return;
-    }
-    Py_DECREF(r);
-    PyGILState_Release(g);
+    hook_called(s, r, g);
 }
 
 /* bind_store(uc_hook_add, hook_mem_write, start, end, on_store): the text-store hook on
@@ -717,14 +717,7 @@ static void on_intr(void *uc, uint32_t intno, void *user_data) {
     s->py_hooked = 1;
     PyGILState_STATE g = PyGILState_Ensure();
     PyObject *r = PyObject_CallFunction(s->on_intr, "I", intno);
-    if (!r) {
-        keep_error(s);
-        PyGILState_Release(g);
-        stop(s);
-        return;
-    }
-    Py_DECREF(r);
-    PyGILState_Release(g);
+    hook_called(s, r, g);
 }
 
 /* bind_intr(uc_hook_add, hook_intr, on_intr, HandlerFrame, ExceptionEvent): the INTR hook,
