@@ -14,7 +14,13 @@ from emu.engine import Engine, native_module
 from emu.footprint import Footprint, data_words, irq, stack, text_grains
 from emu.path import Cost, Kind
 from harness.explore.dpor import Step, find_races, races
-from harness.explore.exhaustive import ExhaustiveSource, explore_exhaustive, own_nodes
+from harness.explore.exhaustive import (
+    ExhaustiveSource,
+    Node,
+    backtrack,
+    explore_exhaustive,
+    own_nodes,
+)
 from harness.run import Runner
 from harness.scenario.shipped import SCENARIOS
 
@@ -126,6 +132,85 @@ def test_a_run_resumed_from_the_log_of_the_run_it_deviates_from_finds_the_same_r
             grandchild = child[:cut] + _random_steps(rng, rng.randint(0, 60), ncpus)
             assert native.races(grandchild, cut, child_log) == races(grandchild, cut), \
                 f"trial {trial}, since {since}, then {cut}"
+
+
+def _random_path(rng: random.Random, n: int, ncpus: int) -> list[Node]:
+    """CPU choices for steps' nodes 0..n-1: some CPUs runnable, in any order (a lead CPU may
+    not be among them), some of them a deviation's copy whose origin keeps what is tried."""
+    path = []
+    for _ in range(n):
+        runnable = tuple(rng.sample(range(ncpus), rng.randint(1, ncpus)))
+        node = Node(Kind.CPU, len(runnable), 0, 0, runnable, {0}, {0})
+        if rng.random() < 0.2:
+            node.origin = Node(Kind.CPU, len(runnable), 0, 0, runnable, set(), {0})
+        path.append(node)
+    return path
+
+
+def _copied(path: list[Node]) -> list[Node]:
+    out = []
+    for n in path:
+        c = Node(n.kind, n.arity, n.value, n.simplest, n.runnable, set(n.todo), set(n.done))
+        if n.origin is not None:
+            c.origin = _copied([n.origin])[0]
+        out.append(c)
+    return out
+
+
+def _todos(path: list[Node]) -> list[tuple[set[int], set[int] | None]]:
+    return [(n.todo, None if n.origin is None else n.origin.todo) for n in path]
+
+
+def test_both_backtracks_ask_the_same_of_the_path():
+    """_dpor.c's `backtrack` (races, points and their application in one pass, repeats
+    skipped) against exhaustive.backtrack's loop over the reference races: the same values
+    to try at every node (or its origin) and the same `added`, from the first step and
+    resumed from the log of the run deviated from (three generations). Perturbed: a step's
+    choice moved changes what C asks."""
+    rng = random.Random(17)
+    for trial in range(40):
+        ncpus = rng.randint(2, 5)
+        steps = _random_steps(rng, rng.randint(0, 120), ncpus)
+        path = _random_path(rng, 300, ncpus)
+        ref, fast = _copied(path), _copied(path)
+        added_ref: list[int] = []
+        added_fast: list[int] = []
+        kept: list[object] = []
+        backtrack(ref, steps, Engine.REFERENCE, 0, added_ref)
+        backtrack(fast, steps, Engine.FAST, 0, added_fast, None, kept)
+        assert (_todos(fast), added_fast) == (_todos(ref), added_ref), f"trial {trial}"
+        if not steps:
+            continue
+        since = rng.randint(1, len(steps))
+        child = steps[:since] + _random_steps(rng, rng.randint(0, 60), ncpus)
+        for k in range(since, len(child)):
+            child[k] = Step(k if rng.random() < 0.7 else None, child[k].footprint)
+        path = _random_path(rng, 300, ncpus)
+        ref, fast = _copied(path), _copied(path)
+        added_ref, added_fast, kept2 = [], [], []
+        backtrack(ref, child, Engine.REFERENCE, since, added_ref)
+        backtrack(fast, child, Engine.FAST, since, added_fast, kept[0], kept2)
+        assert (_todos(fast), added_fast) == (_todos(ref), added_ref), f"trial {trial} child"
+        cut = rng.randint(1, len(child))
+        grandchild = child[:cut] + _random_steps(rng, rng.randint(0, 40), ncpus)
+        ref, fast = _copied(path), _copied(path)
+        backtrack(ref, grandchild, Engine.REFERENCE, cut)
+        backtrack(fast, grandchild, Engine.FAST, cut, None, kept2[0])
+        assert _todos(fast) == _todos(ref), f"trial {trial} grandchild"
+        moved = [s for s in steps if s.node is not None]
+        if added_fast and moved:  # perturbed: every step's choice one later
+            shifted = [Step(None if s.node is None else s.node + 1, s.footprint) for s in steps]
+            again = _copied(path)
+            backtrack(again, shifted, Engine.FAST, 0, [])
+            base = _copied(path)
+            backtrack(base, steps, Engine.FAST, 0, [])
+            assert _todos(again) != _todos(base)
+
+
+def test_backtrack_refuses_a_path_too_short_for_its_steps():
+    steps = _random_steps(random.Random(2), 60, 3)
+    with pytest.raises(IndexError, match="backtrack: choice"):
+        native.backtrack(_random_path(random.Random(2), 3, 3), steps)
 
 
 def test_a_resumed_run_with_a_new_cpu_starts_from_its_first_step():

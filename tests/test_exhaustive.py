@@ -382,21 +382,27 @@ def test_one_delayed_update_shows_the_old_instruction_or_one_stale_byte():
 
 
 def test_the_paused_collector_collects_every_so_many_schedules_and_comes_back(monkeypatch):
-    """PausedGc: off inside, a full collection every COLLECT_EVERY schedules, the collector
-    as it was afterwards (left off when it was off)."""
+    """PausedGc: off inside, a full collection after COLLECT_EVERY schedules, then twice as
+    many schedules after each that found no garbage (at most COLLECT_MOST), COLLECT_EVERY
+    again after one that found some; the collector as it was afterwards (left off when it
+    was off)."""
     import gc
 
     from harness.explore import work
 
-    collections: list[int] = []
+    at: list[int] = []
+    garbage = {9}  # the schedules whose collection finds garbage
+    schedule = 0
     monkeypatch.setattr(work, "COLLECT_EVERY", 3)
-    monkeypatch.setattr(gc, "collect", lambda *a: collections.append(1) or 0)
+    monkeypatch.setattr(work, "COLLECT_MOST", 12)
+    monkeypatch.setattr(gc, "collect", lambda *a: at.append(schedule) or (schedule in garbage))
     assert gc.isenabled()
     with work.PausedGc() as collector:
         assert not gc.isenabled()
-        for _ in range(7):
+        for schedule in range(1, 60):
             collector.schedule_done()
-    assert gc.isenabled() and len(collections) == 2
+    # 3, +6, then garbage at 9: +3, +6, +12, +12, +12
+    assert gc.isenabled() and at == [3, 9, 12, 18, 30, 42, 54]
     gc.disable()
     try:
         with work.PausedGc():

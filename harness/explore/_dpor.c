@@ -29,7 +29,7 @@
 /* the attribute names read per step, interned once (PyInit__dpor) */
 static PyObject *s_footprint, *s_cpu, *s_packed, *s_added;
 static PyObject *s_choices, *s_stepped, *s_steps, *s_kind, *s_request, *s_context, *s_node,
-    *s_end, *s_arity, *s_value;
+    *s_end, *s_arity, *s_value, *s_origin, *s_runnable, *s_todo;
 /* exhaustive.Node's fields, in its dataclass's order (py_nodes) */
 static const char *const NODE_FIELD_NAMES[] = {"kind", "arity", "value",  "simplest", "runnable",
                                                "todo", "done",  "origin", "request"};
@@ -107,6 +107,7 @@ static Slot *table_get(Table *t, uint64_t loc) {
 typedef struct {
     int cpu;
     Py_ssize_t n, start; /* its entries in the steps' `ids` and `flags` */
+    Py_ssize_t node;     /* its CPU choice (Step.node; -1: None), read for `backtrack` */
 } StepFp;
 
 #define F_READ 1
@@ -205,9 +206,10 @@ static void steps_free(Steps *st) {
     free(st->flags);
 }
 
-/* dpor._initials: the CPUs that can start the reversal of (i, j), in dpor.py's order. */
-static PyObject *initials(const Steps *st, const Py_ssize_t *clocks, Py_ssize_t i,
-                          Py_ssize_t j, int ncpus) {
+/* dpor._initials: the CPUs that can start the reversal of (i, j), in dpor.py's order, into
+   `initial`; how many. */
+static int initials_into(const Steps *st, const Py_ssize_t *clocks, Py_ssize_t i,
+                         Py_ssize_t j, int ncpus, int *initial) {
     int ci = st->steps[i].cpu;
     Py_ssize_t first[MAX_CPUS];
     for (int c = 0; c < ncpus; c++)
@@ -218,7 +220,7 @@ static PyObject *initials(const Steps *st, const Py_ssize_t *clocks, Py_ssize_t 
             if (first[c] < 0)
                 first[c] = k;
         }
-    int initial[MAX_CPUS], n = 0;
+    int n = 0;
     for (int c = 0; c < ncpus; c++) {
         if (first[c] < 0)
             continue;
@@ -244,6 +246,13 @@ static PyObject *initials(const Steps *st, const Py_ssize_t *clocks, Py_ssize_t 
         }
         initial[b + 1] = x;
     }
+    return n;
+}
+
+static PyObject *initials(const Steps *st, const Py_ssize_t *clocks, Py_ssize_t i,
+                          Py_ssize_t j, int ncpus) {
+    int initial[MAX_CPUS];
+    int n = initials_into(st, clocks, i, j, ncpus, initial);
     PyObject *out = PyList_New(n);
     for (int a = 0; out && a < n; a++) {
         PyObject *v = PyLong_FromLong(initial[a]);
@@ -319,6 +328,22 @@ static int read_step(RaceLog *log, PyObject *step, Py_ssize_t j, long *cpu_out,
     PyObject *fp = PyObject_GetAttr(step, s_footprint);
     if (!fp)
         return -1;
+    PyObject *node = PyObject_GetAttr(step, s_node);
+    if (!node) {
+        Py_DECREF(fp);
+        return -1;
+    }
+    Py_ssize_t at = node == Py_None ? -1 : PyLong_AsSsize_t(node);
+    Py_DECREF(node);
+    if (at == -1 && PyErr_Occurred()) {
+        Py_DECREF(fp);
+        return -1;
+    }
+    if (at < -1) {
+        Py_DECREF(fp);
+        PyErr_Format(PyExc_ValueError, "races: step %zd's choice is at %zd", j, at);
+        return -1;
+    }
     PyObject *cpu = PyObject_GetAttr(fp, s_cpu);
     PyObject *packed = PyObject_GetAttr(fp, s_packed);
     PyObject *added = PyObject_GetAttr(fp, s_added);
@@ -331,6 +356,7 @@ static int read_step(RaceLog *log, PyObject *step, Py_ssize_t j, long *cpu_out,
     }
     if (!bad && log) {
         log->st.steps[j].cpu = (int)c;
+        log->st.steps[j].node = at;
         log->st.steps[j].start = log->st.nlocs;
         bad = add_footprint(&log->st, &log->t, j, packed, added);
         log->st.steps[j].n = log->st.nlocs - log->st.steps[j].start;
@@ -410,18 +436,145 @@ static int take_prior(RaceLog *log, const RaceLog *prior, Py_ssize_t since) {
     return 0;
 }
 
-/* races(steps, since=0, prior=None, keep=False) -> [(i, j, cpus)], or with `keep`
-   ([(i, j, cpus)], RaceLog): dpor.races for a list of dpor.Step. `prior`: the RaceLog of a run
-   whose first `since` steps are these steps' first `since` (their footprints are not read). */
-static PyObject *py_races(PyObject *mod, PyObject *args, PyObject *kwargs) {
-    (void)mod;
-    static char *kwlist[] = {"steps", "since", "prior", "keep", NULL};
-    PyObject *arg, *prior_obj = Py_None;
-    Py_ssize_t since = 0;
-    int keep = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|nOp:races", kwlist, &arg, &since,
-                                     &prior_obj, &keep))
-        return NULL;
+/* Where a race found goes: the list of races (dpor.races), or, for `backtrack`, what it asks
+   of the path's nodes, applied there (dpor.backtrack_points, then exhaustive.backtrack). */
+typedef struct {
+    PyObject *out;   /* races: [(i, j, cpus)] */
+    PyObject *path;  /* backtrack: the path's nodes (a list), else NULL */
+    PyObject *added; /* backtrack: where a value to try was added (a list), or None */
+    Table seen;      /* backtrack: the (choice, CPUs) pairs applied already (SEEN_CPUS) */
+} Sink;
+
+/* A pair of a choice and a set of CPUs is applied once (again it adds nothing); the set is a
+   bit mask, kept beside the choice in one 64-bit key while the CPUs fit in SEEN_CPUS bits. */
+#define SEEN_CPUS 20
+
+/* The path index of the CPU choice before step t (the nearest at or before it; -1: none):
+   dpor._choice_before. */
+static Py_ssize_t choice_before(const Steps *st, Py_ssize_t t) {
+    for (; t >= 0; t--)
+        if (st->steps[t].node >= 0)
+            return st->steps[t].node;
+    return -1;
+}
+
+/* exhaustive.backtrack's body for one point: at the node at `index` of the path (its origin,
+   if a deviation's copy), the values of the `lead` CPUs it can run, or every value when it can
+   run none, into its todo; the index into `added` when that grew. 0, or -1 with an error. */
+static int apply_point(Sink *sink, Py_ssize_t index, const int *lead, int n) {
+    if (index >= PyList_GET_SIZE(sink->path)) {
+        PyErr_Format(PyExc_IndexError, "backtrack: choice %zd of a path of %zd", index,
+                     PyList_GET_SIZE(sink->path));
+        return -1;
+    }
+    PyObject *node = PyList_GET_ITEM(sink->path, index);
+    PyObject *origin = PyObject_GetAttr(node, s_origin);
+    if (!origin)
+        return -1;
+    if (origin != Py_None)
+        node = origin;
+    PyObject *runnable = PyObject_GetAttr(node, s_runnable);
+    PyObject *todo = runnable ? PyObject_GetAttr(node, s_todo) : NULL;
+    int rc = -1;
+    if (!todo)
+        goto done;
+    if (!PyTuple_Check(runnable) || !PySet_Check(todo)) {
+        PyErr_SetString(PyExc_TypeError, "backtrack: a node's runnable is a tuple, its todo "
+                        "a set");
+        goto done;
+    }
+    Py_ssize_t had = PySet_GET_SIZE(todo);
+    int can = 0;
+    for (int a = 0; a < n; a++)
+        for (Py_ssize_t r = 0; r < PyTuple_GET_SIZE(runnable); r++) {
+            long c = PyLong_AsLong(PyTuple_GET_ITEM(runnable, r));
+            if (c == -1 && PyErr_Occurred())
+                goto done;
+            if (c != lead[a])
+                continue;
+            PyObject *v = PyLong_FromSsize_t(r);
+            int bad = !v || PySet_Add(todo, v);
+            Py_XDECREF(v);
+            if (bad)
+                goto done;
+            can = 1;
+            break;
+        }
+    if (!can) {
+        PyObject *arity = PyObject_GetAttr(node, s_arity);
+        long m = arity ? PyLong_AsLong(arity) : -1;
+        Py_XDECREF(arity);
+        if (m == -1 && PyErr_Occurred())
+            goto done;
+        for (long v = 0; v < m; v++) {
+            PyObject *x = PyLong_FromLong(v);
+            int bad = !x || PySet_Add(todo, x);
+            Py_XDECREF(x);
+            if (bad)
+                goto done;
+        }
+    }
+    if (sink->added != Py_None && PySet_GET_SIZE(todo) != had) {
+        PyObject *i = PyLong_FromSsize_t(index);
+        int bad = !i || PyList_Append(sink->added, i);
+        Py_XDECREF(i);
+        if (bad)
+            goto done;
+    }
+    rc = 0;
+done:
+    Py_DECREF(origin);
+    Py_XDECREF(runnable);
+    Py_XDECREF(todo);
+    return rc;
+}
+
+/* The race (i, j) to the sink: as (i, j, cpus) to its list, or, for `backtrack`, its points
+   applied: dpor.backtrack_points' choices before step i and before the start of i's block,
+   each with the race's initials. 0, or -1 with an error. */
+static int emit(Sink *sink, const Steps *st, const Py_ssize_t *pool, Py_ssize_t i,
+                Py_ssize_t j, int ncpus) {
+    if (!sink->path) {
+        PyObject *lead = initials(st, pool, i, j, ncpus);
+        PyObject *race = lead ? Py_BuildValue("nnN", i, j, lead) : NULL;
+        int bad = !race || PyList_Append(sink->out, race);
+        Py_XDECREF(race);
+        return bad ? -1 : 0;
+    }
+    int lead[MAX_CPUS];
+    int n = initials_into(st, pool, i, j, ncpus, lead);
+    uint64_t mask = 0;
+    for (int a = 0; a < n; a++)
+        mask |= 1ULL << lead[a];
+    Py_ssize_t start = i;
+    while (start > 0 && st->steps[start - 1].cpu == st->steps[i].cpu)
+        start--;
+    Py_ssize_t ts[2] = {i, start};
+    for (int k = 0; k < (start != i ? 2 : 1); k++) {
+        Py_ssize_t node = choice_before(st, ts[k]);
+        if (node < 0)
+            continue;
+        if (ncpus <= SEEN_CPUS) {
+            Slot *seen = table_get(&sink->seen, (uint64_t)node << SEEN_CPUS | mask);
+            if (!seen) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            if (seen->step >= 0)
+                continue;
+            seen->step = 0;
+        }
+        if (apply_point(sink, node, lead, n))
+            return -1;
+    }
+    return 0;
+}
+
+/* The races of a list of dpor.Step (from `since` on) to `sink`: the RaceLog of the run (a new
+   reference), or NULL with an error. `prior`: the RaceLog of a run whose first `since` steps
+   are these steps' first `since` (their footprints are not read). */
+static RaceLog *find(PyObject *arg, Py_ssize_t since, PyObject *prior_obj, int keep,
+                     Sink *sink) {
     if (prior_obj != Py_None && !PyObject_TypeCheck(prior_obj, &RaceLogType)) {
         PyErr_SetString(PyExc_TypeError, "races: prior must be a RaceLog or None");
         return NULL;
@@ -437,7 +590,7 @@ static PyObject *py_races(PyObject *mod, PyObject *args, PyObject *kwargs) {
         prior = NULL; /* nothing shared, or more than it has: from the first step */
     Py_ssize_t *preds = NULL, *last_write = NULL, *last_reads = NULL;
     Py_ssize_t clock_of[MAX_CPUS], minus[MAX_CPUS];
-    PyObject *out = NULL, *result = NULL;
+    RaceLog *result = NULL;
     RaceLog *log = PyObject_New(RaceLog, &RaceLogType);
     if (!log) {
         Py_DECREF(seq);
@@ -486,8 +639,7 @@ again:;
     last_reads = malloc(nids * ncpus * sizeof *last_reads);
     log->pool = malloc((size_t)(n ? n : 1) * ncpus * sizeof *log->pool);
     preds = malloc((log->st.nlocs * ncpus + 1) * sizeof *preds);
-    out = PyList_New(0);
-    if (!last_write || !last_reads || !log->pool || !preds || !out)
+    if (!last_write || !last_reads || !log->pool || !preds)
         goto nomem;
     for (size_t k = 0; k < nids; k++)
         last_write[k] = -1;
@@ -552,29 +704,75 @@ again:;
         for (Py_ssize_t k = 0; j >= since && k < np; k++) {
             Py_ssize_t i = preds[k];
             if (i > before[st->steps[i].cpu]) { /* not ordered before j by anything else */
-                PyObject *lead = initials(st, pool, i, j, ncpus);
-                PyObject *race = lead ? Py_BuildValue("nnN", i, j, lead) : NULL;
-                if (!race || PyList_Append(out, race)) {
-                    Py_XDECREF(race);
+                if (emit(sink, st, pool, i, j, ncpus))
                     goto done;
-                }
-                Py_DECREF(race);
             }
         }
         apply_step(st, j, ncpus, last_write, last_reads, clock_of);
     }
-    result = keep ? Py_BuildValue("OO", out, (PyObject *)log) : Py_NewRef(out);
+    result = (RaceLog *)Py_NewRef(log);
     goto done;
 nomem:
     PyErr_NoMemory();
 done:
     Py_DECREF(seq);
-    Py_XDECREF(out);
     Py_DECREF(log);
     free(last_write);
     free(last_reads);
     free(preds);
     return result;
+}
+
+/* races(steps, since=0, prior=None, keep=False) -> [(i, j, cpus)], or with `keep`
+   ([(i, j, cpus)], RaceLog): dpor.races for a list of dpor.Step (`find`). */
+static PyObject *py_races(PyObject *mod, PyObject *args, PyObject *kwargs) {
+    (void)mod;
+    static char *kwlist[] = {"steps", "since", "prior", "keep", NULL};
+    PyObject *steps, *prior = Py_None;
+    Py_ssize_t since = 0;
+    int keep = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|nOp:races", kwlist, &steps, &since,
+                                     &prior, &keep))
+        return NULL;
+    Sink sink = {.out = PyList_New(0)};
+    if (!sink.out)
+        return NULL;
+    RaceLog *log = find(steps, since, prior, keep, &sink);
+    PyObject *result = !log ? NULL : keep ? Py_BuildValue("OO", sink.out, (PyObject *)log)
+                                          : Py_NewRef(sink.out);
+    Py_XDECREF(log);
+    Py_DECREF(sink.out);
+    return result;
+}
+
+/* backtrack(path, steps, since=0, prior=None, added=None, keep=False) -> RaceLog or None:
+   exhaustive.backtrack under the fast engine, the races found and what they ask of the path
+   applied in one pass, in C (its reference is backtrack_points' loop in exhaustive.py, over
+   dpor.races). A point that repeats one already applied (the same choice and CPUs: a run asks
+   ~120, ~87 of them distinct, in static_key) is skipped; it would add nothing. With `keep`,
+   the run's RaceLog (as `races`). */
+static PyObject *py_backtrack(PyObject *mod, PyObject *args, PyObject *kwargs) {
+    (void)mod;
+    static char *kwlist[] = {"path", "steps", "since", "prior", "added", "keep", NULL};
+    PyObject *steps, *prior = Py_None;
+    Py_ssize_t since = 0;
+    int keep = 0;
+    Sink sink = {.added = Py_None};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O|nOOp:backtrack", kwlist, &PyList_Type,
+                                     &sink.path, &steps, &since, &prior, &sink.added, &keep))
+        return NULL;
+    if (sink.added != Py_None && !PyList_Check(sink.added)) {
+        PyErr_SetString(PyExc_TypeError, "backtrack: added must be a list or None");
+        return NULL;
+    }
+    RaceLog *log = find(steps, since, prior, keep, &sink);
+    free(sink.seen.slots);
+    if (!log)
+        return NULL;
+    if (keep)
+        return (PyObject *)log;
+    Py_DECREF(log);
+    Py_RETURN_NONE;
 }
 
 /* step_done(log, cpu_kind, step_cls, footprint): ExhaustiveSource.step_done (its reference,
@@ -736,6 +934,8 @@ static PyMethodDef methods[] = {
      "ExhaustiveSource.step_done, in C"},
     {"races", (PyCFunction)(void (*)(void))py_races, METH_VARARGS | METH_KEYWORDS,
      "dpor.races: the races of a run's steps (from a prior run's RaceLog, and keeping one)"},
+    {"backtrack", (PyCFunction)(void (*)(void))py_backtrack, METH_VARARGS | METH_KEYWORDS,
+     "exhaustive.backtrack: what a run's races ask of its path, applied there, in C"},
     {NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "harness.explore._dpor",
@@ -757,7 +957,10 @@ PyMODINIT_FUNC PyInit__dpor(void) {
         !(s_node = PyUnicode_InternFromString("node")) ||
         !(s_end = PyUnicode_InternFromString("end")) ||
         !(s_arity = PyUnicode_InternFromString("arity")) ||
-        !(s_value = PyUnicode_InternFromString("value")))
+        !(s_value = PyUnicode_InternFromString("value")) ||
+        !(s_origin = PyUnicode_InternFromString("origin")) ||
+        !(s_runnable = PyUnicode_InternFromString("runnable")) ||
+        !(s_todo = PyUnicode_InternFromString("todo")))
         return NULL;
     for (int f = 0; f < NODE_FIELDS; f++)
         if (!(node_fields[f] = PyUnicode_InternFromString(NODE_FIELD_NAMES[f])))

@@ -248,7 +248,16 @@ def backtrack(path: list[Node], steps: list[Step], engine: Engine | None = None,
               kept: list[object] | None = None) -> None:
     """Add to the path's CPU choices what the races of this run ask for (dpor.py), those
     whose second step is `since` or later; every CPU where none of the lead could run. The
-    positions where a value to try was added go to `added`; `prior`, `kept`: find_races'."""
+    positions where a value to try was added go to `added`; `prior`, `kept`: find_races'.
+    Under the fast engine in one pass in C (_dpor.c: backtrack, which skips a point that
+    repeats one it applied); the loop below is the reference."""
+    native = native_module("search") if resolve(engine) is Engine.FAST else None
+    if native is not None and hasattr(native, "backtrack") and isinstance(path, list) \
+            and isinstance(added, list | None):
+        log = native.backtrack(path, steps, since, prior, added, kept is not None)
+        if kept is not None:
+            kept.append(log)
+        return
     for index, lead in backtrack_points(steps, engine, since, prior, kept):
         node = path[index]
         node = node.origin or node  # a deviation's copy: what is tried is kept by its original

@@ -166,19 +166,25 @@ def explore_region(plan: Plan, state: dict, budget: int | None, seconds: float,
     return out
 
 
-COLLECT_EVERY = 1000  # schedules between two full collections while the collector is paused
+COLLECT_EVERY = 1000  # schedules before the first full collection while the collector is paused
+COLLECT_MOST = 32_000  # the longest stretch between two, while collections find no garbage
 
 
 class PausedGc:
-    """The cyclic garbage collector off for a stretch of exhaustive schedules, and one full
-    collection every COLLECT_EVERY of them (`schedule_done`). A schedule makes thousands of
+    """The cyclic garbage collector off for a stretch of exhaustive schedules, and a full
+    collection now and then (`schedule_done`): the first after COLLECT_EVERY schedules, and
+    each later one twice as many schedules after the last (at most COLLECT_MOST) while they
+    find no garbage, COLLECT_EVERY again after one that does. A schedule makes thousands of
     containers (a Node, Choice, Step and Footprint per choice, their sets) that the search
     and the snapshot cache keep for a while; the collections they trigger scanned them again
-    and again, for no garbage: none of them is in a cycle (BENCHMARKS.md)."""
+    and again, for no garbage: none of them is in a cycle (BENCHMARKS.md). A full collection
+    of a worker's ~130,000 objects takes ~0.1 s and, every 1,000 schedules, found nothing in
+    the static_key search: 3 % of its time (sixteenth session)."""
 
     def __init__(self) -> None:
         self._was = False
         self._count = 0
+        self._every = COLLECT_EVERY
 
     def __enter__(self) -> PausedGc:
         self._was = gc.isenabled()
@@ -187,8 +193,10 @@ class PausedGc:
 
     def schedule_done(self) -> None:
         self._count += 1
-        if self._count % COLLECT_EVERY == 0:
-            gc.collect()
+        if self._count >= self._every:
+            self._count = 0
+            found = gc.collect()
+            self._every = COLLECT_EVERY if found else min(2 * self._every, COLLECT_MOST)
 
     def __exit__(self, *exc: object) -> None:
         if self._was:
