@@ -392,14 +392,14 @@ def test_the_paused_collector_collects_every_so_many_schedules_and_comes_back(mo
 
     at: list[int] = []
     garbage = {9}  # the schedules whose collection finds garbage
-    schedule = 0
+    now = [0]  # the schedule just done
     monkeypatch.setattr(work, "COLLECT_EVERY", 3)
     monkeypatch.setattr(work, "COLLECT_MOST", 12)
-    monkeypatch.setattr(gc, "collect", lambda *a: at.append(schedule) or (schedule in garbage))
+    monkeypatch.setattr(gc, "collect", lambda *a: at.append(now[0]) or (now[0] in garbage))
     assert gc.isenabled()
     with work.PausedGc() as collector:
         assert not gc.isenabled()
-        for schedule in range(1, 60):
+        for now[0] in range(1, 60):
             collector.schedule_done()
     # 3, +6, then garbage at 9: +3, +6, +12, +12, +12
     assert gc.isenabled() and at == [3, 9, 12, 18, 30, 42, 54]

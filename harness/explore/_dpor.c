@@ -641,6 +641,17 @@ again:;
     preds = malloc((log->st.nlocs * ncpus + 1) * sizeof *preds);
     if (!last_write || !last_reads || !log->pool || !preds)
         goto nomem;
+    if (keep) { /* room for this run's checkpoints at once (not doubled into, copy by copy) */
+        Py_ssize_t first = prior ? since : 0;
+        Py_ssize_t ncp = (n + CP_EVERY - 1) / CP_EVERY - (first + CP_EVERY - 1) / CP_EVERY;
+        if (ncp > 0 &&
+            (reserve((void **)&log->cps, &log->cps_cap,
+                     log->cps_len + ncp * (1 + (Py_ssize_t)nids * (1 + ncpus) + ncpus),
+                     sizeof *log->cps, 16384) ||
+             reserve((void **)&log->cp_at, &log->cp_at_cap, log->ncp + ncp, sizeof *log->cp_at,
+                     64)))
+            goto nomem;
+    }
     for (size_t k = 0; k < nids; k++)
         last_write[k] = -1;
     for (size_t k = 0; k < nids * ncpus; k++)
