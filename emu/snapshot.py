@@ -110,11 +110,11 @@ class SnapshotCache:
         first of `planned`."""
         plan = packed(planned)
         best: tuple[object, bytes] | None = None
-        for key in self._snaps:  # one pass, a memcmp per snapshot
-            kind, values = key
-            if (best is None or len(values) > len(best[1])) and kind == source_kind and \
-                    plan.startswith(values):
-                best = key
+        most = -1  # the length of best's values
+        for key in self._snaps:  # one pass, a memcmp per snapshot longer than the best
+            values = key[1]
+            if len(values) > most and plan.startswith(values) and key[0] == source_kind:
+                best, most = key, len(values)
         if best is None:
             return None
         found = self._snaps[best]
