@@ -1,7 +1,8 @@
 """The race finder in C (harness/explore/_dpor.c) against dpor.races, its reference: the same
 races, initials and order on recorded runs of every shipped scenario, on random footprints,
 on runs resumed from the log of the run they deviate from, and on a perturbed run whose races
-differ (so the comparison is not vacuous)."""
+differ (so the comparison is not vacuous); its `backtrack` against exhaustive.backtrack's
+loop over the reference races, on what they add to random paths."""
 
 from __future__ import annotations
 

@@ -14,9 +14,11 @@
  * A run of the exhaustive search shares its first steps with the run it deviates from: with
  * `keep`, the finder returns its RaceLog (the steps as read, their clocks, a checkpoint of the
  * walk every CP_EVERY steps), and the next run passes it as `prior` to read and walk only its
- * own steps. `step_done` is ExhaustiveSource.step_done's loop, which the fast engine's C loop
- * calls once a scheduling step; `nodes` is taken_in's loop making the Nodes of a run's own
- * choices (exhaustive.own_nodes; node_of's loop is the reference).
+ * own steps. `backtrack` finds the races and applies what they ask of the run's path in the
+ * same pass (exhaustive.backtrack; its loop over dpor.backtrack_points is the reference).
+ * `step_done` is ExhaustiveSource.step_done's loop, which the fast engine's C loop calls once a
+ * scheduling step; `nodes` is taken_in's loop making the Nodes of a run's own choices
+ * (exhaustive.own_nodes; node_of's loop is the reference).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
