@@ -56,6 +56,31 @@ def test_both_race_finders_agree_on_recorded_runs(name: str):
         assert races(steps, half) != want or not want
 
 
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_both_backtracks_ask_the_same_on_recorded_runs(name: str):
+    """_dpor.c's `backtrack` against exhaustive.backtrack's loop on recorded runs of every
+    shipped scenario, their own nodes as the search makes them (with the reduction): the
+    same values to try at every choice and the same `added`, from the first step and from
+    the middle; and the runs do ask for some (so the comparison is not vacuous)."""
+    runner = Runner(SCENARIOS[name], None, 3 if name == "static_key" else None,
+                    event_mode=True, engine=Engine.FAST, decode=False)
+    asked = 0
+    for prefix in PREFIXES:
+        src = ExhaustiveSource(prefix, footprints=True)
+        runner.machine.run(src)
+        for since in (0, len(src.steps) // 2):
+            todos, added = {}, {}
+            for engine in Engine:
+                path = own_nodes(src.choices, 0, True, Engine.REFERENCE)
+                added[engine] = []
+                backtrack(path, src.steps, engine, since, added[engine])
+                todos[engine] = [n.todo for n in path]
+            assert todos[Engine.FAST] == todos[Engine.REFERENCE], f"{prefix}, {since}"
+            assert added[Engine.FAST] == added[Engine.REFERENCE], f"{prefix}, {since}"
+            asked += len(added[Engine.FAST])
+    assert asked > 0
+
+
 @pytest.mark.parametrize("name", ["static_key", "z1_optprobe_shadow"])
 def test_both_node_makers_make_the_same_nodes(name: str):
     """_dpor.c's `nodes` against node_of's loop (own_nodes' reference) on recorded runs,
