@@ -102,7 +102,7 @@ class FetchView:
         changed = view[off:end] != data
         view[off:end] = data
         for (s, e), versions in self._versions.items():
-            lo, hi = max(s, off), min(e, off + len(data))
+            lo, hi = max(s, off), min(e, end)
             if lo < hi:
                 for k, content in enumerate(versions):
                     patched = bytearray(content)
@@ -156,7 +156,7 @@ class FetchView:
             return False
         versions = self._versions[unit]  # any other stale content is an intermediate one
         del versions[:versions.index(content) + 1]
-        ctypes.memmove(ctypes.addressof(self.buf) + s, content, e - s)
+        self._bytes[s:e] = content
         return True
 
     def serialize(self, memory: ctypes.Array
