@@ -25,6 +25,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from types import ModuleType
 
 from .cpu import CpuState
 from .events import Event
@@ -86,10 +87,14 @@ def packed(values: Iterable[int]) -> bytes:
 class SnapshotCache:
     """The snapshots of recent runs of one machine, found by the choices a run plans."""
 
-    def __init__(self, every: int = EVERY, keep: int = KEEP) -> None:
+    def __init__(self, every: int = EVERY, keep: int = KEEP,
+                 native: ModuleType | None = None) -> None:
         if every < 1 or keep < 1:
             raise ValueError("a snapshot cache takes snapshots every >= 1 steps, keeps >= 1")
         self.every = every
+        # the fast engine's machine module: `best`'s pass over the keys in C (best_key); the
+        # loop in `best` is the reference
+        self._best_key = getattr(native, "best_key", None)
         self.keep = keep
         # (source kind, values packed (`packed`)) -> the snapshot. Packed, not the values'
         # tuple: the ordered dict hashes its keys as it iterates, and a tuple of hundreds of
@@ -110,11 +115,14 @@ class SnapshotCache:
         first of `planned`."""
         plan = packed(planned)
         best: tuple[object, bytes] | None = None
-        most = -1  # the length of best's values
-        for key in self._snaps:  # one pass, a memcmp per snapshot longer than the best
-            values = key[1]
-            if len(values) > most and plan.startswith(values) and key[0] == source_kind:
-                best, most = key, len(values)
+        if self._best_key is not None:
+            best = self._best_key(self._snaps, plan, source_kind)
+        else:
+            most = -1  # the length of best's values
+            for key in self._snaps:  # one pass, a memcmp per snapshot longer than the best
+                values = key[1]
+                if len(values) > most and plan.startswith(values) and key[0] == source_kind:
+                    best, most = key, len(values)
         if best is None:
             return None
         found = self._snaps[best]

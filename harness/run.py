@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from emu import layout
 from emu.decisions import DecisionSource, RandomSource, ReplayError
-from emu.engine import Engine
+from emu.engine import Engine, native_module
 from emu.engine import resolve as resolve_engine
 from emu.machine import Machine, RunResult
 from emu.snapshot import SnapshotCache
@@ -88,8 +88,8 @@ class Runner:
         self.decode = decode
         # the exhaustive explorer's runs continue from snapshots of earlier ones on the fast
         # engine (emu/snapshot.py); the reference engine runs each from the start
-        self.snapshots = SnapshotCache() if event_mode and self.engine is Engine.FAST \
-            else None
+        self.snapshots = SnapshotCache(native=native_module("machine")) \
+            if event_mode and self.engine is Engine.FAST else None
         if memo is None:
             memo = self.engine is Engine.FAST
         # parts keyed by their times' order where the stream compares times alone

@@ -4,6 +4,8 @@ every step's footprint equal; and perturbed restores are caught."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from emu.decisions import Decisions
@@ -181,16 +183,20 @@ def test_a_copy_since_an_earlier_one_holds_only_the_new_records(monkeypatch, per
     assert all(ok) is (perturb is None)
 
 
-def test_the_cache_finds_the_longest_snapshot_within_the_planned_choices():
-    """best(): the most choices, all of them the first planned; never more than planned; the
-    least recently used is dropped first."""
+def _snap(*values: int, kind: object = "kind"):
     from emu.snapshot import Snapshot, packed
 
-    def snap(*values: int) -> Snapshot:
-        return Snapshot(packed(values), (), 0, 0, None, (b"", b"", b""), (), (), (), (), (),
-                        None, "kind")
+    return Snapshot(packed(values), (), 0, 0, None, (b"", b"", b""), (), (), (), (), (),
+                    None, kind)
 
-    cache = SnapshotCache(every=1, keep=3)
+
+@pytest.mark.parametrize("native", [False, True], ids=["reference", "native"])
+def test_the_cache_finds_the_longest_snapshot_within_the_planned_choices(native: bool):
+    """best(): the most choices, all of them the first planned; never more than planned; the
+    least recently used is dropped first. Through the reference loop and the C pass."""
+    module = _machine_module() if native else None
+    snap = _snap
+    cache = SnapshotCache(every=1, keep=3, native=module)
     for values in [(0,), (0, 1), (0, 1, 2), (1, 1)]:
         cache.add(snap(*values))
     assert len(cache) == 3  # (0,) dropped
@@ -203,6 +209,44 @@ def test_the_cache_finds_the_longest_snapshot_within_the_planned_choices():
     assert cache.best((1, 1, 0), "another kind") is None
     with pytest.raises(ValueError):
         SnapshotCache(every=0)
+
+
+def _machine_module():
+    from emu.engine import native_module
+
+    module = native_module("machine")
+    if module is None or not hasattr(module, "best_key"):
+        pytest.skip("the native machine module is not built")
+    return module
+
+
+def _random_cache(rng: random.Random, native) -> SnapshotCache:
+    cache = SnapshotCache(every=1, keep=40, native=native)
+    for _ in range(60):  # prefixes of a few runs, and their kinds, as a search leaves them
+        base = [rng.randrange(3) for _ in range(rng.randrange(12))]
+        cache.add(_snap(*base[:rng.randrange(len(base) + 1)], kind=rng.choice("ab")))
+    return cache
+
+
+def test_the_c_pass_over_the_keys_finds_what_the_loop_finds():
+    """SnapshotCache.best in C (emu/_native.c: best_key) against its reference loop on random
+    caches and plans: the same snapshot each time, hits and the recency order included.
+    Perturbed: a C pass that ignores the kind, or leaves a value uncompared, fails."""
+    module = _machine_module()
+    rng = random.Random(5)
+    for _ in range(40):
+        seed = rng.randrange(1 << 30)
+        fast, slow = _random_cache(random.Random(seed), module), \
+            _random_cache(random.Random(seed), None)
+        for _ in range(30):
+            plan = tuple(rng.randrange(3) for _ in range(rng.randrange(14)))
+            kind = rng.choice("ab")
+            got, want = fast.best(plan, kind), slow.best(plan, kind)
+            assert (got and (got.key, got.source_kind)) == (want and (want.key, want.source_kind))
+        assert [k for k in fast._snaps] == [k for k in slow._snaps]
+        assert (fast.hits, fast.skipped) == (slow.hits, slow.skipped)
+    with pytest.raises(TypeError):
+        module.best_key([("a", "not bytes")], b"", "a")
 
 
 def _footprints_after_a_plain_run(cache: SnapshotCache | None) -> list:
