@@ -107,6 +107,32 @@ def test_both_node_makers_make_the_same_nodes(name: str):
                     (reduce and any(n.kind is Kind.CPU and n.arity > 1 for n in fast))
 
 
+def test_both_walks_over_a_prefix_find_the_same_new_requests():
+    """taken_in's walk over the choices a run shares with its prefix (_dpor.c:
+    same_requests) against its reference loop: random prefixes and runs where some choices
+    answered another request object, of either length. Perturbed: a C walk that compares the
+    requests' values, not their identity, finds none of the new ones."""
+    from emu.path import Choice, Request
+    from harness.explore.exhaustive import _new_requests
+
+    rng = random.Random(11)
+    requests = [Request(Kind.CPU, 2, None) for _ in range(4)]
+    for _ in range(200):
+        prefix = [Node(Kind.CPU, 2, 0, 0, request=rng.choice(requests))
+                  for _ in range(rng.randrange(30))]
+        choices = [Choice(Kind.CPU, 2, 0, n.request if rng.random() < 0.8 else
+                          Request(Kind.CPU, 2, None))
+                   for n in prefix[:rng.randrange(len(prefix) + 1)]]
+        choices += [Choice(Kind.CPU, 2, 0, requests[0]) for _ in range(rng.randrange(3))]
+        walked = {e: [(k, n is prefix[k], c is choices[k])
+                      for k, n, c in _new_requests(prefix, choices, e)] for e in Engine}
+        assert walked[Engine.FAST] == walked[Engine.REFERENCE]
+        assert all(n and c for _, n, c in walked[Engine.FAST])
+        assert [k for k, _, _ in walked[Engine.FAST]] == [
+            k for k, (n, c) in enumerate(zip(prefix, choices, strict=False))
+            if n.request is not c.request]
+
+
 def test_nodes_are_not_made_in_c_for_a_dataclass_of_other_fields(monkeypatch):
     from harness.explore import exhaustive
 
@@ -317,6 +343,36 @@ def test_both_step_recorders_record_the_same_steps(name: str):
     for prefix in PREFIXES:
         ours, ref = recorded(prefix, native), recorded(prefix, None)
         assert ours == ref and any(node is not None for node, *_ in ours)
+
+
+def test_the_c_recorder_leaves_its_steps_out_of_the_collectors_sight():
+    """_dpor.c: step_done untracks a step it records, its footprint and the footprint's list
+    of ints (nothing there can be in a cycle; the snapshot cache keeps tens of thousands);
+    a footprint holding anything but ints stays tracked, as the reference's steps do.
+    Perturbed: without untrack_step, or untracking whatever `added` holds, this fails."""
+    import gc
+
+    from harness.explore.exhaustive import StepLog
+
+    def recorded(fp: Footprint) -> Step:
+        log = StepLog([], [])
+        native.step_done(log, Kind.CPU, Step, fp)
+        return log.steps[-1]
+
+    step = recorded(Footprint(1, [irq(1)], [stack(1)]))
+    assert step.footprint.added and not any(
+        gc.is_tracked(o) for o in (step, step.footprint, step.footprint.added))
+    odd = recorded(Footprint(1, [irq(1), ("not", "an int")], []))
+    assert all(gc.is_tracked(o) for o in (odd, odd.footprint, odd.footprint.added))
+    runner = Runner(SCENARIOS["static_key"], None, 3, event_mode=True, engine=Engine.FAST,
+                    decode=False)
+    src = ExhaustiveSource([], footprints=True, native=native)
+    runner.machine.run(src)
+    assert src.steps and not any(gc.is_tracked(s) or gc.is_tracked(s.footprint)
+                                 for s in src.steps)
+    ref = ExhaustiveSource([], footprints=True)
+    runner.machine.run(ref)
+    assert all(gc.is_tracked(s) for s in ref.steps)
 
 
 def test_bad_steps_are_errors_not_crashes():

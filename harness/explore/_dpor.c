@@ -788,10 +788,36 @@ static PyObject *py_backtrack(PyObject *mod, PyObject *args, PyObject *kwargs) {
     Py_RETURN_NONE;
 }
 
+/* A finished step's objects out of the cyclic collector's sight: the Step (node, footprint,
+   end) and its Footprint (cpu, packed, and `added`, a list of ints) hold ints, bytes and
+   each other only, so no cycle can go through them, and they are final (the footprint is off
+   its CPU). The snapshot cache keeps tens of thousands of them (a snapshot's source holds
+   its run's steps), which every collection scanned: a worker's slice ended with ~60,000 of
+   them among the ~100,000 objects its first collection then scanned. An object of another
+   form (an instance dict, an `added` that is not a list of ints) stays tracked. */
+static void untrack_step(PyObject *step, PyObject *fp) {
+    PyObject *added = PyObject_GetAttr(fp, s_added);
+    if (!added) {
+        PyErr_Clear();
+        return;
+    }
+    int ints = PyList_CheckExact(added);
+    for (Py_ssize_t k = 0; ints && k < PyList_GET_SIZE(added); k++)
+        ints = PyLong_CheckExact(PyList_GET_ITEM(added, k));
+    if (ints && !Py_TYPE(fp)->tp_dictoffset && !Py_TYPE(step)->tp_dictoffset) {
+        PyObject *objs[] = {step, fp, added};
+        for (int k = 0; k < 3; k++)
+            if (PyObject_IS_GC(objs[k]) && PyObject_GC_IsTracked(objs[k]))
+                PyObject_GC_UnTrack(objs[k]);
+    }
+    Py_DECREF(added);
+}
+
 /* step_done(log, cpu_kind, step_cls, footprint): ExhaustiveSource.step_done (its reference,
    in exhaustive.py) on its StepLog, for the fast engine: one call per scheduling step, made
    from the C loop. The step's CPU choice is the last of kind `cpu_kind` with a context among
-   the choices made since the last step; the Step is made without a call of its __init__. */
+   the choices made since the last step; the Step is made without a call of its __init__,
+   and is not tracked by the cyclic collector (untrack_step). */
 static PyObject *py_step_done(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     (void)mod;
     if (nargs != 4) {
@@ -845,6 +871,7 @@ static PyObject *py_step_done(PyObject *mod, PyObject *const *args, Py_ssize_t n
         PyObject_SetAttr(step, s_footprint, fp) || PyObject_SetAttr(step, s_end, end_obj) ||
         PyList_Append(steps, step) || PyObject_SetAttr(src, s_stepped, end_obj))
         goto done;
+    untrack_step(step, fp);
     result = Py_NewRef(Py_None);
 done:
     Py_XDECREF(choices);
@@ -941,8 +968,38 @@ static PyObject *node_field_names(void) {
     return t;
 }
 
+/* same_requests(prefix, choices, start) -> k: taken_in's walk over the choices a run shares
+   with its search's prefix, in C: the first k >= start, below both lengths, where the run's
+   choice answered another request than the prefix's node (`request`), else the shorter
+   length. A run repeats ~300 choices of its prefix and almost all are the same request
+   object; taken_in looks at those that are not. */
+static PyObject *py_same_requests(PyObject *mod, PyObject *args) {
+    (void)mod;
+    PyObject *prefix, *choices;
+    Py_ssize_t k;
+    if (!PyArg_ParseTuple(args, "O!O!n", &PyList_Type, &prefix, &PyList_Type, &choices, &k))
+        return NULL;
+    if (k < 0)
+        k = 0;
+    for (; k < PyList_GET_SIZE(prefix) && k < PyList_GET_SIZE(choices); k++) {
+        PyObject *a = PyObject_GetAttr(PyList_GET_ITEM(prefix, k), s_request);
+        if (!a)
+            return NULL;
+        PyObject *b = PyObject_GetAttr(PyList_GET_ITEM(choices, k), s_request);
+        Py_DECREF(a); /* (identity only: the list holds both objects) */
+        if (!b)
+            return NULL;
+        Py_DECREF(b);
+        if (a != b)
+            break;
+    }
+    return PyLong_FromSsize_t(k);
+}
+
 static PyMethodDef methods[] = {
     {"nodes", py_nodes, METH_VARARGS, "taken_in's nodes of a run's own choices, in C"},
+    {"same_requests", py_same_requests, METH_VARARGS,
+     "taken_in's walk over the choices a run shares with its prefix, in C"},
     {"step_done", (PyCFunction)(void (*)(void))py_step_done, METH_FASTCALL,
      "ExhaustiveSource.step_done, in C"},
     {"races", (PyCFunction)(void (*)(void))py_races, METH_VARARGS | METH_KEYWORDS,

@@ -436,9 +436,7 @@ def taken_in(prefix: list[Node], src: ExhaustiveSource, reduce: bool,
         raise SearchError(f"the run made {len(choices)} choices, fewer than the "
                           f"{len(prefix)} of the search's prefix: the machine is not the one "
                           "this search ran on")
-    for k, (old, choice) in enumerate(zip(prefix, choices, strict=False)):
-        if choice.request is old.request:  # the same request: the same choice
-            continue
+    for k, old, choice in _new_requests(prefix, choices, engine):
         new = node_of(choice, known)
         if (old.kind, old.arity, old.runnable, old.simplest) != \
                 (new.kind, new.arity, new.runnable, new.simplest):
@@ -456,6 +454,23 @@ def taken_in(prefix: list[Node], src: ExhaustiveSource, reduce: bool,
                   prior, kept)
         level.races = kept[0] if kept else None
     return level
+
+
+def _new_requests(prefix: list[Node], choices: Sequence[Choice], engine: Engine | None
+                  ) -> Iterator[tuple[int, Node, Choice]]:
+    """(k, node, choice) of the run's choices that answered another request than the
+    prefix's node at k (the same request makes the same choice). Under the fast engine the
+    walk between them is in C (_dpor.c: same_requests); the loop is the reference."""
+    native = native_module("search") if resolve(engine) is Engine.FAST else None
+    if native is not None and hasattr(native, "same_requests") and isinstance(choices, list):
+        k, end = 0, min(len(prefix), len(choices))
+        while (k := native.same_requests(prefix, choices, k)) < end:
+            yield k, prefix[k], choices[k]
+            k += 1
+        return
+    for k, (old, choice) in enumerate(zip(prefix, choices, strict=False)):
+        if choice.request is not old.request:
+            yield k, old, choice
 
 
 def untried(level: Level, bound: Cost, end: int | None = None) -> Iterator[tuple[int, int]]:
