@@ -383,25 +383,25 @@ def test_one_delayed_update_shows_the_old_instruction_or_one_stale_byte():
 
 def test_the_paused_collector_collects_every_so_many_schedules_and_comes_back(monkeypatch):
     """PausedGc: off inside, a full collection after COLLECT_EVERY schedules, then twice as
-    many schedules after each that found no garbage (at most COLLECT_MOST), COLLECT_EVERY
-    again after one that found some; the collector as it was afterwards (left off when it
-    was off)."""
+    many schedules after each that found less garbage than one object a schedule (at most
+    COLLECT_MOST), COLLECT_EVERY again after one that found more; the collector as it was
+    afterwards (left off when it was off)."""
     import gc
 
     from harness.explore import work
 
     at: list[int] = []
-    garbage = {9}  # the schedules whose collection finds garbage
+    garbage = {9: 6, 30: 11}  # what the collections at these schedules find
     now = [0]  # the schedule just done
     monkeypatch.setattr(work, "COLLECT_EVERY", 3)
     monkeypatch.setattr(work, "COLLECT_MOST", 12)
-    monkeypatch.setattr(gc, "collect", lambda *a: at.append(now[0]) or (now[0] in garbage))
+    monkeypatch.setattr(gc, "collect", lambda *a: at.append(now[0]) or garbage.get(now[0], 0))
     assert gc.isenabled()
     with work.PausedGc() as collector:
         assert not gc.isenabled()
         for now[0] in range(1, 60):
             collector.schedule_done()
-    # 3, +6, then garbage at 9: +3, +6, +12, +12, +12
+    # 3, +6, then 6 found in 6 schedules at 9: +3, +6, +12; 11 found in 12 at 30: +12, +12
     assert gc.isenabled() and at == [3, 9, 12, 18, 30, 42, 54]
     gc.disable()
     try:
@@ -410,6 +410,56 @@ def test_the_paused_collector_collects_every_so_many_schedules_and_comes_back(mo
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_the_slices_collector_keeps_its_interval_and_nests(monkeypatch):
+    """One PausedGc over many slices (work.SLICES_GC) goes on counting where the last slice
+    stopped, so its interval backs off across slices; slices that overlap (a worker of
+    several threads) leave the collector off until the last one ends. Perturbed: a collector
+    per slice collects at the same schedule of every slice; the first slice to end turning
+    the collector back on while the other runs fails."""
+    import gc
+
+    from harness.explore import work
+
+    at: list[int] = []
+    now = [0]
+    monkeypatch.setattr(work, "COLLECT_EVERY", 3)
+    monkeypatch.setattr(work, "COLLECT_MOST", 12)
+    monkeypatch.setattr(gc, "collect", lambda *a: at.append(now[0]) or 0)
+    collector = work.PausedGc()
+    for _ in range(5):  # slices of 4 schedules
+        with collector:
+            for _ in range(4):
+                now[0] += 1
+                collector.schedule_done()
+    assert at == [3, 9]  # not [3, 7, 11, 15, 19]
+    assert gc.isenabled()
+    with collector:
+        with collector:
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+
+
+def test_a_slice_makes_what_it_returns_while_the_collector_is_off(monkeypatch):
+    """explore_region makes the region's state and reports before the collector is back on
+    (the first collection after it scans everything made since the last one). Perturbed:
+    made after the `with`, the state is made with the collector on."""
+    import gc
+
+    from harness.explore import partition, work
+    from harness.explore.schedule import Plan
+
+    seen: list[bool] = []
+    state = partition.RegionRun.state
+    monkeypatch.setattr(partition.RegionRun, "state",
+                        lambda self: seen.append(gc.isenabled()) or state(self))
+    plan = Plan(scenario="static_key", cpus=2, strategy="exhaustive", preemptions=1,
+                delays=0, interrupts=0, dpor=True)
+    out = work.explore_region(plan, dict(partition.FRESH), 5, 60.0)
+    assert len(out["results"]) == 5 and out["state"]["nodes"]
+    assert seen == [False] and gc.isenabled()
 
 
 def _dpor_runs(scenario, variant, cpus, bound: Cost, limit: int, races: Engine | None = None

@@ -15,6 +15,7 @@ import hashlib
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -150,10 +151,10 @@ def explore_region(plan: Plan, state: dict, budget: int | None, seconds: float,
     if out["error"]:
         return out
     runner = plan_runner(plan, event_mode=True)
-    region = RegionRun(state, plan.bound, plan.dpor, plan.engine)
     start = time.perf_counter()
     results = []
-    with PausedGc() as collector:
+    with SLICES_GC as collector:
+        region = RegionRun(state, plan.bound, plan.dpor, plan.engine)
         while not region.exhausted and (budget is None or len(results) < budget):
             results.append(step(region, runner, plan))
             collector.schedule_done()
@@ -161,8 +162,13 @@ def explore_region(plan: Plan, state: dict, budget: int | None, seconds: float,
                 break
             if time.perf_counter() - start >= seconds:
                 break
-    out.update(prefix=region.prefix(), results=results, state=region.state(),
-               reports=region.reports(), seconds=time.perf_counter() - start)
+        # what is left, made while the collector is still off, and the region's objects
+        # dropped (by their counts: none is in a cycle): the first collection once it is on
+        # scans whatever was made since the last one, 20-90 ms a slice while the region was
+        # alive and its state was being made
+        out.update(prefix=region.prefix(), results=results, state=region.state(),
+                   reports=region.reports(), seconds=time.perf_counter() - start)
+        del region
     return out
 
 
@@ -174,33 +180,53 @@ class PausedGc:
     """The cyclic garbage collector off for a stretch of exhaustive schedules, and a full
     collection now and then (`schedule_done`): the first after COLLECT_EVERY schedules, and
     each later one twice as many schedules after the last (at most COLLECT_MOST) while they
-    find no garbage, COLLECT_EVERY again after one that does. A schedule makes thousands of
+    find less garbage than one object a schedule, COLLECT_EVERY again after one that finds
+    more (a search whose schedules make cycles; a Dask worker's own threads leave a few
+    dozen objects in cycles a minute, which do not). A schedule makes thousands of
     containers (a Node, Choice, Step and Footprint per choice, their sets) that the search
     and the snapshot cache keep for a while; the collections they trigger scanned them again
     and again, for no garbage: none of them is in a cycle (BENCHMARKS.md). A full collection
     of a worker's ~130,000 objects takes ~0.1 s and, every 1,000 schedules, found nothing in
-    the static_key search: 3 % of its time (sixteenth session)."""
+    the static_key search: 3 % of its time (sixteenth session). An instance keeps its count
+    and interval from one `with` to the next (SLICES_GC)."""
 
     def __init__(self) -> None:
         self._was = False
         self._count = 0
         self._every = COLLECT_EVERY
+        # slices run at once on a worker of several threads: the collector is back (if it
+        # was on) when the last of them leaves
+        self._inside = 0
+        self._lock = threading.Lock()
 
     def __enter__(self) -> PausedGc:
-        self._was = gc.isenabled()
-        gc.disable()
+        with self._lock:
+            if not self._inside:
+                self._was = gc.isenabled()
+                gc.disable()
+            self._inside += 1
         return self
 
     def schedule_done(self) -> None:
         self._count += 1
         if self._count >= self._every:
             self._count = 0
-            found = gc.collect()
-            self._every = COLLECT_EVERY if found else min(2 * self._every, COLLECT_MOST)
+            found = gc.collect()  # (unreachable objects: garbage in cycles)
+            self._every = COLLECT_EVERY if found >= self._every else \
+                min(2 * self._every, COLLECT_MOST)
 
     def __exit__(self, *exc: object) -> None:
-        if self._was:
-            gc.enable()
+        with self._lock:
+            self._inside -= 1
+            if not self._inside and self._was:
+                gc.enable()
+
+
+# The collector of this process's exhaustive slices (explore_region), one for the process as
+# the garbage collector it pauses is: a worker runs a slice of ~4 s (~1,000-2,000 schedules)
+# at a time, and a PausedGc made for each slice collected at its 1,000th schedule, every
+# slice, where one kept across slices backs off to one collection in ~32,000 schedules.
+SLICES_GC = PausedGc()
 
 
 def step(region: RegionRun, runner, plan: Plan,
