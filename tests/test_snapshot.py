@@ -195,16 +195,15 @@ def test_the_cache_finds_the_longest_snapshot_within_the_planned_choices(native:
     """best(): the most choices, all of them the first planned; never more than planned; the
     least recently used is dropped first. Through the reference loop and the C pass."""
     module = _machine_module() if native else None
-    snap = _snap
     cache = SnapshotCache(every=1, keep=3, native=module)
     for values in [(0,), (0, 1), (0, 1, 2), (1, 1)]:
-        cache.add(snap(*values))
+        cache.add(_snap(*values))
     assert len(cache) == 3  # (0,) dropped
     assert cache.best((0, 1, 2, 5), "kind").values == (0, 1, 2)
     assert cache.best((0, 1), "kind").values == (0, 1)  # (0, 1, 2) plans past it
     assert cache.best((0, 2), "kind") is None  # (0,) was dropped
     assert cache.best((1, 1, 0), "kind").values == (1, 1)
-    cache.add(snap(2,))  # (0, 1, 2) is now the least recently used
+    cache.add(_snap(2,))  # (0, 1, 2) is now the least recently used
     assert cache.best((0, 1, 2), "kind").values == (0, 1)
     assert cache.best((1, 1, 0), "another kind") is None
     with pytest.raises(ValueError):
