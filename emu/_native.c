@@ -11,7 +11,8 @@
  *
  * The scheduling loop is here too, in quantum and event mode (`steps`, emu/native_loop.py): the
  * steps that need nothing of Python, one after another, the others handed back to
- * emu/machine.py.
+ * emu/machine.py. And the snapshot cache's lookup (`best_key`, emu/snapshot.py's
+ * SnapshotCache.best, whose loop is the reference).
  *
  * Nothing is linked against libunicorn: emu/native_cpu.py hands over the function pointers of
  * the library the Python binding loaded, and the engine handle. Unicorn is entered from C

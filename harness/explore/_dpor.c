@@ -17,8 +17,10 @@
  * own steps. `backtrack` finds the races and applies what they ask of the run's path in the
  * same pass (exhaustive.backtrack; its loop over dpor.backtrack_points is the reference).
  * `step_done` is ExhaustiveSource.step_done's loop, which the fast engine's C loop calls once a
- * scheduling step; `nodes` is taken_in's loop making the Nodes of a run's own choices
- * (exhaustive.own_nodes; node_of's loop is the reference).
+ * scheduling step (its Steps kept out of the cyclic collector's sight: untrack_step);
+ * `nodes` is taken_in's loop making the Nodes of a run's own choices (exhaustive.own_nodes;
+ * node_of's loop is the reference), `same_requests` its walk over the choices a run shares
+ * with its prefix (exhaustive._new_requests' loop is the reference).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -986,11 +988,12 @@ static PyObject *py_same_requests(PyObject *mod, PyObject *args) {
         if (!a)
             return NULL;
         PyObject *b = PyObject_GetAttr(PyList_GET_ITEM(choices, k), s_request);
-        Py_DECREF(a); /* (identity only: the list holds both objects) */
+        int same = a == b; /* identity: the same request object makes the same choice */
+        Py_DECREF(a);
         if (!b)
             return NULL;
         Py_DECREF(b);
-        if (a != b)
+        if (!same)
             break;
     }
     return PyLong_FromSsize_t(k);
