@@ -462,6 +462,23 @@ def test_a_slice_makes_what_it_returns_while_the_collector_is_off(monkeypatch):
     assert seen == [False] and gc.isenabled()
 
 
+def test_slices_count_their_schedules_on_the_process_collector(monkeypatch):
+    """explore_region counts its schedules on the process's collector (work.SLICES_GC), so a
+    second slice goes on from the first's count. Perturbed: a PausedGc made per slice leaves
+    the process's collector at 0."""
+    from harness.explore import partition, work
+    from harness.explore.schedule import Plan
+
+    collector = work.PausedGc()
+    monkeypatch.setattr(work, "SLICES_GC", collector)
+    plan = Plan(scenario="static_key", cpus=2, strategy="exhaustive", preemptions=1,
+                delays=0, interrupts=0, dpor=True)
+    state = dict(partition.FRESH)
+    for _ in range(2):
+        state = work.explore_region(plan, state, 3, 60.0)["state"]
+    assert collector._count == 6
+
+
 def _dpor_runs(scenario, variant, cpus, bound: Cost, limit: int, races: Engine | None = None
                ) -> list[tuple[int, ...]]:
     """Every run of a DPOR search (at most `limit`, test_snapshot's), as its choices' values
