@@ -30,6 +30,12 @@
 
 #include "fetch_pages.h"
 
+/* the digest of the sources this module was compiled from (emu/native_build.py; setup.py
+   defines it): emu/engine.py refuses a build whose sources have changed since */
+#ifndef TEXTPOKE_SOURCE_DIGEST
+#define TEXTPOKE_SOURCE_DIGEST ""
+#endif
+
 typedef int (*uc_hook_add_t)(void *uc, size_t *hh, int type, void *callback, void *user_data,
                              uint64_t begin, uint64_t end, ...);
 typedef int (*uc_emu_stop_t)(void *uc);
@@ -2853,7 +2859,8 @@ PyMODINIT_FUNC PyInit__native(void) {
     Py_INCREF(&CpuType);
     if (PyModule_AddObject(m, "Clock", (PyObject *)&ClockType) ||
         PyModule_AddObject(m, "Cpu", (PyObject *)&CpuType) ||
-        PyModule_AddObject(m, "RECORD_FIELDS", record_fields()))
+        PyModule_AddObject(m, "RECORD_FIELDS", record_fields()) ||
+        PyModule_AddStringConstant(m, "SOURCE_DIGEST", TEXTPOKE_SOURCE_DIGEST))
         return NULL;
     return m;
 }

@@ -4,7 +4,8 @@ and verdicts for the same decisions (tests/test_engines.py runs both on every sc
 reference is kept as the simple implementation the fast one is checked against.
 
 The native parts are C extensions compiled when the package is installed (setup.py); where
-that was impossible, that part runs its reference code, and says so once."""
+that was impossible, or the module was built from other sources than the tree now holds
+(emu/native_build.py), that part runs its reference code, and says so once."""
 
 from __future__ import annotations
 
@@ -12,17 +13,15 @@ import functools
 import importlib
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from types import ModuleType
+
+from .native_build import NATIVE_PARTS, ROOT, NativePart, source_digest
 
 
 class Engine(StrEnum):
     FAST = "fast"
     REFERENCE = "reference"
-
-
-# the native modules, by the part of a schedule they run
-NATIVE_MODULES = {"machine": "emu._native", "trace": "harness.trace.pt._native",
-                  "search": "harness.explore._dpor"}
 
 
 @dataclass(frozen=True)
@@ -37,18 +36,34 @@ class NativeStatus:
 
     def describe(self) -> str:
         if self.complete:
-            return "fast (native: " + ", ".join(NATIVE_MODULES.values()) + ")"
+            return "fast (native: " + ", ".join(p.module for p in NATIVE_PARTS.values()) + ")"
         return "partly reference (native code unavailable: " + "; ".join(
             f"{part}: {why}" for part, why in self.missing) + ")"
 
 
 @functools.cache
 def _import(part: str) -> tuple[ModuleType | None, str]:
-    module = NATIVE_MODULES[part]
+    native = NATIVE_PARTS[part]
     try:
-        return importlib.import_module(module), ""
+        module = importlib.import_module(native.module)
     except ImportError as e:
-        return None, f"{module}: {e}"
+        return None, f"{native.module}: {e}"
+    stale = stale_build(module, native)
+    return (None, stale) if stale else (module, "")
+
+
+def stale_build(module: ModuleType, native: NativePart, root: Path = ROOT) -> str:
+    """Why `module` is not the build of `native`'s sources as they are under `root`; "" if
+    it is, or if they are not there to compare (an installation without sources)."""
+    want = source_digest(native, root)
+    if want is None:
+        return ""
+    have = getattr(module, "SOURCE_DIGEST", None)  # (None: built before builds carried it)
+    if have == want:
+        return ""
+    return (f"{native.module} was built from other sources than {', '.join(native.sources)}"
+            f" now hold (digest {have or 'none'}, sources {want}): rebuild it with "
+            f"`pip install -e .`")
 
 
 def native_module(part: str) -> ModuleType | None:
@@ -58,7 +73,7 @@ def native_module(part: str) -> ModuleType | None:
 
 
 def native_status() -> NativeStatus:
-    return NativeStatus(tuple((part, _import(part)[1]) for part in NATIVE_MODULES
+    return NativeStatus(tuple((part, _import(part)[1]) for part in NATIVE_PARTS
                               if native_module(part) is None))
 
 

@@ -68,7 +68,7 @@ def entry(request: Request) -> tuple:
 def usable(machine: Machine, native: ModuleType | None) -> bool:
     """Whether the machine's runs can take the C loop: a fast engine's CPUs, and few enough
     CPUs for the key."""
-    return native is not None and hasattr(native, "steps") and machine.config.ncpus <= MAX_CPUS
+    return native is not None and machine.config.ncpus <= MAX_CPUS
 
 
 def _draws(source: object) -> tuple[object, object]:

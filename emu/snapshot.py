@@ -94,7 +94,7 @@ class SnapshotCache:
         self.every = every
         # the fast engine's machine module: `best`'s pass over the keys in C (best_key); the
         # loop in `best` is the reference
-        self._best_key = getattr(native, "best_key", None)
+        self._best_key = native.best_key if native is not None else None
         self.keep = keep
         # (source kind, values packed (`packed`)) -> the snapshot. Packed, not the values'
         # tuple: the ordered dict hashes its keys as it iterates, and a tuple of hundreds of

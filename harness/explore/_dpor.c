@@ -28,6 +28,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* the digest of the sources this module was compiled from (emu/native_build.py; setup.py
+   defines it): emu/engine.py refuses a build whose sources have changed since */
+#ifndef TEXTPOKE_SOURCE_DIGEST
+#define TEXTPOKE_SOURCE_DIGEST ""
+#endif
+
 #define MAX_CPUS 64
 
 /* the attribute names read per step, interned once (PyInit__dpor) */
@@ -1044,6 +1050,8 @@ PyMODINIT_FUNC PyInit__dpor(void) {
     if (m && PyModule_AddObjectRef(m, "RaceLog", (PyObject *)&RaceLogType) < 0)
         Py_CLEAR(m);
     if (m && PyModule_AddObject(m, "NODE_FIELDS", node_field_names()) < 0)
+        Py_CLEAR(m);
+    if (m && PyModule_AddStringConstant(m, "SOURCE_DIGEST", TEXTPOKE_SOURCE_DIGEST) < 0)
         Py_CLEAR(m);
     return m;
 }

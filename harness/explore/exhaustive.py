@@ -117,7 +117,7 @@ def own_nodes(choices: list[Choice], start: int, reduce: bool, engine: Engine | 
     to try, or with `reduce` a CPU choice's own value only. Under the fast engine in C
     (_dpor.c: nodes, a z1 run has ~1,900 of them); the loop over node_of is the reference."""
     native = native_module("search") if resolve(engine) is Engine.FAST else None
-    if native is not None and hasattr(native, "nodes") and isinstance(choices, list):
+    if native is not None and isinstance(choices, list):
         if native.NODE_FIELDS != NODE_FIELDS:
             raise RuntimeError(f"_dpor.c makes Nodes of {native.NODE_FIELDS}, the dataclass "
                                f"has {NODE_FIELDS}: rebuild the extension")
@@ -252,8 +252,7 @@ def backtrack(path: list[Node], steps: list[Step], engine: Engine | None = None,
     Under the fast engine in one pass in C (_dpor.c: backtrack, which skips a point that
     repeats one it applied); the loop below is the reference."""
     native = native_module("search") if resolve(engine) is Engine.FAST else None
-    if native is not None and hasattr(native, "backtrack") and isinstance(path, list) \
-            and isinstance(added, list | None):
+    if native is not None and isinstance(path, list) and isinstance(added, list | None):
         log = native.backtrack(path, steps, since, prior, added, kept is not None)
         if kept is not None:
             kept.append(log)
@@ -462,7 +461,7 @@ def _new_requests(prefix: list[Node], choices: Sequence[Choice], engine: Engine 
     prefix's node at k (the same request makes the same choice). Under the fast engine the
     walk between them is in C (_dpor.c: same_requests); the loop is the reference."""
     native = native_module("search") if resolve(engine) is Engine.FAST else None
-    if native is not None and hasattr(native, "same_requests") and isinstance(choices, list):
+    if native is not None and isinstance(choices, list):
         k, end = 0, min(len(prefix), len(choices))
         while (k := native.same_requests(prefix, choices, k)) < end:
             yield k, prefix[k], choices[k]

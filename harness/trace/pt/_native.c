@@ -16,6 +16,12 @@
 #include <stdint.h>
 #include <string.h>
 
+/* the digest of the sources this module was compiled from (emu/native_build.py; setup.py
+   defines it): emu/engine.py refuses a build whose sources have changed since */
+#ifndef TEXTPOKE_SOURCE_DIGEST
+#define TEXTPOKE_SOURCE_DIGEST ""
+#endif
+
 #define INSN_MAX 15
 #define RET_STACK 64
 #define LOOKAHEAD 400
@@ -1452,6 +1458,10 @@ PyMODINIT_FUNC PyInit__native(void) {
                                       PyExc_RuntimeError, NULL);
     if (!TooMuchDoubt || PyModule_AddObject(m, "TooMuchDoubt", Py_NewRef(TooMuchDoubt)) < 0) {
         Py_XDECREF(TooMuchDoubt);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddStringConstant(m, "SOURCE_DIGEST", TEXTPOKE_SOURCE_DIGEST) < 0) {
         Py_DECREF(m);
         return NULL;
     }
