@@ -149,24 +149,28 @@ class Textpoke:
 
     def _on_cluster(self, chk: _Check, cpus: int | None) -> int:
         """The same check on the --textpoke-cluster (cluster.py): the exploration stops at
-        the first failure; its results are judged in order as a local check judges them."""
+        the first failure; its failures are judged in their schedules' order, as a local
+        check judges them. Only the failures are kept: an exhaustive search there may run
+        millions of schedules (explore's `keep_results`), and every one counts as run."""
         exhaustive = self.strategy == "exhaustive"
         plan = Plan(chk.scenario.name, chk.variant, cpus, self.strategy, self.seed, self.depth,
                     shrink=not chk.expected, preemptions=self.preemptions, delays=self.delays,
                     dpor=self.dpor, interrupts=self.interrupts, origin=chk.origin,
                     engine=self.engine)
         n = self.schedules if self.schedules is not None or exhaustive else 20
-        summary = explore(plan, n, stop_at_first=True, cluster=self.cluster)
-        budget = f"in {len(summary.results)} {self.strategy} schedules on {self.cluster}"
+        summary = explore(plan, n, stop_at_first=True, cluster=self.cluster,
+                          keep_results=False)
+        budget = f"in {summary.schedules} {self.strategy} schedules on {self.cluster}"
         if exhaustive:
             self.exhausted = summary.exhausted
             budget += (f" ({plan.bound}; space "
                        f"{'exhausted' if self.exhausted else 'NOT exhausted'})")
-        for res in summary.results:
-            if self._verdict(chk, res):
-                return res.idx + 1
+        first = summary.failures[:1]  # judged (_verdict counts it), and passes or raises
+        self.ran += summary.schedules - len(first)
+        if first and self._verdict(chk, first[0]):
+            return first[0].idx + 1
         self._not_found(chk, budget)
-        return len(summary.results)
+        return summary.schedules
 
     def _replay(self, chk: _Check, cpus: int | None) -> int:
         tok = Token.decode(str(self.replay_token))

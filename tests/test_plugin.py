@@ -4,6 +4,10 @@ report carries the verdict and a replay token, and --textpoke-replay."""
 import re
 from pathlib import Path
 
+import pytest
+
+from emu.verdict import VerdictKind
+
 EXAMPLE = (Path(__file__).parent.parent / "examples" / "test_my_sequence.py").read_text()
 
 
@@ -169,3 +173,43 @@ def test_the_same_checks_on_a_cluster(pytester, monkeypatch, dask_client):
                      r"on tcp://", out)
     assert re.search(r"FAILED test_expect.py::test_phantom_exhaustively - expected "
                      r"torn_execution not found: .* on tcp://.* space exhausted", out)
+
+
+def test_a_cluster_check_keeps_the_failures_only_and_judges_the_first(monkeypatch):
+    """On a cluster the check asks the exploration for its failures only (an exhaustive
+    search there may run millions of schedules), judges the first in schedule order, and
+    counts every schedule as run."""
+    from harness import pytest_plugin
+    from harness.explore.explore import Summary
+    from harness.explore.schedule import ScheduleResult
+    from harness.scenario.shipped import SCENARIOS
+
+    scn = SCENARIOS["z4_bytewise"]
+    expected = scn.variant("buggy").expected
+    assert expected
+    kind = next(iter(expected)).value
+    asked = []
+
+    def explore(plan, n, stop_at_first, cluster, keep_results):
+        asked.append(keep_results)
+        summary = Summary(plan, None, results=None)
+        for i in range(1000):
+            failing = i in (700, 400)  # recorded out of their order, as a cluster may
+            summary.add(ScheduleResult(1100 - i if failing else i, 0,
+                                       kind if failing else "pass", "", 1))
+        return summary
+
+    monkeypatch.setattr(pytest_plugin, "explore", explore)
+    t = pytest_plugin.Textpoke("random", 1000, 0, 3, None, cluster="tcp://nowhere:1")
+    assert t.check(scn, "buggy") == 401  # 1100 - 700: the first failure by its index
+    assert asked == [False] and t.ran == 1000
+    other = next(k for k in VerdictKind if k.value not in (kind, "pass"))
+
+    def failing_otherwise(plan, n, stop_at_first, cluster, keep_results):
+        summary = Summary(plan, None, results=None)
+        summary.add(ScheduleResult(0, 0, other.value, "boom", 1))
+        return summary
+
+    monkeypatch.setattr(pytest_plugin, "explore", failing_otherwise)
+    with pytest.raises(pytest_plugin.TextpokeFailure):
+        t.check(scn, "buggy")
