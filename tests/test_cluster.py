@@ -547,3 +547,36 @@ def test_the_clusters_textpoke_starts_keep_short_low_level_logs(monkeypatch):
     assert seen == [(name, C.LOW_LEVEL_LOG, False)
                     for name in ("LocalCluster", "Client", "close", "close")]
     assert dask.config.get(key) == before and dask.config.get(profile) is True
+
+
+def test_a_local_cluster_on_a_taken_dashboard_port_says_nothing_of_it(monkeypatch):
+    """A second exploration at once (or pytest's own cluster) leaves the scheduler's HTTP
+    port 8787 taken; Dask then warns to whoever runs textpoke, of a port nothing of ours
+    uses. connect() silences that warning and no other."""
+    import warnings
+
+    import distributed
+
+    class Fake:
+        scheduler_address = "tcp://127.0.0.1:1"
+
+        def __init__(self, *args, **kwargs):
+            if type(self).__name__ == "LocalCluster":  # as distributed/node.py says it
+                warnings.warn("Port 8787 is already in use.\nPerhaps you already have a "
+                              "cluster running?\nHosting the HTTP server on port 40001 "
+                              "instead", UserWarning, stacklevel=2)
+                warnings.warn("another warning", UserWarning, stacklevel=2)
+
+        def wait_for_workers(self, n, timeout):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(distributed, "LocalCluster", type("LocalCluster", (Fake,), {}))
+    monkeypatch.setattr(distributed, "Client", type("Client", (Fake,), {}))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        with C.connect(C.ClusterSpec(jobs=2)):
+            pass
+    assert [str(w.message) for w in said] == ["another warning"]

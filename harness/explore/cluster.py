@@ -23,6 +23,7 @@ import math
 import os
 import sys
 import uuid
+import warnings
 from array import array
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -184,9 +185,14 @@ def _connected(spec: ClusterSpec) -> Iterator[Cluster]:
     from distributed import Client, LocalCluster
 
     if spec.address is None:
-        local = LocalCluster(n_workers=spec.jobs, threads_per_worker=1, processes=True,
-                             host="127.0.0.1", dashboard_address=None,
-                             silence_logs=logging.ERROR, preload=[WORKER_SETUP])
+        with warnings.catch_warnings():
+            # without a dashboard the scheduler still serves its HTTP routes, on port 8787
+            # if free: a second exploration at once (or a pytest cluster) takes another, and
+            # Dask warns of it to whoever runs this; nothing here uses that port
+            warnings.filterwarnings("ignore", "Port 8787 is already in use", UserWarning)
+            local = LocalCluster(n_workers=spec.jobs, threads_per_worker=1, processes=True,
+                                 host="127.0.0.1", dashboard_address=None,
+                                 silence_logs=logging.ERROR, preload=[WORKER_SETUP])
         client = Client(local)
         try:
             client.wait_for_workers(spec.jobs, timeout=WORKER_TIMEOUT)
