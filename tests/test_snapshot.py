@@ -214,7 +214,7 @@ def _machine_module():
     from emu.engine import native_module
 
     module = native_module("machine")
-    if module is None or not hasattr(module, "best_key"):
+    if module is None:
         pytest.skip("the native machine module is not built")
     return module
 
