@@ -12,7 +12,6 @@ import re
 import shutil
 import struct
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,35 +25,27 @@ from harness.scenario.shipped import SCENARIOS
 from harness.trace import kcore, libipt, perf_data, perf_script, saved_run, sideband
 from harness.trace.pt.packets import Tnt, iter_packets
 from harness.trace.saved_run import load
-
-REQUIRE = os.environ.get("TEXTPOKE_REQUIRE_TOOLS") == "1"
-
-
-def _need(tool: str, present: bool) -> None:
-    if present:
-        return
-    if REQUIRE:
-        pytest.fail(f"{tool} is missing and TEXTPOKE_REQUIRE_TOOLS=1")
-    pytest.skip(f"{tool} is not installed")
+from tests import required
+from tests.required import need
 
 
 def test_a_missing_tool_skips_or_fails(monkeypatch):
     """The switch CI sets: without it a missing tool skips, with it the test fails."""
-    monkeypatch.setattr(sys.modules[__name__], "REQUIRE", False)
-    with pytest.raises(pytest.skip.Exception):
-        _need("nothing", False)
-    monkeypatch.setattr(sys.modules[__name__], "REQUIRE", True)
+    monkeypatch.setattr(required, "REQUIRE", False)
+    with pytest.raises(pytest.skip.Exception, match="nothing is not installed"):
+        need(False, "nothing is not installed")
+    monkeypatch.setattr(required, "REQUIRE", True)
     with pytest.raises(pytest.fail.Exception, match="TEXTPOKE_REQUIRE_TOOLS=1"):
-        _need("nothing", False)
-    _need("something", True)
+        need(False, "nothing is not installed")
+    need(True, "something is not installed")
 
 
 def need_perf() -> None:
-    _need("perf (linux-perf)", shutil.which("perf") is not None)
+    need(shutil.which("perf") is not None, "perf (linux-perf) is not installed")
 
 
 def need_libipt() -> None:
-    _need("libipt (libipt2)", not isinstance(libipt.load(), libipt.LibiptMissing))
+    need(not isinstance(libipt.load(), libipt.LibiptMissing), "libipt (libipt2) is not installed")
 
 
 def _run(directory: Path, *args: str) -> None:
@@ -202,7 +193,7 @@ def test_a_pt_blk_block_our_rebuild_does_not_end_where_libipt_says_is_an_error(m
     instruction of 3 bytes or more taken for a byte shorter) is an error, never steps that
     would pass for agreement."""
     ipt = libipt.load()
-    _need("libipt", not isinstance(ipt, libipt.LibiptMissing))
+    need(not isinstance(ipt, libipt.LibiptMissing), "libipt is not installed")
     out = Runner(SCENARIOS["static_key"]).run_seed(0)
     res = out.result
 

@@ -7,7 +7,6 @@ quietly run the reference."""
 from __future__ import annotations
 
 import importlib
-import os
 import shutil
 import sys
 import types
@@ -18,42 +17,32 @@ import pytest
 from emu import engine as engines
 from emu.engine import Engine, NativeStatus, fallback_notice, native_status, stale_build
 from emu.native_build import NATIVE_PARTS, ROOT, NativePart, source_digest
-
-REQUIRE = os.environ.get("TEXTPOKE_REQUIRE_TOOLS") == "1"
-
-
-def _need(what: str, present: bool) -> None:
-    """Skip without `what`; fail instead where CI requires its tools."""
-    if present:
-        return
-    if REQUIRE:
-        pytest.fail(f"{what}, and TEXTPOKE_REQUIRE_TOOLS=1")
-    pytest.skip(what)
+from tests import required
+from tests.required import need
 
 
 def _built(native: NativePart) -> types.ModuleType:
     try:
         return importlib.import_module(native.module)
     except ImportError as e:
-        _need(f"{native.module} is not built ({e})", False)
+        need(False, f"{native.module} is not built ({e})")
         raise  # (not reached)
 
 
 def test_every_native_part_is_in_use():
     """Each part runs its native module: built, and built from the sources beside it."""
     status = native_status()
-    _need(status.describe(), status.complete)
+    need(status.complete, f"the engine is {status.describe()}")
 
 
 def test_a_missing_part_skips_or_fails(monkeypatch):
     """The switch CI sets: without it a missing part skips, with it the test fails."""
     missing = NativeStatus((("trace", "harness.trace.pt._native: not built"),))
-    here = sys.modules[__name__]
-    monkeypatch.setattr(here, "native_status", lambda: missing)
-    monkeypatch.setattr(here, "REQUIRE", False)
+    monkeypatch.setattr(sys.modules[__name__], "native_status", lambda: missing)
+    monkeypatch.setattr(required, "REQUIRE", False)
     with pytest.raises(pytest.skip.Exception, match="partly reference"):
         test_every_native_part_is_in_use()
-    monkeypatch.setattr(here, "REQUIRE", True)
+    monkeypatch.setattr(required, "REQUIRE", True)
     with pytest.raises(pytest.fail.Exception, match="TEXTPOKE_REQUIRE_TOOLS=1"):
         test_every_native_part_is_in_use()
 
